@@ -1,1 +1,9 @@
+//! Vigil's rule layer: PromQL evaluation over a storage trait (this crate's [`promql`] module),
+//! and, built on it, rule files, the alert lifecycle and scaling/replacement decisions as pure
+//! functions.
+//!
+//! This crate must never depend on tokio, an HTTP stack or the AWS SDK: everything here is a
+//! function of its inputs, so the aggregator, `vigil-rules test` and `vigil-rules replay` all
+//! get the same answers.
 
+pub mod promql;

@@ -1,0 +1,303 @@
+//! Aggregation operators.
+
+use std::collections::HashMap;
+
+use vigil_wire::{Labels, METRIC_NAME};
+
+use super::eval::Evaluator;
+use super::mathx::{kahan_inc, quantile, AvgAcc, GoFloat};
+use super::plan::{AggOp, Grouping, Node};
+use super::value::{Severity, Value, VectorSample};
+use super::EvalError;
+
+fn group_labels(l: &Labels, g: Option<&Grouping>) -> Labels {
+    match g {
+        None => Labels::empty(),
+        Some(Grouping::By(names)) => l.keep_only(names),
+        Some(Grouping::Without(names)) => {
+            l.filter(|x| x.name != METRIC_NAME && !names.iter().any(|n| *n == x.name))
+        }
+    }
+}
+
+struct Group {
+    labels: Labels,
+    drop_name: bool,
+    members: Vec<usize>,
+}
+
+/// Groups sample indexes by their output labels, in order of first appearance.
+fn groups(v: &[VectorSample], g: Option<&Grouping>) -> Vec<Group> {
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut out: Vec<Group> = Vec::new();
+    for (i, s) in v.iter().enumerate() {
+        let key = group_labels(&s.labels, g);
+        match index.get(&key) {
+            Some(&gi) => {
+                out[gi].members.push(i);
+                out[gi].drop_name |= s.drop_name;
+            }
+            None => {
+                index.insert(key.clone(), out.len());
+                out.push(Group {
+                    labels: key,
+                    drop_name: s.drop_name,
+                    members: vec![i],
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Converts a `topk`/`limitk` parameter to a count as Prometheus does.
+fn k_param(p: f64, what: &str) -> Result<i64, EvalError> {
+    if p.is_nan() {
+        return Err(EvalError::Execution(format!("{what} value is NaN")));
+    }
+    if p >= 9.223_372_036_854_776e18 || p < -9.223_372_036_854_776e18 {
+        return Err(EvalError::Execution(format!(
+            "Scalar value {} overflows int64",
+            p.go()
+        )));
+    }
+    Ok(p as i64)
+}
+
+impl Evaluator<'_> {
+    pub(crate) fn aggregate(
+        &mut self,
+        op: AggOp,
+        expr: &Node,
+        param: Option<&Node>,
+        grouping: Option<&Grouping>,
+        t: i64,
+    ) -> Result<Value, EvalError> {
+        let param_val = match param {
+            Some(p) => Some(self.eval(p, t)?),
+            None => None,
+        };
+        let v = self.eval_vector(expr, t)?;
+        let scalar_param = || -> f64 {
+            match &param_val {
+                Some(Value::Scalar(x)) => *x,
+                _ => f64::NAN,
+            }
+        };
+        match op {
+            AggOp::Topk | AggOp::Bottomk => {
+                let k = k_param(scalar_param(), "Parameter")?;
+                if v.is_empty() {
+                    return Ok(Value::Vector(vec![]));
+                }
+                Ok(Value::Vector(top_bottom(op == AggOp::Topk, k, v, grouping)))
+            }
+            AggOp::Limitk => {
+                let k = k_param(scalar_param(), "Parameter")?;
+                let mut out = Vec::new();
+                if k > 0 {
+                    let gs = groups(&v, grouping);
+                    let mut keep = vec![false; v.len()];
+                    for g in &gs {
+                        for &i in g.members.iter().take(k as usize) {
+                            keep[i] = true;
+                        }
+                    }
+                    out = v
+                        .into_iter()
+                        .zip(keep)
+                        .filter(|(_, k)| *k)
+                        .map(|(s, _)| s)
+                        .collect();
+                }
+                Ok(Value::Vector(out))
+            }
+            AggOp::LimitRatio => {
+                let mut r = scalar_param();
+                if r.is_nan() {
+                    return Err(EvalError::Execution("Ratio value is NaN".into()));
+                }
+                if !(-1.0..=1.0).contains(&r) {
+                    self.annotate(
+                        Severity::Warning,
+                        format!(
+                            "ratio value should be between -1 and 1, got {}, capping to {}",
+                            r.go(),
+                            r.clamp(-1.0, 1.0).go()
+                        ),
+                        None,
+                    );
+                    r = r.clamp(-1.0, 1.0);
+                }
+                Ok(Value::Vector(
+                    v.into_iter()
+                        .filter(|s| ratio_selects(r, &s.labels))
+                        .collect(),
+                ))
+            }
+            AggOp::CountValues => {
+                let label = match &param_val {
+                    Some(Value::String(s)) => s.clone(),
+                    _ => {
+                        return Err(EvalError::Execution(
+                            "count_values needs a string label name".into(),
+                        ))
+                    }
+                };
+                if !vigil_wire::text::is_valid_label_name(&label) {
+                    return Err(EvalError::Execution(format!(
+                        "invalid label name {label:?}"
+                    )));
+                }
+                let mut index: HashMap<Labels, usize> = HashMap::new();
+                let mut out: Vec<VectorSample> = Vec::new();
+                for s in &v {
+                    let mut b = group_labels(&s.labels, grouping).to_builder();
+                    b.set(label.clone(), s.f.go());
+                    let key = b.build();
+                    match index.get(&key) {
+                        Some(&i) => out[i].f += 1.0,
+                        None => {
+                            index.insert(key.clone(), out.len());
+                            out.push(VectorSample {
+                                labels: key,
+                                t,
+                                f: 1.0,
+                                drop_name: false,
+                            });
+                        }
+                    }
+                }
+                Ok(Value::Vector(out))
+            }
+            _ => {
+                let q = scalar_param();
+                if op == AggOp::Quantile && !(0.0..=1.0).contains(&q) {
+                    self.annotate(
+                        Severity::Warning,
+                        format!("quantile value should be between 0 and 1, got {}", q.go()),
+                        Some("quantile"),
+                    );
+                }
+                let gs = groups(&v, grouping);
+                let mut out = Vec::with_capacity(gs.len());
+                for g in gs {
+                    let vals = g.members.iter().map(|&i| v[i].f);
+                    let f = match op {
+                        AggOp::Sum => {
+                            let (mut s, mut c) = (0.0, 0.0);
+                            for x in vals {
+                                (s, c) = kahan_inc(x, s, c);
+                            }
+                            s + c
+                        }
+                        AggOp::Avg => {
+                            let mut acc = AvgAcc::default();
+                            for x in vals {
+                                acc.add(x);
+                            }
+                            acc.value()
+                        }
+                        AggOp::Count => g.members.len() as f64,
+                        AggOp::Group => 1.0,
+                        AggOp::Min | AggOp::Max => {
+                            let mut it = vals;
+                            let mut acc = it.next().unwrap_or(f64::NAN);
+                            for x in it {
+                                let better = if op == AggOp::Max { acc < x } else { acc > x };
+                                if better || acc.is_nan() {
+                                    acc = x;
+                                }
+                            }
+                            acc
+                        }
+                        AggOp::Stddev | AggOp::Stdvar => {
+                            let (mut n, mut mean, mut m2) = (0.0, 0.0, 0.0);
+                            for x in vals {
+                                n += 1.0;
+                                let delta = x - mean;
+                                mean += delta / n;
+                                m2 += delta * (x - mean);
+                            }
+                            let var = m2 / n;
+                            if op == AggOp::Stddev {
+                                var.sqrt()
+                            } else {
+                                var
+                            }
+                        }
+                        AggOp::Quantile => {
+                            let mut xs: Vec<f64> = vals.collect();
+                            quantile(q, &mut xs)
+                        }
+                        _ => unreachable!("handled above"),
+                    };
+                    out.push(VectorSample {
+                        labels: g.labels,
+                        t,
+                        f,
+                        drop_name: g.drop_name,
+                    });
+                }
+                Ok(Value::Vector(out))
+            }
+        }
+    }
+}
+
+fn top_bottom(
+    top: bool,
+    k: i64,
+    v: Vec<VectorSample>,
+    grouping: Option<&Grouping>,
+) -> Vec<VectorSample> {
+    if k < 1 {
+        return Vec::new();
+    }
+    let gs = groups(&v, grouping);
+    // `a` ranks before `b`: higher for topk, lower for bottomk; NaN always last.
+    let before = |a: f64, b: f64| -> bool {
+        if a.is_nan() {
+            return false;
+        }
+        if b.is_nan() {
+            return true;
+        }
+        if top {
+            a > b
+        } else {
+            a < b
+        }
+    };
+    let mut out = Vec::new();
+    for g in gs {
+        let mut idx = g.members.clone();
+        idx.sort_by(|&a, &b| {
+            if before(v[a].f, v[b].f) {
+                std::cmp::Ordering::Less
+            } else if before(v[b].f, v[a].f) {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        });
+        idx.truncate(k.min(idx.len() as i64) as usize);
+        out.extend(idx.into_iter().map(|i| v[i].clone()));
+    }
+    out
+}
+
+/// `limit_ratio`'s deterministic choice: a series is kept when its label hash, mapped to [0, 1),
+/// is below `r` (or, for a negative `r`, at or above `1 + r`), as Prometheus's ratio sampler does.
+fn ratio_selects(r: f64, l: &Labels) -> bool {
+    let mut buf = Vec::with_capacity(64);
+    for x in l {
+        buf.extend_from_slice(x.name.as_bytes());
+        buf.push(0xff);
+        buf.extend_from_slice(x.value.as_bytes());
+        buf.push(0xff);
+    }
+    let h = xxhash_rust::xxh64::xxh64(&buf, 0);
+    let offset = h as f64 / u64::MAX as f64;
+    (r >= 0.0 && offset < r) || (r < 0.0 && offset >= 1.0 + r)
+}

@@ -1,0 +1,473 @@
+//! The evaluator: loads each selector's data once per query, then evaluates the plan at each
+//! step. Range queries are evaluated step by step over the preloaded data.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use vigil_wire::{Labels, Sample, METRIC_NAME};
+
+use super::plan::{At, Node, Selector, ValueType};
+use super::storage::{SeriesData, Storage};
+use super::value::{Annotation, RangeSeries, Severity, Value, VectorSample};
+use super::{EngineOpts, EvalError};
+
+/// State of one query's evaluation.
+pub(crate) struct Evaluator<'a> {
+    pub(crate) storage: &'a dyn Storage,
+    pub(crate) opts: &'a EngineOpts,
+    /// Query start and end (ms), what `@ start()` and `@ end()` mean.
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    /// The range query's step (ms), 0 for an instant query.
+    pub(crate) step: i64,
+    data: HashMap<usize, Arc<Vec<SeriesData>>>,
+    pub(crate) annotations: Vec<Annotation>,
+    /// Whether the range-query sort warning was given.
+    pub(crate) sort_warned: bool,
+    /// The query text, to locate annotations.
+    pub(crate) query: &'a str,
+}
+
+impl<'a> Evaluator<'a> {
+    pub(crate) fn new(
+        storage: &'a dyn Storage,
+        opts: &'a EngineOpts,
+        query: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Self {
+        Evaluator {
+            storage,
+            opts,
+            start,
+            end,
+            step,
+            data: HashMap::new(),
+            annotations: Vec::new(),
+            sort_warned: false,
+            query,
+        }
+    }
+
+    fn at_ms(&self, at: At) -> i64 {
+        match at {
+            At::Start => self.start,
+            At::End => self.end,
+            At::Time(t) => t,
+        }
+    }
+
+    /// Adds an annotation once. `about` is text of the expression it is about, used to find a
+    /// position in the query.
+    pub(crate) fn annotate(&mut self, severity: Severity, text: String, about: Option<&str>) {
+        let prefix = match severity {
+            Severity::Warning => "PromQL warning: ",
+            Severity::Info => "PromQL info: ",
+        };
+        let pos = about.and_then(|a| self.query.find(a)).unwrap_or(0);
+        let (line, col) = line_col(self.query, pos);
+        let message = format!("{prefix}{text} ({line}:{col})");
+        if !self.annotations.iter().any(|a| a.message == message) {
+            self.annotations.push(Annotation { severity, message });
+        }
+    }
+
+    /// Walks the plan and loads every selector's data for all the times it will be read at.
+    pub(crate) fn preload(&mut self, node: &Node, lo: i64, hi: i64) {
+        match node {
+            Node::Number(_) | Node::String(_) => {}
+            Node::Selector(s) => {
+                let (rlo, rhi) = match s.at {
+                    Some(at) => {
+                        let t = self.at_ms(at) - s.offset_ms;
+                        (t, t)
+                    }
+                    None => (lo - s.offset_ms, hi - s.offset_ms),
+                };
+                let width = s.range_ms.unwrap_or(self.opts.lookback_delta_ms);
+                // Windows are left-open: (ref - width, ref].
+                let data = self.select(s, rlo - width + 1, rhi);
+                self.data.insert(s.id, Arc::new(data));
+            }
+            Node::Subquery {
+                expr,
+                range_ms,
+                offset_ms,
+                at,
+                ..
+            } => {
+                let (rlo, rhi) = match at {
+                    Some(at) => {
+                        let t = self.at_ms(*at) - offset_ms;
+                        (t, t)
+                    }
+                    None => (lo - offset_ms, hi - offset_ms),
+                };
+                self.preload(expr, rlo - range_ms, rhi);
+            }
+            Node::Neg(e) => self.preload(e, lo, hi),
+            Node::Binary { lhs, rhs, .. } => {
+                self.preload(lhs, lo, hi);
+                self.preload(rhs, lo, hi);
+            }
+            Node::Aggregate { expr, param, .. } => {
+                if let Some(p) = param {
+                    self.preload(p, lo, hi);
+                }
+                self.preload(expr, lo, hi);
+            }
+            Node::Call { args, .. } => {
+                for a in args {
+                    self.preload(a, lo, hi);
+                }
+            }
+        }
+    }
+
+    fn select(&self, s: &Selector, mint: i64, maxt: i64) -> Vec<SeriesData> {
+        let mut data = if s.or_matchers.is_empty() {
+            self.storage.select(&s.matchers, mint, maxt)
+        } else {
+            let mut all: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+            for alt in &s.or_matchers {
+                for sd in self.storage.select(alt, mint, maxt) {
+                    all.entry(sd.labels).or_insert(sd.samples);
+                }
+            }
+            all.into_iter()
+                .map(|(labels, samples)| SeriesData { labels, samples })
+                .collect()
+        };
+        if s.range_ms.is_some() {
+            // Range windows never contain staleness markers; drop them once here.
+            for sd in &mut data {
+                sd.samples.retain(|x| !x.is_stale());
+            }
+            data.retain(|sd| !sd.samples.is_empty());
+        }
+        data
+    }
+
+    /// Evaluates `node` at time `t` (ms).
+    pub(crate) fn eval(&mut self, node: &Node, t: i64) -> Result<Value, EvalError> {
+        match node {
+            Node::Number(v) => Ok(Value::Scalar(*v)),
+            Node::String(s) => Ok(Value::String(s.clone())),
+            Node::Selector(s) => Ok(match s.range_ms {
+                None => Value::Vector(self.instant_selector(s, t)),
+                Some(_) => Value::Matrix(self.matrix_selector(s, t)),
+            }),
+            Node::Subquery { .. } => Ok(Value::Matrix(self.subquery(node, t)?)),
+            Node::Neg(e) => Ok(match self.eval(e, t)? {
+                Value::Scalar(v) => Value::Scalar(-v),
+                Value::Vector(mut v) => {
+                    for s in &mut v {
+                        s.f = -s.f;
+                        s.drop_name = true;
+                        s.t = t;
+                    }
+                    Value::Vector(v)
+                }
+                other => {
+                    return Err(EvalError::Execution(format!(
+                        "unary minus on {}",
+                        other.type_name()
+                    )))
+                }
+            }),
+            Node::Binary {
+                op,
+                lhs,
+                rhs,
+                return_bool,
+                matching,
+            } => self.binary(*op, lhs, rhs, *return_bool, matching, t),
+            Node::Aggregate {
+                op,
+                expr,
+                param,
+                grouping,
+            } => self.aggregate(*op, expr, param.as_deref(), grouping.as_ref(), t),
+            Node::Call { func, args } => self.call(*func, args, t),
+        }
+    }
+
+    /// Evaluates a node that must yield an instant vector.
+    pub(crate) fn eval_vector(
+        &mut self,
+        node: &Node,
+        t: i64,
+    ) -> Result<Vec<VectorSample>, EvalError> {
+        match self.eval(node, t)? {
+            Value::Vector(v) => Ok(v),
+            other => Err(EvalError::Execution(format!(
+                "expected instant vector, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// Evaluates a node that must yield a scalar.
+    pub(crate) fn eval_scalar(&mut self, node: &Node, t: i64) -> Result<f64, EvalError> {
+        match self.eval(node, t)? {
+            Value::Scalar(v) => Ok(v),
+            other => Err(EvalError::Execution(format!(
+                "expected scalar, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    pub(crate) fn selector_ref_time(&self, s: &Selector, t: i64) -> i64 {
+        s.at.map_or(t, |a| self.at_ms(a)) - s.offset_ms
+    }
+
+    fn instant_selector(&self, s: &Selector, t: i64) -> Vec<VectorSample> {
+        let Some(data) = self.data.get(&s.id) else {
+            return Vec::new();
+        };
+        let reft = self.selector_ref_time(s, t);
+        let lookback = self.opts.lookback_delta_ms;
+        let mut out = Vec::with_capacity(data.len());
+        for sd in data.iter() {
+            let idx = sd.samples.partition_point(|x| x.timestamp_ms <= reft);
+            if idx == 0 {
+                continue;
+            }
+            let smp = sd.samples[idx - 1];
+            if smp.timestamp_ms <= reft - lookback || smp.is_stale() {
+                continue;
+            }
+            out.push(VectorSample {
+                labels: sd.labels.clone(),
+                t: smp.timestamp_ms,
+                f: smp.value,
+                drop_name: false,
+            });
+        }
+        out
+    }
+
+    /// The window `(ref - range, ref]` of every series, borrowed from the preloaded data.
+    pub(crate) fn matrix_windows(
+        &self,
+        s: &Selector,
+        t: i64,
+    ) -> (Arc<Vec<SeriesData>>, Vec<(usize, usize)>) {
+        let data = self.data.get(&s.id).cloned().unwrap_or_default();
+        let reft = self.selector_ref_time(s, t);
+        let range = s.range_ms.unwrap_or(0);
+        let windows = data
+            .iter()
+            .map(|sd| {
+                let lo = sd
+                    .samples
+                    .partition_point(|x| x.timestamp_ms <= reft - range);
+                let hi = sd.samples.partition_point(|x| x.timestamp_ms <= reft);
+                (lo, hi)
+            })
+            .collect();
+        (data, windows)
+    }
+
+    fn matrix_selector(&self, s: &Selector, t: i64) -> Vec<RangeSeries> {
+        let (data, windows) = self.matrix_windows(s, t);
+        data.iter()
+            .zip(windows)
+            .filter(|(_, (lo, hi))| lo < hi)
+            .map(|(sd, (lo, hi))| RangeSeries {
+                labels: sd.labels.clone(),
+                points: sd.samples[lo..hi].to_vec(),
+                drop_name: false,
+            })
+            .collect()
+    }
+
+    /// Evaluates a subquery node at `t` into a range vector.
+    pub(crate) fn subquery(&mut self, node: &Node, t: i64) -> Result<Vec<RangeSeries>, EvalError> {
+        let Node::Subquery {
+            expr,
+            range_ms,
+            step_ms,
+            offset_ms,
+            at,
+        } = node
+        else {
+            return Err(EvalError::Execution("not a subquery".into()));
+        };
+        let step = step_ms.unwrap_or(self.opts.default_subquery_step_ms).max(1);
+        let reft = at.map_or(t, |a| self.at_ms(a)) - offset_ms;
+        let lo = reft - range_ms;
+        // First step-aligned time strictly after `lo` (windows are left-open).
+        let mut ts = lo.div_euclid(step) * step;
+        if ts <= lo {
+            ts += step;
+        }
+        let mut series: BTreeMap<Labels, RangeSeries> = BTreeMap::new();
+        while ts <= reft {
+            match self.eval(expr, ts)? {
+                Value::Scalar(v) => {
+                    series
+                        .entry(Labels::empty())
+                        .or_insert_with(|| RangeSeries {
+                            labels: Labels::empty(),
+                            points: vec![],
+                            drop_name: false,
+                        })
+                        .points
+                        .push(Sample::new(ts, v));
+                }
+                Value::Vector(v) => {
+                    for s in v {
+                        let e = series
+                            .entry(s.labels.clone())
+                            .or_insert_with(|| RangeSeries {
+                                labels: s.labels.clone(),
+                                points: vec![],
+                                drop_name: s.drop_name,
+                            });
+                        e.drop_name |= s.drop_name;
+                        e.points.push(Sample::new(ts, s.f));
+                    }
+                }
+                other => {
+                    return Err(EvalError::Execution(format!(
+                        "subquery over {} is not allowed",
+                        other.type_name()
+                    )))
+                }
+            }
+            ts += step;
+        }
+        Ok(series.into_values().collect())
+    }
+}
+
+/// 1-based line and column of byte offset `pos` in `s`.
+fn line_col(s: &str, pos: usize) -> (usize, usize) {
+    let before = &s[..pos.min(s.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.chars().count(), |i| before[i + 1..].chars().count())
+        + 1;
+    (line, col)
+}
+
+/// Drops the metric name where delayed name removal asked for it, then refuses duplicates.
+pub(crate) fn finish_vector(v: Vec<VectorSample>) -> Result<Vec<VectorSample>, EvalError> {
+    let mut out = Vec::with_capacity(v.len());
+    for mut s in v {
+        if s.drop_name {
+            s.labels = s.labels.without_metric_name();
+            s.drop_name = false;
+        }
+        out.push(s);
+    }
+    check_unique(&out)?;
+    Ok(out)
+}
+
+/// Errors when two samples carry the same label set.
+pub(crate) fn check_unique(v: &[VectorSample]) -> Result<(), EvalError> {
+    if v.len() < 2 {
+        return Ok(());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(v.len());
+    for s in v {
+        if !seen.insert(&s.labels) {
+            return Err(EvalError::Execution(
+                "vector cannot contain metrics with the same labelset".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a whole range query: evaluates at each step and merges the steps into series.
+pub(crate) fn run_range(ev: &mut Evaluator<'_>, root: &Node) -> Result<Value, EvalError> {
+    match root.value_type() {
+        ValueType::Vector | ValueType::Scalar => {}
+        ValueType::Matrix => {
+            return Err(EvalError::BadData(
+                "invalid expression type \"range vector\" for range query, must be Scalar or instant Vector".into(),
+            ))
+        }
+        ValueType::String => {
+            return Err(EvalError::BadData(
+                "invalid expression type \"string\" for range query, must be Scalar or instant Vector".into(),
+            ))
+        }
+    }
+    let (start, end, step) = (ev.start, ev.end, ev.step.max(1));
+    ev.preload(root, start, end);
+    let mut series: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+    let mut t = start;
+    while t <= end {
+        match ev.eval(root, t)? {
+            Value::Scalar(v) => series
+                .entry(Labels::empty())
+                .or_default()
+                .push(Sample::new(t, v)),
+            Value::Vector(v) => {
+                for s in finish_vector(v)? {
+                    series
+                        .entry(s.labels)
+                        .or_default()
+                        .push(Sample::new(t, s.f));
+                }
+            }
+            other => {
+                return Err(EvalError::Execution(format!(
+                    "range query step gave {}",
+                    other.type_name()
+                )))
+            }
+        }
+        t += step;
+    }
+    Ok(Value::Matrix(
+        series
+            .into_iter()
+            .map(|(labels, points)| RangeSeries {
+                labels,
+                points,
+                drop_name: false,
+            })
+            .collect(),
+    ))
+}
+
+/// Runs an instant query.
+pub(crate) fn run_instant(ev: &mut Evaluator<'_>, root: &Node, t: i64) -> Result<Value, EvalError> {
+    ev.preload(root, t, t);
+    Ok(match ev.eval(root, t)? {
+        Value::Vector(v) => Value::Vector(finish_vector(v)?),
+        Value::Matrix(m) => {
+            let m: Vec<RangeSeries> = m
+                .into_iter()
+                .map(|mut s| {
+                    if s.drop_name {
+                        s.labels = s.labels.without_metric_name();
+                        s.drop_name = false;
+                    }
+                    s
+                })
+                .collect();
+            let mut seen = std::collections::HashSet::new();
+            if !m.iter().all(|s| seen.insert(s.labels.clone())) {
+                return Err(EvalError::Execution(
+                    "vector cannot contain metrics with the same labelset".into(),
+                ));
+            }
+            Value::Matrix(m)
+        }
+        other => other,
+    })
+}
+
+/// Whether the label set has a metric name (for annotations).
+pub(crate) fn metric_name(l: &Labels) -> &str {
+    l.get_or_empty(METRIC_NAME)
+}

@@ -1,0 +1,1039 @@
+//! PromQL functions over floats.
+
+use std::sync::Arc;
+
+use vigil_wire::{Labels, Sample, METRIC_NAME};
+
+use super::eval::{check_unique, metric_name, Evaluator};
+use super::mathx::{go_max, go_min, kahan_inc, quantile, AvgAcc, GoFloat};
+use super::plan::{Node, ValueType};
+use super::storage::SeriesData;
+use super::value::{RangeSeries, Severity, Value, VectorSample};
+use super::EvalError;
+
+macro_rules! funcs {
+    ($($variant:ident => $name:literal),* $(,)?) => {
+        /// Every function the engine evaluates.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Func { $($variant),* }
+        impl Func {
+            pub fn from_name(n: &str) -> Option<Func> {
+                match n { $($name => Some(Func::$variant),)* _ => None }
+            }
+            pub fn name(self) -> &'static str {
+                match self { $(Func::$variant => $name),* }
+            }
+        }
+    };
+}
+
+funcs! {
+    Abs => "abs", Absent => "absent", AbsentOverTime => "absent_over_time", Acos => "acos", Acosh => "acosh",
+    Asin => "asin", Asinh => "asinh", Atan => "atan", Atanh => "atanh", AvgOverTime => "avg_over_time",
+    Ceil => "ceil", Changes => "changes", Clamp => "clamp", ClampMax => "clamp_max", ClampMin => "clamp_min",
+    Cos => "cos", Cosh => "cosh", CountOverTime => "count_over_time", DaysInMonth => "days_in_month",
+    DayOfMonth => "day_of_month", DayOfWeek => "day_of_week", DayOfYear => "day_of_year", Deg => "deg",
+    Delta => "delta", Deriv => "deriv", DoubleExpSmoothing => "double_exponential_smoothing", Exp => "exp",
+    FirstOverTime => "first_over_time", Floor => "floor", HistogramQuantile => "histogram_quantile",
+    HistogramAvg => "histogram_avg", HistogramCount => "histogram_count", HistogramFraction => "histogram_fraction",
+    HistogramStddev => "histogram_stddev", HistogramStdvar => "histogram_stdvar", HistogramSum => "histogram_sum",
+    HoltWinters => "holt_winters", Hour => "hour", Idelta => "idelta", Increase => "increase", Info => "info",
+    Irate => "irate", LabelJoin => "label_join", LabelReplace => "label_replace", LastOverTime => "last_over_time",
+    Ln => "ln", Log10 => "log10", Log2 => "log2", MadOverTime => "mad_over_time", MaxOverTime => "max_over_time",
+    MinOverTime => "min_over_time", Minute => "minute", Month => "month", Pi => "pi",
+    PredictLinear => "predict_linear", PresentOverTime => "present_over_time",
+    QuantileOverTime => "quantile_over_time", Rad => "rad", Rate => "rate", Resets => "resets", Round => "round",
+    Scalar => "scalar", Sgn => "sgn", Sin => "sin", Sinh => "sinh", Sort => "sort", SortByLabel => "sort_by_label",
+    SortByLabelDesc => "sort_by_label_desc", SortDesc => "sort_desc", Sqrt => "sqrt",
+    StddevOverTime => "stddev_over_time", StdvarOverTime => "stdvar_over_time", SumOverTime => "sum_over_time",
+    Tan => "tan", Tanh => "tanh", Time => "time", Timestamp => "timestamp",
+    TsOfFirstOverTime => "ts_of_first_over_time", TsOfLastOverTime => "ts_of_last_over_time",
+    TsOfMaxOverTime => "ts_of_max_over_time", TsOfMinOverTime => "ts_of_min_over_time", Vector => "vector",
+    Year => "year", Step => "step", Range => "range", Start => "start", End => "end", MinOf => "min_of",
+    MaxOf => "max_of",
+}
+
+impl Func {
+    pub fn return_type(self) -> ValueType {
+        match self {
+            Func::Pi
+            | Func::Time
+            | Func::Scalar
+            | Func::Step
+            | Func::Range
+            | Func::Start
+            | Func::End
+            | Func::MinOf
+            | Func::MaxOf => ValueType::Scalar,
+            _ => ValueType::Vector,
+        }
+    }
+}
+
+/// One range-vector argument: either windows into preloaded selector data or a subquery's
+/// evaluated series.
+pub(crate) struct RangeArg {
+    data: Arc<Vec<SeriesData>>,
+    windows: Vec<(usize, usize)>,
+    owned: Vec<RangeSeries>,
+    /// `(start, end]` of the window, for extrapolation.
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    /// The selector's metric name, for annotations.
+    pub(crate) name: Option<String>,
+}
+
+impl RangeArg {
+    fn for_each(&self, mut f: impl FnMut(&Labels, bool, &[Sample])) {
+        for (sd, &(lo, hi)) in self.data.iter().zip(&self.windows) {
+            if lo < hi {
+                f(&sd.labels, false, &sd.samples[lo..hi]);
+            }
+        }
+        for s in &self.owned {
+            if !s.points.is_empty() {
+                f(&s.labels, s.drop_name, &s.points);
+            }
+        }
+    }
+}
+
+fn math1(f: Func, x: f64) -> f64 {
+    match f {
+        Func::Abs => x.abs(),
+        Func::Ceil => x.ceil(),
+        Func::Floor => x.floor(),
+        Func::Exp => x.exp(),
+        Func::Ln => x.ln(),
+        Func::Log2 => x.log2(),
+        Func::Log10 => x.log10(),
+        Func::Sqrt => x.sqrt(),
+        Func::Sgn => {
+            if x < 0.0 {
+                -1.0
+            } else if x > 0.0 {
+                1.0
+            } else {
+                x
+            }
+        }
+        Func::Sin => x.sin(),
+        Func::Cos => x.cos(),
+        Func::Tan => x.tan(),
+        Func::Asin => x.asin(),
+        Func::Acos => x.acos(),
+        Func::Atan => x.atan(),
+        Func::Sinh => x.sinh(),
+        Func::Cosh => x.cosh(),
+        Func::Tanh => x.tanh(),
+        Func::Asinh => x.asinh(),
+        Func::Acosh => x.acosh(),
+        Func::Atanh => x.atanh(),
+        Func::Deg => x * 180.0 / std::f64::consts::PI,
+        Func::Rad => x * std::f64::consts::PI / 180.0,
+        _ => f64::NAN,
+    }
+}
+
+/// Civil date (UTC) of a Unix time in seconds: (year, month 1-12, day 1-31, day of week 0=Sunday,
+/// day of year 1-366, hour, minute).
+fn civil(secs: f64) -> (i64, i64, i64, i64, i64, i64, i64) {
+    let s = secs.floor() as i64;
+    let days = s.div_euclid(86_400);
+    let rem = s.rem_euclid(86_400);
+    // Howard Hinnant's days_from_civil inverse.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let mut y = yoe + era * 400;
+    let doy_mar = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy_mar + 2) / 153;
+    let d = doy_mar - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    if m <= 2 {
+        y += 1;
+    }
+    let dow = (days + 4).rem_euclid(7);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    const CUM: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let doy = CUM[(m - 1) as usize] + d + i64::from(leap && m > 2);
+    (y, m, d, dow, doy, rem / 3600, (rem % 3600) / 60)
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ => {
+            if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 {
+                29
+            } else {
+                28
+            }
+        }
+    }
+}
+
+/// Compares strings in natural order: digit runs numerically.
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (ab, bb) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < ab.len() && j < bb.len() {
+        if ab[i].is_ascii_digit() && bb[j].is_ascii_digit() {
+            let si = i;
+            while i < ab.len() && ab[i].is_ascii_digit() {
+                i += 1;
+            }
+            let sj = j;
+            while j < bb.len() && bb[j].is_ascii_digit() {
+                j += 1;
+            }
+            let na = a[si..i].trim_start_matches('0');
+            let nb = b[sj..j].trim_start_matches('0');
+            let o = na.len().cmp(&nb.len()).then_with(|| na.cmp(nb));
+            if o != Ordering::Equal {
+                return o;
+            }
+        } else {
+            let o = ab[i].cmp(&bb[j]);
+            if o != Ordering::Equal {
+                return o;
+            }
+            i += 1;
+            j += 1;
+        }
+    }
+    (ab.len() - i).cmp(&(bb.len() - j))
+}
+
+/// Prometheus's extrapolated rate/increase/delta over one window.
+fn extrapolated(points: &[Sample], start: i64, end: i64, counter: bool, rate: bool) -> Option<f64> {
+    if points.len() < 2 {
+        return None;
+    }
+    let (first, last) = (points[0], points[points.len() - 1]);
+    let mut result = last.value - first.value;
+    if counter {
+        let mut prev = first.value;
+        for p in &points[1..] {
+            if p.value < prev {
+                result += prev;
+            }
+            prev = p.value;
+        }
+    }
+    let mut to_start = (first.timestamp_ms - start) as f64 / 1e3;
+    let mut to_end = (end - last.timestamp_ms) as f64 / 1e3;
+    let sampled = (last.timestamp_ms - first.timestamp_ms) as f64 / 1e3;
+    let avg_step = sampled / (points.len() - 1) as f64;
+    let threshold = avg_step * 1.1;
+    if to_start >= threshold {
+        to_start = avg_step / 2.0;
+    }
+    if counter && result > 0.0 && first.value >= 0.0 {
+        let to_zero = sampled * (first.value / result);
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    if to_end >= threshold {
+        to_end = avg_step / 2.0;
+    }
+    let mut factor = (sampled + to_start + to_end) / sampled;
+    if rate {
+        factor /= (end - start) as f64 / 1e3;
+    }
+    Some(result * factor)
+}
+
+fn instant_delta(points: &[Sample], rate: bool) -> Option<f64> {
+    if points.len() < 2 {
+        return None;
+    }
+    let (prev, last) = (points[points.len() - 2], points[points.len() - 1]);
+    let mut v = if rate && last.value < prev.value {
+        last.value
+    } else {
+        last.value - prev.value
+    };
+    let dt = last.timestamp_ms - prev.timestamp_ms;
+    if dt == 0 {
+        return None;
+    }
+    if rate {
+        v /= dt as f64 / 1e3;
+    }
+    Some(v)
+}
+
+/// Least-squares slope and intercept at `at` (ms), with compensated sums.
+fn linear_regression(points: &[Sample], at: i64) -> (f64, f64) {
+    let init = points[0].value;
+    if points.iter().all(|p| p.value == init) {
+        if init.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init);
+    }
+    let (mut n, mut sx, mut cx, mut sy, mut cy, mut sxy, mut cxy, mut sx2, mut cx2) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for p in points {
+        n += 1.0;
+        let x = (p.timestamp_ms - at) as f64 / 1e3;
+        (sx, cx) = kahan_inc(x, sx, cx);
+        (sy, cy) = kahan_inc(p.value, sy, cy);
+        (sxy, cxy) = kahan_inc(x * p.value, sxy, cxy);
+        (sx2, cx2) = kahan_inc(x * x, sx2, cx2);
+    }
+    let (sx, sy, sxy, sx2) = (sx + cx, sy + cy, sxy + cxy, sx2 + cx2);
+    let cov = sxy - sx * sy / n;
+    let var = sx2 - sx * sx / n;
+    let slope = cov / var;
+    (slope, sy / n - slope * sx / n)
+}
+
+fn variance(points: &[Sample]) -> f64 {
+    let (mut n, mut mean, mut cm, mut aux, mut ca) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for p in points {
+        n += 1.0;
+        let delta = p.value - (mean + cm);
+        (mean, cm) = kahan_inc(delta / n, mean, cm);
+        (aux, ca) = kahan_inc(delta * (p.value - (mean + cm)), aux, ca);
+    }
+    (aux + ca) / n
+}
+
+fn double_exp_smoothing(points: &[Sample], sf: f64, tf: f64) -> Option<f64> {
+    if points.len() < 2 {
+        return None;
+    }
+    let mut s1 = points[0].value;
+    let mut b = points[1].value - points[0].value;
+    let mut s0 = s1;
+    for (i, p) in points.iter().enumerate().skip(1) {
+        if i > 1 {
+            b = tf * (s1 - s0) + (1.0 - tf) * b;
+        }
+        s0 = s1;
+        s1 = sf * p.value + (1.0 - sf) * (s0 + b);
+    }
+    Some(s1)
+}
+
+impl Evaluator<'_> {
+    fn range_arg(&mut self, node: &Node, t: i64) -> Result<RangeArg, EvalError> {
+        match node {
+            Node::Selector(s) if s.range_ms.is_some() => {
+                let (data, windows) = self.matrix_windows(s, t);
+                let end = self.selector_ref_time(s, t);
+                Ok(RangeArg {
+                    data,
+                    windows,
+                    owned: vec![],
+                    start: end - s.range_ms.unwrap_or(0),
+                    end,
+                    name: s.name.clone(),
+                })
+            }
+            Node::Subquery {
+                range_ms,
+                offset_ms,
+                at,
+                ..
+            } => {
+                let owned = self.subquery(node, t)?;
+                let end = match at {
+                    Some(_) => {
+                        // The subquery's own reference time.
+                        let Node::Subquery { at: Some(a), .. } = node else {
+                            unreachable!()
+                        };
+                        self.at_time(*a)
+                    }
+                    None => t,
+                } - offset_ms;
+                Ok(RangeArg {
+                    data: Arc::default(),
+                    windows: vec![],
+                    owned,
+                    start: end - range_ms,
+                    end,
+                    name: None,
+                })
+            }
+            _ => Err(EvalError::Execution(
+                "expected a range vector argument".into(),
+            )),
+        }
+    }
+
+    fn at_time(&self, a: super::plan::At) -> i64 {
+        match a {
+            super::plan::At::Start => self.start,
+            super::plan::At::End => self.end,
+            super::plan::At::Time(t) => t,
+        }
+    }
+
+    fn string_arg(&mut self, node: &Node, t: i64) -> Result<String, EvalError> {
+        match self.eval(node, t)? {
+            Value::String(s) => Ok(s),
+            other => Err(EvalError::Execution(format!(
+                "expected string, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// Applies `f` to every window of a range argument; `keep_name` keeps the metric name.
+    fn over_time(
+        &mut self,
+        args: &[Node],
+        t: i64,
+        keep_name: bool,
+        mut f: impl FnMut(&[Sample]) -> Option<f64>,
+    ) -> Result<Value, EvalError> {
+        let arg = self.range_arg(&args[0], t)?;
+        let mut out = Vec::new();
+        arg.for_each(|labels, drop, points| {
+            if let Some(v) = f(points) {
+                out.push(VectorSample {
+                    labels: labels.clone(),
+                    t,
+                    f: v,
+                    drop_name: drop || !keep_name,
+                });
+            }
+        });
+        Ok(Value::Vector(out))
+    }
+
+    pub(crate) fn call(&mut self, func: Func, args: &[Node], t: i64) -> Result<Value, EvalError> {
+        use Func as F;
+        match func {
+            F::Abs
+            | F::Ceil
+            | F::Floor
+            | F::Exp
+            | F::Ln
+            | F::Log2
+            | F::Log10
+            | F::Sqrt
+            | F::Sgn
+            | F::Sin
+            | F::Cos
+            | F::Tan
+            | F::Asin
+            | F::Acos
+            | F::Atan
+            | F::Sinh
+            | F::Cosh
+            | F::Tanh
+            | F::Asinh
+            | F::Acosh
+            | F::Atanh
+            | F::Deg
+            | F::Rad => {
+                let mut v = self.eval_vector(&args[0], t)?;
+                for s in &mut v {
+                    s.f = math1(func, s.f);
+                    s.t = t;
+                    s.drop_name = true;
+                }
+                Ok(Value::Vector(v))
+            }
+            F::Pi => Ok(Value::Scalar(std::f64::consts::PI)),
+            F::Time => Ok(Value::Scalar(t as f64 / 1e3)),
+            F::Step => Ok(Value::Scalar(self.step as f64 / 1e3)),
+            F::Range => Ok(Value::Scalar((self.end - self.start) as f64 / 1e3)),
+            F::Start => Ok(Value::Scalar(self.start as f64 / 1e3)),
+            F::End => Ok(Value::Scalar(self.end as f64 / 1e3)),
+            F::MinOf | F::MaxOf => {
+                let a = self.eval_scalar(&args[0], t)?;
+                let b = self.eval_scalar(&args[1], t)?;
+                Ok(Value::Scalar(if func == F::MinOf {
+                    go_min(a, b)
+                } else {
+                    go_max(a, b)
+                }))
+            }
+            F::Vector => {
+                let v = self.eval_scalar(&args[0], t)?;
+                Ok(Value::Vector(vec![VectorSample {
+                    labels: Labels::empty(),
+                    t,
+                    f: v,
+                    drop_name: false,
+                }]))
+            }
+            F::Scalar => {
+                let v = self.eval_vector(&args[0], t)?;
+                Ok(Value::Scalar(if v.len() == 1 { v[0].f } else { f64::NAN }))
+            }
+            F::Timestamp => {
+                let mut v = self.eval_vector(&args[0], t)?;
+                for s in &mut v {
+                    s.f = s.t as f64 / 1e3;
+                    s.t = t;
+                    s.drop_name = true;
+                }
+                Ok(Value::Vector(v))
+            }
+            F::Round => {
+                let to = if args.len() > 1 {
+                    self.eval_scalar(&args[1], t)?
+                } else {
+                    1.0
+                };
+                let inv = 1.0 / to;
+                let mut v = self.eval_vector(&args[0], t)?;
+                for s in &mut v {
+                    s.f = (s.f * inv + 0.5).floor() / inv;
+                    s.t = t;
+                    s.drop_name = true;
+                }
+                Ok(Value::Vector(v))
+            }
+            F::Clamp | F::ClampMin | F::ClampMax => {
+                let mut v = self.eval_vector(&args[0], t)?;
+                let (lo, hi) = match func {
+                    F::Clamp => (
+                        self.eval_scalar(&args[1], t)?,
+                        self.eval_scalar(&args[2], t)?,
+                    ),
+                    F::ClampMin => (self.eval_scalar(&args[1], t)?, f64::INFINITY),
+                    _ => (f64::NEG_INFINITY, self.eval_scalar(&args[1], t)?),
+                };
+                if func == F::Clamp && hi < lo {
+                    return Ok(Value::Vector(vec![]));
+                }
+                for s in &mut v {
+                    s.f = match func {
+                        F::Clamp => go_max(lo, go_min(hi, s.f)),
+                        F::ClampMin => go_max(lo, s.f),
+                        _ => go_min(hi, s.f),
+                    };
+                    s.t = t;
+                    s.drop_name = true;
+                }
+                Ok(Value::Vector(v))
+            }
+            F::DayOfMonth
+            | F::DayOfWeek
+            | F::DayOfYear
+            | F::DaysInMonth
+            | F::Hour
+            | F::Minute
+            | F::Month
+            | F::Year => {
+                let mut v = if args.is_empty() {
+                    vec![VectorSample {
+                        labels: Labels::empty(),
+                        t,
+                        f: t as f64 / 1e3,
+                        drop_name: false,
+                    }]
+                } else {
+                    self.eval_vector(&args[0], t)?
+                };
+                for s in &mut v {
+                    s.t = t;
+                    s.drop_name = true;
+                    if s.f.is_nan() || s.f.is_infinite() {
+                        continue;
+                    }
+                    let (y, m, d, dow, doy, h, min) = civil(s.f);
+                    s.f = match func {
+                        F::DayOfMonth => d,
+                        F::DayOfWeek => dow,
+                        F::DayOfYear => doy,
+                        F::DaysInMonth => days_in_month(y, m),
+                        F::Hour => h,
+                        F::Minute => min,
+                        F::Month => m,
+                        _ => y,
+                    } as f64;
+                }
+                Ok(Value::Vector(v))
+            }
+            F::Rate | F::Increase | F::Delta => {
+                let arg = self.range_arg(&args[0], t)?;
+                let counter = func != F::Delta;
+                if counter {
+                    let name_of = arg.name.clone();
+                    let mut bad: Option<String> = None;
+                    arg.for_each(|l, _, _| {
+                        let n = metric_name(l);
+                        let ok = ["_total", "_sum", "_count", "_bucket"]
+                            .iter()
+                            .any(|s| n.ends_with(s));
+                        if !ok && bad.is_none() {
+                            bad = Some(n.to_string());
+                        }
+                    });
+                    if let Some(n) = bad {
+                        self.annotate(
+                            Severity::Info,
+                            format!("metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {n:?}"),
+                            name_of.as_deref(),
+                        );
+                    }
+                }
+                let mut out = Vec::new();
+                arg.for_each(|labels, _, points| {
+                    if let Some(v) =
+                        extrapolated(points, arg.start, arg.end, counter, func == F::Rate)
+                    {
+                        out.push(VectorSample {
+                            labels: labels.clone(),
+                            t,
+                            f: v,
+                            drop_name: true,
+                        });
+                    }
+                });
+                Ok(Value::Vector(out))
+            }
+            F::Irate => self.over_time(args, t, false, |p| instant_delta(p, true)),
+            F::Idelta => self.over_time(args, t, false, |p| instant_delta(p, false)),
+            F::Deriv => self.over_time(args, t, false, |p| {
+                (p.len() >= 2).then(|| linear_regression(p, p[0].timestamp_ms).0)
+            }),
+            F::PredictLinear => {
+                let d = self.eval_scalar(&args[1], t)?;
+                self.over_time(args, t, false, |p| {
+                    (p.len() >= 2).then(|| {
+                        let (slope, icpt) = linear_regression(p, t);
+                        slope * d + icpt
+                    })
+                })
+            }
+            F::Changes | F::Resets => self.over_time(args, t, false, |p| {
+                let mut n = 0.0;
+                for w in p.windows(2) {
+                    let (a, b) = (w[0].value, w[1].value);
+                    let hit = if func == F::Changes {
+                        !(a == b || (a.is_nan() && b.is_nan()))
+                    } else {
+                        b < a
+                    };
+                    if hit {
+                        n += 1.0;
+                    }
+                }
+                Some(n)
+            }),
+            F::AvgOverTime => self.over_time(args, t, false, |p| {
+                let mut a = AvgAcc::default();
+                p.iter().for_each(|x| a.add(x.value));
+                Some(a.value())
+            }),
+            F::SumOverTime => self.over_time(args, t, false, |p| {
+                let (mut s, mut c) = (0.0, 0.0);
+                for x in p {
+                    (s, c) = kahan_inc(x.value, s, c);
+                }
+                Some(s + c)
+            }),
+            F::CountOverTime => self.over_time(args, t, false, |p| Some(p.len() as f64)),
+            F::PresentOverTime => self.over_time(args, t, false, |_| Some(1.0)),
+            F::LastOverTime => self.over_time(args, t, true, |p| p.last().map(|x| x.value)),
+            F::FirstOverTime => self.over_time(args, t, true, |p| p.first().map(|x| x.value)),
+            F::TsOfLastOverTime => self.over_time(args, t, false, |p| {
+                p.last().map(|x| x.timestamp_ms as f64 / 1e3)
+            }),
+            F::TsOfFirstOverTime => self.over_time(args, t, false, |p| {
+                p.first().map(|x| x.timestamp_ms as f64 / 1e3)
+            }),
+            F::MinOverTime | F::MaxOverTime | F::TsOfMinOverTime | F::TsOfMaxOverTime => {
+                let max = matches!(func, F::MaxOverTime | F::TsOfMaxOverTime);
+                let ts = matches!(func, F::TsOfMinOverTime | F::TsOfMaxOverTime);
+                self.over_time(args, t, false, |p| {
+                    let mut best = p[0];
+                    for x in &p[1..] {
+                        let better = if max {
+                            x.value > best.value
+                        } else {
+                            x.value < best.value
+                        };
+                        if better
+                            || (best.value.is_nan() && !x.value.is_nan())
+                            || (ts && x.value == best.value)
+                        {
+                            best = *x;
+                        }
+                    }
+                    Some(if ts {
+                        best.timestamp_ms as f64 / 1e3
+                    } else {
+                        best.value
+                    })
+                })
+            }
+            F::StddevOverTime => self.over_time(args, t, false, |p| Some(variance(p).sqrt())),
+            F::StdvarOverTime => self.over_time(args, t, false, |p| Some(variance(p))),
+            F::MadOverTime => self.over_time(args, t, false, |p| {
+                if p.iter().any(|x| x.value.is_nan()) {
+                    return Some(f64::NAN);
+                }
+                let mut xs: Vec<f64> = p.iter().map(|x| x.value).collect();
+                let median = quantile(0.5, &mut xs);
+                let mut dev: Vec<f64> = xs.iter().map(|x| (x - median).abs()).collect();
+                Some(quantile(0.5, &mut dev))
+            }),
+            F::QuantileOverTime => {
+                let q = self.eval_scalar(&args[0], t)?;
+                if !(0.0..=1.0).contains(&q) {
+                    self.annotate(
+                        Severity::Warning,
+                        format!("quantile value should be between 0 and 1, got {}", q.go()),
+                        Some("quantile_over_time"),
+                    );
+                }
+                self.over_time(&args[1..], t, false, |p| {
+                    let mut xs: Vec<f64> = p.iter().map(|x| x.value).collect();
+                    Some(quantile(q, &mut xs))
+                })
+            }
+            F::DoubleExpSmoothing | F::HoltWinters => {
+                let sf = self.eval_scalar(&args[1], t)?;
+                let tf = self.eval_scalar(&args[2], t)?;
+                if sf <= 0.0 || sf >= 1.0 {
+                    return Err(EvalError::Execution(format!(
+                        "invalid smoothing factor. Expected: 0 < sf < 1, got: {}",
+                        sf.go()
+                    )));
+                }
+                if tf <= 0.0 || tf >= 1.0 {
+                    return Err(EvalError::Execution(format!(
+                        "invalid trend factor. Expected: 0 < tf < 1, got: {}",
+                        tf.go()
+                    )));
+                }
+                self.over_time(args, t, false, |p| double_exp_smoothing(p, sf, tf))
+            }
+            F::Absent | F::AbsentOverTime => {
+                let empty = if func == F::Absent {
+                    self.eval_vector(&args[0], t)?.is_empty()
+                } else {
+                    let arg = self.range_arg(&args[0], t)?;
+                    let mut any = false;
+                    arg.for_each(|_, _, _| any = true);
+                    !any
+                };
+                if !empty {
+                    return Ok(Value::Vector(vec![]));
+                }
+                Ok(Value::Vector(vec![VectorSample {
+                    labels: absent_labels(&args[0]),
+                    t,
+                    f: 1.0,
+                    drop_name: false,
+                }]))
+            }
+            F::LabelReplace => {
+                let v = self.eval_vector(&args[0], t)?;
+                let dst = self.string_arg(&args[1], t)?;
+                let repl = self.string_arg(&args[2], t)?;
+                let src = self.string_arg(&args[3], t)?;
+                let re_src = self.string_arg(&args[4], t)?;
+                let re = regex::Regex::new(&format!("^(?s:{re_src})$")).map_err(|e| {
+                    EvalError::Execution(format!(
+                        "invalid regular expression in label_replace(): {re_src}: {e}"
+                    ))
+                })?;
+                if !vigil_wire::text::is_valid_label_name(&dst) {
+                    return Err(EvalError::Execution(format!(
+                        "invalid destination label name in label_replace(): {dst}"
+                    )));
+                }
+                let mut out = Vec::with_capacity(v.len());
+                for mut s in v {
+                    if let Some(caps) = re.captures(s.labels.get_or_empty(&src)) {
+                        let mut res = String::new();
+                        caps.expand(&repl, &mut res);
+                        let mut b = s.labels.to_builder();
+                        b.set(dst.clone(), res);
+                        s.labels = b.build();
+                        if dst == METRIC_NAME {
+                            s.drop_name = false;
+                        }
+                    }
+                    out.push(s);
+                }
+                check_unique(&out)?;
+                Ok(Value::Vector(out))
+            }
+            F::LabelJoin => {
+                let v = self.eval_vector(&args[0], t)?;
+                let dst = self.string_arg(&args[1], t)?;
+                let sep = self.string_arg(&args[2], t)?;
+                let mut srcs = Vec::new();
+                for a in &args[3..] {
+                    let s = self.string_arg(a, t)?;
+                    if !vigil_wire::text::is_valid_label_name(&s) {
+                        return Err(EvalError::Execution(format!(
+                            "invalid source label name in label_join(): {s}"
+                        )));
+                    }
+                    srcs.push(s);
+                }
+                if !vigil_wire::text::is_valid_label_name(&dst) {
+                    return Err(EvalError::Execution(format!(
+                        "invalid destination label name in label_join(): {dst}"
+                    )));
+                }
+                let mut out = Vec::with_capacity(v.len());
+                for mut s in v {
+                    let joined: Vec<&str> = srcs.iter().map(|n| s.labels.get_or_empty(n)).collect();
+                    let joined = joined.join(&sep);
+                    let mut b = s.labels.to_builder();
+                    b.set(dst.clone(), joined);
+                    s.labels = b.build();
+                    if dst == METRIC_NAME {
+                        s.drop_name = false;
+                    }
+                    out.push(s);
+                }
+                check_unique(&out)?;
+                Ok(Value::Vector(out))
+            }
+            F::Sort | F::SortDesc | F::SortByLabel | F::SortByLabelDesc
+                if self.step > 0 && !self.sort_warned =>
+            {
+                self.sort_warned = true;
+                self.annotate(
+                    Severity::Warning,
+                    "sort is ineffective for range queries since results are always ordered by labels".into(),
+                    Some(func.name()),
+                );
+                self.call(func, args, t)
+            }
+            F::Sort | F::SortDesc => {
+                let mut v = self.eval_vector(&args[0], t)?;
+                let desc = func == F::SortDesc;
+                v.sort_by(|a, b| match (a.f.is_nan(), b.f.is_nan()) {
+                    (true, true) => std::cmp::Ordering::Equal,
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    _ => {
+                        let o = a.f.partial_cmp(&b.f).unwrap_or(std::cmp::Ordering::Equal);
+                        if desc {
+                            o.reverse()
+                        } else {
+                            o
+                        }
+                    }
+                });
+                Ok(Value::Vector(v))
+            }
+            F::SortByLabel | F::SortByLabelDesc => {
+                let mut v = self.eval_vector(&args[0], t)?;
+                let mut names = Vec::new();
+                for a in &args[1..] {
+                    names.push(self.string_arg(a, t)?);
+                }
+                let desc = func == F::SortByLabelDesc;
+                v.sort_by(|a, b| {
+                    let mut o = std::cmp::Ordering::Equal;
+                    for n in &names {
+                        o = natural_cmp(a.labels.get_or_empty(n), b.labels.get_or_empty(n));
+                        if o != std::cmp::Ordering::Equal {
+                            break;
+                        }
+                    }
+                    let o = o.then_with(|| a.labels.cmp(&b.labels));
+                    if desc {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                });
+                Ok(Value::Vector(v))
+            }
+            F::HistogramQuantile => self.histogram_quantile(args, t),
+            F::HistogramAvg
+            | F::HistogramCount
+            | F::HistogramFraction
+            | F::HistogramStddev
+            | F::HistogramStdvar
+            | F::HistogramSum
+            | F::Info => Err(EvalError::Unsupported(format!(
+                "{}() needs native histograms or metadata, which Vigil does not store",
+                func.name()
+            ))),
+        }
+    }
+
+    fn histogram_quantile(&mut self, args: &[Node], t: i64) -> Result<Value, EvalError> {
+        let q = self.eval_scalar(&args[0], t)?;
+        let v = self.eval_vector(&args[1], t)?;
+        if !(0.0..=1.0).contains(&q) {
+            self.annotate(
+                Severity::Warning,
+                format!("quantile value should be between 0 and 1, got {}", q.go()),
+                Some("histogram_quantile"),
+            );
+        }
+        struct Group {
+            labels: Labels,
+            buckets: Vec<(f64, f64)>,
+            name: String,
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: std::collections::HashMap<Labels, usize> = std::collections::HashMap::new();
+        for s in &v {
+            let le = s.labels.get("le").and_then(vigil_wire::text::parse_float);
+            let Some(le) = le else {
+                let name = metric_name(&s.labels).to_string();
+                self.annotate(
+                    Severity::Warning,
+                    format!(
+                        "bucket label \"le\" is missing or has a malformed value of {:?} for metric name {:?}",
+                        s.labels.get_or_empty("le"),
+                        name
+                    ),
+                    Some(&name),
+                );
+                continue;
+            };
+            // The name stays in the key (delayed name removal): two histograms that differ only
+            // by name must not be merged; the final duplicate check reports them.
+            let key = s.labels.filter(|l| l.name != "le");
+            let gi = *index.entry(key.clone()).or_insert_with(|| {
+                groups.push(Group {
+                    labels: key,
+                    buckets: vec![],
+                    name: metric_name(&s.labels).to_string(),
+                });
+                groups.len() - 1
+            });
+            groups[gi].buckets.push((le, s.f));
+        }
+        let mut out = Vec::with_capacity(groups.len());
+        for mut g in groups {
+            let (val, forced) = bucket_quantile(q, &mut g.buckets);
+            if forced {
+                self.annotate(
+                    Severity::Info,
+                    format!(
+                        "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {:?}",
+                        g.name
+                    ),
+                    Some("histogram_quantile"),
+                );
+            }
+            out.push(VectorSample {
+                labels: g.labels,
+                t,
+                f: val,
+                drop_name: true,
+            });
+        }
+        Ok(Value::Vector(out))
+    }
+}
+
+/// Quantile of classic buckets `(upper bound, cumulative count)`; the bool says whether the counts
+/// had to be forced monotonic.
+fn bucket_quantile(q: f64, b: &mut Vec<(f64, f64)>) -> (f64, bool) {
+    if q.is_nan() {
+        return (f64::NAN, false);
+    }
+    if q < 0.0 {
+        return (f64::NEG_INFINITY, false);
+    }
+    if q > 1.0 {
+        return (f64::INFINITY, false);
+    }
+    b.sort_by(|x, y| x.0.partial_cmp(&y.0).unwrap_or(std::cmp::Ordering::Equal));
+    if b.last().map(|x| x.0) != Some(f64::INFINITY) {
+        return (f64::NAN, false);
+    }
+    // Merge buckets with the same bound.
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(b.len());
+    for &(le, c) in b.iter() {
+        match merged.last_mut() {
+            Some(last) if last.0 == le => last.1 += c,
+            _ => merged.push((le, c)),
+        }
+    }
+    let mut forced = false;
+    let mut prev = merged[0].1;
+    for x in merged.iter_mut().skip(1) {
+        let cur = x.1;
+        if cur == prev {
+            continue;
+        }
+        if almost_equal(prev, cur, 1e-12) {
+            x.1 = prev;
+            continue;
+        }
+        if cur < prev {
+            x.1 = prev;
+            forced = true;
+            continue;
+        }
+        prev = cur;
+    }
+    if merged.len() < 2 {
+        return (f64::NAN, forced);
+    }
+    let observations = merged[merged.len() - 1].1;
+    if observations == 0.0 || observations.is_nan() {
+        return (f64::NAN, forced);
+    }
+    let mut rank = q * observations;
+    let n = merged.len() - 1;
+    let idx = merged[..n].partition_point(|x| x.1 < rank);
+    if idx == n {
+        return (merged[n - 1].0, forced);
+    }
+    if idx == 0 && merged[0].0 <= 0.0 {
+        return (merged[0].0, forced);
+    }
+    let (mut start, end, mut count) = (0.0, merged[idx].0, merged[idx].1);
+    if idx > 0 {
+        start = merged[idx - 1].0;
+        count -= merged[idx - 1].1;
+        rank -= merged[idx - 1].1;
+    }
+    (start + (end - start) * (rank / count), forced)
+}
+
+fn almost_equal(a: f64, b: f64, eps: f64) -> bool {
+    if a == b {
+        return true;
+    }
+    let abs_sum = a.abs() + b.abs();
+    let diff = (a - b).abs();
+    if a == 0.0 || b == 0.0 || abs_sum < f64::MIN_POSITIVE {
+        return diff < eps * f64::MIN_POSITIVE;
+    }
+    diff / abs_sum.min(f64::MAX) < eps
+}
+
+/// The labels `absent()` reports: the argument selector's equality matchers, when unambiguous.
+fn absent_labels(node: &Node) -> Labels {
+    let Node::Selector(s) = node else {
+        return Labels::empty();
+    };
+    let mut b = Labels::empty().to_builder();
+    let mut seen: Vec<&str> = Vec::new();
+    for m in &s.matchers {
+        if m.name == METRIC_NAME {
+            continue;
+        }
+        // A label is reported only when a single equality matcher names it.
+        if matches!(m.op, promql_parser::label::MatchOp::Equal) && !seen.contains(&m.name.as_str())
+        {
+            b.set(m.name.clone(), m.value.clone());
+        } else {
+            b.del(&m.name);
+        }
+        seen.push(&m.name);
+    }
+    b.build()
+}

@@ -1,0 +1,106 @@
+//! PromQL evaluation with Prometheus 3.x semantics over a [`Storage`].
+//!
+//! Queries are parsed by `promql-parser`, lowered into a plan ([`plan`]), then evaluated: each
+//! selector's data is loaded once per query, range queries are evaluated step by step over it.
+//! Native histograms are out of scope: anything that needs one is refused as unsupported.
+
+mod aggregate;
+mod binary;
+mod eval;
+pub mod functions;
+mod mathx;
+pub mod parse;
+mod parse_pos;
+pub mod plan;
+pub mod storage;
+pub mod value;
+
+pub use parse::{parse, ParseError, Query};
+pub use storage::{MemStorage, SeriesData, Storage};
+pub use value::{Annotation, QueryResult, RangeSeries, Severity, Value, VectorSample};
+
+/// Why an evaluation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// The query is valid PromQL but uses something Vigil does not evaluate.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The query cannot be run as asked (Prometheus's `bad_data`).
+    #[error("{0}")]
+    BadData(String),
+    /// Evaluation failed on the data (Prometheus's `execution`).
+    #[error("{0}")]
+    Execution(String),
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOpts {
+    /// How far back an instant selector looks for a sample (Prometheus: 5m).
+    pub lookback_delta_ms: i64,
+    /// Step of a subquery written without one (Prometheus: the global evaluation interval).
+    pub default_subquery_step_ms: i64,
+}
+
+impl Default for EngineOpts {
+    fn default() -> Self {
+        EngineOpts {
+            lookback_delta_ms: 5 * 60 * 1000,
+            default_subquery_step_ms: 60 * 1000,
+        }
+    }
+}
+
+/// Evaluates parsed queries.
+#[derive(Debug, Clone, Default)]
+pub struct Engine {
+    pub opts: EngineOpts,
+}
+
+impl Engine {
+    pub fn new(opts: EngineOpts) -> Self {
+        Engine { opts }
+    }
+
+    /// Evaluates `q` at time `t` (ms).
+    pub fn instant(
+        &self,
+        storage: &dyn Storage,
+        q: &Query,
+        t: i64,
+    ) -> Result<QueryResult, EvalError> {
+        let mut ev = eval::Evaluator::new(storage, &self.opts, q.text(), t, t, 0);
+        let value = eval::run_instant(&mut ev, q.plan(), t)?;
+        Ok(QueryResult {
+            value,
+            annotations: ev.annotations,
+        })
+    }
+
+    /// Evaluates `q` at every step from `start` to `end` (ms, inclusive); the result is a matrix.
+    pub fn range(
+        &self,
+        storage: &dyn Storage,
+        q: &Query,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<QueryResult, EvalError> {
+        if step <= 0 {
+            return Err(EvalError::BadData(
+                "zero or negative query resolution step widths are not accepted".into(),
+            ));
+        }
+        if end < start {
+            return Err(EvalError::BadData(
+                "end timestamp must not be before start time".into(),
+            ));
+        }
+        let mut ev = eval::Evaluator::new(storage, &self.opts, q.text(), start, end, step);
+        let value = eval::run_range(&mut ev, q.plan())?;
+        Ok(QueryResult {
+            value,
+            annotations: ev.annotations,
+        })
+    }
+}
