@@ -1,80 +1,151 @@
-//! Label sets: sorted by name, unique names, cheap to clone (one shared allocation).
+//! Label sets: sorted by name, unique names, no empty values, held in one shared allocation.
+//!
+//! A fleet's aggregator holds hundreds of thousands of label sets and reads them on every query,
+//! so the representation is what Prometheus's `stringlabels` taught: all names and values of a set
+//! in one contiguous string, each preceded by its length. Cloning is one reference count, reading
+//! a label touches one cache line or two, and a set costs its text plus a few bytes.
+//!
+//! Lengths are written in an ASCII-only variable-length code (6 bits a byte, bytes `0x40..0x7f`
+//! say "more follows") so the whole buffer stays a valid `str` and can be sliced without unsafe
+//! code or re-validation.
 
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 /// The label that carries a series' metric name.
 pub const METRIC_NAME: &str = "__name__";
 
-/// One label pair.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Label {
-    pub name: String,
-    pub value: String,
+/// One label pair, borrowed from a [`Labels`] or a builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Label<'a> {
+    pub name: &'a str,
+    pub value: &'a str,
 }
 
-impl Label {
-    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            value: value.into(),
+/// An immutable label set. Ordering compares label pairs lexicographically, as Prometheus's
+/// `labels.Compare` does.
+#[derive(Clone, Default)]
+pub struct Labels(Option<Arc<str>>);
+
+fn put_len(buf: &mut String, mut n: usize) {
+    // Most significant group first; every byte but the last has 0x40 set.
+    let mut groups = [0u8; 11];
+    let mut k = 0;
+    loop {
+        groups[k] = (n & 0x3f) as u8;
+        k += 1;
+        n >>= 6;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in (0..k).rev() {
+        let b = if i == 0 { groups[i] } else { groups[i] | 0x40 };
+        buf.push(b as char);
+    }
+}
+
+fn get_len(b: &[u8], pos: &mut usize) -> usize {
+    let mut n = 0usize;
+    loop {
+        let x = b[*pos];
+        *pos += 1;
+        n = (n << 6) | usize::from(x & 0x3f);
+        if x & 0x40 == 0 {
+            return n;
         }
     }
 }
 
-/// An immutable label set, sorted by name with no duplicate names and no empty values
-/// (an empty value means "label absent" in Prometheus, so it is never stored).
-///
-/// Ordering compares label pairs lexicographically, as Prometheus's `labels.Compare` does.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Labels(Arc<[Label]>);
+fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Labels {
+    let mut buf = String::new();
+    for (n, v) in pairs {
+        put_len(&mut buf, n.len());
+        buf.push_str(n);
+        put_len(&mut buf, v.len());
+        buf.push_str(v);
+    }
+    if buf.is_empty() {
+        Labels(None)
+    } else {
+        Labels(Some(Arc::from(buf)))
+    }
+}
+
+/// Iterates the labels of a set in name order.
+#[derive(Clone)]
+pub struct Iter<'a> {
+    s: &'a str,
+    pos: usize,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = Label<'a>;
+
+    fn next(&mut self) -> Option<Label<'a>> {
+        if self.pos >= self.s.len() {
+            return None;
+        }
+        let b = self.s.as_bytes();
+        let n = get_len(b, &mut self.pos);
+        let name = &self.s[self.pos..self.pos + n];
+        self.pos += n;
+        let v = get_len(b, &mut self.pos);
+        let value = &self.s[self.pos..self.pos + v];
+        self.pos += v;
+        Some(Label { name, value })
+    }
+}
 
 impl Labels {
     /// The empty label set.
     pub fn empty() -> Self {
-        Self::default()
+        Labels(None)
     }
 
     /// Builds a label set from pairs in any order. Later duplicates of a name win; empty values
     /// are dropped.
-    pub fn from_pairs<N: Into<String>, V: Into<String>>(
+    pub fn from_pairs<N: AsRef<str>, V: AsRef<str>>(
         pairs: impl IntoIterator<Item = (N, V)>,
     ) -> Self {
         let mut b = LabelsBuilder::new();
         for (n, v) in pairs {
-            b.set(n, v);
+            b.set(n.as_ref(), v.as_ref());
         }
         b.build()
     }
 
-    /// Wraps labels that the caller guarantees to be sorted by name, unique and non-empty.
-    fn from_sorted(v: Vec<Label>) -> Self {
-        debug_assert!(v.windows(2).all(|w| w[0].name < w[1].name));
-        Self(v.into())
+    fn text(&self) -> &str {
+        self.0.as_deref().unwrap_or("")
     }
 
-    pub fn iter(&self) -> std::slice::Iter<'_, Label> {
-        self.0.iter()
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            s: self.text(),
+            pos: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.iter().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn as_slice(&self) -> &[Label] {
-        &self.0
+        self.0.is_none()
     }
 
     /// The value of `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|l| l.name.as_str().cmp(name))
-            .ok()
-            .map(|i| self.0[i].value.as_str())
+        for l in self.iter() {
+            match l.name.cmp(name) {
+                Ordering::Less => {}
+                Ordering::Equal => return Some(l.value),
+                Ordering::Greater => return None,
+            }
+        }
+        None
     }
 
     /// The value of `name`, or "" when absent (Prometheus's convention).
@@ -100,8 +171,8 @@ impl Labels {
     }
 
     /// A copy keeping only the labels for which `keep` is true.
-    pub fn filter(&self, mut keep: impl FnMut(&Label) -> bool) -> Labels {
-        Labels::from_sorted(self.0.iter().filter(|l| keep(l)).cloned().collect())
+    pub fn filter(&self, mut keep: impl FnMut(&Label<'_>) -> bool) -> Labels {
+        encode(self.iter().filter(|l| keep(l)).map(|l| (l.name, l.value)))
     }
 
     /// A copy keeping only the named labels.
@@ -117,7 +188,10 @@ impl Labels {
     /// A builder starting from this set.
     pub fn to_builder(&self) -> LabelsBuilder {
         LabelsBuilder {
-            labels: self.0.to_vec(),
+            labels: self
+                .iter()
+                .map(|l| (l.name.to_string(), l.value.to_string()))
+                .collect(),
         }
     }
 
@@ -130,7 +204,7 @@ impl Labels {
                 h = h.wrapping_mul(0x0100_0000_01b3);
             }
         };
-        for l in self.0.iter() {
+        for l in self.iter() {
             eat(l.name.as_bytes());
             eat(&[0xff]);
             eat(l.value.as_bytes());
@@ -138,30 +212,61 @@ impl Labels {
         }
         h
     }
-}
 
-impl<'a> IntoIterator for &'a Labels {
-    type Item = &'a Label;
-    type IntoIter = std::slice::Iter<'a, Label>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+    /// Bytes this set holds on the heap (for memory accounting).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.len() + 16)
     }
 }
 
-/// Writes `{a="1", b="2"}` preceded by the metric name when it is a plain identifier, as
-/// Prometheus prints series.
+impl PartialEq for Labels {
+    fn eq(&self, other: &Self) -> bool {
+        // The encoding is canonical, so equal sets have equal text.
+        self.text() == other.text()
+    }
+}
+
+impl Eq for Labels {}
+
+impl Hash for Labels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.text().hash(state);
+    }
+}
+
+impl Ord for Labels {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.iter().cmp(other.iter())
+    }
+}
+
+impl PartialOrd for Labels {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = Label<'a>;
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+/// Writes `{a="1", b="2"}` preceded by the metric name, as Prometheus prints series.
 impl fmt::Display for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = self.metric_name();
         if let Some(n) = name {
             f.write_str(n)?;
         }
-        let rest: Vec<&Label> = self.0.iter().filter(|l| l.name != METRIC_NAME).collect();
-        if rest.is_empty() && name.is_some() {
+        let mut rest = self.iter().filter(|l| l.name != METRIC_NAME).peekable();
+        if rest.peek().is_none() && name.is_some() {
             return Ok(());
         }
         f.write_str("{")?;
-        for (i, l) in rest.iter().enumerate() {
+        for (i, l) in rest.enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
@@ -169,7 +274,7 @@ impl fmt::Display for Labels {
                 f,
                 "{}=\"{}\"",
                 l.name,
-                crate::text::escape_label_value(&l.value)
+                crate::text::escape_label_value(l.value)
             )?;
         }
         f.write_str("}")
@@ -185,7 +290,7 @@ impl fmt::Debug for Labels {
 /// Mutable label set under construction.
 #[derive(Debug, Clone, Default)]
 pub struct LabelsBuilder {
-    labels: Vec<Label>,
+    labels: Vec<(String, String)>,
 }
 
 impl LabelsBuilder {
@@ -196,19 +301,19 @@ impl LabelsBuilder {
     /// Sets `name` to `value`; an empty value removes the label.
     pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
         let (name, value) = (name.into(), value.into());
-        match self.labels.binary_search_by(|l| l.name.cmp(&name)) {
+        match self.labels.binary_search_by(|l| l.0.cmp(&name)) {
             Ok(i) if value.is_empty() => {
                 self.labels.remove(i);
             }
-            Ok(i) => self.labels[i].value = value,
+            Ok(i) => self.labels[i].1 = value,
             Err(_) if value.is_empty() => {}
-            Err(i) => self.labels.insert(i, Label { name, value }),
+            Err(i) => self.labels.insert(i, (name, value)),
         }
         self
     }
 
     pub fn del(&mut self, name: &str) -> &mut Self {
-        if let Ok(i) = self.labels.binary_search_by(|l| l.name.as_str().cmp(name)) {
+        if let Ok(i) = self.labels.binary_search_by(|l| l.0.as_str().cmp(name)) {
             self.labels.remove(i);
         }
         self
@@ -216,13 +321,13 @@ impl LabelsBuilder {
 
     pub fn get(&self, name: &str) -> Option<&str> {
         self.labels
-            .binary_search_by(|l| l.name.as_str().cmp(name))
+            .binary_search_by(|l| l.0.as_str().cmp(name))
             .ok()
-            .map(|i| self.labels[i].value.as_str())
+            .map(|i| self.labels[i].1.as_str())
     }
 
-    pub fn build(self) -> Labels {
-        Labels::from_sorted(self.labels)
+    pub fn build(&self) -> Labels {
+        encode(self.labels.iter().map(|(n, v)| (n.as_str(), v.as_str())))
     }
 }
 
@@ -233,10 +338,28 @@ mod tests {
     #[test]
     fn sorted_unique_and_empty_values_dropped() {
         let l = Labels::from_pairs([("b", "2"), ("a", "1"), ("c", ""), ("a", "3")]);
-        let names: Vec<&str> = l.iter().map(|l| l.name.as_str()).collect();
+        let names: Vec<&str> = l.iter().map(|l| l.name).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(l.get("a"), Some("3"));
         assert_eq!(l.get("c"), None);
+        assert_eq!(l.len(), 2);
+    }
+
+    #[test]
+    fn long_and_unicode_values_round_trip() {
+        let long = "x".repeat(70_000);
+        let l = Labels::from_pairs([("a", long.as_str()), ("ü", "héllo"), ("z", "")]);
+        assert_eq!(l.get("a"), Some(long.as_str()));
+        assert_eq!(l.get("ü"), Some("héllo"));
+        let lens: Vec<usize> = [0, 1, 63, 64, 4095, 4096, 1 << 20].to_vec();
+        for n in lens {
+            let v = "v".repeat(n);
+            let l = Labels::from_pairs([("n", v.as_str())]);
+            assert_eq!(
+                l.get("n").map(str::len),
+                if n == 0 { None } else { Some(n) }
+            );
+        }
     }
 
     #[test]
@@ -252,6 +375,7 @@ mod tests {
         let a = Labels::from_pairs([("ab", "c")]);
         let b = Labels::from_pairs([("a", "bc")]);
         assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a, b);
     }
 
     #[test]
@@ -259,6 +383,27 @@ mod tests {
         let a = Labels::from_pairs([("a", "1")]);
         let b = Labels::from_pairs([("a", "1"), ("b", "1")]);
         let c = Labels::from_pairs([("a", "2")]);
-        assert!(a < b && b < c);
+        let d = Labels::from_pairs([("aa", "0")]);
+        assert!(Labels::empty() < a && a < b && b < c && c < d);
+    }
+
+    #[test]
+    fn filter_and_builder() {
+        let l = Labels::from_pairs([("__name__", "m"), ("a", "1"), ("b", "2")]);
+        assert_eq!(
+            l.without_metric_name(),
+            Labels::from_pairs([("a", "1"), ("b", "2")])
+        );
+        assert_eq!(l.keep_only(&["b"]), Labels::from_pairs([("b", "2")]));
+        assert_eq!(
+            l.drop_names(&["a", "__name__"]),
+            Labels::from_pairs([("b", "2")])
+        );
+        let mut bld = l.to_builder();
+        bld.set("a", "").set("c", "3");
+        assert_eq!(
+            bld.build(),
+            Labels::from_pairs([("__name__", "m"), ("b", "2"), ("c", "3")])
+        );
     }
 }

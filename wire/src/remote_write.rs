@@ -116,8 +116,8 @@ impl TimeSeries {
             labels: labels
                 .iter()
                 .map(|l| ProtoLabel {
-                    name: l.name.clone(),
-                    value: l.value.clone(),
+                    name: l.name.to_string(),
+                    value: l.value.to_string(),
                 })
                 .collect(),
             samples: samples

@@ -441,7 +441,11 @@ pub fn write(samples: &[ParsedSample], families: &[FamilyMeta]) -> String {
             current = Some(fam_name.to_string());
         }
         out.push_str(name);
-        let rest: Vec<_> = s.labels.iter().filter(|l| l.name != METRIC_NAME).collect();
+        let rest: Vec<_> = s
+            .labels
+            .iter()
+            .filter(|l| &*l.name != METRIC_NAME)
+            .collect();
         if !rest.is_empty() {
             out.push('{');
             for (i, l) in rest.iter().enumerate() {

@@ -10,37 +10,93 @@ use super::plan::{AggOp, Grouping, Node};
 use super::value::{Severity, Value, VectorSample};
 use super::EvalError;
 
-fn group_labels(l: &Labels, g: Option<&Grouping>) -> Labels {
-    match g {
-        None => Labels::empty(),
-        Some(Grouping::By(names)) => l.keep_only(names),
-        Some(Grouping::Without(names)) => {
-            l.filter(|x| x.name != METRIC_NAME && !names.iter().any(|n| *n == x.name))
-        }
-    }
-}
-
 struct Group {
     labels: Labels,
     drop_name: bool,
     members: Vec<usize>,
 }
 
+/// Whether a label takes part in the grouping key.
+fn in_key(name: &str, g: Option<&Grouping>) -> bool {
+    match g {
+        None => false,
+        Some(Grouping::By(names)) => names.iter().any(|n| n == name),
+        Some(Grouping::Without(names)) => name != METRIC_NAME && !names.iter().any(|n| n == name),
+    }
+}
+
+/// Hashes the grouping key of `l` without building it (the hot path of every aggregation).
+fn key_hash(l: &Labels, g: Option<&Grouping>, buf: &mut Vec<u8>) -> u64 {
+    buf.clear();
+    match g {
+        None => return 0,
+        Some(Grouping::By(names)) => {
+            for n in names {
+                buf.extend_from_slice(n.as_bytes());
+                buf.push(0xff);
+                buf.extend_from_slice(l.get_or_empty(n).as_bytes());
+                buf.push(0xff);
+            }
+        }
+        Some(Grouping::Without(_)) => {
+            for x in l.iter().filter(|x| in_key(&x.name, g)) {
+                buf.extend_from_slice(x.name.as_bytes());
+                buf.push(0xff);
+                buf.extend_from_slice(x.value.as_bytes());
+                buf.push(0xff);
+            }
+        }
+    }
+    xxhash_rust::xxh3::xxh3_64(buf)
+}
+
+/// Whether `a` and `b` fall in the same group.
+fn same_key(a: &Labels, b: &Labels, g: Option<&Grouping>) -> bool {
+    match g {
+        None => true,
+        Some(Grouping::By(names)) => names.iter().all(|n| a.get_or_empty(n) == b.get_or_empty(n)),
+        Some(Grouping::Without(_)) => {
+            let mut ia = a.iter().filter(|x| in_key(&x.name, g));
+            let mut ib = b.iter().filter(|x| in_key(&x.name, g));
+            loop {
+                match (ia.next(), ib.next()) {
+                    (None, None) => return true,
+                    (Some(x), Some(y)) if x == y => {}
+                    _ => return false,
+                }
+            }
+        }
+    }
+}
+
+fn group_labels(l: &Labels, g: Option<&Grouping>) -> Labels {
+    match g {
+        None => Labels::empty(),
+        Some(_) => l.filter(|x| in_key(&x.name, g)),
+    }
+}
+
 /// Groups sample indexes by their output labels, in order of first appearance.
 fn groups(v: &[VectorSample], g: Option<&Grouping>) -> Vec<Group> {
-    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
     let mut out: Vec<Group> = Vec::new();
+    let mut buf = Vec::with_capacity(128);
     for (i, s) in v.iter().enumerate() {
-        let key = group_labels(&s.labels, g);
-        match index.get(&key) {
-            Some(&gi) => {
+        let h = key_hash(&s.labels, g, &mut buf);
+        let candidates = index.entry(h).or_default();
+        let found = candidates
+            .iter()
+            .copied()
+            .find(|&gi| same_key(&v[out[gi].members[0]].labels, &s.labels, g));
+        match found {
+            Some(gi) => {
                 out[gi].members.push(i);
                 out[gi].drop_name |= s.drop_name;
             }
             None => {
-                index.insert(key.clone(), out.len());
+                candidates.push(out.len());
                 out.push(Group {
-                    labels: key,
+                    labels: group_labels(&s.labels, g),
                     drop_name: s.drop_name,
                     members: vec![i],
                 });

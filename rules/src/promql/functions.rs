@@ -901,7 +901,7 @@ impl Evaluator<'_> {
             };
             // The name stays in the key (delayed name removal): two histograms that differ only
             // by name must not be merged; the final duplicate check reports them.
-            let key = s.labels.filter(|l| l.name != "le");
+            let key = s.labels.filter(|l| &*l.name != "le");
             let gi = *index.entry(key.clone()).or_insert_with(|| {
                 groups.push(Group {
                     labels: key,

@@ -65,9 +65,25 @@ pub fn parse(text: &str) -> Result<Query, ParseError> {
 /// Gives a parser message a position: the parser reports none, so the error is located by
 /// scanning the tokens for the first place the query stops making sense.
 fn locate(text: &str, msg: String) -> ParseError {
-    let (pos, detail) = super::parse_pos::find_error(text);
+    let (mut pos, detail) = super::parse_pos::find_error(text);
+    if detail.is_none() {
+        // Semantic errors name the function or construct they are about: point at it.
+        let quoted = msg
+            .split('\'')
+            .nth(1)
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("{n}("));
+        let tail = msg.rsplit_once(" for ").map(|(_, t)| t.to_string());
+        if let Some(p) = quoted
+            .iter()
+            .chain(tail.iter())
+            .find_map(|needle| text.find(needle.as_str()))
+        {
+            pos = p;
+        }
+    }
     let message = match detail {
-        Some(d) if msg == "invalid promql query" => format!("parse error: {d}"),
+        Some(d) if msg == "invalid promql query" || msg == d => format!("parse error: {d}"),
         Some(d) => format!("parse error: {msg} ({d})"),
         None => format!("parse error: {msg}"),
     };
@@ -82,5 +98,40 @@ fn locate(text: &str, msg: String) -> ParseError {
         column,
         message,
         unsupported: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn every_parse_error_has_a_position() {
+        let cases = [
+            (
+                "sum(rate(x[5m])",
+                "1:4: parse error: unclosed left parenthesis",
+            ),
+            ("x +", "1:4: parse error: unexpected end of input"),
+            (
+                "sum(x) by (job) foo",
+                "1:17: parse error: unexpected identifier \"foo\"",
+            ),
+            (
+                "1 + rate(foo)",
+                "1:5: parse error: expected type matrix in call to function 'rate', got vector",
+            ),
+            ("x{a=~\"(\"}", "1:7: parse error: illegal regex for ("),
+        ];
+        for (q, want) in cases {
+            let e = parse(q).unwrap_err();
+            assert_eq!(e.to_string(), want, "{q}");
+        }
+    }
+
+    #[test]
+    fn multi_line_queries_report_line_and_column() {
+        let e = parse("sum(\n  rate(x[5m])\n  +\n)").unwrap_err();
+        assert_eq!((e.line, e.column), (4, 1), "{e}");
     }
 }

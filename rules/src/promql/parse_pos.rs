@@ -327,7 +327,7 @@ mod tests {
             ("foo +", 5, "unexpected end of input"),
             ("foo bar", 4, "unexpected identifier \"bar\""),
             ("rate(foo[5m]))", 13, "unexpected right parenthesis"),
-            ("foo{a=\"b}", 4, "unterminated quoted string"),
+            ("foo{a=\"b}", 6, "unterminated quoted string"),
             ("1 + * 2", 4, "unexpected operator \"*\""),
             ("foo offset", 10, "expected a duration"),
         ];
