@@ -441,18 +441,14 @@ pub fn write(samples: &[ParsedSample], families: &[FamilyMeta]) -> String {
             current = Some(fam_name.to_string());
         }
         out.push_str(name);
-        let rest: Vec<_> = s
-            .labels
-            .iter()
-            .filter(|l| &*l.name != METRIC_NAME)
-            .collect();
+        let rest: Vec<_> = s.labels.iter().filter(|l| l.name != METRIC_NAME).collect();
         if !rest.is_empty() {
             out.push('{');
             for (i, l) in rest.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                let _ = write!(out, "{}=\"{}\"", l.name, escape_label_value(&l.value));
+                let _ = write!(out, "{}=\"{}\"", l.name, escape_label_value(l.value));
             }
             out.push('}');
         }

@@ -39,7 +39,7 @@ fn key_hash(l: &Labels, g: Option<&Grouping>, buf: &mut Vec<u8>) -> u64 {
             }
         }
         Some(Grouping::Without(_)) => {
-            for x in l.iter().filter(|x| in_key(&x.name, g)) {
+            for x in l.iter().filter(|x| in_key(x.name, g)) {
                 buf.extend_from_slice(x.name.as_bytes());
                 buf.push(0xff);
                 buf.extend_from_slice(x.value.as_bytes());
@@ -56,8 +56,8 @@ fn same_key(a: &Labels, b: &Labels, g: Option<&Grouping>) -> bool {
         None => true,
         Some(Grouping::By(names)) => names.iter().all(|n| a.get_or_empty(n) == b.get_or_empty(n)),
         Some(Grouping::Without(_)) => {
-            let mut ia = a.iter().filter(|x| in_key(&x.name, g));
-            let mut ib = b.iter().filter(|x| in_key(&x.name, g));
+            let mut ia = a.iter().filter(|x| in_key(x.name, g));
+            let mut ib = b.iter().filter(|x| in_key(x.name, g));
             loop {
                 match (ia.next(), ib.next()) {
                     (None, None) => return true,
@@ -72,7 +72,7 @@ fn same_key(a: &Labels, b: &Labels, g: Option<&Grouping>) -> bool {
 fn group_labels(l: &Labels, g: Option<&Grouping>) -> Labels {
     match g {
         None => Labels::empty(),
-        Some(_) => l.filter(|x| in_key(&x.name, g)),
+        Some(_) => l.filter(|x| in_key(x.name, g)),
     }
 }
 
@@ -111,7 +111,7 @@ fn k_param(p: f64, what: &str) -> Result<i64, EvalError> {
     if p.is_nan() {
         return Err(EvalError::Execution(format!("{what} value is NaN")));
     }
-    if p >= 9.223_372_036_854_776e18 || p < -9.223_372_036_854_776e18 {
+    if !(-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&p) {
         return Err(EvalError::Execution(format!(
             "Scalar value {} overflows int64",
             p.go()

@@ -35,7 +35,7 @@ fn signature(l: &Labels, m: &Matching) -> Labels {
     if m.on {
         l.keep_only(&m.labels)
     } else {
-        l.filter(|x| &*x.name != METRIC_NAME && !m.labels.iter().any(|n| **n == *x.name))
+        l.filter(|x| x.name != METRIC_NAME && !m.labels.iter().any(|n| *n == x.name))
     }
 }
 

@@ -901,7 +901,7 @@ impl Evaluator<'_> {
             };
             // The name stays in the key (delayed name removal): two histograms that differ only
             // by name must not be merged; the final duplicate check reports them.
-            let key = s.labels.filter(|l| &*l.name != "le");
+            let key = s.labels.filter(|l| l.name != "le");
             let gi = *index.entry(key.clone()).or_insert_with(|| {
                 groups.push(Group {
                     labels: key,
@@ -938,7 +938,7 @@ impl Evaluator<'_> {
 
 /// Quantile of classic buckets `(upper bound, cumulative count)`; the bool says whether the counts
 /// had to be forced monotonic.
-fn bucket_quantile(q: f64, b: &mut Vec<(f64, f64)>) -> (f64, bool) {
+fn bucket_quantile(q: f64, b: &mut [(f64, f64)]) -> (f64, bool) {
     if q.is_nan() {
         return (f64::NAN, false);
     }

@@ -104,3 +104,6 @@ impl Engine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

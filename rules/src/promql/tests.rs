@@ -1,0 +1,119 @@
+//! Engine behaviour the peer suite cannot reach (its limit tests all read native histograms) or
+//! that is Vigil's own API.
+
+use vigil_wire::{Labels, Sample};
+
+use super::{parse, Engine, EvalError, MemStorage, Severity, Value};
+
+fn storage(n: usize) -> MemStorage {
+    let mut s = MemStorage::new();
+    for i in 0..n {
+        let l = Labels::from_pairs([
+            ("__name__", "req_total".to_string()),
+            ("instance", format!("i-{i}")),
+            ("group", ["a", "b"][i % 2].to_string()),
+        ]);
+        s.add_series(
+            l,
+            (0..=10).map(|k| Sample::new(k * 60_000, (k * (i as i64 + 1)) as f64)),
+        );
+    }
+    s
+}
+
+fn vector(s: &MemStorage, q: &str, t: i64) -> Vec<(Labels, f64)> {
+    let q = parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+    match Engine::default().instant(s, &q, t).unwrap().value {
+        Value::Vector(v) => v.into_iter().map(|s| (s.labels, s.f)).collect(),
+        other => panic!("not a vector: {other:?}"),
+    }
+}
+
+#[test]
+fn limitk_keeps_k_per_group_from_the_input() {
+    let s = storage(10);
+    let got = vector(&s, "limitk by (group) (2, req_total)", 600_000);
+    assert_eq!(got.len(), 4);
+    for g in ["a", "b"] {
+        assert_eq!(
+            got.iter()
+                .filter(|(l, _)| l.get("group") == Some(g))
+                .count(),
+            2
+        );
+    }
+    assert!(vector(&s, "limitk(0, req_total)", 600_000).is_empty());
+}
+
+#[test]
+fn limit_ratio_and_its_complement_partition_the_input() {
+    let s = storage(200);
+    for r in [0.1, 0.25, 0.5, 0.9] {
+        let a = vector(&s, &format!("limit_ratio({r}, req_total)"), 600_000);
+        let b = vector(
+            &s,
+            &format!("limit_ratio(-{}, req_total)", 1.0 - r),
+            600_000,
+        );
+        assert_eq!(a.len() + b.len(), 200, "ratio {r}");
+        assert!(a.iter().all(|x| !b.contains(x)), "ratio {r}: overlap");
+        // The choice is stable: the same series every time.
+        assert_eq!(
+            a,
+            vector(&s, &format!("limit_ratio({r}, req_total)"), 600_000)
+        );
+    }
+    let all = vector(&s, "limit_ratio(1, req_total)", 600_000);
+    assert_eq!(all.len(), 200);
+}
+
+#[test]
+fn range_query_validates_its_arguments() {
+    let s = storage(1);
+    let e = Engine::default();
+    let q = parse("req_total").unwrap();
+    assert!(matches!(
+        e.range(&s, &q, 0, 60_000, 0),
+        Err(EvalError::BadData(_))
+    ));
+    assert!(matches!(
+        e.range(&s, &q, 60_000, 0, 1000),
+        Err(EvalError::BadData(_))
+    ));
+    let m = parse("req_total[5m]").unwrap();
+    assert!(matches!(
+        e.range(&s, &m, 0, 60_000, 1000),
+        Err(EvalError::BadData(_))
+    ));
+    let r = e.range(&s, &q, 0, 600_000, 60_000).unwrap();
+    let Value::Matrix(m) = r.value else { panic!() };
+    assert_eq!(m[0].points.len(), 11);
+}
+
+#[test]
+fn rate_on_a_gauge_name_gets_an_info_annotation_with_its_position() {
+    let mut s = MemStorage::new();
+    s.add_series(
+        Labels::from_pairs([("__name__", "temperature")]),
+        (0..5).map(|k| Sample::new(k * 15_000, 1.0)),
+    );
+    let q = parse("sum(rate(temperature[1m]))").unwrap();
+    let r = Engine::default().instant(&s, &q, 60_000).unwrap();
+    assert_eq!(r.annotations.len(), 1);
+    assert_eq!(r.annotations[0].severity, Severity::Info);
+    assert!(
+        r.annotations[0].message.ends_with("\"temperature\" (1:10)"),
+        "{}",
+        r.annotations[0].message
+    );
+}
+
+#[test]
+fn native_histogram_functions_are_refused_not_guessed() {
+    let s = storage(1);
+    let q = parse("histogram_count(req_total)").unwrap();
+    assert!(matches!(
+        Engine::default().instant(&s, &q, 0),
+        Err(EvalError::Unsupported(_))
+    ));
+}
