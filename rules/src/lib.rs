@@ -6,4 +6,8 @@
 //! function of its inputs, so the aggregator, `vigil-rules test` and `vigil-rules replay` all
 //! get the same answers.
 
+pub mod duration;
+pub mod gofmt;
 pub mod promql;
+pub mod template;
+pub mod tomlread;

@@ -1,0 +1,108 @@
+//! Prometheus durations (`1h30m`, `5m`, `6997ms`, `2d`, `1w`, `1y`) as milliseconds.
+
+/// Parses a Prometheus duration into milliseconds. Units must be given largest first, each at most
+/// once, as Prometheus requires (`1h30m`, not `30m1h`).
+pub fn parse_ms(s: &str) -> Result<i64, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    const UNITS: [(&str, i64); 7] = [
+        ("y", 365 * 86_400_000),
+        ("w", 7 * 86_400_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ];
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut total: i64 = 0;
+    let mut last_unit = usize::MAX;
+    while i < b.len() {
+        let st = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if st == i {
+            return Err(format!("not a valid duration string: {s:?}"));
+        }
+        let n: i64 = s[st..i]
+            .parse()
+            .map_err(|_| format!("not a valid duration string: {s:?}"))?;
+        let ust = i;
+        while i < b.len() && b[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let unit = &s[ust..i];
+        let Some(k) = UNITS.iter().position(|(u, _)| *u == unit) else {
+            return Err(format!("not a valid duration string: {s:?} (unknown unit {unit:?}; use ms, s, m, h, d, w, y)"));
+        };
+        if last_unit != usize::MAX && k <= last_unit {
+            return Err(format!(
+                "not a valid duration string: {s:?} (units must go from largest to smallest)"
+            ));
+        }
+        last_unit = k;
+        total = n
+            .checked_mul(UNITS[k].1)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("duration {s:?} is too long"))?;
+    }
+    Ok(total)
+}
+
+/// Formats milliseconds as Prometheus does (`1h30m`, `6s997ms`, `0s`).
+pub fn format_ms(ms: i64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    let mut rest = ms.unsigned_abs();
+    if ms < 0 {
+        out.push('-');
+    }
+    for (u, v) in [
+        ("y", 365 * 86_400_000u64),
+        ("w", 7 * 86_400_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ] {
+        if rest >= v {
+            out.push_str(&format!("{}{u}", rest / v));
+            rest %= v;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prometheus_durations() {
+        assert_eq!(parse_ms("0"), Ok(0));
+        assert_eq!(parse_ms("5m"), Ok(300_000));
+        assert_eq!(parse_ms("1m30s"), Ok(90_000));
+        assert_eq!(parse_ms("6997ms"), Ok(6997));
+        assert_eq!(parse_ms("1d2h"), Ok(93_600_000));
+        for bad in ["", "5", "m", "30s1m", "1m1m", "5 m", "1.5h", "-1m", "5x"] {
+            assert!(parse_ms(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        for ms in [0, 1, 999, 1000, 90_000, 6997, 3_600_000, 93_600_000] {
+            assert_eq!(parse_ms(&format_ms(ms)), Ok(ms), "{ms}");
+        }
+        assert_eq!(format_ms(90_000), "1m30s");
+    }
+}
