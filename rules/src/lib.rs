@@ -9,5 +9,6 @@
 pub mod duration;
 pub mod gofmt;
 pub mod promql;
+pub mod rulefile;
 pub mod template;
 pub mod tomlread;
