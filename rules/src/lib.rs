@@ -6,9 +6,11 @@
 //! function of its inputs, so the aggregator, `vigil-rules test` and `vigil-rules replay` all
 //! get the same answers.
 
+pub mod alerting;
 pub mod duration;
 pub mod gofmt;
 pub mod promql;
 pub mod rulefile;
+pub mod scaling;
 pub mod template;
 pub mod tomlread;

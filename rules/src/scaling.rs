@@ -1,0 +1,377 @@
+//! Scaling decisions as pure functions of (policies, observations, state, now).
+//!
+//! Each policy turns its expression's value into a recommended capacity: target tracking
+//! (`ceil(current × value / target)` outside a tolerance band) or step adjustments. Scale-in
+//! recommendations are stabilized: a policy recommends the highest of its raw recommendations
+//! over `scale_in_stabilization`. Several policies on one Auto Scaling group combine like AWS
+//! target tracking: scale out if any asks (to the largest ask), scale in only if all agree (to the
+//! largest of their recommendations), and a policy with no data never lets the group scale in.
+//! A decision never leaves `[min, max]` and never comes inside a cooldown.
+
+use std::collections::VecDeque;
+
+use crate::rulefile::{ScalingMode, ScalingPolicy};
+
+/// What one policy saw at one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The expression's value; `None` when it returned nothing, several series, NaN or ±Inf.
+    pub value: Option<f64>,
+}
+
+/// A policy's state between evaluations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyState {
+    /// Raw recommendations `(time, capacity)` within the stabilization window.
+    pub history: VecDeque<(i64, u32)>,
+}
+
+/// A group's state between decisions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupState {
+    pub last_scale_out: Option<i64>,
+    pub last_scale_in: Option<i64>,
+}
+
+/// One policy's part in a decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyInput {
+    pub policy: String,
+    pub value: Option<f64>,
+    /// Recommendation before stabilization (clamped to the policy's bounds).
+    pub raw: Option<u32>,
+    /// Recommendation after scale-in stabilization.
+    pub recommended: Option<u32>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Out,
+    In,
+}
+
+/// The outcome of one evaluation for one group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub at: i64,
+    pub asg: String,
+    pub current: u32,
+    /// The capacity to set; equals `current` when nothing changes.
+    pub desired: u32,
+    pub direction: Option<Direction>,
+    /// Set when a change was asked for but a cooldown holds it back.
+    pub held: Option<String>,
+    /// The policy whose recommendation was chosen, if any.
+    pub by: Option<String>,
+    pub inputs: Vec<PolicyInput>,
+}
+
+impl Decision {
+    pub fn changes(&self) -> bool {
+        self.desired != self.current
+    }
+}
+
+/// One policy's recommendation from its value: the capacity it wants, clamped to `[min, max]`,
+/// with a sentence saying why.
+pub fn recommend(p: &ScalingPolicy, current: u32, value: f64) -> (u32, String) {
+    let (want, why): (i64, String) = match &p.mode {
+        ScalingMode::Target { target, tolerance } => {
+            let ratio = value / target;
+            if (ratio - 1.0).abs() <= *tolerance {
+                (i64::from(current), format!("value {value} within {tolerance} of target {target}"))
+            } else {
+                let base = f64::from(current.max(1));
+                let want = (base * ratio).ceil();
+                let want = if want.is_finite() { want.clamp(0.0, f64::from(u32::MAX)) as i64 } else { i64::from(current) };
+                (want, format!("value {value} vs target {target}: ceil({base} × {value} / {target}) = {want}"))
+            }
+        }
+        ScalingMode::Steps(steps) => {
+            match steps.iter().find(|s| s.lower.is_none_or(|l| value >= l) && s.upper.is_none_or(|u| value < u)) {
+                Some(s) => (
+                    i64::from(current) + s.adjust,
+                    format!(
+                        "value {value} in step [{}, {}): adjust {:+}",
+                        s.lower.map_or("-inf".into(), |l| l.to_string()),
+                        s.upper.map_or("+inf".into(), |u| u.to_string()),
+                        s.adjust
+                    ),
+                ),
+                None => (i64::from(current), format!("value {value} in no step")),
+            }
+        }
+    };
+    let clamped = want.clamp(i64::from(p.min), i64::from(p.max)) as u32;
+    let why = if i64::from(clamped) != want { format!("{why}, clamped to [{}, {}]", p.min, p.max) } else { why };
+    (clamped, why)
+}
+
+/// Records a raw recommendation and returns the stabilized one: for scale-in, the highest raw
+/// recommendation within the stabilization window; scale-out passes through.
+pub fn stabilize(p: &ScalingPolicy, st: &mut PolicyState, now: i64, raw: u32) -> u32 {
+    st.history.push_back((now, raw));
+    while st.history.front().is_some_and(|(t, _)| *t <= now - p.scale_in_stabilization_ms) {
+        st.history.pop_front();
+    }
+    st.history.iter().map(|(_, r)| *r).max().unwrap_or(raw)
+}
+
+/// Decides a group's capacity. `policies` are the group's policies with their observations and
+/// states, in a stable order.
+pub fn decide(
+    asg: &str,
+    current: u32,
+    policies: &mut [(&ScalingPolicy, Observation, &mut PolicyState)],
+    group: &mut GroupState,
+    now: i64,
+) -> Decision {
+    let mut inputs = Vec::with_capacity(policies.len());
+    for (p, obs, st) in policies.iter_mut() {
+        let value = obs.value.filter(|v| v.is_finite());
+        match value {
+            Some(v) => {
+                let (raw, reason) = recommend(p, current, v);
+                let rec = stabilize(p, st, now, raw);
+                let reason = if rec != raw {
+                    format!("{reason}; stabilized to {rec} (highest over {}ms)", p.scale_in_stabilization_ms)
+                } else {
+                    reason
+                };
+                inputs.push(PolicyInput { policy: p.name.clone(), value: Some(v), raw: Some(raw), recommended: Some(rec), reason });
+            }
+            None => inputs.push(PolicyInput {
+                policy: p.name.clone(),
+                value: None,
+                raw: None,
+                recommended: None,
+                reason: "no data: never scales in".into(),
+            }),
+        }
+    }
+    // Bounds of the group: the tightest of its policies'.
+    let lo = policies.iter().map(|(p, _, _)| p.min).max().unwrap_or(0);
+    let hi = policies.iter().map(|(p, _, _)| p.max).min().unwrap_or(u32::MAX).max(lo);
+
+    let mut d = Decision {
+        at: now,
+        asg: asg.to_string(),
+        current,
+        desired: current,
+        direction: None,
+        held: None,
+        by: None,
+        inputs,
+    };
+    // Out if any asks: the largest ask.
+    let out = d
+        .inputs
+        .iter()
+        .filter_map(|i| i.recommended.filter(|r| *r > current).map(|r| (r, i.policy.clone())))
+        .max_by_key(|(r, _)| *r);
+    // Outside the bounds (changed by hand, or bounds edited): bring it back first.
+    if current < lo || current > hi {
+        let target = current.clamp(lo, hi);
+        let target = match &out {
+            Some((r, _)) if *r > target => (*r).min(hi),
+            _ => target,
+        };
+        d.desired = target;
+        d.direction = Some(if target > current { Direction::Out } else { Direction::In });
+        d.by = Some("bounds".into());
+    } else if let Some((r, by)) = out {
+        let cooldown = policies.iter().find(|(p, _, _)| p.name == by).map_or(0, |(p, _, _)| p.scale_out_cooldown_ms);
+        if let Some(last) = group.last_scale_out.filter(|l| now - l < cooldown) {
+            d.held = Some(format!("scale-out cooldown of {by} until {}", last + cooldown));
+        } else {
+            d.desired = r.min(hi);
+            d.direction = Some(Direction::Out);
+            d.by = Some(by);
+        }
+    } else if !d.inputs.is_empty() && d.inputs.iter().all(|i| i.recommended.is_some_and(|r| r < current)) {
+        // In only if all agree: to the largest recommendation, so no policy is pushed below its
+        // own wish.
+        let (r, by) = d
+            .inputs
+            .iter()
+            .filter_map(|i| i.recommended.map(|r| (r, i.policy.clone())))
+            .max_by_key(|(r, _)| *r)
+            .unwrap_or((current, String::new()));
+        let last_activity = match (group.last_scale_in, group.last_scale_out) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let blocking = policies
+            .iter()
+            .filter(|(p, _, _)| last_activity.is_some_and(|l| now - l < p.scale_in_cooldown_ms))
+            .map(|(p, _, _)| (p.name.clone(), last_activity.unwrap_or(0) + p.scale_in_cooldown_ms))
+            .max_by_key(|(_, until)| *until);
+        if let Some((name, until)) = blocking {
+            d.held = Some(format!("scale-in cooldown of {name} until {until}"));
+        } else {
+            d.desired = r.max(lo);
+            d.direction = Some(Direction::In);
+            d.by = Some(by);
+        }
+    }
+    if d.desired == current {
+        d.direction = None;
+    } else {
+        match d.direction {
+            Some(Direction::Out) => group.last_scale_out = Some(now),
+            Some(Direction::In) => group.last_scale_in = Some(now),
+            None => {}
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::promql::parse;
+    use crate::rulefile::Step;
+    use proptest::prelude::*;
+
+    fn target_policy(name: &str, min: u32, max: u32, target: f64) -> ScalingPolicy {
+        ScalingPolicy {
+            name: name.into(),
+            asg: "web".into(),
+            min,
+            max,
+            expr: parse("1").unwrap(),
+            mode: ScalingMode::Target { target, tolerance: 0.1 },
+            scale_out_cooldown_ms: 60_000,
+            scale_in_cooldown_ms: 300_000,
+            scale_in_stabilization_ms: 300_000,
+            interval_ms: None,
+        }
+    }
+
+    fn decide_one(p: &ScalingPolicy, st: &mut PolicyState, g: &mut GroupState, current: u32, v: Option<f64>, now: i64) -> Decision {
+        decide("web", current, &mut [(p, Observation { value: v }, st)], g, now)
+    }
+
+    #[test]
+    fn target_tracking_math_and_tolerance() {
+        let p = target_policy("cpu", 2, 20, 0.6);
+        assert_eq!(recommend(&p, 4, 0.9).0, 6);
+        assert_eq!(recommend(&p, 4, 0.62).0, 4, "inside tolerance");
+        assert_eq!(recommend(&p, 4, 0.3).0, 2);
+        assert_eq!(recommend(&p, 4, 0.01).0, 2, "clamped to min");
+        assert_eq!(recommend(&p, 10, 6.0).0, 20, "clamped to max");
+    }
+
+    #[test]
+    fn steps() {
+        let mut p = target_policy("rps", 1, 10, 1.0);
+        p.mode = ScalingMode::Steps(vec![
+            Step { lower: None, upper: Some(50.0), adjust: -1 },
+            Step { lower: Some(200.0), upper: Some(400.0), adjust: 2 },
+            Step { lower: Some(400.0), upper: None, adjust: 4 },
+        ]);
+        assert_eq!(recommend(&p, 4, 10.0).0, 3);
+        assert_eq!(recommend(&p, 4, 100.0).0, 4);
+        assert_eq!(recommend(&p, 4, 200.0).0, 6);
+        assert_eq!(recommend(&p, 4, 1000.0).0, 8);
+    }
+
+    #[test]
+    fn cooldowns_and_stabilization() {
+        let p = target_policy("cpu", 2, 20, 0.5);
+        let (mut st, mut g) = (PolicyState::default(), GroupState::default());
+        let d = decide_one(&p, &mut st, &mut g, 4, Some(1.0), 0);
+        assert_eq!((d.desired, d.direction), (8, Some(Direction::Out)));
+        let d = decide_one(&p, &mut st, &mut g, 8, Some(1.0), 30_000);
+        assert_eq!(d.desired, 8);
+        assert!(d.held.as_deref().unwrap_or("").contains("scale-out cooldown"), "{d:?}");
+        let d = decide_one(&p, &mut st, &mut g, 8, Some(1.0), 60_000);
+        assert_eq!(d.desired, 16, "cooldown over");
+        // Load drops: scale-in waits for the stabilization window and the cooldown.
+        let d = decide_one(&p, &mut st, &mut g, 16, Some(0.1), 300_000);
+        assert_eq!(d.desired, 16, "{d:?}");
+        let d = decide_one(&p, &mut st, &mut g, 16, Some(0.1), 700_000);
+        assert_eq!((d.desired, d.direction), (4, Some(Direction::In)), "{d:?}");
+    }
+
+    #[test]
+    fn scale_in_goes_only_to_the_highest_recommendation_of_the_window() {
+        let mut p = target_policy("cpu", 1, 20, 0.5);
+        p.scale_in_cooldown_ms = 0;
+        let (mut st, mut g) = (PolicyState::default(), GroupState::default());
+        let d = decide_one(&p, &mut st, &mut g, 10, Some(0.5), 0);
+        assert_eq!(d.desired, 10, "on target");
+        let d = decide_one(&p, &mut st, &mut g, 10, Some(0.1), 100_000);
+        assert_eq!(d.desired, 10, "the window still holds the recommendation of 10: {d:?}");
+        let d = decide_one(&p, &mut st, &mut g, 10, Some(0.3), 200_000);
+        assert_eq!(d.desired, 10);
+        let d = decide_one(&p, &mut st, &mut g, 10, Some(0.1), 301_000);
+        assert_eq!(d.desired, 6, "highest of the last 5m is ceil(10 x 0.3 / 0.5) = 6: {d:?}");
+    }
+
+    #[test]
+    fn combination_out_if_any_in_only_if_all() {
+        let a = target_policy("cpu", 2, 20, 0.5);
+        let b = target_policy("rps", 2, 20, 100.0);
+        let (mut sa, mut sb, mut g) = (PolicyState::default(), PolicyState::default(), GroupState::default());
+        let d = decide("web", 4, &mut [(&a, Observation { value: Some(1.0) }, &mut sa), (&b, Observation { value: Some(10.0) }, &mut sb)], &mut g, 0);
+        assert_eq!((d.desired, d.by.as_deref()), (8, Some("cpu")), "out if any asks");
+        let (mut sa, mut sb, mut g) = (PolicyState::default(), PolicyState::default(), GroupState::default());
+        let d = decide("web", 8, &mut [(&a, Observation { value: Some(0.1) }, &mut sa), (&b, Observation { value: Some(80.0) }, &mut sb)], &mut g, 0);
+        assert_eq!(d.desired, 7, "in to the largest recommendation: {d:?}");
+        let (mut sa, mut sb, mut g) = (PolicyState::default(), PolicyState::default(), GroupState::default());
+        let d = decide("web", 8, &mut [(&a, Observation { value: Some(0.1) }, &mut sa), (&b, Observation { value: None }, &mut sb)], &mut g, 0);
+        assert_eq!(d.desired, 8, "missing data never scales in");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Random policies, capacities and value sequences: every decision stays within
+        /// [min, max] (once the group is inside), never lands inside a cooldown, and never scales
+        /// in when a policy had no data.
+        #[test]
+        fn invariants_hold(
+            min in 0u32..10,
+            span in 0u32..30,
+            start in 0u32..50,
+            target in 0.1f64..100.0,
+            out_cd in 0i64..600_000,
+            in_cd in 0i64..900_000,
+            stab in 0i64..900_000,
+            steps in proptest::collection::vec((0i64..120_000, proptest::option::of(-1.0f64..1000.0), proptest::option::of(-1.0f64..1000.0)), 1..40),
+        ) {
+            let max = min + span;
+            let mut a = target_policy("a", min, max, target);
+            a.scale_out_cooldown_ms = out_cd;
+            a.scale_in_cooldown_ms = in_cd;
+            a.scale_in_stabilization_ms = stab;
+            let mut b = a.clone();
+            b.name = "b".into();
+            let (mut sa, mut sb, mut g) = (PolicyState::default(), PolicyState::default(), GroupState::default());
+            let mut current = start;
+            let mut now = 0i64;
+            let mut last_out: Option<i64> = None;
+            let mut last_any: Option<i64> = None;
+            for (dt, va, vb) in steps {
+                now += dt;
+                let d = decide("g", current, &mut [(&a, Observation { value: va }, &mut sa), (&b, Observation { value: vb }, &mut sb)], &mut g, now);
+                // Always inside the bounds (a group found outside them is brought back at once).
+                prop_assert!((min..=max).contains(&d.desired), "left bounds: {d:?}");
+                if (min..=max).contains(&current) {
+                    if d.desired > current {
+                        prop_assert!(last_out.is_none_or(|l| now - l >= out_cd), "scale-out inside cooldown");
+                    }
+                    if d.desired < current {
+                        prop_assert!(va.is_some() && vb.is_some(), "scaled in without data");
+                        prop_assert!(last_any.is_none_or(|l| now - l >= in_cd), "scale-in inside cooldown");
+                    }
+                }
+                if d.desired > current { last_out = Some(now); }
+                if d.desired != current { last_any = Some(now); }
+                current = d.desired;
+            }
+        }
+    }
+}
