@@ -91,7 +91,10 @@ pub fn evaluate(
     let mut current: HashMap<Labels, Alert> = HashMap::with_capacity(result.len());
     for s in result {
         let sample_labels = s.labels.without_metric_name();
-        let mut data = Data { value: s.f, ..Default::default() };
+        let mut data = Data {
+            value: s.f,
+            ..Default::default()
+        };
         for l in sample_labels.iter() {
             data.labels.insert(l.name, l.value);
         }
@@ -104,8 +107,11 @@ pub fn evaluate(
         }
         b.set("alertname", rule.alert.clone());
         let labels = b.build();
-        let annotations: BTreeMap<String, String> =
-            rule.annotations.iter().map(|(k, t)| (k.clone(), t.render_or_error(&data))).collect();
+        let annotations: BTreeMap<String, String> = rule
+            .annotations
+            .iter()
+            .map(|(k, t)| (k.clone(), t.render_or_error(&data)))
+            .collect();
         if current.contains_key(&labels) {
             return Err(AlertError::DuplicateLabels(labels));
         }
@@ -133,7 +139,13 @@ pub fn evaluate(
                 existing.annotations = a.annotations;
             }
             _ => {
-                out.transitions.push(transition(rule, &a, AlertState::Inactive, AlertState::Pending, ts));
+                out.transitions.push(transition(
+                    rule,
+                    &a,
+                    AlertState::Inactive,
+                    AlertState::Pending,
+                    ts,
+                ));
                 state.active.insert(k, a);
             }
         }
@@ -147,14 +159,18 @@ pub fn evaluate(
                 let since = *a.keep_firing_since.get_or_insert(ts);
                 keep_firing = ts - since < rule.keep_firing_for_ms;
             }
-            if a.state == AlertState::Pending || a.resolved_at.is_some_and(|r| ts - r > RESOLVED_RETENTION_MS) {
+            if a.state == AlertState::Pending
+                || a.resolved_at
+                    .is_some_and(|r| ts - r > RESOLVED_RETENTION_MS)
+            {
                 remove.push(k.clone());
             }
             if a.state != AlertState::Inactive && !keep_firing {
                 let from = a.state;
                 a.state = AlertState::Inactive;
                 a.resolved_at = Some(ts);
-                out.transitions.push(transition(rule, a, from, AlertState::Inactive, ts));
+                out.transitions
+                    .push(transition(rule, a, from, AlertState::Inactive, ts));
             }
             if !keep_firing {
                 continue;
@@ -165,7 +181,13 @@ pub fn evaluate(
         if a.state == AlertState::Pending && ts - a.active_at >= rule.for_ms {
             a.state = AlertState::Firing;
             a.fired_at = Some(ts);
-            out.transitions.push(transition(rule, a, AlertState::Pending, AlertState::Firing, ts));
+            out.transitions.push(transition(
+                rule,
+                a,
+                AlertState::Pending,
+                AlertState::Firing,
+                ts,
+            ));
         }
         out.series.push(alerts_sample(a, ts));
         out.series.push(for_state_sample(a, ts));
@@ -183,7 +205,10 @@ pub fn evaluate(
 fn merge_transitions(ts: Vec<Transition>) -> Vec<Transition> {
     let mut out: Vec<Transition> = Vec::with_capacity(ts.len());
     for t in ts {
-        if let Some(prev) = out.iter_mut().find(|p| p.labels == t.labels && p.to == t.from) {
+        if let Some(prev) = out
+            .iter_mut()
+            .find(|p| p.labels == t.labels && p.to == t.from)
+        {
             prev.to = t.to;
             prev.value = t.value;
             prev.annotations = t.annotations;
@@ -196,7 +221,13 @@ fn merge_transitions(ts: Vec<Transition>) -> Vec<Transition> {
     out
 }
 
-fn transition(rule: &AlertRule, a: &Alert, from: AlertState, to: AlertState, ts: i64) -> Transition {
+fn transition(
+    rule: &AlertRule,
+    a: &Alert,
+    from: AlertState,
+    to: AlertState,
+    ts: i64,
+) -> Transition {
     Transition {
         at: ts,
         rule: rule.alert.clone(),
@@ -225,7 +256,11 @@ fn for_state_sample(a: &Alert, ts: i64) -> (Labels, Sample) {
 impl RuleState {
     /// The alerts currently firing, sorted by labels.
     pub fn firing(&self) -> Vec<&Alert> {
-        let mut v: Vec<&Alert> = self.active.values().filter(|a| a.state == AlertState::Firing).collect();
+        let mut v: Vec<&Alert> = self
+            .active
+            .values()
+            .filter(|a| a.state == AlertState::Firing)
+            .collect();
         v.sort_by(|a, b| a.labels.cmp(&b.labels));
         v
     }
@@ -244,13 +279,21 @@ mod tests {
             for_ms,
             keep_firing_for_ms: keep_ms,
             labels: vec![("severity".into(), Template::parse("page").unwrap())],
-            annotations: vec![("summary".into(), Template::parse("{{ $labels.job }} at {{ $value }}").unwrap())],
+            annotations: vec![(
+                "summary".into(),
+                Template::parse("{{ $labels.job }} at {{ $value }}").unwrap(),
+            )],
             receivers: vec![],
         }
     }
 
     fn sample(v: f64) -> Vec<VectorSample> {
-        vec![VectorSample { labels: Labels::from_pairs([("__name__", "x"), ("job", "api")]), t: 0, f: v, drop_name: false }]
+        vec![VectorSample {
+            labels: Labels::from_pairs([("__name__", "x"), ("job", "api")]),
+            t: 0,
+            f: v,
+            drop_name: false,
+        }]
     }
 
     fn states(out: &EvalOutput) -> Vec<(AlertState, AlertState)> {
@@ -267,13 +310,20 @@ mod tests {
         assert_eq!(o.transitions[0].annotations["summary"], "api at 2");
         assert_eq!(o.transitions[0].labels.get("severity"), Some("page"));
         assert_eq!(o.transitions[0].labels.get("alertname"), Some("High"));
-        assert!(o.series.iter().any(|(l, s)| l.get("alertstate") == Some("pending") && s.value == 1.0));
+        assert!(o
+            .series
+            .iter()
+            .any(|(l, s)| l.get("alertstate") == Some("pending") && s.value == 1.0));
         let o = evaluate(&r, &mut st, &sample(3.0), 60_000, &ext).unwrap();
         assert!(o.transitions.is_empty());
         let o = evaluate(&r, &mut st, &sample(3.0), 120_000, &ext).unwrap();
         assert_eq!(states(&o), [(AlertState::Pending, AlertState::Firing)]);
         assert_eq!(st.firing().len(), 1);
-        let for_state = o.series.iter().find(|(l, _)| l.metric_name() == Some("ALERTS_FOR_STATE")).unwrap();
+        let for_state = o
+            .series
+            .iter()
+            .find(|(l, _)| l.metric_name() == Some("ALERTS_FOR_STATE"))
+            .unwrap();
         assert_eq!(for_state.1.value, 0.0, "active since t=0");
         let o = evaluate(&r, &mut st, &[], 180_000, &ext).unwrap();
         assert_eq!(states(&o), [(AlertState::Firing, AlertState::Inactive)]);
@@ -315,8 +365,18 @@ mod tests {
     fn duplicate_label_sets_after_templating_are_an_error() {
         let r = rule(0, 0);
         let v = vec![
-            VectorSample { labels: Labels::from_pairs([("__name__", "a"), ("job", "api")]), t: 0, f: 2.0, drop_name: false },
-            VectorSample { labels: Labels::from_pairs([("__name__", "b"), ("job", "api")]), t: 0, f: 3.0, drop_name: false },
+            VectorSample {
+                labels: Labels::from_pairs([("__name__", "a"), ("job", "api")]),
+                t: 0,
+                f: 2.0,
+                drop_name: false,
+            },
+            VectorSample {
+                labels: Labels::from_pairs([("__name__", "b"), ("job", "api")]),
+                t: 0,
+                f: 3.0,
+                drop_name: false,
+            },
         ];
         assert!(evaluate(&r, &mut RuleState::default(), &v, 0, &Labels::empty()).is_err());
     }

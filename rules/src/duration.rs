@@ -82,8 +82,49 @@ pub fn format_ms(ms: i64) -> String {
     out
 }
 
+/// (year, month 1–12, day 1–31) of a count of days since 1970-01-01 (proleptic Gregorian).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// RFC 3339 in UTC with millisecond precision when needed: `2026-11-25T20:12:31Z`,
+/// `2026-11-25T20:12:31.250Z`.
+pub fn format_timestamp_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let frac = ms.rem_euclid(1000);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    let (h, mi, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    if frac == 0 {
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    } else {
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:03}Z")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(format_timestamp_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            format_timestamp_ms(1_764_101_551_250),
+            "2025-11-25T20:12:31.250Z"
+        );
+        assert_eq!(format_timestamp_ms(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(format_timestamp_ms(-1000), "1969-12-31T23:59:59Z");
+    }
+
     use super::*;
 
     #[test]

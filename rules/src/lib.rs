@@ -8,9 +8,12 @@
 
 pub mod alerting;
 pub mod duration;
+pub mod evaluator;
 pub mod gofmt;
 pub mod promql;
+pub mod replace;
 pub mod rulefile;
 pub mod scaling;
+pub mod series;
 pub mod template;
 pub mod tomlread;

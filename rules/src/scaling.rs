@@ -80,16 +80,26 @@ pub fn recommend(p: &ScalingPolicy, current: u32, value: f64) -> (u32, String) {
         ScalingMode::Target { target, tolerance } => {
             let ratio = value / target;
             if (ratio - 1.0).abs() <= *tolerance {
-                (i64::from(current), format!("value {value} within {tolerance} of target {target}"))
+                (
+                    i64::from(current),
+                    format!("value {value} within {tolerance} of target {target}"),
+                )
             } else {
                 let base = f64::from(current.max(1));
                 let want = (base * ratio).ceil();
-                let want = if want.is_finite() { want.clamp(0.0, f64::from(u32::MAX)) as i64 } else { i64::from(current) };
+                let want = if want.is_finite() {
+                    want.clamp(0.0, f64::from(u32::MAX)) as i64
+                } else {
+                    i64::from(current)
+                };
                 (want, format!("value {value} vs target {target}: ceil({base} × {value} / {target}) = {want}"))
             }
         }
         ScalingMode::Steps(steps) => {
-            match steps.iter().find(|s| s.lower.is_none_or(|l| value >= l) && s.upper.is_none_or(|u| value < u)) {
+            match steps
+                .iter()
+                .find(|s| s.lower.is_none_or(|l| value >= l) && s.upper.is_none_or(|u| value < u))
+            {
                 Some(s) => (
                     i64::from(current) + s.adjust,
                     format!(
@@ -104,7 +114,11 @@ pub fn recommend(p: &ScalingPolicy, current: u32, value: f64) -> (u32, String) {
         }
     };
     let clamped = want.clamp(i64::from(p.min), i64::from(p.max)) as u32;
-    let why = if i64::from(clamped) != want { format!("{why}, clamped to [{}, {}]", p.min, p.max) } else { why };
+    let why = if i64::from(clamped) != want {
+        format!("{why}, clamped to [{}, {}]", p.min, p.max)
+    } else {
+        why
+    };
     (clamped, why)
 }
 
@@ -112,7 +126,11 @@ pub fn recommend(p: &ScalingPolicy, current: u32, value: f64) -> (u32, String) {
 /// recommendation within the stabilization window; scale-out passes through.
 pub fn stabilize(p: &ScalingPolicy, st: &mut PolicyState, now: i64, raw: u32) -> u32 {
     st.history.push_back((now, raw));
-    while st.history.front().is_some_and(|(t, _)| *t <= now - p.scale_in_stabilization_ms) {
+    while st
+        .history
+        .front()
+        .is_some_and(|(t, _)| *t <= now - p.scale_in_stabilization_ms)
+    {
         st.history.pop_front();
     }
     st.history.iter().map(|(_, r)| *r).max().unwrap_or(raw)
@@ -135,11 +153,20 @@ pub fn decide(
                 let (raw, reason) = recommend(p, current, v);
                 let rec = stabilize(p, st, now, raw);
                 let reason = if rec != raw {
-                    format!("{reason}; stabilized to {rec} (highest over {}ms)", p.scale_in_stabilization_ms)
+                    format!(
+                        "{reason}; stabilized to {rec} (highest over {}ms)",
+                        p.scale_in_stabilization_ms
+                    )
                 } else {
                     reason
                 };
-                inputs.push(PolicyInput { policy: p.name.clone(), value: Some(v), raw: Some(raw), recommended: Some(rec), reason });
+                inputs.push(PolicyInput {
+                    policy: p.name.clone(),
+                    value: Some(v),
+                    raw: Some(raw),
+                    recommended: Some(rec),
+                    reason,
+                });
             }
             None => inputs.push(PolicyInput {
                 policy: p.name.clone(),
@@ -152,7 +179,12 @@ pub fn decide(
     }
     // Bounds of the group: the tightest of its policies'.
     let lo = policies.iter().map(|(p, _, _)| p.min).max().unwrap_or(0);
-    let hi = policies.iter().map(|(p, _, _)| p.max).min().unwrap_or(u32::MAX).max(lo);
+    let hi = policies
+        .iter()
+        .map(|(p, _, _)| p.max)
+        .min()
+        .unwrap_or(u32::MAX)
+        .max(lo);
 
     let mut d = Decision {
         at: now,
@@ -168,7 +200,11 @@ pub fn decide(
     let out = d
         .inputs
         .iter()
-        .filter_map(|i| i.recommended.filter(|r| *r > current).map(|r| (r, i.policy.clone())))
+        .filter_map(|i| {
+            i.recommended
+                .filter(|r| *r > current)
+                .map(|r| (r, i.policy.clone()))
+        })
         .max_by_key(|(r, _)| *r);
     // Outside the bounds (changed by hand, or bounds edited): bring it back first.
     if current < lo || current > hi {
@@ -178,18 +214,32 @@ pub fn decide(
             _ => target,
         };
         d.desired = target;
-        d.direction = Some(if target > current { Direction::Out } else { Direction::In });
+        d.direction = Some(if target > current {
+            Direction::Out
+        } else {
+            Direction::In
+        });
         d.by = Some("bounds".into());
     } else if let Some((r, by)) = out {
-        let cooldown = policies.iter().find(|(p, _, _)| p.name == by).map_or(0, |(p, _, _)| p.scale_out_cooldown_ms);
+        let cooldown = policies
+            .iter()
+            .find(|(p, _, _)| p.name == by)
+            .map_or(0, |(p, _, _)| p.scale_out_cooldown_ms);
         if let Some(last) = group.last_scale_out.filter(|l| now - l < cooldown) {
-            d.held = Some(format!("scale-out cooldown of {by} until {}", last + cooldown));
+            d.held = Some(format!(
+                "scale-out cooldown of {by} until {}",
+                last + cooldown
+            ));
         } else {
             d.desired = r.min(hi);
             d.direction = Some(Direction::Out);
             d.by = Some(by);
         }
-    } else if !d.inputs.is_empty() && d.inputs.iter().all(|i| i.recommended.is_some_and(|r| r < current)) {
+    } else if !d.inputs.is_empty()
+        && d.inputs
+            .iter()
+            .all(|i| i.recommended.is_some_and(|r| r < current))
+    {
         // In only if all agree: to the largest recommendation, so no policy is pushed below its
         // own wish.
         let (r, by) = d
@@ -205,7 +255,12 @@ pub fn decide(
         let blocking = policies
             .iter()
             .filter(|(p, _, _)| last_activity.is_some_and(|l| now - l < p.scale_in_cooldown_ms))
-            .map(|(p, _, _)| (p.name.clone(), last_activity.unwrap_or(0) + p.scale_in_cooldown_ms))
+            .map(|(p, _, _)| {
+                (
+                    p.name.clone(),
+                    last_activity.unwrap_or(0) + p.scale_in_cooldown_ms,
+                )
+            })
             .max_by_key(|(_, until)| *until);
         if let Some((name, until)) = blocking {
             d.held = Some(format!("scale-in cooldown of {name} until {until}"));
@@ -241,7 +296,10 @@ mod tests {
             min,
             max,
             expr: parse("1").unwrap(),
-            mode: ScalingMode::Target { target, tolerance: 0.1 },
+            mode: ScalingMode::Target {
+                target,
+                tolerance: 0.1,
+            },
             scale_out_cooldown_ms: 60_000,
             scale_in_cooldown_ms: 300_000,
             scale_in_stabilization_ms: 300_000,
@@ -249,8 +307,21 @@ mod tests {
         }
     }
 
-    fn decide_one(p: &ScalingPolicy, st: &mut PolicyState, g: &mut GroupState, current: u32, v: Option<f64>, now: i64) -> Decision {
-        decide("web", current, &mut [(p, Observation { value: v }, st)], g, now)
+    fn decide_one(
+        p: &ScalingPolicy,
+        st: &mut PolicyState,
+        g: &mut GroupState,
+        current: u32,
+        v: Option<f64>,
+        now: i64,
+    ) -> Decision {
+        decide(
+            "web",
+            current,
+            &mut [(p, Observation { value: v }, st)],
+            g,
+            now,
+        )
     }
 
     #[test]
@@ -267,9 +338,21 @@ mod tests {
     fn steps() {
         let mut p = target_policy("rps", 1, 10, 1.0);
         p.mode = ScalingMode::Steps(vec![
-            Step { lower: None, upper: Some(50.0), adjust: -1 },
-            Step { lower: Some(200.0), upper: Some(400.0), adjust: 2 },
-            Step { lower: Some(400.0), upper: None, adjust: 4 },
+            Step {
+                lower: None,
+                upper: Some(50.0),
+                adjust: -1,
+            },
+            Step {
+                lower: Some(200.0),
+                upper: Some(400.0),
+                adjust: 2,
+            },
+            Step {
+                lower: Some(400.0),
+                upper: None,
+                adjust: 4,
+            },
         ]);
         assert_eq!(recommend(&p, 4, 10.0).0, 3);
         assert_eq!(recommend(&p, 4, 100.0).0, 4);
@@ -285,7 +368,13 @@ mod tests {
         assert_eq!((d.desired, d.direction), (8, Some(Direction::Out)));
         let d = decide_one(&p, &mut st, &mut g, 8, Some(1.0), 30_000);
         assert_eq!(d.desired, 8);
-        assert!(d.held.as_deref().unwrap_or("").contains("scale-out cooldown"), "{d:?}");
+        assert!(
+            d.held
+                .as_deref()
+                .unwrap_or("")
+                .contains("scale-out cooldown"),
+            "{d:?}"
+        );
         let d = decide_one(&p, &mut st, &mut g, 8, Some(1.0), 60_000);
         assert_eq!(d.desired, 16, "cooldown over");
         // Load drops: scale-in waits for the stabilization window and the cooldown.
@@ -303,25 +392,74 @@ mod tests {
         let d = decide_one(&p, &mut st, &mut g, 10, Some(0.5), 0);
         assert_eq!(d.desired, 10, "on target");
         let d = decide_one(&p, &mut st, &mut g, 10, Some(0.1), 100_000);
-        assert_eq!(d.desired, 10, "the window still holds the recommendation of 10: {d:?}");
+        assert_eq!(
+            d.desired, 10,
+            "the window still holds the recommendation of 10: {d:?}"
+        );
         let d = decide_one(&p, &mut st, &mut g, 10, Some(0.3), 200_000);
         assert_eq!(d.desired, 10);
         let d = decide_one(&p, &mut st, &mut g, 10, Some(0.1), 301_000);
-        assert_eq!(d.desired, 6, "highest of the last 5m is ceil(10 x 0.3 / 0.5) = 6: {d:?}");
+        assert_eq!(
+            d.desired, 6,
+            "highest of the last 5m is ceil(10 x 0.3 / 0.5) = 6: {d:?}"
+        );
     }
 
     #[test]
     fn combination_out_if_any_in_only_if_all() {
         let a = target_policy("cpu", 2, 20, 0.5);
         let b = target_policy("rps", 2, 20, 100.0);
-        let (mut sa, mut sb, mut g) = (PolicyState::default(), PolicyState::default(), GroupState::default());
-        let d = decide("web", 4, &mut [(&a, Observation { value: Some(1.0) }, &mut sa), (&b, Observation { value: Some(10.0) }, &mut sb)], &mut g, 0);
-        assert_eq!((d.desired, d.by.as_deref()), (8, Some("cpu")), "out if any asks");
-        let (mut sa, mut sb, mut g) = (PolicyState::default(), PolicyState::default(), GroupState::default());
-        let d = decide("web", 8, &mut [(&a, Observation { value: Some(0.1) }, &mut sa), (&b, Observation { value: Some(80.0) }, &mut sb)], &mut g, 0);
+        let (mut sa, mut sb, mut g) = (
+            PolicyState::default(),
+            PolicyState::default(),
+            GroupState::default(),
+        );
+        let d = decide(
+            "web",
+            4,
+            &mut [
+                (&a, Observation { value: Some(1.0) }, &mut sa),
+                (&b, Observation { value: Some(10.0) }, &mut sb),
+            ],
+            &mut g,
+            0,
+        );
+        assert_eq!(
+            (d.desired, d.by.as_deref()),
+            (8, Some("cpu")),
+            "out if any asks"
+        );
+        let (mut sa, mut sb, mut g) = (
+            PolicyState::default(),
+            PolicyState::default(),
+            GroupState::default(),
+        );
+        let d = decide(
+            "web",
+            8,
+            &mut [
+                (&a, Observation { value: Some(0.1) }, &mut sa),
+                (&b, Observation { value: Some(80.0) }, &mut sb),
+            ],
+            &mut g,
+            0,
+        );
         assert_eq!(d.desired, 7, "in to the largest recommendation: {d:?}");
-        let (mut sa, mut sb, mut g) = (PolicyState::default(), PolicyState::default(), GroupState::default());
-        let d = decide("web", 8, &mut [(&a, Observation { value: Some(0.1) }, &mut sa), (&b, Observation { value: None }, &mut sb)], &mut g, 0);
+        let (mut sa, mut sb, mut g) = (
+            PolicyState::default(),
+            PolicyState::default(),
+            GroupState::default(),
+        );
+        let d = decide(
+            "web",
+            8,
+            &mut [
+                (&a, Observation { value: Some(0.1) }, &mut sa),
+                (&b, Observation { value: None }, &mut sb),
+            ],
+            &mut g,
+            0,
+        );
         assert_eq!(d.desired, 8, "missing data never scales in");
     }
 

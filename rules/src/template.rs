@@ -684,7 +684,7 @@ fn humanize_timestamp(v: f64) -> String {
     let nanos = ms.rem_euclid(1000) * 1_000_000;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = crate::duration::civil_from_days(days);
     let frac = if nanos > 0 {
         format!(".{nanos:09}").trim_end_matches('0').to_string()
     } else {
@@ -696,19 +696,6 @@ fn humanize_timestamp(v: f64) -> String {
         (rem % 3600) / 60,
         rem % 60
     )
-}
-
-/// (year, month, day) of a day count since 1970-01-01.
-pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// Go's `fmt.Sprintf` for the verbs templates use: `%s %v %d %f %e %g %q %x %%`, with width,

@@ -15,8 +15,15 @@ use vigil_rules::promql::plan::Node;
 use vigil_rules::promql::{self, Engine, EngineOpts, MemStorage, Severity, Value};
 use vigil_wire::{Labels, Sample, STALE_NAN};
 
-mod series;
-use series::{parse_duration_ms, parse_series_desc, parse_values, Point};
+use vigil_rules::series::{self, parse_series_desc, parse_values, Point};
+
+/// A duration as the test files write them: a Prometheus duration, or a bare number of seconds.
+fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    match s.parse::<i64>() {
+        Ok(secs) => Ok(secs * 1000),
+        Err(_) => vigil_rules::duration::parse_ms(s),
+    }
+}
 
 #[derive(Default, Clone, Copy)]
 struct Counts {

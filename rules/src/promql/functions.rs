@@ -141,19 +141,7 @@ fn civil(secs: f64) -> (i64, i64, i64, i64, i64, i64, i64) {
     let s = secs.floor() as i64;
     let days = s.div_euclid(86_400);
     let rem = s.rem_euclid(86_400);
-    // Howard Hinnant's days_from_civil inverse.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let mut y = yoe + era * 400;
-    let doy_mar = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy_mar + 2) / 153;
-    let d = doy_mar - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    if m <= 2 {
-        y += 1;
-    }
+    let (y, m, d) = crate::duration::civil_from_days(days);
     let dow = (days + 4).rem_euclid(7);
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     const CUM: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];

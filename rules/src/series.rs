@@ -1,4 +1,6 @@
-//! The promtool / promqltest series notation: `metric{a="b"} 1+2x3 _ stale`.
+//! The series notation of `promtool test rules` and Prometheus's PromQL tests:
+//! `metric{a="b"} 1+2x3 _ stale` — a series descriptor, then values where `a+bxN` expands to
+//! `a, a+b, …, a+N·b`, `_` is a missing sample, `_xN` is N of them, and `stale` a staleness marker.
 
 use vigil_wire::{Labels, LabelsBuilder};
 
@@ -19,48 +21,7 @@ impl Point {
     }
 }
 
-/// Prometheus durations: `1h30m`, `5m`, `10s`, `100ms`, `2d`, `1w`, `1y`.
-pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
-    if s == "0" {
-        return Ok(0);
-    }
-    let b = s.as_bytes();
-    let mut i = 0;
-    let mut total: i64 = 0;
-    if b.is_empty() {
-        return Err("empty duration".into());
-    }
-    while i < b.len() {
-        let st = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if st == i {
-            return Err(format!("bad duration {s:?}"));
-        }
-        let n: i64 = s[st..i]
-            .parse()
-            .map_err(|_| format!("bad duration {s:?}"))?;
-        let ust = i;
-        while i < b.len() && b[i].is_ascii_alphabetic() {
-            i += 1;
-        }
-        let mult = match &s[ust..i] {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 7 * 86_400_000,
-            "y" => 365 * 86_400_000,
-            "" if i == b.len() && st == 0 => 1000,
-            u => return Err(format!("bad unit {u:?} in {s:?}")),
-        };
-        total += n * mult;
-    }
-    Ok(total)
-}
-
+/// Parses a number as the notation writes them (`1e3`, `Inf`, `-Inf`, `NaN`).
 pub fn parse_number(s: &str) -> Option<f64> {
     let t = s.trim();
     let (neg, body) = match t.strip_prefix('-') {
@@ -84,7 +45,7 @@ pub fn parse_number(s: &str) -> Option<f64> {
     Some(if neg { -v } else { v })
 }
 
-/// Decodes Go string escapes.
+/// Decodes Go string escapes (`\\n`, `\\xNN`, `\\u1234`, octal).
 pub fn unescape_go(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out: Vec<u8> = Vec::with_capacity(b.len());
