@@ -125,8 +125,6 @@ mod tests {
         assert_eq!(format_timestamp_ms(-1000), "1969-12-31T23:59:59Z");
     }
 
-    use super::*;
-
     #[test]
     fn parses_prometheus_durations() {
         assert_eq!(parse_ms("0"), Ok(0));

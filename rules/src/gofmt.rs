@@ -111,7 +111,7 @@ mod tests {
         assert_eq!(g(0.000012345, 4), "1.234e-05");
         assert_eq!(g(100.0, 4), "100");
         assert_eq!(g(f64::NAN, 4), "NaN");
-        assert_eq!(f(3.14159, 2), "3.14");
+        assert_eq!(f(1.23456, 2), "1.23");
         assert_eq!(e(1234.5, 2), "1.23e+03");
     }
 }

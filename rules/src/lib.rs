@@ -17,3 +17,4 @@ pub mod scaling;
 pub mod series;
 pub mod template;
 pub mod tomlread;
+pub mod unittest;

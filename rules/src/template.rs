@@ -828,7 +828,7 @@ mod tests {
         );
         assert_eq!(render("{{ humanizeDuration 0.0015 }}", 0.0), "1.5ms");
         assert_eq!(render("{{ humanize1024 $value }}", 1048576.0), "1Mi");
-        assert_eq!(render("{{ printf \"%.2f\" $value }}", 3.14159), "3.14");
+        assert_eq!(render("{{ printf \"%.2f\" $value }}", 1.23456), "1.23");
         assert_eq!(render("{{ printf \"%5.1f%%\" $value }}", 9.87), "  9.9%");
         assert_eq!(
             render("{{ $labels.instance | stripPort }}", 0.0),

@@ -111,6 +111,9 @@ fn k_param(p: f64, what: &str) -> Result<i64, EvalError> {
     if p.is_nan() {
         return Err(EvalError::Execution(format!("{what} value is NaN")));
     }
+    if p < 1.0 {
+        return Ok(0);
+    }
     if !(-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&p) {
         return Err(EvalError::Execution(format!(
             "Scalar value {} overflows int64",
@@ -208,9 +211,10 @@ impl Evaluator<'_> {
                 let mut index: HashMap<Labels, usize> = HashMap::new();
                 let mut out: Vec<VectorSample> = Vec::new();
                 for s in &v {
-                    let mut b = group_labels(&s.labels, grouping).to_builder();
+                    // The value label is set before grouping, so `without (<it>)` drops it.
+                    let mut b = s.labels.to_builder();
                     b.set(label.clone(), s.f.go());
-                    let key = b.build();
+                    let key = group_labels(&b.build(), grouping);
                     match index.get(&key) {
                         Some(&i) => out[i].f += 1.0,
                         None => {
@@ -346,12 +350,22 @@ fn top_bottom(
 /// `limit_ratio`'s deterministic choice: a series is kept when its label hash, mapped to [0, 1),
 /// is below `r` (or, for a negative `r`, at or above `1 + r`), as Prometheus's ratio sampler does.
 fn ratio_selects(r: f64, l: &Labels) -> bool {
+    // Prometheus's default (stringlabels) hash: each string length-prefixed, one byte below 255,
+    // else 0xff and three little-endian bytes.
     let mut buf = Vec::with_capacity(64);
+    let mut put = |s: &str| {
+        let n = s.len();
+        if n < 255 {
+            buf.push(n as u8);
+        } else {
+            buf.push(0xff);
+            buf.extend_from_slice(&(n as u32).to_le_bytes()[..3]);
+        }
+        buf.extend_from_slice(s.as_bytes());
+    };
     for x in l {
-        buf.extend_from_slice(x.name.as_bytes());
-        buf.push(0xff);
-        buf.extend_from_slice(x.value.as_bytes());
-        buf.push(0xff);
+        put(x.name);
+        put(x.value);
     }
     let h = xxhash_rust::xxh64::xxh64(&buf, 0);
     let offset = h as f64 / u64::MAX as f64;

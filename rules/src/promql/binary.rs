@@ -173,12 +173,17 @@ fn go_labels(l: &Labels) -> String {
     format!("{{{}}}", parts.join(", "))
 }
 
-fn result_labels(ls: &Labels, rs: &Labels, m: &Matching) -> Labels {
+fn result_labels(ls: &Labels, rs: &Labels, m: &Matching, op: BinOp) -> Labels {
     let mut b = ls.to_builder();
+    // Arithmetic changes what the series measures: its name goes at once (before group_x can
+    // copy one from the other side), whether or not name removal is delayed.
+    if !op.is_comparison() {
+        b.del(METRIC_NAME);
+    }
     match &m.card {
         Card::OneToOne => {
             if m.on {
-                return ls.keep_only(&m.labels);
+                return b.build().keep_only(&m.labels);
             }
             for n in &m.labels {
                 b.del(n);
@@ -251,7 +256,7 @@ fn vector_vector(
         } else {
             (ms.f, os.f)
         };
-        let labels = result_labels(&ms.labels, &os.labels, m);
+        let labels = result_labels(&ms.labels, &os.labels, m, op);
         match m.card {
             Card::OneToOne => {
                 if matched.insert(sig, HashSet::new()).is_some() {
@@ -264,7 +269,7 @@ fn vector_vector(
             _ => {
                 if !matched.entry(sig).or_default().insert(labels.clone()) {
                     return Err(EvalError::Execution(
-                        "multiple matches for matching labels; many-to-one matching must be explicit (group_left/group_right)"
+                        "multiple matches for labels: grouping labels must ensure unique matches"
                             .into(),
                     ));
                 }
@@ -276,7 +281,8 @@ fn vector_vector(
         } else if !keep {
             continue;
         }
-        let drop_name = return_bool || !op.is_comparison() || ms.drop_name;
+        // Comparisons without `bool` pass the sample through, keeping its pending name drop.
+        let drop_name = return_bool || (op.is_comparison() && ms.drop_name);
         out.push(VectorSample {
             labels,
             t,

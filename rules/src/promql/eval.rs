@@ -22,6 +22,12 @@ pub(crate) struct Evaluator<'a> {
     pub(crate) step: i64,
     data: HashMap<usize, Arc<Vec<SeriesData>>>,
     pub(crate) annotations: Vec<Annotation>,
+    /// Inner results of subqueries by (subquery id, time).
+    subquery_cache: HashMap<(usize, i64), Value>,
+    /// Compiled `label_replace` regexes by source.
+    pub(crate) regex_cache: HashMap<String, regex::Regex>,
+    /// Samples loaded so far, checked against `max_samples`.
+    loaded_samples: usize,
     /// Whether the range-query sort warning was given.
     pub(crate) sort_warned: bool,
     /// The query text, to locate annotations.
@@ -47,6 +53,9 @@ impl<'a> Evaluator<'a> {
             annotations: Vec::new(),
             sort_warned: false,
             query,
+            subquery_cache: HashMap::new(),
+            regex_cache: HashMap::new(),
+            loaded_samples: 0,
         }
     }
 
@@ -74,20 +83,30 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Walks the plan and loads every selector's data for all the times it will be read at.
-    pub(crate) fn preload(&mut self, node: &Node, lo: i64, hi: i64) {
+    pub(crate) fn preload(&mut self, node: &Node, lo: i64, hi: i64) -> Result<(), EvalError> {
         match node {
             Node::Number(_) | Node::String(_) => {}
             Node::Selector(s) => {
                 let (rlo, rhi) = match s.at {
                     Some(at) => {
-                        let t = self.at_ms(at) - s.offset_ms;
+                        let t = self.at_ms(at).saturating_sub(s.offset_ms);
                         (t, t)
                     }
-                    None => (lo - s.offset_ms, hi - s.offset_ms),
+                    None => (
+                        lo.saturating_sub(s.offset_ms),
+                        hi.saturating_sub(s.offset_ms),
+                    ),
                 };
                 let width = s.range_ms.unwrap_or(self.opts.lookback_delta_ms);
                 // Windows are left-open: (ref - width, ref].
-                let data = self.select(s, rlo - width + 1, rhi);
+                let data = self.select(s, rlo.saturating_sub(width).saturating_add(1), rhi);
+                self.loaded_samples += data.iter().map(|d| d.samples.len()).sum::<usize>();
+                if self.loaded_samples > self.opts.max_samples {
+                    return Err(EvalError::Execution(format!(
+                        "query processing would load too many samples into memory in query execution (limit {})",
+                        self.opts.max_samples
+                    )));
+                }
                 self.data.insert(s.id, Arc::new(data));
             }
             Node::Subquery {
@@ -99,30 +118,31 @@ impl<'a> Evaluator<'a> {
             } => {
                 let (rlo, rhi) = match at {
                     Some(at) => {
-                        let t = self.at_ms(*at) - offset_ms;
+                        let t = self.at_ms(*at).saturating_sub(*offset_ms);
                         (t, t)
                     }
-                    None => (lo - offset_ms, hi - offset_ms),
+                    None => (lo.saturating_sub(*offset_ms), hi.saturating_sub(*offset_ms)),
                 };
-                self.preload(expr, rlo - range_ms, rhi);
+                self.preload(expr, rlo.saturating_sub(*range_ms), rhi)?;
             }
-            Node::Neg(e) => self.preload(e, lo, hi),
+            Node::Neg(e) => self.preload(e, lo, hi)?,
             Node::Binary { lhs, rhs, .. } => {
-                self.preload(lhs, lo, hi);
-                self.preload(rhs, lo, hi);
+                self.preload(lhs, lo, hi)?;
+                self.preload(rhs, lo, hi)?;
             }
             Node::Aggregate { expr, param, .. } => {
                 if let Some(p) = param {
-                    self.preload(p, lo, hi);
+                    self.preload(p, lo, hi)?;
                 }
-                self.preload(expr, lo, hi);
+                self.preload(expr, lo, hi)?;
             }
             Node::Call { args, .. } => {
                 for a in args {
-                    self.preload(a, lo, hi);
+                    self.preload(a, lo, hi)?;
                 }
             }
         }
+        Ok(())
     }
 
     fn select(&self, s: &Selector, mint: i64, maxt: i64) -> Vec<SeriesData> {
@@ -220,7 +240,8 @@ impl<'a> Evaluator<'a> {
     }
 
     pub(crate) fn selector_ref_time(&self, s: &Selector, t: i64) -> i64 {
-        s.at.map_or(t, |a| self.at_ms(a)) - s.offset_ms
+        s.at.map_or(t, |a| self.at_ms(a))
+            .saturating_sub(s.offset_ms)
     }
 
     fn instant_selector(&self, s: &Selector, t: i64) -> Vec<VectorSample> {
@@ -287,6 +308,7 @@ impl<'a> Evaluator<'a> {
     /// Evaluates a subquery node at `t` into a range vector.
     pub(crate) fn subquery(&mut self, node: &Node, t: i64) -> Result<Vec<RangeSeries>, EvalError> {
         let Node::Subquery {
+            id,
             expr,
             range_ms,
             step_ms,
@@ -297,8 +319,15 @@ impl<'a> Evaluator<'a> {
             return Err(EvalError::Execution("not a subquery".into()));
         };
         let step = step_ms.unwrap_or(self.opts.default_subquery_step_ms).max(1);
-        let reft = at.map_or(t, |a| self.at_ms(a)) - offset_ms;
-        let lo = reft - range_ms;
+        let reft = at.map_or(t, |a| self.at_ms(a)).saturating_sub(*offset_ms);
+        let lo = reft.saturating_sub(*range_ms);
+        if range_ms / step > self.opts.max_subquery_steps {
+            return Err(EvalError::BadData(format!(
+                "subquery of {} steps exceeds the limit of {} (use a larger step)",
+                range_ms / step,
+                self.opts.max_subquery_steps
+            )));
+        }
         // First step-aligned time strictly after `lo` (windows are left-open).
         let mut ts = lo.div_euclid(step) * step;
         if ts <= lo {
@@ -306,7 +335,17 @@ impl<'a> Evaluator<'a> {
         }
         let mut series: BTreeMap<Labels, RangeSeries> = BTreeMap::new();
         while ts <= reft {
-            match self.eval(expr, ts)? {
+            // Inner times are absolute multiples of the step, so consecutive outer steps share
+            // most of them: evaluate each once per query.
+            let value = match self.subquery_cache.get(&(*id, ts)) {
+                Some(v) => v.clone(),
+                None => {
+                    let v = self.eval(expr, ts)?;
+                    self.subquery_cache.insert((*id, ts), v.clone());
+                    v
+                }
+            };
+            match value {
                 Value::Scalar(v) => {
                     series
                         .entry(Labels::empty())
@@ -338,7 +377,10 @@ impl<'a> Evaluator<'a> {
                     )))
                 }
             }
-            ts += step;
+            match ts.checked_add(step) {
+                Some(n) => ts = n,
+                None => break,
+            }
         }
         Ok(series.into_values().collect())
     }
@@ -401,7 +443,7 @@ pub(crate) fn run_range(ev: &mut Evaluator<'_>, root: &Node) -> Result<Value, Ev
         }
     }
     let (start, end, step) = (ev.start, ev.end, ev.step.max(1));
-    ev.preload(root, start, end);
+    ev.preload(root, start, end)?;
     let mut series: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
     let mut t = start;
     while t <= end {
@@ -441,7 +483,7 @@ pub(crate) fn run_range(ev: &mut Evaluator<'_>, root: &Node) -> Result<Value, Ev
 
 /// Runs an instant query.
 pub(crate) fn run_instant(ev: &mut Evaluator<'_>, root: &Node, t: i64) -> Result<Value, EvalError> {
-    ev.preload(root, t, t);
+    ev.preload(root, t, t)?;
     Ok(match ev.eval(root, t)? {
         Value::Vector(v) => Value::Vector(finish_vector(v)?),
         Value::Matrix(m) => {

@@ -138,7 +138,8 @@ fn math1(f: Func, x: f64) -> f64 {
 /// Civil date (UTC) of a Unix time in seconds: (year, month 1-12, day 1-31, day of week 0=Sunday,
 /// day of year 1-366, hour, minute).
 fn civil(secs: f64) -> (i64, i64, i64, i64, i64, i64, i64) {
-    let s = secs.floor() as i64;
+    // Go's time.Unix(int64(f), 0): truncation toward zero.
+    let s = secs.trunc() as i64;
     let days = s.div_euclid(86_400);
     let rem = s.rem_euclid(86_400);
     let (y, m, d) = crate::duration::civil_from_days(days);
@@ -365,6 +366,16 @@ impl Evaluator<'_> {
         }
     }
 
+    /// A `label_replace` regex, compiled once per query: anchored, `.` matching newlines.
+    fn regex(&mut self, src: &str) -> Result<regex::Regex, regex::Error> {
+        if let Some(r) = self.regex_cache.get(src) {
+            return Ok(r.clone());
+        }
+        let r = regex::Regex::new(&format!("^(?s:{src})$"))?;
+        self.regex_cache.insert(src.to_string(), r.clone());
+        Ok(r)
+    }
+
     fn string_arg(&mut self, node: &Node, t: i64) -> Result<String, EvalError> {
         match self.eval(node, t)? {
             Value::String(s) => Ok(s),
@@ -461,9 +472,15 @@ impl Evaluator<'_> {
                 Ok(Value::Scalar(if v.len() == 1 { v[0].f } else { f64::NAN }))
             }
             F::Timestamp => {
+                // Only a plain selector has sample timestamps; anything else is at the step.
+                let plain = matches!(&args[0], Node::Selector(sel) if sel.range_ms.is_none());
                 let mut v = self.eval_vector(&args[0], t)?;
                 for s in &mut v {
-                    s.f = s.t as f64 / 1e3;
+                    s.f = if plain {
+                        s.t as f64 / 1e3
+                    } else {
+                        t as f64 / 1e3
+                    };
                     s.t = t;
                     s.drop_name = true;
                 }
@@ -549,31 +566,23 @@ impl Evaluator<'_> {
             F::Rate | F::Increase | F::Delta => {
                 let arg = self.range_arg(&args[0], t)?;
                 let counter = func != F::Delta;
-                if counter {
-                    let name_of = arg.name.clone();
-                    let mut bad: Option<String> = None;
-                    arg.for_each(|l, _, _| {
-                        let n = metric_name(l);
-                        let ok = ["_total", "_sum", "_count", "_bucket"]
-                            .iter()
-                            .any(|s| n.ends_with(s));
-                        if !ok && bad.is_none() {
-                            bad = Some(n.to_string());
-                        }
-                    });
-                    if let Some(n) = bad {
-                        self.annotate(
-                            Severity::Info,
-                            format!("metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {n:?}"),
-                            name_of.as_deref(),
-                        );
-                    }
-                }
                 let mut out = Vec::new();
+                let mut not_counters: Vec<String> = Vec::new();
                 arg.for_each(|labels, _, points| {
                     if let Some(v) =
                         extrapolated(points, arg.start, arg.end, counter, func == F::Rate)
                     {
+                        let n = metric_name(labels);
+                        let looks_like_counter = ["_total", "_sum", "_count", "_bucket"]
+                            .iter()
+                            .any(|s| n.ends_with(s));
+                        if counter
+                            && !n.is_empty()
+                            && !looks_like_counter
+                            && !not_counters.iter().any(|x| x == n)
+                        {
+                            not_counters.push(n.to_string());
+                        }
                         out.push(VectorSample {
                             labels: labels.clone(),
                             t,
@@ -582,6 +591,13 @@ impl Evaluator<'_> {
                         });
                     }
                 });
+                for n in not_counters {
+                    self.annotate(
+                        Severity::Info,
+                        format!("metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {n:?}"),
+                        arg.name.as_deref().or(Some(n.as_str())),
+                    );
+                }
                 Ok(Value::Vector(out))
             }
             F::Irate => self.over_time(args, t, false, |p| instant_delta(p, true)),
@@ -646,10 +662,7 @@ impl Evaluator<'_> {
                         } else {
                             x.value < best.value
                         };
-                        if better
-                            || (best.value.is_nan() && !x.value.is_nan())
-                            || (ts && x.value == best.value)
-                        {
+                        if better || best.value.is_nan() || (ts && x.value == best.value) {
                             best = *x;
                         }
                     }
@@ -688,6 +701,12 @@ impl Evaluator<'_> {
             F::DoubleExpSmoothing | F::HoltWinters => {
                 let sf = self.eval_scalar(&args[1], t)?;
                 let tf = self.eval_scalar(&args[2], t)?;
+                let arg = self.range_arg(&args[0], t)?;
+                let mut any = false;
+                arg.for_each(|_, _, _| any = true);
+                if !any {
+                    return Ok(Value::Vector(vec![]));
+                }
                 if sf <= 0.0 || sf >= 1.0 {
                     return Err(EvalError::Execution(format!(
                         "invalid smoothing factor. Expected: 0 < sf < 1, got: {}",
@@ -727,7 +746,7 @@ impl Evaluator<'_> {
                 let repl = self.string_arg(&args[2], t)?;
                 let src = self.string_arg(&args[3], t)?;
                 let re_src = self.string_arg(&args[4], t)?;
-                let re = regex::Regex::new(&format!("^(?s:{re_src})$")).map_err(|e| {
+                let re = self.regex(&re_src).map_err(|e| {
                     EvalError::Execution(format!(
                         "invalid regular expression in label_replace(): {re_src}: {e}"
                     ))
@@ -970,7 +989,7 @@ fn bucket_quantile(q: f64, b: &mut [(f64, f64)]) -> (f64, bool) {
         return (f64::NAN, forced);
     }
     let observations = merged[merged.len() - 1].1;
-    if observations == 0.0 || observations.is_nan() {
+    if observations == 0.0 {
         return (f64::NAN, forced);
     }
     let mut rank = q * observations;
@@ -1018,10 +1037,10 @@ fn absent_labels(node: &Node) -> Labels {
         if matches!(m.op, promql_parser::label::MatchOp::Equal) && !seen.contains(&m.name.as_str())
         {
             b.set(m.name.clone(), m.value.clone());
+            seen.push(&m.name);
         } else {
             b.del(&m.name);
         }
-        seen.push(&m.name);
     }
     b.build()
 }

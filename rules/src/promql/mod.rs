@@ -40,6 +40,12 @@ pub struct EngineOpts {
     pub lookback_delta_ms: i64,
     /// Step of a subquery written without one (Prometheus: the global evaluation interval).
     pub default_subquery_step_ms: i64,
+    /// Samples one query may load (Prometheus's `query.max-samples` plays this part).
+    pub max_samples: usize,
+    /// Points a range query may return per series (Prometheus's API refuses more than 11,000).
+    pub max_points: i64,
+    /// Steps within one subquery window.
+    pub max_subquery_steps: i64,
 }
 
 impl Default for EngineOpts {
@@ -47,6 +53,9 @@ impl Default for EngineOpts {
         EngineOpts {
             lookback_delta_ms: 5 * 60 * 1000,
             default_subquery_step_ms: 60 * 1000,
+            max_samples: 50_000_000,
+            max_points: 11_000,
+            max_subquery_steps: 1_000_000,
         }
     }
 }
@@ -95,6 +104,12 @@ impl Engine {
             return Err(EvalError::BadData(
                 "end timestamp must not be before start time".into(),
             ));
+        }
+        if (end - start) / step >= self.opts.max_points {
+            return Err(EvalError::BadData(format!(
+                "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
+                self.opts.max_points
+            )));
         }
         let mut ev = eval::Evaluator::new(storage, &self.opts, q.text(), start, end, step);
         let value = eval::run_range(&mut ev, q.plan())?;

@@ -46,7 +46,18 @@ impl std::error::Error for ParseError {}
 
 /// Parses and lowers a PromQL expression.
 pub fn parse(text: &str) -> Result<Query, ParseError> {
-    let expr = promql_parser::parser::parse(text).map_err(|msg| locate(text, msg))?;
+    if let Some((pos, msg)) = super::parse_pos::find_bad_duration(text) {
+        return Err(at(text, pos, format!("parse error: {msg}")));
+    }
+    // The parser has panicked on inputs before; a query must never take the process down.
+    let parsed = std::panic::catch_unwind(|| promql_parser::parser::parse(text)).map_err(|_| {
+        at(
+            text,
+            0,
+            "parse error: the query could not be parsed".to_string(),
+        )
+    })?;
+    let expr = parsed.map_err(|msg| locate(text, msg))?;
     let plan = lower(&expr).map_err(|e| {
         let unsupported = matches!(e, EvalError::Unsupported(_));
         ParseError {
@@ -87,6 +98,10 @@ fn locate(text: &str, msg: String) -> ParseError {
         Some(d) => format!("parse error: {msg} ({d})"),
         None => format!("parse error: {msg}"),
     };
+    at(text, pos, message)
+}
+
+fn at(text: &str, pos: usize, message: String) -> ParseError {
     let before = &text[..pos.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before

@@ -68,6 +68,12 @@ fn tokenize(s: &str) -> Result<Vec<(usize, Tok<'_>)>, (usize, String)> {
                 out.push((start, Tok::Number));
                 continue;
             }
+            b':' if b.get(i + 1).is_some_and(|d| d.is_ascii_digit()) => {
+                // The subquery separator before a step: `[5m:30s]`.
+                i += 1;
+                out.push((start, Tok::Colon));
+                continue;
+            }
             c if c.is_ascii_alphabetic() || c == b'_' || c == b':' => {
                 while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':')
                 {
@@ -352,6 +358,86 @@ mod tests {
             "foo and bool bar",
         ] {
             assert_eq!(find_error(q), (0, None), "{q}");
+        }
+    }
+}
+
+/// Numbers the parser would turn into durations or timestamps (inside `[...]`, after `offset` or
+/// `@`) that are too large or not finite: `promql-parser` panics on them, so they are refused
+/// first, with their position.
+pub(crate) fn find_bad_duration(s: &str) -> Option<(usize, String)> {
+    let toks = tokenize(s).ok()?;
+    let text_of = |i: usize| -> &str {
+        let start = toks[i].0;
+        let end = toks.get(i + 1).map_or(s.len(), |t| t.0);
+        s[start..end].trim()
+    };
+    let mut depth = 0usize;
+    for (i, (p, t)) in toks.iter().enumerate() {
+        match t {
+            Tok::Open(b'[') => depth += 1,
+            Tok::Close(b']') => depth = depth.saturating_sub(1),
+            Tok::Number => {
+                let prev = |k: usize| i.checked_sub(k).map(|j| &toks[j].1);
+                let after_kw = |tok: Option<&Tok<'_>>| {
+                    matches!(tok, Some(Tok::Ident("offset")) | Some(Tok::At))
+                };
+                let sign = matches!(prev(1), Some(Tok::Op("-" | "+")));
+                let in_duration = depth > 0 || after_kw(prev(1)) || (sign && after_kw(prev(2)));
+                if !in_duration {
+                    continue;
+                }
+                let raw = text_of(i);
+                let raw = raw
+                    .split(|c: char| c == ']' || c == ':' || c.is_whitespace())
+                    .next()
+                    .unwrap_or(raw);
+                let bad = if raw
+                    .bytes()
+                    .any(|c| c.is_ascii_alphabetic() && !matches!(c, b'e' | b'E'))
+                {
+                    // A duration with units: no digit run may be absurdly long.
+                    raw.split(|c: char| !c.is_ascii_digit())
+                        .any(|d| d.len() > 15)
+                } else {
+                    raw.parse::<f64>()
+                        .map_or(true, |v| !v.is_finite() || v.abs() >= 3.1536e11)
+                };
+                if bad {
+                    return Some((*p, format!("duration or timestamp {raw:?} is out of range")));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::find_bad_duration;
+
+    #[test]
+    fn refuses_durations_the_parser_would_panic_on() {
+        for q in [
+            "x[1e30]",
+            "x[5m:1e400]",
+            "x offset 1e30",
+            "x @ 1e300",
+            "x[99999999999999999999y]",
+            "x offset -1e30",
+        ] {
+            assert!(find_bad_duration(q).is_some(), "{q}");
+        }
+        for q in [
+            "x[5m]",
+            "x > 1e30",
+            "x offset 5m",
+            "x @ 1700000000",
+            "rate(x[5m:30s])",
+            "x[300]",
+        ] {
+            assert!(find_bad_duration(q).is_none(), "{q}");
         }
     }
 }

@@ -113,6 +113,8 @@ pub enum Node {
     String(String),
     Selector(Selector),
     Subquery {
+        /// Index into the per-query cache of inner evaluations.
+        id: usize,
         expr: Box<Node>,
         range_ms: i64,
         step_ms: Option<i64>,
@@ -170,8 +172,34 @@ impl Node {
     }
 }
 
+/// Durations beyond this many milliseconds (about 10,000 years) are refused: the arithmetic on
+/// timestamps must never overflow.
+const MAX_DURATION_MS: i64 = 315_360_000_000_000;
+
 fn dur_ms(d: &Duration) -> i64 {
-    d.as_millis() as i64
+    i64::try_from(d.as_millis())
+        .unwrap_or(i64::MAX)
+        .min(MAX_DURATION_MS)
+}
+
+fn check_durations(node: &Node) -> Result<(), EvalError> {
+    let too_long = |ms: i64| ms.abs() >= MAX_DURATION_MS;
+    let bad = match node {
+        Node::Selector(s) => too_long(s.offset_ms) || s.range_ms.is_some_and(too_long),
+        Node::Subquery {
+            range_ms,
+            offset_ms,
+            step_ms,
+            ..
+        } => too_long(*range_ms) || too_long(*offset_ms) || step_ms.is_some_and(too_long),
+        _ => false,
+    };
+    if bad {
+        return Err(EvalError::BadData(
+            "duration out of range (at most 10000y)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn offset_ms(o: &Option<Offset>) -> i64 {
@@ -203,6 +231,30 @@ pub fn lower(expr: &Expr) -> Result<Node, EvalError> {
     lower_expr(expr, &mut next_id)
 }
 
+/// Prometheus 3 anchors regex matchers and lets `.` match newlines: `^(?s:re)$`.
+fn prometheus_regex(m: &Matcher) -> Matcher {
+    let rebuild = |re: &str| regex::Regex::new(&format!("^(?s:{re})$")).ok();
+    match &m.op {
+        MatchOp::Re(_) => match rebuild(&m.value) {
+            Some(r) => Matcher {
+                op: MatchOp::Re(r),
+                name: m.name.clone(),
+                value: m.value.clone(),
+            },
+            None => m.clone(),
+        },
+        MatchOp::NotRe(_) => match rebuild(&m.value) {
+            Some(r) => Matcher {
+                op: MatchOp::NotRe(r),
+                name: m.name.clone(),
+                value: m.value.clone(),
+            },
+            None => m.clone(),
+        },
+        _ => m.clone(),
+    }
+}
+
 fn lower_selector(
     vs: &ast::VectorSelector,
     range: Option<&Duration>,
@@ -215,7 +267,7 @@ fn lower_selector(
         .as_ref()
         .map(|n| Matcher::new(MatchOp::Equal, "__name__", n));
     let mut matchers: Vec<Matcher> = name_matcher.iter().cloned().collect();
-    matchers.extend(vs.matchers.matchers.iter().cloned());
+    matchers.extend(vs.matchers.matchers.iter().map(prometheus_regex));
     let or_matchers = vs
         .matchers
         .or_matchers
@@ -224,7 +276,7 @@ fn lower_selector(
             name_matcher
                 .iter()
                 .cloned()
-                .chain(alt.iter().cloned())
+                .chain(alt.iter().map(prometheus_regex))
                 .collect()
         })
         .collect();
@@ -247,7 +299,7 @@ fn lower_selector(
 }
 
 fn lower_expr(expr: &Expr, next_id: &mut usize) -> Result<Node, EvalError> {
-    Ok(match expr {
+    let node = match expr {
         Expr::NumberLiteral(n) => Node::Number(n.val),
         Expr::StringLiteral(s) => Node::String(s.val.clone()),
         Expr::Paren(p) => lower_expr(&p.expr, next_id)?,
@@ -256,6 +308,10 @@ fn lower_expr(expr: &Expr, next_id: &mut usize) -> Result<Node, EvalError> {
             Node::Selector(lower_selector(&ms.vs, Some(&ms.range), next_id))
         }
         Expr::Subquery(sq) => Node::Subquery {
+            id: {
+                *next_id += 1;
+                *next_id - 1
+            },
             expr: Box::new(lower_expr(&sq.expr, next_id)?),
             range_ms: dur_ms(&sq.range),
             step_ms: sq.step.as_ref().map(dur_ms).filter(|s| *s > 0),
@@ -309,7 +365,9 @@ fn lower_expr(expr: &Expr, next_id: &mut usize) -> Result<Node, EvalError> {
             Node::Call { func, args }
         }
         Expr::Extension(_) => return Err(EvalError::Unsupported("extension expressions".into())),
-    })
+    };
+    check_durations(&node)?;
+    Ok(node)
 }
 
 fn lower_binary(b: &ast::BinaryExpr, next_id: &mut usize) -> Result<Node, EvalError> {

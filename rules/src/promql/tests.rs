@@ -117,3 +117,58 @@ fn native_histogram_functions_are_refused_not_guessed() {
         Err(EvalError::Unsupported(_))
     ));
 }
+
+#[test]
+fn hostile_queries_are_refused_not_run() {
+    for q in ["x[1e30]", "x offset 1e30", "x[5m:1e400]", "x @ 1e300"] {
+        let e = parse(q).expect_err(q);
+        assert!(e.message.contains("out of range"), "{q}: {e}");
+    }
+    let s = storage(1);
+    let e = Engine::default();
+    let q = parse("req_total").unwrap();
+    assert!(
+        matches!(
+            e.range(&s, &q, 0, 86_400_000, 1),
+            Err(EvalError::BadData(_))
+        ),
+        "too many points"
+    );
+    let q = parse("max_over_time(req_total[1y:1ms])").unwrap();
+    assert!(
+        matches!(e.instant(&s, &q, 0), Err(EvalError::BadData(_))),
+        "too many subquery steps"
+    );
+}
+
+#[test]
+fn timestamp_is_the_sample_time_only_for_plain_selectors() {
+    let s = storage(1);
+    let at = 630_000; // 30s after the last sample
+    let plain = vector(&s, "timestamp(req_total)", at);
+    assert_eq!(plain[0].1, 600.0);
+    let wrapped = vector(&s, "timestamp(req_total and req_total)", at);
+    assert_eq!(wrapped[0].1, 630.0);
+}
+
+#[test]
+fn arithmetic_drops_the_name_before_group_left_copies_labels() {
+    let mut s = MemStorage::new();
+    s.add(
+        Labels::from_pairs([("__name__", "a"), ("x", "1")]),
+        Sample::new(0, 1.0),
+    );
+    s.add(
+        Labels::from_pairs([("__name__", "b"), ("x", "1"), ("team", "t")]),
+        Sample::new(0, 2.0),
+    );
+    let got = vector(
+        &s,
+        "label_replace(a + on(x) group_left(team) b, \"n\", \"$1\", \"__name__\", \"(.+)\")",
+        0,
+    );
+    assert_eq!(
+        got,
+        vec![(Labels::from_pairs([("x", "1"), ("team", "t")]), 3.0)]
+    );
+}

@@ -1,0 +1,626 @@
+//! `vigil-rules test`: rule unit tests with the meaning of `promtool test rules`, in TOML.
+//!
+//! Input series are loaded at `interval` steps from time 0; rule groups are evaluated at their
+//! intervals from 0 up to each check's `eval_time`. Alert checks compare the *firing* alerts of
+//! one alert name (labels without the implied `alertname`, and annotations); expression checks
+//! compare an instant query's samples. Vigil adds scaling checks (one policy's recommendation for
+//! a given current capacity, with its scale-in stabilization but no cooldowns) and replacement
+//! checks (the instances a policy replaces up to `eval_time` for a given group size).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use vigil_wire::{Labels, Sample, STALE_NAN};
+
+use crate::duration::format_ms;
+use crate::evaluator::{self, RuleSet, State};
+use crate::promql::{self, Engine, EngineOpts, MemStorage, Value};
+use crate::replace::{self, ReplaceState};
+use crate::rulefile::{self, Context};
+use crate::scaling::{self, PolicyState};
+use crate::series::{parse_series_desc, parse_values, Point};
+use crate::tomlread::{Diagnostic, Doc, Obj};
+
+struct AlertCheck {
+    eval_time: i64,
+    alertname: String,
+    exp: Vec<(Labels, BTreeMap<String, String>)>,
+}
+
+struct ExprCheck {
+    eval_time: i64,
+    expr: String,
+    exp: Vec<(Labels, f64)>,
+}
+
+struct ScalingCheck {
+    eval_time: i64,
+    name: String,
+    current: u32,
+    exp_desired: u32,
+}
+
+struct ReplaceCheck {
+    eval_time: i64,
+    name: String,
+    group_size: u32,
+    exp_replaced: Vec<String>,
+    exp_fail_open: Option<bool>,
+}
+
+struct TestCase {
+    name: String,
+    interval: i64,
+    series: Vec<(Labels, Vec<Point>)>,
+    alerts: Vec<AlertCheck>,
+    exprs: Vec<ExprCheck>,
+    scaling: Vec<ScalingCheck>,
+    replace: Vec<ReplaceCheck>,
+}
+
+struct TestFile {
+    rule_files: Vec<String>,
+    evaluation_interval: i64,
+    tests: Vec<TestCase>,
+}
+
+/// The result of running one test file.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Human-readable output, promtool style.
+    pub text: String,
+    pub failures: usize,
+    pub checks: usize,
+}
+
+fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
+    let mut doc = Doc::new(path, text);
+    let Some(root) = doc.parse() else {
+        return Err(doc.into_errors());
+    };
+    let mut top = Obj::new(root.get_ref(), root.span(), "");
+    let rule_files = top
+        .str_list(&mut doc, "rule_files")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.value)
+        .collect();
+    let evaluation_interval = top
+        .duration(&mut doc, "evaluation_interval")
+        .map_or(60_000, |d| d.value);
+    let mut tests = Vec::new();
+    for (ti, mut t) in top.tables(&mut doc, "test").into_iter().enumerate() {
+        let name = t
+            .str(&mut doc, "name")
+            .map_or_else(|| format!("test {}", ti + 1), |s| s.value);
+        let interval = t
+            .duration(&mut doc, "interval")
+            .map_or(evaluation_interval, |d| d.value);
+        let mut series = Vec::new();
+        for mut s in t.tables(&mut doc, "input_series") {
+            let desc = s.req_str(&mut doc, "series");
+            let values = s.req_str(&mut doc, "values");
+            let path = s.path.clone();
+            s.finish(&mut doc);
+            let (Some(desc), Some(values)) = (desc, values) else {
+                continue;
+            };
+            match parse_series_desc(&desc.value) {
+                Ok((labels, rest)) if rest.trim().is_empty() => match parse_values(&values.value) {
+                    Ok(v) => series.push((labels, v)),
+                    Err(e) => doc.error_at(values.span.start, format!("{path}.values: {e}")),
+                },
+                Ok(_) => doc.error_at(
+                    desc.span.start,
+                    format!("{path}.series: unexpected text after the series"),
+                ),
+                Err(e) => doc.error_at(desc.span.start, format!("{path}.series: {e}")),
+            }
+        }
+        let mut alerts = Vec::new();
+        for mut a in t.tables(&mut doc, "alert") {
+            let eval_time = a.duration(&mut doc, "eval_time");
+            let alertname = a.req_str(&mut doc, "alertname");
+            let mut exp = Vec::new();
+            for mut e in a.tables(&mut doc, "exp_alerts") {
+                let labels = e.str_map(&mut doc, "labels").unwrap_or_default();
+                let annotations = e.str_map(&mut doc, "annotations").unwrap_or_default();
+                e.finish(&mut doc);
+                let mut l =
+                    Labels::from_pairs(labels.iter().map(|(k, v)| (k.as_str(), v.value.as_str())))
+                        .to_builder();
+                if let Some(n) = &alertname {
+                    l.set("alertname", n.value.clone());
+                }
+                exp.push((
+                    l.build(),
+                    annotations.into_iter().map(|(k, v)| (k, v.value)).collect(),
+                ));
+            }
+            a.finish(&mut doc);
+            if let (Some(t), Some(n)) = (eval_time, alertname) {
+                alerts.push(AlertCheck {
+                    eval_time: t.value,
+                    alertname: n.value,
+                    exp,
+                });
+            }
+        }
+        let mut exprs = Vec::new();
+        for mut e in t.tables(&mut doc, "expr") {
+            let eval_time = e.duration(&mut doc, "eval_time");
+            let expr = e.req_str(&mut doc, "expr");
+            let mut exp = Vec::new();
+            for mut s in e.tables(&mut doc, "exp_samples") {
+                let labels = s
+                    .str(&mut doc, "labels")
+                    .map_or_else(|| "{}".to_string(), |l| l.value);
+                let value = s.float(&mut doc, "value");
+                let (path, at) = (s.path.clone(), s.span().start);
+                if !s.has("value") {
+                    doc.error_at(at, format!("{path}.value: missing required key"));
+                }
+                s.finish(&mut doc);
+                match parse_series_desc(&labels) {
+                    Ok((l, _)) => exp.push((l, value.map_or(f64::NAN, |v| v.value))),
+                    Err(err) => doc.error_at(at, format!("{path}.labels: {err}")),
+                }
+            }
+            e.finish(&mut doc);
+            if let (Some(t), Some(x)) = (eval_time, expr) {
+                exprs.push(ExprCheck {
+                    eval_time: t.value,
+                    expr: x.value,
+                    exp,
+                });
+            }
+        }
+        let mut scaling = Vec::new();
+        for mut s in t.tables(&mut doc, "scaling") {
+            let eval_time = s.duration(&mut doc, "eval_time");
+            let name = s.req_str(&mut doc, "name");
+            let current = s.int(&mut doc, "current");
+            let exp = s.int(&mut doc, "exp_desired");
+            s.finish(&mut doc);
+            if let (Some(t), Some(n), Some(c), Some(e)) = (eval_time, name, current, exp) {
+                scaling.push(ScalingCheck {
+                    eval_time: t.value,
+                    name: n.value,
+                    current: c.value.clamp(0, i64::from(u32::MAX)) as u32,
+                    exp_desired: e.value.clamp(0, i64::from(u32::MAX)) as u32,
+                });
+            }
+        }
+        let mut replace = Vec::new();
+        for mut r in t.tables(&mut doc, "replace") {
+            let eval_time = r.duration(&mut doc, "eval_time");
+            let name = r.req_str(&mut doc, "name");
+            let size = r.int(&mut doc, "group_size");
+            let exp = r.str_list(&mut doc, "exp_replaced").unwrap_or_default();
+            let fail_open = r.bool(&mut doc, "exp_fail_open").map(|b| b.value);
+            r.finish(&mut doc);
+            if let (Some(t), Some(n), Some(sz)) = (eval_time, name, size) {
+                replace.push(ReplaceCheck {
+                    eval_time: t.value,
+                    name: n.value,
+                    group_size: sz.value.clamp(0, i64::from(u32::MAX)) as u32,
+                    exp_replaced: exp.into_iter().map(|s| s.value).collect(),
+                    exp_fail_open: fail_open,
+                });
+            }
+        }
+        t.finish(&mut doc);
+        tests.push(TestCase {
+            name,
+            interval,
+            series,
+            alerts,
+            exprs,
+            scaling,
+            replace,
+        });
+    }
+    top.finish(&mut doc);
+    let errors = doc.into_errors();
+    if errors.is_empty() {
+        Ok(TestFile {
+            rule_files,
+            evaluation_interval,
+            tests,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+fn float_eq(a: f64, b: f64) -> bool {
+    if a.is_nan() && b.is_nan() || a == b {
+        return true;
+    }
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300)
+}
+
+fn fmt_alerts(v: &[(Labels, BTreeMap<String, String>)]) -> String {
+    if v.is_empty() {
+        return "[]".into();
+    }
+    let mut s = String::from("[\n");
+    for (i, (l, a)) in v.iter().enumerate() {
+        let ann: Vec<String> = a.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        let _ = writeln!(
+            s,
+            "            {i}:\n              Labels:{}\n              Annotations:{{{}}}",
+            go_labels(l),
+            ann.join(", ")
+        );
+    }
+    s.push_str("            ]");
+    s
+}
+
+fn go_labels(l: &Labels) -> String {
+    let parts: Vec<String> = l
+        .iter()
+        .map(|x| format!("{}={:?}", x.name, x.value))
+        .collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// Runs a test file. `path` locates the rule files, which are relative to it.
+pub fn run(path: &Path, text: &str, receivers: Option<Vec<String>>) -> Report {
+    let mut report = Report::default();
+    let name = path.display().to_string();
+    let _ = writeln!(report.text, "Unit Testing: {name}");
+    let file = match parse_file(&name, text) {
+        Ok(f) => f,
+        Err(errs) => {
+            for e in errs {
+                let _ = writeln!(report.text, "  FAILED:\n    {e}");
+            }
+            report.failures += 1;
+            return report;
+        }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut sources = Vec::new();
+    for rf in &file.rule_files {
+        let p = dir.join(rf);
+        let mut matched: Vec<std::path::PathBuf> = if rf.contains('*') {
+            glob_files(&p)
+        } else {
+            vec![p.clone()]
+        };
+        matched.sort();
+        for m in matched {
+            match std::fs::read_to_string(&m) {
+                Ok(t) => sources.push((m.display().to_string(), t)),
+                Err(e) => {
+                    let _ = writeln!(
+                        report.text,
+                        "  FAILED:\n    cannot read rule file {}: {e}",
+                        m.display()
+                    );
+                    report.failures += 1;
+                    return report;
+                }
+            }
+        }
+    }
+    let rules = match rulefile::load_all(&sources, &Context { receivers }) {
+        Ok(r) => RuleSet {
+            files: r,
+            default_interval_ms: file.evaluation_interval,
+        },
+        Err(errs) => {
+            let _ = writeln!(report.text, "  FAILED:");
+            for e in errs {
+                let _ = writeln!(report.text, "    {e}");
+            }
+            report.failures += 1;
+            return report;
+        }
+    };
+    let engine = Engine::new(EngineOpts {
+        default_subquery_step_ms: file.evaluation_interval,
+        ..EngineOpts::default()
+    });
+    for t in &file.tests {
+        let failures = run_case(&engine, &rules, t, &mut report);
+        if failures > 0 {
+            report.failures += failures;
+        }
+    }
+    if report.failures == 0 {
+        let _ = writeln!(report.text, "  SUCCESS");
+    }
+    report
+}
+
+fn glob_files(pattern: &Path) -> Vec<std::path::PathBuf> {
+    let dir = pattern.parent().unwrap_or(Path::new("."));
+    let pat = pattern
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let (pre, post) = pat.split_once('*').unwrap_or((&pat, ""));
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let n = p
+                        .file_name()
+                        .map(|f| f.to_string_lossy().to_string())
+                        .unwrap_or_default();
+                    n.len() >= pre.len() + post.len() && n.starts_with(pre) && n.ends_with(post)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn run_case(engine: &Engine, rules: &RuleSet, t: &TestCase, report: &mut Report) -> usize {
+    let mut storage = MemStorage::new();
+    for (labels, points) in &t.series {
+        for (k, p) in points.iter().enumerate() {
+            let ts = k as i64 * t.interval;
+            match p {
+                Point::Value(v) => storage.add(labels.clone(), Sample::new(ts, *v)),
+                Point::Stale => storage.add(labels.clone(), Sample::new(ts, STALE_NAN)),
+                Point::Omitted | Point::Histogram => {}
+            }
+        }
+    }
+    let mut check_times: BTreeSet<i64> = BTreeSet::new();
+    check_times.extend(t.alerts.iter().map(|a| a.eval_time));
+    check_times.extend(t.exprs.iter().map(|e| e.eval_time));
+    let max_t = check_times.iter().next_back().copied().unwrap_or(0);
+    let tick = rules.tick_ms();
+    let mut state = State::default();
+    let mut failures = Vec::new();
+    let mut ts = 0;
+    let mut pending_checks = check_times.into_iter().peekable();
+    while ts <= max_t || pending_checks.peek().is_some() {
+        if ts <= max_t {
+            for g in rules.groups() {
+                if ts % g.interval_ms.unwrap_or(rules.default_interval_ms).max(1) == 0 {
+                    for ev in evaluator::eval_group(
+                        engine,
+                        g,
+                        &mut state,
+                        &mut storage,
+                        ts,
+                        &Labels::empty(),
+                    ) {
+                        if let evaluator::Event::RuleError { rule, error, .. } = ev {
+                            failures.push(format!(
+                                "    rule {rule} failed at {}: {error}",
+                                format_ms(ts)
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        // Run the checks whose time is reached before the next evaluation.
+        while let Some(&c) = pending_checks.peek() {
+            if c >= ts + tick && ts <= max_t {
+                break;
+            }
+            pending_checks.next();
+            report.checks += 1;
+            check_at(engine, rules, t, &state, &storage, c, &mut failures);
+        }
+        ts += tick;
+    }
+    for s in &t.scaling {
+        report.checks += 1;
+        if let Some(f) = check_scaling(engine, rules, t, &storage, s) {
+            failures.push(f);
+        }
+    }
+    for r in &t.replace {
+        report.checks += 1;
+        if let Some(f) = check_replace(engine, rules, t, &storage, r) {
+            failures.push(f);
+        }
+    }
+    if !failures.is_empty() {
+        let _ = writeln!(report.text, "  FAILED ({}):", t.name);
+        for f in &failures {
+            let _ = writeln!(report.text, "{f}");
+        }
+    }
+    failures.len()
+}
+
+fn check_at(
+    engine: &Engine,
+    rules: &RuleSet,
+    t: &TestCase,
+    state: &State,
+    storage: &MemStorage,
+    at: i64,
+    failures: &mut Vec<String>,
+) {
+    for a in t.alerts.iter().filter(|a| a.eval_time == at) {
+        let mut got: Vec<(Labels, BTreeMap<String, String>)> = Vec::new();
+        for g in rules.groups() {
+            for r in &g.rules {
+                if let rulefile::Rule::Alert(ar) = r {
+                    if ar.alert != a.alertname {
+                        continue;
+                    }
+                    if let Some(st) = state.alerts.get(&(
+                        g.name.clone(),
+                        ar.alert.clone(),
+                        ar.expr.text().to_string(),
+                    )) {
+                        got.extend(
+                            st.firing()
+                                .into_iter()
+                                .map(|al| (al.labels.clone(), al.annotations.clone())),
+                        );
+                    }
+                }
+            }
+        }
+        let mut exp = a.exp.clone();
+        got.sort_by(|x, y| x.0.cmp(&y.0));
+        exp.sort_by(|x, y| x.0.cmp(&y.0));
+        if got != exp {
+            failures.push(format!(
+                "    alertname: {}, time: {}, \n        exp:{}, \n        got:{}",
+                a.alertname,
+                format_ms(at),
+                fmt_alerts(&exp),
+                fmt_alerts(&got)
+            ));
+        }
+    }
+    for e in t.exprs.iter().filter(|e| e.eval_time == at) {
+        let q = match promql::parse(&e.expr) {
+            Ok(q) => q,
+            Err(err) => {
+                failures.push(format!(
+                    "    expr: {:?}, time: {}, err: {err}",
+                    e.expr,
+                    format_ms(at)
+                ));
+                continue;
+            }
+        };
+        let got: Vec<(Labels, f64)> = match engine.instant(storage, &q, at) {
+            Ok(r) => match r.value {
+                Value::Vector(v) => v.into_iter().map(|s| (s.labels, s.f)).collect(),
+                Value::Scalar(f) => vec![(Labels::empty(), f)],
+                other => {
+                    failures.push(format!(
+                        "    expr: {:?}, time: {}, err: expected a vector, got {}",
+                        e.expr,
+                        format_ms(at),
+                        other.type_name()
+                    ));
+                    continue;
+                }
+            },
+            Err(err) => {
+                failures.push(format!(
+                    "    expr: {:?}, time: {}, err: {err}",
+                    e.expr,
+                    format_ms(at)
+                ));
+                continue;
+            }
+        };
+        let mut got_sorted = got.clone();
+        got_sorted.sort_by(|x, y| x.0.cmp(&y.0));
+        let mut exp_sorted = e.exp.clone();
+        exp_sorted.sort_by(|x, y| x.0.cmp(&y.0));
+        let same = got_sorted.len() == exp_sorted.len()
+            && got_sorted
+                .iter()
+                .zip(&exp_sorted)
+                .all(|(g, x)| g.0 == x.0 && float_eq(g.1, x.1));
+        if !same {
+            let fmt = |v: &[(Labels, f64)]| -> String {
+                let items: Vec<String> = v
+                    .iter()
+                    .map(|(l, f)| format!("{} {}", l, crate::gofmt::shortest_g(*f)))
+                    .collect();
+                format!("[{}]", items.join(", "))
+            };
+            failures.push(format!(
+                "    expr: {:?}, time: {},\n        exp: {}\n        got: {}",
+                e.expr,
+                format_ms(at),
+                fmt(&exp_sorted),
+                fmt(&got_sorted)
+            ));
+        }
+    }
+}
+
+fn check_scaling(
+    engine: &Engine,
+    rules: &RuleSet,
+    t: &TestCase,
+    storage: &MemStorage,
+    s: &ScalingCheck,
+) -> Option<String> {
+    let Some(p) = rules.scaling().find(|p| p.name == s.name) else {
+        return Some(format!("    scaling: no policy named {:?}", s.name));
+    };
+    let interval = p.interval_ms.unwrap_or(rules.default_interval_ms).max(1);
+    let mut st = PolicyState::default();
+    let mut got = s.current;
+    let mut why = "no data".to_string();
+    let mut ts = 0;
+    while ts <= s.eval_time {
+        let value = evaluator::scaling_value(engine, storage, &p.expr, ts);
+        match value {
+            Some(v) => {
+                let (raw, reason) = scaling::recommend(p, s.current, v);
+                got = scaling::stabilize(p, &mut st, ts, raw);
+                why = reason;
+            }
+            None => {
+                got = s.current.clamp(p.min, p.max);
+                why = "no data".into();
+            }
+        }
+        ts += interval;
+    }
+    let _ = t;
+    (got != s.exp_desired).then(|| {
+        format!(
+            "    scaling: {}, time: {}, current: {}\n        exp_desired: {}\n        got: {} ({why})",
+            s.name,
+            format_ms(s.eval_time),
+            s.current,
+            s.exp_desired,
+            got
+        )
+    })
+}
+
+fn check_replace(
+    engine: &Engine,
+    rules: &RuleSet,
+    t: &TestCase,
+    storage: &MemStorage,
+    r: &ReplaceCheck,
+) -> Option<String> {
+    let Some(p) = rules.replace().find(|p| p.name == r.name) else {
+        return Some(format!("    replace: no policy named {:?}", r.name));
+    };
+    let interval = p.interval_ms.unwrap_or(rules.default_interval_ms).max(1);
+    let mut st = ReplaceState::default();
+    let mut replaced = Vec::new();
+    let mut fail_open = false;
+    let mut ts = 0;
+    while ts <= r.eval_time {
+        let sick = match evaluator::unhealthy_instances(engine, storage, &p.expr, ts) {
+            Ok(s) => s,
+            Err(e) => return Some(format!("    replace: {}: {e}", r.name)),
+        };
+        let d = replace::decide(p, &mut st, &sick, r.group_size, ts);
+        replaced.extend(d.replace.into_iter().map(|(i, _)| i));
+        fail_open = st.failing_open;
+        ts += interval;
+    }
+    let _ = t;
+    let mut exp = r.exp_replaced.clone();
+    exp.sort();
+    replaced.sort();
+    let fo_ok = r.exp_fail_open.is_none_or(|f| f == fail_open);
+    (replaced != exp || !fo_ok).then(|| {
+        format!(
+            "    replace: {}, time: {}, group_size: {}\n        exp_replaced: {exp:?}{}\n        got: {replaced:?}, failing open: {fail_open}",
+            r.name,
+            format_ms(r.eval_time),
+            r.group_size,
+            r.exp_fail_open.map(|f| format!(", exp_fail_open: {f}")).unwrap_or_default()
+        )
+    })
+}
