@@ -95,6 +95,81 @@ pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses a time as `--start`-style arguments and data files give it: RFC 3339
+/// (`2026-11-25T20:12:31Z`, `2026-11-25T20:12:31.5+01:00`) or Unix seconds (`1764101551.5`).
+pub fn parse_timestamp_ms(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        if !secs.is_finite() || secs.abs() > 1e13 {
+            return Err(format!("timestamp {s:?} is out of range"));
+        }
+        return Ok((secs * 1000.0).round() as i64);
+    }
+    let bad =
+        || format!("invalid timestamp {s:?}: use RFC 3339 (2026-11-25T20:12:31Z) or Unix seconds");
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return Err(bad());
+    }
+    let num =
+        |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok()).ok_or_else(bad);
+    let (y, mo, d, h, mi, sec) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return Err(bad());
+    }
+    let mut rest = &s[19..];
+    let mut ms = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits: String = frac.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if digits.is_empty() {
+            return Err(bad());
+        }
+        ms = format!("{digits:0<3}")[..3]
+            .parse::<i64>()
+            .map_err(|_| bad())?;
+        rest = &frac[digits.len()..];
+    }
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6
+            && (rest.starts_with('+') || rest.starts_with('-'))
+            && &rest[3..4] == ":" =>
+        {
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            let hh: i64 = rest[1..3].parse().map_err(|_| bad())?;
+            let mm: i64 = rest[4..6].parse().map_err(|_| bad())?;
+            sign * (hh * 60 + mm)
+        }
+        _ => return Err(bad()),
+    };
+    let days = days_from_civil(y, mo, d);
+    Ok(((days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60) * 1000) + ms)
+}
+
 /// RFC 3339 in UTC with millisecond precision when needed: `2026-11-25T20:12:31Z`,
 /// `2026-11-25T20:12:31.250Z`.
 pub fn format_timestamp_ms(ms: i64) -> String {
@@ -123,6 +198,32 @@ mod tests {
         );
         assert_eq!(format_timestamp_ms(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(format_timestamp_ms(-1000), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn parses_timestamps() {
+        assert_eq!(parse_timestamp_ms("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(
+            parse_timestamp_ms("2025-11-25T20:12:31.25Z"),
+            Ok(1_764_101_551_250)
+        );
+        assert_eq!(
+            parse_timestamp_ms("2025-11-25T21:12:31.250+01:00"),
+            Ok(1_764_101_551_250)
+        );
+        assert_eq!(parse_timestamp_ms("1764101551.25"), Ok(1_764_101_551_250));
+        for ms in [0, 951_782_400_000, 1_764_101_551_250, -86_400_000] {
+            assert_eq!(parse_timestamp_ms(&format_timestamp_ms(ms)), Ok(ms));
+        }
+        for bad in [
+            "",
+            "yesterday",
+            "2025-13-01T00:00:00Z",
+            "2025-11-25 20:12",
+            "1e300",
+        ] {
+            assert!(parse_timestamp_ms(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod evaluator;
 pub mod gofmt;
 pub mod promql;
 pub mod replace;
+pub mod replay;
 pub mod rulefile;
 pub mod scaling;
 pub mod series;

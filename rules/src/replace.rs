@@ -16,8 +16,11 @@ use crate::rulefile::ReplacePolicy;
 pub struct ReplaceState {
     /// Instance → first time seen unhealthy (ms), for instances unhealthy now.
     pub unhealthy_since: BTreeMap<String, i64>,
-    /// Replacements made, oldest first: (time, instance).
+    /// Replacements made within the window, oldest first: (time, instance).
     pub replaced: VecDeque<(i64, String)>,
+    /// Instances already replaced that are still reported unhealthy (a terminating instance
+    /// keeps pushing for a while): never replaced twice.
+    pub done: BTreeMap<String, i64>,
     /// Whether the policy is failing open (so the alert is raised once per episode).
     pub failing_open: bool,
 }
@@ -68,8 +71,9 @@ pub fn decide(
     {
         st.replaced.pop_front();
     }
-    // Track since when each instance is unhealthy; forget the ones that recovered.
+    // Track since when each instance is unhealthy; forget the ones that recovered or are gone.
     st.unhealthy_since.retain(|i, _| unhealthy.contains(i));
+    st.done.retain(|i, _| unhealthy.contains(i));
     for i in unhealthy {
         st.unhealthy_since.entry(i.clone()).or_insert(now);
     }
@@ -77,7 +81,7 @@ pub fn decide(
     let pending: Vec<(&String, &i64)> = st
         .unhealthy_since
         .iter()
-        .filter(|(i, _)| !st.replaced.iter().any(|(_, r)| r == *i))
+        .filter(|(i, _)| !st.done.contains_key(*i))
         .collect();
     d.unhealthy = pending.len();
     if group_size == 0 {
@@ -113,6 +117,7 @@ pub fn decide(
         if k < allowed {
             let why = format!("unhealthy for {}ms (for {}ms)", now - since, p.for_ms);
             st.replaced.push_back((now, inst.clone()));
+            st.done.insert(inst.clone(), now);
             d.replace.push((inst, why));
         } else {
             d.held.push(inst);

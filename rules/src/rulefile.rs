@@ -737,6 +737,28 @@ fn read_replace(
     })
 }
 
+/// The receiver names an aggregator config defines (`[[receiver]] name = ...`), for checking the
+/// receivers rule files name. Other keys are the aggregator's to validate.
+pub fn receivers_from_config(path: &str, text: &str) -> Result<Vec<String>, Vec<Diagnostic>> {
+    let mut doc = Doc::new(path, text);
+    let Some(root) = doc.parse() else {
+        return Err(doc.into_errors());
+    };
+    let mut top = Obj::new(root.get_ref(), root.span(), "");
+    let mut names = Vec::new();
+    for mut r in top.tables(&mut doc, "receiver") {
+        if let Some(n) = r.req_str(&mut doc, "name") {
+            names.push(n.value);
+        }
+    }
+    let errors = doc.into_errors();
+    if errors.is_empty() {
+        Ok(names)
+    } else {
+        Err(errors)
+    }
+}
+
 /// Loads several files, also checking names that must be unique across files.
 pub fn load_all(
     files: &[(String, String)],

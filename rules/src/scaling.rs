@@ -76,13 +76,14 @@ impl Decision {
 /// One policy's recommendation from its value: the capacity it wants, clamped to `[min, max]`,
 /// with a sentence saying why.
 pub fn recommend(p: &ScalingPolicy, current: u32, value: f64) -> (u32, String) {
+    let v6 = crate::gofmt::g(value, 6);
     let (want, why): (i64, String) = match &p.mode {
         ScalingMode::Target { target, tolerance } => {
             let ratio = value / target;
             if (ratio - 1.0).abs() <= *tolerance {
                 (
                     i64::from(current),
-                    format!("value {value} within {tolerance} of target {target}"),
+                    format!("value {v6} within {tolerance} of target {target}"),
                 )
             } else {
                 let base = f64::from(current.max(1));
@@ -92,7 +93,12 @@ pub fn recommend(p: &ScalingPolicy, current: u32, value: f64) -> (u32, String) {
                 } else {
                     i64::from(current)
                 };
-                (want, format!("value {value} vs target {target}: ceil({base} × {value} / {target}) = {want}"))
+                (
+                    want,
+                    format!(
+                        "value {v6} vs target {target}: ceil({base} × {v6} / {target}) = {want}"
+                    ),
+                )
             }
         }
         ScalingMode::Steps(steps) => {
@@ -103,13 +109,13 @@ pub fn recommend(p: &ScalingPolicy, current: u32, value: f64) -> (u32, String) {
                 Some(s) => (
                     i64::from(current) + s.adjust,
                     format!(
-                        "value {value} in step [{}, {}): adjust {:+}",
+                        "value {v6} in step [{}, {}): adjust {:+}",
                         s.lower.map_or("-inf".into(), |l| l.to_string()),
                         s.upper.map_or("+inf".into(), |u| u.to_string()),
                         s.adjust
                     ),
                 ),
-                None => (i64::from(current), format!("value {value} in no step")),
+                None => (i64::from(current), format!("value {v6} in no step")),
             }
         }
     };
@@ -122,9 +128,10 @@ pub fn recommend(p: &ScalingPolicy, current: u32, value: f64) -> (u32, String) {
     (clamped, why)
 }
 
-/// Records a raw recommendation and returns the stabilized one: for scale-in, the highest raw
-/// recommendation within the stabilization window; scale-out passes through.
-pub fn stabilize(p: &ScalingPolicy, st: &mut PolicyState, now: i64, raw: u32) -> u32 {
+/// Records a raw recommendation and returns the stabilized one. A scale-out (or hold) passes
+/// through; a scale-in goes only to the highest recommendation within the stabilization window,
+/// and never above `current` (an old high recommendation holds capacity, it does not add any).
+pub fn stabilize(p: &ScalingPolicy, st: &mut PolicyState, now: i64, raw: u32, current: u32) -> u32 {
     st.history.push_back((now, raw));
     while st
         .history
@@ -133,7 +140,15 @@ pub fn stabilize(p: &ScalingPolicy, st: &mut PolicyState, now: i64, raw: u32) ->
     {
         st.history.pop_front();
     }
-    st.history.iter().map(|(_, r)| *r).max().unwrap_or(raw)
+    if raw >= current {
+        return raw;
+    }
+    st.history
+        .iter()
+        .map(|(_, r)| *r)
+        .max()
+        .unwrap_or(raw)
+        .min(current)
 }
 
 /// Decides a group's capacity. `policies` are the group's policies with their observations and
@@ -151,7 +166,7 @@ pub fn decide(
         match value {
             Some(v) => {
                 let (raw, reason) = recommend(p, current, v);
-                let rec = stabilize(p, st, now, raw);
+                let rec = stabilize(p, st, now, raw, current);
                 let reason = if rec != raw {
                     format!(
                         "{reason}; stabilized to {rec} (highest over {}ms)",

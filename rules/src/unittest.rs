@@ -374,7 +374,18 @@ fn run_case(engine: &Engine, rules: &RuleSet, t: &TestCase, report: &mut Report)
     let mut check_times: BTreeSet<i64> = BTreeSet::new();
     check_times.extend(t.alerts.iter().map(|a| a.eval_time));
     check_times.extend(t.exprs.iter().map(|e| e.eval_time));
-    let max_t = check_times.iter().next_back().copied().unwrap_or(0);
+    // Scaling and replacement checks read recorded series: evaluate the groups through them too.
+    let decision_times = t
+        .scaling
+        .iter()
+        .map(|s| s.eval_time)
+        .chain(t.replace.iter().map(|r| r.eval_time));
+    let max_t = check_times
+        .iter()
+        .copied()
+        .chain(decision_times)
+        .max()
+        .unwrap_or(0);
     let tick = rules.tick_ms();
     let mut state = State::default();
     let mut failures = Vec::new();
@@ -561,7 +572,7 @@ fn check_scaling(
         match value {
             Some(v) => {
                 let (raw, reason) = scaling::recommend(p, s.current, v);
-                got = scaling::stabilize(p, &mut st, ts, raw);
+                got = scaling::stabilize(p, &mut st, ts, raw, s.current);
                 why = reason;
             }
             None => {
