@@ -1,0 +1,272 @@
+//! The `vigil-rules` binary as users run it: every example checks and passes its tests, bad files
+//! report `FILE:LINE:COL`, replay prints the expected decisions, and promtool (Debian's
+//! `prometheus` package) agrees with vigil-rules on the same alerts and expressions.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vigil-rules"))
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run vigil-rules");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+fn examples(suffix_test: bool) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("examples/rules"))
+        .expect("examples/rules")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .filter(|p| p.to_string_lossy().ends_with("_test.toml") == suffix_test)
+        .collect();
+    v.sort();
+    assert!(!v.is_empty());
+    v
+}
+
+#[test]
+fn every_example_rule_file_checks() {
+    for f in examples(false) {
+        let (code, out, err) = run(bin().arg("check").arg(&f));
+        assert_eq!(code, 0, "{}: {out}{err}", f.display());
+        assert!(out.contains(": ok ("), "{out}");
+    }
+}
+
+#[test]
+fn every_example_test_file_passes() {
+    for f in examples(true) {
+        let (code, out, err) = run(bin().arg("test").arg(&f));
+        assert_eq!(code, 0, "{}: {out}{err}", f.display());
+        assert!(out.contains("SUCCESS"), "{out}");
+    }
+}
+
+#[test]
+fn bad_rule_files_report_file_line_and_column_and_exit_1() {
+    let f = root().join("rules/tests/fixtures/rules/many.bad.toml");
+    let (code, out, _) = run(bin().arg("check").arg(&f));
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.len() >= 10, "{out}");
+    for l in lines {
+        let mut parts = l.splitn(4, ':');
+        let (file, line, col) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        assert!(
+            file.ends_with("many.bad.toml")
+                && line.parse::<u32>().is_ok()
+                && col.parse::<u32>().is_ok(),
+            "{l}"
+        );
+    }
+}
+
+#[test]
+fn receivers_are_checked_against_the_aggregator_config() {
+    let dir = std::env::temp_dir().join(format!("vigil-rules-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let cfg = dir.join("aggregator.toml");
+    std::fs::write(&cfg, "[[receiver]]\nname = \"ops\"\n").expect("write");
+    let (code, out, _) = run(bin()
+        .arg("check")
+        .arg(root().join("examples/rules/web.toml"))
+        .arg("--config")
+        .arg(&cfg));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("receiver \"oncall\" is not defined in the aggregator config"),
+        "{out}"
+    );
+    std::fs::write(&cfg, "[[receiver]]\nname = \"oncall\"\n").expect("write");
+    let (code, out, _) = run(bin()
+        .arg("check")
+        .arg(root().join("examples/rules/web.toml"))
+        .arg("--config")
+        .arg(&cfg));
+    assert_eq!(code, 0, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn failing_tests_print_expected_and_got() {
+    let dir = std::env::temp_dir().join(format!("vigil-rules-fail-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    std::fs::copy(root().join("examples/rules/web.toml"), dir.join("web.toml")).expect("copy");
+    std::fs::write(
+        dir.join("t_test.toml"),
+        r#"rule_files = ["web.toml"]
+evaluation_interval = "10s"
+[[test]]
+input_series = [{ series = 'vigil_health_up{asg="web-asg", instance="i-9"}', values = "0x20" }]
+[[test.alert]]
+eval_time = "2m"
+alertname = "InstanceUnhealthy"
+exp_alerts = []
+[[test.expr]]
+eval_time = "1m"
+expr = "count(vigil_health_up)"
+exp_samples = [{ labels = "{}", value = 2 }]
+"#,
+    )
+    .expect("write");
+    let (code, out, _) = run(bin().arg("test").arg(dir.join("t_test.toml")));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("alertname: InstanceUnhealthy, time: 2m"),
+        "{out}"
+    );
+    assert!(
+        out.contains("exp:[]") && out.contains("instance=\"i-9\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("exp: [{} 2]") && out.contains("got: [{} 1]"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn replay_lists_the_incident_in_time_order() {
+    let (code, out, err) = run(bin()
+        .args(["replay", "--capacity", "web-asg=4", "--rules"])
+        .arg(root().join("examples/rules/web.toml"))
+        .arg("--data")
+        .arg(root().join("examples/data/web-incident.toml")));
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let mut times: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    let sorted = {
+        let mut s = times.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(times, sorted, "time order");
+    times.dedup();
+    let find = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{out}"))
+    };
+    let pending = find("HighErrorRate\", asg=\"web-asg\", severity=\"page\"}  inactive -> pending");
+    let firing = find("HighErrorRate\", asg=\"web-asg\", severity=\"page\"}  pending -> firing");
+    let resolved = find("HighErrorRate\", asg=\"web-asg\", severity=\"page\"}  firing -> inactive");
+    assert!(pending < firing && firing < resolved);
+    assert!(
+        lines[firing].starts_with("2026-11-25T12:07:30Z"),
+        "for = 2m after 12:05:30: {}",
+        lines[firing]
+    );
+    let replaced = find("replace  web-asg i-3");
+    assert!(
+        lines[replaced].starts_with("2026-11-25T12:08:40Z"),
+        "30s after i-3 failed at 12:08:00 (10s steps): {}",
+        lines[replaced]
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("replace  web-asg i-3"))
+            .count(),
+        1,
+        "replaced once"
+    );
+    assert!(find("scale    web-asg 4 -> 6 (out) by web-cpu") < firing);
+    assert!(
+        lines.iter().any(|l| l.contains("(in) by")),
+        "scales in after the incident:\n{out}"
+    );
+
+    let (code, json, err) = run(bin()
+        .args([
+            "replay",
+            "--format",
+            "json",
+            "--capacity",
+            "web-asg=4",
+            "--rules",
+        ])
+        .arg(root().join("examples/rules/web.toml"))
+        .arg("--data")
+        .arg(root().join("examples/data/web-incident.toml")));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let events = v.as_array().expect("array");
+    assert_eq!(events.len(), lines.len());
+    assert!(events.iter().any(|e| e["kind"] == "scaling"
+        && e["direction"] == "out"
+        && e["inputs"][0]["policy"] == "web-cpu"));
+}
+
+#[test]
+fn replay_refuses_bad_data_with_a_reason() {
+    let dir = std::env::temp_dir().join(format!("vigil-rules-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dump = dir.join("broken.rwdump");
+    std::fs::write(&dump, [0u8, 0, 0, 9, 1, 2, 3]).expect("write");
+    let (code, _, err) = run(bin()
+        .args(["replay", "--rules"])
+        .arg(root().join("examples/rules/web.toml"))
+        .arg("--data")
+        .arg(&dump));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("broken.rwdump: remote-write dump: frame 0"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Prometheus's own promtool passes the same expectations on the YAML twin of the examples:
+/// both tools agree on these alerts and expressions. Required when `VIGIL_REQUIRE_PEERS` is set
+/// (scripts/test installs Debian's prometheus and sets it).
+#[test]
+fn promtool_agrees_on_the_same_rules() {
+    let promtool = Command::new("promtool").arg("--version").output();
+    if promtool.is_err() {
+        assert!(
+            std::env::var_os("VIGIL_REQUIRE_PEERS").is_none(),
+            "promtool is required but missing"
+        );
+        eprintln!("promtool not installed: skipping the parity check");
+        return;
+    }
+    let dir = root().join("rules/tests/fixtures/promtool");
+    let out = Command::new("promtool")
+        .args(["test", "rules", "web_test.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("SUCCESS"),
+        "promtool: {text}"
+    );
+    let (code, text, _) = run(bin()
+        .arg("test")
+        .arg(root().join("examples/rules/web_test.toml")));
+    assert_eq!(code, 0, "{text}");
+}
