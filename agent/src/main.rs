@@ -1,14 +1,35 @@
 //! `vigil-agent`: runs on every instance or pod, collects host metrics, scrapes the application,
-//! probes its health endpoint and pushes everything with Prometheus remote-write.
+//! probes its health endpoint, and pushes everything with Prometheus remote-write, spooling to
+//! disk while the receiver cannot be reached.
 //!
-//! Must never depend on the AWS SDK (IMDSv2 is plain HTTP) or on the rules engine.
-//!
-//! First cut: the command line is in place; collection and push are not built yet.
+//! Must never depend on the AWS SDK (IMDSv2 is plain HTTP) or on the rules engine: it has to cost
+//! almost nothing on every host.
 
-use std::path::PathBuf;
+mod collect;
+mod config;
+mod health;
+mod http;
+mod identity;
+mod push;
+mod scrape;
+mod spool;
+mod telemetry;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use vigil_wire::text::{FamilyMeta, MetricType, ParsedSample};
+use vigil_wire::{Labels, Sample, METRIC_NAME};
+
+use config::Config;
+use identity::Identity;
+
+const DEFAULT_CONFIG: &str = "/etc/vigil/agent.toml";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -20,10 +41,11 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "vigil-agent", version, about)]
 struct Args {
-    /// Configuration file.
-    #[arg(long, default_value = "/etc/vigil/agent.toml")]
-    config: PathBuf,
-    /// Collect one round, print it in the Prometheus text format and exit.
+    /// Configuration file (without one, and with the default missing, the built-in default runs).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Collect one round, print it in the Prometheus text format with the labels it would be
+    /// pushed with, and exit.
     #[arg(long)]
     once: bool,
     /// Validate a configuration file and exit.
@@ -46,16 +68,331 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+fn load_config(path: &Path) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    config::parse(&path.display().to_string(), &text).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Everything one round collected, with the labels it is pushed with.
+struct Round {
+    samples: Vec<(Labels, Sample)>,
+    families: Vec<FamilyMeta>,
+}
+
+/// Adds identity and agent labels; a scraped label of the same name is kept as `exported_<name>`,
+/// as Prometheus does with `honor_labels: false`.
+fn with_target_labels(l: &Labels, target: &[(String, String)]) -> Labels {
+    let mut b = l.to_builder();
+    for (k, v) in target {
+        if let Some(old) = l.get(k) {
+            if old != v {
+                b.set(format!("exported_{k}"), old.to_string());
+            }
+        }
+        b.set(k.clone(), v.clone());
+    }
+    b.build()
+}
+
+struct Collector {
+    cfg: Config,
+    http: http::Http,
+    host: collect::Host,
+    target_labels: Vec<(String, String)>,
+    metrics: telemetry::Metrics,
+    warned_limit: std::collections::HashSet<String>,
+}
+
+impl Collector {
+    async fn round(&mut self) -> Round {
+        let started = std::time::Instant::now();
+        let ts = now_ms();
+        let (mut metrics, mut families) = (Vec::new(), Vec::new());
+        if self.cfg.host_metrics {
+            let failed = self.host.collect(&mut collect::Out {
+                metrics: &mut metrics,
+                families: &mut families,
+            });
+            for f in failed {
+                tracing::debug!(source = f, "host source unreadable");
+            }
+        }
+        let mut out: Vec<(Labels, Sample)> = metrics
+            .into_iter()
+            .map(|m| {
+                (
+                    with_target_labels(&m.labels, &self.target_labels),
+                    Sample::new(ts, m.value),
+                )
+            })
+            .collect();
+        let own = |name: &str, target: &str, v: f64| -> (Labels, Sample) {
+            let l = Labels::from_pairs([(METRIC_NAME, name), ("target", target)]);
+            (l, Sample::new(ts, v))
+        };
+        for t in self.cfg.scrape.clone() {
+            let r = scrape::scrape(&self.http, &t, ts).await;
+            if r.limit_exceeded {
+                self.metrics
+                    .scrape_limit_exceeded
+                    .get_or_create(&vec![("target".to_string(), t.url.clone())])
+                    .inc();
+                if self.warned_limit.insert(t.url.clone()) {
+                    tracing::warn!(url = %t.url, reason = r.error.as_deref().unwrap_or(""), "scrape dropped: series limit exceeded (logged once per target)");
+                }
+            } else if let Some(e) = &r.error {
+                tracing::warn!(url = %t.url, error = %e, "scrape failed");
+            }
+            let n = r.samples.len();
+            out.extend(
+                r.samples
+                    .into_iter()
+                    .map(|(l, s)| (with_target_labels(&l, &self.target_labels), s)),
+            );
+            for (name, v) in [
+                ("vigil_scrape_up", if r.up { 1.0 } else { 0.0 }),
+                ("vigil_scrape_duration_seconds", r.duration.as_secs_f64()),
+                ("vigil_scrape_samples_scraped", n as f64),
+            ] {
+                let (l, s) = own(name, &t.url, v);
+                out.push((with_target_labels(&l, &self.target_labels), s));
+            }
+        }
+        for t in self.cfg.health.clone() {
+            let p = health::probe(&self.http, &t).await;
+            if let Some(e) = &p.error {
+                tracing::debug!(url = %t.url, error = %e, "health probe failed");
+            }
+            for (name, v) in [
+                ("vigil_health_up", if p.up { 1.0 } else { 0.0 }),
+                ("vigil_health_latency_seconds", p.latency.as_secs_f64()),
+            ] {
+                let (l, s) = own(name, &t.url, v);
+                out.push((with_target_labels(&l, &self.target_labels), s));
+            }
+        }
+        for (name, t, help) in [
+            (
+                "vigil_health_up",
+                MetricType::Gauge,
+                "1 when the health endpoint answered with the expected status in time.",
+            ),
+            (
+                "vigil_health_latency_seconds",
+                MetricType::Gauge,
+                "Health probe latency.",
+            ),
+            (
+                "vigil_scrape_up",
+                MetricType::Gauge,
+                "1 when the scrape succeeded.",
+            ),
+            (
+                "vigil_scrape_duration_seconds",
+                MetricType::Gauge,
+                "Scrape duration.",
+            ),
+            (
+                "vigil_scrape_samples_scraped",
+                MetricType::Gauge,
+                "Samples the scrape returned.",
+            ),
+        ] {
+            families.push(FamilyMeta {
+                name: name.into(),
+                metric_type: t,
+                help: Some(help.into()),
+                unit: None,
+            });
+        }
+        self.metrics.samples_collected.inc_by(out.len() as u64);
+        self.metrics
+            .collect_duration
+            .observe(started.elapsed().as_secs_f64());
+        Round {
+            samples: out,
+            families,
+        }
+    }
+}
+
+fn identity_labels(id: &Identity, cfg: &Config) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = cfg
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, val) in id.labels() {
+        v.retain(|(x, _)| x != k);
+        v.push((k.to_string(), val.to_string()));
+    }
+    v
+}
+
+/// Where the spool goes when the configured directory cannot be used and no config file was given
+/// (a developer running the built-in default without root).
+fn fallback_spool_dir() -> PathBuf {
+    std::env::temp_dir().join("vigil-agent-spool")
+}
+
+async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), String> {
+    let http = http::Http::new().map_err(|e| e.to_string())?;
+    let id = identity::resolve(&cfg.identity, &http).await;
+    let target_labels = identity_labels(&id, &cfg);
+    let mut registry = Registry::default();
+    let metrics = telemetry::Metrics::register(&mut registry);
+    let mut collector = Collector {
+        cfg: cfg.clone(),
+        http: http.clone(),
+        host: collect::Host::default(),
+        target_labels,
+        metrics: metrics.clone(),
+        warned_limit: Default::default(),
+    };
+    if once {
+        let round = collector.round().await;
+        let samples: Vec<ParsedSample> = round
+            .samples
+            .into_iter()
+            .map(|(labels, s)| ParsedSample {
+                labels,
+                value: s.value,
+                timestamp_ms: None,
+            })
+            .collect();
+        print!("{}", vigil_wire::text::write(&samples, &round.families));
+        return Ok(());
+    }
+    tracing::info!(instance = %id.instance, source = id.source, asg = ?id.asg, az = ?id.az, "identity");
+
+    let (spool, rec) = match spool::Spool::open(&cfg.buffer.dir, cfg.buffer.max_bytes) {
+        Ok(s) => s,
+        Err(e) if !explicit_config => {
+            let dir = fallback_spool_dir();
+            tracing::warn!(dir = %cfg.buffer.dir.display(), error = %e, fallback = %dir.display(), "spool directory unusable; using the fallback");
+            spool::Spool::open(&dir, cfg.buffer.max_bytes)
+                .map_err(|e| format!("spool {}: {e}", dir.display()))?
+        }
+        Err(e) => return Err(format!("spool {}: {e}", cfg.buffer.dir.display())),
+    };
+    if rec.frames > 0 || rec.torn_bytes > 0 {
+        tracing::info!(
+            frames = rec.frames,
+            pending = spool.pending(),
+            torn_bytes = rec.torn_bytes,
+            "spool recovered"
+        );
+    }
+    let registry = Arc::new(registry);
+    let listen = cfg.listen;
+    tokio::spawn(async move {
+        if let Err(e) = telemetry::serve(listen, registry).await {
+            tracing::error!(address = %listen, error = %e, "cannot serve self-metrics");
+        }
+    });
+
+    let pusher = push::Pusher::new(
+        http.clone(),
+        cfg.push.url.clone(),
+        cfg.push.token_file.clone(),
+        Duration::from_millis(cfg.push.timeout_ms),
+        spool,
+        metrics.clone(),
+    );
+    let (tx, rx) = mpsc::channel::<push::Batch>(64);
+    let push_task = tokio::spawn(pusher.run(rx));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(url = %cfg.push.url, interval_ms = cfg.interval_ms, "pushing");
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let round = collector.round().await;
+                for b in push::encode(&round.samples, cfg.push.max_samples_per_send) {
+                    if tx.send(b).await.is_err() {
+                        return Err("push task ended".into());
+                    }
+                }
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining");
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted: draining");
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = push_task.await;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
-    let what = if args.check_config.is_some() {
-        "config validation"
-    } else if args.once {
-        "one-shot collection (--once)"
-    } else {
-        "collection and push"
+    if let Some(path) = &args.check_config {
+        return match load_config(path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let (cfg, explicit) = match &args.config {
+        Some(p) => match load_config(p) {
+            Ok(c) => (c, true),
+            Err(e) => {
+                eprintln!("vigil-agent: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None if Path::new(DEFAULT_CONFIG).exists() => {
+            match load_config(Path::new(DEFAULT_CONFIG)) {
+                Ok(c) => (c, true),
+                Err(e) => {
+                    eprintln!("vigil-agent: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        None => (Config::default(), false),
     };
-    tracing::error!(config = %args.config.display(), "vigil-agent: {what} is not built yet (see the agent issue)");
-    ExitCode::from(2)
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil-agent: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cfg, explicit, args.once)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil-agent: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

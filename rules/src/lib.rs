@@ -6,8 +6,9 @@
 //! function of its inputs, so the aggregator, `vigil-rules test` and `vigil-rules replay` all
 //! get the same answers.
 
+pub use vigil_config::{duration, tomlread};
+
 pub mod alerting;
-pub mod duration;
 pub mod evaluator;
 pub mod gofmt;
 pub mod promql;
@@ -17,5 +18,4 @@ pub mod rulefile;
 pub mod scaling;
 pub mod series;
 pub mod template;
-pub mod tomlread;
 pub mod unittest;

@@ -419,12 +419,31 @@ pub fn format_float(v: f64) -> String {
     }
 }
 
-/// Writes samples in the Prometheus text format 0.0.4, with a `# TYPE` line for each family that
-/// has metadata. Samples of one family must be adjacent (as a collector produces them).
+/// Writes samples in the Prometheus text format 0.0.4, with `# HELP` and `# TYPE` lines for each
+/// family that has metadata. Samples are grouped by family (keeping their order within one), as
+/// the format requires.
 pub fn write(samples: &[ParsedSample], families: &[FamilyMeta]) -> String {
     let mut out = String::new();
     let mut current: Option<String> = None;
-    for s in samples {
+    let family_key = |s: &ParsedSample| -> String {
+        let name = s.labels.metric_name().unwrap_or("");
+        families
+            .iter()
+            .find(|f| name == f.name || family_of(name) == f.name)
+            .map_or_else(|| name.to_string(), |f| f.name.clone())
+    };
+    let mut order: Vec<(String, usize)> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (family_key(s), i))
+        .collect();
+    // First appearance decides a family's place; within a family the input order is kept.
+    let mut first: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (k, i) in &order {
+        first.entry(k.clone()).or_insert(*i);
+    }
+    order.sort_by_key(|(k, i)| (first[k], *i));
+    for s in order.iter().map(|(_, i)| &samples[*i]) {
         let name = s.labels.metric_name().unwrap_or("");
         let fam = families
             .iter()
@@ -554,6 +573,19 @@ rpc_duration_seconds_count 2693
             assert!(a.value == b.value || (a.value.is_nan() && b.value.is_nan()));
         }
         assert!(text.contains("# TYPE http_requests_total counter"));
+    }
+
+    #[test]
+    fn writer_groups_families() {
+        let e = parse("a{x=\"1\"} 1\nb 2\na{x=\"2\"} 3\n", Format::Prometheus).unwrap();
+        let fams = vec![FamilyMeta {
+            name: "a".into(),
+            metric_type: MetricType::Gauge,
+            help: None,
+            unit: None,
+        }];
+        let text = write(&e.samples, &fams);
+        assert_eq!(text, "# TYPE a gauge\na{x=\"1\"} 1\na{x=\"2\"} 3\nb 2\n");
     }
 
     #[test]

@@ -1,0 +1,117 @@
+//! A small HTTP client over hyper (HTTP/1.1, TLS through rustls with the system's roots), with
+//! a timeout on the whole exchange and a cap on response bodies.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("invalid request: {0}")]
+    Request(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Transport(String),
+    #[error("response body larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// A response: status, headers and the whole body.
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Http {
+    pub fn new() -> Result<Http, HttpError> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| HttpError::Transport(format!("no TLS roots: {e}")))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(2)
+            .build(https);
+        Ok(Http { client })
+    }
+
+    /// Sends a request and reads the response, all within `timeout`; bodies above `max_body`
+    /// bytes are refused.
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Response, HttpError> {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| HttpError::Request(e.to_string()))?;
+            let value = HeaderValue::from_str(v).map_err(|e| HttpError::Request(e.to_string()))?;
+            req = req.header(name, value);
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| HttpError::Request(e.to_string()))?;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| HttpError::Transport(error_chain(&e)))?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, max_body)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        HttpError::TooLarge(max_body)
+                    } else {
+                        HttpError::Transport(e.to_string())
+                    }
+                })?
+                .to_bytes();
+            Ok(Response {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| HttpError::Timeout(timeout))?
+    }
+}
+
+/// The error and its causes on one line ("connection refused" is buried a level or two down).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,348 @@
+//! Pushing batches with Prometheus remote-write 1.0: bearer token, timeouts, exponential backoff
+//! with full jitter, `Retry-After` honoured on 429, and the disk spool while the receiver cannot
+//! be reached. Order is kept: while anything is spooled, new batches join the spool behind it, so
+//! a receiver never sees a series go back in time.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use tokio::sync::mpsc;
+use vigil_wire::remote_write::{TimeSeries, WriteRequest};
+use vigil_wire::{Labels, Sample};
+
+use crate::http::Http;
+use crate::spool::Spool;
+use crate::telemetry::Metrics;
+
+/// One collection round, ready to send.
+pub struct Batch {
+    pub body: Vec<u8>,
+    pub samples: usize,
+}
+
+/// Encodes samples into remote-write bodies of at most `max_samples` samples each.
+pub fn encode(samples: &[(Labels, Sample)], max_samples: usize) -> Vec<Batch> {
+    let mut out = Vec::new();
+    for chunk in samples.chunks(max_samples.max(1)) {
+        // Group each chunk by series (one TimeSeries per label set).
+        let mut series: Vec<TimeSeries> = Vec::with_capacity(chunk.len());
+        let mut sorted: Vec<&(Labels, Sample)> = chunk.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.timestamp_ms.cmp(&b.1.timestamp_ms)));
+        for (l, s) in sorted {
+            match series.last_mut() {
+                Some(ts)
+                    if ts.labels.len() == l.len()
+                        && ts
+                            .labels
+                            .iter()
+                            .zip(l.iter())
+                            .all(|(a, b)| a.name == b.name && a.value == b.value) =>
+                {
+                    ts.samples.push(vigil_wire::remote_write::ProtoSample {
+                        value: s.value,
+                        timestamp: s.timestamp_ms,
+                    })
+                }
+                _ => series.push(TimeSeries::new(l, &[*s])),
+            }
+        }
+        let req = WriteRequest {
+            timeseries: series,
+            metadata: vec![],
+        };
+        out.push(Batch {
+            body: req.encode_snappy(),
+            samples: chunk.len(),
+        });
+    }
+    out
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Sent,
+    /// Worth retrying (connection refused, timeout, 5xx, 429) after at least this long.
+    Retry(Option<Duration>, String),
+    /// The receiver refuses this body for good (4xx other than 429): retrying cannot help.
+    Rejected(String),
+}
+
+pub struct Pusher {
+    pub http: Http,
+    pub url: String,
+    pub token_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub spool: Spool,
+    pub metrics: Metrics,
+    /// Jitter state (xorshift; no need for a cryptographic generator).
+    rng: u64,
+    backoff: Duration,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl Pusher {
+    pub fn new(
+        http: Http,
+        url: String,
+        token_file: Option<PathBuf>,
+        timeout: Duration,
+        spool: Spool,
+        metrics: Metrics,
+    ) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        let p = Pusher {
+            http,
+            url,
+            token_file,
+            timeout,
+            spool,
+            metrics,
+            rng: seed,
+            backoff: BACKOFF_MIN,
+        };
+        p.metrics.spool_frames.set(p.spool.pending() as i64);
+        p.metrics.spool_bytes.set(p.spool.bytes() as i64);
+        p
+    }
+
+    fn jitter(&mut self, max: Duration) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let ms = max.as_millis().max(1) as u64;
+        Duration::from_millis(self.rng % ms + 1)
+    }
+
+    fn token(&self) -> Option<String> {
+        let path = self.token_file.as_ref()?;
+        match std::fs::read_to_string(path) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read the push token; sending without it");
+                None
+            }
+        }
+    }
+
+    async fn send(&self, body: &[u8]) -> Outcome {
+        let token = self.token();
+        let auth = token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![
+            ("Content-Encoding", "snappy"),
+            ("Content-Type", "application/x-protobuf"),
+            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+            (
+                "User-Agent",
+                concat!("vigil-agent/", env!("CARGO_PKG_VERSION")),
+            ),
+        ];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        let started = Instant::now();
+        let res = self
+            .http
+            .request(
+                Method::POST,
+                &self.url,
+                &headers,
+                Bytes::copy_from_slice(body),
+                self.timeout,
+                64 << 10,
+            )
+            .await;
+        self.metrics
+            .push_duration
+            .observe(started.elapsed().as_secs_f64());
+        match res {
+            Err(e) => Outcome::Retry(None, e.to_string()),
+            Ok(r) if r.status.is_success() => Outcome::Sent,
+            Ok(r) => {
+                let text = String::from_utf8_lossy(&r.body[..r.body.len().min(256)])
+                    .trim()
+                    .to_string();
+                if r.status == StatusCode::TOO_MANY_REQUESTS {
+                    let after = r
+                        .headers
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    Outcome::Retry(after, format!("429: {text}"))
+                } else if r.status.is_server_error() || r.status == StatusCode::REQUEST_TIMEOUT {
+                    Outcome::Retry(None, format!("{}: {text}", r.status.as_u16()))
+                } else {
+                    Outcome::Rejected(format!("{}: {text}", r.status.as_u16()))
+                }
+            }
+        }
+    }
+
+    fn record(&self, outcome: &Outcome, samples: usize) {
+        let result = match outcome {
+            Outcome::Sent => "sent",
+            Outcome::Retry(..) => "retry",
+            Outcome::Rejected(_) => "rejected",
+        };
+        self.metrics
+            .push_requests
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+        if matches!(outcome, Outcome::Sent) {
+            self.metrics.samples_pushed.inc_by(samples as u64);
+        }
+    }
+
+    fn spool_append(&mut self, b: &Batch) {
+        match self.spool.append(&b.body) {
+            Ok(()) => {
+                self.metrics.samples_spooled.inc_by(b.samples as u64);
+            }
+            Err(e) => {
+                self.metrics.samples_dropped.inc_by(b.samples as u64);
+                tracing::error!(error = %e, samples = b.samples, "cannot write the spool: batch lost");
+            }
+        }
+        self.metrics.spool_frames.set(self.spool.pending() as i64);
+        self.metrics.spool_bytes.set(self.spool.bytes() as i64);
+        self.metrics.spool_dropped_frames.inner().store(
+            self.spool.dropped_frames,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Sends the oldest spooled frame; returns how long to wait before the next attempt.
+    async fn drain_one(&mut self) -> Option<Duration> {
+        let frame = match self.spool.peek() {
+            Ok(Some(f)) => f,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the spool");
+                return Some(BACKOFF_MAX);
+            }
+        };
+        let outcome = self.send(&frame).await;
+        self.record(&outcome, 0);
+        match outcome {
+            Outcome::Sent | Outcome::Rejected(_) => {
+                if let Outcome::Rejected(why) = &outcome {
+                    tracing::error!(reason = %why, "receiver rejected a spooled batch; dropping it");
+                }
+                if let Err(e) = self.spool.ack(frame.len()) {
+                    tracing::error!(error = %e, "cannot record spool progress");
+                }
+                self.metrics.spool_frames.set(self.spool.pending() as i64);
+                self.metrics.spool_bytes.set(self.spool.bytes() as i64);
+                self.backoff = BACKOFF_MIN;
+                if self.spool.is_empty() {
+                    tracing::info!("spool drained");
+                }
+                None
+            }
+            Outcome::Retry(after, why) => Some(self.wait_after(after, &why)),
+        }
+    }
+
+    fn wait_after(&mut self, after: Option<Duration>, why: &str) -> Duration {
+        let wait = match after {
+            Some(a) => a.min(Duration::from_secs(300)),
+            None => self.jitter(self.backoff),
+        };
+        tracing::warn!(url = %self.url, reason = %why, retry_in_ms = wait.as_millis() as u64, "push failed");
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    /// Sends a live batch, or spools it if it cannot go now (or if older data waits).
+    async fn handle(&mut self, b: Batch) -> Option<Duration> {
+        if !self.spool.is_empty() {
+            self.spool_append(&b);
+            return None;
+        }
+        let outcome = self.send(&b.body).await;
+        self.record(&outcome, b.samples);
+        match outcome {
+            Outcome::Sent => {
+                self.backoff = BACKOFF_MIN;
+                None
+            }
+            Outcome::Rejected(why) => {
+                self.metrics.samples_dropped.inc_by(b.samples as u64);
+                tracing::error!(reason = %why, samples = b.samples, "receiver rejected a batch; dropping it");
+                None
+            }
+            Outcome::Retry(after, why) => {
+                self.spool_append(&b);
+                Some(self.wait_after(after, &why))
+            }
+        }
+    }
+
+    /// Runs until the channel closes, then makes one last attempt and spools what is left.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>) {
+        let mut not_before = Instant::now();
+        loop {
+            let now = Instant::now();
+            let spooled = !self.spool.is_empty();
+            let wake = if spooled {
+                not_before.max(now)
+            } else {
+                now + Duration::from_secs(3600)
+            };
+            tokio::select! {
+                biased;
+                b = rx.recv() => match b {
+                    Some(b) => {
+                        if Instant::now() < not_before {
+                            // Backing off: keep order by queueing behind the spool.
+                            self.spool_append(&b);
+                        } else if let Some(w) = self.handle(b).await {
+                            not_before = Instant::now() + w;
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(wake.into()), if spooled => {
+                    if let Some(w) = self.drain_one().await {
+                        not_before = Instant::now() + w;
+                    }
+                }
+            }
+        }
+        // Shutting down: whatever is still queued goes to the spool (the channel is drained by
+        // now), so nothing collected is lost.
+        tracing::info!(spooled_frames = self.spool.pending(), "push: stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_and_group_by_series() {
+        let a = Labels::from_pairs([("__name__", "a")]);
+        let b = Labels::from_pairs([("__name__", "b")]);
+        let samples: Vec<(Labels, Sample)> = (0..5)
+            .flat_map(|t| {
+                [
+                    (a.clone(), Sample::new(t, 1.0)),
+                    (b.clone(), Sample::new(t, 2.0)),
+                ]
+            })
+            .collect();
+        let batches = encode(&samples, 4);
+        assert_eq!(batches.len(), 3);
+        assert_eq!(batches.iter().map(|b| b.samples).sum::<usize>(), 10);
+        let req = WriteRequest::decode_snappy(&batches[0].body, 1 << 20).unwrap();
+        assert_eq!(req.timeseries.len(), 2);
+        assert_eq!(req.timeseries[0].samples.len(), 2);
+    }
+}
