@@ -74,6 +74,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Collect host metrics (on by default; off in a sidecar that only scrapes).
     pub host_metrics: bool,
+    /// Mount points (and, ending in `/`, what is below them) not reported.
+    pub mount_points_exclude: Vec<String>,
+    /// Network devices not reported.
+    pub network_devices_exclude: Vec<String>,
 }
 
 impl Default for Config {
@@ -106,6 +110,14 @@ impl Default for Config {
             },
             listen: SocketAddr::from(([127, 0, 0, 1], 9471)),
             host_metrics: true,
+            mount_points_exclude: crate::collect::DEFAULT_MOUNT_EXCLUDE
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            network_devices_exclude: crate::collect::DEFAULT_NETDEV_EXCLUDE
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -198,6 +210,15 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             );
         }
         i.finish(&mut doc);
+    }
+    if let Some(mut h) = top.table(&mut doc, "host") {
+        if let Some(v) = h.str_list(&mut doc, "mount_points_exclude") {
+            c.mount_points_exclude = v.into_iter().map(|s| s.value).collect();
+        }
+        if let Some(v) = h.str_list(&mut doc, "network_devices_exclude") {
+            c.network_devices_exclude = v.into_iter().map(|s| s.value).collect();
+        }
+        h.finish(&mut doc);
     }
     for mut s in top.tables(&mut doc, "scrape") {
         let u = url(&mut doc, &mut s, "url");

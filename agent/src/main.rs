@@ -256,7 +256,11 @@ async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), Strin
     let mut collector = Collector {
         cfg: cfg.clone(),
         http: http.clone(),
-        host: collect::Host::default(),
+        host: collect::Host {
+            mount_exclude: cfg.mount_points_exclude.clone(),
+            netdev_exclude: cfg.network_devices_exclude.clone(),
+            ..collect::Host::default()
+        },
         target_labels,
         metrics: metrics.clone(),
         warned_limit: Default::default(),

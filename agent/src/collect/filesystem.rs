@@ -44,16 +44,31 @@ const FS_TYPES_EXCLUDED: [&str; 21] = [
 ];
 const FS_TYPES_EXCLUDED_2: [&str; 4] = ["squashfs", "sysfs", "tracefs", "erofs"];
 
-/// node_exporter's default `--collector.filesystem.mount-points-exclude`:
-/// `^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)`.
-fn mount_excluded(m: &str) -> bool {
-    let under = |p: &str| m == p || m.starts_with(&format!("{p}/"));
-    under("/dev")
-        || under("/proc")
-        || under("/sys")
-        || m.starts_with("/run/credentials/")
-        || m.starts_with("/var/lib/docker/")
-        || m.starts_with("/var/lib/containers/storage/")
+/// The default mount points skipped: those of Debian's node_exporter
+/// (`^/(dev|proc|run|sys|mnt|media|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)`), so
+/// dashboards built on it see the same series. `[host] mount_points_exclude` replaces the list
+/// (EC2 instance stores often live under /mnt).
+pub const DEFAULT_MOUNT_EXCLUDE: [&str; 8] = [
+    "/dev",
+    "/proc",
+    "/run",
+    "/sys",
+    "/mnt",
+    "/media",
+    "/var/lib/docker/",
+    "/var/lib/containers/storage/",
+];
+
+/// Whether mount point `m` is at or under one of `prefixes` (a prefix ending in `/` only matches
+/// below it).
+fn mount_excluded(m: &str, prefixes: &[String]) -> bool {
+    prefixes.iter().any(|p| {
+        if p.ends_with('/') {
+            m.starts_with(p.as_str()) && m.len() > p.len()
+        } else {
+            m == p || (m.starts_with(p.as_str()) && m.as_bytes().get(p.len()) == Some(&b'/'))
+        }
+    })
 }
 
 /// Undoes the octal escapes of `/proc/mounts` (`\040` is a space).
@@ -76,7 +91,12 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub fn collect(mounts: &str, out: &mut Out<'_>, stat: &dyn Fn(&Path) -> Option<FsStat>) {
+pub fn collect(
+    mounts: &str,
+    exclude: &[String],
+    out: &mut Out<'_>,
+    stat: &dyn Fn(&Path) -> Option<FsStat>,
+) {
     let mut seen: Vec<(String, String)> = Vec::new();
     for line in mounts.lines() {
         let mut f = line.split_ascii_whitespace();
@@ -89,7 +109,7 @@ pub fn collect(mounts: &str, out: &mut Out<'_>, stat: &dyn Fn(&Path) -> Option<F
             continue;
         }
         let mp = unescape(mp);
-        if mount_excluded(&mp) {
+        if mount_excluded(&mp, exclude) {
             continue;
         }
         let dev = unescape(dev);
@@ -176,8 +196,13 @@ mod tests {
                 ffree: 5,
             })
         };
+        let exclude: Vec<String> = ["/dev", "/proc", "/sys"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         collect(
             mounts,
+            &exclude,
             &mut Out {
                 metrics: &mut m,
                 families: &mut f,
@@ -191,6 +216,20 @@ mod tests {
         assert_eq!(
             mps.into_iter().collect::<Vec<_>>(),
             ["/", "/mnt/my data", "/run"]
+        );
+        let defaults: Vec<String> = DEFAULT_MOUNT_EXCLUDE
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(mount_excluded("/run/user/0", &defaults) && mount_excluded("/mnt", &defaults));
+        assert!(
+            mount_excluded("/var/lib/docker/overlay2/x", &defaults)
+                && !mount_excluded("/var/lib/docker", &defaults)
+        );
+        assert!(
+            !mount_excluded("/", &defaults)
+                && !mount_excluded("/data", &defaults)
+                && !mount_excluded("/devices", &defaults)
         );
         let size = m
             .iter()

@@ -54,12 +54,19 @@ impl Out<'_> {
     }
 }
 
-/// Where `/proc` is (tests point it at fixtures).
+pub use filesystem::DEFAULT_MOUNT_EXCLUDE;
+
+/// Network devices skipped by default (Debian's node_exporter skips the loopback).
+pub const DEFAULT_NETDEV_EXCLUDE: [&str; 1] = ["lo"];
+
+/// Where `/proc` is (tests point it at fixtures), and what to skip.
 #[derive(Debug, Clone)]
 pub struct Host {
     pub proc: PathBuf,
     /// Clock ticks per second for /proc/stat (USER_HZ).
     pub user_hz: f64,
+    pub mount_exclude: Vec<String>,
+    pub netdev_exclude: Vec<String>,
 }
 
 impl Default for Host {
@@ -67,6 +74,14 @@ impl Default for Host {
         Host {
             proc: PathBuf::from("/proc"),
             user_hz: rustix::param::clock_ticks_per_second() as f64,
+            mount_exclude: DEFAULT_MOUNT_EXCLUDE
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            netdev_exclude: DEFAULT_NETDEV_EXCLUDE
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -105,7 +120,7 @@ impl Host {
             memory::parse_vmstat(&buf, out);
         }
         if self.read("net/dev", &mut buf) {
-            network::parse(&buf, out);
+            network::parse(&buf, &self.netdev_exclude, out);
         } else {
             failed.push("net/dev");
         }
@@ -113,7 +128,7 @@ impl Host {
             disk::parse(&buf, out);
         }
         if self.read("1/mounts", &mut buf) || self.read("mounts", &mut buf) {
-            filesystem::collect(&buf, out, &statvfs_at);
+            filesystem::collect(&buf, &self.mount_exclude, out, &statvfs_at);
         } else {
             failed.push("mounts");
         }

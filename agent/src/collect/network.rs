@@ -7,12 +7,15 @@ use super::Out;
 const RX: [(usize, &str); 4] = [(0, "bytes"), (1, "packets"), (2, "errs"), (3, "drop")];
 const TX: [(usize, &str); 4] = [(8, "bytes"), (9, "packets"), (10, "errs"), (11, "drop")];
 
-pub fn parse(text: &str, out: &mut Out<'_>) {
+pub fn parse(text: &str, exclude: &[String], out: &mut Out<'_>) {
     for line in text.lines().skip(2) {
         let Some((dev, rest)) = line.split_once(':') else {
             continue;
         };
         let dev = dev.trim();
+        if exclude.iter().any(|e| e == dev) {
+            continue;
+        }
         let vals: Vec<f64> = rest
             .split_ascii_whitespace()
             .filter_map(|x| x.parse().ok())

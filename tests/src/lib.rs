@@ -1,0 +1,10 @@
+//! The end-to-end harness: builds and spawns Vigil's binaries and their real peers on 127.0.0.1
+//! ports, with helpers to wait for them, talk HTTP, and receive remote-write.
+//!
+//! Everything here is test support; it must never be linked into a product binary.
+
+pub mod http;
+pub mod procs;
+pub mod receiver;
+
+pub use procs::{bin, free_port, peer, tempdir, wait_http, Child, TempDir};

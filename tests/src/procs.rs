@@ -1,0 +1,160 @@
+//! Processes: Vigil's binaries (built once per test run) and peers from the system.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Path to a Vigil binary, building the binaries once per test run (cargo builds test targets,
+/// not other packages' binaries).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "vigil-agent",
+                "-p",
+                "vigil-aggregator",
+                "-p",
+                "vigil-rules",
+                "--bins",
+            ])
+            .current_dir(root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| root().join("target"), PathBuf::from);
+        target.join("debug")
+    });
+    dir.join(name)
+}
+
+/// A peer binary from the system (`prometheus`, `prometheus-node-exporter`, ...). Panics with a
+/// clear message when missing: scripts/test installs them.
+pub fn peer(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: run scripts/test (it installs Debian's packages)");
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn tempdir(name: &str) -> TempDir {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = std::env::temp_dir().join(format!("vigil-e2e-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).expect("create temp dir");
+    TempDir(p)
+}
+
+/// A child process killed on drop; its stderr goes to a log file shown on failure.
+pub struct Child {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Child {
+    pub fn spawn(name: &str, cmd: &mut Command, logdir: &Path) -> Child {
+        let log = logdir.join(format!("{name}.log"));
+        let f = std::fs::File::create(&log).expect("log file");
+        let f2 = f.try_clone().expect("clone log");
+        let child = cmd
+            .stdout(Stdio::from(f))
+            .stderr(Stdio::from(f2))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Child {
+            child,
+            log,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal (`TERM`, `KILL`) with the `kill` command.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit, up to `timeout`; returns whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `GET url` answers 2xx.
+pub fn wait_http(url: &str, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if let Ok((code, _)) = crate::http::get(url) {
+            if (200..300).contains(&code) {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}

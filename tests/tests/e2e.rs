@@ -1,0 +1,5 @@
+//! End-to-end tests: Vigil's binaries against real peers on 127.0.0.1. One test binary; one module
+//! per subject.
+
+#[path = "e2e/agent.rs"]
+mod agent;
