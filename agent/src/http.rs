@@ -1,6 +1,7 @@
 //! A small HTTP client over hyper (HTTP/1.1, TLS through rustls with the system's roots), with
 //! a timeout on the whole exchange and a cap on response bodies.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,24 +32,44 @@ pub struct Response {
     pub body: Bytes,
 }
 
+type TlsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Plain HTTP always; TLS (and the system's root certificates, which cost memory) only once an
+/// `https://` URL is used.
 #[derive(Clone)]
 pub struct Http {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    plain: Client<HttpConnector, Full<Bytes>>,
+    tls: Arc<OnceLock<Result<TlsClient, String>>>,
 }
 
 impl Http {
     pub fn new() -> Result<Http, HttpError> {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| HttpError::Transport(format!("no TLS roots: {e}")))?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new())
+        let plain = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(2)
-            .build(https);
-        Ok(Http { client })
+            .build(HttpConnector::new());
+        Ok(Http {
+            plain,
+            tls: Arc::new(OnceLock::new()),
+        })
+    }
+
+    fn tls(&self) -> Result<&TlsClient, HttpError> {
+        self.tls
+            .get_or_init(|| {
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_native_roots()
+                    .map_err(|e| format!("no TLS roots: {e}"))?
+                    .https_or_http()
+                    .enable_http1()
+                    .build();
+                Ok(Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .pool_max_idle_per_host(2)
+                    .build(https))
+            })
+            .as_ref()
+            .map_err(|e| HttpError::Transport(e.clone()))
     }
 
     /// Sends a request and reads the response, all within `timeout`; bodies above `max_body`
@@ -73,11 +94,12 @@ impl Http {
             .body(Full::new(body))
             .map_err(|e| HttpError::Request(e.to_string()))?;
         let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| HttpError::Transport(error_chain(&e)))?;
+            let resp = if url.starts_with("https://") {
+                self.tls()?.request(req).await
+            } else {
+                self.plain.request(req).await
+            }
+            .map_err(|e| HttpError::Transport(error_chain(&e)))?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, max_body)
                 .collect()

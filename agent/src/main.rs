@@ -24,7 +24,7 @@ use clap::{Parser, ValueEnum};
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use vigil_wire::text::{FamilyMeta, MetricType, ParsedSample};
-use vigil_wire::{Labels, Sample, METRIC_NAME};
+use vigil_wire::{Labels, Sample};
 
 use config::Config;
 use identity::Identity;
@@ -91,98 +91,119 @@ struct Round {
     families: Vec<FamilyMeta>,
 }
 
-/// Adds identity and agent labels; a scraped label of the same name is kept as `exported_<name>`,
-/// as Prometheus does with `honor_labels: false`.
-fn with_target_labels(l: &Labels, target: &[(String, String)]) -> Labels {
-    let mut b = l.to_builder();
-    for (k, v) in target {
-        if let Some(old) = l.get(k) {
-            if old != v {
-                b.set(format!("exported_{k}"), old.to_string());
-            }
-        }
-        b.set(k.clone(), v.clone());
-    }
-    b.build()
-}
-
 struct Collector {
     cfg: Config,
     http: http::Http,
     host: collect::Host,
-    target_labels: Vec<(String, String)>,
     metrics: telemetry::Metrics,
     warned_limit: std::collections::HashSet<String>,
+    /// Host and own-series label sets, built once.
+    host_labels: collect::LabelCache,
+    /// One per scrape target: the app's label sets by series text.
+    scrapers: Vec<scrape::Scraper>,
 }
 
 impl Collector {
+    fn new(
+        cfg: Config,
+        http: http::Http,
+        target_labels: Vec<(String, String)>,
+        metrics: telemetry::Metrics,
+    ) -> Self {
+        let host = collect::Host {
+            mount_exclude: cfg.mount_points_exclude.clone(),
+            netdev_exclude: cfg.network_devices_exclude.clone(),
+            ..collect::Host::default()
+        };
+        let scrapers = cfg
+            .scrape
+            .iter()
+            .map(|t| scrape::Scraper::new(t.clone(), target_labels.clone()))
+            .collect();
+        Collector {
+            host_labels: collect::LabelCache::new(target_labels.clone()),
+            cfg,
+            http,
+            host,
+            metrics,
+            warned_limit: Default::default(),
+            scrapers,
+        }
+    }
+
     async fn round(&mut self) -> Round {
         let started = std::time::Instant::now();
         let ts = now_ms();
         let (mut metrics, mut families) = (Vec::new(), Vec::new());
-        if self.cfg.host_metrics {
-            let failed = self.host.collect(&mut collect::Out {
+        let mut out_cache = std::mem::take(&mut self.host_labels);
+        let mut scraped: Vec<(Labels, Sample)> = Vec::new();
+        {
+            let mut out = collect::Out {
                 metrics: &mut metrics,
                 families: &mut families,
-            });
-            for f in failed {
-                tracing::debug!(source = f, "host source unreadable");
-            }
-        }
-        let mut out: Vec<(Labels, Sample)> = metrics
-            .into_iter()
-            .map(|m| {
-                (
-                    with_target_labels(&m.labels, &self.target_labels),
-                    Sample::new(ts, m.value),
-                )
-            })
-            .collect();
-        let own = |name: &str, target: &str, v: f64| -> (Labels, Sample) {
-            let l = Labels::from_pairs([(METRIC_NAME, name), ("target", target)]);
-            (l, Sample::new(ts, v))
-        };
-        for t in self.cfg.scrape.clone() {
-            let r = scrape::scrape(&self.http, &t, ts).await;
-            if r.limit_exceeded {
-                self.metrics
-                    .scrape_limit_exceeded
-                    .get_or_create(&vec![("target".to_string(), t.url.clone())])
-                    .inc();
-                if self.warned_limit.insert(t.url.clone()) {
-                    tracing::warn!(url = %t.url, reason = r.error.as_deref().unwrap_or(""), "scrape dropped: series limit exceeded (logged once per target)");
+                cache: &mut out_cache,
+            };
+            if self.cfg.host_metrics {
+                for f in self.host.collect(&mut out) {
+                    tracing::debug!(source = f, "host source unreadable");
                 }
-            } else if let Some(e) = &r.error {
-                tracing::warn!(url = %t.url, error = %e, "scrape failed");
             }
-            let n = r.samples.len();
-            out.extend(
-                r.samples
-                    .into_iter()
-                    .map(|(l, s)| (with_target_labels(&l, &self.target_labels), s)),
-            );
-            for (name, v) in [
-                ("vigil_scrape_up", if r.up { 1.0 } else { 0.0 }),
-                ("vigil_scrape_duration_seconds", r.duration.as_secs_f64()),
-                ("vigil_scrape_samples_scraped", n as f64),
-            ] {
-                let (l, s) = own(name, &t.url, v);
-                out.push((with_target_labels(&l, &self.target_labels), s));
+            for sc in &mut self.scrapers {
+                let r = sc.scrape(&self.http, ts).await;
+                let url = sc.target.url.clone();
+                if r.limit_exceeded {
+                    self.metrics
+                        .scrape_limit_exceeded
+                        .get_or_create(&vec![("target".to_string(), url.clone())])
+                        .inc();
+                    if self.warned_limit.insert(url.clone()) {
+                        tracing::warn!(url = %url, reason = r.error.as_deref().unwrap_or(""), "scrape dropped: series limit exceeded (logged once per target)");
+                    }
+                } else if let Some(e) = &r.error {
+                    tracing::warn!(url = %url, error = %e, "scrape failed");
+                }
+                out.push(
+                    "vigil_scrape_up",
+                    &[("target", &url)],
+                    if r.up { 1.0 } else { 0.0 },
+                );
+                out.push(
+                    "vigil_scrape_duration_seconds",
+                    &[("target", &url)],
+                    r.duration.as_secs_f64(),
+                );
+                out.push(
+                    "vigil_scrape_samples_scraped",
+                    &[("target", &url)],
+                    r.samples.len() as f64,
+                );
+                scraped.extend(r.samples);
+            }
+            for t in &self.cfg.health {
+                let p = health::probe(&self.http, t).await;
+                if let Some(e) = &p.error {
+                    tracing::debug!(url = %t.url, error = %e, "health probe failed");
+                }
+                out.push(
+                    "vigil_health_up",
+                    &[("target", &t.url)],
+                    if p.up { 1.0 } else { 0.0 },
+                );
+                out.push(
+                    "vigil_health_latency_seconds",
+                    &[("target", &t.url)],
+                    p.latency.as_secs_f64(),
+                );
             }
         }
-        for t in self.cfg.health.clone() {
-            let p = health::probe(&self.http, &t).await;
-            if let Some(e) = &p.error {
-                tracing::debug!(url = %t.url, error = %e, "health probe failed");
-            }
-            for (name, v) in [
-                ("vigil_health_up", if p.up { 1.0 } else { 0.0 }),
-                ("vigil_health_latency_seconds", p.latency.as_secs_f64()),
-            ] {
-                let (l, s) = own(name, &t.url, v);
-                out.push((with_target_labels(&l, &self.target_labels), s));
-            }
-        }
+        self.host_labels = out_cache;
+        let mut samples: Vec<(Labels, Sample)> = Vec::with_capacity(metrics.len());
+        samples.extend(
+            metrics
+                .into_iter()
+                .map(|m| (m.labels, Sample::new(ts, m.value))),
+        );
+        samples.extend(scraped);
         for (name, t, help) in [
             (
                 "vigil_health_up",
@@ -217,14 +238,11 @@ impl Collector {
                 unit: None,
             });
         }
-        self.metrics.samples_collected.inc_by(out.len() as u64);
+        self.metrics.samples_collected.inc_by(samples.len() as u64);
         self.metrics
             .collect_duration
             .observe(started.elapsed().as_secs_f64());
-        Round {
-            samples: out,
-            families,
-        }
+        Round { samples, families }
     }
 }
 
@@ -253,18 +271,7 @@ async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), Strin
     let target_labels = identity_labels(&id, &cfg);
     let mut registry = Registry::default();
     let metrics = telemetry::Metrics::register(&mut registry);
-    let mut collector = Collector {
-        cfg: cfg.clone(),
-        http: http.clone(),
-        host: collect::Host {
-            mount_exclude: cfg.mount_points_exclude.clone(),
-            netdev_exclude: cfg.network_devices_exclude.clone(),
-            ..collect::Host::default()
-        },
-        target_labels,
-        metrics: metrics.clone(),
-        warned_limit: Default::default(),
-    };
+    let mut collector = Collector::new(cfg.clone(), http.clone(), target_labels, metrics.clone());
     if once {
         let round = collector.round().await;
         let samples: Vec<ParsedSample> = round

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use tokio::sync::mpsc;
-use vigil_wire::remote_write::{TimeSeries, WriteRequest};
 use vigil_wire::{Labels, Sample};
 
 use crate::http::Http;
@@ -22,42 +21,18 @@ pub struct Batch {
     pub samples: usize,
 }
 
-/// Encodes samples into remote-write bodies of at most `max_samples` samples each.
+/// Encodes samples into remote-write bodies of at most `max_samples` samples each (one round has
+/// each series once, so every sample is its own `TimeSeries`).
 pub fn encode(samples: &[(Labels, Sample)], max_samples: usize) -> Vec<Batch> {
-    let mut out = Vec::new();
-    for chunk in samples.chunks(max_samples.max(1)) {
-        // Group each chunk by series (one TimeSeries per label set).
-        let mut series: Vec<TimeSeries> = Vec::with_capacity(chunk.len());
-        let mut sorted: Vec<&(Labels, Sample)> = chunk.iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.timestamp_ms.cmp(&b.1.timestamp_ms)));
-        for (l, s) in sorted {
-            match series.last_mut() {
-                Some(ts)
-                    if ts.labels.len() == l.len()
-                        && ts
-                            .labels
-                            .iter()
-                            .zip(l.iter())
-                            .all(|(a, b)| a.name == b.name && a.value == b.value) =>
-                {
-                    ts.samples.push(vigil_wire::remote_write::ProtoSample {
-                        value: s.value,
-                        timestamp: s.timestamp_ms,
-                    })
-                }
-                _ => series.push(TimeSeries::new(l, &[*s])),
-            }
-        }
-        let req = WriteRequest {
-            timeseries: series,
-            metadata: vec![],
-        };
-        out.push(Batch {
-            body: req.encode_snappy(),
+    samples
+        .chunks(max_samples.max(1))
+        .map(|chunk| Batch {
+            body: vigil_wire::remote_write::encode_snappy_from(
+                chunk.iter().map(|(l, s)| (l, std::slice::from_ref(s))),
+            ),
             samples: chunk.len(),
-        });
-    }
-    out
+        })
+        .collect()
 }
 
 #[derive(Debug)]
@@ -327,7 +302,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_split_and_group_by_series() {
+    fn batches_split_at_the_sample_limit() {
         let a = Labels::from_pairs([("__name__", "a")]);
         let b = Labels::from_pairs([("__name__", "b")]);
         let samples: Vec<(Labels, Sample)> = (0..5)
@@ -341,8 +316,9 @@ mod tests {
         let batches = encode(&samples, 4);
         assert_eq!(batches.len(), 3);
         assert_eq!(batches.iter().map(|b| b.samples).sum::<usize>(), 10);
-        let req = WriteRequest::decode_snappy(&batches[0].body, 1 << 20).unwrap();
-        assert_eq!(req.timeseries.len(), 2);
-        assert_eq!(req.timeseries[0].samples.len(), 2);
+        let req = vigil_wire::remote_write::WriteRequest::decode_snappy(&batches[0].body, 1 << 20)
+            .unwrap();
+        assert_eq!(req.timeseries.len(), 4);
+        assert_eq!(req.timeseries[1].validated_labels().unwrap(), b);
     }
 }

@@ -228,6 +228,47 @@ fn unescape_help(s: &str) -> String {
     out
 }
 
+/// Splits a sample line into its series part (`name{labels}`, quotes respected) and the rest
+/// (value, optional timestamp, optional exemplar). Comments and blank lines give `None`. Lets a
+/// scraper cache label sets by the series text and skip re-parsing labels it has seen.
+pub fn split_series(line: &str) -> Option<(&str, &str)> {
+    let t = line.trim_start();
+    if t.is_empty() || t.starts_with('#') {
+        return None;
+    }
+    let b = t.as_bytes();
+    let mut i = 0;
+    while i < b.len() && b[i] != b'{' && b[i] != b' ' && b[i] != b'\t' {
+        i += 1;
+    }
+    if i < b.len() && b[i] == b'{' {
+        let mut in_q = false;
+        i += 1;
+        while i < b.len() {
+            match b[i] {
+                b'\\' if in_q => i += 1,
+                b'"' => in_q = !in_q,
+                b'}' if !in_q => {
+                    i += 1;
+                    break;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+    Some((&t[..i.min(t.len())], &t[i.min(t.len())..]))
+}
+
+/// Parses one sample line (see [`parse`] for whole expositions).
+pub fn parse_line(line: &str, format: Format) -> Result<ParsedSample, ParseError> {
+    parse_sample_line(line.trim_start(), format).map_err(|(c, m)| ParseError {
+        line: 1,
+        column: c + 1,
+        message: m,
+    })
+}
+
 fn parse_sample_line(line: &str, format: Format) -> Result<ParsedSample, (usize, String)> {
     let bytes = line.as_bytes();
     let mut i = 0;
@@ -573,6 +614,18 @@ rpc_duration_seconds_count 2693
             assert!(a.value == b.value || (a.value.is_nan() && b.value.is_nan()));
         }
         assert!(text.contains("# TYPE http_requests_total counter"));
+    }
+
+    #[test]
+    fn series_split_respects_quotes() {
+        assert_eq!(
+            split_series("a{x=\"}{ \\\" \"} 1 2"),
+            Some(("a{x=\"}{ \\\" \"}", " 1 2"))
+        );
+        assert_eq!(split_series("up 1"), Some(("up", " 1")));
+        assert_eq!(split_series("# HELP x"), None);
+        assert_eq!(split_series("   "), None);
+        assert!(parse_line("up{a=\"1\"} 3 1000", Format::Prometheus).is_ok());
     }
 
     #[test]

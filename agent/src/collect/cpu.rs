@@ -123,6 +123,7 @@ mod tests {
             &mut Out {
                 metrics: &mut m,
                 families: &mut f,
+                cache: &mut crate::collect::LabelCache::default(),
             },
         );
         let get = |mode: &str| {

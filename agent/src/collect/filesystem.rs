@@ -206,6 +206,7 @@ mod tests {
             &mut Out {
                 metrics: &mut m,
                 families: &mut f,
+                cache: &mut crate::collect::LabelCache::default(),
             },
             &stat,
         );

@@ -80,6 +80,7 @@ mod tests {
             &mut Out {
                 metrics: &mut m,
                 families: &mut f,
+                cache: &mut crate::collect::LabelCache::default(),
             },
         );
         let names: Vec<&str> = m.iter().filter_map(|x| x.labels.metric_name()).collect();

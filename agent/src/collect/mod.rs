@@ -9,6 +9,7 @@ mod load;
 mod memory;
 mod network;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use vigil_wire::text::{FamilyMeta, MetricType};
@@ -21,24 +22,68 @@ pub struct Metric {
     pub value: f64,
 }
 
-/// Collects into a vector, reusing one read buffer.
-pub struct Out<'a> {
-    pub metrics: &'a mut Vec<Metric>,
-    pub families: &'a mut Vec<FamilyMeta>,
+/// Label sets already built, by metric name and label pairs, with the agent's own labels
+/// (identity, `[agent].labels`) applied: host series are the same every round, so each is built
+/// once and then only looked up.
+#[derive(Debug, Default)]
+pub struct LabelCache {
+    map: HashMap<String, Labels>,
+    key: String,
+    /// Labels every series gets.
+    pub target: Vec<(String, String)>,
 }
 
-impl Out<'_> {
-    /// Adds a sample of `name` with the given labels.
-    pub fn push(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+impl LabelCache {
+    pub fn new(target: Vec<(String, String)>) -> Self {
+        LabelCache {
+            map: HashMap::new(),
+            key: String::new(),
+            target,
+        }
+    }
+
+    fn get(&mut self, name: &str, labels: &[(&str, &str)]) -> Labels {
+        self.key.clear();
+        self.key.push_str(name);
+        for (k, v) in labels {
+            self.key.push('\u{1}');
+            self.key.push_str(k);
+            self.key.push('\u{2}');
+            self.key.push_str(v);
+        }
+        if let Some(l) = self.map.get(self.key.as_str()) {
+            return l.clone();
+        }
         let mut b = LabelsBuilder::new();
         b.set(METRIC_NAME, name);
         for (k, v) in labels {
             b.set(*k, *v);
         }
-        self.metrics.push(Metric {
-            labels: b.build(),
-            value,
-        });
+        for (k, v) in &self.target {
+            b.set(k.clone(), v.clone());
+        }
+        let l = b.build();
+        if self.map.len() > 100_000 {
+            // Devices and mounts come and go; never let the cache grow without bound.
+            self.map.clear();
+        }
+        self.map.insert(self.key.clone(), l.clone());
+        l
+    }
+}
+
+/// Collects into a vector.
+pub struct Out<'a> {
+    pub metrics: &'a mut Vec<Metric>,
+    pub families: &'a mut Vec<FamilyMeta>,
+    pub cache: &'a mut LabelCache,
+}
+
+impl Out<'_> {
+    /// Adds a sample of `name` with the given labels.
+    pub fn push(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let labels = self.cache.get(name, labels);
+        self.metrics.push(Metric { labels, value });
     }
 
     /// Declares a family's type and help once.
