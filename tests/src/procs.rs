@@ -43,9 +43,12 @@ pub fn bin(name: &str) -> PathBuf {
 /// A peer binary from the system (`prometheus`, `prometheus-node-exporter`, ...). Panics with a
 /// clear message when missing: scripts/test installs them.
 pub fn peer(name: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/local/bin", "/usr/sbin"].map(PathBuf::from))
+    {
+        let p = dir.join(name);
+        if p.is_file() {
             return p;
         }
     }

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 use vigil_wire::remote_write::WriteRequest;
 use vigil_wire::{Labels, Sample};
 
@@ -19,6 +21,14 @@ pub struct Store {
     pub samples: Vec<(Labels, Sample)>,
     pub requests: usize,
     pub bad_requests: usize,
+    /// When set, requests without `Authorization: Bearer <token>` get 401.
+    pub require_token: Option<String>,
+    pub unauthorized: usize,
+    /// Answer this many requests with 429 and `Retry-After: <secs>` before accepting.
+    pub throttle: usize,
+    pub throttle_retry_after_secs: u64,
+    /// Arrival times (ms since the receiver started) of every request, accepted or not.
+    pub arrivals: Vec<u128>,
 }
 
 impl Store {
@@ -119,6 +129,7 @@ fn serve(s: TcpStream, store: Arc<Mutex<Store>>, running: Arc<AtomicBool>) {
             return;
         }
         let mut len = 0usize;
+        let mut auth = String::new();
         loop {
             let mut h = String::new();
             if r.read_line(&mut h).unwrap_or(0) == 0 {
@@ -132,6 +143,9 @@ fn serve(s: TcpStream, store: Arc<Mutex<Store>>, running: Arc<AtomicBool>) {
                 if k.eq_ignore_ascii_case("content-length") {
                     len = v.trim().parse().unwrap_or(0);
                 }
+                if k.eq_ignore_ascii_case("authorization") {
+                    auth = v.trim().to_string();
+                }
             }
         }
         let mut body = vec![0u8; len];
@@ -141,6 +155,32 @@ fn serve(s: TcpStream, store: Arc<Mutex<Store>>, running: Arc<AtomicBool>) {
         if !running.load(Ordering::SeqCst) {
             // Stopped while the request was in flight: never answer it.
             return;
+        }
+        {
+            let mut st = store.lock().expect("lock");
+            let started = *START.get_or_init(std::time::Instant::now);
+            st.arrivals.push(started.elapsed().as_millis());
+            if let Some(t) = &st.require_token {
+                if auth != format!("Bearer {t}") {
+                    st.unauthorized += 1;
+                    drop(st);
+                    if w.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            if st.throttle > 0 {
+                st.throttle -= 1;
+                let resp = format!("HTTP/1.1 429 Too Many Requests\r\nRetry-After: {}\r\nContent-Length: 0\r\n\r\n", st.throttle_retry_after_secs);
+                drop(st);
+                if w.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+                continue;
+            }
         }
         let ok = match WriteRequest::decode_snappy(&body, 64 << 20) {
             Ok(req) => {

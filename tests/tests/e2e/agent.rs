@@ -426,3 +426,147 @@ fn kill_9_mid_spool_loses_nothing_already_spooled() {
         agent.log_text()
     );
 }
+
+#[test]
+fn push_sends_the_bearer_token_and_honours_retry_after() {
+    let dir = tempdir("agent-auth");
+    let rx = Receiver::start(free_port());
+    {
+        let mut st = rx.store.lock().expect("lock");
+        st.require_token = Some("s3cret".into());
+        st.throttle = 1;
+        st.throttle_retry_after_secs = 3;
+    }
+    std::fs::write(dir.path().join("token"), "s3cret\n").expect("token");
+    let cfg = agent_config(dir.path(), &rx.url(), "");
+    let text = std::fs::read_to_string(&cfg).expect("read").replace(
+        "timeout = \"2s\"",
+        &format!(
+            "timeout = \"2s\"\ntoken_file = \"{}\"",
+            dir.path().join("token").display()
+        ),
+    );
+    std::fs::write(&cfg, text).expect("write");
+    let agent = Child::spawn(
+        "agent",
+        Command::new(bin("vigil-agent")).arg("--config").arg(&cfg),
+        dir.path(),
+    );
+    std::thread::sleep(Duration::from_secs(7));
+    let st = rx.store.lock().expect("lock");
+    assert_eq!(st.unauthorized, 0, "token sent");
+    assert!(
+        !st.samples.is_empty(),
+        "accepted after the 429; log:\n{}",
+        agent.log_text()
+    );
+    // After the 429 (second request at the earliest), the next request waits Retry-After (3 s).
+    let a = &st.arrivals;
+    assert!(a.len() >= 2, "{a:?}");
+    assert!(
+        a[1] - a[0] >= 2900,
+        "Retry-After honoured: requests at {a:?} ms"
+    );
+    assert!(agent.log_text().contains("429"), "{}", agent.log_text());
+}
+
+#[test]
+fn check_config_and_self_metrics() {
+    let dir = tempdir("agent-cli");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[agent]\ninterval = \"soon\"\n[push]\nurl = \"nowhere\"\n",
+    )
+    .expect("write");
+    let out = Command::new(bin("vigil-agent"))
+        .arg("--check-config")
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:2:12: agent.interval") && err.contains("bad.toml:4:7: push.url"),
+        "{err}"
+    );
+
+    let rx = Receiver::start(free_port());
+    let self_port = free_port();
+    let cfg = agent_config(dir.path(), &rx.url(), "");
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    let text = text
+        .rsplit_once("[listen]")
+        .map(|(a, _)| a.to_string())
+        .unwrap_or(text)
+        + &format!("[listen]\naddress = \"127.0.0.1:{self_port}\"\n");
+    std::fs::write(&cfg, text).expect("write");
+    let out = Command::new(bin("vigil-agent"))
+        .arg("--check-config")
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _agent = Child::spawn(
+        "agent",
+        Command::new(bin("vigil-agent")).arg("--config").arg(&cfg),
+        dir.path(),
+    );
+    let url = format!("http://127.0.0.1:{self_port}/metrics");
+    assert!(wait_http(&url, Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, m) = get(&url).expect("metrics");
+    for name in [
+        "vigil_agent_samples_collected_total",
+        "vigil_agent_push_requests_total{result=\"sent\"}",
+        "vigil_agent_spool_frames",
+    ] {
+        assert!(m.contains(name), "{name} missing from\n{m}");
+    }
+}
+
+#[test]
+fn ec2_identity_comes_from_imdsv2() {
+    let dir = tempdir("agent-imds");
+    let port = free_port();
+    let _moto = Child::spawn(
+        "moto",
+        Command::new(peer("moto_server")).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+        dir.path(),
+    );
+    assert!(
+        wait_http(
+            &format!("http://127.0.0.1:{port}/moto-api/"),
+            Duration::from_secs(30)
+        ),
+        "moto_server did not start"
+    );
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, format!("[identity]\nsource = \"ec2\"\nimds_endpoint = \"http://127.0.0.1:{port}\"\nimds_timeout = \"5s\"\nasg = \"web-asg\"\n")).expect("write");
+    let out = Command::new(bin("vigil-agent"))
+        .arg("--once")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("node_load1{"))
+        .expect("node_load1");
+    assert!(
+        line.contains("instance=\"i-fake\"")
+            && line.contains("az=\"us-east-1a\"")
+            && line.contains("asg=\"web-asg\""),
+        "{line}"
+    );
+}
