@@ -1,5 +1,8 @@
 //! Prometheus durations (`1h30m`, `5m`, `6997ms`, `2d`, `1w`, `1y`) as milliseconds.
 
+/// The longest duration accepted (10,000 years): timestamp arithmetic never overflows.
+pub const MAX_MS: i64 = 10_000 * 365 * 86_400_000;
+
 /// Parses a Prometheus duration into milliseconds. Units must be given largest first, each at most
 /// once, as Prometheus requires (`1h30m`, not `30m1h`).
 pub fn parse_ms(s: &str) -> Result<i64, String> {
@@ -50,7 +53,8 @@ pub fn parse_ms(s: &str) -> Result<i64, String> {
         total = n
             .checked_mul(UNITS[k].1)
             .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("duration {s:?} is too long"))?;
+            .filter(|t| *t <= MAX_MS)
+            .ok_or_else(|| format!("duration {s:?} is too long (at most 10000y)"))?;
     }
     Ok(total)
 }

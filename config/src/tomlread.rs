@@ -49,7 +49,10 @@ impl<'a> Doc<'a> {
 
     /// 1-based line and column of a byte offset.
     pub fn line_col(&self, pos: usize) -> (usize, usize) {
-        let pos = pos.min(self.text.len());
+        let mut pos = pos.min(self.text.len());
+        while !self.text.is_char_boundary(pos) {
+            pos -= 1;
+        }
         let before = &self.text[..pos];
         let line = before.matches('\n').count() + 1;
         let col = before

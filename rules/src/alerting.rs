@@ -95,7 +95,8 @@ pub fn evaluate(
             value: s.f,
             ..Default::default()
         };
-        for l in sample_labels.iter() {
+        // Templates see the sample's labels including its name, as in Prometheus.
+        for l in s.labels.iter() {
             data.labels.insert(l.name, l.value);
         }
         for l in external_labels.iter() {
@@ -131,7 +132,7 @@ pub fn evaluate(
     }
 
     let mut out = EvalOutput::default();
-    let in_result: Vec<Labels> = current.keys().cloned().collect();
+    let in_result: std::collections::HashSet<Labels> = current.keys().cloned().collect();
     for (k, a) in current {
         match state.active.get_mut(&k) {
             Some(existing) if existing.state != AlertState::Inactive => {
@@ -250,7 +251,10 @@ fn alerts_sample(a: &Alert, ts: i64) -> (Labels, Sample) {
 fn for_state_sample(a: &Alert, ts: i64) -> (Labels, Sample) {
     let mut b = a.labels.to_builder();
     b.set(METRIC_NAME, "ALERTS_FOR_STATE");
-    (b.build(), Sample::new(ts, a.active_at as f64 / 1000.0))
+    (
+        b.build(),
+        Sample::new(ts, a.active_at.div_euclid(1000) as f64),
+    )
 }
 
 impl RuleState {

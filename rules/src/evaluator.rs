@@ -41,21 +41,38 @@ pub enum Event {
 /// of unchanged rules.
 #[derive(Debug, Clone, Default)]
 pub struct State {
-    /// (group, alert name, expression) → state.
-    pub alerts: HashMap<(String, String, String), RuleState>,
+    /// Alert rule identity → state.
+    pub alerts: HashMap<AlertKey, RuleState>,
     pub policies: HashMap<String, PolicyState>,
     pub groups: HashMap<String, GroupState>,
     pub replace: HashMap<String, ReplaceState>,
-    /// Series each rule wrote at its last evaluation, to mark the vanished ones stale.
-    written: HashMap<(String, usize), BTreeSet<Labels>>,
+    /// Series each rule (file, group, index) wrote at its last evaluation, to mark the vanished
+    /// ones stale.
+    written: HashMap<(String, String, usize), BTreeSet<Labels>>,
 }
 
-fn alert_key(group: &Group, rule_name: &str, q: &Query) -> (String, String, String) {
-    (
-        group.name.clone(),
-        rule_name.to_string(),
-        q.text().to_string(),
-    )
+/// What identifies an alerting rule across evaluations and reloads: its file and group, name,
+/// expression, hold and labels — so a "warning after 5m" and a "critical after 30m" rule with the
+/// same name and expression keep separate states, and an unchanged rule keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AlertKey {
+    pub file: String,
+    pub group: String,
+    pub alert: String,
+    pub expr: String,
+    pub for_ms: i64,
+    pub labels: String,
+}
+
+pub fn alert_key(group: &Group, a: &crate::rulefile::AlertRule) -> AlertKey {
+    AlertKey {
+        file: group.file.clone(),
+        group: group.name.clone(),
+        alert: a.alert.clone(),
+        expr: a.expr.text().to_string(),
+        for_ms: a.for_ms,
+        labels: format!("{:?}", a.labels),
+    }
 }
 
 fn vector_of(v: Value, t: i64) -> Vec<crate::promql::VectorSample> {
@@ -95,6 +112,7 @@ pub fn eval_group(
             }
             (Rule::Record(r), Ok(res)) => {
                 let mut seen = BTreeSet::new();
+                let mut failed = false;
                 for s in vector_of(res.value, ts) {
                     let mut b = s.labels.to_builder();
                     b.set(METRIC_NAME, r.record.clone());
@@ -108,14 +126,18 @@ pub fn eval_group(
                             rule: r.record.clone(),
                             error: "vector contains metrics with the same labelset after applying rule labels".into(),
                         });
-                        written.clear();
+                        failed = true;
                         break;
                     }
                     written.push((l, Sample::new(ts, s.f)));
                 }
+                if failed {
+                    // Like any failed evaluation: nothing written, nothing marked stale.
+                    continue;
+                }
             }
             (Rule::Alert(a), Ok(res)) => {
-                let key = alert_key(group, &a.alert, &a.expr);
+                let key = alert_key(group, a);
                 let st = state.alerts.entry(key).or_default();
                 match alerting::evaluate(a, st, &vector_of(res.value, ts), ts, external_labels) {
                     Ok(out) => {
@@ -136,7 +158,7 @@ pub fn eval_group(
         let now: BTreeSet<Labels> = written.iter().map(|(l, _)| l.clone()).collect();
         let prev = state
             .written
-            .insert((group.name.clone(), idx), now.clone())
+            .insert((group.file.clone(), group.name.clone(), idx), now.clone())
             .unwrap_or_default();
         for (l, s) in written {
             storage.append(l, s);
@@ -211,6 +233,12 @@ pub fn unhealthy_instances(
     let Value::Vector(v) = res.value else {
         return Ok(Vec::new());
     };
+    if let Some(s) = v.iter().find(|s| s.labels.get("instance").is_none()) {
+        return Err(format!(
+            "result {} has no instance label: a replace expression must keep `instance`",
+            s.labels
+        ));
+    }
     let set: BTreeSet<String> = v
         .iter()
         .filter_map(|s| s.labels.get("instance").map(str::to_string))
@@ -287,6 +315,47 @@ pub struct Simulation<'a> {
     /// Simulated capacity of each Auto Scaling group.
     pub capacity: BTreeMap<String, u32>,
     pub external_labels: Labels,
+    /// Replace policies already told that their group's size is unknown.
+    warned: std::collections::HashSet<String>,
+    /// Instances each replace policy held back last time (to report changes only).
+    last_held: HashMap<String, Vec<String>>,
+}
+
+/// The alert a replace policy raises while it fails open (too much of the group unhealthy at
+/// once: the cause is likely shared, so nothing is replaced and a human is asked to look).
+pub fn fail_open_alert(
+    p: &crate::rulefile::ReplacePolicy,
+    d: &replace::ReplaceDecision,
+) -> Transition {
+    let labels = Labels::from_pairs([
+        ("alertname", "VigilReplacementFailOpen"),
+        ("asg", p.asg.as_str()),
+        ("policy", p.name.as_str()),
+        ("severity", "page"),
+    ]);
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        "summary".to_string(),
+        format!(
+            "{} of {} instances of {} unhealthy: replacing nothing, the cause is likely shared",
+            d.unhealthy, d.group_size, p.asg
+        ),
+    );
+    let (from, to) = if d.fail_open_started {
+        (alerting::AlertState::Inactive, alerting::AlertState::Firing)
+    } else {
+        (alerting::AlertState::Firing, alerting::AlertState::Inactive)
+    };
+    Transition {
+        at: d.at,
+        rule: "VigilReplacementFailOpen".into(),
+        labels,
+        annotations,
+        from,
+        to,
+        value: d.unhealthy as f64 / f64::from(d.group_size.max(1)),
+        active_at: d.at,
+    }
 }
 
 impl<'a> Simulation<'a> {
@@ -301,6 +370,8 @@ impl<'a> Simulation<'a> {
             state: State::default(),
             capacity,
             external_labels: Labels::empty(),
+            warned: Default::default(),
+            last_held: HashMap::new(),
         }
     }
 
@@ -344,12 +415,30 @@ impl<'a> Simulation<'a> {
             if !due(p.interval_ms.unwrap_or(default)) {
                 continue;
             }
-            let size = self.capacity.get(&p.asg).copied().unwrap_or(0);
+            let Some(size) = self.capacity.get(&p.asg).copied() else {
+                if self.warned.insert(p.name.clone()) {
+                    events.push(Event::RuleError {
+                        at: ts,
+                        rule: p.name.clone(),
+                        error: format!("the size of {} is unknown (no scaling policy): give it with --capacity {}=N", p.asg, p.asg),
+                    });
+                }
+                continue;
+            };
             match unhealthy_instances(&self.engine, storage, &p.expr, ts) {
                 Ok(sick) => {
                     let st = self.state.replace.entry(p.name.clone()).or_default();
                     let d = replace::decide(p, st, &sick, size, ts);
-                    if !d.replace.is_empty() || d.fail_open_started || d.fail_open_ended {
+                    if d.fail_open_started || d.fail_open_ended {
+                        events.push(Event::Alert(fail_open_alert(p, &d)));
+                    }
+                    let held_changed = self.last_held.get(&p.name) != Some(&d.held);
+                    self.last_held.insert(p.name.clone(), d.held.clone());
+                    if !d.replace.is_empty()
+                        || d.fail_open_started
+                        || d.fail_open_ended
+                        || (held_changed && !d.held.is_empty())
+                    {
                         events.push(Event::Replace(d));
                     }
                 }
@@ -361,5 +450,81 @@ impl<'a> Simulation<'a> {
             }
         }
         events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rulefile::{load, load_all, Context};
+
+    #[test]
+    fn same_name_and_expression_with_different_holds_keep_separate_states() {
+        let text = r#"
+[[group]]
+name = "g"
+[[group.alert]]
+alert = "Down"
+expr = "up == 0"
+for = "1m"
+labels = { severity = "warning" }
+[[group.alert]]
+alert = "Down"
+expr = "up == 0"
+for = "3m"
+labels = { severity = "critical" }
+"#;
+        let f = load("f.toml", text, &Context::default()).unwrap();
+        let rules = RuleSet {
+            files: vec![f],
+            default_interval_ms: 60_000,
+        };
+        let mut storage = MemStorage::new();
+        storage.add_series(
+            Labels::from_pairs([("__name__", "up"), ("instance", "a")]),
+            (0..=5).map(|k| Sample::new(k * 60_000, 0.0)),
+        );
+        let mut sim = Simulation::new(&rules, Engine::default());
+        let mut fired = Vec::new();
+        for k in 0..=5 {
+            for e in sim.step(&mut storage, 0, k * 60_000) {
+                if let Event::Alert(t) = e {
+                    if t.to == alerting::AlertState::Firing {
+                        fired.push((t.labels.get("severity").unwrap_or("").to_string(), t.at));
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            fired,
+            [
+                ("warning".to_string(), 60_000),
+                ("critical".to_string(), 180_000)
+            ]
+        );
+    }
+
+    #[test]
+    fn policies_on_one_group_must_agree_on_bounds() {
+        let a = (
+            "a.toml".to_string(),
+            "[[scaling]]\nname = \"a\"\nasg = \"g\"\nmin = 2\nmax = 5\nexpr = \"1\"\ntarget = 1\n"
+                .to_string(),
+        );
+        let b = ("b.toml".to_string(), "[[scaling]]\nname = \"b\"\nasg = \"g\"\nmin = 10\nmax = 20\nexpr = \"1\"\ntarget = 1\n".to_string());
+        let e = load_all(&[a, b], &Context::default()).unwrap_err();
+        assert!(e[0].message.contains("must agree"), "{e:?}");
+    }
+
+    #[test]
+    fn a_replace_expression_must_keep_instance() {
+        let mut storage = MemStorage::new();
+        storage.add(
+            Labels::from_pairs([("__name__", "up"), ("instance", "a")]),
+            Sample::new(0, 0.0),
+        );
+        let q = crate::promql::parse("count(up == 0)").unwrap();
+        let e = unhealthy_instances(&Engine::default(), &storage, &q, 0).unwrap_err();
+        assert!(e.contains("no instance label"), "{e}");
     }
 }

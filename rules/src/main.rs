@@ -224,7 +224,8 @@ fn run_replay(
         let bytes = std::fs::read(data).with_context(|| format!("cannot read {name}"))?;
         replay::load_dump(&name, &bytes)?
     };
-    let events = replay::run(&set, &mut loaded, &cap);
+    let events =
+        replay::run(&set, &mut loaded, &cap).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     match format {
         OutputFormat::Text => {
             for e in &events {

@@ -67,13 +67,14 @@ pub fn decide(
     while st
         .replaced
         .front()
-        .is_some_and(|(t, _)| *t <= now - p.window_ms)
+        .is_some_and(|(t, _)| *t <= now.saturating_sub(p.window_ms))
     {
         st.replaced.pop_front();
     }
     // Track since when each instance is unhealthy; forget the ones that recovered or are gone.
-    st.unhealthy_since.retain(|i, _| unhealthy.contains(i));
-    st.done.retain(|i, _| unhealthy.contains(i));
+    let sick: std::collections::HashSet<&String> = unhealthy.iter().collect();
+    st.unhealthy_since.retain(|i, _| sick.contains(i));
+    st.done.retain(|i, _| sick.contains(i));
     for i in unhealthy {
         st.unhealthy_since.entry(i.clone()).or_insert(now);
     }
@@ -108,7 +109,7 @@ pub fn decide(
     }
     let mut eligible: Vec<(i64, String)> = pending
         .iter()
-        .filter(|(_, since)| now - **since >= p.for_ms)
+        .filter(|(_, since)| now.saturating_sub(**since) >= p.for_ms)
         .map(|(i, s)| (**s, (*i).clone()))
         .collect();
     eligible.sort();
@@ -200,17 +201,18 @@ mod tests {
     }
 
     proptest! {
-        /// Replacements within any window never exceed the cap, and nothing is replaced while
-        /// failing open or before `for`.
+        /// Replacements within any window never exceed the cap, nothing is replaced before `for`,
+        /// and nothing at all while at least `fail_open_fraction` of the group is unhealthy.
         #[test]
         fn never_above_the_cap(
-            size in 1u32..40,
+                        size in 1u32..40,
             maxf in 0.05f64..1.0,
+            fo in 0.05f64..=1.0,
             steps in proptest::collection::vec((1i64..200_000, proptest::collection::vec(0u8..40, 0..20)), 1..60),
         ) {
-            let mut p = policy();
+                        let mut p = policy();
             p.max_fraction = maxf;
-            p.fail_open_fraction = 1.0f64.max(maxf);
+            p.fail_open_fraction = fo.max(maxf);
             let mut st = ReplaceState::default();
             let mut now = 0;
             let mut log: Vec<(i64, String)> = Vec::new();
@@ -220,7 +222,11 @@ mod tests {
                 let sick: Vec<String> = sick.iter().filter(|i| u32::from(**i) < size).map(|i| format!("i-{i}")).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
                 first_seen.retain(|k, _| sick.contains(k));
                 for s in &sick { first_seen.entry(s.clone()).or_insert(now); }
-                let d = decide(&p, &mut st, &sick, size, now);
+                                let d = decide(&p, &mut st, &sick, size, now);
+                if st.failing_open {
+                    prop_assert!(d.replace.is_empty(), "replaced while failing open");
+                    prop_assert!(d.unhealthy as f64 / f64::from(size) >= p.fail_open_fraction);
+                }
                 for (i, _) in &d.replace {
                     prop_assert!(now - first_seen[i] >= p.for_ms, "replaced before `for`");
                     log.push((now, i.clone()));

@@ -179,8 +179,16 @@ pub fn dump_frame(req: &WriteRequest) -> Vec<u8> {
     out
 }
 
+/// Evaluations one replay may make (a stray sample decades away from the rest would otherwise
+/// mean hours of stepping through nothing).
+pub const MAX_STEPS: i64 = 5_000_000;
+
 /// Replays `data` through `rules` from the first to the last sample; returns the events.
-pub fn run(rules: &RuleSet, data: &mut Data, capacity: &BTreeMap<String, u32>) -> Vec<Event> {
+pub fn run(
+    rules: &RuleSet,
+    data: &mut Data,
+    capacity: &BTreeMap<String, u32>,
+) -> Result<Vec<Event>, String> {
     let engine = Engine::new(EngineOpts {
         default_subquery_step_ms: rules.default_interval_ms,
         ..EngineOpts::default()
@@ -190,13 +198,22 @@ pub fn run(rules: &RuleSet, data: &mut Data, capacity: &BTreeMap<String, u32>) -
         sim.capacity.insert(asg.clone(), *n);
     }
     let tick = rules.tick_ms();
+    let steps = (data.end - data.start) / tick;
+    if steps > MAX_STEPS {
+        return Err(format!(
+            "the data spans {} to {}: {steps} evaluations at {}ms, more than {MAX_STEPS}; check for stray timestamps",
+            format_timestamp_ms(data.start),
+            format_timestamp_ms(data.end),
+            tick
+        ));
+    }
     let mut events = Vec::new();
     let mut ts = data.start;
     while ts <= data.end {
         events.extend(sim.step(&mut data.storage, data.start, ts));
         ts += tick;
     }
-    events
+    Ok(events)
 }
 
 fn labels_json(l: &Labels) -> serde_json::Value {
@@ -234,7 +251,15 @@ pub fn event_json(e: &Event) -> serde_json::Value {
         }),
         Event::Replace(r) => json!({
             "time": format_timestamp_ms(r.at), "time_ms": r.at,
-            "kind": if r.fail_open_started { "fail_open" } else if r.fail_open_ended && r.replace.is_empty() { "fail_open_ended" } else { "replace" },
+                        "kind": if r.fail_open_started {
+                "fail_open"
+            } else if r.fail_open_ended && r.replace.is_empty() {
+                "fail_open_ended"
+            } else if r.replace.is_empty() {
+                "replace_held"
+            } else {
+                "replace"
+            },
             "asg": r.asg, "policy": r.policy, "group_size": r.group_size, "unhealthy": r.unhealthy,
             "instances": r.replace.iter().map(|(i, why)| json!({"instance": i, "reason": why})).collect::<Vec<_>>(),
             "held": r.held, "note": r.note,
@@ -280,13 +305,21 @@ pub fn event_text(e: &Event) -> String {
             r.policy,
             r.note.as_deref().unwrap_or("")
         ),
-        Event::Replace(r) if r.replace.is_empty() => format!(
+        Event::Replace(r) if r.replace.is_empty() && r.fail_open_ended => format!(
             "{}  fail-open-ended {} by {}: {} of {} unhealthy",
             format_timestamp_ms(r.at),
             r.asg,
             r.policy,
             r.unhealthy,
             r.group_size
+        ),
+        Event::Replace(r) if r.replace.is_empty() => format!(
+            "{}  held     {} {} by {}: {}",
+            format_timestamp_ms(r.at),
+            r.asg,
+            r.held.join(", "),
+            r.policy,
+            r.note.as_deref().unwrap_or("")
         ),
         Event::Replace(r) => {
             let items: Vec<String> = r

@@ -20,6 +20,8 @@ pub struct RuleFile {
 
 #[derive(Debug, Clone)]
 pub struct Group {
+    /// The file the group came from (groups in different files may share a name).
+    pub file: String,
     pub name: String,
     /// Evaluation interval; `None` means the global `rules.evaluation_interval`.
     pub interval_ms: Option<i64>,
@@ -127,6 +129,55 @@ pub struct Context {
     pub receivers: Option<Vec<String>>,
 }
 
+/// The byte offset in the file of byte `value_off` of a TOML string's decoded value, walking the
+/// escapes of basic strings (`\"`, `\u00e9`, line-ending backslashes) so positions inside an
+/// expression or template stay right.
+fn raw_offset(text: &str, span_start: usize, value_off: usize) -> usize {
+    let start = span_start.min(text.len());
+    let base = start + content_offset(text, start);
+    let raw = &text[base.min(text.len())..];
+    if text[start..].starts_with('\'') {
+        return base + value_off;
+    }
+    let b = raw.as_bytes();
+    let (mut r, mut v) = (0usize, 0usize);
+    while v < value_off && r < b.len() {
+        if b[r] == b'\\' && r + 1 < b.len() {
+            let (raw_len, val_len) = match b[r + 1] {
+                b'u' => (
+                    6,
+                    raw.get(r + 2..r + 6)
+                        .and_then(|h| u32::from_str_radix(h, 16).ok())
+                        .and_then(char::from_u32)
+                        .map_or(1, char::len_utf8),
+                ),
+                b'U' => (
+                    10,
+                    raw.get(r + 2..r + 10)
+                        .and_then(|h| u32::from_str_radix(h, 16).ok())
+                        .and_then(char::from_u32)
+                        .map_or(1, char::len_utf8),
+                ),
+                b'\n' | b' ' | b'\t' | b'\r' => {
+                    // A line-ending backslash swallows the newline and the whitespace after it.
+                    let mut k = r + 1;
+                    while k < b.len() && b[k].is_ascii_whitespace() {
+                        k += 1;
+                    }
+                    (k - r, 0)
+                }
+                _ => (2, 1),
+            };
+            r += raw_len;
+            v += val_len;
+        } else {
+            r += 1;
+            v += 1;
+        }
+    }
+    base + r
+}
+
 /// Where a TOML string's content starts, relative to the span of the string token.
 fn content_offset(text: &str, span_start: usize) -> usize {
     let rest = &text[span_start.min(text.len())..];
@@ -174,7 +225,6 @@ fn parse_expr(
         }
         Err(e) => {
             // Point into the expression: its line and column, offset by where the string starts.
-            let base = s.span.start + content_offset(doc.text, s.span.start);
             let mut off = 0;
             for (i, line) in s.value.split('\n').enumerate() {
                 if i + 1 == e.line {
@@ -186,7 +236,10 @@ fn parse_expr(
                 }
                 off += line.len() + 1;
             }
-            doc.error_at(base + off, format!("{path}.expr: {}", e.message));
+            doc.error_at(
+                raw_offset(doc.text, s.span.start, off),
+                format!("{path}.expr: {}", e.message),
+            );
             None
         }
     }
@@ -225,7 +278,7 @@ fn templates(
         match Template::parse(&v.value) {
             Ok(t) => out.push((k, t)),
             Err(e) => {
-                let pos = v.span.start + content_offset(doc.text, v.span.start) + e.offset;
+                let pos = raw_offset(doc.text, v.span.start, e.offset);
                 doc.error_at(pos, format!("{path}.{what}.{k}: {e}"));
             }
         }
@@ -430,6 +483,7 @@ pub fn load(path: &str, text: &str, ctx: &Context) -> Result<RuleFile, Vec<Diagn
         }
         if let Some(n) = name {
             file.groups.push(Group {
+                file: path.to_string(),
                 name: n.value,
                 interval_ms: interval,
                 rules: rules.into_iter().filter_map(|(_, r)| r).collect(),
@@ -653,6 +707,10 @@ fn read_steps(doc: &mut Doc<'_>, objs: Vec<Obj<'_, '_>>, path: &str) -> Option<V
             good = false;
         }
         if let Some(a) = &adjust {
+            if a.value.unsigned_abs() > u64::from(u32::MAX) {
+                doc.error_at(a.span.start, format!("{spath}.adjust: out of range"));
+                good = false;
+            }
             if a.value == 0 {
                 doc.error_at(a.span.start, format!("{spath}.adjust: must not be zero"));
                 good = false;
@@ -772,6 +830,28 @@ pub fn load_all(
             Err(e) => errors.extend(e),
         }
     }
+    // Policies on one group must agree on its bounds: combining [2, 5] with [10, 20] has no
+    // meaning.
+    let mut bounds: HashMap<&str, (u32, u32, &str, &str)> = HashMap::new();
+    for f in &out {
+        for p in &f.scaling {
+            match bounds.get(p.asg.as_str()) {
+                Some((lo, hi, other, file)) if (*lo, *hi) != (p.min, p.max) => errors.push(Diagnostic {
+                    file: f.path.clone(),
+                    line: 1,
+                    column: 1,
+                    message: format!(
+                        "scaling policy {:?} bounds {} to [{}, {}] but {other:?} (in {file}) to [{lo}, {hi}]: policies on one group must agree",
+                        p.name, p.asg, p.min, p.max
+                    ),
+                }),
+                Some(_) => {}
+                None => {
+                    bounds.insert(&p.asg, (p.min, p.max, &p.name, &f.path));
+                }
+            }
+        }
+    }
     let mut seen: HashMap<(&str, &str), &str> = HashMap::new();
     for f in &out {
         for (kind, name) in f
@@ -845,6 +925,17 @@ mod tests {
             }
         }
         assert!(seen >= 4);
+    }
+
+    #[test]
+    fn positions_survive_escapes_and_multibyte_text() {
+        let text = "[[group]]\nname = \"g\"\n[[group.alert]]\nalert = \"A\"\nexpr = \"up == 0\"\nannotations = { summary = \"Disk \\\"/\\\" at 95% — {{ $value\" }\n";
+        let e = load("f.toml", text, &Context::default()).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        // `{{` sits after `Disk "/" at 95% — ` (two escapes, one 3-byte dash).
+        let line6 = text.lines().nth(5).unwrap();
+        let col = line6[..line6.find("{{").unwrap()].chars().count() + 1;
+        assert_eq!((e[0].line, e[0].column), (6, col), "{}", e[0]);
     }
 
     #[test]

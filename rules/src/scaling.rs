@@ -107,7 +107,7 @@ pub fn recommend(p: &ScalingPolicy, current: u32, value: f64) -> (u32, String) {
                 .find(|s| s.lower.is_none_or(|l| value >= l) && s.upper.is_none_or(|u| value < u))
             {
                 Some(s) => (
-                    i64::from(current) + s.adjust,
+                    i64::from(current).saturating_add(s.adjust),
                     format!(
                         "value {v6} in step [{}, {}): adjust {:+}",
                         s.lower.map_or("-inf".into(), |l| l.to_string()),
@@ -136,7 +136,7 @@ pub fn stabilize(p: &ScalingPolicy, st: &mut PolicyState, now: i64, raw: u32, cu
     while st
         .history
         .front()
-        .is_some_and(|(t, _)| *t <= now - p.scale_in_stabilization_ms)
+        .is_some_and(|(t, _)| *t <= now.saturating_sub(p.scale_in_stabilization_ms))
     {
         st.history.pop_front();
     }
@@ -240,10 +240,13 @@ pub fn decide(
             .iter()
             .find(|(p, _, _)| p.name == by)
             .map_or(0, |(p, _, _)| p.scale_out_cooldown_ms);
-        if let Some(last) = group.last_scale_out.filter(|l| now - l < cooldown) {
+        if let Some(last) = group
+            .last_scale_out
+            .filter(|l| now.saturating_sub(*l) < cooldown)
+        {
             d.held = Some(format!(
                 "scale-out cooldown of {by} until {}",
-                last + cooldown
+                last.saturating_add(cooldown)
             ));
         } else {
             d.desired = r.min(hi);
@@ -269,11 +272,15 @@ pub fn decide(
         };
         let blocking = policies
             .iter()
-            .filter(|(p, _, _)| last_activity.is_some_and(|l| now - l < p.scale_in_cooldown_ms))
+            .filter(|(p, _, _)| {
+                last_activity.is_some_and(|l| now.saturating_sub(l) < p.scale_in_cooldown_ms)
+            })
             .map(|(p, _, _)| {
                 (
                     p.name.clone(),
-                    last_activity.unwrap_or(0) + p.scale_in_cooldown_ms,
+                    last_activity
+                        .unwrap_or(0)
+                        .saturating_add(p.scale_in_cooldown_ms),
                 )
             })
             .max_by_key(|(_, until)| *until);
@@ -492,7 +499,9 @@ mod tests {
             target in 0.1f64..100.0,
             out_cd in 0i64..600_000,
             in_cd in 0i64..900_000,
-            stab in 0i64..900_000,
+                        stab in 0i64..900_000,
+            step_in in 1i64..50,
+            step_out in 1i64..(i64::from(u32::MAX) * 2),
             steps in proptest::collection::vec((0i64..120_000, proptest::option::of(-1.0f64..1000.0), proptest::option::of(-1.0f64..1000.0)), 1..40),
         ) {
             let max = min + span;
@@ -500,8 +509,14 @@ mod tests {
             a.scale_out_cooldown_ms = out_cd;
             a.scale_in_cooldown_ms = in_cd;
             a.scale_in_stabilization_ms = stab;
+                        // The second policy is a step policy on the same group.
             let mut b = a.clone();
             b.name = "b".into();
+            b.mode = ScalingMode::Steps(vec![
+                Step { lower: None, upper: Some(10.0), adjust: -step_in },
+                Step { lower: Some(10.0), upper: Some(500.0), adjust: 0 },
+                Step { lower: Some(500.0), upper: None, adjust: step_out },
+            ]);
             let (mut sa, mut sb, mut g) = (PolicyState::default(), PolicyState::default(), GroupState::default());
             let mut current = start;
             let mut now = 0i64;

@@ -169,6 +169,9 @@ pub fn parse_series_desc(line: &str) -> Result<(Labels, &str), String> {
 }
 
 /// Expands a values string: `1 2+3x4 _ _x2 stale -1-1x3 {{...}}`.
+/// The largest repeat count accepted in one token (`1x1000000`): a typo must not exhaust memory.
+pub const MAX_REPEAT: usize = 1_000_000;
+
 pub fn parse_values(s: &str) -> Result<Vec<Point>, String> {
     let mut out = Vec::new();
     let mut rest = s.trim();
@@ -209,7 +212,7 @@ pub fn parse_values(s: &str) -> Result<Vec<Point>, String> {
             let n = tok
                 .rsplit_once("}}x")
                 .and_then(|(_, n)| n.parse::<usize>().ok())
-                .map_or(1, |n| n + 1);
+                .map_or(1, |n: usize| n.min(MAX_REPEAT) + 1);
             out.extend(std::iter::repeat_n(Point::Histogram, n));
             rest = rest[end..].trim_start();
             continue;
@@ -233,6 +236,9 @@ fn expand_token(tok: &str, out: &mut Vec<Point>) -> Result<(), String> {
     }
     if let Some(n) = tok.strip_prefix("_x") {
         let n: usize = n.parse().map_err(|_| format!("bad token {tok:?}"))?;
+        if n > MAX_REPEAT {
+            return Err(format!("repeat count in {tok:?} is above {MAX_REPEAT}"));
+        }
         out.extend(std::iter::repeat_n(Point::Omitted, n));
         return Ok(());
     }
@@ -246,6 +252,9 @@ fn expand_token(tok: &str, out: &mut Vec<Point>) -> Result<(), String> {
     let n: usize = times
         .parse()
         .map_err(|_| format!("bad repeat in {tok:?}"))?;
+    if n > MAX_REPEAT {
+        return Err(format!("repeat count in {tok:?} is above {MAX_REPEAT}"));
+    }
     // head is `a`, `a+b` or `a-b`.
     let hb = head.as_bytes();
     let mut split = None;

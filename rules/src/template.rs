@@ -732,7 +732,7 @@ fn printf(fmt: &str, args: &[Val]) -> Result<String, String> {
                 p.push(d);
                 it.next();
             }
-            prec = Some(p.parse().unwrap_or(0));
+            prec = Some(p.parse::<usize>().unwrap_or(0).min(10_000));
         }
         let Some(verb) = it.next() else {
             out.push_str("%!(NOVERB)");
@@ -773,7 +773,8 @@ fn printf(fmt: &str, args: &[Val]) -> Result<String, String> {
         if plus && matches!(verb, 'd' | 'f' | 'F' | 'e' | 'g' | 'v') && !s.starts_with('-') {
             s.insert(0, '+');
         }
-        let w: usize = width.parse().unwrap_or(0);
+        // Go caps width and precision at 1e6; a template must never allocate without bound.
+        let w: usize = width.parse::<usize>().unwrap_or(0).min(10_000);
         let len = s.chars().count();
         if len < w {
             let pad = w - len;

@@ -51,6 +51,8 @@ struct ReplaceCheck {
 
 struct TestCase {
     name: String,
+    /// The file's `fuzzy_compare`.
+    fuzzy: bool,
     interval: i64,
     series: Vec<(Labels, Vec<Point>)>,
     alerts: Vec<AlertCheck>,
@@ -86,17 +88,34 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
         .into_iter()
         .map(|s| s.value)
         .collect();
-    let evaluation_interval = top
-        .duration(&mut doc, "evaluation_interval")
-        .map_or(60_000, |d| d.value);
+    let evaluation_interval = match top.duration(&mut doc, "evaluation_interval") {
+        Some(d) if d.value > 0 => d.value,
+        Some(d) => {
+            doc.error_at(
+                d.span.start,
+                "evaluation_interval: must be greater than zero",
+            );
+            60_000
+        }
+        None => 60_000,
+    };
+    let fuzzy_compare = top.bool(&mut doc, "fuzzy_compare").is_some_and(|b| b.value);
     let mut tests = Vec::new();
     for (ti, mut t) in top.tables(&mut doc, "test").into_iter().enumerate() {
         let name = t
             .str(&mut doc, "name")
             .map_or_else(|| format!("test {}", ti + 1), |s| s.value);
-        let interval = t
-            .duration(&mut doc, "interval")
-            .map_or(evaluation_interval, |d| d.value);
+        let interval = match t.duration(&mut doc, "interval") {
+            Some(d) if d.value > 0 => d.value,
+            Some(d) => {
+                doc.error_at(
+                    d.span.start,
+                    format!("{}.interval: must be greater than zero", t.path),
+                );
+                evaluation_interval
+            }
+            None => evaluation_interval,
+        };
         let mut series = Vec::new();
         for mut s in t.tables(&mut doc, "input_series") {
             let desc = s.req_str(&mut doc, "series");
@@ -120,7 +139,7 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
         }
         let mut alerts = Vec::new();
         for mut a in t.tables(&mut doc, "alert") {
-            let eval_time = a.duration(&mut doc, "eval_time");
+            let eval_time = Some(a.duration(&mut doc, "eval_time").map_or(0, |d| d.value));
             let alertname = a.req_str(&mut doc, "alertname");
             let mut exp = Vec::new();
             for mut e in a.tables(&mut doc, "exp_alerts") {
@@ -141,7 +160,7 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
             a.finish(&mut doc);
             if let (Some(t), Some(n)) = (eval_time, alertname) {
                 alerts.push(AlertCheck {
-                    eval_time: t.value,
+                    eval_time: t,
                     alertname: n.value,
                     exp,
                 });
@@ -149,7 +168,7 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
         }
         let mut exprs = Vec::new();
         for mut e in t.tables(&mut doc, "expr") {
-            let eval_time = e.duration(&mut doc, "eval_time");
+            let eval_time = Some(e.duration(&mut doc, "eval_time").map_or(0, |d| d.value));
             let expr = e.req_str(&mut doc, "expr");
             let mut exp = Vec::new();
             for mut s in e.tables(&mut doc, "exp_samples") {
@@ -170,7 +189,7 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
             e.finish(&mut doc);
             if let (Some(t), Some(x)) = (eval_time, expr) {
                 exprs.push(ExprCheck {
-                    eval_time: t.value,
+                    eval_time: t,
                     expr: x.value,
                     exp,
                 });
@@ -178,14 +197,22 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
         }
         let mut scaling = Vec::new();
         for mut s in t.tables(&mut doc, "scaling") {
-            let eval_time = s.duration(&mut doc, "eval_time");
+            let eval_time = Some(s.duration(&mut doc, "eval_time").map_or(0, |d| d.value));
             let name = s.req_str(&mut doc, "name");
             let current = s.int(&mut doc, "current");
             let exp = s.int(&mut doc, "exp_desired");
+            for key in ["current", "exp_desired"] {
+                if !s.has(key) {
+                    doc.error_at(
+                        s.span().start,
+                        format!("{}.{key}: missing required key", s.path),
+                    );
+                }
+            }
             s.finish(&mut doc);
             if let (Some(t), Some(n), Some(c), Some(e)) = (eval_time, name, current, exp) {
                 scaling.push(ScalingCheck {
-                    eval_time: t.value,
+                    eval_time: t,
                     name: n.value,
                     current: c.value.clamp(0, i64::from(u32::MAX)) as u32,
                     exp_desired: e.value.clamp(0, i64::from(u32::MAX)) as u32,
@@ -194,15 +221,21 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
         }
         let mut replace = Vec::new();
         for mut r in t.tables(&mut doc, "replace") {
-            let eval_time = r.duration(&mut doc, "eval_time");
+            let eval_time = Some(r.duration(&mut doc, "eval_time").map_or(0, |d| d.value));
             let name = r.req_str(&mut doc, "name");
             let size = r.int(&mut doc, "group_size");
+            if !r.has("group_size") {
+                doc.error_at(
+                    r.span().start,
+                    format!("{}.group_size: missing required key", r.path),
+                );
+            }
             let exp = r.str_list(&mut doc, "exp_replaced").unwrap_or_default();
             let fail_open = r.bool(&mut doc, "exp_fail_open").map(|b| b.value);
             r.finish(&mut doc);
             if let (Some(t), Some(n), Some(sz)) = (eval_time, name, size) {
                 replace.push(ReplaceCheck {
-                    eval_time: t.value,
+                    eval_time: t,
                     name: n.value,
                     group_size: sz.value.clamp(0, i64::from(u32::MAX)) as u32,
                     exp_replaced: exp.into_iter().map(|s| s.value).collect(),
@@ -213,6 +246,7 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
         t.finish(&mut doc);
         tests.push(TestCase {
             name,
+            fuzzy: fuzzy_compare,
             interval,
             series,
             alerts,
@@ -234,11 +268,12 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
     }
 }
 
-fn float_eq(a: f64, b: f64) -> bool {
+/// Compares as promtool does: exactly, or within a relative 1e-9 when `fuzzy_compare` is set.
+fn float_eq(a: f64, b: f64, fuzzy: bool) -> bool {
     if a.is_nan() && b.is_nan() || a == b {
         return true;
     }
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300)
+    fuzzy && (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300)
 }
 
 fn fmt_alerts(v: &[(Labels, BTreeMap<String, String>)]) -> String {
@@ -386,7 +421,7 @@ fn run_case(engine: &Engine, rules: &RuleSet, t: &TestCase, report: &mut Report)
         .chain(decision_times)
         .max()
         .unwrap_or(0);
-    let tick = rules.tick_ms();
+    let tick = rules.default_interval_ms.max(1);
     let mut state = State::default();
     let mut failures = Vec::new();
     let mut ts = 0;
@@ -394,7 +429,9 @@ fn run_case(engine: &Engine, rules: &RuleSet, t: &TestCase, report: &mut Report)
     while ts <= max_t || pending_checks.peek().is_some() {
         if ts <= max_t {
             for g in rules.groups() {
-                if ts % g.interval_ms.unwrap_or(rules.default_interval_ms).max(1) == 0 {
+                // As promtool does: every group at every evaluation_interval, whatever the group's
+                // own interval.
+                {
                     for ev in evaluator::eval_group(
                         engine,
                         g,
@@ -462,11 +499,7 @@ fn check_at(
                     if ar.alert != a.alertname {
                         continue;
                     }
-                    if let Some(st) = state.alerts.get(&(
-                        g.name.clone(),
-                        ar.alert.clone(),
-                        ar.expr.text().to_string(),
-                    )) {
+                    if let Some(st) = state.alerts.get(&evaluator::alert_key(g, ar)) {
                         got.extend(
                             st.firing()
                                 .into_iter()
@@ -532,7 +565,7 @@ fn check_at(
             && got_sorted
                 .iter()
                 .zip(&exp_sorted)
-                .all(|(g, x)| g.0 == x.0 && float_eq(g.1, x.1));
+                .all(|(g, x)| g.0 == x.0 && float_eq(g.1, x.1, t.fuzzy));
         if !same {
             let fmt = |v: &[(Labels, f64)]| -> String {
                 let items: Vec<String> = v
@@ -562,7 +595,7 @@ fn check_scaling(
     let Some(p) = rules.scaling().find(|p| p.name == s.name) else {
         return Some(format!("    scaling: no policy named {:?}", s.name));
     };
-    let interval = p.interval_ms.unwrap_or(rules.default_interval_ms).max(1);
+    let interval = rules.default_interval_ms.max(1);
     let mut st = PolicyState::default();
     let mut got = s.current;
     let mut why = "no data".to_string();
@@ -605,7 +638,7 @@ fn check_replace(
     let Some(p) = rules.replace().find(|p| p.name == r.name) else {
         return Some(format!("    replace: no policy named {:?}", r.name));
     };
-    let interval = p.interval_ms.unwrap_or(rules.default_interval_ms).max(1);
+    let interval = rules.default_interval_ms.max(1);
     let mut st = ReplaceState::default();
     let mut replaced = Vec::new();
     let mut fail_open = false;
@@ -634,4 +667,44 @@ fn check_replace(
             r.exp_fail_open.map(|f| format!(", exp_fail_open: {f}")).unwrap_or_default()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_missing_keys_are_errors_or_promtool_defaults() {
+        let text = "rule_files = []\n[[test]]\n[[test.expr]]\nexpr = \"1\"\nexp_samples = [{ labels = \"{}\", value = 1 }]\n[[test.scaling]]\nname = \"x\"\n";
+        let errs: Vec<String> = parse_file("t.toml", text)
+            .err()
+            .unwrap()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].contains("test[0].scaling[0].current: missing required key"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].contains("exp_desired: missing required key"),
+            "{errs:?}"
+        );
+        let ok = parse_file("t.toml", "[[test]]\n[[test.expr]]\nexpr = \"1\"\n")
+            .ok()
+            .unwrap();
+        assert_eq!(
+            ok.tests[0].exprs[0].eval_time, 0,
+            "eval_time defaults to 0 as in promtool"
+        );
+        assert!(parse_file("t.toml", "evaluation_interval = \"0\"\n").is_err());
+    }
+
+    #[test]
+    fn expression_checks_compare_exactly_unless_fuzzy() {
+        assert!(float_eq(0.1, 0.1, false));
+        assert!(!float_eq(0.1, 0.1 + 1e-15, false));
+        assert!(float_eq(0.1, 0.1 + 1e-15, true));
+    }
 }
