@@ -1,12 +1,24 @@
-//! `vigil-aggregator`: ingests remote-write from the fleet, keeps a short in-memory window,
-//! evaluates rule files and acts on AWS.
+//! `vigil-aggregator`: ingests remote-write from the fleet, keeps a short in-memory window of
+//! series, evaluates rule files, serves the Prometheus HTTP API, and acts (in this first cut:
+//! decides and logs — the embedded default is a dry run).
 //!
-//! First cut: the command line is in place; ingest, evaluation and actions are not built yet.
+//! Rule semantics live in `vigil-rules`; this crate feeds them and carries out what they return.
 
-use std::path::PathBuf;
+mod api;
+mod app;
+mod config;
+mod engine;
+mod ingest;
+mod store;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
+
+const DEFAULT_CONFIG: &str = "/etc/vigil/aggregator.toml";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -18,15 +30,27 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "vigil-aggregator", version, about)]
 struct Args {
-    /// Configuration file.
-    #[arg(long, default_value = "/etc/vigil/aggregator.toml")]
-    config: PathBuf,
+    /// Configuration file (without one, and with the default missing, the embedded default runs:
+    /// 127.0.0.1:9470, no rules, dry run).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Validate a configuration file and every rule file it names, then exit.
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+fn load(path: &Path) -> Result<config::Config, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    config::parse(&path.display().to_string(), &text).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
 }
 
 fn main() -> ExitCode {
@@ -40,14 +64,95 @@ fn main() -> ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let what = if args.check_config.is_some() {
-        "config validation"
-    } else {
-        "ingest, rule evaluation and actions"
+    if let Some(path) = &args.check_config {
+        let res = load(path).and_then(|c| app::load_rules(&c).map(|r| (c, r)));
+        return match res {
+            Ok((_, rules)) => {
+                let n: usize = rules
+                    .files
+                    .iter()
+                    .map(|f| f.groups.iter().map(|g| g.rules.len()).sum::<usize>())
+                    .sum();
+                println!(
+                    "{}: ok ({} rule files, {n} rules)",
+                    path.display(),
+                    rules.files.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let cfg = match &args.config {
+        Some(p) => load(p),
+        None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG)),
+        None => {
+            tracing::info!(
+                "no config file: running the embedded default (127.0.0.1:9470, no rules, dry run)"
+            );
+            Ok(config::Config::default())
+        }
     };
-    tracing::error!(
-        config = %args.config.display(),
-        "vigil-aggregator: {what} is not built yet (see the aggregator issue); the PromQL engine is in vigil-rules"
-    );
-    ExitCode::from(2)
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vigil-aggregator: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let rules = match app::load_rules(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vigil-aggregator: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let app = match app::App::new(cfg, rules) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            eprintln!("vigil-aggregator: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil-aggregator: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let res: Result<(), String> = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(app.cfg.listen).await.map_err(|e| format!("cannot listen on {}: {e}", app.cfg.listen))?;
+        tracing::info!(address = %app.cfg.listen, dry_run = app.cfg.dry_run, rule_files = app.rules().files.len(), "serving");
+        tokio::spawn(api::serve(app.clone(), listener));
+        tokio::spawn(engine::run(app.clone()));
+        app.ready.store(true, Ordering::SeqCst);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|e| e.to_string())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    let a = app.clone();
+                    let _ = tokio::task::spawn_blocking(move || a.reload()).await;
+                }
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        tracing::info!("stopping");
+        Ok(())
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil-aggregator: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -308,9 +308,9 @@ impl RuleSet {
 
 /// Drives a rule set through time over a storage that holds recorded data: what `vigil-rules
 /// test` and `vigil-rules replay` use. Capacity is simulated: decisions are applied at once.
-pub struct Simulation<'a> {
+pub struct Simulation {
     pub engine: Engine,
-    pub rules: &'a RuleSet,
+    pub rules: std::sync::Arc<RuleSet>,
     pub state: State,
     /// Simulated capacity of each Auto Scaling group.
     pub capacity: BTreeMap<String, u32>,
@@ -358,8 +358,8 @@ pub fn fail_open_alert(
     }
 }
 
-impl<'a> Simulation<'a> {
-    pub fn new(rules: &'a RuleSet, engine: Engine) -> Self {
+impl Simulation {
+    pub fn new(rules: std::sync::Arc<RuleSet>, engine: Engine) -> Self {
         let mut capacity = BTreeMap::new();
         for (asg, ps) in rules.scaling_by_asg() {
             capacity.insert(asg.to_string(), ps.iter().map(|p| p.min).max().unwrap_or(0));
@@ -373,6 +373,17 @@ impl<'a> Simulation<'a> {
             warned: Default::default(),
             last_held: HashMap::new(),
         }
+    }
+
+    /// Swaps in a reloaded rule set; the state of unchanged rules carries over (it is keyed by
+    /// rule identity), and groups new to the set start at their policies' `min`.
+    pub fn set_rules(&mut self, rules: std::sync::Arc<RuleSet>) {
+        for (asg, ps) in rules.scaling_by_asg() {
+            self.capacity
+                .entry(asg.to_string())
+                .or_insert_with(|| ps.iter().map(|p| p.min).max().unwrap_or(0));
+        }
+        self.rules = rules;
     }
 
     /// Evaluates everything due at `ts` (`ts` is measured from `origin`, where intervals align).
@@ -484,7 +495,7 @@ labels = { severity = "critical" }
             Labels::from_pairs([("__name__", "up"), ("instance", "a")]),
             (0..=5).map(|k| Sample::new(k * 60_000, 0.0)),
         );
-        let mut sim = Simulation::new(&rules, Engine::default());
+        let mut sim = Simulation::new(std::sync::Arc::new(rules), Engine::default());
         let mut fired = Vec::new();
         for k in 0..=5 {
             for e in sim.step(&mut storage, 0, k * 60_000) {

@@ -193,7 +193,7 @@ pub fn run(
         default_subquery_step_ms: rules.default_interval_ms,
         ..EngineOpts::default()
     });
-    let mut sim = Simulation::new(rules, engine);
+    let mut sim = Simulation::new(std::sync::Arc::new(rules.clone()), engine);
     for (asg, n) in capacity {
         sim.capacity.insert(asg.clone(), *n);
     }

@@ -3,3 +3,6 @@
 
 #[path = "e2e/agent.rs"]
 mod agent;
+
+#[path = "e2e/aggregator.rs"]
+mod aggregator;

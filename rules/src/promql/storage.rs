@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use promql_parser::label::Matcher;
+pub use promql_parser::label::{MatchOp, Matcher};
 use vigil_wire::{Labels, Sample};
 
 /// One selected series: its labels and its samples in the asked range, oldest first. Staleness

@@ -1,0 +1,220 @@
+//! The aggregator's shared state: configuration, the series window, the rules and their
+//! evaluation state, self-metrics.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use vigil_rules::evaluator::{RuleSet, Simulation};
+use vigil_rules::promql::{Engine, EngineOpts};
+use vigil_rules::replace::ReplaceDecision;
+use vigil_rules::rulefile::{self, Context};
+use vigil_rules::scaling::Decision;
+
+use crate::config::{self, Config};
+use crate::store::Store;
+
+type LabelSet = Vec<(String, String)>;
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub write_requests: Family<LabelSet, Counter>,
+    pub samples_ingested: Counter,
+    pub samples_dropped: Family<LabelSet, Counter>,
+    pub series: Gauge,
+    pub rule_evaluation_failures: Counter,
+    pub reloads: Family<LabelSet, Counter>,
+    pub decisions: Family<LabelSet, Counter>,
+}
+
+impl Metrics {
+    pub fn register(r: &mut Registry) -> Metrics {
+        let m = Metrics {
+            write_requests: Family::default(),
+            samples_ingested: Counter::default(),
+            samples_dropped: Family::default(),
+            series: Gauge::default(),
+            rule_evaluation_failures: Counter::default(),
+            reloads: Family::default(),
+            decisions: Family::default(),
+        };
+        r.register(
+            "vigil_aggregator_write_requests",
+            "Remote-write requests by HTTP status",
+            m.write_requests.clone(),
+        );
+        r.register(
+            "vigil_aggregator_samples_ingested",
+            "Samples stored",
+            m.samples_ingested.clone(),
+        );
+        r.register(
+            "vigil_aggregator_samples_dropped",
+            "Samples not stored, by reason",
+            m.samples_dropped.clone(),
+        );
+        r.register(
+            "vigil_aggregator_series",
+            "Series in the window",
+            m.series.clone(),
+        );
+        r.register(
+            "vigil_aggregator_rule_evaluation_failures",
+            "Rule evaluations that failed",
+            m.rule_evaluation_failures.clone(),
+        );
+        r.register(
+            "vigil_aggregator_reloads",
+            "Rule reloads by result",
+            m.reloads.clone(),
+        );
+        r.register(
+            "vigil_aggregator_decisions",
+            "Decisions by kind",
+            m.decisions.clone(),
+        );
+        m
+    }
+}
+
+/// Decisions kept for the API and the status page.
+pub const HISTORY: usize = 200;
+
+pub struct Evaluation {
+    pub sim: Simulation,
+    pub decisions: VecDeque<Decision>,
+    pub replacements: VecDeque<ReplaceDecision>,
+    /// Human-readable recent events for the status page.
+    pub log: VecDeque<String>,
+}
+
+pub struct App {
+    pub cfg: Config,
+    pub store: Store,
+    pub engine: Engine,
+    pub rules: RwLock<Arc<RuleSet>>,
+    pub eval: Mutex<Evaluation>,
+    pub token: Option<String>,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    pub ready: AtomicBool,
+    pub last_reload_error: Mutex<Option<String>>,
+}
+
+/// Loads every rule file the config names; all-or-nothing.
+pub fn load_rules(cfg: &Config) -> Result<RuleSet, String> {
+    let mut sources = Vec::new();
+    for p in config::expand_rule_files(&cfg.rule_files) {
+        let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        sources.push((p.display().to_string(), text));
+    }
+    let ctx = Context {
+        receivers: Some(cfg.receivers.iter().map(|r| r.name.clone()).collect()),
+    };
+    let files = rulefile::load_all(&sources, &ctx).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    Ok(RuleSet {
+        files,
+        default_interval_ms: cfg.evaluation_interval_ms,
+    })
+}
+
+impl App {
+    pub fn new(cfg: Config, rules: RuleSet) -> Result<App, String> {
+        let token = match &cfg.auth_token_file {
+            Some(p) => {
+                let t = std::fs::read_to_string(p)
+                    .map_err(|e| format!("auth_token_file {}: {e}", p.display()))?;
+                let t = t.trim().to_string();
+                if t.is_empty() {
+                    return Err(format!("auth_token_file {} is empty", p.display()));
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let engine = Engine::new(EngineOpts {
+            default_subquery_step_ms: cfg.evaluation_interval_ms,
+            ..EngineOpts::default()
+        });
+        let rules = Arc::new(rules);
+        let sim = Simulation::new(rules.clone(), engine.clone());
+        Ok(App {
+            store: Store::new(cfg.retention_ms, cfg.max_series),
+            engine,
+            rules: RwLock::new(rules),
+            eval: Mutex::new(Evaluation {
+                sim,
+                decisions: VecDeque::new(),
+                replacements: VecDeque::new(),
+                log: VecDeque::new(),
+            }),
+            token,
+            registry,
+            metrics,
+            ready: AtomicBool::new(false),
+            last_reload_error: Mutex::new(None),
+            cfg,
+        })
+    }
+
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reloads the rule files: all of them, or none (the previous rules keep running).
+    pub fn reload(&self) -> Result<usize, String> {
+        match load_rules(&self.cfg) {
+            Ok(set) => {
+                let n: usize = set
+                    .files
+                    .iter()
+                    .map(|f| {
+                        f.groups.iter().map(|g| g.rules.len()).sum::<usize>()
+                            + f.scaling.len()
+                            + f.replace.len()
+                    })
+                    .sum();
+                let set = Arc::new(set);
+                *self.rules.write().unwrap_or_else(|p| p.into_inner()) = set.clone();
+                self.eval
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .sim
+                    .set_rules(set);
+                *self
+                    .last_reload_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+                self.metrics
+                    .reloads
+                    .get_or_create(&vec![("result".into(), "success".into())])
+                    .inc();
+                tracing::info!(rules = n, "rules reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                *self
+                    .last_reload_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                self.metrics
+                    .reloads
+                    .get_or_create(&vec![("result".into(), "failure".into())])
+                    .inc();
+                tracing::error!(error = %e, "reload failed: the previous rules keep running");
+                Err(e)
+            }
+        }
+    }
+}

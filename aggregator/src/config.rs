@@ -1,0 +1,346 @@
+//! `aggregator.toml`, read with every problem reported as `FILE:LINE:COL: message`. The keys
+//! are the SPEC's; the AWS, CloudWatch and notification sections are read and validated here
+//! and acted on by the action layer.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use vigil_config::tomlread::{Diagnostic, Doc, Obj};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receiver {
+    pub name: String,
+    pub sns_topic_arn: Option<String>,
+    pub slack_webhook_url: Option<String>,
+    pub webhook_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub auth_token_file: Option<PathBuf>,
+    pub retention_ms: i64,
+    pub state_dir: PathBuf,
+    /// Rule file paths or globs (`*` in the file name).
+    pub rule_files: Vec<String>,
+    pub evaluation_interval_ms: i64,
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    pub dry_run: bool,
+    pub cloudwatch_namespace: String,
+    pub cloudwatch_flush_ms: i64,
+    pub group_by: Vec<String>,
+    pub group_wait_ms: i64,
+    pub group_interval_ms: i64,
+    pub repeat_interval_ms: i64,
+    pub receivers: Vec<Receiver>,
+    /// Largest remote-write body accepted, decompressed.
+    pub max_body_bytes: usize,
+    /// Most active series held; pushes that would add more are refused with 429.
+    pub max_series: usize,
+}
+
+impl Default for Config {
+    /// The embedded default: listen on 127.0.0.1:9470, keep an hour, dry-run every action.
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9470)),
+            auth_token_file: None,
+            retention_ms: 3_600_000,
+            state_dir: PathBuf::from("/var/lib/vigil"),
+            rule_files: vec![],
+            evaluation_interval_ms: 10_000,
+            region: "us-east-1".into(),
+            endpoint_url: None,
+            dry_run: true,
+            cloudwatch_namespace: "Vigil".into(),
+            cloudwatch_flush_ms: 60_000,
+            group_by: vec!["alertname".into(), "asg".into()],
+            group_wait_ms: 10_000,
+            group_interval_ms: 60_000,
+            repeat_interval_ms: 4 * 3_600_000,
+            receivers: vec![],
+            max_body_bytes: 32 << 20,
+            max_series: 2_000_000,
+        }
+    }
+}
+
+fn positive(doc: &mut Doc<'_>, o: &mut Obj<'_, '_>, key: &str, default: i64) -> i64 {
+    match o.duration(doc, key) {
+        Some(d) if d.value > 0 => d.value,
+        Some(d) => {
+            doc.error_at(
+                d.span.start,
+                format!("{}.{key}: must be greater than zero", o.path),
+            );
+            default
+        }
+        None => default,
+    }
+}
+
+/// Parses and validates `aggregator.toml`.
+pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
+    let mut doc = Doc::new(file, text);
+    let Some(root) = doc.parse() else {
+        return Err(doc.into_errors());
+    };
+    let mut top = Obj::new(root.get_ref(), root.span(), "");
+    let mut c = Config {
+        dry_run: false,
+        ..Config::default()
+    };
+    if let Some(mut s) = top.table(&mut doc, "server") {
+        if let Some(a) = s.str(&mut doc, "listen") {
+            match a.value.parse() {
+                Ok(addr) => c.listen = addr,
+                Err(_) => doc.error_at(
+                    a.span.start,
+                    format!("server.listen: expected host:port, got {:?}", a.value),
+                ),
+            }
+        }
+        c.auth_token_file = s
+            .str(&mut doc, "auth_token_file")
+            .map(|v| PathBuf::from(v.value));
+        for key in ["tls_cert_file", "tls_key_file"] {
+            if let Some(v) = s.str(&mut doc, key) {
+                doc.error_at(
+                    v.span.start,
+                    format!(
+                        "server.{key}: TLS termination is not built yet; put a TLS proxy in front"
+                    ),
+                );
+            }
+        }
+        if let Some(n) = s.str(&mut doc, "max_body_size") {
+            match vigil_config::size::parse_bytes(&n.value) {
+                Ok(b) => c.max_body_bytes = b as usize,
+                Err(e) => doc.error_at(n.span.start, format!("server.max_body_size: {e}")),
+            }
+        }
+        if let Some(n) = s.int(&mut doc, "max_series") {
+            if n.value > 0 {
+                c.max_series = n.value as usize;
+            } else {
+                doc.error_at(n.span.start, "server.max_series: must be greater than zero");
+            }
+        }
+        s.finish(&mut doc);
+    }
+    if let Some(mut s) = top.table(&mut doc, "storage") {
+        c.retention_ms = positive(&mut doc, &mut s, "retention", c.retention_ms);
+        if let Some(d) = s.str(&mut doc, "state_dir") {
+            c.state_dir = PathBuf::from(d.value);
+        }
+        s.finish(&mut doc);
+    }
+    if let Some(mut r) = top.table(&mut doc, "rules") {
+        c.rule_files = r
+            .str_list(&mut doc, "files")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.value)
+            .collect();
+        c.evaluation_interval_ms = positive(
+            &mut doc,
+            &mut r,
+            "evaluation_interval",
+            c.evaluation_interval_ms,
+        );
+        r.finish(&mut doc);
+    }
+    if let Some(mut a) = top.table(&mut doc, "aws") {
+        if let Some(r) = a.str(&mut doc, "region") {
+            c.region = r.value;
+        }
+        c.endpoint_url = a.str(&mut doc, "endpoint_url").map(|s| s.value);
+        if let Some(d) = a.bool(&mut doc, "dry_run") {
+            c.dry_run = d.value;
+        }
+        a.finish(&mut doc);
+    } else {
+        // Without [aws] nothing can be called: decide and log only.
+        c.dry_run = true;
+    }
+    if let Some(mut cw) = top.table(&mut doc, "cloudwatch") {
+        if let Some(n) = cw.str(&mut doc, "namespace") {
+            if n.value.is_empty() || n.value.len() > 255 || n.value.starts_with("AWS/") {
+                doc.error_at(
+                    n.span.start,
+                    "cloudwatch.namespace: 1 to 255 characters, not starting with AWS/",
+                );
+            }
+            c.cloudwatch_namespace = n.value;
+        }
+        c.cloudwatch_flush_ms =
+            positive(&mut doc, &mut cw, "flush_interval", c.cloudwatch_flush_ms);
+        cw.finish(&mut doc);
+    }
+    if let Some(mut n) = top.table(&mut doc, "notify") {
+        if let Some(g) = n.str_list(&mut doc, "group_by") {
+            c.group_by = g.into_iter().map(|s| s.value).collect();
+        }
+        c.group_wait_ms = positive(&mut doc, &mut n, "group_wait", c.group_wait_ms);
+        c.group_interval_ms = positive(&mut doc, &mut n, "group_interval", c.group_interval_ms);
+        c.repeat_interval_ms = positive(&mut doc, &mut n, "repeat_interval", c.repeat_interval_ms);
+        n.finish(&mut doc);
+    }
+    for mut r in top.tables(&mut doc, "receiver") {
+        let path = r.path.clone();
+        let name = r.req_str(&mut doc, "name");
+        let sns = r.str(&mut doc, "sns_topic_arn");
+        let slack = r.str(&mut doc, "slack_webhook_url");
+        let hook = r.str(&mut doc, "webhook_url");
+        if let Some(a) = &sns {
+            if !a.value.starts_with("arn:aws") || a.value.split(':').count() != 6 {
+                doc.error_at(
+                    a.span.start,
+                    format!("{path}.sns_topic_arn: not an SNS topic ARN: {:?}", a.value),
+                );
+            }
+        }
+        for u in [&slack, &hook].into_iter().flatten() {
+            if !(u.value.starts_with("http://") || u.value.starts_with("https://")) {
+                doc.error_at(
+                    u.span.start,
+                    format!("{path}: expected an http(s) URL, got {:?}", u.value),
+                );
+            }
+        }
+        if sns.is_none() && slack.is_none() && hook.is_none() {
+            doc.error_at(
+                r.span().start,
+                format!("{path}: give sns_topic_arn, slack_webhook_url or webhook_url"),
+            );
+        }
+        r.finish(&mut doc);
+        if let Some(n) = name {
+            if c.receivers.iter().any(|x| x.name == n.value) {
+                doc.error_at(
+                    n.span.start,
+                    format!("{path}.name: duplicate receiver {:?}", n.value),
+                );
+            }
+            c.receivers.push(Receiver {
+                name: n.value,
+                sns_topic_arn: sns.map(|s| s.value),
+                slack_webhook_url: slack.map(|s| s.value),
+                webhook_url: hook.map(|s| s.value),
+            });
+        }
+    }
+    top.finish(&mut doc);
+    let errors = doc.into_errors();
+    if errors.is_empty() {
+        Ok(c)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Expands rule file patterns (a `*` in the file name) into sorted paths.
+pub fn expand_rule_files(patterns: &[String]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in patterns {
+        let path = PathBuf::from(p);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if let Some((pre, post)) = name.split_once('*') {
+            let dir = path
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|f| {
+                            let n = f
+                                .file_name()
+                                .map(|n| n.to_string_lossy().to_string())
+                                .unwrap_or_default();
+                            n.len() >= pre.len() + post.len()
+                                && n.starts_with(pre)
+                                && n.ends_with(post)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_EXAMPLE: &str = r#"
+[server]
+listen = "127.0.0.1:9470"
+
+[storage]
+retention = "1h"
+state_dir = "/var/lib/vigil"
+
+[rules]
+files = ["/etc/vigil/rules/*.toml"]
+evaluation_interval = "10s"
+
+[aws]
+region = "us-east-1"
+dry_run = false
+
+[cloudwatch]
+namespace = "Vigil"
+flush_interval = "60s"
+
+[notify]
+group_by = ["alertname", "asg"]
+group_wait = "10s"
+group_interval = "1m"
+repeat_interval = "4h"
+
+[[receiver]]
+name = "oncall"
+sns_topic_arn = "arn:aws:sns:us-east-1:123456789012:oncall"
+"#;
+
+    #[test]
+    fn the_spec_example_parses() {
+        let c = parse("aggregator.toml", SPEC_EXAMPLE).unwrap();
+        assert_eq!(c.retention_ms, 3_600_000);
+        assert_eq!(c.repeat_interval_ms, 4 * 3_600_000);
+        assert!(!c.dry_run);
+        assert_eq!(c.receivers[0].name, "oncall");
+    }
+
+    #[test]
+    fn no_aws_section_means_dry_run_and_errors_have_positions() {
+        assert!(parse("a.toml", "").unwrap().dry_run);
+        let errs: Vec<String> = parse(
+            "a.toml",
+            "[server]\nlisten = \"here\"\n[[receiver]]\nname = \"x\"\nsns_topic_arn = \"nope\"\n",
+        )
+        .unwrap_err()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("a.toml:2:10: server.listen"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("a.toml:5:17: receiver[0].sns_topic_arn"),
+            "{errs:?}"
+        );
+    }
+}

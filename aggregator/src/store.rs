@@ -1,0 +1,340 @@
+//! The series window: the last `retention` of every series, in memory, with an index by metric
+//! name for the selectors rules use. Out-of-order and too-old samples are dropped and counted,
+//! never stored wrongly.
+//!
+//! First cut: samples are kept as plain `(timestamp, value)` pairs; Gorilla compression and a full
+//! inverted index are the next steps for the window (see the aggregator issue).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+use vigil_rules::evaluator::RuleStorage;
+use vigil_rules::promql::storage::{matches_all, partition_point_from_end, MatchOp, Matcher};
+use vigil_rules::promql::{SeriesData, Storage};
+use vigil_wire::{Labels, Sample, METRIC_NAME};
+
+struct Series {
+    labels: Labels,
+    samples: VecDeque<Sample>,
+    /// When a sample last arrived (wall clock ms), for instance liveness.
+    last_push_ms: i64,
+}
+
+#[derive(Default)]
+struct Inner {
+    series: Vec<Option<Series>>,
+    by_labels: HashMap<Labels, usize>,
+    by_name: HashMap<String, Vec<usize>>,
+    free: Vec<usize>,
+    samples: usize,
+}
+
+/// What one append did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AppendStats {
+    pub accepted: usize,
+    pub out_of_order: usize,
+    pub too_old: usize,
+    pub duplicates: usize,
+}
+
+pub struct Store {
+    inner: Mutex<Inner>,
+    pub retention_ms: i64,
+    pub max_series: usize,
+}
+
+/// Refused because the store holds `max_series` already.
+#[derive(Debug, thiserror::Error)]
+#[error("series limit of {0} reached")]
+pub struct TooManySeries(pub usize);
+
+impl Store {
+    pub fn new(retention_ms: i64, max_series: usize) -> Store {
+        Store {
+            inner: Mutex::new(Inner::default()),
+            retention_ms,
+            max_series,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends samples of one series. `now_ms` bounds what is too old.
+    pub fn append(
+        &self,
+        labels: &Labels,
+        samples: impl IntoIterator<Item = Sample>,
+        now_ms: i64,
+    ) -> Result<AppendStats, TooManySeries> {
+        let mut st = AppendStats::default();
+        let mut g = self.lock();
+        let id = match g.by_labels.get(labels) {
+            Some(&id) => id,
+            None => {
+                if g.by_labels.len() >= self.max_series {
+                    return Err(TooManySeries(self.max_series));
+                }
+                let s = Series {
+                    labels: labels.clone(),
+                    samples: VecDeque::new(),
+                    last_push_ms: now_ms,
+                };
+                let id = match g.free.pop() {
+                    Some(id) => {
+                        g.series[id] = Some(s);
+                        id
+                    }
+                    None => {
+                        g.series.push(Some(s));
+                        g.series.len() - 1
+                    }
+                };
+                g.by_labels.insert(labels.clone(), id);
+                g.by_name
+                    .entry(labels.metric_name().unwrap_or("").to_string())
+                    .or_default()
+                    .push(id);
+                id
+            }
+        };
+        let oldest = now_ms - self.retention_ms;
+        let mut added = 0;
+        if let Some(s) = g.series[id].as_mut() {
+            s.last_push_ms = now_ms;
+            for smp in samples {
+                if smp.timestamp_ms < oldest {
+                    st.too_old += 1;
+                    continue;
+                }
+                match s.samples.back() {
+                    Some(last) if last.timestamp_ms == smp.timestamp_ms => {
+                        if last.value.to_bits() == smp.value.to_bits() {
+                            st.duplicates += 1;
+                        } else {
+                            st.out_of_order += 1;
+                        }
+                        continue;
+                    }
+                    Some(last) if last.timestamp_ms > smp.timestamp_ms => {
+                        st.out_of_order += 1;
+                        continue;
+                    }
+                    _ => {}
+                }
+                s.samples.push_back(smp);
+                added += 1;
+            }
+        }
+        g.samples += added;
+        st.accepted = added;
+        Ok(st)
+    }
+
+    /// Drops samples older than the retention and series left empty.
+    pub fn compact(&self, now_ms: i64) {
+        let oldest = now_ms - self.retention_ms;
+        let mut g = self.lock();
+        let mut removed = 0;
+        let mut emptied = Vec::new();
+        for (id, slot) in g.series.iter_mut().enumerate() {
+            if let Some(s) = slot {
+                while s.samples.front().is_some_and(|x| x.timestamp_ms < oldest) {
+                    s.samples.pop_front();
+                    removed += 1;
+                }
+                if s.samples.is_empty() {
+                    emptied.push(id);
+                }
+            }
+        }
+        g.samples -= removed;
+        for id in emptied {
+            if let Some(s) = g.series[id].take() {
+                g.by_labels.remove(&s.labels);
+                let name = s.labels.metric_name().unwrap_or("").to_string();
+                if let Some(v) = g.by_name.get_mut(&name) {
+                    v.retain(|x| *x != id);
+                    if v.is_empty() {
+                        g.by_name.remove(&name);
+                    }
+                }
+                g.free.push(id);
+            }
+        }
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.lock().by_labels.len()
+    }
+
+    pub fn sample_count(&self) -> usize {
+        self.lock().samples
+    }
+
+    /// Label sets matching the matchers with a sample in `[mint, maxt]`.
+    pub fn series(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
+        self.select(matchers, mint, maxt)
+            .into_iter()
+            .map(|s| s.labels)
+            .collect()
+    }
+
+    /// Every label name, or every value of one label, among series with samples in range.
+    pub fn label_values(&self, name: Option<&str>) -> Vec<String> {
+        let g = self.lock();
+        let mut out: std::collections::BTreeSet<String> = Default::default();
+        for s in g.series.iter().flatten() {
+            match name {
+                None => out.extend(s.labels.iter().map(|l| l.name.to_string())),
+                Some(n) => {
+                    if let Some(v) = s.labels.get(n) {
+                        out.insert(v.to_string());
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Per instance: its label sets' last push time (ms).
+    pub fn instances(&self) -> Vec<(String, Labels, i64)> {
+        let g = self.lock();
+        let mut m: HashMap<String, (Labels, i64)> = HashMap::new();
+        for s in g.series.iter().flatten() {
+            if let Some(i) = s.labels.get("instance") {
+                let keep = s
+                    .labels
+                    .filter(|l| matches!(l.name, "instance" | "asg" | "az" | "pod" | "namespace"));
+                let e = m.entry(i.to_string()).or_insert((keep, s.last_push_ms));
+                e.1 = e.1.max(s.last_push_ms);
+            }
+        }
+        let mut v: Vec<(String, Labels, i64)> =
+            m.into_iter().map(|(k, (l, t))| (k, l, t)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+impl Storage for Store {
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData> {
+        let g = self.lock();
+        let name_eq = matchers
+            .iter()
+            .find(|m| m.name == METRIC_NAME && matches!(m.op, MatchOp::Equal));
+        let candidates: Box<dyn Iterator<Item = &Series>> = match name_eq {
+            Some(m) => Box::new(
+                g.by_name
+                    .get(&m.value)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| g.series[*id].as_ref()),
+            ),
+            None => Box::new(g.series.iter().flatten()),
+        };
+        let mut out = Vec::new();
+        for s in candidates {
+            if !matches_all(&s.labels, matchers) {
+                continue;
+            }
+            let (a, b) = s.samples.as_slices();
+            let all: Vec<Sample>;
+            let slice: &[Sample] = if b.is_empty() {
+                a
+            } else {
+                all = s.samples.iter().copied().collect();
+                &all
+            };
+            let hi = partition_point_from_end(slice, |x| x.timestamp_ms <= maxt);
+            let lo = partition_point_from_end(&slice[..hi], |x| x.timestamp_ms < mint);
+            if lo < hi {
+                out.push(SeriesData {
+                    labels: s.labels.clone(),
+                    samples: slice[lo..hi].to_vec(),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// The store as rule evaluation writes to it (recorded series, `ALERTS`).
+pub struct RuleSink<'a> {
+    pub store: &'a Store,
+    pub now_ms: i64,
+}
+
+impl Storage for RuleSink<'_> {
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData> {
+        self.store.select(matchers, mint, maxt)
+    }
+}
+
+impl RuleStorage for RuleSink<'_> {
+    fn append(&mut self, labels: Labels, sample: Sample) {
+        if let Err(e) = self.store.append(&labels, [sample], self.now_ms) {
+            tracing::warn!(series = %labels, error = %e, "recorded series dropped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(name: &str, job: &str) -> Labels {
+        Labels::from_pairs([("__name__", name), ("job", job)])
+    }
+
+    #[test]
+    fn out_of_order_and_old_samples_are_dropped_and_counted() {
+        let s = Store::new(60_000, 100);
+        let st = s
+            .append(
+                &l("up", "a"),
+                [Sample::new(100_000, 1.0), Sample::new(110_000, 1.0)],
+                120_000,
+            )
+            .unwrap();
+        assert_eq!(st.accepted, 2);
+        let st = s
+            .append(
+                &l("up", "a"),
+                [
+                    Sample::new(105_000, 1.0),
+                    Sample::new(110_000, 1.0),
+                    Sample::new(110_000, 2.0),
+                    Sample::new(10_000, 1.0),
+                ],
+                120_000,
+            )
+            .unwrap();
+        assert_eq!(
+            (st.accepted, st.out_of_order, st.duplicates, st.too_old),
+            (0, 2, 1, 1)
+        );
+        let got = s.select(
+            &[Matcher::new(MatchOp::Equal, "__name__", "up")],
+            0,
+            200_000,
+        );
+        assert_eq!(got[0].samples.len(), 2);
+    }
+
+    #[test]
+    fn retention_and_the_series_limit() {
+        let s = Store::new(60_000, 2);
+        s.append(&l("up", "a"), [Sample::new(0, 1.0)], 0).unwrap();
+        s.append(&l("up", "b"), [Sample::new(0, 1.0)], 0).unwrap();
+        assert!(s.append(&l("up", "c"), [Sample::new(0, 1.0)], 0).is_err());
+        s.compact(61_000);
+        assert_eq!(s.series_count(), 0);
+        assert!(s
+            .append(&l("up", "c"), [Sample::new(61_000, 1.0)], 61_000)
+            .is_ok());
+        assert_eq!(s.label_values(Some("job")), ["c"]);
+    }
+}

@@ -1,0 +1,288 @@
+//! The aggregator with real senders (the agent, Prometheus's remote_write), its answers to bad
+//! input, and all-or-nothing reload.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vigil_e2e::http::{get, post, prom_query};
+use vigil_e2e::{bin, free_port, peer, tempdir, wait_http, Child};
+use vigil_wire::remote_write::{TimeSeries, WriteRequest};
+use vigil_wire::{Labels, Sample};
+
+fn write_config(dir: &Path, port: u16, rules: &str, extra: &str) -> std::path::PathBuf {
+    let cfg = dir.join("aggregator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[storage]\nretention = \"1h\"\nstate_dir = \"{}\"\n\n[rules]\nfiles = [\"{rules}\"]\nevaluation_interval = \"1s\"\n\n[[receiver]]\nname = \"oncall\"\nsns_topic_arn = \"arn:aws:sns:us-east-1:123456789012:oncall\"\n",
+            dir.join("state").display()
+        ),
+    )
+    .expect("write config");
+    cfg
+}
+
+fn start(dir: &Path, cfg: &Path, port: u16) -> Child {
+    let c = Child::spawn(
+        "aggregator",
+        Command::new(bin("vigil-aggregator"))
+            .arg("--config")
+            .arg(cfg),
+        dir,
+    );
+    assert!(
+        wait_http(
+            &format!("http://127.0.0.1:{port}/-/ready"),
+            Duration::from_secs(20)
+        ),
+        "aggregator did not start:\n{}",
+        c.log_text()
+    );
+    c
+}
+
+fn wait_for(
+    base: &str,
+    query: &str,
+    n: usize,
+) -> Vec<(serde_json::Map<String, serde_json::Value>, f64)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = prom_query(base, query);
+        if r.len() >= n || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn agent_pushes_rules_evaluate_and_the_api_answers() {
+    let dir = tempdir("agg-agent");
+    let port = free_port();
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rules/web.toml");
+    let cfg = write_config(dir.path(), port, &rules.display().to_string(), "");
+    let agg = start(dir.path(), &cfg, port);
+    let base = format!("http://127.0.0.1:{port}");
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "[agent]\ninterval = \"1s\"\n[identity]\nsource = \"static\"\ninstance = \"i-e2e\"\nasg = \"web-asg\"\n[push]\nurl = \"{base}/api/v1/write\"\n[buffer]\ndir = \"{}\"\n[listen]\naddress = \"127.0.0.1:{}\"\n",
+            dir.path().join("spool").display(),
+            free_port()
+        ),
+    )
+    .expect("write");
+    let _agent = Child::spawn(
+        "agent",
+        Command::new(bin("vigil-agent"))
+            .arg("--config")
+            .arg(&agent_cfg),
+        dir.path(),
+    );
+    let load = wait_for(&base, "node_load1{instance=\"i-e2e\"}", 1);
+    assert_eq!(load.len(), 1, "aggregator log:\n{}", agg.log_text());
+    assert_eq!(load[0].0["asg"], "web-asg");
+    // The CPU record rule runs over the pushed series.
+    let rec = wait_for(&base, "asg:cpu_utilization:avg", 1);
+    assert_eq!(rec.len(), 1, "{}", agg.log_text());
+    assert!((0.0..=1.0).contains(&rec[0].1));
+    let (code, rules) = get(&format!("{base}/api/v1/rules")).expect("rules");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&rules).expect("json");
+    assert_eq!(
+        v["data"]["groups"].as_array().map(|g| g.len()),
+        Some(2),
+        "{rules}"
+    );
+    let (code, scaling) = get(&format!("{base}/api/v1/scaling")).expect("scaling");
+    assert_eq!(code, 200, "{scaling}");
+    assert!(scaling.contains("\"group\":\"web-asg\""), "{scaling}");
+    let (code, inst) = get(&format!("{base}/api/v1/instances")).expect("instances");
+    assert!(code == 200 && inst.contains("i-e2e"), "{inst}");
+    // Range queries and label values.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let (code, body) = get(&format!(
+        "{base}/api/v1/query_range?query=node_load1&start={}&end={now}&step=1",
+        now - 10
+    ))
+    .expect("range");
+    assert!(
+        code == 200 && body.contains("\"resultType\":\"matrix\""),
+        "{body}"
+    );
+    let (code, body) = get(&format!("{base}/api/v1/label/instance/values")).expect("values");
+    assert!(code == 200 && body.contains("i-e2e"), "{body}");
+    let (code, body) = get(&format!("{base}/api/v1/query?query=sum(")).expect("bad query");
+    assert!(
+        code == 400 && body.contains("bad_data") && body.contains("1:4"),
+        "{body}"
+    );
+}
+
+#[test]
+fn bad_writes_are_refused_and_the_aggregator_keeps_serving() {
+    let dir = tempdir("agg-bad");
+    let port = free_port();
+    std::fs::write(dir.path().join("token"), "t0ken\n").expect("token");
+    let cfg = write_config(
+        dir.path(),
+        port,
+        "/nonexistent/*.toml",
+        &format!(
+            "auth_token_file = \"{}\"\nmax_body_size = \"1MiB\"",
+            dir.path().join("token").display()
+        ),
+    );
+    let _agg = start(dir.path(), &cfg, port);
+    let url = format!("http://127.0.0.1:{port}/api/v1/write");
+    let auth = [("Authorization", "Bearer t0ken")];
+    let l = Labels::from_pairs([("__name__", "m"), ("job", "x")]);
+    let good = WriteRequest {
+        timeseries: vec![TimeSeries::new(
+            &l,
+            &[Sample::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("t")
+                    .as_millis() as i64,
+                1.0,
+            )],
+        )],
+        metadata: vec![],
+    }
+    .encode_snappy();
+    assert_eq!(post(&url, &[], &good).expect("post").0, 401, "no token");
+    assert_eq!(
+        post(&url, &[("Authorization", "Bearer nope")], &good)
+            .expect("post")
+            .0,
+        401,
+        "wrong token"
+    );
+    assert_eq!(post(&url, &auth, b"not snappy").expect("post").0, 400);
+    let huge = vec![b'a'; 2 << 20];
+    let big = snap::raw::Encoder::new()
+        .compress_vec(&huge)
+        .expect("snappy");
+    assert_eq!(post(&url, &auth, &big).expect("post").0, 413);
+    let unsorted = WriteRequest {
+        timeseries: vec![TimeSeries {
+            labels: vec![vigil_wire::remote_write::ProtoLabel {
+                name: "job".into(),
+                value: "x".into(),
+            }],
+            samples: vec![],
+            exemplars: vec![],
+        }],
+        metadata: vec![],
+    }
+    .encode_snappy();
+    let (code, body) = post(&url, &auth, &unsorted).expect("post");
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(post(&url, &auth, &good).expect("post").0, 204);
+    assert!(wait_http(
+        &format!("http://127.0.0.1:{port}/-/healthy"),
+        Duration::from_secs(2)
+    ));
+    let m = prom_query(&format!("http://127.0.0.1:{port}"), "m");
+    assert_eq!(m.len(), 1);
+}
+
+#[test]
+fn a_failed_reload_keeps_the_previous_rules() {
+    let dir = tempdir("agg-reload");
+    let port = free_port();
+    let rules_dir = dir.path().join("rules");
+    std::fs::create_dir_all(&rules_dir).expect("mkdir");
+    std::fs::write(
+        rules_dir.join("a.toml"),
+        "[[group]]\nname = \"g\"\n[[group.record]]\nrecord = \"r:one\"\nexpr = \"vector(1)\"\n",
+    )
+    .expect("write");
+    let cfg = write_config(
+        dir.path(),
+        port,
+        &rules_dir.join("*.toml").display().to_string(),
+        "",
+    );
+    let agg = start(dir.path(), &cfg, port);
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(wait_for(&base, "r:one", 1).len(), 1);
+    std::fs::write(
+        rules_dir.join("b.toml"),
+        "[[group]]\nname = \"h\"\n[[group.record]]\nrecord = \"r:two\"\nexpr = \"sum(\"\n",
+    )
+    .expect("write");
+    let (code, body) = post(&format!("{base}/-/reload"), &[], b"").expect("reload");
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("b.toml:5:") && body.contains("unclosed left parenthesis"),
+        "{body}"
+    );
+    let (_, rules) = get(&format!("{base}/api/v1/rules")).expect("rules");
+    assert!(
+        rules.contains("r:one") && !rules.contains("r:two"),
+        "{rules}"
+    );
+    std::fs::write(
+        rules_dir.join("b.toml"),
+        "[[group]]\nname = \"h\"\n[[group.record]]\nrecord = \"r:two\"\nexpr = \"vector(2)\"\n",
+    )
+    .expect("write");
+    agg.signal("HUP");
+    assert_eq!(
+        wait_for(&base, "r:two", 1).len(),
+        1,
+        "SIGHUP reload; log:\n{}",
+        agg.log_text()
+    );
+}
+
+#[test]
+fn prometheus_remote_writes_into_the_aggregator() {
+    let dir = tempdir("agg-prom");
+    let port = free_port();
+    let cfg = write_config(dir.path(), port, "/nonexistent/*.toml", "");
+    let _agg = start(dir.path(), &cfg, port);
+    let ne_port = free_port();
+    let _ne = Child::spawn(
+        "node_exporter",
+        Command::new(peer("prometheus-node-exporter"))
+            .arg(format!("--web.listen-address=127.0.0.1:{ne_port}")),
+        dir.path(),
+    );
+    let prom_port = free_port();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: node\n    static_configs: [{{ targets: ['127.0.0.1:{ne_port}'] }}]\nremote_write:\n  - url: http://127.0.0.1:{port}/api/v1/write\n    queue_config: {{ batch_send_deadline: 1s }}\n"),
+    )
+    .expect("write");
+    let _prom = Child::spawn(
+        "prometheus",
+        Command::new(peer("prometheus")).args([
+            format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ),
+            format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+            format!("--web.listen-address=127.0.0.1:{prom_port}"),
+        ]),
+        dir.path(),
+    );
+    let got = wait_for(
+        &format!("http://127.0.0.1:{port}"),
+        "node_load1{job=\"node\"}",
+        1,
+    );
+    assert_eq!(got.len(), 1, "Prometheus's samples did not arrive");
+    assert_eq!(
+        got[0].0["instance"],
+        format!("127.0.0.1:{ne_port}").as_str()
+    );
+}
