@@ -20,9 +20,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
+use vigil_config::logging::LogFormat;
 use vigil_wire::text::{FamilyMeta, MetricType, ParsedSample};
 use vigil_wire::{Labels, Sample};
 
@@ -30,12 +31,6 @@ use config::Config;
 use identity::Identity;
 
 const DEFAULT_CONFIG: &str = "/etc/vigil/agent.toml";
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Vigil agent: host metrics, app scrape and health probe, pushed with remote-write.
 #[derive(Debug, Parser)]
@@ -54,18 +49,6 @@ struct Args {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 fn load_config(path: &Path) -> Result<Config, String> {
@@ -357,7 +340,7 @@ async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), Strin
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    vigil_config::logging::init(args.log_format, "info");
     if let Some(path) = &args.check_config {
         return match load_config(path) {
             Ok(_) => {

@@ -16,15 +16,10 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use vigil_config::logging::LogFormat;
 
 const DEFAULT_CONFIG: &str = "/etc/vigil/aggregator.toml";
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Vigil aggregator: remote-write ingest, PromQL rules, alerts and AWS actions.
 #[derive(Debug, Parser)]
@@ -55,15 +50,7 @@ fn load(path: &Path) -> Result<config::Config, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    vigil_config::logging::init(args.log_format, "info");
     if let Some(path) = &args.check_config {
         let res = load(path).and_then(|c| app::load_rules(&c).map(|r| (c, r)));
         return match res {

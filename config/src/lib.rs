@@ -8,3 +8,6 @@
 pub mod duration;
 pub mod size;
 pub mod tomlread;
+
+#[cfg(feature = "cli")]
+pub mod logging;

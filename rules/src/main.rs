@@ -6,15 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
+use vigil_config::logging::LogFormat;
 use vigil_rules::evaluator::RuleSet;
 use vigil_rules::rulefile::{self, Context};
 use vigil_rules::{replay, unittest};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum OutputFormat {
@@ -82,18 +77,6 @@ enum Command {
         #[arg(long, value_name = "ASG=N")]
         capacity: Vec<String>,
     },
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 fn receivers(config: Option<&Path>) -> anyhow::Result<Option<Vec<String>>> {
@@ -242,7 +225,7 @@ fn run_replay(
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    vigil_config::logging::init(args.log_format, "warn");
     let res = match &args.command {
         Command::Check { files, config } => check(files, config.as_deref()),
         Command::Test { files, config } => test(files, config.as_deref()),
