@@ -125,6 +125,13 @@ fn agent_pushes_rules_evaluate_and_the_api_answers() {
     );
 }
 
+/// A remote-write body from raw protobuf bytes (for bodies prost would refuse to build).
+fn raw_body(proto: &[u8]) -> Vec<u8> {
+    snap::raw::Encoder::new()
+        .compress_vec(proto)
+        .expect("snappy")
+}
+
 #[test]
 fn bad_writes_are_refused_and_the_aggregator_keeps_serving() {
     let dir = tempdir("agg-bad");
@@ -185,6 +192,70 @@ fn bad_writes_are_refused_and_the_aggregator_keeps_serving() {
     .encode_snappy();
     let (code, body) = post(&url, &auth, &unsorted).expect("post");
     assert_eq!(code, 400, "{body}");
+    // Empty body, bad protobuf inside good snappy, invalid UTF-8 in a label, duplicate labels.
+    assert_eq!(post(&url, &auth, b"").expect("post").0, 400, "empty");
+    assert_eq!(
+        post(&url, &auth, &raw_body(&[0x0a, 0xff, 0xff, 0xff]))
+            .expect("post")
+            .0,
+        400,
+        "bad protobuf"
+    );
+    // TimeSeries{ labels: [Label{ name: "__name__", value: 0xff 0xfe }] }
+    let bad_utf8 = [
+        0x0a, 0x10, 0x0a, 0x0e, 0x0a, 0x08, b'_', b'_', b'n', b'a', b'm', b'e', b'_', b'_', 0x12,
+        0x02, 0xff, 0xfe,
+    ];
+    assert_eq!(
+        post(&url, &auth, &raw_body(&bad_utf8)).expect("post").0,
+        400,
+        "invalid UTF-8"
+    );
+    let dup = WriteRequest {
+        timeseries: vec![TimeSeries {
+            labels: vec![
+                vigil_wire::remote_write::ProtoLabel {
+                    name: "__name__".into(),
+                    value: "m".into(),
+                },
+                vigil_wire::remote_write::ProtoLabel {
+                    name: "job".into(),
+                    value: "a".into(),
+                },
+                vigil_wire::remote_write::ProtoLabel {
+                    name: "job".into(),
+                    value: "b".into(),
+                },
+            ],
+            samples: vec![],
+            exemplars: vec![],
+        }],
+        metadata: vec![],
+    }
+    .encode_snappy();
+    assert_eq!(
+        post(&url, &auth, &dup).expect("post").0,
+        400,
+        "duplicate labels"
+    );
+    // NaN and ±Inf are valid sample values (a staleness marker is a NaN): stored, not refused.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("t")
+        .as_millis() as i64;
+    let specials = WriteRequest {
+        timeseries: vec![TimeSeries::new(
+            &Labels::from_pairs([("__name__", "special"), ("job", "x")]),
+            &[
+                Sample::new(now_ms - 2, f64::NAN),
+                Sample::new(now_ms - 1, f64::INFINITY),
+                Sample::new(now_ms, f64::NEG_INFINITY),
+            ],
+        )],
+        metadata: vec![],
+    }
+    .encode_snappy();
+    assert_eq!(post(&url, &auth, &specials).expect("post").0, 204);
     assert_eq!(post(&url, &auth, &good).expect("post").0, 204);
     assert!(wait_http(
         &format!("http://127.0.0.1:{port}/-/healthy"),
@@ -275,14 +346,126 @@ fn prometheus_remote_writes_into_the_aggregator() {
         ]),
         dir.path(),
     );
-    let got = wait_for(
-        &format!("http://127.0.0.1:{port}"),
-        "node_load1{job=\"node\"}",
-        1,
-    );
+    let agg = format!("http://127.0.0.1:{port}");
+    let prom = format!("http://127.0.0.1:{prom_port}");
+    let got = wait_for(&agg, "node_load1{job=\"node\"}", 1);
     assert_eq!(got.len(), 1, "Prometheus's samples did not arrive");
     assert_eq!(
         got[0].0["instance"],
         format!("127.0.0.1:{ne_port}").as_str()
     );
+
+    // The same queries against both, at a time both have all the data for.
+    std::thread::sleep(Duration::from_secs(12));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs_f64();
+    let t = (now - 4.0).floor();
+    let queries = [
+        "node_load1",
+        "sum by (mode) (rate(node_cpu_seconds_total[5s]))",
+        "node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes",
+        "count by (job) (up)",
+        "topk(3, node_network_receive_bytes_total)",
+    ];
+    for q in queries {
+        let a = query_at(&agg, q, &format!("time={t}"));
+        let b = query_at(&prom, q, &format!("time={t}"));
+        assert_same(q, &a, &b);
+        let range = format!("start={}&end={t}&step=2", t - 6.0);
+        let a = query_at_range(&agg, q, &range);
+        let b = query_at_range(&prom, q, &range);
+        assert_same(&format!("{q} (range)"), &a, &b);
+    }
+}
+
+/// `(labels, [(t, v)])` of an instant or range query, sorted by labels.
+type Result = Vec<(String, Vec<(f64, f64)>)>;
+
+fn enc(q: &str) -> String {
+    q.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn parse_result(body: &str) -> Result {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(v["status"], "success", "{body}");
+    let mut out: Result = v["data"]["result"]
+        .as_array()
+        .expect("result")
+        .iter()
+        .map(|r| {
+            let mut labels: Vec<(String, String)> = r["metric"]
+                .as_object()
+                .expect("metric")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect();
+            labels.sort();
+            let pts: Vec<&serde_json::Value> = match r.get("values") {
+                Some(vs) => vs.as_array().expect("values").iter().collect(),
+                None => vec![&r["value"]],
+            };
+            let pts = pts
+                .iter()
+                .map(|p| {
+                    (
+                        p[0].as_f64().unwrap_or(f64::NAN),
+                        p[1].as_str()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(f64::NAN),
+                    )
+                })
+                .collect();
+            (format!("{labels:?}"), pts)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn query_at(base: &str, q: &str, args: &str) -> Result {
+    let (code, body) = get(&format!("{base}/api/v1/query?query={}&{args}", enc(q))).expect("query");
+    assert_eq!(code, 200, "{base}: {body}");
+    parse_result(&body)
+}
+
+fn query_at_range(base: &str, q: &str, args: &str) -> Result {
+    let (code, body) = get(&format!(
+        "{base}/api/v1/query_range?query={}&{args}",
+        enc(q)
+    ))
+    .expect("query_range");
+    assert_eq!(code, 200, "{base}: {body}");
+    parse_result(&body)
+}
+
+fn assert_same(q: &str, a: &Result, b: &Result) {
+    let la: Vec<&String> = a.iter().map(|x| &x.0).collect();
+    let lb: Vec<&String> = b.iter().map(|x| &x.0).collect();
+    assert_eq!(la, lb, "{q}: series differ");
+    assert!(!a.is_empty(), "{q}: no result");
+    for ((l, pa), (_, pb)) in a.iter().zip(b) {
+        assert_eq!(
+            pa.len(),
+            pb.len(),
+            "{q} {l}: points differ: {pa:?} vs {pb:?}"
+        );
+        for ((ta, va), (tb, vb)) in pa.iter().zip(pb) {
+            assert_eq!(ta, tb, "{q} {l}");
+            let tol = 1e-9 * va.abs().max(vb.abs()).max(1.0);
+            assert!(
+                (va - vb).abs() <= tol || (va.is_nan() && vb.is_nan()),
+                "{q} {l} at {ta}: aggregator {va}, prometheus {vb}"
+            );
+        }
+    }
 }
