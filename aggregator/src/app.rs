@@ -23,6 +23,7 @@ type LabelSet = Vec<(String, String)>;
 #[derive(Clone)]
 pub struct Metrics {
     pub write_requests: Family<LabelSet, Counter>,
+    pub write_refused: Family<LabelSet, Counter>,
     pub samples_ingested: Counter,
     pub samples_dropped: Family<LabelSet, Counter>,
     pub series: Gauge,
@@ -35,6 +36,7 @@ impl Metrics {
     pub fn register(r: &mut Registry) -> Metrics {
         let m = Metrics {
             write_requests: Family::default(),
+            write_refused: Family::default(),
             samples_ingested: Counter::default(),
             samples_dropped: Family::default(),
             series: Gauge::default(),
@@ -46,6 +48,11 @@ impl Metrics {
             "vigil_aggregator_write_requests",
             "Remote-write requests by HTTP status",
             m.write_requests.clone(),
+        );
+        r.register(
+            "vigil_aggregator_write_refused",
+            "Remote-write requests refused by a limit, by limit",
+            m.write_refused.clone(),
         );
         r.register(
             "vigil_aggregator_samples_ingested",

@@ -38,6 +38,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Most active series held; pushes that would add more are refused with 429.
     pub max_series: usize,
+    /// Per request: series, labels per series, label name and value length (413 over them).
+    pub max_series_per_request: usize,
+    pub max_labels_per_series: usize,
+    pub max_label_name_length: usize,
+    pub max_label_value_length: usize,
 }
 
 impl Default for Config {
@@ -62,6 +67,10 @@ impl Default for Config {
             receivers: vec![],
             max_body_bytes: 32 << 20,
             max_series: 2_000_000,
+            max_series_per_request: 100_000,
+            max_labels_per_series: 64,
+            max_label_name_length: 256,
+            max_label_value_length: 4096,
         }
     }
 }
@@ -120,11 +129,22 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
                 Err(e) => doc.error_at(n.span.start, format!("server.max_body_size: {e}")),
             }
         }
-        if let Some(n) = s.int(&mut doc, "max_series") {
-            if n.value > 0 {
-                c.max_series = n.value as usize;
-            } else {
-                doc.error_at(n.span.start, "server.max_series: must be greater than zero");
+        for (key, slot) in [
+            ("max_series", &mut c.max_series),
+            ("max_series_per_request", &mut c.max_series_per_request),
+            ("max_labels_per_series", &mut c.max_labels_per_series),
+            ("max_label_name_length", &mut c.max_label_name_length),
+            ("max_label_value_length", &mut c.max_label_value_length),
+        ] {
+            if let Some(n) = s.int(&mut doc, key) {
+                if n.value > 0 {
+                    *slot = n.value as usize;
+                } else {
+                    doc.error_at(
+                        n.span.start,
+                        format!("server.{key}: must be greater than zero"),
+                    );
+                }
             }
         }
         s.finish(&mut doc);

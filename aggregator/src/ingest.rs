@@ -55,8 +55,49 @@ fn handle(app: &App, auth_header: Option<&str>, body: &Bytes) -> (StatusCode, St
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     // Validate everything before storing anything: a malformed request changes nothing.
+    let c = &app.cfg;
+    let refuse = |reason: &str, msg: String| {
+        app.metrics
+            .write_refused
+            .get_or_create(&vec![("reason".into(), reason.to_string())])
+            .inc();
+        (StatusCode::PAYLOAD_TOO_LARGE, msg)
+    };
+    if req.timeseries.len() > c.max_series_per_request {
+        return refuse(
+            "series_per_request",
+            format!(
+                "{} series in one request, limit {}\n",
+                req.timeseries.len(),
+                c.max_series_per_request
+            ),
+        );
+    }
     let mut series = Vec::with_capacity(req.timeseries.len());
     for (i, ts) in req.timeseries.iter().enumerate() {
+        if ts.labels.len() > c.max_labels_per_series {
+            return refuse(
+                "labels_per_series",
+                format!(
+                    "series {i}: {} labels, limit {}\n",
+                    ts.labels.len(),
+                    c.max_labels_per_series
+                ),
+            );
+        }
+        if let Some(l) = ts.labels.iter().find(|l| {
+            l.name.len() > c.max_label_name_length || l.value.len() > c.max_label_value_length
+        }) {
+            return refuse(
+                "label_length",
+                format!(
+                    "series {i}: label {:?} longer than the limits ({} / {} bytes)\n",
+                    l.name.chars().take(64).collect::<String>(),
+                    c.max_label_name_length,
+                    c.max_label_value_length
+                ),
+            );
+        }
         match ts.validated_labels() {
             Ok(l) => series.push(l),
             Err(e) => return (StatusCode::BAD_REQUEST, format!("series {i}: {e}\n")),
@@ -73,6 +114,10 @@ fn handle(app: &App, auth_header: Option<&str>, body: &Bytes) -> (StatusCode, St
                 dropped[2] += st.duplicates;
             }
             Err(e) => {
+                app.metrics
+                    .write_refused
+                    .get_or_create(&vec![("reason".into(), "active_series".into())])
+                    .inc();
                 return (
                     StatusCode::TOO_MANY_REQUESTS,
                     format!("{e}; series already stored were kept\n"),

@@ -141,8 +141,8 @@ fn bad_writes_are_refused_and_the_aggregator_keeps_serving() {
         dir.path(),
         port,
         "/nonexistent/*.toml",
-        &format!(
-            "auth_token_file = \"{}\"\nmax_body_size = \"1MiB\"",
+                &format!(
+            "auth_token_file = \"{}\"\nmax_body_size = \"1MiB\"\nmax_series = 3\nmax_series_per_request = 3\nmax_labels_per_series = 4",
             dir.path().join("token").display()
         ),
     );
@@ -263,6 +263,45 @@ fn bad_writes_are_refused_and_the_aggregator_keeps_serving() {
     ));
     let m = prom_query(&format!("http://127.0.0.1:{port}"), "m");
     assert_eq!(m.len(), 1);
+    // Limits: series per request and labels per series (413), active series (429).
+    let many = |n: usize, prefix: &str| WriteRequest {
+        timeseries: (0..n)
+            .map(|i| {
+                TimeSeries::new(
+                    &Labels::from_pairs([("__name__", format!("{prefix}{i}"))]),
+                    &[Sample::new(now_ms, 1.0)],
+                )
+            })
+            .collect(),
+        metadata: vec![],
+    };
+    assert_eq!(
+        post(&url, &auth, &many(4, "n").encode_snappy())
+            .expect("post")
+            .0,
+        413,
+        "series per request"
+    );
+    let wide = WriteRequest {
+        timeseries: vec![TimeSeries::new(
+            &Labels::from_pairs([
+                ("__name__", "w"),
+                ("a", "1"),
+                ("b", "1"),
+                ("c", "1"),
+                ("d", "1"),
+            ]),
+            &[Sample::new(now_ms, 1.0)],
+        )],
+        metadata: vec![],
+    };
+    assert_eq!(
+        post(&url, &auth, &wide.encode_snappy()).expect("post").0,
+        413,
+        "labels per series"
+    );
+    let (code, _) = post(&url, &auth, &many(2, "new").encode_snappy()).expect("post");
+    assert_eq!(code, 429, "active series limit (2 stored + 2 new > 3)");
 }
 
 #[test]
