@@ -465,6 +465,27 @@ async fn route(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resp {
         (&Method::GET, "/api/v1/alerts") => json_ok(alerts_json(&app)),
         (&Method::GET, "/api/v1/scaling") => json_ok(scaling_json(&app)),
         (&Method::GET, "/api/v1/instances") => json_ok(instances_json(&app)),
+        (&Method::GET, "/api/v1/decisions") => {
+            // Vigil's own: the persisted decision history (alerts, scaling, replacement), newest
+            // first; it survives restarts.
+            let items = app
+                .db
+                .as_ref()
+                .map(|db| db.lock().unwrap_or_else(|p| p.into_inner()).recent(200))
+                .transpose()
+                .map(|o| o.unwrap_or_default());
+            match items {
+                Ok(v) => json_ok(json!(v
+                    .into_iter()
+                    .map(|(_, _, body)| body)
+                    .collect::<Vec<_>>())),
+                Err(e) => json_err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    &e.to_string(),
+                ),
+            }
+        }
         (&Method::GET, "/api/v1/status/buildinfo") => json_ok(
             json!({"version": env!("CARGO_PKG_VERSION"), "application": "vigil-aggregator"}),
         ),

@@ -110,6 +110,9 @@ pub struct App {
     pub metrics: Metrics,
     pub ready: AtomicBool,
     pub last_reload_error: Mutex<Option<String>>,
+    /// Persistence (None only when the state directory could not be opened and running without
+    /// it was chosen: the embedded default).
+    pub db: Option<Mutex<crate::state::Db>>,
 }
 
 /// Loads every rule file the config names; all-or-nothing.
@@ -135,7 +138,7 @@ pub fn load_rules(cfg: &Config) -> Result<RuleSet, String> {
 }
 
 impl App {
-    pub fn new(cfg: Config, rules: RuleSet) -> Result<App, String> {
+    pub fn new(cfg: Config, rules: RuleSet, db: Option<crate::state::Db>) -> Result<App, String> {
         let token = match &cfg.auth_token_file {
             Some(p) => {
                 let t = std::fs::read_to_string(p)
@@ -155,7 +158,30 @@ impl App {
             ..EngineOpts::default()
         });
         let rules = Arc::new(rules);
-        let sim = Simulation::new(rules.clone(), engine.clone());
+        let mut sim = Simulation::new(rules.clone(), engine.clone());
+        if let Some(d) = &db {
+            match d.load() {
+                Ok(Some((state, capacity))) => {
+                    let firing = state
+                        .alerts
+                        .values()
+                        .flat_map(|r| r.active.values())
+                        .filter(|a| a.state == vigil_rules::alerting::AlertState::Firing)
+                        .count();
+                    tracing::info!(
+                        firing_alerts = firing,
+                        groups = capacity.len(),
+                        "evaluation state restored"
+                    );
+                    sim.state = state;
+                    for (asg, n) in capacity {
+                        sim.capacity.insert(asg, n);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
         Ok(App {
             store: Store::new(cfg.retention_ms, cfg.max_series),
             engine,
@@ -171,6 +197,7 @@ impl App {
             metrics,
             ready: AtomicBool::new(false),
             last_reload_error: Mutex::new(None),
+            db: db.map(Mutex::new),
             cfg,
         })
     }

@@ -27,6 +27,26 @@ pub fn evaluate(app: &App, ts: i64) {
         now_ms: now_ms(),
     };
     let events = ev.sim.step(&mut sink, 0, ts);
+    let mut history: Vec<(i64, &str, serde_json::Value)> = Vec::new();
+    for e in &events {
+        let kind = match e {
+            Event::Alert(_) => "alert",
+            Event::Scaling(_) => "scaling",
+            Event::Replace(_) => "replace",
+            Event::RuleError { .. } => continue,
+        };
+        history.push((ts, kind, vigil_rules::replay::event_json(e)));
+    }
+    if let Some(db) = &app.db {
+        let db = db.lock().unwrap_or_else(|p| p.into_inner());
+        // Saved before anything is acted on: a restart never repeats or forgets a decision.
+        if let Err(e) = db
+            .save(ts, &ev.sim.state, &ev.sim.capacity)
+            .and_then(|_| db.record(ts, &history, 7 * 86_400_000))
+        {
+            tracing::error!(error = %e, "cannot persist the evaluation state");
+        }
+    }
     for e in events {
         let line = event_text(&e);
         match &e {

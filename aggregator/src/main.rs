@@ -9,6 +9,7 @@ mod app;
 mod config;
 mod engine;
 mod ingest;
+mod state;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -97,7 +98,26 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let app = match app::App::new(cfg, rules) {
+    let db = match state::Db::open(&cfg.state_dir) {
+        Ok(d) => Some(d),
+        Err(e) if args.config.is_none() && !Path::new(DEFAULT_CONFIG).exists() => {
+            // The embedded default, run by someone who cannot write /var/lib/vigil.
+            let dir = std::env::temp_dir().join("vigil-aggregator-state");
+            tracing::warn!(error = %e, fallback = %dir.display(), "state directory unusable; using the fallback");
+            match state::Db::open(&dir) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    eprintln!("vigil-aggregator: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("vigil-aggregator: {}: {e}", cfg.state_dir.display());
+            return ExitCode::from(1);
+        }
+    };
+    let app = match app::App::new(cfg, rules, db) {
         Ok(a) => Arc::new(a),
         Err(e) => {
             eprintln!("vigil-aggregator: {e}");

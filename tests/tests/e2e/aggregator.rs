@@ -508,3 +508,66 @@ fn assert_same(q: &str, a: &Result, b: &Result) {
         }
     }
 }
+
+#[test]
+fn kill_9_keeps_firing_alerts_and_cooldowns() {
+    let dir = tempdir("agg-kill");
+    let port = free_port();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[group]]\nname = \"g\"\n[[group.alert]]\nalert = \"AlwaysFiring\"\nexpr = \"vector(1)\"\n\n[[scaling]]\nname = \"p\"\nasg = \"web\"\nmin = 1\nmax = 10\nexpr = \"vector(2)\"\ntarget = 1\nscale_out_cooldown = \"1h\"\n",
+    )
+    .expect("write");
+    let cfg = write_config(dir.path(), port, &rules.display().to_string(), "");
+    let base = format!("http://127.0.0.1:{port}");
+    let read = |base: &str| {
+        let (_, alerts) = get(&format!("{base}/api/v1/alerts")).expect("alerts");
+        let (_, scaling) = get(&format!("{base}/api/v1/scaling")).expect("scaling");
+        let a: serde_json::Value = serde_json::from_str(&alerts).expect("json");
+        let s: serde_json::Value = serde_json::from_str(&scaling).expect("json");
+        (
+            a["data"]["alerts"][0]["activeAt"]
+                .as_str()
+                .map(str::to_string),
+            s["data"]["policies"][0]["current"].as_u64(),
+        )
+    };
+    let agg = start(dir.path(), &cfg, port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (since, cap) = loop {
+        let r = read(&base);
+        if r.0.is_some() && r.1 == Some(2) {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no firing alert or scale-out: {r:?}\n{}",
+            agg.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    agg.signal("KILL");
+    drop(agg);
+    let agg = start(dir.path(), &cfg, port);
+    std::thread::sleep(Duration::from_secs(3));
+    let (since2, cap2) = read(&base);
+    assert_eq!(
+        since2,
+        since,
+        "the alert keeps its original start time\n{}",
+        agg.log_text()
+    );
+    assert_eq!(
+        cap2, cap,
+        "the scale-out cooldown is remembered: no second scale-out"
+    );
+    let (_, decisions) = get(&format!("{base}/api/v1/decisions")).expect("decisions");
+    assert!(decisions.contains("\"kind\":\"scaling\""), "{decisions}");
+    assert!(
+        agg.log_text().contains("evaluation state restored"),
+        "{}",
+        agg.log_text()
+    );
+}

@@ -1,0 +1,366 @@
+//! Persistence in `[storage].state_dir` (SQLite, bundled): the evaluation state — alert states
+//! with their active-since times, scaling cooldowns and stabilization history, replacement state,
+//! simulated capacities — saved after every evaluation, and the decision history appended as it
+//! is made. After `kill -9` and a restart, a firing alert is still firing with its original start
+//! time and no cooldown is forgotten.
+//!
+//! The snapshot is one JSON document in one row, replaced in a transaction: the state is small
+//! (one entry per active alert and policy), and a single atomic write keeps it consistent.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+
+use rusqlite::{params, Connection};
+use serde_json::{json, Value as Json};
+use vigil_rules::alerting::{Alert, AlertState, RuleState};
+use vigil_rules::evaluator::{AlertKey, State};
+use vigil_rules::replace::ReplaceState;
+use vigil_rules::scaling::{GroupState, PolicyState};
+use vigil_wire::Labels;
+
+pub struct Db {
+    conn: Connection,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("state snapshot: {0}")]
+    Json(String),
+}
+
+impl Db {
+    pub fn open(dir: &Path) -> Result<Db, StateError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StateError::Json(format!("{}: {e}", dir.display())))?;
+        let conn = Connection::open(dir.join("vigil.db"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL, state TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS decisions (at INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);",
+        )?;
+        Ok(Db { conn })
+    }
+
+    pub fn save(
+        &self,
+        at: i64,
+        state: &State,
+        capacity: &BTreeMap<String, u32>,
+    ) -> Result<(), StateError> {
+        let doc = json!({"state": state_json(state), "capacity": capacity});
+        self.conn.execute(
+            "INSERT INTO snapshot (id, at, state) VALUES (1, ?1, ?2) ON CONFLICT(id) DO UPDATE SET at = excluded.at, state = excluded.state",
+            params![at, doc.to_string()],
+        )?;
+        Ok(())
+    }
+
+    pub fn load(&self) -> Result<Option<(State, BTreeMap<String, u32>)>, StateError> {
+        let row: Option<String> = self
+            .conn
+            .query_row("SELECT state FROM snapshot WHERE id = 1", [], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| {
+                if matches!(e, rusqlite::Error::QueryReturnedNoRows) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            })?;
+        let Some(text) = row else { return Ok(None) };
+        let doc: Json = serde_json::from_str(&text).map_err(|e| StateError::Json(e.to_string()))?;
+        let state = state_from_json(&doc["state"])
+            .ok_or_else(|| StateError::Json("unreadable state".into()))?;
+        let capacity = doc["capacity"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_u64().map(|n| (k.clone(), n as u32)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some((state, capacity)))
+    }
+
+    /// Appends decisions and trims the history to `keep_ms` back from `now`.
+    pub fn record(
+        &self,
+        now: i64,
+        items: &[(i64, &str, Json)],
+        keep_ms: i64,
+    ) -> Result<(), StateError> {
+        for (at, kind, body) in items {
+            self.conn.execute(
+                "INSERT INTO decisions (at, kind, body) VALUES (?1, ?2, ?3)",
+                params![at, kind, body.to_string()],
+            )?;
+        }
+        self.conn.execute(
+            "DELETE FROM decisions WHERE at < ?1",
+            params![now - keep_ms],
+        )?;
+        Ok(())
+    }
+
+    /// The most recent decisions, newest first.
+    pub fn recent(&self, limit: usize) -> Result<Vec<(i64, String, Json)>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT at, kind, body FROM decisions ORDER BY at DESC, rowid DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (at, kind, body) = r?;
+            out.push((at, kind, serde_json::from_str(&body).unwrap_or(Json::Null)));
+        }
+        Ok(out)
+    }
+}
+
+fn labels_json(l: &Labels) -> Json {
+    Json::Object(
+        l.iter()
+            .map(|x| (x.name.to_string(), json!(x.value)))
+            .collect(),
+    )
+}
+
+fn labels_from(v: &Json) -> Option<Labels> {
+    let m = v.as_object()?;
+    Some(Labels::from_pairs(
+        m.iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or(""))),
+    ))
+}
+
+fn state_name(s: AlertState) -> &'static str {
+    s.as_str()
+}
+
+fn state_from(s: &str) -> Option<AlertState> {
+    Some(match s {
+        "inactive" => AlertState::Inactive,
+        "pending" => AlertState::Pending,
+        "firing" => AlertState::Firing,
+        _ => return None,
+    })
+}
+
+/// A float as JSON (NaN and infinities as strings).
+fn f(v: f64) -> Json {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        json!(vigil_rules::gofmt::shortest_g(v))
+    }
+}
+
+fn f_from(v: &Json) -> f64 {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(vigil_wire::text::parse_float))
+        .unwrap_or(f64::NAN)
+}
+
+pub fn state_json(s: &State) -> Json {
+    let alerts: Vec<Json> = s
+        .alerts
+        .iter()
+        .filter(|(_, rs)| !rs.active.is_empty())
+        .map(|(k, rs)| {
+            json!({
+                "key": {"file": k.file, "group": k.group, "alert": k.alert, "expr": k.expr, "for_ms": k.for_ms, "labels": k.labels},
+                "active": rs.active.values().map(|a| json!({
+                    "labels": labels_json(&a.labels), "annotations": a.annotations, "value": f(a.value), "state": state_name(a.state),
+                    "active_at": a.active_at, "fired_at": a.fired_at, "resolved_at": a.resolved_at, "keep_firing_since": a.keep_firing_since,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let policies: BTreeMap<&String, Json> = s
+        .policies
+        .iter()
+        .map(|(k, p)| (k, json!(p.history.iter().collect::<Vec<_>>())))
+        .collect();
+    let groups: BTreeMap<&String, Json> = s
+        .groups
+        .iter()
+        .map(|(k, g)| {
+            (
+                k,
+                json!({"last_scale_out": g.last_scale_out, "last_scale_in": g.last_scale_in}),
+            )
+        })
+        .collect();
+    let replace: BTreeMap<&String, Json> = s
+        .replace
+        .iter()
+        .map(|(k, r)| (k, json!({"unhealthy_since": r.unhealthy_since, "replaced": r.replaced, "done": r.done, "failing_open": r.failing_open})))
+        .collect();
+    json!({"alerts": alerts, "policies": policies, "groups": groups, "replace": replace})
+}
+
+pub fn state_from_json(v: &Json) -> Option<State> {
+    let mut s = State::default();
+    for a in v["alerts"].as_array()? {
+        let k = &a["key"];
+        let key = AlertKey {
+            file: k["file"].as_str()?.into(),
+            group: k["group"].as_str()?.into(),
+            alert: k["alert"].as_str()?.into(),
+            expr: k["expr"].as_str()?.into(),
+            for_ms: k["for_ms"].as_i64()?,
+            labels: k["labels"].as_str()?.into(),
+        };
+        let mut rs = RuleState::default();
+        for x in a["active"].as_array()? {
+            let labels = labels_from(&x["labels"])?;
+            let alert = Alert {
+                labels: labels.clone(),
+                annotations: x["annotations"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                value: f_from(&x["value"]),
+                state: state_from(x["state"].as_str()?)?,
+                active_at: x["active_at"].as_i64()?,
+                fired_at: x["fired_at"].as_i64(),
+                resolved_at: x["resolved_at"].as_i64(),
+                keep_firing_since: x["keep_firing_since"].as_i64(),
+            };
+            rs.active.insert(labels, alert);
+        }
+        s.alerts.insert(key, rs);
+    }
+    for (k, h) in v["policies"].as_object()? {
+        let history: VecDeque<(i64, u32)> = h
+            .as_array()?
+            .iter()
+            .filter_map(|p| Some((p[0].as_i64()?, p[1].as_u64()? as u32)))
+            .collect();
+        s.policies.insert(k.clone(), PolicyState { history });
+    }
+    for (k, g) in v["groups"].as_object()? {
+        s.groups.insert(
+            k.clone(),
+            GroupState {
+                last_scale_out: g["last_scale_out"].as_i64(),
+                last_scale_in: g["last_scale_in"].as_i64(),
+            },
+        );
+    }
+    for (k, r) in v["replace"].as_object()? {
+        let map = |x: &Json| -> BTreeMap<String, i64> {
+            x.as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_i64()?)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        s.replace.insert(
+            k.clone(),
+            ReplaceState {
+                unhealthy_since: map(&r["unhealthy_since"]),
+                replaced: r["replaced"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| Some((p[0].as_i64()?, p[1].as_str()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                done: map(&r["done"]),
+                failing_open: r["failing_open"].as_bool().unwrap_or(false),
+            },
+        );
+    }
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_round_trip_through_sqlite() {
+        let dir = std::env::temp_dir().join(format!("vigil-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = Db::open(&dir).unwrap();
+        assert!(db.load().unwrap().is_none());
+        let mut s = State::default();
+        let key = AlertKey {
+            file: "f".into(),
+            group: "g".into(),
+            alert: "A".into(),
+            expr: "up == 0".into(),
+            for_ms: 60_000,
+            labels: "[]".into(),
+        };
+        let labels = Labels::from_pairs([("alertname", "A"), ("instance", "i-1")]);
+        let mut rs = RuleState::default();
+        rs.active.insert(
+            labels.clone(),
+            Alert {
+                labels,
+                annotations: [("summary".to_string(), "x".to_string())].into(),
+                value: f64::NAN,
+                state: AlertState::Firing,
+                active_at: 1000,
+                fired_at: Some(61_000),
+                resolved_at: None,
+                keep_firing_since: None,
+            },
+        );
+        s.alerts.insert(key.clone(), rs);
+        s.groups.insert(
+            "web".into(),
+            GroupState {
+                last_scale_out: Some(5),
+                last_scale_in: None,
+            },
+        );
+        s.policies.insert(
+            "cpu".into(),
+            PolicyState {
+                history: [(1, 4u32), (2, 6)].into(),
+            },
+        );
+        let mut r = ReplaceState::default();
+        r.replaced.push_back((7, "i-9".into()));
+        r.failing_open = true;
+        s.replace.insert("rep".into(), r);
+        let cap = BTreeMap::from([("web".to_string(), 6u32)]);
+        db.save(100, &s, &cap).unwrap();
+        db.save(200, &s, &cap).unwrap();
+        let (back, cap2) = Db::open(&dir).unwrap().load().unwrap().unwrap();
+        assert_eq!(cap2, cap);
+        let a = back.alerts[&key].active.values().next().unwrap();
+        assert_eq!(
+            (a.state, a.active_at, a.fired_at),
+            (AlertState::Firing, 1000, Some(61_000))
+        );
+        assert!(a.value.is_nan());
+        assert_eq!(back.groups["web"], s.groups["web"]);
+        assert_eq!(back.policies["cpu"], s.policies["cpu"]);
+        assert_eq!(back.replace["rep"], s.replace["rep"]);
+        db.record(300, &[(300, "scaling", json!({"asg": "web"}))], 1000)
+            .unwrap();
+        assert_eq!(db.recent(10).unwrap()[0].1, "scaling");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
