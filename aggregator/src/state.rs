@@ -18,6 +18,9 @@ use vigil_rules::replace::ReplaceState;
 use vigil_rules::scaling::{GroupState, PolicyState};
 use vigil_wire::Labels;
 
+/// The evaluation state and the simulated capacity of each group.
+pub type Snapshot = (State, BTreeMap<String, u32>);
+
 pub struct Db {
     conn: Connection,
 }
@@ -59,7 +62,7 @@ impl Db {
         Ok(())
     }
 
-    pub fn load(&self) -> Result<Option<(State, BTreeMap<String, u32>)>, StateError> {
+    pub fn load(&self) -> Result<Option<Snapshot>, StateError> {
         let row: Option<String> = self
             .conn
             .query_row("SELECT state FROM snapshot WHERE id = 1", [], |r| r.get(0))
