@@ -27,6 +27,7 @@ pub struct Metrics {
     pub samples_ingested: Counter,
     pub samples_dropped: Family<LabelSet, Counter>,
     pub series: Gauge,
+    pub chunk_bytes: Gauge,
     pub rule_evaluation_failures: Counter,
     pub reloads: Family<LabelSet, Counter>,
     pub decisions: Family<LabelSet, Counter>,
@@ -40,6 +41,7 @@ impl Metrics {
             samples_ingested: Counter::default(),
             samples_dropped: Family::default(),
             series: Gauge::default(),
+            chunk_bytes: Gauge::default(),
             rule_evaluation_failures: Counter::default(),
             reloads: Family::default(),
             decisions: Family::default(),
@@ -68,6 +70,11 @@ impl Metrics {
             "vigil_aggregator_series",
             "Series in the window",
             m.series.clone(),
+        );
+        r.register(
+            "vigil_aggregator_chunk_bytes",
+            "Bytes of compressed samples in the window",
+            m.chunk_bytes.clone(),
         );
         r.register(
             "vigil_aggregator_rule_evaluation_failures",

@@ -109,6 +109,7 @@ pub async fn run(app: Arc<App>) {
             last_compact = now_ms();
         }
         app.metrics.series.set(app.store.series_count() as i64);
+        app.metrics.chunk_bytes.set(app.store.chunk_bytes() as i64);
         tracing::trace!(at = %format_timestamp_ms(next), "evaluated");
     }
 }

@@ -2,22 +2,53 @@
 //! name for the selectors rules use. Out-of-order and too-old samples are dropped and counted,
 //! never stored wrongly.
 //!
-//! First cut: samples are kept as plain `(timestamp, value)` pairs; Gorilla compression and a full
-//! inverted index are the next steps for the window (see the aggregator issue).
+//! Samples are kept in Gorilla-compressed chunks ([`chunk`]): about a byte and a half per sample
+//! for steady series instead of sixteen.
+
+pub mod chunk;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use vigil_rules::evaluator::RuleStorage;
-use vigil_rules::promql::storage::{matches_all, partition_point_from_end, MatchOp, Matcher};
+use vigil_rules::promql::storage::{matches_all, MatchOp, Matcher};
 use vigil_rules::promql::{SeriesData, Storage};
 use vigil_wire::{Labels, Sample, METRIC_NAME};
 
 struct Series {
     labels: Labels,
-    samples: VecDeque<Sample>,
+    chunks: VecDeque<chunk::Chunk>,
+    /// The newest sample (appends must be newer).
+    last: Option<Sample>,
     /// When a sample last arrived (wall clock ms), for instance liveness.
     last_push_ms: i64,
+}
+
+impl Series {
+    fn push(&mut self, s: Sample) {
+        if self.chunks.back().is_none_or(|c| c.is_full()) {
+            self.chunks.push_back(chunk::Chunk::default());
+        }
+        if let Some(c) = self.chunks.back_mut() {
+            c.push(s);
+        }
+        self.last = Some(s);
+    }
+
+    /// Samples with timestamps in `[mint, maxt]`, oldest first.
+    fn range(&self, mint: i64, maxt: i64) -> Vec<Sample> {
+        let mut out = Vec::new();
+        for c in &self.chunks {
+            if c.last_t() < mint || c.first_t() > maxt {
+                continue;
+            }
+            out.extend(
+                c.iter()
+                    .filter(|s| s.timestamp_ms >= mint && s.timestamp_ms <= maxt),
+            );
+        }
+        out
+    }
 }
 
 #[derive(Default)]
@@ -79,7 +110,8 @@ impl Store {
                 }
                 let s = Series {
                     labels: labels.clone(),
-                    samples: VecDeque::new(),
+                    chunks: VecDeque::new(),
+                    last: None,
                     last_push_ms: now_ms,
                 };
                 let id = match g.free.pop() {
@@ -109,7 +141,7 @@ impl Store {
                     st.too_old += 1;
                     continue;
                 }
-                match s.samples.back() {
+                match s.last {
                     Some(last) if last.timestamp_ms == smp.timestamp_ms => {
                         if last.value.to_bits() == smp.value.to_bits() {
                             st.duplicates += 1;
@@ -124,7 +156,7 @@ impl Store {
                     }
                     _ => {}
                 }
-                s.samples.push_back(smp);
+                s.push(smp);
                 added += 1;
             }
         }
@@ -141,11 +173,11 @@ impl Store {
         let mut emptied = Vec::new();
         for (id, slot) in g.series.iter_mut().enumerate() {
             if let Some(s) = slot {
-                while s.samples.front().is_some_and(|x| x.timestamp_ms < oldest) {
-                    s.samples.pop_front();
-                    removed += 1;
+                // Whole chunks go once their newest sample is past the retention.
+                while s.chunks.front().is_some_and(|c| c.last_t() < oldest) {
+                    removed += s.chunks.pop_front().map_or(0, |c| c.len());
                 }
-                if s.samples.is_empty() {
+                if s.chunks.is_empty() {
                     emptied.push(id);
                 }
             }
@@ -172,6 +204,16 @@ impl Store {
 
     pub fn sample_count(&self) -> usize {
         self.lock().samples
+    }
+
+    /// Approximate heap bytes held by samples (compressed chunks).
+    pub fn chunk_bytes(&self) -> usize {
+        self.lock()
+            .series
+            .iter()
+            .flatten()
+            .map(|s| s.chunks.iter().map(|c| c.bytes()).sum::<usize>())
+            .sum()
     }
 
     /// Label sets matching the matchers with a sample in `[mint, maxt]`.
@@ -240,20 +282,11 @@ impl Storage for Store {
             if !matches_all(&s.labels, matchers) {
                 continue;
             }
-            let (a, b) = s.samples.as_slices();
-            let all: Vec<Sample>;
-            let slice: &[Sample] = if b.is_empty() {
-                a
-            } else {
-                all = s.samples.iter().copied().collect();
-                &all
-            };
-            let hi = partition_point_from_end(slice, |x| x.timestamp_ms <= maxt);
-            let lo = partition_point_from_end(&slice[..hi], |x| x.timestamp_ms < mint);
-            if lo < hi {
+            let samples = s.range(mint, maxt);
+            if !samples.is_empty() {
                 out.push(SeriesData {
                     labels: s.labels.clone(),
-                    samples: slice[lo..hi].to_vec(),
+                    samples,
                 });
             }
         }
