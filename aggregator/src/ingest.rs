@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use hyper::StatusCode;
-use vigil_wire::remote_write::{DecodeError, WriteRequest};
+use vigil_wire::remote_write::{self, DecodeError};
 
 use crate::app::App;
 use crate::engine::now_ms;
@@ -44,7 +44,7 @@ fn handle(app: &App, auth_header: Option<&str>, body: &Bytes) -> (StatusCode, St
             "missing or wrong bearer token\n".into(),
         );
     }
-    let req = match WriteRequest::decode_snappy(body, app.cfg.max_body_bytes) {
+    let raw = match remote_write::decompress(body, app.cfg.max_body_bytes) {
         Ok(r) => r,
         Err(DecodeError::TooLarge { size, limit }) => {
             return (
@@ -54,77 +54,121 @@ fn handle(app: &App, auth_header: Option<&str>, body: &Bytes) -> (StatusCode, St
         }
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    // Validate everything before storing anything: a malformed request changes nothing.
+    // Pass 1: validate everything before storing anything (a malformed request changes nothing).
     let c = &app.cfg;
-    let refuse = |reason: &str, msg: String| {
-        app.metrics
-            .write_refused
-            .get_or_create(&vec![("reason".into(), reason.to_string())])
-            .inc();
-        (StatusCode::PAYLOAD_TOO_LARGE, msg)
-    };
-    if req.timeseries.len() > c.max_series_per_request {
-        return refuse(
-            "series_per_request",
-            format!(
-                "{} series in one request, limit {}\n",
-                req.timeseries.len(),
-                c.max_series_per_request
-            ),
-        );
-    }
-    let mut series = Vec::with_capacity(req.timeseries.len());
-    for (i, ts) in req.timeseries.iter().enumerate() {
-        if ts.labels.len() > c.max_labels_per_series {
-            return refuse(
-                "labels_per_series",
-                format!(
-                    "series {i}: {} labels, limit {}\n",
-                    ts.labels.len(),
-                    c.max_labels_per_series
-                ),
-            );
-        }
-        if let Some(l) = ts.labels.iter().find(|l| {
-            l.name.len() > c.max_label_name_length || l.value.len() > c.max_label_value_length
-        }) {
-            return refuse(
-                "label_length",
-                format!(
-                    "series {i}: label {:?} longer than the limits ({} / {} bytes)\n",
-                    l.name.chars().take(64).collect::<String>(),
-                    c.max_label_name_length,
-                    c.max_label_value_length
-                ),
-            );
-        }
-        match ts.validated_labels() {
-            Ok(l) => series.push(l),
-            Err(e) => return (StatusCode::BAD_REQUEST, format!("series {i}: {e}\n")),
-        }
-    }
-    let now = now_ms();
-    let mut dropped = [0usize; 3];
-    for (labels, ts) in series.iter().zip(&req.timeseries) {
-        match app.store.append(labels, ts.samples(), now) {
-            Ok(st) => {
-                app.metrics.samples_ingested.inc_by(st.accepted as u64);
-                dropped[0] += st.out_of_order;
-                dropped[1] += st.too_old;
-                dropped[2] += st.duplicates;
-            }
-            Err(e) => {
-                app.metrics
-                    .write_refused
-                    .get_or_create(&vec![("reason".into(), "active_series".into())])
-                    .inc();
-                return (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("{e}; series already stored were kept\n"),
+    let mut failure: Option<(StatusCode, &'static str, String)> = None;
+    let mut buf = String::with_capacity(256);
+    let mut count = 0usize;
+    let res =
+        remote_write::scan(&raw, |i, s| {
+            count += 1;
+            let mut fail = |status, reason, msg: String| {
+                failure = Some((status, reason, msg));
+                Err(String::new())
+            };
+            if count > c.max_series_per_request {
+                return fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "series_per_request",
+                    format!(
+                        "more than {} series in one request",
+                        c.max_series_per_request
+                    ),
                 );
             }
+            if s.labels.len() > c.max_labels_per_series {
+                return fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "labels_per_series",
+                    format!(
+                        "series {i}: {} labels, limit {}",
+                        s.labels.len(),
+                        c.max_labels_per_series
+                    ),
+                );
+            }
+            if let Some((n, _)) = s.labels.iter().find(|(n, v)| {
+                n.len() > c.max_label_name_length || v.len() > c.max_label_value_length
+            }) {
+                return fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "label_length",
+                    format!(
+                        "series {i}: label {:?} longer than the limits ({} / {} bytes)",
+                        n.chars().take(64).collect::<String>(),
+                        c.max_label_name_length,
+                        c.max_label_value_length
+                    ),
+                );
+            }
+            if let Some((n, _)) = s
+                .labels
+                .iter()
+                .find(|(n, _)| !vigil_wire::text::is_valid_label_name(n))
+            {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("series {i}: invalid label name {n:?}"),
+                );
+            }
+            if let Err(e) = vigil_wire::encode_sorted(&mut buf, s.labels.iter().copied()) {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("series {i}: {e}"),
+                );
+            }
+            if !s
+                .labels
+                .iter()
+                .any(|(n, v)| *n == vigil_wire::METRIC_NAME && !v.is_empty())
+            {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("series {i}: no __name__ label"),
+                );
+            }
+            Ok(())
+        });
+    if let Some((status, reason, msg)) = failure {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            app.metrics
+                .write_refused
+                .get_or_create(&vec![("reason".into(), reason.to_string())])
+                .inc();
         }
+        return (status, format!("{msg}\n"));
     }
+    if let Err(e) = res {
+        return (StatusCode::BAD_REQUEST, format!("protobuf: {e}\n"));
+    }
+    // Pass 2: store, holding the store once for the whole request.
+    let now = now_ms();
+    let mut dropped = [0usize; 3];
+    let mut accepted = 0usize;
+    let mut too_many = None;
+    {
+        let mut batch = app.store.batch();
+        let _ = remote_write::scan(&raw, |_, s| {
+            let _ = vigil_wire::encode_sorted(&mut buf, s.labels.iter().copied());
+            match batch.append(&buf, &s.samples, now) {
+                Ok(st) => {
+                    accepted += st.accepted;
+                    dropped[0] += st.out_of_order;
+                    dropped[1] += st.too_old;
+                    dropped[2] += st.duplicates;
+                    Ok(())
+                }
+                Err(e) => {
+                    too_many = Some(e);
+                    Err(String::new())
+                }
+            }
+        });
+    }
+    app.metrics.samples_ingested.inc_by(accepted as u64);
     for (reason, n) in ["out_of_order", "too_old", "duplicate"].iter().zip(dropped) {
         if n > 0 {
             app.metrics
@@ -132,6 +176,16 @@ fn handle(app: &App, auth_header: Option<&str>, body: &Bytes) -> (StatusCode, St
                 .get_or_create(&vec![("reason".into(), reason.to_string())])
                 .inc_by(n as u64);
         }
+    }
+    if let Some(e) = too_many {
+        app.metrics
+            .write_refused
+            .get_or_create(&vec![("reason".into(), "active_series".into())])
+            .inc();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{e}; series already stored were kept\n"),
+        );
     }
     (StatusCode::NO_CONTENT, String::new())
 }

@@ -219,6 +219,58 @@ impl Labels {
     }
 }
 
+/// Encodes label pairs that must arrive sorted by name with no duplicates (as remote-write
+/// requires) straight into `buf`, in the canonical form [`Labels`] holds — so a receiver can look
+/// a series up by `buf` without building a label set. Empty values are skipped (an empty value
+/// means "absent"). Errors name the first offending label.
+pub fn encode_sorted<'a>(
+    buf: &mut String,
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), String> {
+    buf.clear();
+    let mut prev: Option<&str> = None;
+    for (n, v) in pairs {
+        if let Some(p) = prev {
+            if p >= n {
+                return Err(format!("labels not sorted or duplicated at {n:?}"));
+            }
+        }
+        prev = Some(n);
+        if v.is_empty() {
+            continue;
+        }
+        put_len(buf, n.len());
+        buf.push_str(n);
+        put_len(buf, v.len());
+        buf.push_str(v);
+    }
+    Ok(())
+}
+
+impl Labels {
+    /// The canonical encoded text (what [`encode_sorted`] writes).
+    pub fn encoded(&self) -> &str {
+        self.text()
+    }
+
+    /// A label set from text [`encode_sorted`] produced.
+    pub fn from_encoded(text: &str) -> Labels {
+        if text.is_empty() {
+            Labels(None)
+        } else {
+            Labels(Some(Arc::from(text)))
+        }
+    }
+}
+
+/// Label sets hash and compare as their encoded text, so maps keyed by `Labels` can be searched
+/// with a `&str` from [`encode_sorted`].
+impl std::borrow::Borrow<str> for Labels {
+    fn borrow(&self) -> &str {
+        self.text()
+    }
+}
+
 impl PartialEq for Labels {
     fn eq(&self, other: &Self) -> bool {
         // The encoding is canonical, so equal sets have equal text.
@@ -385,6 +437,20 @@ mod tests {
         let c = Labels::from_pairs([("a", "2")]);
         let d = Labels::from_pairs([("aa", "0")]);
         assert!(Labels::empty() < a && a < b && b < c && c < d);
+    }
+
+    #[test]
+    fn encoded_form_matches_the_builder() {
+        let mut buf = String::new();
+        encode_sorted(&mut buf, [("__name__", "up"), ("a", ""), ("job", "x")]).unwrap();
+        let l = Labels::from_pairs([("__name__", "up"), ("job", "x")]);
+        assert_eq!(buf, l.encoded());
+        assert_eq!(Labels::from_encoded(&buf), l);
+        let mut m = std::collections::HashMap::new();
+        m.insert(l.clone(), 1);
+        assert_eq!(m.get(buf.as_str()), Some(&1));
+        assert!(encode_sorted(&mut buf, [("b", "1"), ("a", "1")]).is_err());
+        assert!(encode_sorted(&mut buf, [("a", "1"), ("a", "2")]).is_err());
     }
 
     #[test]

@@ -9,5 +9,5 @@ pub mod remote_write;
 pub mod sample;
 pub mod text;
 
-pub use labels::{Label, Labels, LabelsBuilder, METRIC_NAME};
+pub use labels::{encode_sorted, Label, Labels, LabelsBuilder, METRIC_NAME};
 pub use sample::{is_stale_nan, Sample, STALE_NAN};

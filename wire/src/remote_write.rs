@@ -155,6 +155,131 @@ pub fn encode_snappy_from<'a>(
         .unwrap_or_else(|e| panic!("snappy refuses a {} byte body: {e}", out.len()))
 }
 
+/// One series of a request as [`scan`] sees it: label pairs and samples borrowed from the body.
+pub struct SeriesRef<'a> {
+    pub labels: Vec<(&'a str, &'a str)>,
+    pub samples: Vec<Sample>,
+}
+
+fn varint(b: &[u8], pos: &mut usize) -> Result<u64, String> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*pos).ok_or("truncated varint")?;
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err("varint too long".into())
+}
+
+/// Reads one field header and, for length-delimited fields, its bytes; skips others.
+fn field<'a>(b: &'a [u8], pos: &mut usize) -> Result<(u64, u8, &'a [u8], u64), String> {
+    let key = varint(b, pos)?;
+    let (num, wire) = (key >> 3, (key & 7) as u8);
+    match wire {
+        0 => {
+            let v = varint(b, pos)?;
+            Ok((num, wire, &[], v))
+        }
+        1 => {
+            let bytes = b.get(*pos..*pos + 8).ok_or("truncated fixed64")?;
+            *pos += 8;
+            Ok((num, wire, bytes, 0))
+        }
+        2 => {
+            let len = varint(b, pos)? as usize;
+            let bytes = b
+                .get(*pos..pos.checked_add(len).ok_or("length overflow")?)
+                .ok_or("truncated field")?;
+            *pos += len;
+            Ok((num, wire, bytes, 0))
+        }
+        5 => {
+            let bytes = b.get(*pos..*pos + 4).ok_or("truncated fixed32")?;
+            *pos += 4;
+            Ok((num, wire, bytes, 0))
+        }
+        w => Err(format!("unsupported wire type {w}")),
+    }
+}
+
+/// Walks a decompressed `WriteRequest` without building it: calls `f` for each series with
+/// its labels and samples borrowed from `body`. Label strings must be UTF-8. This is the hot path
+/// of a receiver: no per-label allocation.
+pub fn scan<'a>(
+    body: &'a [u8],
+    mut f: impl FnMut(usize, &SeriesRef<'a>) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut pos = 0;
+    let mut index = 0;
+    let mut series = SeriesRef {
+        labels: Vec::with_capacity(16),
+        samples: Vec::with_capacity(4),
+    };
+    while pos < body.len() {
+        let (num, wire, ts, _) = field(body, &mut pos)?;
+        if num != 1 || wire != 2 {
+            continue; // metadata and unknown fields
+        }
+        series.labels.clear();
+        series.samples.clear();
+        let mut p = 0;
+        while p < ts.len() {
+            let (n, w, bytes, _) = field(ts, &mut p)?;
+            match (n, w) {
+                (1, 2) => {
+                    let (mut q, mut name, mut value) = (0, "", "");
+                    while q < bytes.len() {
+                        let (ln, lw, lb, _) = field(bytes, &mut q)?;
+                        let text = || {
+                            std::str::from_utf8(lb)
+                                .map_err(|_| format!("series {index}: label is not valid UTF-8"))
+                        };
+                        match (ln, lw) {
+                            (1, 2) => name = text()?,
+                            (2, 2) => value = text()?,
+                            _ => {}
+                        }
+                    }
+                    series.labels.push((name, value));
+                }
+                (2, 2) => {
+                    let (mut q, mut value, mut t) = (0, 0f64, 0i64);
+                    while q < bytes.len() {
+                        let (sn, sw, sb, sv) = field(bytes, &mut q)?;
+                        match (sn, sw) {
+                            (1, 1) => {
+                                value = f64::from_le_bytes(sb.try_into().map_err(|_| "bad double")?)
+                            }
+                            (2, 0) => t = sv as i64,
+                            _ => {}
+                        }
+                    }
+                    series.samples.push(Sample::new(t, value));
+                }
+                _ => {}
+            }
+        }
+        f(index, &series)?;
+        index += 1;
+    }
+    Ok(())
+}
+
+/// Decompresses a snappy body, refusing one that would exceed `max_decoded` bytes.
+pub fn decompress(body: &[u8], max_decoded: usize) -> Result<Vec<u8>, DecodeError> {
+    let size = snap::raw::decompress_len(body)?;
+    if size > max_decoded {
+        return Err(DecodeError::TooLarge {
+            size,
+            limit: max_decoded,
+        });
+    }
+    Ok(snap::raw::Decoder::new().decompress_vec(body)?)
+}
+
 impl TimeSeries {
     /// Builds a series from a label set and samples.
     pub fn new(labels: &Labels, samples: &[Sample]) -> Self {
@@ -282,6 +407,36 @@ mod tests {
         assert!(is_stale_nan(got.timeseries[0].samples[1].value));
         assert_eq!(got.timeseries[0].samples[1].timestamp, -5);
         assert_eq!(got.timeseries[1], want.timeseries[1]);
+    }
+
+    #[test]
+    fn scan_agrees_with_prost_and_refuses_bad_input() {
+        let req = request();
+        let raw = decompress(&req.encode_snappy(), 1 << 20).unwrap();
+        let mut seen = Vec::new();
+        scan(&raw, |i, s| {
+            seen.push((
+                i,
+                s.labels
+                    .iter()
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect::<Vec<_>>(),
+                s.samples.clone(),
+            ));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].1, ["__name__=up", "instance=i-1", "job=node"]);
+        assert_eq!(seen[0].2[0], Sample::new(1_000, 1.0));
+        assert!(is_stale_nan(seen[0].2[1].value));
+        assert!(
+            scan(&raw[..raw.len() - 1], |_, _| Ok(())).is_err(),
+            "truncated"
+        );
+        // A label value that is not UTF-8.
+        let bad = [0x0a, 0x08, 0x0a, 0x06, 0x0a, 0x01, b'a', 0x12, 0x01, 0xff];
+        assert!(scan(&bad, |_, _| Ok(())).unwrap_err().contains("UTF-8"));
     }
 
     #[test]

@@ -30,9 +30,20 @@ impl BitWriter {
         self.used = (self.used + 1) % 8;
     }
 
+    /// Writes the low `n` bits of `v`, most significant first, a byte at a time.
     fn bits(&mut self, v: u64, n: u8) {
-        for i in (0..n).rev() {
-            self.bit((v >> i) & 1 == 1);
+        let mut left = n;
+        while left > 0 {
+            if self.used == 0 {
+                self.bytes.push(0);
+            }
+            let free = 8 - self.used;
+            let take = free.min(left);
+            let chunk = ((v >> (left - take)) & ((1u64 << take) - 1)) as u8;
+            let last = self.bytes.len() - 1;
+            self.bytes[last] |= chunk << (free - take);
+            self.used = (self.used + take) % 8;
+            left -= take;
         }
     }
 }
@@ -50,10 +61,23 @@ impl BitReader<'_> {
         Some(b)
     }
 
+    /// Reads `n` bits, most significant first, a byte at a time.
     fn bits(&mut self, n: u8) -> Option<u64> {
         let mut v = 0u64;
-        for _ in 0..n {
-            v = (v << 1) | u64::from(self.bit()?);
+        let mut left = n;
+        while left > 0 {
+            let byte = *self.bytes.get(self.pos / 8)?;
+            let offset = (self.pos % 8) as u8;
+            let avail = 8 - offset;
+            let take = avail.min(left);
+            let chunk = (byte >> (avail - take)) & (((1u16 << take) - 1) as u8);
+            v = if take == 64 {
+                u64::from(chunk)
+            } else {
+                (v << take) | u64::from(chunk)
+            };
+            self.pos += usize::from(take);
+            left -= take;
         }
         Some(v)
     }

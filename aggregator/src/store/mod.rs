@@ -100,14 +100,34 @@ impl Store {
         samples: impl IntoIterator<Item = Sample>,
         now_ms: i64,
     ) -> Result<AppendStats, TooManySeries> {
-        let mut st = AppendStats::default();
+        let samples: Vec<Sample> = samples.into_iter().collect();
         let mut g = self.lock();
-        let id = match g.by_labels.get(labels) {
+        self.append_locked(&mut g, labels.encoded(), &samples, now_ms)
+    }
+
+    /// Holds the store for a batch of appends (one lock per remote-write request, not per series).
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            g: self.lock(),
+        }
+    }
+
+    fn append_locked(
+        &self,
+        g: &mut Inner,
+        encoded: &str,
+        samples: &[Sample],
+        now_ms: i64,
+    ) -> Result<AppendStats, TooManySeries> {
+        let mut st = AppendStats::default();
+        let id = match g.by_labels.get(encoded) {
             Some(&id) => id,
             None => {
                 if g.by_labels.len() >= self.max_series {
                     return Err(TooManySeries(self.max_series));
                 }
+                let labels = Labels::from_encoded(encoded);
                 let s = Series {
                     labels: labels.clone(),
                     chunks: VecDeque::new(),
@@ -124,11 +144,11 @@ impl Store {
                         g.series.len() - 1
                     }
                 };
-                g.by_labels.insert(labels.clone(), id);
                 g.by_name
                     .entry(labels.metric_name().unwrap_or("").to_string())
                     .or_default()
                     .push(id);
+                g.by_labels.insert(labels, id);
                 id
             }
         };
@@ -136,7 +156,7 @@ impl Store {
         let mut added = 0;
         if let Some(s) = g.series[id].as_mut() {
             s.last_push_ms = now_ms;
-            for smp in samples {
+            for &smp in samples {
                 if smp.timestamp_ms < oldest {
                     st.too_old += 1;
                     continue;
@@ -291,6 +311,25 @@ impl Storage for Store {
             }
         }
         out
+    }
+}
+
+/// The store locked for a batch of appends.
+pub struct Batch<'a> {
+    store: &'a Store,
+    g: MutexGuard<'a, Inner>,
+}
+
+impl Batch<'_> {
+    /// Appends to the series whose canonical label encoding is `encoded`.
+    pub fn append(
+        &mut self,
+        encoded: &str,
+        samples: &[Sample],
+        now_ms: i64,
+    ) -> Result<AppendStats, TooManySeries> {
+        self.store
+            .append_locked(&mut self.g, encoded, samples, now_ms)
     }
 }
 
