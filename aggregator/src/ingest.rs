@@ -58,6 +58,9 @@ fn handle(app: &App, auth_header: Option<&str>, body: &Bytes) -> (StatusCode, St
     let c = &app.cfg;
     let mut failure: Option<(StatusCode, &'static str, String)> = None;
     let mut buf = String::with_capacity(256);
+    // Each series' canonical labels, encoded once in pass 1 and reused in pass 2.
+    let mut encoded = String::with_capacity(raw.len());
+    let mut ends: Vec<usize> = Vec::new();
     let mut count = 0usize;
     let res =
         remote_write::scan(&raw, |i, s| {
@@ -130,6 +133,8 @@ fn handle(app: &App, auth_header: Option<&str>, body: &Bytes) -> (StatusCode, St
                     format!("series {i}: no __name__ label"),
                 );
             }
+            encoded.push_str(&buf);
+            ends.push(encoded.len());
             Ok(())
         });
     if let Some((status, reason, msg)) = failure {
@@ -151,9 +156,9 @@ fn handle(app: &App, auth_header: Option<&str>, body: &Bytes) -> (StatusCode, St
     let mut too_many = None;
     {
         let mut batch = app.store.batch();
-        let _ = remote_write::scan(&raw, |_, s| {
-            let _ = vigil_wire::encode_sorted(&mut buf, s.labels.iter().copied());
-            match batch.append(&buf, &s.samples, now) {
+        let _ = remote_write::scan(&raw, |i, s| {
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            match batch.append(&encoded[start..ends[i]], &s.samples, now) {
                 Ok(st) => {
                     accepted += st.accepted;
                     dropped[0] += st.out_of_order;

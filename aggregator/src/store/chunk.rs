@@ -118,6 +118,11 @@ impl Chunk {
         self.last_t
     }
 
+    /// Releases spare buffer capacity (for a chunk that is done growing).
+    pub fn shrink(&mut self) {
+        self.w.bytes.shrink_to_fit();
+    }
+
     /// Heap bytes used.
     pub fn bytes(&self) -> usize {
         self.w.bytes.capacity()

@@ -27,6 +27,10 @@ struct Series {
 impl Series {
     fn push(&mut self, s: Sample) {
         if self.chunks.back().is_none_or(|c| c.is_full()) {
+            // A full chunk never grows again: give back what its buffer over-allocated.
+            if let Some(c) = self.chunks.back_mut() {
+                c.shrink();
+            }
             self.chunks.push_back(chunk::Chunk::default());
         }
         if let Some(c) = self.chunks.back_mut() {
