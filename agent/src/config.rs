@@ -367,6 +367,13 @@ address = "127.0.0.1:9471"
         );
     }
 
+        #[test]
+    fn the_shipped_example_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/agent.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        parse(path, &text).unwrap();
+    }
+
     #[test]
     fn every_problem_is_reported_with_its_position() {
         let text = "[agent]\ninterval = \"often\"\ncolour = 1\n[[scrape]]\nurl = \"ftp://x\"\n[buffer]\nmax_bytes = \"lots\"\n[listen]\naddress = \"nowhere\"\n";

@@ -333,6 +333,13 @@ name = "oncall"
 sns_topic_arn = "arn:aws:sns:us-east-1:123456789012:oncall"
 "#;
 
+        #[test]
+    fn the_shipped_example_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/aggregator.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        assert_eq!(parse(path, &text).unwrap(), parse("spec", SPEC_EXAMPLE).unwrap());
+    }
+
     #[test]
     fn the_spec_example_parses() {
         let c = parse("aggregator.toml", SPEC_EXAMPLE).unwrap();
