@@ -367,7 +367,7 @@ address = "127.0.0.1:9471"
         );
     }
 
-        #[test]
+    #[test]
     fn the_shipped_example_parses() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/agent.toml");
         let text = std::fs::read_to_string(path).unwrap();

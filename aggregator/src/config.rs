@@ -20,6 +20,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub auth_token_file: Option<PathBuf>,
     pub retention_ms: i64,
+    /// A series not pushed to for this long is marked stale; its instance counts as down.
+    pub stale_after_ms: i64,
     pub state_dir: PathBuf,
     /// Rule file paths or globs (`*` in the file name).
     pub rule_files: Vec<String>,
@@ -52,6 +54,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9470)),
             auth_token_file: None,
             retention_ms: 3_600_000,
+            stale_after_ms: 60_000,
             state_dir: PathBuf::from("/var/lib/vigil"),
             rule_files: vec![],
             evaluation_interval_ms: 10_000,
@@ -151,6 +154,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     }
     if let Some(mut s) = top.table(&mut doc, "storage") {
         c.retention_ms = positive(&mut doc, &mut s, "retention", c.retention_ms);
+        c.stale_after_ms = positive(&mut doc, &mut s, "stale_after", c.stale_after_ms);
         if let Some(d) = s.str(&mut doc, "state_dir") {
             c.state_dir = PathBuf::from(d.value);
         }
@@ -333,11 +337,14 @@ name = "oncall"
 sns_topic_arn = "arn:aws:sns:us-east-1:123456789012:oncall"
 "#;
 
-        #[test]
+    #[test]
     fn the_shipped_example_parses() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/aggregator.toml");
         let text = std::fs::read_to_string(path).unwrap();
-        assert_eq!(parse(path, &text).unwrap(), parse("spec", SPEC_EXAMPLE).unwrap());
+        assert_eq!(
+            parse(path, &text).unwrap(),
+            parse("spec", SPEC_EXAMPLE).unwrap()
+        );
     }
 
     #[test]

@@ -19,6 +19,33 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Instance liveness from push arrival: `vigil_instance_up{instance,asg,az,pod,namespace}` is 1
+/// while the instance pushed within `stale_after`, else 0; the series of silent instances are
+/// marked stale.
+pub fn liveness(app: &App, ts: i64) {
+    let now = now_ms();
+    let marked = app.store.mark_stale(now, app.cfg.stale_after_ms);
+    if marked > 0 {
+        tracing::info!(
+            series = marked,
+            stale_after_ms = app.cfg.stale_after_ms,
+            "series marked stale: not pushed to"
+        );
+    }
+    for (_, labels, last_push) in app.store.instances() {
+        let mut b = labels.to_builder();
+        b.set(vigil_wire::METRIC_NAME, "vigil_instance_up");
+        let up = if now - last_push <= app.cfg.stale_after_ms {
+            1.0
+        } else {
+            0.0
+        };
+        let _ = app
+            .store
+            .append(&b.build(), [vigil_wire::Sample::new(ts, up)], now);
+    }
+}
+
 /// Runs one evaluation at `ts` (aligned to the tick).
 pub fn evaluate(app: &App, ts: i64) {
     let mut ev = app.eval.lock().unwrap_or_else(|p| p.into_inner());
@@ -103,7 +130,11 @@ pub async fn run(app: Arc<App>) {
         tokio::time::sleep(Duration::from_millis((next - now) as u64)).await;
         let app2 = app.clone();
         // Evaluation is CPU work: keep it off the tasks that answer HTTP.
-        let _ = tokio::task::spawn_blocking(move || evaluate(&app2, next)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            liveness(&app2, next);
+            evaluate(&app2, next)
+        })
+        .await;
         if now_ms() - last_compact > 30_000 {
             app.store.compact(now_ms());
             last_compact = now_ms();

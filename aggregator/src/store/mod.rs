@@ -20,9 +20,14 @@ struct Series {
     chunks: VecDeque<chunk::Chunk>,
     /// The newest sample (appends must be newer).
     last: Option<Sample>,
-    /// When a sample last arrived (wall clock ms), for instance liveness.
+    /// When a sample last arrived by remote-write (wall clock ms), for instance liveness;
+    /// `i64::MAX` for series the aggregator writes itself (records, `ALERTS`, liveness), which
+    /// rule evaluation ends on its own.
     last_push_ms: i64,
 }
+
+/// `last_push_ms` of series written by the aggregator itself.
+const INTERNAL: i64 = i64::MAX;
 
 impl Series {
     fn push(&mut self, s: Sample) {
@@ -97,7 +102,8 @@ impl Store {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends samples of one series. `now_ms` bounds what is too old.
+    /// Appends samples the aggregator produced itself (recorded series, `ALERTS`, liveness).
+    /// `now_ms` bounds what is too old.
     pub fn append(
         &self,
         labels: &Labels,
@@ -106,7 +112,7 @@ impl Store {
     ) -> Result<AppendStats, TooManySeries> {
         let samples: Vec<Sample> = samples.into_iter().collect();
         let mut g = self.lock();
-        self.append_locked(&mut g, labels.encoded(), &samples, now_ms)
+        self.append_locked(&mut g, labels.encoded(), &samples, now_ms, false)
     }
 
     /// Holds the store for a batch of appends (one lock per remote-write request, not per series).
@@ -123,6 +129,7 @@ impl Store {
         encoded: &str,
         samples: &[Sample],
         now_ms: i64,
+        pushed: bool,
     ) -> Result<AppendStats, TooManySeries> {
         let mut st = AppendStats::default();
         let id = match g.by_labels.get(encoded) {
@@ -136,7 +143,7 @@ impl Store {
                     labels: labels.clone(),
                     chunks: VecDeque::new(),
                     last: None,
-                    last_push_ms: now_ms,
+                    last_push_ms: if pushed { now_ms } else { INTERNAL },
                 };
                 let id = match g.free.pop() {
                     Some(id) => {
@@ -159,7 +166,9 @@ impl Store {
         let oldest = now_ms - self.retention_ms;
         let mut added = 0;
         if let Some(s) = g.series[id].as_mut() {
-            s.last_push_ms = now_ms;
+            if pushed {
+                s.last_push_ms = now_ms;
+            }
             for &smp in samples {
                 if smp.timestamp_ms < oldest {
                     st.too_old += 1;
@@ -222,6 +231,27 @@ impl Store {
         }
     }
 
+    /// Marks stale every series that has not been pushed to for `stale_after` (its instance
+    /// stopped pushing): a staleness marker ends it at `now_ms`, so queries stop returning its
+    /// last value at once rather than after the 5-minute lookback. Returns how many were marked.
+    pub fn mark_stale(&self, now_ms: i64, stale_after_ms: i64) -> usize {
+        let mut g = self.lock();
+        let mut marked = 0;
+        for s in g.series.iter_mut().flatten() {
+            let Some(last) = s.last else { continue };
+            if s.last_push_ms > now_ms - stale_after_ms
+                || vigil_wire::is_stale_nan(last.value)
+                || last.timestamp_ms >= now_ms
+            {
+                continue;
+            }
+            s.push(Sample::new(now_ms, vigil_wire::STALE_NAN));
+            marked += 1;
+        }
+        g.samples += marked;
+        marked
+    }
+
     pub fn series_count(&self) -> usize {
         self.lock().by_labels.len()
     }
@@ -269,7 +299,12 @@ impl Store {
     pub fn instances(&self) -> Vec<(String, Labels, i64)> {
         let g = self.lock();
         let mut m: HashMap<String, (Labels, i64)> = HashMap::new();
-        for s in g.series.iter().flatten() {
+        for s in g
+            .series
+            .iter()
+            .flatten()
+            .filter(|s| s.last_push_ms != INTERNAL)
+        {
             if let Some(i) = s.labels.get("instance") {
                 let keep = s
                     .labels
@@ -333,7 +368,7 @@ impl Batch<'_> {
         now_ms: i64,
     ) -> Result<AppendStats, TooManySeries> {
         self.store
-            .append_locked(&mut self.g, encoded, samples, now_ms)
+            .append_locked(&mut self.g, encoded, samples, now_ms, true)
     }
 }
 
@@ -398,6 +433,38 @@ mod tests {
             200_000,
         );
         assert_eq!(got[0].samples.len(), 2);
+    }
+
+    #[test]
+    fn series_of_a_silent_instance_go_stale() {
+        use vigil_rules::promql::{parse, Engine, Value};
+        let s = Store::new(3_600_000, 100);
+        let push = |labels: &Labels, t: i64| {
+            s.batch()
+                .append(labels.encoded(), &[Sample::new(t, 1.0)], t)
+                .unwrap()
+        };
+        push(&l("up", "a"), 10_000);
+        push(&l("up", "b"), 10_000);
+        push(&l("up", "b"), 60_000);
+        s.append(&l("rec", "c"), [Sample::new(10_000, 1.0)], 10_000)
+            .unwrap();
+        assert_eq!(
+            s.mark_stale(75_000, 60_000),
+            1,
+            "only a is silent for a minute (recorded series are not pushed)"
+        );
+        assert_eq!(s.mark_stale(80_000, 60_000), 0, "marked once");
+        let q = parse("up").unwrap();
+        let Value::Vector(v) = Engine::default().instant(&s, &q, 90_000).unwrap().value else {
+            panic!()
+        };
+        assert_eq!(
+            v.len(),
+            1,
+            "a disappears at once instead of after the lookback"
+        );
+        assert_eq!(v[0].labels.get("job"), Some("b"));
     }
 
     #[test]

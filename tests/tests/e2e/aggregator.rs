@@ -15,7 +15,7 @@ fn write_config(dir: &Path, port: u16, rules: &str, extra: &str) -> std::path::P
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[storage]\nretention = \"1h\"\nstate_dir = \"{}\"\n\n[rules]\nfiles = [\"{rules}\"]\nevaluation_interval = \"1s\"\n\n[[receiver]]\nname = \"oncall\"\nsns_topic_arn = \"arn:aws:sns:us-east-1:123456789012:oncall\"\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[storage]\nretention = \"1h\"\nstale_after = \"3s\"\nstate_dir = \"{}\"\n\n[rules]\nfiles = [\"{rules}\"]\nevaluation_interval = \"1s\"\n\n[[receiver]]\nname = \"oncall\"\nsns_topic_arn = \"arn:aws:sns:us-east-1:123456789012:oncall\"\n",
             dir.join("state").display()
         ),
     )
@@ -570,4 +570,49 @@ fn kill_9_keeps_firing_alerts_and_cooldowns() {
         "{}",
         agg.log_text()
     );
+}
+
+#[test]
+fn an_instance_that_stops_pushing_goes_stale_and_down() {
+    let dir = tempdir("agg-stale");
+    let port = free_port();
+    let cfg = write_config(dir.path(), port, "/nonexistent/*.toml", "");
+    let agg = start(dir.path(), &cfg, port);
+    let base = format!("http://127.0.0.1:{port}");
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "[agent]\ninterval = \"1s\"\n[identity]\nsource = \"static\"\ninstance = \"i-gone\"\nasg = \"web-asg\"\n[push]\nurl = \"{base}/api/v1/write\"\n[buffer]\ndir = \"{}\"\n[listen]\naddress = \"127.0.0.1:{}\"\n",
+            dir.path().join("spool").display(),
+            free_port()
+        ),
+    )
+    .expect("write");
+    let agent = Child::spawn(
+        "agent",
+        Command::new(bin("vigil-agent"))
+            .arg("--config")
+            .arg(&agent_cfg),
+        dir.path(),
+    );
+    let up = wait_for(&base, "vigil_instance_up{instance=\"i-gone\"} == 1", 1);
+    assert_eq!(up.len(), 1, "{}", agg.log_text());
+    assert_eq!(up[0].0["asg"], "web-asg");
+    agent.signal("KILL");
+    drop(agent);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let load = prom_query(&base, "node_load1{instance=\"i-gone\"}");
+        let down = prom_query(&base, "vigil_instance_up{instance=\"i-gone\"} == 0");
+        if load.is_empty() && down.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {load:?} / {down:?} long after the agent died\n{}",
+            agg.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
