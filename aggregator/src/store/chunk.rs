@@ -83,6 +83,34 @@ impl BitReader<'_> {
     }
 }
 
+/// A chunk that is done growing: just its bytes (exactly sized) and bounds — the encoder state a
+/// growing chunk carries is dropped, which matters at hundreds of thousands of series.
+#[derive(Debug, Clone)]
+pub struct Closed {
+    bytes: Box<[u8]>,
+    first_t: i64,
+    last_t: i64,
+    count: u16,
+}
+
+impl Closed {
+    pub fn len(&self) -> usize {
+        usize::from(self.count)
+    }
+    pub fn first_t(&self) -> i64 {
+        self.first_t
+    }
+    pub fn last_t(&self) -> i64 {
+        self.last_t
+    }
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+    pub fn iter(&self) -> ChunkIter<'_> {
+        ChunkIter::new(&self.bytes, self.count)
+    }
+}
+
 /// An append-only compressed chunk.
 #[derive(Debug, Clone, Default)]
 pub struct Chunk {
@@ -118,9 +146,14 @@ impl Chunk {
         self.last_t
     }
 
-    /// Releases spare buffer capacity (for a chunk that is done growing).
-    pub fn shrink(&mut self) {
-        self.w.bytes.shrink_to_fit();
+    /// Closes the chunk: exactly sized bytes, no encoder state.
+    pub fn close(self) -> Closed {
+        Closed {
+            bytes: self.w.bytes.into_boxed_slice(),
+            first_t: self.first_t,
+            last_t: self.last_t,
+            count: self.count,
+        }
     }
 
     /// Heap bytes used.
@@ -230,7 +263,20 @@ pub struct ChunkIter<'a> {
     trailing: u8,
 }
 
-impl ChunkIter<'_> {
+impl<'a> ChunkIter<'a> {
+    fn new(bytes: &'a [u8], count: u16) -> Self {
+        ChunkIter {
+            r: BitReader { bytes, pos: 0 },
+            n: 0,
+            count,
+            t: 0,
+            v: 0,
+            delta: 0,
+            leading: 0,
+            trailing: 0,
+        }
+    }
+
     fn read_value(&mut self) -> Option<()> {
         if !self.r.bit()? {
             return Some(());

@@ -7,7 +7,7 @@
 
 pub mod chunk;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use vigil_rules::evaluator::RuleStorage;
@@ -17,7 +17,10 @@ use vigil_wire::{Labels, Sample, METRIC_NAME};
 
 struct Series {
     labels: Labels,
-    chunks: VecDeque<chunk::Chunk>,
+    /// Full chunks, oldest first (grown one slot at a time: no spare capacity per series).
+    closed: Vec<chunk::Closed>,
+    /// The chunk being appended to.
+    head: Option<chunk::Chunk>,
     /// The newest sample (appends must be newer).
     last: Option<Sample>,
     /// When a sample last arrived by remote-write (wall clock ms), for instance liveness;
@@ -31,30 +34,35 @@ const INTERNAL: i64 = i64::MAX;
 
 impl Series {
     fn push(&mut self, s: Sample) {
-        if self.chunks.back().is_none_or(|c| c.is_full()) {
-            // A full chunk never grows again: give back what its buffer over-allocated.
-            if let Some(c) = self.chunks.back_mut() {
-                c.shrink();
+        let head = self.head.get_or_insert_with(chunk::Chunk::default);
+        head.push(s);
+        // Closed as soon as it is full: its bytes are then sized exactly.
+        if head.is_full() {
+            if let Some(full) = self.head.take() {
+                self.closed.reserve_exact(1);
+                self.closed.push(full.close());
             }
-            self.chunks.push_back(chunk::Chunk::default());
-        }
-        if let Some(c) = self.chunks.back_mut() {
-            c.push(s);
         }
         self.last = Some(s);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.closed.is_empty() && self.head.as_ref().is_none_or(|h| h.len() == 0)
     }
 
     /// Samples with timestamps in `[mint, maxt]`, oldest first.
     fn range(&self, mint: i64, maxt: i64) -> Vec<Sample> {
         let mut out = Vec::new();
-        for c in &self.chunks {
-            if c.last_t() < mint || c.first_t() > maxt {
-                continue;
+        let in_range = |s: &Sample| s.timestamp_ms >= mint && s.timestamp_ms <= maxt;
+        for c in &self.closed {
+            if c.last_t() >= mint && c.first_t() <= maxt {
+                out.extend(c.iter().filter(in_range));
             }
-            out.extend(
-                c.iter()
-                    .filter(|s| s.timestamp_ms >= mint && s.timestamp_ms <= maxt),
-            );
+        }
+        if let Some(h) = &self.head {
+            if h.len() > 0 && h.last_t() >= mint && h.first_t() <= maxt {
+                out.extend(h.iter().filter(in_range));
+            }
         }
         out
     }
@@ -141,7 +149,8 @@ impl Store {
                 let labels = Labels::from_encoded(encoded);
                 let s = Series {
                     labels: labels.clone(),
-                    chunks: VecDeque::new(),
+                    closed: Vec::new(),
+                    head: None,
                     last: None,
                     last_push_ms: if pushed { now_ms } else { INTERNAL },
                 };
@@ -151,6 +160,12 @@ impl Store {
                         id
                     }
                     None => {
+                        // Grow by an eighth, not double: at a million series, doubling would leave
+                        // up to half the slots (each over a hundred bytes) unused.
+                        if g.series.len() == g.series.capacity() {
+                            let extra = g.series.capacity() / 8 + 1024;
+                            g.series.reserve_exact(extra);
+                        }
                         g.series.push(Some(s));
                         g.series.len() - 1
                     }
@@ -207,10 +222,19 @@ impl Store {
         for (id, slot) in g.series.iter_mut().enumerate() {
             if let Some(s) = slot {
                 // Whole chunks go once their newest sample is past the retention.
-                while s.chunks.front().is_some_and(|c| c.last_t() < oldest) {
-                    removed += s.chunks.pop_front().map_or(0, |c| c.len());
+                let old = s.closed.iter().take_while(|c| c.last_t() < oldest).count();
+                if old > 0 {
+                    removed += s.closed.drain(..old).map(|c| c.len()).sum::<usize>();
+                    s.closed.shrink_to_fit();
                 }
-                if s.chunks.is_empty() {
+                if s.closed.is_empty()
+                    && s.head
+                        .as_ref()
+                        .is_some_and(|h| h.len() > 0 && h.last_t() < oldest)
+                {
+                    removed += s.head.take().map_or(0, |h| h.len());
+                }
+                if s.is_empty() {
                     emptied.push(id);
                 }
             }
@@ -266,7 +290,10 @@ impl Store {
             .series
             .iter()
             .flatten()
-            .map(|s| s.chunks.iter().map(|c| c.bytes()).sum::<usize>())
+            .map(|s| {
+                s.closed.iter().map(|c| c.bytes()).sum::<usize>()
+                    + s.head.as_ref().map_or(0, |h| h.bytes())
+            })
             .sum()
     }
 
