@@ -54,7 +54,12 @@ pub struct Pusher {
     /// Jitter state (xorshift; no need for a cryptographic generator).
     rng: u64,
     backoff: Duration,
+    /// Attempts at the oldest spooled frame.
+    head_attempts: u32,
 }
+
+/// Attempts at one batch answered 429 before it is given up.
+const MAX_THROTTLED_ATTEMPTS: u32 = 20;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -81,6 +86,7 @@ impl Pusher {
             metrics,
             rng: seed,
             backoff: BACKOFF_MIN,
+            head_attempts: 0,
         };
         p.metrics.spool_frames.set(p.spool.pending() as i64);
         p.metrics.spool_bytes.set(p.spool.bytes() as i64);
@@ -151,7 +157,17 @@ impl Pusher {
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
                     Outcome::Retry(after, format!("429: {text}"))
-                } else if r.status.is_server_error() || r.status == StatusCode::REQUEST_TIMEOUT {
+                } else if r.status.is_server_error()
+                    || matches!(
+                        r.status,
+                        StatusCode::REQUEST_TIMEOUT
+                            | StatusCode::UNAUTHORIZED
+                            | StatusCode::FORBIDDEN
+                            | StatusCode::NOT_FOUND
+                    )
+                {
+                    // Also retried: a token being rotated (401/403) or a receiver being
+                    // deployed behind a proxy (404) is not a verdict on the data.
                     Outcome::Retry(None, format!("{}: {text}", r.status.as_u16()))
                 } else {
                     Outcome::Rejected(format!("{}: {text}", r.status.as_u16()))
@@ -197,7 +213,15 @@ impl Pusher {
     async fn drain_one(&mut self) -> Option<Duration> {
         let frame = match self.spool.peek() {
             Ok(Some(f)) => f,
-            Ok(None) => return None,
+            Ok(None) => {
+                if !self.spool.is_empty() {
+                    // The count says frames wait but none can be read (skipped corruption):
+                    // recount, and never spin.
+                    self.spool.recount();
+                    return Some(BACKOFF_MIN);
+                }
+                return None;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the spool");
                 return Some(BACKOFF_MAX);
@@ -213,6 +237,7 @@ impl Pusher {
                 if let Err(e) = self.spool.ack(frame.len()) {
                     tracing::error!(error = %e, "cannot record spool progress");
                 }
+                self.head_attempts = 0;
                 self.metrics.spool_frames.set(self.spool.pending() as i64);
                 self.metrics.spool_bytes.set(self.spool.bytes() as i64);
                 self.backoff = BACKOFF_MIN;
@@ -221,7 +246,20 @@ impl Pusher {
                 }
                 None
             }
-            Outcome::Retry(after, why) => Some(self.wait_after(after, &why)),
+            Outcome::Retry(after, why) => {
+                self.head_attempts += 1;
+                if after.is_some() && self.head_attempts >= MAX_THROTTLED_ATTEMPTS {
+                    // A receiver that keeps answering 429 for the same batch (a series limit it
+                    // will not lift) must not block everything behind it for ever.
+                    tracing::error!(attempts = self.head_attempts, reason = %why, "batch still throttled after every retry; dropping it");
+                    if let Err(e) = self.spool.ack(frame.len()) {
+                        tracing::error!(error = %e, "cannot record spool progress");
+                    }
+                    self.head_attempts = 0;
+                    return Some(BACKOFF_MIN);
+                }
+                Some(self.wait_after(after, &why))
+            }
         }
     }
 

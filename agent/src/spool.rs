@@ -226,8 +226,27 @@ impl Spool {
         self.segments.iter().map(|(_, s)| s).sum()
     }
 
-    /// Appends a frame and fsyncs it.
+    /// Recounts the frames waiting (after frames were skipped as unreadable).
+    pub fn recount(&mut self) {
+        if let Ok(n) = self.count_pending() {
+            self.pending_frames = n;
+        }
+    }
+
+    /// Appends a frame and fsyncs it. On failure (disk full) the segment is cut back to what it
+    /// held, so a partial frame never sits in front of later ones.
     pub fn append(&mut self, body: &[u8]) -> io::Result<()> {
+        let res = self.append_inner(body);
+        if res.is_err() {
+            if let (Some(w), Some(&(_, size))) = (self.writer.as_ref(), self.segments.last()) {
+                let _ = w.set_len(size);
+            }
+            self.writer = None;
+        }
+        res
+    }
+
+    fn append_inner(&mut self, body: &[u8]) -> io::Result<()> {
         let needs_new = match self.segments.last() {
             None => true,
             Some((_, size)) => {
@@ -339,6 +358,7 @@ impl Spool {
                 Some(Err(why)) => {
                     tracing::error!(segment = seq, offset = self.read.1, reason = %why, "spool: unreadable frame; skipping the rest of the segment");
                     self.read.1 = size;
+                    self.recount();
                     continue;
                 }
                 None => Ok(None),

@@ -451,15 +451,42 @@ async fn route(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resp {
             }
             r
         }
-        (&Method::GET | &Method::POST, "/api/v1/query") => query(&app, &p()),
-        (&Method::GET | &Method::POST, "/api/v1/query_range") => query_range(&app, &p()),
-        (&Method::GET | &Method::POST, "/api/v1/series") => series(&app, &p()),
+        // Queries are CPU work: run them off the threads that accept and ingest.
+        (
+            &Method::GET | &Method::POST,
+            "/api/v1/query" | "/api/v1/query_range" | "/api/v1/series",
+        ) => {
+            let params = p();
+            let path2 = path.clone();
+            let app2 = app.clone();
+            tokio::task::spawn_blocking(move || match path2.as_str() {
+                "/api/v1/query" => query(&app2, &params),
+                "/api/v1/query_range" => query_range(&app2, &params),
+                _ => series(&app2, &params),
+            })
+            .await
+            .unwrap_or_else(|e| {
+                json_err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    &e.to_string(),
+                )
+            })
+        }
         (&Method::GET | &Method::POST, "/api/v1/labels") => {
             json_ok(json!(app.store.label_values(None)))
         }
-        (&Method::GET, p2) if p2.starts_with("/api/v1/label/") && p2.ends_with("/values") => {
-            let name = pct_decode(&p2["/api/v1/label/".len()..p2.len() - "/values".len()]);
-            json_ok(json!(app.store.label_values(Some(&name))))
+        (&Method::GET, p2)
+            if p2
+                .strip_prefix("/api/v1/label/")
+                .and_then(|r| r.strip_suffix("/values"))
+                .is_some_and(|n| !n.is_empty()) =>
+        {
+            let raw = p2
+                .strip_prefix("/api/v1/label/")
+                .and_then(|r| r.strip_suffix("/values"))
+                .unwrap_or("");
+            json_ok(json!(app.store.label_values(Some(&pct_decode(raw)))))
         }
         (&Method::GET, "/api/v1/rules") => json_ok(rules_json(&app)),
         (&Method::GET, "/api/v1/alerts") => json_ok(alerts_json(&app)),

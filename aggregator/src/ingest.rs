@@ -22,7 +22,11 @@ pub fn authorized(app: &App, auth_header: Option<&str>) -> bool {
     match &app.token {
         None => true,
         Some(t) => auth_header
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|h| {
+                h.get(..7)
+                    .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                    .map(|_| &h[7..])
+            })
             .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), t.as_bytes())),
     }
 }
@@ -151,7 +155,7 @@ fn handle(app: &App, auth_header: Option<&str>, body: &Bytes) -> (StatusCode, St
     }
     // Pass 2: store, holding the store once for the whole request.
     let now = now_ms();
-    let mut dropped = [0usize; 3];
+    let mut dropped = [0usize; 5];
     let mut accepted = 0usize;
     let mut too_many = None;
     {
@@ -164,17 +168,30 @@ fn handle(app: &App, auth_header: Option<&str>, body: &Bytes) -> (StatusCode, St
                     dropped[0] += st.out_of_order;
                     dropped[1] += st.too_old;
                     dropped[2] += st.duplicates;
+                    dropped[3] += st.too_new;
                     Ok(())
                 }
                 Err(e) => {
+                    // Over the series limit: this series is refused, the rest of the request
+                    // is still stored (one new series must not block an agent's whole batch).
+                    dropped[4] += s.samples.len();
                     too_many = Some(e);
-                    Err(String::new())
+                    Ok(())
                 }
             }
         });
     }
     app.metrics.samples_ingested.inc_by(accepted as u64);
-    for (reason, n) in ["out_of_order", "too_old", "duplicate"].iter().zip(dropped) {
+    for (reason, n) in [
+        "out_of_order",
+        "too_old",
+        "duplicate",
+        "too_new",
+        "series_limit",
+    ]
+    .iter()
+    .zip(dropped)
+    {
         if n > 0 {
             app.metrics
                 .samples_dropped

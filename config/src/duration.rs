@@ -161,11 +161,17 @@ pub fn parse_timestamp_ms(s: &str) -> Result<i64, String> {
         "Z" | "z" => 0,
         _ if rest.len() == 6
             && (rest.starts_with('+') || rest.starts_with('-'))
-            && &rest[3..4] == ":" =>
+            && rest.as_bytes()[3] == b':' =>
         {
             let sign = if rest.starts_with('-') { -1 } else { 1 };
-            let hh: i64 = rest[1..3].parse().map_err(|_| bad())?;
-            let mm: i64 = rest[4..6].parse().map_err(|_| bad())?;
+            let hh: i64 = rest
+                .get(1..3)
+                .and_then(|x| x.parse().ok())
+                .ok_or_else(bad)?;
+            let mm: i64 = rest
+                .get(4..6)
+                .and_then(|x| x.parse().ok())
+                .ok_or_else(bad)?;
             sign * (hh * 60 + mm)
         }
         _ => return Err(bad()),

@@ -145,17 +145,17 @@ pub fn collect(
                 for (name, v, help) in [
                     (
                         "node_filesystem_size_bytes",
-                        s.blocks * s.bsize,
+                        s.blocks.saturating_mul(s.bsize),
                         "Filesystem size in bytes.",
                     ),
                     (
                         "node_filesystem_free_bytes",
-                        s.bfree * s.bsize,
+                        s.bfree.saturating_mul(s.bsize),
                         "Filesystem free space in bytes.",
                     ),
                     (
                         "node_filesystem_avail_bytes",
-                        s.bavail * s.bsize,
+                        s.bavail.saturating_mul(s.bsize),
                         "Filesystem space available to non-root users in bytes.",
                     ),
                     (

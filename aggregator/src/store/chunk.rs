@@ -182,15 +182,15 @@ impl Chunk {
                 let dod = delta - self.last_delta;
                 match dod {
                     0 => self.w.bit(false),
-                    -8191..=8192 => {
+                    -8192..=8191 => {
                         self.w.bits(0b10, 2);
                         self.w.bits(dod as u64 & 0x3fff, 14);
                     }
-                    -65535..=65536 => {
+                    -65536..=65535 => {
                         self.w.bits(0b110, 3);
                         self.w.bits(dod as u64 & 0x1_ffff, 17);
                     }
-                    -524287..=524288 => {
+                    -524288..=524287 => {
                         self.w.bits(0b1110, 4);
                         self.w.bits(dod as u64 & 0xf_ffff, 20);
                     }
@@ -393,6 +393,33 @@ mod tests {
         let mut c = Chunk::default();
         samples.iter().for_each(|s| c.push(*s));
         assert!(c.iter().any(|s| is_stale_nan(s.value)));
+    }
+
+    #[test]
+    fn delta_of_delta_at_every_bucket_boundary() {
+        for dod in [
+            8191i64,
+            8192,
+            -8192,
+            -8193,
+            65535,
+            65536,
+            -65536,
+            -65537,
+            524287,
+            524288,
+            -524288,
+            -524289,
+            1 << 40,
+        ] {
+            let samples = [
+                Sample::new(0, 1.0),
+                Sample::new(10_000_000, 2.0),
+                Sample::new(20_000_000 + dod, 3.0),
+                Sample::new(30_000_000 + dod, 4.0),
+            ];
+            round_trip(&samples);
+        }
     }
 
     #[test]

@@ -27,6 +27,10 @@ struct Series {
     /// `i64::MAX` for series the aggregator writes itself (records, `ALERTS`, liveness), which
     /// rule evaluation ends on its own.
     last_push_ms: i64,
+    /// Set when the series' instance stopped pushing: reads see a staleness marker here. Kept
+    /// out of the chunks so that samples an agent replays from its spool after an outage, older
+    /// than this, are still stored; a push clears it.
+    stale_at: Option<i64>,
 }
 
 /// `last_push_ms` of series written by the aggregator itself.
@@ -64,6 +68,11 @@ impl Series {
                 out.extend(h.iter().filter(in_range));
             }
         }
+        if let Some(t) = self.stale_at {
+            if (mint..=maxt).contains(&t) && out.last().is_none_or(|l| l.timestamp_ms < t) {
+                out.push(Sample::new(t, vigil_wire::STALE_NAN));
+            }
+        }
         out
     }
 }
@@ -84,7 +93,11 @@ pub struct AppendStats {
     pub out_of_order: usize,
     pub too_old: usize,
     pub duplicates: usize,
+    pub too_new: usize,
 }
+
+/// How far ahead of the aggregator's clock a sample may be.
+pub const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
 
 pub struct Store {
     inner: Mutex<Inner>,
@@ -140,8 +153,19 @@ impl Store {
         pushed: bool,
     ) -> Result<AppendStats, TooManySeries> {
         let mut st = AppendStats::default();
+        let newest = now_ms + MAX_FUTURE_MS;
+        let oldest = now_ms - self.retention_ms;
         let id = match g.by_labels.get(encoded) {
             Some(&id) => id,
+            // A series is created only with a sample it will keep.
+            None if !samples
+                .iter()
+                .any(|s| s.timestamp_ms >= oldest && s.timestamp_ms <= newest) =>
+            {
+                st.too_old = samples.iter().filter(|s| s.timestamp_ms < oldest).count();
+                st.too_new = samples.len() - st.too_old;
+                return Ok(st);
+            }
             None => {
                 if g.by_labels.len() >= self.max_series {
                     return Err(TooManySeries(self.max_series));
@@ -153,6 +177,7 @@ impl Store {
                     head: None,
                     last: None,
                     last_push_ms: if pushed { now_ms } else { INTERNAL },
+                    stale_at: None,
                 };
                 let id = match g.free.pop() {
                     Some(id) => {
@@ -178,7 +203,6 @@ impl Store {
                 id
             }
         };
-        let oldest = now_ms - self.retention_ms;
         let mut added = 0;
         if let Some(s) = g.series[id].as_mut() {
             if pushed {
@@ -187,6 +211,11 @@ impl Store {
             for &smp in samples {
                 if smp.timestamp_ms < oldest {
                     st.too_old += 1;
+                    continue;
+                }
+                if smp.timestamp_ms > newest {
+                    // A clock far ahead would otherwise block every real sample after it.
+                    st.too_new += 1;
                     continue;
                 }
                 match s.last {
@@ -205,6 +234,9 @@ impl Store {
                     _ => {}
                 }
                 s.push(smp);
+                if s.stale_at.is_some_and(|t| smp.timestamp_ms >= t || pushed) {
+                    s.stale_at = None;
+                }
                 added += 1;
             }
         }
@@ -263,16 +295,16 @@ impl Store {
         let mut marked = 0;
         for s in g.series.iter_mut().flatten() {
             let Some(last) = s.last else { continue };
-            if s.last_push_ms > now_ms - stale_after_ms
+            if s.stale_at.is_some()
+                || s.last_push_ms > now_ms - stale_after_ms
                 || vigil_wire::is_stale_nan(last.value)
                 || last.timestamp_ms >= now_ms
             {
                 continue;
             }
-            s.push(Sample::new(now_ms, vigil_wire::STALE_NAN));
+            s.stale_at = Some(now_ms);
             marked += 1;
         }
-        g.samples += marked;
         marked
     }
 
@@ -492,6 +524,20 @@ mod tests {
             "a disappears at once instead of after the lookback"
         );
         assert_eq!(v[0].labels.get("job"), Some("b"));
+    }
+
+    #[test]
+    fn far_future_samples_are_refused_and_empty_series_never_created() {
+        let s = Store::new(60_000, 100);
+        let st = s
+            .append(&l("up", "a"), [Sample::new(10_000_000, 1.0)], 100_000)
+            .unwrap();
+        assert_eq!((st.accepted, st.too_new), (0, 1));
+        assert_eq!(s.series_count(), 0);
+        let st = s
+            .append(&l("up", "a"), [Sample::new(100_000, 1.0)], 100_000)
+            .unwrap();
+        assert_eq!(st.accepted, 1);
     }
 
     #[test]
