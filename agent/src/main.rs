@@ -84,6 +84,9 @@ struct Collector {
     host_labels: collect::LabelCache,
     /// One per scrape target: the app's label sets by series text.
     scrapers: Vec<scrape::Scraper>,
+    /// Set while a host collection runs.
+    host_busy: Arc<std::sync::atomic::AtomicBool>,
+    target_labels: Vec<(String, String)>,
 }
 
 impl Collector {
@@ -104,6 +107,8 @@ impl Collector {
             .map(|t| scrape::Scraper::new(t.clone(), target_labels.clone()))
             .collect();
         Collector {
+            host_busy: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            target_labels: target_labels.clone(),
             host_labels: collect::LabelCache::new(target_labels.clone()),
             cfg,
             http,
@@ -111,6 +116,50 @@ impl Collector {
             metrics,
             warned_limit: Default::default(),
             scrapers,
+        }
+    }
+
+    /// Host collection runs on a blocking thread with a time limit: `statvfs` on a hung network
+    /// mount never returns, and must not freeze pushing. While one is stuck, rounds skip host
+    /// metrics rather than pile up threads.
+    async fn collect_host(&mut self, out: &mut collect::Out<'_>) {
+        if self.host_busy.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!(
+                "host collection still stuck (a hung mount?): skipping host metrics this round"
+            );
+            return;
+        }
+        self.host_busy
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let host = self.host.clone();
+        let mut cache = std::mem::take(out.cache);
+        let busy = self.host_busy.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let (mut metrics, mut families) = (Vec::new(), Vec::new());
+            let failed = host.collect(&mut collect::Out {
+                metrics: &mut metrics,
+                families: &mut families,
+                cache: &mut cache,
+            });
+            busy.store(false, std::sync::atomic::Ordering::SeqCst);
+            (metrics, families, cache, failed)
+        });
+        match tokio::time::timeout(Duration::from_secs(5), job).await {
+            Ok(Ok((metrics, families, cache, failed))) => {
+                out.metrics.extend(metrics);
+                out.families.extend(families);
+                *out.cache = cache;
+                for f in failed {
+                    tracing::debug!(source = f, "host source unreadable");
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "host collection failed"),
+            Err(_) => {
+                *out.cache = collect::LabelCache::new(self.target_labels.clone());
+                tracing::warn!(
+                    "host collection took over 5 s (a hung mount?): host metrics skipped"
+                );
+            }
         }
     }
 
@@ -127,9 +176,7 @@ impl Collector {
                 cache: &mut out_cache,
             };
             if self.cfg.host_metrics {
-                for f in self.host.collect(&mut out) {
-                    tracing::debug!(source = f, "host source unreadable");
-                }
+                self.collect_host(&mut out).await;
             }
             for sc in &mut self.scrapers {
                 let r = sc.scrape(&self.http, ts).await;
@@ -306,7 +353,8 @@ async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), Strin
         metrics.clone(),
     );
     let (tx, rx) = mpsc::channel::<push::Batch>(64);
-    let push_task = tokio::spawn(pusher.run(rx));
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let push_task = tokio::spawn(pusher.run(rx, stopping.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
@@ -333,6 +381,7 @@ async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), Strin
             }
         }
     }
+    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     drop(tx);
     let _ = push_task.await;
     Ok(())

@@ -4,6 +4,8 @@
 //! a receiver never sees a series go back in time.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -299,7 +301,9 @@ impl Pusher {
     }
 
     /// Runs until the channel closes, then makes one last attempt and spools what is left.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>) {
+    /// Runs until the channel closes. Once `stopping` is set, queued batches go straight to the
+    /// spool (a stop must not wait on a slow receiver, batch by batch).
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>, stopping: Arc<AtomicBool>) {
         let mut not_before = Instant::now();
         loop {
             let now = Instant::now();
@@ -312,8 +316,10 @@ impl Pusher {
             tokio::select! {
                 biased;
                 b = rx.recv() => match b {
-                    Some(b) => {
-                        if Instant::now() < not_before {
+                                        Some(b) => {
+                        if stopping.load(Ordering::SeqCst) {
+                            self.spool_append(&b);
+                        } else if Instant::now() < not_before {
                             // Backing off: keep order by queueing behind the spool.
                             self.spool_append(&b);
                         } else if let Some(w) = self.handle(b).await {
