@@ -86,6 +86,8 @@ struct Collector {
     scrapers: Vec<scrape::Scraper>,
     /// Set while a host collection runs.
     host_busy: Arc<std::sync::atomic::AtomicBool>,
+    /// An identity found after start (IMDS retried in the background).
+    identity_update: Arc<std::sync::Mutex<Option<Identity>>>,
     target_labels: Vec<(String, String)>,
 }
 
@@ -107,6 +109,7 @@ impl Collector {
             .map(|t| scrape::Scraper::new(t.clone(), target_labels.clone()))
             .collect();
         Collector {
+            identity_update: Arc::new(std::sync::Mutex::new(None)),
             host_busy: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             target_labels: target_labels.clone(),
             host_labels: collect::LabelCache::new(target_labels.clone()),
@@ -163,7 +166,26 @@ impl Collector {
         }
     }
 
+    /// Takes up an identity found late (IMDS answering after start): new target labels, caches
+    /// rebuilt.
+    fn apply_identity(&mut self, id: &Identity) {
+        let labels = identity_labels(id, &self.cfg);
+        tracing::info!(instance = %id.instance, source = id.source, asg = ?id.asg, az = ?id.az, "identity updated");
+        self.target_labels = labels.clone();
+        self.host_labels = collect::LabelCache::new(labels.clone());
+        self.scrapers = self
+            .cfg
+            .scrape
+            .iter()
+            .map(|t| scrape::Scraper::new(t.clone(), labels.clone()))
+            .collect();
+    }
+
     async fn round(&mut self) -> Round {
+        let late = self.identity_update.lock().ok().and_then(|mut g| g.take());
+        if let Some(id) = late {
+            self.apply_identity(&id);
+        }
         let started = std::time::Instant::now();
         let ts = now_ms();
         let (mut metrics, mut families) = (Vec::new(), Vec::new());
@@ -317,6 +339,42 @@ async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), Strin
         return Ok(());
     }
     tracing::info!(instance = %id.instance, source = id.source, asg = ?id.asg, az = ?id.az, "identity");
+    // On EC2 the metadata service can be slow right after boot: when it did not answer, keep
+    // asking in the background (up to 10 minutes) rather than report a hostname for good.
+    if id.source == "hostname"
+        && matches!(
+            cfg.identity.source,
+            config::IdentitySource::Auto | config::IdentitySource::Ec2
+        )
+    {
+        let (http2, icfg, slot) = (
+            http.clone(),
+            cfg.identity.clone(),
+            collector.identity_update.clone(),
+        );
+        tokio::spawn(async move {
+            let mut wait = Duration::from_secs(5);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(wait).await;
+                if identity::from_imds(
+                    &http2,
+                    &icfg.imds_endpoint,
+                    Duration::from_millis(icfg.imds_timeout_ms.max(1000)),
+                )
+                .await
+                .is_some()
+                {
+                    let found = identity::resolve(&icfg, &http2).await;
+                    if let Ok(mut g) = slot.lock() {
+                        *g = Some(found);
+                    }
+                    return;
+                }
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+        });
+    }
 
     let (spool, rec) = match spool::Spool::open(&cfg.buffer.dir, cfg.buffer.max_bytes) {
         Ok(s) => s,

@@ -423,6 +423,23 @@ async fn route(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resp {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    // The token is checked before a body is read: an unauthenticated sender cannot make the
+    // aggregator buffer 32 MiB.
+    if matches!(path.as_str(), "/api/v1/write" | "/-/reload")
+        && !ingest::authorized(&app, auth.as_deref())
+    {
+        if path == "/api/v1/write" {
+            app.metrics
+                .write_requests
+                .get_or_create(&vec![("code".into(), "401".into())])
+                .inc();
+        }
+        return respond(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "missing or wrong bearer token\n",
+        );
+    }
     // Bodies are bounded before they are read.
     let limit = if path == "/api/v1/write" {
         app.cfg.max_body_bytes

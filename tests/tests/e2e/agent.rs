@@ -579,3 +579,44 @@ fn ec2_identity_comes_from_imdsv2() {
         "{line}"
     );
 }
+
+#[test]
+fn an_imds_that_answers_late_still_gives_the_ec2_identity() {
+    let dir = tempdir("agent-late-imds");
+    let rx = Receiver::start(free_port());
+    let imds_port = free_port();
+    let cfg = agent_config(dir.path(), &rx.url(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .expect("read")
+        .replace("source = \"static\"\ninstance = \"i-test\"\nasg = \"web-asg\"\naz = \"us-east-1a\"", &format!("source = \"auto\"\nimds_endpoint = \"http://127.0.0.1:{imds_port}\"\nasg = \"web-asg\""));
+    assert!(text.contains("source = \"auto\""), "{text}");
+    std::fs::write(&cfg, text).expect("write");
+    let agent = Child::spawn(
+        "agent",
+        Command::new(bin("vigil-agent")).arg("--config").arg(&cfg),
+        dir.path(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // The metadata service comes up only now.
+    let _moto = Child::spawn(
+        "moto",
+        Command::new(peer("moto_server")).args(["-H", "127.0.0.1", "-p", &imds_port.to_string()]),
+        dir.path(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let got = rx.store.lock().expect("lock").samples.iter().any(|(l, _)| {
+            load1(l) && l.get("instance") == Some("i-fake") && l.get("az") == Some("us-east-1a")
+        });
+        if got {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the EC2 identity never arrived\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(agent.log_text().contains("identity updated"));
+}
