@@ -214,6 +214,12 @@ impl Collector {
                 } else if let Some(e) = &r.error {
                     tracing::warn!(url = %url, error = %e, "scrape failed");
                 }
+                if r.oversized > 0 {
+                    self.metrics.samples_dropped.inc_by(r.oversized as u64);
+                    if self.warned_limit.insert(format!("oversized {url}")) {
+                        tracing::warn!(url = %url, series = r.oversized, "scraped series over the per-series label limits dropped (logged once per target)");
+                    }
+                }
                 out.push(
                     "vigil_scrape_up",
                     &[("target", &url)],

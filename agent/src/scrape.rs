@@ -43,8 +43,22 @@ const ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.5,applicati
 /// Largest scrape body read (compressed and decompressed).
 const MAX_BODY: usize = 64 << 20;
 
+/// Per-series limits a receiver enforces (the aggregator's defaults): a series beyond them is
+/// dropped here, alone, rather than have the receiver refuse the whole batch it travels in.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_NAME: usize = 256;
+pub const MAX_LABEL_VALUE: usize = 4096;
+
+fn oversized(l: &Labels) -> bool {
+    l.len() > MAX_LABELS
+        || l.iter()
+            .any(|x| x.name.len() > MAX_LABEL_NAME || x.value.len() > MAX_LABEL_VALUE)
+}
+
 pub struct ScrapeResult {
     pub samples: Vec<(Labels, Sample)>,
+    /// Series dropped for exceeding the per-series limits.
+    pub oversized: usize,
     pub up: bool,
     pub duration: Duration,
     pub limit_exceeded: bool,
@@ -77,6 +91,7 @@ impl Scraper {
         let t = &self.target;
         let fail = |e: String| ScrapeResult {
             samples: vec![],
+            oversized: 0,
             up: false,
             duration: started.elapsed(),
             limit_exceeded: false,
@@ -137,8 +152,9 @@ impl Scraper {
             return fail("body is not UTF-8".into());
         };
         match self.parse(body, format, now_ms) {
-            Ok(samples) => ScrapeResult {
+            Ok((samples, oversized)) => ScrapeResult {
                 samples,
+                oversized,
                 up: true,
                 duration: started.elapsed(),
                 limit_exceeded: false,
@@ -146,6 +162,7 @@ impl Scraper {
             },
             Err((limit, e)) => ScrapeResult {
                 samples: vec![],
+                oversized: 0,
                 up: false,
                 duration: started.elapsed(),
                 limit_exceeded: limit,
@@ -161,11 +178,12 @@ impl Scraper {
         body: &str,
         format: Format,
         now_ms: i64,
-    ) -> Result<Vec<(Labels, Sample)>, (bool, String)> {
+    ) -> Result<(Vec<(Labels, Sample)>, usize), (bool, String)> {
         self.generation += 1;
         let generation = self.generation;
         let mut out = Vec::with_capacity(self.cache.len().max(16));
         let mut saw_eof = false;
+        let mut dropped = 0usize;
         for (i, line) in body.lines().enumerate() {
             if format == Format::OpenMetrics && line == "# EOF" {
                 saw_eof = true;
@@ -210,6 +228,10 @@ impl Scraper {
                 }
                 None => {
                     let l = with_target_labels(&p.labels, &self.target_labels);
+                    if oversized(&l) {
+                        dropped += 1;
+                        continue;
+                    }
                     self.cache
                         .insert(series.to_string(), (l.clone(), generation));
                     l
@@ -230,7 +252,7 @@ impl Scraper {
         if generation % 16 == 0 {
             self.cache.retain(|_, (_, g)| generation - *g < 16);
         }
-        Ok(out)
+        Ok((out, dropped))
     }
 }
 
@@ -251,8 +273,8 @@ mod tests {
     fn cached_and_fresh_parses_agree() {
         let body = "# TYPE a counter\na{x=\"1\"} 5\na{x=\"2\",instance=\"app\"} 7 1000\nb 1.5\n";
         let mut s = scraper(100);
-        let first = s.parse(body, Format::Prometheus, 42).unwrap();
-        let second = s.parse(body, Format::Prometheus, 42).unwrap();
+        let first = s.parse(body, Format::Prometheus, 42).unwrap().0;
+        let second = s.parse(body, Format::Prometheus, 42).unwrap().0;
         assert_eq!(first, second);
         assert_eq!(first[1].0.get("exported_instance"), Some("app"));
         assert_eq!(first[1].0.get("instance"), Some("i-1"));
@@ -276,10 +298,22 @@ mod tests {
             "missing # EOF"
         );
         assert_eq!(
-            s.parse("a 1 1.5\n# EOF\n", Format::OpenMetrics, 0).unwrap()[0]
+            s.parse("a 1 1.5\n# EOF\n", Format::OpenMetrics, 0)
+                .unwrap()
+                .0[0]
                 .1
                 .timestamp_ms,
             1500
         );
+        // One oversized series is dropped alone.
+        let long = "x".repeat(MAX_LABEL_VALUE + 1);
+        let (kept, dropped) = s
+            .parse(
+                &format!("ok 1\nbig{{v=\"{long}\"}} 2\n"),
+                Format::Prometheus,
+                0,
+            )
+            .unwrap();
+        assert_eq!((kept.len(), dropped), (1, 1));
     }
 }
