@@ -55,6 +55,9 @@ fn oversized(l: &Labels) -> bool {
             .any(|x| x.name.len() > MAX_LABEL_NAME || x.value.len() > MAX_LABEL_VALUE)
 }
 
+/// A parsed scrape: the samples kept, and how many series were dropped as oversized.
+type Parsed = (Vec<(Labels, Sample)>, usize);
+
 pub struct ScrapeResult {
     pub samples: Vec<(Labels, Sample)>,
     /// Series dropped for exceeding the per-series limits.
@@ -173,12 +176,7 @@ impl Scraper {
 
     /// Parses a body, using and refreshing the label cache. Errors say whether the series limit
     /// was the cause.
-    fn parse(
-        &mut self,
-        body: &str,
-        format: Format,
-        now_ms: i64,
-    ) -> Result<(Vec<(Labels, Sample)>, usize), (bool, String)> {
+    fn parse(&mut self, body: &str, format: Format, now_ms: i64) -> Result<Parsed, (bool, String)> {
         self.generation += 1;
         let generation = self.generation;
         let mut out = Vec::with_capacity(self.cache.len().max(16));
