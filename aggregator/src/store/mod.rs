@@ -1,19 +1,20 @@
-//! The series window: the last `retention` of every series, in memory, with an index by metric
-//! name for the selectors rules use. Out-of-order and too-old samples are dropped and counted,
+//! The series window: the last `retention` of every series, in memory, with an inverted index
+//! ([`index`]) for the selectors rules and queries use. Out-of-order and too-old samples are dropped and counted,
 //! never stored wrongly.
 //!
 //! Samples are kept in Gorilla-compressed chunks ([`chunk`]): about a byte and a half per sample
 //! for steady series instead of sixteen.
 
 pub mod chunk;
+mod index;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use vigil_rules::evaluator::RuleStorage;
-use vigil_rules::promql::storage::{matches_all, MatchOp, Matcher};
+use vigil_rules::promql::storage::{matches_all, Matcher};
 use vigil_rules::promql::{SeriesData, Storage};
-use vigil_wire::{Labels, Sample, METRIC_NAME};
+use vigil_wire::{Labels, Sample};
 
 struct Series {
     labels: Labels,
@@ -81,7 +82,7 @@ impl Series {
 struct Inner {
     series: Vec<Option<Series>>,
     by_labels: HashMap<Labels, usize>,
-    by_name: HashMap<String, Vec<usize>>,
+    index: index::Index,
     free: Vec<usize>,
     samples: usize,
 }
@@ -115,7 +116,8 @@ impl Store {
         Store {
             inner: Mutex::new(Inner::default()),
             retention_ms,
-            max_series,
+            // Series ids are `u32` in the index.
+            max_series: max_series.min(index::Id::MAX as usize),
         }
     }
 
@@ -195,10 +197,7 @@ impl Store {
                         g.series.len() - 1
                     }
                 };
-                g.by_name
-                    .entry(labels.metric_name().unwrap_or("").to_string())
-                    .or_default()
-                    .push(id);
+                g.index.add(&labels, id as index::Id);
                 g.by_labels.insert(labels, id);
                 id
             }
@@ -272,19 +271,15 @@ impl Store {
             }
         }
         g.samples -= removed;
+        let mut gone = Vec::with_capacity(emptied.len());
         for id in emptied {
             if let Some(s) = g.series[id].take() {
                 g.by_labels.remove(&s.labels);
-                let name = s.labels.metric_name().unwrap_or("").to_string();
-                if let Some(v) = g.by_name.get_mut(&name) {
-                    v.retain(|x| *x != id);
-                    if v.is_empty() {
-                        g.by_name.remove(&name);
-                    }
-                }
+                gone.push((s.labels, id as index::Id));
                 g.free.push(id);
             }
         }
+        g.index.remove_all(gone.iter().map(|(l, id)| (l, *id)));
     }
 
     /// Marks stale every series that has not been pushed to for `stale_after` (its instance
@@ -337,21 +332,13 @@ impl Store {
             .collect()
     }
 
-    /// Every label name, or every value of one label, among series with samples in range.
+    /// Every label name, or every value of one label, among series in the window (sorted).
     pub fn label_values(&self, name: Option<&str>) -> Vec<String> {
         let g = self.lock();
-        let mut out: std::collections::BTreeSet<String> = Default::default();
-        for s in g.series.iter().flatten() {
-            match name {
-                None => out.extend(s.labels.iter().map(|l| l.name.to_string())),
-                Some(n) => {
-                    if let Some(v) = s.labels.get(n) {
-                        out.insert(v.to_string());
-                    }
-                }
-            }
+        match name {
+            None => g.index.names(),
+            Some(n) => g.index.values(n),
         }
-        out.into_iter().collect()
     }
 
     /// Per instance: its label sets' last push time (ms).
@@ -382,18 +369,15 @@ impl Store {
 impl Storage for Store {
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData> {
         let g = self.lock();
-        let name_eq = matchers
-            .iter()
-            .find(|m| m.name == METRIC_NAME && matches!(m.op, MatchOp::Equal));
-        let candidates: Box<dyn Iterator<Item = &Series>> = match name_eq {
-            Some(m) => Box::new(
-                g.by_name
-                    .get(&m.value)
+        let candidates: Box<dyn Iterator<Item = &Series>> = match g.index.candidates(matchers) {
+            index::Candidates::None => return Vec::new(),
+            index::Candidates::All => Box::new(g.series.iter().flatten()),
+            index::Candidates::Lists(lists) => Box::new(
+                lists
                     .into_iter()
                     .flatten()
-                    .filter_map(|id| g.series[*id].as_ref()),
+                    .filter_map(|id| g.series[*id as usize].as_ref()),
             ),
-            None => Box::new(g.series.iter().flatten()),
         };
         let mut out = Vec::new();
         for s in candidates {
@@ -454,6 +438,7 @@ impl RuleStorage for RuleSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vigil_rules::promql::storage::MatchOp;
 
     fn l(name: &str, job: &str) -> Labels {
         Labels::from_pairs([("__name__", name), ("job", job)])
@@ -552,5 +537,72 @@ mod tests {
             .append(&l("up", "c"), [Sample::new(61_000, 1.0)], 61_000)
             .is_ok());
         assert_eq!(s.label_values(Some("job")), ["c"]);
+    }
+
+    /// Selections through the index give what a full scan gives, also after compaction frees ids
+    /// and new series reuse them.
+    #[test]
+    fn selections_through_the_index_match_a_full_scan() {
+        use promql_parser::parser::token::{T_EQL_REGEX, T_NEQ_REGEX};
+        let s = Store::new(60_000, 1000);
+        for i in 0..40 {
+            let t = if i % 3 == 0 { 0 } else { 50_000 };
+            let labels = Labels::from_pairs([
+                ("__name__", format!("m{}", i % 4)),
+                ("job", format!("j{}", i % 5)),
+                ("az", if i % 2 == 0 { "a" } else { "" }.to_string()),
+            ]);
+            s.append(&labels, [Sample::new(t, i as f64)], t).unwrap();
+        }
+        // Frees every third series; new ones take their ids.
+        s.compact(70_000);
+        for i in 0..10 {
+            let labels = Labels::from_pairs([("__name__", "late"), ("job", &format!("j{i}"))]);
+            s.append(&labels, [Sample::new(70_000, 1.0)], 70_000)
+                .unwrap();
+        }
+        let re = |op, name: &str, v: &str| Matcher::new_matcher(op, name.into(), v.into()).unwrap();
+        let cases: Vec<Vec<Matcher>> = vec![
+            vec![Matcher::new(MatchOp::Equal, "job", "j2")],
+            vec![Matcher::new(MatchOp::Equal, "az", "a")],
+            vec![Matcher::new(MatchOp::Equal, "az", "")],
+            vec![Matcher::new(MatchOp::NotEqual, "az", "")],
+            vec![
+                re(T_EQL_REGEX, "job", "j1|j3"),
+                Matcher::new(MatchOp::Equal, "__name__", "m1"),
+            ],
+            vec![
+                re(T_EQL_REGEX, "__name__", "m.*"),
+                re(T_NEQ_REGEX, "job", "j0|j4"),
+            ],
+            vec![
+                re(T_EQL_REGEX, "job", ".+"),
+                Matcher::new(MatchOp::Equal, "__name__", "late"),
+            ],
+            vec![Matcher::new(MatchOp::Equal, "job", "missing")],
+            vec![re(T_NEQ_REGEX, "job", ".*")],
+        ];
+        for matchers in cases {
+            let mut got: Vec<String> = s
+                .series(&matchers, 0, 100_000)
+                .iter()
+                .map(|l| l.encoded().to_string())
+                .collect();
+            got.sort();
+            let g = s.lock();
+            let mut want: Vec<String> = g
+                .series
+                .iter()
+                .flatten()
+                .filter(|x| matches_all(&x.labels, &matchers))
+                .map(|x| x.labels.encoded().to_string())
+                .collect();
+            want.sort();
+            assert_eq!(got, want, "{matchers:?}");
+        }
+        assert_eq!(
+            s.label_values(Some("__name__")),
+            ["late", "m0", "m1", "m2", "m3"]
+        );
     }
 }
