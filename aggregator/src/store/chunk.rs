@@ -83,17 +83,28 @@ impl BitReader<'_> {
     }
 }
 
-/// A chunk that is done growing: just its bytes (exactly sized) and bounds — the encoder state a
-/// growing chunk carries is dropped, which matters at hundreds of thousands of series.
-#[derive(Debug, Clone)]
-pub struct Closed {
-    bytes: Box<[u8]>,
+/// The full chunks of one series, oldest first, in one exactly sized allocation: per chunk a
+/// 22-byte header (first and last timestamp, sample count, byte length) and its bytes. A
+/// separate allocation and a 40-byte descriptor per chunk cost about a tenth of the memory of a
+/// series holding a few hours; a chunk closes every 120 samples, so rewriting the block then is
+/// cheap.
+#[derive(Debug, Clone, Default)]
+pub struct ClosedChunks {
+    blob: Box<[u8]>,
+}
+
+const HEADER: usize = 8 + 8 + 2 + 4;
+
+/// One chunk inside [`ClosedChunks`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClosedRef<'a> {
     first_t: i64,
     last_t: i64,
     count: u16,
+    bytes: &'a [u8],
 }
 
-impl Closed {
+impl ClosedRef<'_> {
     pub fn len(&self) -> usize {
         usize::from(self.count)
     }
@@ -103,11 +114,75 @@ impl Closed {
     pub fn last_t(&self) -> i64 {
         self.last_t
     }
-    pub fn bytes(&self) -> usize {
-        self.bytes.len()
-    }
     pub fn iter(&self) -> ChunkIter<'_> {
-        ChunkIter::new(&self.bytes, self.count)
+        ChunkIter::new(self.bytes, self.count)
+    }
+}
+
+impl ClosedChunks {
+    pub fn is_empty(&self) -> bool {
+        self.blob.is_empty()
+    }
+
+    /// Heap bytes held.
+    pub fn bytes(&self) -> usize {
+        self.blob.len()
+    }
+
+    /// Appends a full chunk.
+    pub fn push(&mut self, c: Chunk) {
+        let data = &c.w.bytes;
+        let mut v = Vec::with_capacity(self.blob.len() + HEADER + data.len());
+        v.extend_from_slice(&self.blob);
+        v.extend_from_slice(&c.first_t.to_le_bytes());
+        v.extend_from_slice(&c.last_t.to_le_bytes());
+        v.extend_from_slice(&c.count.to_le_bytes());
+        // A chunk of 120 samples is at most a few kilobytes.
+        v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        v.extend_from_slice(data);
+        self.blob = v.into_boxed_slice();
+    }
+
+    pub fn iter(&self) -> ClosedIter<'_> {
+        ClosedIter { rest: &self.blob }
+    }
+
+    /// Drops the chunks whose newest sample is older than `oldest`; returns the samples dropped.
+    pub fn drop_older_than(&mut self, oldest: i64) -> usize {
+        let mut cut = 0;
+        let mut dropped = 0;
+        for c in self.iter().take_while(|c| c.last_t < oldest) {
+            cut += HEADER + c.bytes.len();
+            dropped += c.len();
+        }
+        if cut > 0 {
+            self.blob = self.blob[cut..].into();
+        }
+        dropped
+    }
+}
+
+pub struct ClosedIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for ClosedIter<'a> {
+    type Item = ClosedRef<'a>;
+
+    fn next(&mut self) -> Option<ClosedRef<'a>> {
+        let (h, rest) = self.rest.split_at_checked(HEADER)?;
+        let first_t = i64::from_le_bytes(h[0..8].try_into().ok()?);
+        let last_t = i64::from_le_bytes(h[8..16].try_into().ok()?);
+        let count = u16::from_le_bytes(h[16..18].try_into().ok()?);
+        let len = u32::from_le_bytes(h[18..22].try_into().ok()?) as usize;
+        let (bytes, rest) = rest.split_at_checked(len)?;
+        self.rest = rest;
+        Some(ClosedRef {
+            first_t,
+            last_t,
+            count,
+            bytes,
+        })
     }
 }
 
@@ -147,15 +222,6 @@ impl Chunk {
     }
 
     /// Closes the chunk: exactly sized bytes, no encoder state.
-    pub fn close(self) -> Closed {
-        Closed {
-            bytes: self.w.bytes.into_boxed_slice(),
-            first_t: self.first_t,
-            last_t: self.last_t,
-            count: self.count,
-        }
-    }
-
     /// Heap bytes used.
     pub fn bytes(&self) -> usize {
         self.w.bytes.capacity()
@@ -453,5 +519,42 @@ mod tests {
             }
             round_trip(&samples);
         }
+    }
+
+    #[test]
+    fn closed_chunks_share_one_block_and_drop_from_the_front() {
+        let mut closed = ClosedChunks::default();
+        let mut all = Vec::new();
+        for k in 0..4i64 {
+            let mut c = Chunk::default();
+            // Chunks of different lengths and shapes.
+            for i in 0..(30 + k * 10) {
+                let s = Sample::new(k * 10_000 + i * 7, (i * i) as f64 / 3.0);
+                c.push(s);
+                all.push((k, s));
+            }
+            closed.push(c);
+        }
+        let chunks: Vec<ClosedRef<'_>> = closed.iter().collect();
+        assert_eq!(chunks.len(), 4);
+        let back: Vec<Sample> = chunks.iter().flat_map(|c| c.iter()).collect();
+        let want: Vec<Sample> = all.iter().map(|(_, s)| *s).collect();
+        assert_eq!(back.len(), want.len());
+        assert!(back.iter().zip(&want).all(
+            |(a, b)| a.timestamp_ms == b.timestamp_ms && a.value.to_bits() == b.value.to_bits()
+        ));
+        assert_eq!((chunks[1].first_t(), chunks[1].len()), (10_000, 40));
+
+        // The first two chunks end before 20,000.
+        let dropped = closed.drop_older_than(20_000);
+        assert_eq!(dropped, 30 + 40);
+        let rest: Vec<Sample> = closed
+            .iter()
+            .flat_map(|c| c.iter().collect::<Vec<_>>())
+            .collect();
+        assert_eq!(rest.len(), 50 + 60);
+        assert_eq!(rest[0].timestamp_ms, 20_000);
+        assert_eq!(closed.drop_older_than(i64::MAX), 110);
+        assert!(closed.is_empty() && closed.bytes() == 0);
     }
 }

@@ -18,8 +18,8 @@ use vigil_wire::{Labels, Sample};
 
 struct Series {
     labels: Labels,
-    /// Full chunks, oldest first (grown one slot at a time: no spare capacity per series).
-    closed: Vec<chunk::Closed>,
+    /// Full chunks, oldest first, in one allocation.
+    closed: chunk::ClosedChunks,
     /// The chunk being appended to.
     head: Option<chunk::Chunk>,
     /// The newest sample (appends must be newer).
@@ -44,8 +44,7 @@ impl Series {
         // Closed as soon as it is full: its bytes are then sized exactly.
         if head.is_full() {
             if let Some(full) = self.head.take() {
-                self.closed.reserve_exact(1);
-                self.closed.push(full.close());
+                self.closed.push(full);
             }
         }
         self.last = Some(s);
@@ -59,7 +58,7 @@ impl Series {
     fn range(&self, mint: i64, maxt: i64) -> Vec<Sample> {
         let mut out = Vec::new();
         let in_range = |s: &Sample| s.timestamp_ms >= mint && s.timestamp_ms <= maxt;
-        for c in &self.closed {
+        for c in self.closed.iter() {
             if c.last_t() >= mint && c.first_t() <= maxt {
                 out.extend(c.iter().filter(in_range));
             }
@@ -201,7 +200,7 @@ impl Store {
                 let labels = Labels::from_encoded(encoded);
                 let s = Series {
                     labels: labels.clone(),
-                    closed: Vec::new(),
+                    closed: Default::default(),
                     head: None,
                     last: None,
                     last_push_ms: if pushed { now_ms } else { INTERNAL },
@@ -280,11 +279,7 @@ impl Store {
         for (id, slot) in g.series.iter_mut().enumerate() {
             if let Some(s) = slot {
                 // Whole chunks go once their newest sample is past the retention.
-                let old = s.closed.iter().take_while(|c| c.last_t() < oldest).count();
-                if old > 0 {
-                    removed += s.closed.drain(..old).map(|c| c.len()).sum::<usize>();
-                    s.closed.shrink_to_fit();
-                }
+                removed += s.closed.drop_older_than(oldest);
                 if s.closed.is_empty()
                     && s.head
                         .as_ref()
@@ -344,10 +339,7 @@ impl Store {
             .series
             .iter()
             .flatten()
-            .map(|s| {
-                s.closed.iter().map(|c| c.bytes()).sum::<usize>()
-                    + s.head.as_ref().map_or(0, |h| h.bytes())
-            })
+            .map(|s| s.closed.bytes() + s.head.as_ref().map_or(0, |h| h.bytes()))
             .sum()
     }
 
