@@ -416,7 +416,41 @@ fn prometheus_remote_writes_into_the_aggregator() {
         let a = query_at_range(&agg, q, &range);
         let b = query_at_range(&prom, q, &range);
         assert_same(&format!("{q} (range)"), &a, &b);
+
+        // And through Prometheus's own client: promtool's query commands.
+        let instant = ["instant", "--time", &format!("{t}")];
+        let a = promtool_query(&agg, &instant, q);
+        let b = promtool_query(&prom, &instant, q);
+        assert_same(&format!("{q} (promtool)"), &a, &b);
+        let (start, end) = (format!("{}", t - 6.0), format!("{t}"));
+        let range = ["range", "--start", &start, "--end", &end, "--step", "2s"];
+        let a = promtool_query(&agg, &range, q);
+        let b = promtool_query(&prom, &range, q);
+        assert_same(&format!("{q} (promtool range)"), &a, &b);
     }
+}
+
+/// `promtool query <kind> -o json <flags> <server> <expr>`: its output is the `result` of the
+/// API's envelope.
+fn promtool_query(base: &str, kind_and_flags: &[&str], q: &str) -> Result {
+    let out = Command::new(peer("promtool"))
+        .arg("query")
+        .arg(kind_and_flags[0])
+        .args(["-o", "json"])
+        .args(&kind_and_flags[1..])
+        .args([base, q])
+        .output()
+        .expect("promtool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "promtool query against {base}: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_result(&format!(
+        r#"{{"status":"success","data":{{"result":{}}}}}"#,
+        text.trim()
+    ))
 }
 
 /// `(labels, [(t, v)])` of an instant or range query, sorted by labels.
