@@ -248,7 +248,8 @@ impl Store {
                     hasher.hash_one(
                         series[other as usize]
                             .as_ref()
-                            .map_or("", |s| s.labels.encoded()),
+                            .map(|s| s.labels.encoded())
+                            .expect("every id in the series map names a live series"),
                     )
                 });
                 id
@@ -324,7 +325,9 @@ impl Store {
         for id in emptied {
             if let Some(s) = g.series[id].take() {
                 let hash = g.hasher.hash_one(s.labels.encoded());
-                if let Ok(e) = g.by_labels.find_entry(hash, |&x| x as usize == id) {
+                let entry = g.by_labels.find_entry(hash, |&x| x as usize == id);
+                debug_assert!(entry.is_ok(), "series {id} missing from the series map");
+                if let Ok(e) = entry {
                     e.remove();
                 }
                 gone.push((s.labels, id as index::Id));

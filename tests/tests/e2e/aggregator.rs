@@ -65,23 +65,7 @@ fn agent_pushes_rules_evaluate_and_the_api_answers() {
     let cfg = write_config(dir.path(), port, &rules.display().to_string(), "");
     let agg = start(dir.path(), &cfg, port);
     let base = format!("http://127.0.0.1:{port}");
-    let agent_cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent_cfg,
-        format!(
-            "[agent]\ninterval = \"1s\"\n[identity]\nsource = \"static\"\ninstance = \"i-e2e\"\nasg = \"web-asg\"\n[push]\nurl = \"{base}/api/v1/write\"\n[buffer]\ndir = \"{}\"\n[listen]\naddress = \"127.0.0.1:{}\"\n",
-            dir.path().join("spool").display(),
-            free_port()
-        ),
-    )
-    .expect("write");
-    let _agent = Child::spawn(
-        "agent",
-        Command::new(bin("vigil-agent"))
-            .arg("--config")
-            .arg(&agent_cfg),
-        dir.path(),
-    );
+    let _agent = start_agent(dir.path(), &base, "i-e2e");
     let load = wait_for(&base, "node_load1{instance=\"i-e2e\"}", 1);
     assert_eq!(load.len(), 1, "aggregator log:\n{}", agg.log_text());
     assert_eq!(load[0].0["asg"], "web-asg");
@@ -613,23 +597,7 @@ fn an_instance_that_stops_pushing_goes_stale_and_down() {
     let cfg = write_config(dir.path(), port, "/nonexistent/*.toml", "");
     let agg = start(dir.path(), &cfg, port);
     let base = format!("http://127.0.0.1:{port}");
-    let agent_cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent_cfg,
-        format!(
-            "[agent]\ninterval = \"1s\"\n[identity]\nsource = \"static\"\ninstance = \"i-gone\"\nasg = \"web-asg\"\n[push]\nurl = \"{base}/api/v1/write\"\n[buffer]\ndir = \"{}\"\n[listen]\naddress = \"127.0.0.1:{}\"\n",
-            dir.path().join("spool").display(),
-            free_port()
-        ),
-    )
-    .expect("write");
-    let agent = Child::spawn(
-        "agent",
-        Command::new(bin("vigil-agent"))
-            .arg("--config")
-            .arg(&agent_cfg),
-        dir.path(),
-    );
+    let agent = start_agent(dir.path(), &base, "i-gone");
     let up = wait_for(&base, "vigil_instance_up{instance=\"i-gone\"} == 1", 1);
     assert_eq!(up.len(), 1, "{}", agg.log_text());
     assert_eq!(up[0].0["asg"], "web-asg");
@@ -649,4 +617,25 @@ fn an_instance_that_stops_pushing_goes_stale_and_down() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// An agent on this host pushing to `base` as `instance` of `web-asg`, every second.
+fn start_agent(dir: &Path, base: &str, instance: &str) -> Child {
+    let agent_cfg = dir.join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "[agent]\ninterval = \"1s\"\n[identity]\nsource = \"static\"\ninstance = \"{instance}\"\nasg = \"web-asg\"\n[push]\nurl = \"{base}/api/v1/write\"\n[buffer]\ndir = \"{}\"\n[listen]\naddress = \"127.0.0.1:{}\"\n",
+            dir.join("spool").display(),
+            free_port()
+        ),
+    )
+    .expect("write");
+    Child::spawn(
+        "agent",
+        Command::new(bin("vigil-agent"))
+            .arg("--config")
+            .arg(&agent_cfg),
+        dir,
+    )
 }
