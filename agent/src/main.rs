@@ -8,7 +8,7 @@
 mod collect;
 mod config;
 mod health;
-mod http;
+use vigil_config::http;
 mod identity;
 mod push;
 mod scrape;

@@ -323,9 +323,13 @@ fn scaling_json(app: &App) -> Json {
                 .map(|d| json!({"time": format_timestamp_ms(d.at), "from": d.current, "to": d.desired, "by": d.by, "held": d.held,
                     "inputs": d.inputs.iter().map(|i| json!({"policy": i.policy, "value": i.value.map(shortest_g), "recommended": i.recommended, "reason": i.reason})).collect::<Vec<_>>()}))
                 .collect();
-            let current = ev.sim.capacity.get(asg).copied();
+            let decided = ev.sim.capacity.get(asg).copied();
+            let group = app.actions.group(asg);
+            let current = group.as_ref().map_or(decided, |g| Some(g.desired));
+            let desired = app.actions.pending(asg).or(decided);
             out.push(json!({"policy": p.name, "group": asg, "min": p.min, "max": p.max, "current": current,
-                "desired": current, "dry_run": app.cfg.dry_run, "last_decisions": last}));
+                "desired": desired, "dry_run": app.cfg.dry_run, "last_decisions": last,
+                "fleet": app.actions.group_json(asg)}));
         }
     }
     json!({"policies": out})
@@ -512,12 +516,7 @@ async fn route(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resp {
         (&Method::GET, "/api/v1/decisions") => {
             // Vigil's own: the persisted decision history (alerts, scaling, replacement), newest
             // first; it survives restarts.
-            let items = app
-                .db
-                .as_ref()
-                .map(|db| db.lock().unwrap_or_else(|p| p.into_inner()).recent(200))
-                .transpose()
-                .map(|o| o.unwrap_or_default());
+            let items = app.db().recent(200);
             match items {
                 Ok(v) => json_ok(json!(v
                     .into_iter()

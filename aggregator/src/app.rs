@@ -31,6 +31,13 @@ pub struct Metrics {
     pub rule_evaluation_failures: Counter,
     pub reloads: Family<LabelSet, Counter>,
     pub decisions: Family<LabelSet, Counter>,
+    pub aws_calls: Family<LabelSet, Counter>,
+    pub external_changes: Family<LabelSet, Counter>,
+    pub notifications: Family<LabelSet, Counter>,
+    pub outbox: Gauge,
+    pub cloudwatch_datums: Counter,
+    pub cloudwatch_dropped: Family<LabelSet, Counter>,
+    pub cloudwatch_cost: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -45,6 +52,13 @@ impl Metrics {
             rule_evaluation_failures: Counter::default(),
             reloads: Family::default(),
             decisions: Family::default(),
+            aws_calls: Family::default(),
+            external_changes: Family::default(),
+            notifications: Family::default(),
+            outbox: Gauge::default(),
+            cloudwatch_datums: Counter::default(),
+            cloudwatch_dropped: Family::default(),
+            cloudwatch_cost: Gauge::default(),
         };
         r.register(
             "vigil_aggregator_write_requests",
@@ -91,7 +105,60 @@ impl Metrics {
             "Decisions by kind",
             m.decisions.clone(),
         );
+        r.register(
+            "vigil_aggregator_aws_calls",
+            "AWS calls by call and result (ok, error, dry_run: logged, not made)",
+            m.aws_calls.clone(),
+        );
+        r.register(
+            "vigil_aggregator_external_capacity_changes",
+            "Desired-capacity changes made outside Vigil, by group",
+            m.external_changes.clone(),
+        );
+        r.register(
+            "vigil_aggregator_notifications",
+            "Notification delivery attempts by integration and result (delivered, failed, expired, dry_run)",
+            m.notifications.clone(),
+        );
+        r.register(
+            "vigil_aggregator_notification_outbox",
+            "Notifications waiting in the outbox",
+            m.outbox.clone(),
+        );
+        r.register(
+            "vigil_aggregator_cloudwatch_datums",
+            "CloudWatch datums published",
+            m.cloudwatch_datums.clone(),
+        );
+        r.register(
+            "vigil_aggregator_cloudwatch_dropped",
+            "Recorded samples not published to CloudWatch, by reason (non_finite, queue_full)",
+            m.cloudwatch_dropped.clone(),
+        );
+        r.register(
+            "vigil_aggregator_cloudwatch_estimated_monthly_cost_dollars",
+            "Estimated monthly cost of the custom metrics published in the last hour and of the PutMetricData calls, at CloudWatch's list price",
+            m.cloudwatch_cost.clone(),
+        );
         m
+    }
+
+    pub fn aws_call(&self, call: &str, result: &str) {
+        self.aws_calls
+            .get_or_create(&vec![
+                ("call".into(), call.into()),
+                ("result".into(), result.into()),
+            ])
+            .inc();
+    }
+
+    pub fn notification(&self, integration: &str, result: &str) {
+        self.notifications
+            .get_or_create(&vec![
+                ("integration".into(), integration.into()),
+                ("result".into(), result.into()),
+            ])
+            .inc();
     }
 }
 
@@ -104,6 +171,7 @@ pub struct Evaluation {
     pub replacements: VecDeque<ReplaceDecision>,
     /// Human-readable recent events for the status page.
     pub log: VecDeque<String>,
+    pub notifier: crate::actions::notify::Notifier,
 }
 
 pub struct App {
@@ -117,9 +185,8 @@ pub struct App {
     pub metrics: Metrics,
     pub ready: AtomicBool,
     pub last_reload_error: Mutex<Option<String>>,
-    /// Persistence (None only when the state directory could not be opened and running without
-    /// it was chosen: the embedded default).
-    pub db: Option<Mutex<crate::state::Db>>,
+    pub db: Mutex<crate::state::Db>,
+    pub actions: crate::actions::Actions,
 }
 
 /// Loads every rule file the config names; all-or-nothing.
@@ -145,7 +212,12 @@ pub fn load_rules(cfg: &Config) -> Result<RuleSet, String> {
 }
 
 impl App {
-    pub fn new(cfg: Config, rules: RuleSet, db: Option<crate::state::Db>) -> Result<App, String> {
+    pub fn new(
+        cfg: Config,
+        rules: RuleSet,
+        db: crate::state::Db,
+        clients: Option<crate::actions::aws::Clients>,
+    ) -> Result<App, String> {
         let token = match &cfg.auth_token_file {
             Some(p) => {
                 let t = std::fs::read_to_string(p)
@@ -166,8 +238,8 @@ impl App {
         });
         let rules = Arc::new(rules);
         let mut sim = Simulation::new(rules.clone(), engine.clone());
-        if let Some(d) = &db {
-            match d.load() {
+        {
+            match db.load() {
                 Ok(Some((state, capacity))) => {
                     let firing = state
                         .alerts
@@ -189,6 +261,11 @@ impl App {
                 Err(e) => return Err(e.to_string()),
             }
         }
+        let notifier = match db.load_notifier().map_err(|e| e.to_string())? {
+            Some(v) => crate::actions::notify::Notifier::from_json(&v)
+                .ok_or("the notifier state in the state database is unreadable")?,
+            None => Default::default(),
+        };
         Ok(App {
             store: Store::new(cfg.retention_ms, cfg.max_series),
             engine,
@@ -198,15 +275,31 @@ impl App {
                 decisions: VecDeque::new(),
                 replacements: VecDeque::new(),
                 log: VecDeque::new(),
+                notifier,
             }),
             token,
             registry,
             metrics,
             ready: AtomicBool::new(false),
             last_reload_error: Mutex::new(None),
-            db: db.map(Mutex::new),
+            db: Mutex::new(db),
+            actions: crate::actions::Actions::new(clients),
             cfg,
         })
+    }
+
+    pub fn db(&self) -> std::sync::MutexGuard<'_, crate::state::Db> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn notify_settings(&self) -> crate::actions::notify::Settings {
+        crate::actions::notify::Settings {
+            group_by: self.cfg.group_by.clone(),
+            group_wait_ms: self.cfg.group_wait_ms,
+            group_interval_ms: self.cfg.group_interval_ms,
+            repeat_interval_ms: self.cfg.repeat_interval_ms,
+            receivers: self.cfg.receivers.clone(),
+        }
     }
 
     pub fn rules(&self) -> Arc<RuleSet> {

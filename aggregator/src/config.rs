@@ -28,6 +28,9 @@ pub struct Config {
     pub evaluation_interval_ms: i64,
     pub region: String,
     pub endpoint_url: Option<String>,
+    /// Whether `[aws]` is given: without it there are no AWS clients at all (capacities are
+    /// simulated and every action is logged only).
+    pub aws_configured: bool,
     pub dry_run: bool,
     pub cloudwatch_namespace: String,
     pub cloudwatch_flush_ms: i64,
@@ -60,6 +63,7 @@ impl Default for Config {
             evaluation_interval_ms: 10_000,
             region: "us-east-1".into(),
             endpoint_url: None,
+            aws_configured: false,
             dry_run: true,
             cloudwatch_namespace: "Vigil".into(),
             cloudwatch_flush_ms: 60_000,
@@ -176,6 +180,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         r.finish(&mut doc);
     }
     if let Some(mut a) = top.table(&mut doc, "aws") {
+        c.aws_configured = true;
         if let Some(r) = a.str(&mut doc, "region") {
             c.region = r.value;
         }

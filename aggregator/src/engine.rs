@@ -3,13 +3,21 @@
 //! default) every action is decided and logged but nothing is called; the capacity a decision
 //! sets is then simulated.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use vigil_rules::alerting::AlertState;
+use vigil_rules::evaluator::{alert_key, AlertKey, RuleSet};
+use vigil_rules::rulefile::{CloudWatchPublish, Rule};
+use vigil_wire::{Labels, Sample};
 
 use vigil_rules::duration::format_timestamp_ms;
 use vigil_rules::evaluator::Event;
 use vigil_rules::replay::event_text;
 
+use crate::actions::cloudwatch::Point;
+use crate::actions::notify::{self, ActiveAlert};
 use crate::app::{App, HISTORY};
 use crate::store::RuleSink;
 
@@ -46,14 +54,98 @@ pub fn liveness(app: &App, ts: i64) {
     }
 }
 
-/// Runs one evaluation at `ts` (aligned to the tick).
-pub fn evaluate(app: &App, ts: i64) {
+/// The record rules published to CloudWatch: record name → (how, high resolution).
+fn cloudwatch_rules(rules: &RuleSet) -> HashMap<String, (CloudWatchPublish, bool)> {
+    let mut m = HashMap::new();
+    for g in rules.groups() {
+        let high = g.interval_ms.unwrap_or(rules.default_interval_ms) < 60_000;
+        for r in &g.rules {
+            if let Rule::Record(rr) = r {
+                if let Some(c) = &rr.cloudwatch {
+                    m.insert(rr.record.clone(), (c.clone(), high));
+                }
+            }
+        }
+    }
+    m
+}
+
+/// Every alert firing now, with the receivers its rule names.
+fn firing_alerts(rules: &RuleSet, state: &vigil_rules::evaluator::State) -> Vec<ActiveAlert> {
+    let mut receivers: HashMap<AlertKey, &Vec<String>> = HashMap::new();
+    for g in rules.groups() {
+        for r in &g.rules {
+            if let Rule::Alert(a) = r {
+                receivers.insert(alert_key(g, a), &a.receivers);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (key, rs) in &state.alerts {
+        let Some(recv) = receivers.get(key) else {
+            continue;
+        };
+        for a in rs.active.values() {
+            if a.state == AlertState::Firing {
+                out.push(ActiveAlert {
+                    labels: a.labels.clone(),
+                    annotations: a.annotations.clone(),
+                    value: a.value,
+                    starts_at: a.active_at,
+                    receivers: (*recv).clone(),
+                    decision: None,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Runs one evaluation at `ts` (aligned to the tick); returns its events for the action layer.
+pub fn evaluate(app: &App, ts: i64) -> Vec<Event> {
+    let rules = app.rules();
+    let cw = cloudwatch_rules(&rules);
+    let mut points: Vec<Point> = Vec::new();
+    let mut tap = |l: &Labels, s: Sample| {
+        if let Some((c, high)) = l.metric_name().and_then(|n| cw.get(n)) {
+            points.push(Point {
+                metric_name: c.metric_name.clone(),
+                dimensions: c
+                    .dimensions
+                    .iter()
+                    .filter_map(|d| Some((d.clone(), l.get(d)?.to_string())))
+                    .collect(),
+                timestamp_ms: s.timestamp_ms,
+                value: s.value,
+                high_resolution: *high,
+            });
+        }
+    };
     let mut ev = app.eval.lock().unwrap_or_else(|p| p.into_inner());
+    app.actions.prepare(app, &mut ev.sim, ts);
     let mut sink = RuleSink {
         store: &app.store,
         now_ms: now_ms(),
+        tap: if cw.is_empty() { None } else { Some(&mut tap) },
     };
     let events = ev.sim.step(&mut sink, 0, ts);
+    drop(sink);
+    if !points.is_empty() {
+        let (non_finite, overflow) = app
+            .actions
+            .cloudwatch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(points);
+        for (reason, n) in [("non_finite", non_finite), ("queue_full", overflow)] {
+            if n > 0 {
+                app.metrics
+                    .cloudwatch_dropped
+                    .get_or_create(&vec![("reason".into(), reason.into())])
+                    .inc_by(n);
+            }
+        }
+    }
     let mut history: Vec<(i64, &str, serde_json::Value)> = Vec::new();
     for e in &events {
         let kind = match e {
@@ -64,8 +156,50 @@ pub fn evaluate(app: &App, ts: i64) {
         };
         history.push((ts, kind, vigil_rules::replay::event_json(e)));
     }
-    if let Some(db) = &app.db {
-        let db = db.lock().unwrap_or_else(|p| p.into_inner());
+    // Alerts Vigil raises from decisions (fail-open) fire until their decision ends them.
+    for e in &events {
+        if let Event::Alert(t) = e {
+            if t.rule != "VigilReplacementFailOpen" {
+                continue;
+            }
+            if t.to == AlertState::Firing {
+                let decision = events.iter().find_map(|x| match x {
+                    Event::Replace(r)
+                        if r.fail_open_started && Some(r.asg.as_str()) == t.labels.get("asg") =>
+                    {
+                        Some(vigil_rules::replay::event_json(x))
+                    }
+                    _ => None,
+                });
+                ev.notifier.synthetic.insert(
+                    t.labels.clone(),
+                    ActiveAlert {
+                        labels: t.labels.clone(),
+                        annotations: t.annotations.clone(),
+                        value: t.value,
+                        starts_at: t.at,
+                        receivers: vec![],
+                        decision,
+                    },
+                );
+            } else {
+                ev.notifier.synthetic.remove(&t.labels);
+            }
+        }
+    }
+    let settings = app.notify_settings();
+    let firing = firing_alerts(&rules, &ev.sim.state);
+    let before = ev.notifier.clone();
+    ev.notifier.observe(&settings, ts, &firing);
+    let deliveries: Vec<(String, serde_json::Value)> = ev
+        .notifier
+        .flush(&settings, ts)
+        .iter()
+        .flat_map(|n| notify::render(n, &settings))
+        .map(|d| (d.target().to_string(), d.to_json()))
+        .collect();
+    {
+        let db = app.db();
         // Saved before anything is acted on: a restart never repeats or forgets a decision.
         if let Err(e) = db
             .save(ts, &ev.sim.state, &ev.sim.capacity)
@@ -73,7 +207,24 @@ pub fn evaluate(app: &App, ts: i64) {
         {
             tracing::error!(error = %e, "cannot persist the evaluation state");
         }
+        if ev.notifier != before || !deliveries.is_empty() {
+            match db.commit_notifications(
+                &ev.notifier.to_json(),
+                &deliveries,
+                ts,
+                crate::actions::NOTIFICATION_TTL_MS,
+            ) {
+                Ok(()) if !deliveries.is_empty() => app.actions.wake_outbox.notify_one(),
+                Ok(()) => {}
+                Err(e) => {
+                    // Not committed: the notifier forgets this flush too, and decides it again.
+                    tracing::error!(error = %e, "cannot persist notifications; retrying at the next evaluation");
+                    ev.notifier = before;
+                }
+            }
+        }
     }
+    let out = events.clone();
     for e in events {
         let line = event_text(&e);
         match &e {
@@ -86,9 +237,7 @@ pub fn evaluate(app: &App, ts: i64) {
                     .decisions
                     .get_or_create(&vec![("kind".into(), "scaling".into())])
                     .inc();
-                if app.cfg.dry_run {
-                    tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, "dry run: would SetDesiredCapacity");
-                }
+                tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, held = ?d.held, "scaling decision");
                 ev.decisions.push_back(d.clone());
                 while ev.decisions.len() > HISTORY {
                     ev.decisions.pop_front();
@@ -99,11 +248,6 @@ pub fn evaluate(app: &App, ts: i64) {
                     .decisions
                     .get_or_create(&vec![("kind".into(), "replace".into())])
                     .inc();
-                if app.cfg.dry_run {
-                    for (i, why) in &r.replace {
-                        tracing::info!(asg = %r.asg, instance = %i, reason = %why, "dry run: would SetInstanceHealth Unhealthy");
-                    }
-                }
                 ev.replacements.push_back(r.clone());
                 while ev.replacements.len() > HISTORY {
                     ev.replacements.pop_front();
@@ -118,6 +262,7 @@ pub fn evaluate(app: &App, ts: i64) {
             ev.log.pop_front();
         }
     }
+    out
 }
 
 /// Evaluates forever at the rules' tick, and compacts the window.
@@ -130,11 +275,17 @@ pub async fn run(app: Arc<App>) {
         tokio::time::sleep(Duration::from_millis((next - now) as u64)).await;
         let app2 = app.clone();
         // Evaluation is CPU work: keep it off the tasks that answer HTTP.
-        let _ = tokio::task::spawn_blocking(move || {
+        let events = tokio::task::spawn_blocking(move || {
             liveness(&app2, next);
             evaluate(&app2, next)
         })
-        .await;
+        .await
+        .unwrap_or_default();
+        app.actions.take(&app, &events, next);
+        if next % app.cfg.cloudwatch_flush_ms == 0 {
+            let a = app.clone();
+            tokio::spawn(async move { a.actions.flush_cloudwatch(&a).await });
+        }
         if now_ms() - last_compact > 30_000 {
             app.store.compact(now_ms());
             last_compact = now_ms();

@@ -4,6 +4,7 @@
 //!
 //! Rule semantics live in `vigil-rules`; this crate feeds them and carries out what they return.
 
+mod actions;
 mod api;
 mod app;
 mod config;
@@ -99,13 +100,13 @@ fn main() -> ExitCode {
         }
     };
     let db = match state::Db::open(&cfg.state_dir) {
-        Ok(d) => Some(d),
+        Ok(d) => d,
         Err(e) if args.config.is_none() && !Path::new(DEFAULT_CONFIG).exists() => {
             // The embedded default, run by someone who cannot write /var/lib/vigil.
             let dir = std::env::temp_dir().join("vigil-aggregator-state");
             tracing::warn!(error = %e, fallback = %dir.display(), "state directory unusable; using the fallback");
             match state::Db::open(&dir) {
-                Ok(d) => Some(d),
+                Ok(d) => d,
                 Err(e) => {
                     eprintln!("vigil-aggregator: {e}");
                     return ExitCode::from(1);
@@ -114,13 +115,6 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("vigil-aggregator: {}: {e}", cfg.state_dir.display());
-            return ExitCode::from(1);
-        }
-    };
-    let app = match app::App::new(cfg, rules, db) {
-        Ok(a) => Arc::new(a),
-        Err(e) => {
-            eprintln!("vigil-aggregator: {e}");
             return ExitCode::from(1);
         }
     };
@@ -134,10 +128,29 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // AWS clients only when [aws] is configured; credentials resolve at the first call.
+    let clients = if cfg.aws_configured {
+        Some(rt.block_on(actions::aws::connect(&cfg)))
+    } else {
+        None
+    };
+    let app = match app::App::new(cfg, rules, db, clients) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            eprintln!("vigil-aggregator: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let res: Result<(), String> = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(app.cfg.listen).await.map_err(|e| format!("cannot listen on {}: {e}", app.cfg.listen))?;
         tracing::info!(address = %app.cfg.listen, dry_run = app.cfg.dry_run, rule_files = app.rules().files.len(), "serving");
         tokio::spawn(api::serve(app.clone(), listener));
+        // The first view of the fleet before the first evaluation, so that no decision is made
+        // against a capacity that is only a guess (bounded: AWS may be unreachable).
+        if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(10), app.actions.refresh(&app)).await.unwrap_or(Ok(())) {
+            tracing::warn!(error = %e, "cannot describe the Auto Scaling groups yet; retrying in the background");
+        }
+        actions::spawn(app.clone());
         tokio::spawn(engine::run(app.clone()));
         app.ready.store(true, Ordering::SeqCst);
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|e| e.to_string())?;

@@ -43,7 +43,11 @@ impl Db {
              PRAGMA synchronous=FULL;
              CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL, state TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS decisions (at INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL);
-             CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);",
+             CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);
+             CREATE TABLE IF NOT EXISTS notifier (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, created INTEGER NOT NULL,
+                 target TEXT NOT NULL, delivery TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                 next_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, last_error TEXT);",
         )?;
         Ok(Db { conn })
     }
@@ -130,7 +134,118 @@ impl Db {
     }
 }
 
-fn labels_json(l: &Labels) -> Json {
+/// A notification waiting in the outbox.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id: i64,
+    pub target: String,
+    pub attempts: u32,
+    pub expires_at: i64,
+    pub delivery: Json,
+}
+
+impl Db {
+    /// The notifier's memory and the notifications it decided, in one transaction: either both
+    /// are kept or neither, so a crash can neither lose a notification nor send one twice.
+    pub fn commit_notifications(
+        &self,
+        notifier: &Json,
+        deliveries: &[(String, Json)],
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<(), StateError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO notifier (id, state) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET state = excluded.state",
+            params![notifier.to_string()],
+        )?;
+        for (target, d) in deliveries {
+            tx.execute(
+                "INSERT INTO outbox (created, target, delivery, next_at, expires_at) VALUES (?1, ?2, ?3, ?1, ?4)",
+                params![now, target, d.to_string(), now + ttl_ms],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn load_notifier(&self) -> Result<Option<Json>, StateError> {
+        let row: Option<String> = self
+            .conn
+            .query_row("SELECT state FROM notifier WHERE id = 1", [], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        row.map(|t| serde_json::from_str(&t).map_err(|e| StateError::Json(e.to_string())))
+            .transpose()
+    }
+
+    /// Notifications whose next attempt is due, oldest first.
+    pub fn due(&self, now: i64, limit: usize) -> Result<Vec<Pending>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, target, attempts, expires_at, delivery FROM outbox WHERE next_at <= ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, target, attempts, expires_at, text) = row?;
+            let delivery =
+                serde_json::from_str(&text).map_err(|e| StateError::Json(e.to_string()))?;
+            out.push(Pending {
+                id,
+                target,
+                attempts: attempts as u32,
+                expires_at,
+                delivery,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether an older notification to `target` is still waiting (later ones must not
+    /// overtake it: a resolved notice never arrives before its firing one).
+    pub fn waiting_before(&self, target: &str, id: i64) -> Result<bool, StateError> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE target = ?1 AND id < ?2)",
+            params![target, id],
+            |r| r.get::<_, bool>(0),
+        )?)
+    }
+
+    /// Removes a delivered (or expired) notification.
+    pub fn remove(&self, id: i64) -> Result<(), StateError> {
+        self.conn
+            .execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    pub fn retry_at(&self, id: i64, next_at: i64, error: &str) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_at = ?2, last_error = ?3 WHERE id = ?1",
+            params![id, next_at, error],
+        )?;
+        Ok(())
+    }
+
+    pub fn outbox_len(&self) -> Result<usize, StateError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))?
+            as usize)
+    }
+}
+
+pub(crate) fn labels_json(l: &Labels) -> Json {
     Json::Object(
         l.iter()
             .map(|x| (x.name.to_string(), json!(x.value)))
@@ -138,7 +253,7 @@ fn labels_json(l: &Labels) -> Json {
     )
 }
 
-fn labels_from(v: &Json) -> Option<Labels> {
+pub(crate) fn labels_from(v: &Json) -> Option<Labels> {
     let m = v.as_object()?;
     Some(Labels::from_pairs(
         m.iter()
@@ -364,6 +479,40 @@ mod tests {
         db.record(300, &[(300, "scaling", json!({"asg": "web"}))], 1000)
             .unwrap();
         assert_eq!(db.recent(10).unwrap()[0].1, "scaling");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_outbox_keeps_order_per_target_and_survives_reopening() {
+        let dir = std::env::temp_dir().join(format!("vigil-outbox-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let db = Db::open(&dir).unwrap();
+            db.commit_notifications(
+                &json!({"groups": []}),
+                &[
+                    ("t1".into(), json!({"n": 1})),
+                    ("t2".into(), json!({"n": 2})),
+                    ("t1".into(), json!({"n": 3})),
+                ],
+                1_000,
+                60_000,
+            )
+            .unwrap();
+        }
+        let db = Db::open(&dir).unwrap();
+        assert_eq!(db.load_notifier().unwrap(), Some(json!({"groups": []})));
+        let due = db.due(1_000, 10).unwrap();
+        assert_eq!(due.len(), 3);
+        assert!(!db.waiting_before("t1", due[0].id).unwrap());
+        assert!(db.waiting_before("t1", due[2].id).unwrap());
+        db.retry_at(due[0].id, 5_000, "503").unwrap();
+        assert_eq!(db.due(1_000, 10).unwrap().len(), 2);
+        let again = db.due(5_000, 10).unwrap();
+        assert_eq!(again[0].attempts, 1);
+        db.remove(due[0].id).unwrap();
+        assert!(!db.waiting_before("t1", due[2].id).unwrap());
+        assert_eq!(db.outbox_len().unwrap(), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -11,3 +11,6 @@ pub mod tomlread;
 
 #[cfg(feature = "cli")]
 pub mod logging;
+
+#[cfg(feature = "http")]
+pub mod http;

@@ -315,6 +315,10 @@ pub struct Simulation {
     /// Simulated capacity of each Auto Scaling group.
     pub capacity: BTreeMap<String, u32>,
     pub external_labels: Labels,
+    /// What the live fleet says about replacing each instance, by Auto Scaling group: `None`
+    /// eligible, `Some(why)` not now. A group absent here is simulated: every instance is
+    /// eligible. An instance absent from a present group is not a member and is left alone.
+    pub eligibility: HashMap<String, BTreeMap<String, Option<String>>>,
     /// Replace policies already told that their group's size is unknown.
     warned: std::collections::HashSet<String>,
     /// Instances each replace policy held back last time (to report changes only).
@@ -370,6 +374,7 @@ impl Simulation {
             state: State::default(),
             capacity,
             external_labels: Labels::empty(),
+            eligibility: HashMap::new(),
             warned: Default::default(),
             last_held: HashMap::new(),
         }
@@ -437,9 +442,24 @@ impl Simulation {
                 continue;
             };
             match unhealthy_instances(&self.engine, storage, &p.expr, ts) {
-                Ok(sick) => {
+                Ok(mut sick) => {
+                    let mut skipped = Vec::new();
+                    if let Some(view) = self.eligibility.get(&p.asg) {
+                        sick.retain(|i| match view.get(i) {
+                            Some(None) => true,
+                            Some(Some(why)) => {
+                                skipped.push((i.clone(), why.clone()));
+                                false
+                            }
+                            None => {
+                                skipped.push((i.clone(), format!("not a member of {}", p.asg)));
+                                false
+                            }
+                        });
+                    }
                     let st = self.state.replace.entry(p.name.clone()).or_default();
-                    let d = replace::decide(p, st, &sick, size, ts);
+                    let mut d = replace::decide(p, st, &sick, size, ts);
+                    d.skipped = skipped;
                     if d.fail_open_started || d.fail_open_ended {
                         events.push(Event::Alert(fail_open_alert(p, &d)));
                     }
@@ -537,5 +557,66 @@ labels = { severity = "critical" }
         let q = crate::promql::parse("count(up == 0)").unwrap();
         let e = unhealthy_instances(&Engine::default(), &storage, &q, 0).unwrap_err();
         assert!(e.contains("no instance label"), "{e}");
+    }
+
+    #[test]
+    fn instances_the_fleet_rules_out_are_neither_replaced_nor_counted() {
+        let text = r#"
+[[scaling]]
+name = "s"
+asg = "g"
+min = 4
+max = 4
+expr = "1"
+target = 1
+[[replace]]
+name = "r"
+asg = "g"
+expr = "health == 0"
+for = "0s"
+max_fraction = 0.5
+window = "10m"
+fail_open_fraction = 0.5
+"#;
+        let f = load("f.toml", text, &Context::default()).unwrap();
+        let rules = RuleSet {
+            files: vec![f],
+            default_interval_ms: 60_000,
+        };
+        let mut storage = MemStorage::new();
+        for i in ["a", "b", "c"] {
+            storage.add(
+                Labels::from_pairs([("__name__", "health"), ("instance", i)]),
+                Sample::new(0, 0.0),
+            );
+        }
+        let mut sim = Simulation::new(std::sync::Arc::new(rules), Engine::default());
+        // b boots, c has left the group: only a is eligible, and 1 of 4 is under fail-open.
+        sim.eligibility.insert(
+            "g".into(),
+            BTreeMap::from([
+                ("a".to_string(), None),
+                ("b".to_string(), Some("in its grace period".to_string())),
+                ("d".to_string(), None),
+            ]),
+        );
+        let events = sim.step(&mut storage, 0, 0);
+        let d = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Replace(d) => Some(d),
+                _ => None,
+            })
+            .expect("a replace decision");
+        assert_eq!(d.replace.len(), 1, "{d:?}");
+        assert_eq!(d.replace[0].0, "a");
+        assert!(!d.fail_open_started);
+        assert_eq!(
+            d.skipped,
+            [
+                ("b".to_string(), "in its grace period".to_string()),
+                ("c".to_string(), "not a member of g".to_string())
+            ]
+        );
     }
 }

@@ -37,6 +37,10 @@ pub struct ReplaceDecision {
     pub replace: Vec<(String, String)>,
     /// Eligible instances held back by the cap.
     pub held: Vec<String>,
+    /// Instances the expression marks unhealthy that may not be replaced now (not in service,
+    /// in their health-check grace period, not a member of the group), each with why. They
+    /// count neither against the cap nor towards fail-open.
+    pub skipped: Vec<(String, String)>,
     /// True on the evaluation where fail-open starts; `fail_open_ended` when it stops.
     pub fail_open_started: bool,
     pub fail_open_ended: bool,

@@ -262,7 +262,7 @@ pub fn event_json(e: &Event) -> serde_json::Value {
             },
             "asg": r.asg, "policy": r.policy, "group_size": r.group_size, "unhealthy": r.unhealthy,
             "instances": r.replace.iter().map(|(i, why)| json!({"instance": i, "reason": why})).collect::<Vec<_>>(),
-            "held": r.held, "note": r.note,
+            "held": r.held, "skipped": r.skipped, "note": r.note,
         }),
         Event::RuleError { at, rule, error } => json!({
             "time": format_timestamp_ms(*at), "time_ms": at, "kind": "error", "rule": rule, "error": error,

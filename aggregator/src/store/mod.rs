@@ -473,6 +473,8 @@ impl Batch<'_> {
 pub struct RuleSink<'a> {
     pub store: &'a Store,
     pub now_ms: i64,
+    /// Sees every recorded sample (CloudWatch publishing takes its rules' samples here).
+    pub tap: Option<&'a mut dyn FnMut(&Labels, Sample)>,
 }
 
 impl Storage for RuleSink<'_> {
@@ -483,6 +485,9 @@ impl Storage for RuleSink<'_> {
 
 impl RuleStorage for RuleSink<'_> {
     fn append(&mut self, labels: Labels, sample: Sample) {
+        if let Some(tap) = self.tap.as_mut() {
+            tap(&labels, sample);
+        }
         if let Err(e) = self.store.append(&labels, [sample], self.now_ms) {
             tracing::warn!(series = %labels, error = %e, "recorded series dropped");
         }
