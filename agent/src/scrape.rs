@@ -247,7 +247,7 @@ impl Scraper {
             ));
         }
         // Forget series not seen for a while (an app that relabels must not grow the cache).
-        if generation % 16 == 0 {
+        if generation.is_multiple_of(16) {
             self.cache.retain(|_, (_, g)| generation - *g < 16);
         }
         Ok((out, dropped))

@@ -129,7 +129,6 @@ pub fn evaluate(app: &App, ts: i64) -> Vec<Event> {
         tap: if cw.is_empty() { None } else { Some(&mut tap) },
     };
     let events = ev.sim.step(&mut sink, 0, ts);
-    drop(sink);
     if !points.is_empty() {
         let (non_finite, overflow) = app
             .actions

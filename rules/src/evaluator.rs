@@ -319,6 +319,9 @@ pub struct Simulation {
     /// eligible, `Some(why)` not now. A group absent here is simulated: every instance is
     /// eligible. An instance absent from a present group is not a member and is left alone.
     pub eligibility: HashMap<String, BTreeMap<String, Option<String>>>,
+    /// Groups whose real capacity is not known yet (the live fleet could not be read): no
+    /// scaling decision is made for them, since it would start from a guess.
+    pub unknown_capacity: BTreeSet<String>,
     /// Replace policies already told that their group's size is unknown.
     warned: std::collections::HashSet<String>,
     /// Instances each replace policy held back last time (to report changes only).
@@ -375,6 +378,7 @@ impl Simulation {
             capacity,
             external_labels: Labels::empty(),
             eligibility: HashMap::new(),
+            unknown_capacity: BTreeSet::new(),
             warned: Default::default(),
             last_held: HashMap::new(),
         }
@@ -409,7 +413,7 @@ impl Simulation {
             }
         }
         for (asg, ps) in self.rules.scaling_by_asg() {
-            if !due(self.rules.asg_interval(&ps)) {
+            if !due(self.rules.asg_interval(&ps)) || self.unknown_capacity.contains(asg) {
                 continue;
             }
             let current = self.capacity.get(asg).copied().unwrap_or(0);
@@ -463,12 +467,15 @@ impl Simulation {
                     if d.fail_open_started || d.fail_open_ended {
                         events.push(Event::Alert(fail_open_alert(p, &d)));
                     }
-                    let held_changed = self.last_held.get(&p.name) != Some(&d.held);
-                    self.last_held.insert(p.name.clone(), d.held.clone());
+                    // Held back or left alone: reported when that changes, not every time.
+                    let mut waiting = d.held.clone();
+                    waiting.extend(d.skipped.iter().map(|(i, why)| format!("{i}: {why}")));
+                    let waiting_changed = self.last_held.get(&p.name) != Some(&waiting);
+                    self.last_held.insert(p.name.clone(), waiting.clone());
                     if !d.replace.is_empty()
                         || d.fail_open_started
                         || d.fail_open_ended
-                        || (held_changed && !d.held.is_empty())
+                        || (waiting_changed && !waiting.is_empty())
                     {
                         events.push(Event::Replace(d));
                     }

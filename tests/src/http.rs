@@ -116,3 +116,30 @@ pub fn prom_query(
         })
         .unwrap_or_default()
 }
+
+/// Remote-writes one sample per series, stamped now, to `base`/api/v1/write; returns the status.
+pub fn push_now(base: &str, series: &[(vigil_wire::Labels, f64)]) -> u16 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let samples: Vec<[vigil_wire::Sample; 1]> = series
+        .iter()
+        .map(|(_, v)| [vigil_wire::Sample::new(now, *v)])
+        .collect();
+    let body = vigil_wire::remote_write::encode_snappy_from(
+        series
+            .iter()
+            .zip(&samples)
+            .map(|((l, _), s)| (l, s.as_slice())),
+    );
+    post(
+        &format!("{base}/api/v1/write"),
+        &[
+            ("Content-Encoding", "snappy"),
+            ("Content-Type", "application/x-protobuf"),
+            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+        ],
+        &body,
+    )
+    .map_or(0, |(c, _)| c)
+}

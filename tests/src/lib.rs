@@ -3,8 +3,11 @@
 //!
 //! Everything here is test support; it must never be linked into a product binary.
 
+pub mod aws;
+pub mod hook;
 pub mod http;
 pub mod procs;
+pub mod proxy;
 pub mod receiver;
 
 pub use procs::{bin, free_port, peer, tempdir, wait_http, Child, TempDir};

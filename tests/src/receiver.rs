@@ -3,7 +3,7 @@
 //! port closed) and started again on the same port to play an outage.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -124,34 +124,11 @@ fn serve(s: TcpStream, store: Arc<Mutex<Store>>, running: Arc<AtomicBool>) {
     };
     let mut r = BufReader::new(s);
     loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
+        let Some(req) = crate::hook::read_request(&mut r) else {
             return;
-        }
-        let mut len = 0usize;
-        let mut auth = String::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                if k.eq_ignore_ascii_case("authorization") {
-                    auth = v.trim().to_string();
-                }
-            }
-        }
-        let mut body = vec![0u8; len];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
+        };
+        let auth = req.header("authorization").unwrap_or("").to_string();
+        let body = req.body;
         if !running.load(Ordering::SeqCst) {
             // Stopped while the request was in flight: never answer it.
             return;

@@ -6,3 +6,6 @@ mod agent;
 
 #[path = "e2e/aggregator.rs"]
 mod aggregator;
+
+#[path = "e2e/actions.rs"]
+mod actions;

@@ -117,8 +117,10 @@ pub async fn connect(cfg: &Config) -> Clients {
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(3))
-                .operation_attempt_timeout(Duration::from_secs(4))
-                .operation_timeout(Duration::from_secs(15))
+                // Longer than a slow answer: a call cut while AWS still carries it out would be
+                // retried and, for Publish, delivered twice.
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .operation_timeout(Duration::from_secs(30))
                 .build(),
         );
     if let Some(url) = &cfg.endpoint_url {
@@ -283,5 +285,57 @@ impl MetricSink for Sdk<aws_sdk_cloudwatch::Client> {
                 .map_err(|e| err("PutMetricData", e))?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The shipped IAM policy allows exactly the calls this module makes.
+    #[test]
+    fn the_iam_policy_allows_exactly_the_calls_made() {
+        let all = include_str!("aws.rs");
+        let source = &all[..all.find("#[cfg(test)]").expect("a test module")];
+        let mut made = BTreeSet::new();
+        for (op, action) in [
+            (
+                "describe_auto_scaling_groups",
+                "autoscaling:DescribeAutoScalingGroups",
+            ),
+            ("set_desired_capacity", "autoscaling:SetDesiredCapacity"),
+            ("set_instance_health", "autoscaling:SetInstanceHealth"),
+            ("put_metric_data", "cloudwatch:PutMetricData"),
+            ("publish", "sns:Publish"),
+        ] {
+            if source.contains(&format!(".{op}()")) {
+                made.insert(action.to_string());
+            }
+        }
+        // Any other SDK operation called here would need a line above and in the policy.
+        let calls = source.matches(".send()").count();
+        assert_eq!(calls, made.len(), "an SDK call the policy may not cover");
+        let policy: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../packaging/iam/vigil-aggregator-policy.json"
+        ))
+        .expect("the policy is JSON");
+        let allowed: BTreeSet<String> = policy["Statement"]
+            .as_array()
+            .expect("statements")
+            .iter()
+            .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect();
+        assert_eq!(allowed, made);
+        for s in policy["Statement"].as_array().into_iter().flatten() {
+            assert_eq!(s["Effect"], "Allow");
+            let action = s["Action"][0].as_str().unwrap_or("");
+            if action != "autoscaling:DescribeAutoScalingGroups" {
+                assert!(
+                    s["Condition"].is_object() || s["Resource"] != "*",
+                    "{action} must be narrowed by a condition or a resource"
+                );
+            }
+        }
     }
 }

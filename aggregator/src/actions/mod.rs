@@ -131,10 +131,12 @@ impl Actions {
             .chain(rules.replace().map(|p| p.asg.clone()));
         for asg in named {
             let Some((g, _)) = fleet.groups.get(&asg) else {
-                // Not described yet: replace nothing, keep the simulated capacity.
+                // Not described yet: decide nothing from a guessed capacity, replace nothing.
+                sim.unknown_capacity.insert(asg.clone());
                 sim.eligibility.insert(asg, BTreeMap::new());
                 continue;
             };
+            sim.unknown_capacity.remove(&asg);
             let cap = fleet.pending.get(&asg).map_or(g.desired, |p| p.desired);
             sim.capacity.insert(asg.clone(), cap);
             let view = g
@@ -154,8 +156,8 @@ impl Actions {
                         Some("being marked Unhealthy".to_string())
                     } else if now - launched < g.grace_ms {
                         Some(format!(
-                            "in its health-check grace period ({}s left)",
-                            (g.grace_ms - (now - launched)) / 1000
+                            "in its health-check grace period (until {})",
+                            vigil_rules::duration::format_timestamp_ms(launched + g.grace_ms)
                         ))
                     } else {
                         None
@@ -205,7 +207,7 @@ impl Actions {
                         );
                     }
                     for (instance, why) in &r.skipped {
-                        tracing::debug!(asg = %r.asg, instance = %instance, reason = %why, "unhealthy but left alone");
+                        tracing::info!(asg = %r.asg, instance = %instance, reason = %why, "unhealthy but left alone");
                     }
                 }
                 _ => {}

@@ -470,11 +470,14 @@ impl Batch<'_> {
 }
 
 /// The store as rule evaluation writes to it (recorded series, `ALERTS`).
+/// Sees every recorded sample.
+pub type Tap<'a> = &'a mut dyn FnMut(&Labels, Sample);
+
 pub struct RuleSink<'a> {
     pub store: &'a Store,
     pub now_ms: i64,
     /// Sees every recorded sample (CloudWatch publishing takes its rules' samples here).
-    pub tap: Option<&'a mut dyn FnMut(&Labels, Sample)>,
+    pub tap: Option<Tap<'a>>,
 }
 
 impl Storage for RuleSink<'_> {

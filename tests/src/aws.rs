@@ -1,0 +1,247 @@
+//! `moto_server` for the tests, and the AWS SDK pointed at it to set up groups, topics and
+//! queues and to read back what the aggregator did.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region};
+
+use crate::{free_port, peer, wait_http, Child};
+
+/// The AMI moto knows by default (any id works for a launch configuration).
+pub const AMI: &str = "ami-12c6146b";
+
+/// Environment every process talking to moto gets: fixed test credentials, one region.
+pub const ENV: [(&str, &str); 4] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_DEFAULT_REGION", "us-east-1"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+pub struct Moto {
+    pub port: u16,
+    _child: Child,
+}
+
+impl Moto {
+    pub fn start(logdir: &Path) -> Moto {
+        let port = free_port();
+        let child = Child::spawn(
+            "moto",
+            Command::new(peer("moto_server")).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+            logdir,
+        );
+        assert!(
+            wait_http(
+                &format!("http://127.0.0.1:{port}/moto-api/"),
+                Duration::from_secs(30)
+            ),
+            "moto_server did not start"
+        );
+        Moto {
+            port,
+            _child: child,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A runtime for the SDK calls of the (blocking) tests.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+    .block_on(f)
+}
+
+/// SDK clients against `endpoint` (moto, directly: the harness's own calls bypass the proxy).
+pub struct Aws {
+    pub asg: aws_sdk_autoscaling::Client,
+    pub sns: aws_sdk_sns::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub cw: aws_sdk_cloudwatch::Client,
+}
+
+impl Aws {
+    pub fn new(endpoint: &str) -> Aws {
+        let creds = aws_sdk_sns::config::Credentials::new("testing", "testing", None, None, "test");
+        let conf = block_on(
+            aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .endpoint_url(endpoint)
+                .credentials_provider(creds)
+                .load(),
+        );
+        Aws {
+            asg: aws_sdk_autoscaling::Client::new(&conf),
+            sns: aws_sdk_sns::Client::new(&conf),
+            sqs: aws_sdk_sqs::Client::new(&conf),
+            cw: aws_sdk_cloudwatch::Client::new(&conf),
+        }
+    }
+
+    /// An Auto Scaling group from a launch configuration (no EC2 client needed).
+    pub fn create_group(&self, name: &str, min: i32, max: i32, desired: i32) {
+        block_on(async {
+            self.asg
+                .create_launch_configuration()
+                .launch_configuration_name(format!("{name}-lc"))
+                .image_id(AMI)
+                .instance_type("t3.micro")
+                .send()
+                .await
+                .expect("create launch configuration");
+            self.asg
+                .create_auto_scaling_group()
+                .auto_scaling_group_name(name)
+                .launch_configuration_name(format!("{name}-lc"))
+                .min_size(min)
+                .max_size(max)
+                .desired_capacity(desired)
+                // 1 s: moto takes 0 for "not given" and applies its 300 s default.
+                .health_check_grace_period(1)
+                .availability_zones("us-east-1a")
+                .send()
+                .await
+                .expect("create auto scaling group");
+        })
+    }
+
+    /// (desired, min, max, [(instance, lifecycle, health)]).
+    pub fn group(&self, name: &str) -> (i32, i32, i32, Vec<(String, String, String)>) {
+        block_on(async {
+            let r = self
+                .asg
+                .describe_auto_scaling_groups()
+                .auto_scaling_group_names(name)
+                .send()
+                .await
+                .expect("describe");
+            let g = &r.auto_scaling_groups()[0];
+            (
+                g.desired_capacity().unwrap_or(-1),
+                g.min_size().unwrap_or(-1),
+                g.max_size().unwrap_or(-1),
+                g.instances()
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.instance_id().unwrap_or_default().to_string(),
+                            i.lifecycle_state()
+                                .map(|s| s.as_str().to_string())
+                                .unwrap_or_default(),
+                            i.health_status().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    pub fn set_desired(&self, name: &str, n: i32) {
+        block_on(
+            self.asg
+                .set_desired_capacity()
+                .auto_scaling_group_name(name)
+                .desired_capacity(n)
+                .send(),
+        )
+        .expect("set desired capacity");
+    }
+
+    /// A topic with an SQS queue subscribed to it; returns (topic ARN, queue URL).
+    pub fn topic_with_queue(&self, name: &str) -> (String, String) {
+        block_on(async {
+            let topic = self
+                .sns
+                .create_topic()
+                .name(name)
+                .send()
+                .await
+                .expect("create topic")
+                .topic_arn()
+                .expect("arn")
+                .to_string();
+            let queue = self
+                .sqs
+                .create_queue()
+                .queue_name(format!("{name}-q"))
+                .send()
+                .await
+                .expect("create queue")
+                .queue_url()
+                .expect("url")
+                .to_string();
+            let attrs = self
+                .sqs
+                .get_queue_attributes()
+                .queue_url(&queue)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .expect("queue attributes");
+            let arn = attrs
+                .attributes()
+                .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+                .expect("queue arn")
+                .clone();
+            self.sns
+                .subscribe()
+                .topic_arn(&topic)
+                .protocol("sqs")
+                .endpoint(arn)
+                .send()
+                .await
+                .expect("subscribe");
+            (topic, queue)
+        })
+    }
+
+    /// Every message waiting in the queue (the SNS envelopes, parsed), removed from it.
+    pub fn drain(&self, queue: &str) -> Vec<serde_json::Value> {
+        block_on(async {
+            let mut out = Vec::new();
+            loop {
+                let r = self
+                    .sqs
+                    .receive_message()
+                    .queue_url(queue)
+                    .max_number_of_messages(10)
+                    .send()
+                    .await
+                    .expect("receive");
+                let msgs = r.messages();
+                if msgs.is_empty() {
+                    break;
+                }
+                for m in msgs {
+                    out.push(
+                        serde_json::from_str(m.body().unwrap_or("null"))
+                            .unwrap_or(serde_json::Value::Null),
+                    );
+                    if let Some(h) = m.receipt_handle() {
+                        let _ = self
+                            .sqs
+                            .delete_message()
+                            .queue_url(queue)
+                            .receipt_handle(h)
+                            .send()
+                            .await;
+                    }
+                }
+            }
+            out
+        })
+    }
+}

@@ -1,0 +1,791 @@
+//! The action layer against `moto_server`, through the harness's fault-injecting proxy: scaling
+//! an Auto Scaling group, replacing unhealthy instances within the cap, alerts through SNS (read
+//! back from a subscribed SQS queue), a Slack-style webhook and a real Alertmanager, CloudWatch
+//! batches, and AWS failing in every way a network can.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vigil_e2e::aws::{Aws, Moto, ENV};
+use vigil_e2e::hook::Hook;
+use vigil_e2e::http::{get, push_now};
+use vigil_e2e::proxy::{Fault, Proxy};
+use vigil_e2e::{bin, free_port, peer, tempdir, wait_http, Child, TempDir};
+use vigil_wire::Labels;
+
+/// moto, the proxy in front of it, and an aggregator configured to call AWS through the proxy.
+struct Rig {
+    dir: TempDir,
+    _moto: Moto,
+    proxy: Proxy,
+    aws: Aws,
+    port: u16,
+    base: String,
+    cfg: PathBuf,
+}
+
+impl Rig {
+    fn new(name: &str) -> Rig {
+        let dir = tempdir(name);
+        let moto = Moto::start(dir.path());
+        let proxy = Proxy::start(moto.port);
+        let aws = Aws::new(&moto.url());
+        let port = free_port();
+        Rig {
+            cfg: dir.path().join("aggregator.toml"),
+            dir,
+            _moto: moto,
+            proxy,
+            aws,
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Writes the rules and the config: 1 s evaluation, short notification timers, the
+    /// receivers given, AWS through the proxy.
+    fn configure(&self, rules: &str, receivers: &str, extra: &str) {
+        let rules_path = self.dir.path().join("rules.toml");
+        std::fs::write(&rules_path, rules).expect("rules");
+        std::fs::write(
+            &self.cfg,
+            format!(
+                r#"[server]
+listen = "127.0.0.1:{port}"
+
+[storage]
+retention = "1h"
+state_dir = "{state}"
+
+[rules]
+files = ["{rules}"]
+evaluation_interval = "1s"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+{extra}
+
+[notify]
+group_by = ["alertname", "asg"]
+group_wait = "1s"
+group_interval = "2s"
+repeat_interval = "1h"
+
+{receivers}
+"#,
+                port = self.port,
+                state = self.dir.path().join("state").display(),
+                rules = rules_path.display(),
+                endpoint = self.proxy.url(),
+            ),
+        )
+        .expect("config");
+    }
+
+    fn start(&self) -> Child {
+        let mut cmd = Command::new(bin("vigil-aggregator"));
+        cmd.arg("--config").arg(&self.cfg).envs(ENV);
+        let c = Child::spawn("aggregator", &mut cmd, self.dir.path());
+        assert!(
+            wait_http(&format!("{}/-/ready", self.base), Duration::from_secs(30)),
+            "aggregator did not start:\n{}",
+            c.log_text()
+        );
+        c
+    }
+
+    fn push(&self, series: &[(Labels, f64)]) {
+        assert_eq!(push_now(&self.base, series), 204);
+    }
+
+    fn metrics(&self) -> String {
+        get(&format!("{}/metrics", self.base)).expect("metrics").1
+    }
+}
+
+fn series(name: &str, asg: &str, instances: &[String], v: f64) -> Vec<(Labels, f64)> {
+    instances
+        .iter()
+        .map(|i| {
+            (
+                Labels::from_pairs([("__name__", name), ("asg", asg), ("instance", i.as_str())]),
+                v,
+            )
+        })
+        .collect()
+}
+
+/// Pushes `f(elapsed)` every second until `until` holds or `timeout` passes.
+fn push_until(
+    rig: &Rig,
+    timeout: Duration,
+    mut each: impl FnMut() -> Vec<(Labels, f64)>,
+    mut until: impl FnMut() -> bool,
+) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        rig.push(&each());
+        if until() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    false
+}
+
+const SCALING: &str = r#"
+[[scaling]]
+name = "web-cpu"
+asg = "web"
+min = 2
+max = 6
+expr = 'avg(app_cpu{asg="web"})'
+target = 0.5
+tolerance = 0.1
+scale_out_cooldown = "2s"
+scale_in_cooldown = "1s"
+scale_in_stabilization = "6s"
+"#;
+
+#[test]
+fn scales_out_within_seconds_and_in_only_after_stabilization() {
+    let rig = Rig::new("act-scale");
+    rig.aws.create_group("web", 2, 6, 2);
+    rig.configure(SCALING, "", "dry_run = false");
+    let agg = rig.start();
+    let load: Vec<String> = (0..4).map(|k| format!("i-load{k}")).collect();
+    // Steady at target: nothing changes.
+    for _ in 0..3 {
+        rig.push(&series("app_cpu", "web", &load, 0.5));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(rig.proxy.calls_of("SetDesiredCapacity").is_empty());
+    // Load rises: the first sample over target, then one a second (a 1 s push).
+    let first_over = Instant::now();
+    let ok = push_until(
+        &rig,
+        Duration::from_secs(15),
+        || series("app_cpu", "web", &load, 0.9),
+        || !rig.proxy.calls_of("SetDesiredCapacity").is_empty(),
+    );
+    assert!(ok, "no SetDesiredCapacity:\n{}", agg.log_text());
+    let call = rig.proxy.calls_of("SetDesiredCapacity")[0].clone();
+    let latency = call.at.duration_since(first_over);
+    println!(
+        "scale-out latency: first sample over target -> SetDesiredCapacity = {} ms (1 s push, 1 s evaluation)",
+        latency.as_millis()
+    );
+    assert!(latency < Duration::from_secs(3), "{latency:?}");
+    assert!(call.body.contains("HonorCooldown=false"), "{}", call.body);
+    assert!(call.body.contains("DesiredCapacity=4"), "{}", call.body);
+    assert_eq!(rig.aws.group("web").0, 4);
+    // The decision and its causes are in /api/v1/scaling.
+    let (_, s) = get(&format!("{}/api/v1/scaling", rig.base)).expect("scaling");
+    let v: serde_json::Value = serde_json::from_str(&s).expect("json");
+    let p = &v["data"]["policies"][0];
+    assert_eq!(p["current"], 4, "{s}");
+    assert_eq!(p["last_decisions"][0]["to"], 4, "{s}");
+    assert_eq!(p["last_decisions"][0]["inputs"][0]["value"], "0.9", "{s}");
+    assert_eq!(p["fleet"]["aws"]["max"], 6, "{s}");
+
+    // Load drops far below target: the recommendation is 1, but the group's min is 2, and
+    // nothing happens before the 6 s stabilization window has passed.
+    let before = rig.proxy.calls_of("SetDesiredCapacity").len();
+    let dropped = Instant::now();
+    let ok = push_until(
+        &rig,
+        Duration::from_secs(20),
+        || series("app_cpu", "web", &load, 0.1),
+        || rig.proxy.calls_of("SetDesiredCapacity").len() > before,
+    );
+    assert!(ok, "no scale-in:\n{}", agg.log_text());
+    let call = rig.proxy.calls_of("SetDesiredCapacity")[before].clone();
+    let waited = call.at.duration_since(dropped);
+    println!(
+        "scale-in after the load dropped: {} ms (stabilization 6 s)",
+        waited.as_millis()
+    );
+    assert!(waited >= Duration::from_secs(5), "{waited:?}");
+    assert!(call.body.contains("DesiredCapacity=2"), "{}", call.body);
+    // It stays at min.
+    for _ in 0..4 {
+        rig.push(&series("app_cpu", "web", &load, 0.1));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(rig.aws.group("web").0, 2);
+    assert_eq!(rig.proxy.calls_of("SetDesiredCapacity").len(), before + 1);
+
+    // A change from outside Vigil is noticed and adopted.
+    rig.aws.set_desired("web", 3);
+    let ok = push_until(
+        &rig,
+        Duration::from_secs(10),
+        || series("app_cpu", "web", &load, 0.5),
+        || {
+            rig.metrics()
+                .contains("vigil_aggregator_external_capacity_changes_total{asg=\"web\"} 1")
+        },
+    );
+    assert!(ok, "{}\n{}", rig.metrics(), agg.log_text());
+    assert!(agg.log_text().contains("changed outside Vigil"));
+}
+
+#[test]
+fn dry_run_decides_the_same_and_changes_nothing() {
+    let rig = Rig::new("act-dry");
+    rig.aws.create_group("web", 2, 6, 2);
+    rig.configure(SCALING, "", "dry_run = true");
+    let agg = rig.start();
+    let load: Vec<String> = (0..4).map(|k| format!("i-load{k}")).collect();
+    let ok = push_until(
+        &rig,
+        Duration::from_secs(15),
+        || series("app_cpu", "web", &load, 0.9),
+        || {
+            rig.metrics().contains(
+                "vigil_aggregator_aws_calls_total{call=\"SetDesiredCapacity\",result=\"dry_run\"}",
+            )
+        },
+    );
+    assert!(ok, "{}\n{}", rig.metrics(), agg.log_text());
+    assert!(agg.log_text().contains("dry run: would SetDesiredCapacity"));
+    let (_, d) = get(&format!("{}/api/v1/decisions", rig.base)).expect("decisions");
+    let d: serde_json::Value = serde_json::from_str(&d).expect("json");
+    let scaled = d["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["kind"] == "scaling")
+        .unwrap_or_else(|| panic!("no scaling decision: {d}"));
+    assert_eq!(
+        (scaled["from"].as_u64(), scaled["to"].as_u64()),
+        (Some(2), Some(4)),
+        "{d}"
+    );
+    // Reads are allowed; nothing that changes AWS was called.
+    assert!(!rig.proxy.calls_of("DescribeAutoScalingGroups").is_empty());
+    let changing: Vec<String> = rig
+        .proxy
+        .calls()
+        .into_iter()
+        .map(|c| c.action)
+        .filter(|a| !a.starts_with("Describe"))
+        .collect();
+    assert!(changing.is_empty(), "{changing:?}");
+    assert_eq!(rig.aws.group("web").0, 2);
+}
+
+#[test]
+fn replaces_a_sick_instance_within_the_cap_but_never_a_sick_fleet() {
+    let rig = Rig::new("act-replace");
+    rig.aws.create_group("app", 5, 5, 5);
+    let hook = Hook::start();
+    rig.configure(
+        r#"
+[[replace]]
+name = "app-unhealthy"
+asg = "app"
+expr = 'vigil_health_up{asg="app"} == 0'
+for = "2s"
+max_fraction = 0.2
+window = "10m"
+fail_open_fraction = 0.5
+"#,
+        &format!(
+            "[[receiver]]\nname = \"oncall\"\nslack_webhook_url = \"{}\"\n",
+            hook.url("/slack")
+        ),
+        "dry_run = false",
+    );
+    let agg = rig.start();
+    let ids: Vec<String> = rig.aws.group("app").3.into_iter().map(|m| m.0).collect();
+    assert_eq!(ids.len(), 5);
+    let health = |sick: &[&String]| -> Vec<(Labels, f64)> {
+        ids.iter()
+            .map(|i| {
+                (
+                    Labels::from_pairs([
+                        ("__name__", "vigil_health_up"),
+                        ("asg", "app"),
+                        ("instance", i.as_str()),
+                    ]),
+                    if sick.contains(&i) { 0.0 } else { 1.0 },
+                )
+            })
+            .collect()
+    };
+    // One instance fails its probe: after `for` it is marked Unhealthy, the others are not.
+    let sick = ids[0].clone();
+    let started = Instant::now();
+    let unhealthy = |rig: &Rig| -> Vec<String> {
+        rig.aws
+            .group("app")
+            .3
+            .into_iter()
+            .filter(|m| m.2 == "Unhealthy")
+            .map(|m| m.0)
+            .collect()
+    };
+    let ok = push_until(
+        &rig,
+        Duration::from_secs(15),
+        || health(&[&sick]),
+        || !unhealthy(&rig).is_empty(),
+    );
+    assert!(
+        ok,
+        "{:?}\n{:?}\n{}",
+        get(&format!("{}/api/v1/decisions", rig.base)),
+        get(&format!(
+            "{}/api/v1/query?query=vigil_health_up%3D%3D0",
+            rig.base
+        )),
+        agg.log_text()
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(unhealthy(&rig), std::slice::from_ref(&sick));
+    let call = &rig.proxy.calls_of("SetInstanceHealth")[0];
+    assert!(
+        call.body.contains("ShouldRespectGracePeriod=true"),
+        "{}",
+        call.body
+    );
+    // Now three more fail at once: 3 of 5 is at or above fail_open_fraction — nothing more is
+    // replaced, and the fail-open alert is delivered.
+    let more: Vec<&String> = ids[..4].iter().collect();
+    let ok = push_until(
+        &rig,
+        Duration::from_secs(15),
+        || health(&more),
+        || {
+            hook.bodies()
+                .iter()
+                .any(|(_, b)| b.to_string().contains("VigilReplacementFailOpen"))
+        },
+    );
+    assert!(
+        ok,
+        "no fail-open alert: {:?}\n{}",
+        hook.bodies(),
+        agg.log_text()
+    );
+    for _ in 0..4 {
+        rig.push(&health(&more));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(rig.proxy.calls_of("SetInstanceHealth").len(), 1);
+    assert_eq!(unhealthy(&rig), [sick]);
+    let text = hook.bodies()[0].1.to_string();
+    assert!(text.contains("replacing nothing"), "{text}");
+}
+
+/// Alerts of one group: two instances of one ASG.
+const ALERTS: &str = r#"
+[[group]]
+name = "app"
+[[group.alert]]
+alert = "AppErrors"
+expr = 'app_errors{asg="web"} > 0'
+labels = { severity = "page" }
+annotations = { summary = "errors on {{ $labels.instance }}" }
+"#;
+
+#[test]
+fn alerts_arrive_once_per_group_and_resolve_once_across_a_restart() {
+    let rig = Rig::new("act-notify");
+    let (topic, queue) = rig.aws.topic_with_queue("oncall");
+    let hook = Hook::start();
+    rig.configure(
+        ALERTS,
+        &format!(
+            "[[receiver]]\nname = \"oncall\"\nsns_topic_arn = \"{topic}\"\nslack_webhook_url = \"{}\"\n",
+            hook.url("/slack")
+        ),
+        "dry_run = false",
+    );
+    let agg = rig.start();
+    let inst = vec!["i-a".to_string(), "i-b".to_string()];
+    let mut sns: Vec<serde_json::Value> = Vec::new();
+    let ok = push_until(
+        &rig,
+        Duration::from_secs(20),
+        || series("app_errors", "web", &inst, 3.0),
+        || {
+            sns.extend(rig.aws.drain(&queue));
+            !sns.is_empty() && !hook.bodies().is_empty()
+        },
+    );
+    assert!(ok, "{sns:?} {:?}\n{}", hook.bodies(), agg.log_text());
+    // Keep firing for several group intervals: still one message each.
+    for _ in 0..5 {
+        rig.push(&series("app_errors", "web", &inst, 3.0));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    sns.extend(rig.aws.drain(&queue));
+    assert_eq!(sns.len(), 1, "{sns:#?}");
+    assert_eq!(hook.bodies().len(), 1, "{:#?}", hook.bodies());
+    let env = &sns[0];
+    assert_eq!(env["Subject"], "[FIRING:2] AppErrors (web)", "{env}");
+    assert_eq!(
+        env["MessageAttributes"]["severity"]["Value"], "page",
+        "{env}"
+    );
+    assert_eq!(env["MessageAttributes"]["asg"]["Value"], "web", "{env}");
+    let msg: serde_json::Value =
+        serde_json::from_str(env["Message"].as_str().expect("message")).expect("json message");
+    assert_eq!(msg["status"], "firing");
+    assert_eq!(msg["alerts"].as_array().map(Vec::len), Some(2));
+    assert_eq!(msg["alerts"][0]["annotations"]["summary"], "errors on i-a");
+    assert_eq!(msg["alerts"][0]["value"], 3.0);
+    let slack = &hook.bodies()[0].1;
+    assert!(
+        slack["blocks"].as_array().is_some_and(|b| b.len() == 3),
+        "{slack}"
+    );
+
+    // kill -9 between firing and resolving; the restarted aggregator remembers it told.
+    agg.signal("KILL");
+    drop(agg);
+    let agg = rig.start();
+    for _ in 0..5 {
+        rig.push(&series("app_errors", "web", &inst, 3.0));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    sns.extend(rig.aws.drain(&queue));
+    assert_eq!(
+        sns.len(),
+        1,
+        "a restart must not repeat: {sns:#?}\n{}",
+        agg.log_text()
+    );
+    assert_eq!(hook.bodies().len(), 1);
+    // Resolve: one resolved notice each.
+    let ok = push_until(
+        &rig,
+        Duration::from_secs(20),
+        || series("app_errors", "web", &inst, 0.0),
+        || {
+            sns.extend(rig.aws.drain(&queue));
+            sns.len() >= 2 && hook.bodies().len() >= 2
+        },
+    );
+    assert!(ok, "{sns:#?}\n{}", agg.log_text());
+    for _ in 0..4 {
+        rig.push(&series("app_errors", "web", &inst, 0.0));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    sns.extend(rig.aws.drain(&queue));
+    assert_eq!(sns.len(), 2, "{sns:#?}");
+    assert_eq!(hook.bodies().len(), 2);
+    assert_eq!(sns[1]["Subject"], "[RESOLVED] AppErrors (web)");
+    let msg: serde_json::Value =
+        serde_json::from_str(sns[1]["Message"].as_str().expect("message")).expect("json");
+    assert_eq!(msg["status"], "resolved");
+    assert_eq!(msg["alerts"][0]["status"], "resolved");
+}
+
+#[test]
+fn alertmanager_takes_over_through_its_v2_api() {
+    let dir = tempdir("act-am");
+    let am_port = free_port();
+    let cluster_port = free_port();
+    let am = Child::spawn(
+        "alertmanager",
+        Command::new(peer("prometheus-alertmanager")).args([
+            &format!("--web.listen-address=127.0.0.1:{am_port}"),
+            &format!("--cluster.listen-address=127.0.0.1:{cluster_port}"),
+            &format!("--config.file={}", {
+                let p = dir.path().join("am.yml");
+                std::fs::write(&p, "route:\n  receiver: none\nreceivers:\n  - name: none\n")
+                    .expect("am config");
+                p.display().to_string()
+            }),
+            &format!("--storage.path={}", dir.path().join("am-data").display()),
+        ]),
+        dir.path(),
+    );
+    let am_url = format!("http://127.0.0.1:{am_port}");
+    assert!(
+        wait_http(&format!("{am_url}/-/ready"), Duration::from_secs(30)),
+        "alertmanager did not start: {}",
+        am.log_text()
+    );
+    // No AWS at all here: the webhook is not an AWS call and works in the embedded default.
+    let port = free_port();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, ALERTS).expect("rules");
+    let cfg = dir.path().join("aggregator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nstate_dir = \"{}\"\n[rules]\nfiles = [\"{}\"]\nevaluation_interval = \"1s\"\n[notify]\ngroup_wait = \"1s\"\ngroup_interval = \"2s\"\n[[receiver]]\nname = \"am\"\nwebhook_url = \"{am_url}/api/v2/alerts\"\n",
+            dir.path().join("state").display(),
+            rules.display()
+        ),
+    )
+    .expect("config");
+    let agg = Child::spawn(
+        "aggregator",
+        Command::new(bin("vigil-aggregator"))
+            .arg("--config")
+            .arg(&cfg),
+        dir.path(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(wait_http(
+        &format!("{base}/-/ready"),
+        Duration::from_secs(30)
+    ));
+    let inst = vec!["i-a".to_string()];
+    let active = || -> Vec<serde_json::Value> {
+        let (_, b) = get(&format!("{am_url}/api/v2/alerts?active=true")).expect("am alerts");
+        serde_json::from_str::<Vec<serde_json::Value>>(&b).unwrap_or_default()
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while active().is_empty() && Instant::now() < end {
+        assert_eq!(
+            push_now(&base, &series("app_errors", "web", &inst, 1.0)),
+            204
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let a = active();
+    assert_eq!(a.len(), 1, "{a:?}\n{}", agg.log_text());
+    assert_eq!(a[0]["labels"]["alertname"], "AppErrors");
+    assert_eq!(a[0]["labels"]["instance"], "i-a");
+    assert_eq!(a[0]["annotations"]["summary"], "errors on i-a");
+    // Resolved: Alertmanager no longer lists it as active.
+    let end = Instant::now() + Duration::from_secs(20);
+    while !active().is_empty() && Instant::now() < end {
+        assert_eq!(
+            push_now(&base, &series("app_errors", "web", &inst, 0.0)),
+            204
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(active().is_empty(), "{:?}\n{}", active(), agg.log_text());
+}
+
+#[test]
+fn record_rule_datums_reach_cloudwatch_in_calls_of_at_most_1000() {
+    let rig = Rig::new("act-cw");
+    rig.configure(
+        r#"
+[[group]]
+name = "cw"
+interval = "10s"
+[[group.record]]
+record = "app:load"
+expr = 'app_load'
+cloudwatch = { metric_name = "AppLoad", dimensions = ["instance"] }
+"#,
+        "",
+        "dry_run = false\n[cloudwatch]\nnamespace = \"VigilTest\"\nflush_interval = \"10s\"",
+    );
+    let agg = rig.start();
+    let inst: Vec<String> = (0..2500).map(|k| format!("i-{k:05}")).collect();
+    let load: Vec<(Labels, f64)> = inst
+        .iter()
+        .enumerate()
+        .map(|(k, i)| {
+            (
+                Labels::from_pairs([("__name__", "app_load"), ("instance", i.as_str())]),
+                (k % 7) as f64,
+            )
+        })
+        .collect();
+    // Several flushes' worth.
+    // moto takes about 2 s per 1,000 datums: a flush's calls spread over some seconds.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(36) {
+        rig.push(&load);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let calls = rig.proxy.calls_of("PutMetricData");
+    assert!(
+        calls.len() >= 9,
+        "{} {:?}\n{}",
+        calls.len(),
+        rig.proxy
+            .calls()
+            .iter()
+            .map(|c| (
+                c.action.clone(),
+                c.status,
+                c.at.duration_since(t0).as_millis(),
+                c.body.matches(".MetricName=").count()
+            ))
+            .collect::<Vec<_>>(),
+        agg.log_text()
+    );
+    // Calls of one flush follow each other; flushes are 10 s apart.
+    let mut flushes: Vec<Vec<&vigil_e2e::proxy::Call>> = Vec::new();
+    for c in &calls {
+        match flushes.last_mut() {
+            Some(f) if c.at.duration_since(f[f.len() - 1].at) < Duration::from_secs(4) => f.push(c),
+            _ => flushes.push(vec![c]),
+        }
+    }
+    // The last flush may still be under way when the test looks.
+    assert!(flushes.len() >= 3, "{}", flushes.len());
+    for f in &flushes[..flushes.len() - 1] {
+        assert_eq!(
+            f.len(),
+            3,
+            "calls per flush: {:?}",
+            flushes.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        assert!(f.iter().all(|c| c.status == 200));
+        let datums: Vec<usize> = f
+            .iter()
+            .map(|c| c.body.matches(".MetricName=").count())
+            .collect();
+        assert_eq!(datums, [1000, 1000, 500]);
+        assert!(f.iter().all(|c| c.gzip), "PutMetricData bodies are gzipped");
+        assert!(f[0].body.contains("StorageResolution=1"));
+    }
+    println!(
+        "PutMetricData calls per flush of 2,500 series: {:?}",
+        flushes.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    // Read back: one instance's datums.
+    let stats = vigil_e2e::aws::block_on(
+        rig.aws
+            .cw
+            .get_metric_statistics()
+            .namespace("VigilTest")
+            .metric_name("AppLoad")
+            .dimensions(
+                aws_sdk_cloudwatch::types::Dimension::builder()
+                    .name("instance")
+                    .value("i-00003")
+                    .build(),
+            )
+            .start_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_secs()
+                    - 600) as i64,
+            ))
+            .end_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_secs()
+                    + 600) as i64,
+            ))
+            .period(60)
+            .statistics(aws_sdk_cloudwatch::types::Statistic::Average)
+            .statistics(aws_sdk_cloudwatch::types::Statistic::SampleCount)
+            .send(),
+    )
+    .expect("get metric statistics");
+    let points = stats.datapoints();
+    assert!(!points.is_empty(), "{stats:?}");
+    let count: f64 = points.iter().filter_map(|p| p.sample_count()).sum();
+    assert!(count >= 2.0, "{points:?}");
+    for p in points {
+        assert_eq!(p.average(), Some(3.0), "{points:?}");
+    }
+    let m = rig.metrics();
+    assert!(
+        m.contains("vigil_aggregator_cloudwatch_datums_total"),
+        "{m}"
+    );
+    let cost = m
+        .lines()
+        .find(|l| l.starts_with("vigil_aggregator_cloudwatch_estimated_monthly_cost_dollars "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .expect("cost gauge");
+    // 2,500 metrics at $0.30, plus the calls.
+    assert!((750.0..800.0).contains(&cost), "{cost}");
+}
+
+#[test]
+fn aws_failing_every_way_loses_no_notification_and_scaling_converges() {
+    let rig = Rig::new("act-faults");
+    rig.aws.create_group("web", 2, 6, 2);
+    let (topic, queue) = rig.aws.topic_with_queue("faults");
+    // The cooldown covers the time a slow AWS takes to carry a change out.
+    rig.configure(
+        &format!(
+            "{}{ALERTS}",
+            SCALING.replace(
+                "scale_out_cooldown = \"2s\"",
+                "scale_out_cooldown = \"30s\""
+            )
+        ),
+        &format!("[[receiver]]\nname = \"oncall\"\nsns_topic_arn = \"{topic}\"\n"),
+        "dry_run = false",
+    );
+    // AWS is down from the start: not even the first describe works.
+    rig.proxy.set(Fault::Refuse);
+    let agg = rig.start();
+    let load: Vec<String> = (0..4).map(|k| format!("i-load{k}")).collect();
+    // A fixed amount of work spread over the group: 1.8 instances' worth, so the group's CPU
+    // is 0.9 at 2 instances and 0.45 (within target ± tolerance) at 4.
+    let traffic = |rig: &Rig| {
+        let desired = rig.aws.group("web").0.max(1);
+        let mut all = series("app_cpu", "web", &load, 1.8 / f64::from(desired));
+        all.extend(series("app_errors", "web", &["i-a".to_string()], 1.0));
+        all
+    };
+    for f in [
+        Fault::Refuse,
+        Fault::Status(500),
+        Fault::Status(503),
+        Fault::Throttle,
+    ] {
+        rig.proxy.set(f);
+        for _ in 0..4 {
+            rig.push(&traffic(&rig));
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let (code, _) = get(&format!("{}/-/healthy", rig.base)).expect("healthy");
+        assert_eq!(code, 200, "under {f:?}");
+    }
+    assert_eq!(rig.aws.group("web").0, 2, "nothing got through the faults");
+    assert!(rig.aws.drain(&queue).is_empty());
+    // Slow answers: every call takes 5 s, and still gets through once.
+    rig.proxy.set(Fault::Delay(Duration::from_secs(5)));
+    let mut sns = Vec::new();
+    let ok = push_until(
+        &rig,
+        Duration::from_secs(60),
+        || traffic(&rig),
+        || {
+            sns.extend(rig.aws.drain(&queue));
+            rig.aws.group("web").0 == 4 && !sns.is_empty()
+        },
+    );
+    assert!(
+        ok,
+        "desired {} sns {sns:?}\n{}",
+        rig.aws.group("web").0,
+        agg.log_text()
+    );
+    rig.proxy.set(Fault::None);
+    for _ in 0..6 {
+        rig.push(&traffic(&rig));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    sns.extend(rig.aws.drain(&queue));
+    assert_eq!(sns.len(), 1, "exactly one notification: {sns:#?}");
+    assert_eq!(rig.aws.group("web").0, 4, "converged: {}", agg.log_text());
+    let m = rig.metrics();
+    assert!(
+        m.contains("vigil_aggregator_notifications_total{integration=\"sns\",result=\"failed\"}"),
+        "{m}"
+    );
+    let statuses: std::collections::BTreeSet<u16> =
+        rig.proxy.calls().iter().map(|c| c.status).collect();
+    // Refused connections never reach the proxy; the aggregator saw them.
+    assert!(
+        [400, 500, 503, 200].iter().all(|s| statuses.contains(s)),
+        "{statuses:?}"
+    );
+    assert!(agg.log_text().contains("Connection refused"));
+}
