@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Checks the Kubernetes examples: they parse, the sidecar gets the pod's identity from the
+downward API and sized resources, both run unprivileged, the agent pushes to the aggregator's
+Service, and the configurations in the ConfigMaps pass the binaries' own --check-config.
+
+    python3 packaging/kubernetes/check.py target/release
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+here = os.path.dirname(os.path.abspath(__file__))
+bindir = sys.argv[1] if len(sys.argv) > 1 else "target/release"
+
+
+def load(name):
+    with open(os.path.join(here, name)) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def kind(docs, k):
+    return [d for d in docs if d["kind"] == k]
+
+
+def check(cond, what):
+    if not cond:
+        sys.exit(f"packaging/kubernetes: {what}")
+
+
+def hardened(c):
+    sc = c.get("securityContext", {})
+    check(sc.get("runAsNonRoot") and sc.get("runAsUser") == 65532, f"{c['name']} runs as 65532")
+    check(sc.get("allowPrivilegeEscalation") is False, f"{c['name']} no privilege escalation")
+    check(sc.get("readOnlyRootFilesystem") is True, f"{c['name']} read-only root")
+    check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{c['name']} drops capabilities")
+    r = c.get("resources", {})
+    check(r.get("requests", {}).get("memory") and r.get("limits", {}).get("memory"),
+          f"{c['name']} has memory requests and limits")
+
+
+def check_config(binary, text, name, extra=None):
+    with tempfile.TemporaryDirectory() as d:
+        if extra:
+            extra(d)
+            text = text.replace("/etc/vigil/rules", os.path.join(d, "rules"))
+        path = os.path.join(d, name)
+        with open(path, "w") as f:
+            f.write(text)
+        r = subprocess.run([os.path.join(bindir, binary), "--check-config", path],
+                           capture_output=True, text=True)
+        check(r.returncode == 0, f"{binary} --check-config: {r.stdout}{r.stderr}")
+
+
+side = load("sidecar.yaml")
+dep = kind(side, "Deployment")[0]
+containers = {c["name"]: c for c in dep["spec"]["template"]["spec"]["containers"]}
+agent = containers["vigil-agent"]
+env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in agent["env"]}
+check(env.get("POD_NAME") == "metadata.name", "POD_NAME from the downward API")
+check(env.get("POD_NAMESPACE") == "metadata.namespace", "POD_NAMESPACE from the downward API")
+hardened(agent)
+cm = kind(side, "ConfigMap")[0]["data"]["agent.toml"]
+check("http://vigil-aggregator:9470/api/v1/write" in cm, "the agent pushes to the aggregator's Service")
+check_config("vigil-agent", cm, "agent.toml")
+
+agg = load("aggregator.yaml")
+adep = kind(agg, "Deployment")[0]
+check(adep["spec"]["replicas"] == 1 and adep["spec"]["strategy"]["type"] == "Recreate",
+      "one aggregator at a time (its state is on one volume)")
+ac = adep["spec"]["template"]["spec"]["containers"][0]
+hardened(ac)
+svc = kind(agg, "Service")[0]
+check(svc["metadata"]["name"] == "vigil-aggregator" and svc["spec"]["ports"][0]["port"] == 9470,
+      "the Service the agents push to")
+data = kind(agg, "ConfigMap")[0]["data"]
+
+
+def rules(d):
+    os.mkdir(os.path.join(d, "rules"))
+    with open(os.path.join(d, "rules", "instances.toml"), "w") as f:
+        f.write(data["instances.toml"])
+
+
+check_config("vigil-aggregator", data["aggregator.toml"], "aggregator.toml", rules)
+sa = kind(agg, "ServiceAccount")[0]
+check("eks.amazonaws.com/role-arn" in sa["metadata"].get("annotations", {}), "IRSA role annotation")
+print("packaging/kubernetes: ok", file=sys.stderr)
