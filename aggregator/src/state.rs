@@ -67,19 +67,9 @@ impl Db {
     }
 
     pub fn load(&self) -> Result<Option<Snapshot>, StateError> {
-        let row: Option<String> = self
-            .conn
-            .query_row("SELECT state FROM snapshot WHERE id = 1", [], |r| r.get(0))
-            .map(Some)
-            .or_else(|e| {
-                if matches!(e, rusqlite::Error::QueryReturnedNoRows) {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            })?;
-        let Some(text) = row else { return Ok(None) };
-        let doc: Json = serde_json::from_str(&text).map_err(|e| StateError::Json(e.to_string()))?;
+        let Some(doc) = self.json_row("SELECT state FROM snapshot WHERE id = 1")? else {
+            return Ok(None);
+        };
         let state = state_from_json(&doc["state"])
             .ok_or_else(|| StateError::Json("unreadable state".into()))?;
         let capacity = doc["capacity"]
@@ -170,9 +160,14 @@ impl Db {
     }
 
     pub fn load_notifier(&self) -> Result<Option<Json>, StateError> {
+        self.json_row("SELECT state FROM notifier WHERE id = 1")
+    }
+
+    /// The JSON document a single-row query returns, if there is a row.
+    fn json_row(&self, sql: &str) -> Result<Option<Json>, StateError> {
         let row: Option<String> = self
             .conn
-            .query_row("SELECT state FROM notifier WHERE id = 1", [], |r| r.get(0))
+            .query_row(sql, [], |r| r.get(0))
             .map(Some)
             .or_else(|e| match e {
                 rusqlite::Error::QueryReturnedNoRows => Ok(None),
@@ -251,6 +246,17 @@ pub(crate) fn labels_json(l: &Labels) -> Json {
             .map(|x| (x.name.to_string(), json!(x.value)))
             .collect(),
     )
+}
+
+/// A JSON object of strings as a map (anything else reads as empty).
+pub(crate) fn string_map(v: &Json) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub(crate) fn labels_from(v: &Json) -> Option<Labels> {
@@ -344,14 +350,7 @@ pub fn state_from_json(v: &Json) -> Option<State> {
             let labels = labels_from(&x["labels"])?;
             let alert = Alert {
                 labels: labels.clone(),
-                annotations: x["annotations"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                annotations: string_map(&x["annotations"]),
                 value: f_from(&x["value"]),
                 state: state_from(x["state"].as_str()?)?,
                 active_at: x["active_at"].as_i64()?,

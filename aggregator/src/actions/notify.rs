@@ -17,7 +17,7 @@ use vigil_rules::duration::format_timestamp_ms;
 use vigil_wire::Labels;
 
 use crate::config::Receiver;
-use crate::state::{labels_from, labels_json};
+use crate::state::{labels_from, labels_json, string_map};
 
 /// An alert that fires now, as the notifier sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -302,14 +302,7 @@ impl Notifier {
         fn alert(v: &Json) -> Option<ActiveAlert> {
             Some(ActiveAlert {
                 labels: labels_from(&v["labels"])?,
-                annotations: v["annotations"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                annotations: string_map(&v["annotations"]),
                 value: v["value"].as_f64().unwrap_or(f64::NAN),
                 starts_at: v["starts_at"].as_i64()?,
                 receivers: v["receivers"]
