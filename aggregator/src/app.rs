@@ -132,7 +132,7 @@ impl Metrics {
         );
         r.register(
             "vigil_aggregator_cloudwatch_dropped",
-            "Recorded samples not published to CloudWatch, by reason (non_finite, queue_full)",
+            "Recorded samples not published to CloudWatch, by reason (invalid: NaN, ±Inf, out of range; queue_full; too_old; rejected by CloudWatch)",
             m.cloudwatch_dropped.clone(),
         );
         r.register(
@@ -261,6 +261,10 @@ impl App {
                 Err(e) => return Err(e.to_string()),
             }
         }
+        let actions = crate::actions::Actions::new(clients, cfg.dry_run, rules.tick_ms());
+        if let Some(pending) = db.load_actions().map_err(|e| e.to_string())? {
+            actions.restore_pending(&pending);
+        }
         let notifier = match db.load_notifier().map_err(|e| e.to_string())? {
             Some(v) => crate::actions::notify::Notifier::from_json(&v)
                 .ok_or("the notifier state in the state database is unreadable")?,
@@ -283,7 +287,7 @@ impl App {
             ready: AtomicBool::new(false),
             last_reload_error: Mutex::new(None),
             db: Mutex::new(db),
-            actions: crate::actions::Actions::new(clients),
+            actions,
             cfg,
         })
     }

@@ -101,8 +101,8 @@ fn firing_alerts(rules: &RuleSet, state: &vigil_rules::evaluator::State) -> Vec<
     out
 }
 
-/// Runs one evaluation at `ts` (aligned to the tick); returns its events for the action layer.
-pub fn evaluate(app: &App, ts: i64) -> Vec<Event> {
+/// Runs one evaluation at `ts` (aligned to the tick) and hands its decisions to the action layer.
+pub fn evaluate(app: &App, ts: i64) {
     let rules = app.rules();
     let cw = cloudwatch_rules(&rules);
     let mut points: Vec<Point> = Vec::new();
@@ -130,13 +130,13 @@ pub fn evaluate(app: &App, ts: i64) -> Vec<Event> {
     };
     let events = ev.sim.step(&mut sink, 0, ts);
     if !points.is_empty() {
-        let (non_finite, overflow) = app
+        let (invalid, overflow) = app
             .actions
             .cloudwatch
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(points);
-        for (reason, n) in [("non_finite", non_finite), ("queue_full", overflow)] {
+        for (reason, n) in [("invalid", invalid), ("queue_full", overflow)] {
             if n > 0 {
                 app.metrics
                     .cloudwatch_dropped
@@ -197,33 +197,31 @@ pub fn evaluate(app: &App, ts: i64) -> Vec<Event> {
         .flat_map(|n| notify::render(n, &settings))
         .map(|d| (d.target().to_string(), d.to_json()))
         .collect();
-    {
-        let db = app.db();
-        // Saved before anything is acted on: a restart never repeats or forgets a decision.
-        if let Err(e) = db
-            .save(ts, &ev.sim.state, &ev.sim.capacity)
-            .and_then(|_| db.record(ts, &history, 7 * 86_400_000))
-        {
-            tracing::error!(error = %e, "cannot persist the evaluation state");
-        }
-        if ev.notifier != before || !deliveries.is_empty() {
-            match db.commit_notifications(
-                &ev.notifier.to_json(),
-                &deliveries,
-                ts,
-                crate::actions::NOTIFICATION_TTL_MS,
-            ) {
-                Ok(()) if !deliveries.is_empty() => app.actions.wake_outbox.notify_one(),
-                Ok(()) => {}
-                Err(e) => {
-                    // Not committed: the notifier forgets this flush too, and decides it again.
-                    tracing::error!(error = %e, "cannot persist notifications; retrying at the next evaluation");
-                    ev.notifier = before;
-                }
-            }
+    // The decisions go to the actuator, and everything — evaluation state, decision history,
+    // what the notifier told and will tell, the actions still to carry out — is committed in one
+    // transaction before anything is acted on: a crash can neither repeat nor forget any of it.
+    app.actions.take(&events, ts);
+    let notifier_json =
+        (ev.notifier != before || !deliveries.is_empty()).then(|| ev.notifier.to_json());
+    let committed = app.db().commit_evaluation(&crate::state::Evaluated {
+        at: ts,
+        state: &ev.sim.state,
+        capacity: &ev.sim.capacity,
+        actions: &app.actions.pending_json(),
+        history: &history,
+        notifier: notifier_json.as_ref(),
+        deliveries: &deliveries,
+        ttl_ms: crate::actions::NOTIFICATION_TTL_MS,
+    });
+    match committed {
+        Ok(()) if !deliveries.is_empty() => app.actions.wake_outbox.notify_one(),
+        Ok(()) => {}
+        Err(e) => {
+            // Not committed: the notifier forgets this flush too, and decides it again.
+            tracing::error!(error = %e, "cannot persist the evaluation; notifications are decided again at the next one");
+            ev.notifier = before;
         }
     }
-    let out = events.clone();
     for e in events {
         let line = event_text(&e);
         match &e {
@@ -261,7 +259,6 @@ pub fn evaluate(app: &App, ts: i64) -> Vec<Event> {
             ev.log.pop_front();
         }
     }
-    out
 }
 
 /// Evaluates forever at the rules' tick, and compacts the window.
@@ -274,17 +271,11 @@ pub async fn run(app: Arc<App>) {
         tokio::time::sleep(Duration::from_millis((next - now) as u64)).await;
         let app2 = app.clone();
         // Evaluation is CPU work: keep it off the tasks that answer HTTP.
-        let events = tokio::task::spawn_blocking(move || {
+        let _ = tokio::task::spawn_blocking(move || {
             liveness(&app2, next);
             evaluate(&app2, next)
         })
-        .await
-        .unwrap_or_default();
-        app.actions.take(&app, &events, next);
-        if next % app.cfg.cloudwatch_flush_ms == 0 {
-            let a = app.clone();
-            tokio::spawn(async move { a.actions.flush_cloudwatch(&a).await });
-        }
+        .await;
         if now_ms() - last_compact > 30_000 {
             app.store.compact(now_ms());
             last_compact = now_ms();

@@ -47,23 +47,11 @@ impl Db {
              CREATE TABLE IF NOT EXISTS notifier (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, created INTEGER NOT NULL,
                  target TEXT NOT NULL, delivery TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-                 next_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, last_error TEXT);",
+                 next_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, last_error TEXT);
+             CREATE INDEX IF NOT EXISTS outbox_target ON outbox (target, id);
+             CREATE INDEX IF NOT EXISTS outbox_next ON outbox (next_at);",
         )?;
         Ok(Db { conn })
-    }
-
-    pub fn save(
-        &self,
-        at: i64,
-        state: &State,
-        capacity: &BTreeMap<String, u32>,
-    ) -> Result<(), StateError> {
-        let doc = json!({"state": state_json(state), "capacity": capacity});
-        self.conn.execute(
-            "INSERT INTO snapshot (id, at, state) VALUES (1, ?1, ?2) ON CONFLICT(id) DO UPDATE SET at = excluded.at, state = excluded.state",
-            params![at, doc.to_string()],
-        )?;
-        Ok(())
     }
 
     pub fn load(&self) -> Result<Option<Snapshot>, StateError> {
@@ -124,6 +112,21 @@ impl Db {
     }
 }
 
+/// Everything one evaluation leaves to remember, committed together.
+pub struct Evaluated<'a> {
+    pub at: i64,
+    pub state: &'a State,
+    pub capacity: &'a BTreeMap<String, u32>,
+    /// Actions decided and not carried out yet (the action layer's pending work).
+    pub actions: &'a Json,
+    pub history: &'a [(i64, &'a str, Json)],
+    /// The notifier's memory, when it changed.
+    pub notifier: Option<&'a Json>,
+    /// New notifications: (target, delivery).
+    pub deliveries: &'a [(String, Json)],
+    pub ttl_ms: i64,
+}
+
 /// A notification waiting in the outbox.
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -135,28 +138,39 @@ pub struct Pending {
 }
 
 impl Db {
-    /// The notifier's memory and the notifications it decided, in one transaction: either both
-    /// are kept or neither, so a crash can neither lose a notification nor send one twice.
-    pub fn commit_notifications(
-        &self,
-        notifier: &Json,
-        deliveries: &[(String, Json)],
-        now: i64,
-        ttl_ms: i64,
-    ) -> Result<(), StateError> {
+    /// An evaluation's outcome in one transaction: state, pending actions, decision history,
+    /// the notifier's memory and the notifications it decided — all of it or none.
+    pub fn commit_evaluation(&self, e: &Evaluated<'_>) -> Result<(), StateError> {
         let tx = self.conn.unchecked_transaction()?;
+        let doc =
+            json!({"state": state_json(e.state), "capacity": e.capacity, "actions": e.actions});
         tx.execute(
-            "INSERT INTO notifier (id, state) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET state = excluded.state",
-            params![notifier.to_string()],
+            "INSERT INTO snapshot (id, at, state) VALUES (1, ?1, ?2) ON CONFLICT(id) DO UPDATE SET at = excluded.at, state = excluded.state",
+            params![e.at, doc.to_string()],
         )?;
-        for (target, d) in deliveries {
+        self.record(e.at, e.history, 7 * 86_400_000)?;
+        if let Some(n) = e.notifier {
+            tx.execute(
+                "INSERT INTO notifier (id, state) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET state = excluded.state",
+                params![n.to_string()],
+            )?;
+        }
+        for (target, d) in e.deliveries {
             tx.execute(
                 "INSERT INTO outbox (created, target, delivery, next_at, expires_at) VALUES (?1, ?2, ?3, ?1, ?4)",
-                params![now, target, d.to_string(), now + ttl_ms],
+                params![e.at, target, d.to_string(), e.at + e.ttl_ms],
             )?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The actions a previous run left pending.
+    pub fn load_actions(&self) -> Result<Option<Json>, StateError> {
+        Ok(self
+            .json_row("SELECT state FROM snapshot WHERE id = 1")?
+            .map(|d| d["actions"].clone())
+            .filter(|a| !a.is_null()))
     }
 
     pub fn load_notifier(&self) -> Result<Option<Json>, StateError> {
@@ -462,8 +476,21 @@ mod tests {
         r.failing_open = true;
         s.replace.insert("rep".into(), r);
         let cap = BTreeMap::from([("web".to_string(), 6u32)]);
-        db.save(100, &s, &cap).unwrap();
-        db.save(200, &s, &cap).unwrap();
+        let actions = json!({"scale": {"web": {"desired": 7, "from": 6, "decided_at": 5}}});
+        for at in [100, 200] {
+            db.commit_evaluation(&Evaluated {
+                at,
+                state: &s,
+                capacity: &cap,
+                actions: &actions,
+                history: &[],
+                notifier: None,
+                deliveries: &[],
+                ttl_ms: 1,
+            })
+            .unwrap();
+        }
+        assert_eq!(db.load_actions().unwrap(), Some(actions));
         let (back, cap2) = Db::open(&dir).unwrap().load().unwrap().unwrap();
         assert_eq!(cap2, cap);
         let a = back.alerts[&key].active.values().next().unwrap();
@@ -487,16 +514,20 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         {
             let db = Db::open(&dir).unwrap();
-            db.commit_notifications(
-                &json!({"groups": []}),
-                &[
+            db.commit_evaluation(&Evaluated {
+                at: 1_000,
+                state: &State::default(),
+                capacity: &BTreeMap::new(),
+                actions: &json!({}),
+                history: &[],
+                notifier: Some(&json!({"groups": []})),
+                deliveries: &[
                     ("t1".into(), json!({"n": 1})),
                     ("t2".into(), json!({"n": 2})),
                     ("t1".into(), json!({"n": 3})),
                 ],
-                1_000,
-                60_000,
-            )
+                ttl_ms: 60_000,
+            })
             .unwrap();
         }
         let db = Db::open(&dir).unwrap();

@@ -23,6 +23,17 @@ impl RuleStorage for MemStorage {
     }
 }
 
+/// Whether the live fleet lets an instance the rules find unhealthy be replaced now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Eligibility {
+    Eligible,
+    /// Sick and already being dealt with (marked Unhealthy by something else): not replaced
+    /// again, but counted towards the share of the group that fails open.
+    Counted(String),
+    /// Not to be judged now (in its grace period, not in service): neither replaced nor counted.
+    Ignored(String),
+}
+
 /// Something evaluation produced, in time order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -315,10 +326,10 @@ pub struct Simulation {
     /// Simulated capacity of each Auto Scaling group.
     pub capacity: BTreeMap<String, u32>,
     pub external_labels: Labels,
-    /// What the live fleet says about replacing each instance, by Auto Scaling group: `None`
-    /// eligible, `Some(why)` not now. A group absent here is simulated: every instance is
-    /// eligible. An instance absent from a present group is not a member and is left alone.
-    pub eligibility: HashMap<String, BTreeMap<String, Option<String>>>,
+    /// What the live fleet says about replacing each instance, by Auto Scaling group. A group
+    /// absent here is simulated: every instance is eligible. An instance absent from a present
+    /// group is not a member and is left alone.
+    pub eligibility: HashMap<String, BTreeMap<String, Eligibility>>,
     /// Groups whose real capacity is not known yet (the live fleet could not be read): no
     /// scaling decision is made for them, since it would start from a guess.
     pub unknown_capacity: BTreeSet<String>,
@@ -448,10 +459,16 @@ impl Simulation {
             match unhealthy_instances(&self.engine, storage, &p.expr, ts) {
                 Ok(mut sick) => {
                     let mut skipped = Vec::new();
+                    let mut counted = Vec::new();
                     if let Some(view) = self.eligibility.get(&p.asg) {
                         sick.retain(|i| match view.get(i) {
-                            Some(None) => true,
-                            Some(Some(why)) => {
+                            Some(Eligibility::Eligible) => true,
+                            Some(Eligibility::Counted(why)) => {
+                                skipped.push((i.clone(), why.clone()));
+                                counted.push(i.clone());
+                                false
+                            }
+                            Some(Eligibility::Ignored(why)) => {
                                 skipped.push((i.clone(), why.clone()));
                                 false
                             }
@@ -462,7 +479,7 @@ impl Simulation {
                         });
                     }
                     let st = self.state.replace.entry(p.name.clone()).or_default();
-                    let mut d = replace::decide(p, st, &sick, size, ts);
+                    let mut d = replace::decide_with(p, st, &sick, &counted, size, ts);
                     d.skipped = skipped;
                     if d.fail_open_started || d.fail_open_ended {
                         events.push(Event::Alert(fail_open_alert(p, &d)));
@@ -602,9 +619,12 @@ fail_open_fraction = 0.5
         sim.eligibility.insert(
             "g".into(),
             BTreeMap::from([
-                ("a".to_string(), None),
-                ("b".to_string(), Some("in its grace period".to_string())),
-                ("d".to_string(), None),
+                ("a".to_string(), Eligibility::Eligible),
+                (
+                    "b".to_string(),
+                    Eligibility::Ignored("in its grace period".to_string()),
+                ),
+                ("d".to_string(), Eligibility::Eligible),
             ]),
         );
         let events = sim.step(&mut storage, 0, 0);
@@ -625,5 +645,45 @@ fail_open_fraction = 0.5
                 ("c".to_string(), "not a member of g".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn instances_already_unhealthy_count_towards_fail_open() {
+        let text = "[[scaling]]\nname = \"s\"\nasg = \"g\"\nmin = 4\nmax = 4\nexpr = \"1\"\ntarget = 1\n[[replace]]\nname = \"r\"\nasg = \"g\"\nexpr = \"health == 0\"\nfor = \"0s\"\nmax_fraction = 0.5\nwindow = \"10m\"\nfail_open_fraction = 0.5\n";
+        let f = load("f.toml", text, &Context::default()).unwrap();
+        let rules = RuleSet {
+            files: vec![f],
+            default_interval_ms: 60_000,
+        };
+        let mut storage = MemStorage::new();
+        for i in ["a", "b"] {
+            storage.add(
+                Labels::from_pairs([("__name__", "health"), ("instance", i)]),
+                Sample::new(0, 0.0),
+            );
+        }
+        let mut sim = Simulation::new(std::sync::Arc::new(rules), Engine::default());
+        // b is sick and already Unhealthy (a load balancer said so): a alone would be 1 of 4,
+        // but with b the group is 2 of 4 sick — at fail_open_fraction, so nothing is replaced.
+        sim.eligibility.insert(
+            "g".into(),
+            BTreeMap::from([
+                ("a".to_string(), Eligibility::Eligible),
+                (
+                    "b".to_string(),
+                    Eligibility::Counted("already Unhealthy".to_string()),
+                ),
+            ]),
+        );
+        let events = sim.step(&mut storage, 0, 0);
+        let d = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Replace(d) => Some(d),
+                _ => None,
+            })
+            .expect("a replace decision");
+        assert!(d.fail_open_started, "{d:?}");
+        assert!(d.replace.is_empty());
     }
 }

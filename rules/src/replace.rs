@@ -61,6 +61,20 @@ pub fn decide(
     group_size: u32,
     now: i64,
 ) -> ReplaceDecision {
+    decide_with(p, st, unhealthy, &[], group_size, now)
+}
+
+/// Like [`decide`], with `not_now`: instances the expression marks unhealthy that may not be
+/// replaced now (already marked Unhealthy by something else) but that count towards the share of
+/// the group that is sick, and keep their unhealthy-since times.
+pub fn decide_with(
+    p: &ReplacePolicy,
+    st: &mut ReplaceState,
+    unhealthy: &[String],
+    not_now: &[String],
+    group_size: u32,
+    now: i64,
+) -> ReplaceDecision {
     let mut d = ReplaceDecision {
         at: now,
         policy: p.name.clone(),
@@ -76,12 +90,13 @@ pub fn decide(
         st.replaced.pop_front();
     }
     // Track since when each instance is unhealthy; forget the ones that recovered or are gone.
-    let sick: std::collections::HashSet<&String> = unhealthy.iter().collect();
+    let sick: std::collections::HashSet<&String> = unhealthy.iter().chain(not_now).collect();
     st.unhealthy_since.retain(|i, _| sick.contains(i));
     st.done.retain(|i, _| sick.contains(i));
-    for i in unhealthy {
+    for i in unhealthy.iter().chain(not_now) {
         st.unhealthy_since.entry(i.clone()).or_insert(now);
     }
+    let held_back: std::collections::HashSet<&String> = not_now.iter().collect();
     // An instance replaced within the window is being replaced: do not count it again.
     let pending: Vec<(&String, &i64)> = st
         .unhealthy_since
@@ -113,7 +128,7 @@ pub fn decide(
     }
     let mut eligible: Vec<(i64, String)> = pending
         .iter()
-        .filter(|(_, since)| now.saturating_sub(**since) >= p.for_ms)
+        .filter(|(i, since)| !held_back.contains(i) && now.saturating_sub(**since) >= p.for_ms)
         .map(|(i, s)| (**s, (*i).clone()))
         .collect();
     eligible.sort();

@@ -15,7 +15,8 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_autoscaling::error::DisplayErrorContext;
+use aws_sdk_autoscaling::config::http::HttpResponse;
+use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use crate::config::Config;
 
@@ -26,6 +27,9 @@ pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct CallError {
     pub call: &'static str,
     pub message: String,
+    /// AWS refused the request itself (a 4xx other than throttling): sending it again cannot
+    /// succeed.
+    pub permanent: bool,
 }
 
 impl std::fmt::Display for CallError {
@@ -34,9 +38,20 @@ impl std::fmt::Display for CallError {
     }
 }
 
-fn err(call: &'static str, e: impl std::error::Error) -> CallError {
+fn err<E>(call: &'static str, e: SdkError<E, HttpResponse>) -> CallError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let code = e.code().unwrap_or("").to_string();
+    let throttled = code.contains("Throttl")
+        || code.contains("TooManyRequests")
+        || code == "RequestLimitExceeded"
+        || code == "SlowDown";
     CallError {
         call,
+        permanent: status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429)
+            && !throttled,
         message: DisplayErrorContext(e).to_string(),
     }
 }
@@ -236,7 +251,11 @@ impl Publisher for Sdk<aws_sdk_sns::Client> {
                     .data_type("String")
                     .string_value(v)
                     .build()
-                    .map_err(|e| err("Publish", e))?;
+                    .map_err(|e| CallError {
+                        call: "Publish",
+                        message: e.to_string(),
+                        permanent: true,
+                    })?;
                 req = req.message_attributes(k, value);
             }
             req.send().await.map_err(|e| err("Publish", e))?;

@@ -45,12 +45,14 @@ impl Queue {
         }
     }
 
-    /// Queues points; returns how many were dropped: non-finite ones, and the oldest when full.
+    /// Queues points; returns how many were dropped: those CloudWatch would refuse (NaN, ±Inf,
+    /// values outside its range, dimension values over 1024 characters), and the oldest when
+    /// full.
     pub fn push(&mut self, points: impl IntoIterator<Item = Point>) -> (u64, u64) {
-        let (mut non_finite, mut overflow) = (0, 0);
+        let (mut invalid, mut overflow) = (0, 0);
         for p in points {
-            if !p.value.is_finite() {
-                non_finite += 1;
+            if !acceptable(&p) {
+                invalid += 1;
                 continue;
             }
             if self.points.len() == self.cap {
@@ -59,12 +61,21 @@ impl Queue {
             }
             self.points.push_back(p);
         }
-        (non_finite, overflow)
+        (invalid, overflow)
     }
 
-    /// Takes every queued point.
-    pub fn take(&mut self) -> Vec<Point> {
-        self.points.drain(..).collect()
+    /// Takes every queued point younger than CloudWatch accepts (two weeks; an hour is kept
+    /// in hand); returns them and how many were too old.
+    pub fn take(&mut self, now: i64) -> (Vec<Point>, u64) {
+        let oldest = now - 14 * 86_400_000 + 3_600_000;
+        let before = self.points.len();
+        let points: Vec<Point> = self
+            .points
+            .drain(..)
+            .filter(|p| p.timestamp_ms >= oldest)
+            .collect();
+        let old = (before - points.len()) as u64;
+        (points, old)
     }
 
     /// Puts back points a failed call did not deliver (before newer ones), within the cap.
@@ -91,6 +102,18 @@ impl Queue {
         self.published.retain(|_, t| now - *t <= 3_600_000);
         monthly_cost(self.published.len(), calls_per_month)
     }
+}
+
+/// Whether CloudWatch takes the point: a finite value within its range (about ±1.17e108, and
+/// no magnitude below 8.52e-109 but zero), dimension values of 1 to 1024 characters.
+fn acceptable(p: &Point) -> bool {
+    let v = p.value.abs();
+    p.value.is_finite()
+        && v <= 1.174_271e108
+        && (v == 0.0 || v >= 8.515_920e-109)
+        && p.dimensions
+            .iter()
+            .all(|(_, d)| !d.is_empty() && d.chars().count() <= 1024)
 }
 
 /// CloudWatch's published price (us-east-1): custom metrics $0.30 each for the first 10,000,
@@ -271,19 +294,29 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_refuses_non_finite_values_and_drops_the_oldest_when_full() {
+    fn the_queue_refuses_what_cloudwatch_would_and_drops_the_oldest_when_full() {
         let mut q = Queue::new(3);
         let (nf, of) = q.push([
             p("M", "a", 0, f64::NAN, false),
             p("M", "a", 1, f64::INFINITY, false),
+            p("M", "a", 1, 1e200, false),
+            p("M", &"x".repeat(1025), 1, 1.0, false),
             p("M", "a", 2, 1.0, false),
             p("M", "a", 3, 2.0, false),
             p("M", "a", 4, 3.0, false),
             p("M", "a", 5, 4.0, false),
         ]);
-        assert_eq!((nf, of), (2, 1));
-        let got: Vec<i64> = q.take().iter().map(|p| p.timestamp_ms).collect();
+        assert_eq!((nf, of), (4, 1));
+        let (got, old) = q.take(5);
+        assert_eq!(old, 0);
+        let got: Vec<i64> = got.iter().map(|p| p.timestamp_ms).collect();
         assert_eq!(got, [3, 4, 5]);
+        q.push([
+            p("M", "a", 0, 1.0, false),
+            p("M", "a", 20 * 86_400_000, 1.0, false),
+        ]);
+        let (got, old) = q.take(20 * 86_400_000);
+        assert_eq!((got.len(), old), (1, 1));
     }
 
     #[test]

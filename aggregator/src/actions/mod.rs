@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value as Json};
-use vigil_rules::evaluator::{Event, Simulation};
+use vigil_rules::evaluator::{Eligibility, Event, Simulation};
 use vigil_rules::promql;
 
 use crate::app::App;
@@ -38,7 +38,11 @@ pub const NOTIFICATION_TTL_MS: i64 = 24 * 3_600_000;
 #[derive(Debug, Clone)]
 struct PendingScale {
     desired: u32,
+    /// What the decision asked for (before the group's own bounds).
     asked: u32,
+    /// The capacity the decision started from: if AWS shows another by the time it is applied,
+    /// someone else changed the group meanwhile.
+    from: u32,
     decided_at: i64,
     attempts: u32,
     next_try: i64,
@@ -68,16 +72,22 @@ pub struct Fleet {
     first_seen: HashMap<String, i64>,
     pending: BTreeMap<String, PendingScale>,
     unhealthy: BTreeMap<String, PendingHealth>,
-    /// Group → the capacity Vigil last set, and the generation it was set at.
-    applied: HashMap<String, (u32, u64)>,
+    /// Group → the desired capacity AWS should have as far as Vigil knows (what it set last, or
+    /// what it last read): a describe showing another means someone else changed it.
+    baseline: HashMap<String, u32>,
+    /// Dry run: the capacity each group would have after Vigil's decisions.
+    simulated: HashMap<String, u32>,
     /// Bumped at every SetDesiredCapacity, so a describe that overlapped one is not mistaken
-    /// for an outside change.
+    /// for an outside change and does not overwrite the new capacity.
     generation: u64,
     pub last: BTreeMap<String, Applied>,
 }
 
 pub struct Actions {
     pub clients: Option<Clients>,
+    dry_run: bool,
+    /// A fleet view older than this is not trusted: no decision is made from it.
+    max_view_age_ms: i64,
     pub fleet: Mutex<Fleet>,
     pub wake_actuator: tokio::sync::Notify,
     pub wake_outbox: tokio::sync::Notify,
@@ -91,10 +101,17 @@ fn backoff_ms(attempts: u32) -> i64 {
     base + (now_ms().rem_euclid(1000) * base / 4000)
 }
 
+/// How often the fleet is described: the rules' tick, within 1–15 s.
+pub fn refresh_interval_ms(tick_ms: i64) -> i64 {
+    tick_ms.clamp(1_000, 15_000)
+}
+
 impl Actions {
-    pub fn new(clients: Option<Clients>) -> Actions {
+    pub fn new(clients: Option<Clients>, dry_run: bool, tick_ms: i64) -> Actions {
         Actions {
+            dry_run: dry_run || clients.is_none(),
             clients,
+            max_view_age_ms: (5 * refresh_interval_ms(tick_ms)).max(30_000),
             fleet: Mutex::new(Fleet::default()),
             wake_actuator: tokio::sync::Notify::new(),
             wake_outbox: tokio::sync::Notify::new(),
@@ -117,7 +134,7 @@ impl Actions {
     }
 
     /// Before an evaluation: the real capacity of each described group (or the capacity Vigil
-    /// is applying), and which instances may be replaced now.
+    /// is applying, or in dry run would have set), and which instances may be replaced now.
     pub fn prepare(&self, app: &App, sim: &mut Simulation, now: i64) {
         if self.clients.is_none() {
             return;
@@ -130,14 +147,22 @@ impl Actions {
             .map(|p| p.asg.clone())
             .chain(rules.replace().map(|p| p.asg.clone()));
         for asg in named {
-            let Some((g, _)) = fleet.groups.get(&asg) else {
-                // Not described yet: decide nothing from a guessed capacity, replace nothing.
+            let fresh = fleet
+                .groups
+                .get(&asg)
+                .filter(|(_, at)| now - at <= self.max_view_age_ms);
+            let Some((g, _)) = fresh else {
+                // Not described (lately): decide nothing from a guessed capacity, replace nothing.
                 sim.unknown_capacity.insert(asg.clone());
                 sim.eligibility.insert(asg, BTreeMap::new());
                 continue;
             };
             sim.unknown_capacity.remove(&asg);
-            let cap = fleet.pending.get(&asg).map_or(g.desired, |p| p.desired);
+            let cap = match fleet.pending.get(&asg) {
+                Some(p) => p.desired,
+                None if self.dry_run => fleet.simulated.get(&asg).copied().unwrap_or(g.desired),
+                None => g.desired,
+            };
             sim.capacity.insert(asg.clone(), cap);
             let view = g
                 .members
@@ -149,18 +174,18 @@ impl Actions {
                         .or_else(|| fleet.first_seen.get(&m.id).copied())
                         .unwrap_or(now);
                     let why = if m.lifecycle != "InService" {
-                        Some(format!("not in service ({})", m.lifecycle))
+                        Eligibility::Ignored(format!("not in service ({})", m.lifecycle))
                     } else if !m.health.eq_ignore_ascii_case("healthy") {
-                        Some(format!("already {}", m.health))
+                        Eligibility::Counted(format!("already {}", m.health))
                     } else if fleet.unhealthy.contains_key(&m.id) {
-                        Some("being marked Unhealthy".to_string())
+                        Eligibility::Counted("being marked Unhealthy".to_string())
                     } else if now - launched < g.grace_ms {
-                        Some(format!(
+                        Eligibility::Ignored(format!(
                             "in its health-check grace period (until {})",
                             vigil_rules::duration::format_timestamp_ms(launched + g.grace_ms)
                         ))
                     } else {
-                        None
+                        Eligibility::Eligible
                     };
                     (m.id.clone(), why)
                 })
@@ -170,7 +195,7 @@ impl Actions {
     }
 
     /// After an evaluation: hands its decisions to the actuator.
-    pub fn take(&self, app: &App, events: &[Event], now: i64) {
+    pub fn take(&self, events: &[Event], now: i64) {
         let mut fleet = self.fleet();
         for e in events {
             match e {
@@ -188,6 +213,7 @@ impl Actions {
                         PendingScale {
                             desired,
                             asked: d.desired,
+                            from: d.current,
                             decided_at: now,
                             attempts: 0,
                             next_try: now,
@@ -214,8 +240,62 @@ impl Actions {
             }
         }
         drop(fleet);
-        let _ = app;
         self.wake_actuator.notify_one();
+    }
+
+    /// The actions waiting to be carried out, for the state database (a restart finishes them).
+    pub fn pending_json(&self) -> Json {
+        let fleet = self.fleet();
+        json!({
+            "scale": fleet.pending.iter().map(|(asg, p)| (asg.clone(), json!({"desired": p.desired, "asked": p.asked, "from": p.from, "decided_at": p.decided_at}))).collect::<serde_json::Map<_, _>>(),
+            "health": fleet.unhealthy.iter().map(|(i, p)| (i.clone(), json!(p.asg))).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+
+    /// Takes back what a previous run had not carried out yet.
+    pub fn restore_pending(&self, v: &Json) {
+        let mut fleet = self.fleet();
+        for (asg, p) in v["scale"].as_object().into_iter().flatten() {
+            let n = |k: &str| p[k].as_u64().map(|x| x as u32);
+            if let (Some(desired), Some(from), Some(decided_at)) =
+                (n("desired"), n("from"), p["decided_at"].as_i64())
+            {
+                fleet.pending.insert(
+                    asg.clone(),
+                    PendingScale {
+                        desired,
+                        asked: n("asked").unwrap_or(desired),
+                        from,
+                        decided_at,
+                        attempts: 0,
+                        next_try: 0,
+                    },
+                );
+            }
+        }
+        for (instance, asg) in v["health"].as_object().into_iter().flatten() {
+            if let Some(asg) = asg.as_str() {
+                fleet.unhealthy.insert(
+                    instance.clone(),
+                    PendingHealth {
+                        asg: asg.to_string(),
+                        attempts: 0,
+                        next_try: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    fn set_last(&self, asg: &str, desired: u32, result: String) {
+        self.fleet().last.insert(
+            asg.to_string(),
+            Applied {
+                at: now_ms(),
+                desired,
+                result,
+            },
+        );
     }
 
     /// Applies pending capacities and health changes that are due.
@@ -229,78 +309,7 @@ impl Actions {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (asg, p) in due {
-            let known = self.group(&asg);
-            if self.clients.is_some() && known.is_none() {
-                // Its min/max are not known yet: applying could leave them.
-                continue;
-            }
-            let result = if app.cfg.dry_run || self.clients.is_none() {
-                tracing::info!(asg = %asg, desired = p.desired, "dry run: would SetDesiredCapacity (HonorCooldown false)");
-                app.metrics.aws_call("SetDesiredCapacity", "dry_run");
-                Ok(())
-            } else {
-                let c = self.clients.as_ref().map(|c| &c.autoscaling);
-                match c {
-                    Some(c) => c.set_desired(&asg, p.desired).await,
-                    None => Ok(()),
-                }
-            };
-            let mut fleet = self.fleet();
-            match result {
-                Ok(()) => {
-                    if !(app.cfg.dry_run || self.clients.is_none()) {
-                        app.metrics.aws_call("SetDesiredCapacity", "ok");
-                        tracing::info!(asg = %asg, desired = p.desired, decided_ms_ago = now_ms() - p.decided_at, attempts = p.attempts + 1, "SetDesiredCapacity");
-                    }
-                    fleet.generation += 1;
-                    let generation = fleet.generation;
-                    fleet.applied.insert(asg.clone(), (p.desired, generation));
-                    if let Some((g, _)) = fleet.groups.get_mut(&asg) {
-                        g.desired = p.desired;
-                    }
-                    // A newer decision may have arrived while the call was out.
-                    if fleet
-                        .pending
-                        .get(&asg)
-                        .is_some_and(|q| q.decided_at == p.decided_at)
-                    {
-                        fleet.pending.remove(&asg);
-                    }
-                    let result = if p.asked != p.desired {
-                        format!("set (decided {}, clamped to the group's bounds)", p.asked)
-                    } else if app.cfg.dry_run || self.clients.is_none() {
-                        "dry run".to_string()
-                    } else {
-                        "set".to_string()
-                    };
-                    fleet.last.insert(
-                        asg.clone(),
-                        Applied {
-                            at: now_ms(),
-                            desired: p.desired,
-                            result,
-                        },
-                    );
-                }
-                Err(e) => {
-                    app.metrics.aws_call("SetDesiredCapacity", "error");
-                    if let Some(q) = fleet.pending.get_mut(&asg) {
-                        if q.decided_at == p.decided_at {
-                            q.attempts += 1;
-                            q.next_try = now_ms() + backoff_ms(q.attempts.min(3));
-                        }
-                    }
-                    tracing::warn!(asg = %asg, desired = p.desired, error = %e, "SetDesiredCapacity failed; retrying");
-                    fleet.last.insert(
-                        asg.clone(),
-                        Applied {
-                            at: now_ms(),
-                            desired: p.desired,
-                            result: format!("failed, retrying: {e}"),
-                        },
-                    );
-                }
-            }
+            self.scale(app, &asg, p).await;
         }
         let due: Vec<(String, PendingHealth)> = self
             .fleet()
@@ -310,7 +319,7 @@ impl Actions {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (instance, p) in due {
-            let result = match (&self.clients, app.cfg.dry_run) {
+            let result = match (&self.clients, self.dry_run) {
                 (Some(c), false) => c.autoscaling.set_unhealthy(&instance).await,
                 _ => {
                     tracing::info!(asg = %p.asg, instance = %instance, "dry run: would SetInstanceHealth Unhealthy (ShouldRespectGracePeriod true)");
@@ -321,7 +330,7 @@ impl Actions {
             let mut fleet = self.fleet();
             match result {
                 Ok(()) => {
-                    if self.clients.is_some() && !app.cfg.dry_run {
+                    if !self.dry_run {
                         app.metrics.aws_call("SetInstanceHealth", "ok");
                         tracing::info!(asg = %p.asg, instance = %instance, "SetInstanceHealth Unhealthy");
                     }
@@ -334,19 +343,142 @@ impl Actions {
                             .iter()
                             .any(|m| m.id == instance && m.lifecycle == "InService")
                     });
-                    if still_member && p.attempts < 20 {
+                    if still_member && !e.permanent && p.attempts < 20 {
                         tracing::warn!(instance = %instance, error = %e, "SetInstanceHealth failed; retrying");
                         if let Some(q) = fleet.unhealthy.get_mut(&instance) {
                             q.attempts += 1;
                             q.next_try = now_ms() + backoff_ms(q.attempts.min(5));
                         }
                     } else {
-                        tracing::error!(instance = %instance, error = %e, "SetInstanceHealth failed; giving up (instance gone or too many attempts)");
+                        tracing::error!(instance = %instance, error = %e, "SetInstanceHealth failed; giving up (refused, instance gone, or too many attempts)");
                         fleet.unhealthy.remove(&instance);
                     }
                 }
             }
         }
+    }
+
+    /// Carries out one pending capacity: checks it against AWS's latest word, then sets it.
+    async fn scale(&self, app: &App, asg: &str, p: PendingScale) {
+        if self.dry_run {
+            tracing::info!(asg = %asg, desired = p.desired, "dry run: would SetDesiredCapacity (HonorCooldown false)");
+            app.metrics.aws_call("SetDesiredCapacity", "dry_run");
+            let mut fleet = self.fleet();
+            fleet.simulated.insert(asg.to_string(), p.desired);
+            if fleet
+                .pending
+                .get(asg)
+                .is_some_and(|q| q.decided_at == p.decided_at)
+            {
+                fleet.pending.remove(asg);
+            }
+            drop(fleet);
+            self.set_last(asg, p.desired, "dry run".into());
+            return;
+        }
+        let Some(c) = &self.clients else { return };
+        // The group as it is now: a change made since the decision means the decision started
+        // from a capacity that no longer holds.
+        let view = match c.autoscaling.describe(&[asg.to_string()]).await {
+            Ok(mut g) if !g.is_empty() => {
+                app.metrics.aws_call("DescribeAutoScalingGroups", "ok");
+                g.remove(0)
+            }
+            Ok(_) => {
+                tracing::error!(asg = %asg, "Auto Scaling group not found; the decision is dropped");
+                self.fleet().pending.remove(asg);
+                return;
+            }
+            Err(e) => {
+                app.metrics.aws_call("DescribeAutoScalingGroups", "error");
+                self.retry_scale(app, asg, &p, &e);
+                return;
+            }
+        };
+        {
+            let mut fleet = self.fleet();
+            let expected = fleet.baseline.get(asg).copied().unwrap_or(p.from);
+            if view.desired != p.from && view.desired != expected {
+                tracing::warn!(asg = %asg, decided_from = p.from, now_desired = view.desired, wanted = p.desired, "desired capacity changed outside Vigil while a decision was pending; dropping it and deciding again from the new capacity");
+                app.metrics
+                    .external_changes
+                    .get_or_create(&vec![("asg".into(), asg.to_string())])
+                    .inc();
+                fleet.baseline.insert(asg.to_string(), view.desired);
+                if fleet
+                    .pending
+                    .get(asg)
+                    .is_some_and(|q| q.decided_at == p.decided_at)
+                {
+                    fleet.pending.remove(asg);
+                }
+                fleet.groups.insert(asg.to_string(), (view, now_ms()));
+                return;
+            }
+            fleet
+                .groups
+                .insert(asg.to_string(), (view.clone(), now_ms()));
+        }
+        let desired = p.desired.clamp(view.min, view.max.max(view.min));
+        if desired != p.desired {
+            tracing::warn!(asg = %asg, wanted = p.desired, applied = desired, min = view.min, max = view.max, "the group's bounds changed: clamped");
+        }
+        match c.autoscaling.set_desired(asg, desired).await {
+            Ok(()) => {
+                app.metrics.aws_call("SetDesiredCapacity", "ok");
+                tracing::info!(asg = %asg, desired, decided_ms_ago = now_ms() - p.decided_at, attempts = p.attempts + 1, "SetDesiredCapacity");
+                let mut fleet = self.fleet();
+                fleet.generation += 1;
+                fleet.baseline.insert(asg.to_string(), desired);
+                if let Some((g, _)) = fleet.groups.get_mut(asg) {
+                    g.desired = desired;
+                }
+                // A newer decision may have arrived while the call was out.
+                if fleet
+                    .pending
+                    .get(asg)
+                    .is_some_and(|q| q.decided_at == p.decided_at)
+                {
+                    fleet.pending.remove(asg);
+                }
+                drop(fleet);
+                let result = if p.asked != desired {
+                    format!("set (decided {}, clamped to the group's bounds)", p.asked)
+                } else {
+                    "set".to_string()
+                };
+                self.set_last(asg, desired, result);
+            }
+            Err(e) => {
+                app.metrics.aws_call("SetDesiredCapacity", "error");
+                self.retry_scale(app, asg, &p, &e);
+            }
+        }
+    }
+
+    fn retry_scale(&self, app: &App, asg: &str, p: &PendingScale, e: &aws::CallError) {
+        let _ = app;
+        let mut fleet = self.fleet();
+        let current = fleet
+            .pending
+            .get(asg)
+            .is_some_and(|q| q.decided_at == p.decided_at);
+        if e.permanent {
+            tracing::error!(asg = %asg, desired = p.desired, error = %e, "AWS refused the change; dropping it (the next evaluation decides from the group as it is)");
+            if current {
+                fleet.pending.remove(asg);
+            }
+            drop(fleet);
+            self.set_last(asg, p.desired, format!("refused: {e}"));
+            return;
+        }
+        if let Some(q) = fleet.pending.get_mut(asg).filter(|_| current) {
+            q.attempts += 1;
+            q.next_try = now_ms() + backoff_ms(q.attempts.min(3));
+        }
+        drop(fleet);
+        tracing::warn!(asg = %asg, desired = p.desired, error = %e, "SetDesiredCapacity failed; retrying");
+        self.set_last(asg, p.desired, format!("failed, retrying: {e}"));
     }
 
     /// Describes every group the rules name; detects capacity changes made outside Vigil.
@@ -383,26 +515,27 @@ impl Actions {
                 tracing::warn!(asg = %name, "Auto Scaling group not found");
             }
         }
-        for g in groups {
+        let overlapped = fleet.generation != generation;
+        for mut g in groups {
             for m in &g.members {
                 fleet.first_seen.entry(m.id.clone()).or_insert(now);
             }
-            let outside = fleet.generation == generation
-                && !fleet.pending.contains_key(&g.name)
-                && fleet
-                    .applied
-                    .get(&g.name)
-                    .is_some_and(|(set, _)| *set != g.desired);
-            if outside {
-                let set = fleet.applied.get(&g.name).map_or(0, |a| a.0);
-                tracing::warn!(asg = %g.name, vigil_set = set, now_desired = g.desired, "desired capacity changed outside Vigil (a user, a scheduled action or another scaling policy); adopting it");
-                app.metrics
-                    .external_changes
-                    .get_or_create(&vec![("asg".into(), g.name.clone())])
-                    .inc();
-                fleet
-                    .applied
-                    .insert(g.name.clone(), (g.desired, generation));
+            if overlapped {
+                // Vigil set a capacity while this answer was on its way: it may predate it.
+                if let Some(b) = fleet.baseline.get(&g.name) {
+                    g.desired = *b;
+                }
+            } else if !fleet.pending.contains_key(&g.name) {
+                let known = fleet.baseline.get(&g.name).copied();
+                if known.is_some_and(|b| b != g.desired) {
+                    tracing::warn!(asg = %g.name, expected = known, now_desired = g.desired, "desired capacity changed outside Vigil (a user, a scheduled action or another scaling policy); adopting it");
+                    app.metrics
+                        .external_changes
+                        .get_or_create(&vec![("asg".into(), g.name.clone())])
+                        .inc();
+                    fleet.simulated.remove(&g.name);
+                }
+                fleet.baseline.insert(g.name.clone(), g.desired);
             }
             fleet.groups.insert(g.name.clone(), (g, now));
         }
@@ -421,11 +554,17 @@ impl Actions {
         let Ok(_busy) = self.cloudwatch_busy.try_lock() else {
             return;
         };
-        let points = self
+        let (points, too_old) = self
             .cloudwatch
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take();
+            .take(now_ms());
+        if too_old > 0 {
+            app.metrics
+                .cloudwatch_dropped
+                .get_or_create(&vec![("reason".into(), "too_old".into())])
+                .inc_by(too_old);
+        }
         if points.is_empty() {
             return;
         }
@@ -436,7 +575,7 @@ impl Actions {
             let (data, members): (Vec<aws::Datum>, Vec<Vec<cloudwatch::Point>>) =
                 batch.into_iter().unzip();
             let ns = &app.cfg.cloudwatch_namespace;
-            let result = match (&self.clients, app.cfg.dry_run) {
+            let result = match (&self.clients, self.dry_run) {
                 (Some(c), false) => c.cloudwatch.put(ns, &data).await,
                 _ => {
                     tracing::info!(namespace = %ns, datums = data.len(), "dry run: would PutMetricData");
@@ -446,8 +585,7 @@ impl Actions {
             };
             match result {
                 Ok(()) => {
-                    let dry = self.clients.is_none() || app.cfg.dry_run;
-                    if !dry {
+                    if !self.dry_run {
                         app.metrics.aws_call("PutMetricData", "ok");
                         app.metrics.cloudwatch_datums.inc_by(data.len() as u64);
                     }
@@ -457,6 +595,15 @@ impl Actions {
                         .unwrap_or_else(|p| p.into_inner())
                         .note_published(&data, now_ms(), calls_per_flush * flushes_per_month);
                     app.metrics.cloudwatch_cost.set(cost);
+                }
+                Err(e) if e.permanent => {
+                    // Sending the same datums again cannot succeed: drop them, say so.
+                    app.metrics.aws_call("PutMetricData", "error");
+                    tracing::error!(error = %e, datums = data.len(), "CloudWatch refused the datums; dropped");
+                    app.metrics
+                        .cloudwatch_dropped
+                        .get_or_create(&vec![("reason".into(), "rejected".into())])
+                        .inc_by(members.iter().map(|m| m.len() as u64).sum());
                 }
                 Err(e) => {
                     app.metrics.aws_call("PutMetricData", "error");
@@ -477,10 +624,23 @@ impl Actions {
         }
     }
 
-    /// Delivers what is due in the outbox; returns whether anything is left waiting.
-    async fn deliver(&self, app: &App, http: &vigil_config::http::Http) {
+    /// Runs database work off the runtime's thread (the evaluation may hold the database for a
+    /// synchronous commit).
+    async fn db<T: Send + 'static>(
+        app: &Arc<App>,
+        f: impl FnOnce(&crate::state::Db) -> Result<T, crate::state::StateError> + Send + 'static,
+    ) -> Result<T, String> {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || f(&app.db()))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Delivers what is due in the outbox, oldest first per target.
+    async fn deliver(&self, app: &Arc<App>, http: &vigil_config::http::Http) {
         let now = now_ms();
-        let due = match app.db().due(now, 100) {
+        let due = match Self::db(app, move |db| db.due(now, 100)).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the notification outbox");
@@ -489,42 +649,50 @@ impl Actions {
         };
         let mut blocked: std::collections::HashSet<String> = Default::default();
         for p in due {
+            let (target, id) = (p.target.clone(), p.id);
             if blocked.contains(&p.target)
-                || app.db().waiting_before(&p.target, p.id).unwrap_or(true)
+                || Self::db(app, move |db| db.waiting_before(&target, id))
+                    .await
+                    .unwrap_or(true)
             {
                 // An older notification to the same place is still waiting: keep the order.
                 continue;
             }
             let Some(d) = notify::Delivery::from_json(&p.delivery) else {
                 tracing::error!(id = p.id, "unreadable notification in the outbox; dropped");
-                let _ = app.db().remove(p.id);
+                let _ = Self::db(app, move |db| db.remove(id)).await;
                 continue;
             };
             let kind = d.kind();
             let result = self.send(app, http, &d).await;
-            let db = app.db();
-            match result {
+            let outcome = match result {
                 Ok(outcome) => {
                     app.metrics.notification(kind, outcome);
-                    if let Err(e) = db.remove(p.id) {
-                        tracing::error!(error = %e, "cannot remove a delivered notification");
-                    }
+                    Self::db(app, move |db| db.remove(id)).await
                 }
-                Err(e) if now >= p.expires_at => {
+                Err((e, true)) => {
+                    app.metrics.notification(kind, "rejected");
+                    tracing::error!(target = %p.target, error = %e, "notification refused by the receiver; dropped (sending it again cannot succeed)");
+                    Self::db(app, move |db| db.remove(id)).await
+                }
+                Err((e, _)) if now >= p.expires_at => {
                     app.metrics.notification(kind, "expired");
                     tracing::error!(target = %p.target, attempts = p.attempts + 1, error = %e, "notification expired undelivered");
-                    let _ = db.remove(p.id);
+                    Self::db(app, move |db| db.remove(id)).await
                 }
-                Err(e) => {
+                Err((e, _)) => {
                     app.metrics.notification(kind, "failed");
                     let next = now_ms() + backoff_ms(p.attempts);
                     tracing::warn!(target = %p.target, attempts = p.attempts + 1, retry_in_ms = next - now_ms(), error = %e, "notification not delivered; retrying");
-                    let _ = db.retry_at(p.id, next, &e);
                     blocked.insert(p.target.clone());
+                    Self::db(app, move |db| db.retry_at(id, next, &e)).await
                 }
+            };
+            if let Err(e) = outcome {
+                tracing::error!(error = %e, "cannot update the notification outbox");
             }
         }
-        if let Ok(n) = app.db().outbox_len() {
+        if let Ok(n) = Self::db(app, |db| db.outbox_len()).await {
             app.metrics.outbox.set(n as i64);
         }
     }
@@ -534,19 +702,20 @@ impl Actions {
         app: &App,
         http: &vigil_config::http::Http,
         d: &notify::Delivery,
-    ) -> Result<&'static str, String> {
+    ) -> Result<&'static str, (String, bool)> {
         match d {
             notify::Delivery::Sns {
                 topic_arn,
                 subject,
                 message,
                 attributes,
-            } => match (&self.clients, app.cfg.dry_run) {
+            } => match (&self.clients, self.dry_run) {
                 (Some(c), false) => {
                     let r = c.sns.publish(topic_arn, subject, message, attributes).await;
                     app.metrics
                         .aws_call("Publish", if r.is_ok() { "ok" } else { "error" });
-                    r.map(|()| "delivered").map_err(|e| e.to_string())
+                    r.map(|()| "delivered")
+                        .map_err(|e| (e.to_string(), e.permanent))
                 }
                 _ => {
                     tracing::info!(topic = %topic_arn, subject = %subject, "dry run: would Publish to SNS");
@@ -566,14 +735,19 @@ impl Actions {
                         64 << 10,
                     )
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| (e.to_string(), false))?;
                 if resp.status.is_success() {
                     Ok("delivered")
                 } else {
-                    Err(format!(
-                        "HTTP {}: {}",
-                        resp.status.as_u16(),
-                        String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)])
+                    // As Alertmanager does: a 4xx other than 408/429 is the receiver refusing
+                    // this message, not an outage.
+                    let code = resp.status.as_u16();
+                    Err((
+                        format!(
+                            "HTTP {code}: {}",
+                            String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)])
+                        ),
+                        (400..500).contains(&code) && code != 408 && code != 429,
                     ))
                 }
             }
@@ -614,7 +788,7 @@ fn boot_times(app: &App, now: i64) -> HashMap<String, i64> {
 
 /// The tasks of the action layer: fleet refresh, actuator, outbox delivery.
 pub fn spawn(app: Arc<App>) {
-    let refresh_every = Duration::from_millis(app.rules().tick_ms().clamp(1_000, 15_000) as u64);
+    let refresh_every = Duration::from_millis(refresh_interval_ms(app.rules().tick_ms()) as u64);
     let a = app.clone();
     tokio::spawn(async move {
         let mut failing = false;
@@ -642,6 +816,19 @@ pub fn spawn(app: Arc<App>) {
             let _ =
                 tokio::time::timeout(Duration::from_secs(1), a.actions.wake_actuator.notified())
                     .await;
+        }
+    });
+    let a = app.clone();
+    tokio::spawn(async move {
+        // CloudWatch on its own clock, half a second after each multiple of flush_interval so
+        // that the evaluation at that instant is in the flush.
+        let every = a.cfg.cloudwatch_flush_ms.max(1_000);
+        loop {
+            let now = now_ms();
+            let next = (now / every + 1) * every + 500;
+            tokio::time::sleep(Duration::from_millis((next - now) as u64)).await;
+            let b = a.clone();
+            tokio::spawn(async move { b.actions.flush_cloudwatch(&b).await });
         }
     });
     let a = app;

@@ -363,7 +363,7 @@ fn finite(v: f64) -> Json {
     }
 }
 
-/// SNS allows subjects of at most 100 printable ASCII characters, no line breaks.
+/// SNS wants subjects of fewer than 100 printable ASCII characters, no line breaks.
 pub fn sns_subject(text: &str) -> String {
     let clean: String = text
         .chars()
@@ -376,10 +376,11 @@ pub fn sns_subject(text: &str) -> String {
         })
         .collect();
     let clean = clean.trim();
-    if clean.len() <= 100 {
+    if clean.len() < 100 {
         clean.to_string()
     } else {
-        format!("{}...", &clean[..97])
+        // ASCII only by now: any byte is a character boundary.
+        format!("{}...", &clean[..96])
     }
 }
 
@@ -465,7 +466,7 @@ pub fn render(n: &Notification, s: &Settings) -> Vec<Delivery> {
             )
             .collect();
         if let Some(topic) = &r.sns_topic_arn {
-            let message = json!({
+            let message = sns_message(json!({
                 "version": "1",
                 "status": status,
                 "receiver": r.name,
@@ -474,7 +475,7 @@ pub fn render(n: &Notification, s: &Settings) -> Vec<Delivery> {
                 "commonLabels": labels_json(&common),
                 "alerts": alerts,
                 "time": format_timestamp_ms(n.at),
-            });
+            }));
             let mut attributes = BTreeMap::new();
             let severity = common
                 .get("severity")
@@ -489,7 +490,7 @@ pub fn render(n: &Notification, s: &Settings) -> Vec<Delivery> {
             out.push(Delivery::Sns {
                 topic_arn: topic.clone(),
                 subject: sns_subject(&title(n)),
-                message: message.to_string(),
+                message,
                 attributes,
             });
         }
@@ -517,6 +518,33 @@ pub fn render(n: &Notification, s: &Settings) -> Vec<Delivery> {
         });
     }
     out
+}
+
+/// SNS takes messages of at most 256 KiB: a group too large to fit keeps as many alerts as fit
+/// and says how many were left out (`truncatedAlerts`).
+pub const SNS_MAX_MESSAGE: usize = 256 * 1024;
+
+fn sns_message(mut m: Json) -> String {
+    let text = m.to_string();
+    if text.len() <= SNS_MAX_MESSAGE {
+        return text;
+    }
+    let all = m["alerts"].as_array().cloned().unwrap_or_default();
+    let (mut lo, mut hi) = (0, all.len());
+    // The most alerts that fit, by bisection.
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        m["alerts"] = Json::Array(all[..mid].to_vec());
+        m["truncatedAlerts"] = json!(all.len() - mid);
+        if m.to_string().len() <= SNS_MAX_MESSAGE {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    m["alerts"] = Json::Array(all[..lo].to_vec());
+    m["truncatedAlerts"] = json!(all.len() - lo);
+    m.to_string()
 }
 
 fn am_alert(a: &ActiveAlert, ends_at: i64) -> Json {
@@ -573,7 +601,10 @@ fn slack_body(n: &Notification) -> Json {
             slack_text(&summary),
             labels.join(" ")
         );
-        text.truncate(2900);
+        // Slack's limit is 3,000 characters a section; cut on a character boundary.
+        if let Some((cut, _)) = text.char_indices().nth(2900) {
+            text.truncate(cut);
+        }
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": text}}));
     }
     let total = n.firing.len() + n.resolved.len();
@@ -791,5 +822,53 @@ mod tests {
         assert!(text.contains("naïve &lt;b&gt; &amp; ünïcode"), "{text}");
         let back = Delivery::from_json(&d[0].to_json()).unwrap();
         assert_eq!(back, d[0]);
+    }
+
+    #[test]
+    fn long_non_ascii_text_is_cut_on_character_boundaries() {
+        let s = settings();
+        let mut a = alert("Down", "i-1", 0);
+        a.annotations.insert("summary".into(), "é".repeat(4000));
+        let n = Notification {
+            receiver: "oncall".into(),
+            group_labels: a.labels.keep_only(&["alertname", "asg"]),
+            firing: vec![a],
+            resolved: vec![],
+            at: 0,
+            repeat: false,
+            refresh_only: false,
+        };
+        let d = render(&n, &s);
+        let Delivery::Slack { body, .. } = &d[1] else {
+            panic!()
+        };
+        let text = body["blocks"][1]["text"]["text"].as_str().unwrap();
+        assert!(text.chars().count() <= 2900);
+    }
+
+    #[test]
+    fn an_sns_message_too_large_keeps_what_fits_and_says_how_many_more() {
+        let s = settings();
+        let firing: Vec<ActiveAlert> = (0..3000)
+            .map(|k| alert("Down", &format!("i-{k:017}"), 0))
+            .collect();
+        let n = Notification {
+            receiver: "oncall".into(),
+            group_labels: firing[0].labels.keep_only(&["alertname", "asg"]),
+            firing,
+            resolved: vec![],
+            at: 0,
+            repeat: false,
+            refresh_only: false,
+        };
+        let d = render(&n, &s);
+        let Delivery::Sns { message, .. } = &d[0] else {
+            panic!()
+        };
+        assert!(message.len() <= SNS_MAX_MESSAGE);
+        let m: Json = serde_json::from_str(message).unwrap();
+        let kept = m["alerts"].as_array().unwrap().len();
+        assert!(kept > 100);
+        assert_eq!(kept as u64 + m["truncatedAlerts"].as_u64().unwrap(), 3000);
     }
 }

@@ -275,6 +275,17 @@ fn dry_run_decides_the_same_and_changes_nothing() {
         .collect();
     assert!(changing.is_empty(), "{changing:?}");
     assert_eq!(rig.aws.group("web").0, 2);
+    // A decision that was never applied is not mistaken for a change made outside Vigil.
+    for _ in 0..3 {
+        rig.push(&series("app_cpu", "web", &load, 0.5));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        !rig.metrics().contains("external_capacity_changes_total{"),
+        "{}",
+        agg.log_text()
+    );
+    assert!(!agg.log_text().contains("changed outside Vigil"));
 }
 
 #[test]
