@@ -637,8 +637,9 @@ impl Actions {
             .map_err(|e| e.to_string())
     }
 
-    /// Delivers what is due in the outbox, oldest first per target.
-    async fn deliver(&self, app: &Arc<App>, http: &vigil_config::http::Http) {
+    /// Delivers what is due in the outbox: targets concurrently (a slow webhook delays no
+    /// other), each target's notifications one after another, oldest first.
+    async fn deliver(app: &Arc<App>, http: &vigil_config::http::Http) {
         let now = now_ms();
         let due = match Self::db(app, move |db| db.due(now, 100)).await {
             Ok(d) => d,
@@ -647,16 +648,35 @@ impl Actions {
                 return;
             }
         };
-        let mut blocked: std::collections::HashSet<String> = Default::default();
+        let mut by_target: BTreeMap<String, Vec<crate::state::Pending>> = BTreeMap::new();
         for p in due {
+            by_target.entry(p.target.clone()).or_default().push(p);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (_, rows) in by_target {
+            let (app, http) = (app.clone(), http.clone());
+            tasks.spawn(async move { Self::deliver_target(&app, &http, rows, now).await });
+        }
+        while tasks.join_next().await.is_some() {}
+        if let Ok(n) = Self::db(app, |db| db.outbox_len()).await {
+            app.metrics.outbox.set(n as i64);
+        }
+    }
+
+    async fn deliver_target(
+        app: &Arc<App>,
+        http: &vigil_config::http::Http,
+        rows: Vec<crate::state::Pending>,
+        now: i64,
+    ) {
+        for p in rows {
             let (target, id) = (p.target.clone(), p.id);
-            if blocked.contains(&p.target)
-                || Self::db(app, move |db| db.waiting_before(&target, id))
-                    .await
-                    .unwrap_or(true)
+            if Self::db(app, move |db| db.waiting_before(&target, id))
+                .await
+                .unwrap_or(true)
             {
                 // An older notification to the same place is still waiting: keep the order.
-                continue;
+                return;
             }
             let Some(d) = notify::Delivery::from_json(&p.delivery) else {
                 tracing::error!(id = p.id, "unreadable notification in the outbox; dropped");
@@ -664,36 +684,38 @@ impl Actions {
                 continue;
             };
             let kind = d.kind();
-            let result = self.send(app, http, &d).await;
-            let outcome = match result {
+            let result = app.actions.send(app, http, &d).await;
+            let (outcome, stop) = match result {
                 Ok(outcome) => {
                     app.metrics.notification(kind, outcome);
-                    Self::db(app, move |db| db.remove(id)).await
+                    (Self::db(app, move |db| db.remove(id)).await, false)
                 }
                 Err((e, true)) => {
                     app.metrics.notification(kind, "rejected");
                     tracing::error!(target = %p.target, error = %e, "notification refused by the receiver; dropped (sending it again cannot succeed)");
-                    Self::db(app, move |db| db.remove(id)).await
+                    (Self::db(app, move |db| db.remove(id)).await, false)
                 }
                 Err((e, _)) if now >= p.expires_at => {
                     app.metrics.notification(kind, "expired");
                     tracing::error!(target = %p.target, attempts = p.attempts + 1, error = %e, "notification expired undelivered");
-                    Self::db(app, move |db| db.remove(id)).await
+                    (Self::db(app, move |db| db.remove(id)).await, false)
                 }
                 Err((e, _)) => {
                     app.metrics.notification(kind, "failed");
                     let next = now_ms() + backoff_ms(p.attempts);
                     tracing::warn!(target = %p.target, attempts = p.attempts + 1, retry_in_ms = next - now_ms(), error = %e, "notification not delivered; retrying");
-                    blocked.insert(p.target.clone());
-                    Self::db(app, move |db| db.retry_at(id, next, &e)).await
+                    (
+                        Self::db(app, move |db| db.retry_at(id, next, &e)).await,
+                        true,
+                    )
                 }
             };
             if let Err(e) = outcome {
                 tracing::error!(error = %e, "cannot update the notification outbox");
             }
-        }
-        if let Ok(n) = Self::db(app, |db| db.outbox_len()).await {
-            app.metrics.outbox.set(n as i64);
+            if stop {
+                return;
+            }
         }
     }
 
@@ -841,7 +863,7 @@ pub fn spawn(app: Arc<App>) {
             }
         };
         loop {
-            a.actions.deliver(&a, &http).await;
+            Actions::deliver(&a, &http).await;
             let _ = tokio::time::timeout(Duration::from_secs(1), a.actions.wake_outbox.notified())
                 .await;
         }

@@ -800,3 +800,63 @@ fn aws_failing_every_way_loses_no_notification_and_scaling_converges() {
     );
     assert!(agg.log_text().contains("Connection refused"));
 }
+
+#[test]
+fn a_failing_receiver_delays_no_other_and_gets_its_message_once_it_answers() {
+    let dir = tempdir("act-hooks");
+    let (down, up) = (Hook::start(), Hook::start());
+    down.set_status(503);
+    let port = free_port();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, ALERTS).expect("rules");
+    let cfg = dir.path().join("aggregator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nstate_dir = \"{}\"\n[rules]\nfiles = [\"{}\"]\nevaluation_interval = \"1s\"\n[notify]\ngroup_wait = \"1s\"\ngroup_interval = \"2s\"\n[[receiver]]\nname = \"down\"\nslack_webhook_url = \"{}\"\n[[receiver]]\nname = \"up\"\nslack_webhook_url = \"{}\"\n",
+            dir.path().join("state").display(),
+            rules.display(),
+            down.url("/down"),
+            up.url("/up"),
+        ),
+    )
+    .expect("config");
+    let agg = Child::spawn(
+        "aggregator",
+        Command::new(bin("vigil-aggregator"))
+            .arg("--config")
+            .arg(&cfg),
+        dir.path(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(wait_http(
+        &format!("{base}/-/ready"),
+        Duration::from_secs(30)
+    ));
+    let inst = vec!["i-a".to_string()];
+    let end = Instant::now() + Duration::from_secs(20);
+    while up.bodies().is_empty() && Instant::now() < end {
+        assert_eq!(
+            push_now(&base, &series("app_errors", "web", &inst, 1.0)),
+            204
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(up.bodies().len(), 1, "{}", agg.log_text());
+    assert!(down.bodies().is_empty());
+    // The failing receiver recovers: its message arrives, once.
+    down.set_status(200);
+    assert!(
+        down.wait_for(Duration::from_secs(20), |b| !b.is_empty()),
+        "{}",
+        agg.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(down.bodies().len(), 1);
+    assert_eq!(up.bodies().len(), 1);
+    let (_, m) = get(&format!("{base}/metrics")).expect("metrics");
+    assert!(
+        m.contains("vigil_aggregator_notifications_total{integration=\"slack\",result=\"failed\"}"),
+        "{m}"
+    );
+}
