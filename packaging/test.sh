@@ -16,6 +16,13 @@ agg_deb=$(ls "$out"/vigil-aggregator_"$version"*.deb)
 agent_rpm=$(ls "$out"/vigil-agent-"$version"*.rpm)
 agg_rpm=$(ls "$out"/vigil-aggregator-"$version"*.rpm)
 
+step "glibc floor: 2.34 (Amazon Linux 2023, RHEL 9)"
+for bin in vigil-agent vigil-aggregator vigil-rules; do
+  newest=$(objdump -T "target/release/$bin" | grep -o 'GLIBC_2\.[0-9]*' | sort -t. -k2 -n -u | tail -1)
+  echo "$bin needs $newest" >&2
+  [ "${newest#GLIBC_2.}" -le 34 ] || fail "$bin needs $newest (> 2.34)"
+done
+
 step "systemd units: verify and security (each at most 2.0)"
 for unit in packaging/systemd/*.service; do
   score=$(systemd-analyze security --offline=yes "$unit" 2>&1 | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')

@@ -75,6 +75,31 @@ fn main() -> ExitCode {
             }
         };
     }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil-aggregator: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // SIGHUP and SIGTERM are taken over first thing: a reload sent while the rules load or AWS
+    // is first described must not kill the process (SIGHUP's default), which systemd would count
+    // as a clean exit and not restart.
+    let signals = {
+        let _in_runtime = rt.enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::hangup()).and_then(|h| Ok((h, signal(SignalKind::terminate())?)))
+    };
+    let (mut hup, mut term) = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vigil-aggregator: cannot handle signals: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let cfg = match &args.config {
         Some(p) => load(p),
         None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG)),
@@ -118,16 +143,6 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vigil-aggregator: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
     // AWS clients only when [aws] is configured; credentials resolve at the first call.
     let clients = if cfg.aws_configured {
         Some(rt.block_on(actions::aws::connect(&cfg)))
@@ -153,8 +168,6 @@ fn main() -> ExitCode {
         actions::spawn(app.clone());
         tokio::spawn(engine::run(app.clone()));
         app.ready.store(true, Ordering::SeqCst);
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|e| e.to_string())?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
         loop {
             tokio::select! {
                 _ = hup.recv() => {

@@ -64,6 +64,7 @@ check(env.get("POD_NAMESPACE") == "metadata.namespace", "POD_NAMESPACE from the 
 hardened(agent)
 cm = kind(side, "ConfigMap")[0]["data"]["agent.toml"]
 check("http://vigil-aggregator:9470/api/v1/write" in cm, "the agent pushes to the aggregator's Service")
+check("token_file" in cm and "series_limit" in cm, "the agent pushes with the token and bounds its scrape")
 check_config("vigil-agent", cm, "agent.toml")
 
 agg = load("aggregator.yaml")
@@ -75,16 +76,24 @@ hardened(ac)
 svc = kind(agg, "Service")[0]
 check(svc["metadata"]["name"] == "vigil-aggregator" and svc["spec"]["ports"][0]["port"] == 9470,
       "the Service the agents push to")
-data = kind(agg, "ConfigMap")[0]["data"]
+maps = {m["metadata"]["name"]: m["data"] for m in kind(agg, "ConfigMap")}
+config = maps["vigil-aggregator-config"]["aggregator.toml"]
+check("auth_token_file" in config and "max_series" in config,
+      "the aggregator asks for the token and bounds its series to its memory limit")
 
 
 def rules(d):
     os.mkdir(os.path.join(d, "rules"))
-    with open(os.path.join(d, "rules", "instances.toml"), "w") as f:
-        f.write(data["instances.toml"])
+    for name, text in maps["vigil-aggregator-rules"].items():
+        with open(os.path.join(d, "rules", name), "w") as f:
+            f.write(text)
 
 
-check_config("vigil-aggregator", data["aggregator.toml"], "aggregator.toml", rules)
+check_config("vigil-aggregator", config, "aggregator.toml", rules)
+mounts = {m["mountPath"] for m in ac["volumeMounts"]}
+check({"/etc/vigil/config", "/etc/vigil/rules", "/var/lib/vigil", "/tmp"} <= mounts,
+      "config and rules mounted as directories (no subPath: edits reach the pod), state and /tmp writable")
+check(not any("subPath" in m for m in ac["volumeMounts"]), "no subPath mounts")
 sa = kind(agg, "ServiceAccount")[0]
 check("eks.amazonaws.com/role-arn" in sa["metadata"].get("annotations", {}), "IRSA role annotation")
 print("packaging/kubernetes: ok", file=sys.stderr)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the OCI images without a daemon: buildah, vfs storage, from scratch. Each image holds the
 # binary, the shared libraries it links (from ldd), CA certificates (for HTTPS to AWS, Slack and
-# aggregators behind TLS), a passwd/group with the unprivileged user 65532, its default config
-# and its state directory — nothing else: no shell, no package manager.
+# aggregators behind TLS), a passwd/group with the unprivileged user 65532, its default config,
+# /tmp and its state directory — nothing else: no shell, no package manager.
 #
 #   packaging/oci/build.sh            # after the release build; writes target/packaging/*.oci.tar
 set -euo pipefail
@@ -14,7 +14,8 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root/etc" "$root/state"
+mkdir -p "$root/etc" "$root/state" "$root/tree/tmp" "$root/tree/var/lib"
+chmod 1777 "$root/tree/tmp"
 printf 'root:x:0:0:root:/:/sbin/nologin\nvigil:x:65532:65532:vigil:/nonexistent:/sbin/nologin\n' > "$root/etc/passwd"
 printf 'root:x:0:\nvigil:x:65532:\n' > "$root/etc/group"
 
@@ -30,6 +31,8 @@ image() { # name binary config state_dir port
   done
   b copy --quiet --chmod 755 "$c" "target/release/$bin" "/usr/bin/$bin"
   b copy --quiet "$c" "$config" "/etc/vigil/$(basename "$config")"
+  # /tmp (SQLite may spill there) and /var/lib owned by root; only the state dir by the user.
+  b copy --quiet "$c" "$root/tree/" /
   b copy --quiet --chown 65532:65532 "$c" "$root/state" "$state"
   b config --user 65532:65532 --entrypoint "[\"/usr/bin/$bin\"]" --cmd '[]' \
     --port "$port" --volume "$state" --workingdir / \

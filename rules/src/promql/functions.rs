@@ -126,7 +126,7 @@ fn math1(f: Func, x: f64) -> f64 {
         Func::Sinh => x.sinh(),
         Func::Cosh => x.cosh(),
         Func::Tanh => x.tanh(),
-        Func::Asinh => x.asinh(),
+        Func::Asinh => asinh(x),
         Func::Acosh => x.acosh(),
         Func::Atanh => x.atanh(),
         Func::Deg => x * 180.0 / std::f64::consts::PI,
@@ -1043,4 +1043,48 @@ fn absent_labels(node: &Node) -> Labels {
         }
     }
     b.build()
+}
+
+/// The inverse hyperbolic sine, computed as Go's `math.Asinh` does (so values match
+/// Prometheus's) — and without `f64::asinh`, whose call to glibc's `hypot` would make the
+/// binaries need glibc 2.35 (Amazon Linux 2023 and RHEL 9 have 2.34).
+fn asinh(x: f64) -> f64 {
+    const LN2: f64 = std::f64::consts::LN_2;
+    const NEAR_ZERO: f64 = 1.0 / (1u64 << 28) as f64;
+    const LARGE: f64 = (1u64 << 28) as f64;
+    if x.is_nan() || x.is_infinite() {
+        return x;
+    }
+    let (sign, x) = if x < 0.0 { (-1.0, -x) } else { (1.0, x) };
+    let t = if x > LARGE {
+        x.ln() + LN2
+    } else if x > 2.0 {
+        (2.0 * x + 1.0 / ((x * x + 1.0).sqrt() + x)).ln()
+    } else if x < NEAR_ZERO {
+        x
+    } else {
+        (x + x * x / (1.0 + (1.0 + x * x).sqrt())).ln_1p()
+    };
+    sign * t
+}
+
+#[cfg(test)]
+mod asinh_tests {
+    #[test]
+    fn matches_the_library_asinh() {
+        for x in [
+            0.0, -0.0, 1e-300, 1e-9, 0.1, 0.5, 1.0, 1.5, 2.0, 2.5, 10.0, 1e6, 3e8, 1e300,
+        ] {
+            for x in [x, -x] {
+                let (got, want) = (super::asinh(x), x.asinh());
+                assert!(
+                    (got - want).abs() <= 4.0 * f64::EPSILON * want.abs(),
+                    "asinh({x}) = {got}, want {want}"
+                );
+            }
+        }
+        assert!(super::asinh(f64::NAN).is_nan());
+        assert_eq!(super::asinh(f64::INFINITY), f64::INFINITY);
+        assert_eq!(super::asinh(f64::NEG_INFINITY), f64::NEG_INFINITY);
+    }
 }
