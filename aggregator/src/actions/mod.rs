@@ -83,6 +83,20 @@ pub struct Fleet {
     pub last: BTreeMap<String, Applied>,
 }
 
+impl Fleet {
+    /// Removes a group's pending change if it is still the one decided at `decided_at` (a newer
+    /// decision may have replaced it while a call was out).
+    fn settle(&mut self, asg: &str, decided_at: i64) {
+        if self
+            .pending
+            .get(asg)
+            .is_some_and(|q| q.decided_at == decided_at)
+        {
+            self.pending.remove(asg);
+        }
+    }
+}
+
 pub struct Actions {
     pub clients: Option<Clients>,
     dry_run: bool,
@@ -99,6 +113,18 @@ fn backoff_ms(attempts: u32) -> i64 {
     let base = 1_000i64.saturating_mul(1 << attempts.min(8)).min(300_000);
     // Jitter: up to a quarter more, from the clock's low bits (no RNG needed for this).
     base + (now_ms().rem_euclid(1000) * base / 4000)
+}
+
+/// The entries whose next try is due, copied out (the calls run without the lock).
+fn due_now<T: Clone>(
+    m: &BTreeMap<String, T>,
+    now: i64,
+    next_try: impl Fn(&T) -> i64,
+) -> Vec<(String, T)> {
+    m.iter()
+        .filter(|(_, p)| next_try(p) <= now)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// How often the fleet is described: the rules' tick, within 1–15 s.
@@ -301,23 +327,11 @@ impl Actions {
     /// Applies pending capacities and health changes that are due.
     async fn actuate(&self, app: &App) {
         let now = now_ms();
-        let due: Vec<(String, PendingScale)> = self
-            .fleet()
-            .pending
-            .iter()
-            .filter(|(_, p)| p.next_try <= now)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let due = due_now(&self.fleet().pending, now, |p| p.next_try);
         for (asg, p) in due {
             self.scale(app, &asg, p).await;
         }
-        let due: Vec<(String, PendingHealth)> = self
-            .fleet()
-            .unhealthy
-            .iter()
-            .filter(|(_, p)| p.next_try <= now)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let due = due_now(&self.fleet().unhealthy, now, |p| p.next_try);
         for (instance, p) in due {
             let result = match (&self.clients, self.dry_run) {
                 (Some(c), false) => c.autoscaling.set_unhealthy(&instance).await,
@@ -365,13 +379,7 @@ impl Actions {
             app.metrics.aws_call("SetDesiredCapacity", "dry_run");
             let mut fleet = self.fleet();
             fleet.simulated.insert(asg.to_string(), p.desired);
-            if fleet
-                .pending
-                .get(asg)
-                .is_some_and(|q| q.decided_at == p.decided_at)
-            {
-                fleet.pending.remove(asg);
-            }
+            fleet.settle(asg, p.decided_at);
             drop(fleet);
             self.set_last(asg, p.desired, "dry run".into());
             return;
@@ -391,7 +399,7 @@ impl Actions {
             }
             Err(e) => {
                 app.metrics.aws_call("DescribeAutoScalingGroups", "error");
-                self.retry_scale(app, asg, &p, &e);
+                self.retry_scale(asg, &p, &e);
                 return;
             }
         };
@@ -405,13 +413,7 @@ impl Actions {
                     .get_or_create(&vec![("asg".into(), asg.to_string())])
                     .inc();
                 fleet.baseline.insert(asg.to_string(), view.desired);
-                if fleet
-                    .pending
-                    .get(asg)
-                    .is_some_and(|q| q.decided_at == p.decided_at)
-                {
-                    fleet.pending.remove(asg);
-                }
+                fleet.settle(asg, p.decided_at);
                 fleet.groups.insert(asg.to_string(), (view, now_ms()));
                 return;
             }
@@ -434,13 +436,7 @@ impl Actions {
                     g.desired = desired;
                 }
                 // A newer decision may have arrived while the call was out.
-                if fleet
-                    .pending
-                    .get(asg)
-                    .is_some_and(|q| q.decided_at == p.decided_at)
-                {
-                    fleet.pending.remove(asg);
-                }
+                fleet.settle(asg, p.decided_at);
                 drop(fleet);
                 let result = if p.asked != desired {
                     format!("set (decided {}, clamped to the group's bounds)", p.asked)
@@ -451,28 +447,25 @@ impl Actions {
             }
             Err(e) => {
                 app.metrics.aws_call("SetDesiredCapacity", "error");
-                self.retry_scale(app, asg, &p, &e);
+                self.retry_scale(asg, &p, &e);
             }
         }
     }
 
-    fn retry_scale(&self, app: &App, asg: &str, p: &PendingScale, e: &aws::CallError) {
-        let _ = app;
+    fn retry_scale(&self, asg: &str, p: &PendingScale, e: &aws::CallError) {
         let mut fleet = self.fleet();
-        let current = fleet
-            .pending
-            .get(asg)
-            .is_some_and(|q| q.decided_at == p.decided_at);
         if e.permanent {
             tracing::error!(asg = %asg, desired = p.desired, error = %e, "AWS refused the change; dropping it (the next evaluation decides from the group as it is)");
-            if current {
-                fleet.pending.remove(asg);
-            }
+            fleet.settle(asg, p.decided_at);
             drop(fleet);
             self.set_last(asg, p.desired, format!("refused: {e}"));
             return;
         }
-        if let Some(q) = fleet.pending.get_mut(asg).filter(|_| current) {
+        if let Some(q) = fleet
+            .pending
+            .get_mut(asg)
+            .filter(|q| q.decided_at == p.decided_at)
+        {
             q.attempts += 1;
             q.next_try = now_ms() + backoff_ms(q.attempts.min(3));
         }

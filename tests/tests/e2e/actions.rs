@@ -524,31 +524,11 @@ fn alertmanager_takes_over_through_its_v2_api() {
         am.log_text()
     );
     // No AWS at all here: the webhook is not an AWS call and works in the embedded default.
-    let port = free_port();
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(&rules, ALERTS).expect("rules");
-    let cfg = dir.path().join("aggregator.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nstate_dir = \"{}\"\n[rules]\nfiles = [\"{}\"]\nevaluation_interval = \"1s\"\n[notify]\ngroup_wait = \"1s\"\ngroup_interval = \"2s\"\n[[receiver]]\nname = \"am\"\nwebhook_url = \"{am_url}/api/v2/alerts\"\n",
-            dir.path().join("state").display(),
-            rules.display()
-        ),
-    )
-    .expect("config");
-    let agg = Child::spawn(
-        "aggregator",
-        Command::new(bin("vigil-aggregator"))
-            .arg("--config")
-            .arg(&cfg),
+    let (agg, base) = start_without_aws(
         dir.path(),
+        ALERTS,
+        &format!("[[receiver]]\nname = \"am\"\nwebhook_url = \"{am_url}/api/v2/alerts\"\n"),
     );
-    let base = format!("http://127.0.0.1:{port}");
-    assert!(wait_http(
-        &format!("{base}/-/ready"),
-        Duration::from_secs(30)
-    ));
     let inst = vec!["i-a".to_string()];
     let active = || -> Vec<serde_json::Value> {
         let (_, b) = get(&format!("{am_url}/api/v2/alerts?active=true")).expect("am alerts");
@@ -806,33 +786,15 @@ fn a_failing_receiver_delays_no_other_and_gets_its_message_once_it_answers() {
     let dir = tempdir("act-hooks");
     let (down, up) = (Hook::start(), Hook::start());
     down.set_status(503);
-    let port = free_port();
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(&rules, ALERTS).expect("rules");
-    let cfg = dir.path().join("aggregator.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nstate_dir = \"{}\"\n[rules]\nfiles = [\"{}\"]\nevaluation_interval = \"1s\"\n[notify]\ngroup_wait = \"1s\"\ngroup_interval = \"2s\"\n[[receiver]]\nname = \"down\"\nslack_webhook_url = \"{}\"\n[[receiver]]\nname = \"up\"\nslack_webhook_url = \"{}\"\n",
-            dir.path().join("state").display(),
-            rules.display(),
-            down.url("/down"),
-            up.url("/up"),
-        ),
-    )
-    .expect("config");
-    let agg = Child::spawn(
-        "aggregator",
-        Command::new(bin("vigil-aggregator"))
-            .arg("--config")
-            .arg(&cfg),
+    let (agg, base) = start_without_aws(
         dir.path(),
+        ALERTS,
+        &format!(
+            "[[receiver]]\nname = \"down\"\nslack_webhook_url = \"{}\"\n[[receiver]]\nname = \"up\"\nslack_webhook_url = \"{}\"\n",
+            down.url("/down"),
+            up.url("/up")
+        ),
     );
-    let base = format!("http://127.0.0.1:{port}");
-    assert!(wait_http(
-        &format!("{base}/-/ready"),
-        Duration::from_secs(30)
-    ));
     let inst = vec!["i-a".to_string()];
     let end = Instant::now() + Duration::from_secs(20);
     while up.bodies().is_empty() && Instant::now() < end {
@@ -859,4 +821,36 @@ fn a_failing_receiver_delays_no_other_and_gets_its_message_once_it_answers() {
         m.contains("vigil_aggregator_notifications_total{integration=\"slack\",result=\"failed\"}"),
         "{m}"
     );
+}
+
+/// An aggregator with no AWS (webhook receivers only) on 1 s evaluation and short notification
+/// timers; returns it and its base URL.
+fn start_without_aws(dir: &std::path::Path, rules: &str, receivers: &str) -> (Child, String) {
+    let port = free_port();
+    let rules_path = dir.join("rules.toml");
+    std::fs::write(&rules_path, rules).expect("rules");
+    let cfg = dir.join("aggregator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nstate_dir = \"{}\"\n[rules]\nfiles = [\"{}\"]\nevaluation_interval = \"1s\"\n[notify]\ngroup_wait = \"1s\"\ngroup_interval = \"2s\"\n{receivers}",
+            dir.join("state").display(),
+            rules_path.display()
+        ),
+    )
+    .expect("config");
+    let agg = Child::spawn(
+        "aggregator",
+        Command::new(bin("vigil-aggregator"))
+            .arg("--config")
+            .arg(&cfg),
+        dir,
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_http(&format!("{base}/-/ready"), Duration::from_secs(30)),
+        "{}",
+        agg.log_text()
+    );
+    (agg, base)
 }
