@@ -397,7 +397,43 @@ fn status_page(app: &App) -> String {
             ));
         }
     }
-    html.push_str("</table><h2>Alerts</h2><table><tr><th>labels<th>state<th>since");
+    html.push_str("</table><h2>Auto Scaling groups</h2><table><tr><th>group<th>policy<th>AWS desired (min–max, in service)<th>pending<th>last call");
+    if let Json::Array(items) = &scaling_json(app)["policies"] {
+        for p in items {
+            let f = &p["fleet"];
+            let aws = if f["aws"].is_null() {
+                "not described".to_string()
+            } else {
+                format!(
+                    "{} ({}–{}, {})",
+                    f["aws"]["desired"], f["aws"]["min"], f["aws"]["max"], f["aws"]["in_service"]
+                )
+            };
+            let last = if f["last_applied"].is_null() {
+                String::new()
+            } else {
+                format!(
+                    "{} → {}: {}",
+                    f["last_applied"]["time"].as_str().unwrap_or(""),
+                    f["last_applied"]["desired"],
+                    f["last_applied"]["result"].as_str().unwrap_or("")
+                )
+            };
+            html.push_str(&format!(
+                "<tr><td>{}<td>{}<td>{}<td>{}<td>{}",
+                esc(p["group"].as_str().unwrap_or("")),
+                esc(p["policy"].as_str().unwrap_or("")),
+                esc(&aws),
+                esc(&f["pending"].to_string()),
+                esc(&last)
+            ));
+        }
+    }
+    html.push_str(&format!(
+        "</table><p>Notifications waiting in the outbox: {}</p>",
+        app.metrics.outbox.get()
+    ));
+    html.push_str("<h2>Alerts</h2><table><tr><th>labels<th>state<th>since");
     if let Json::Array(items) = &alerts_json(app)["alerts"] {
         for a in items {
             html.push_str(&format!(

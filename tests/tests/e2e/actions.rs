@@ -189,6 +189,10 @@ fn scales_out_within_seconds_and_in_only_after_stabilization() {
     assert_eq!(p["last_decisions"][0]["to"], 4, "{s}");
     assert_eq!(p["last_decisions"][0]["inputs"][0]["value"], "0.9", "{s}");
     assert_eq!(p["fleet"]["aws"]["max"], 6, "{s}");
+    // And on the status page, for whoever is on call.
+    let (_, page) = get(&format!("{}/", rig.base)).expect("status page");
+    assert!(page.contains("<td>web<td>web-cpu<td>4 (2–6, "), "{page}");
+    assert!(page.contains(": set<"), "{page}");
 
     // Load drops far below target: the recommendation is 1, but the group's min is 2, and
     // nothing happens before the 6 s stabilization window has passed.

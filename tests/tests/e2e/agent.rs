@@ -316,8 +316,8 @@ fn an_outage_loses_nothing_and_duplicates_nothing() {
     rx.stop();
     std::thread::sleep(Duration::from_secs(5));
     rx.resume();
-    std::thread::sleep(Duration::from_secs(6));
-    // How many rounds the agent has collected so far (its own count): every one must arrive.
+    // How many rounds the agent has collected so far (its own count): every one must arrive,
+    // once its backoff (exponential, jittered: it may have grown past the outage) lets it retry.
     let cfg_text = std::fs::read_to_string(&cfg).expect("config");
     let addr = cfg_text
         .split("address = \"")
@@ -325,12 +325,29 @@ fn an_outage_loses_nothing_and_duplicates_nothing() {
         .and_then(|r| r.split('"').next())
         .expect("listen address")
         .to_string();
-    let (_, metrics) = get(&format!("http://{addr}/metrics")).expect("agent metrics");
-    let rounds: usize = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("vigil_agent_collect_duration_seconds_count "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("round count");
+    let rounds_now = || -> usize {
+        let (_, metrics) = get(&format!("http://{addr}/metrics")).expect("agent metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("vigil_agent_collect_duration_seconds_count "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("round count")
+    };
+    let arrived = || -> usize {
+        rx.store
+            .lock()
+            .expect("lock")
+            .by_series()
+            .iter()
+            .find(|(l, _)| load1(l))
+            .map_or(0, |(_, ts)| ts.len())
+    };
+    std::thread::sleep(Duration::from_secs(6));
+    let rounds = rounds_now();
+    let end = std::time::Instant::now() + Duration::from_secs(40);
+    while arrived() < rounds && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(250));
+    }
     agent.signal("TERM");
     assert!(
         agent.wait_exit(Duration::from_secs(20)),
