@@ -137,20 +137,6 @@ fn url(doc: &mut Doc<'_>, o: &mut Obj<'_, '_>, key: &str) -> Option<String> {
     Some(u.value)
 }
 
-fn positive_ms(doc: &mut Doc<'_>, o: &mut Obj<'_, '_>, key: &str, default: u64) -> u64 {
-    match o.duration(doc, key) {
-        Some(d) if d.value > 0 => d.value as u64,
-        Some(d) => {
-            doc.error_at(
-                d.span.start,
-                format!("{}.{key}: must be greater than zero", o.path),
-            );
-            default
-        }
-        None => default,
-    }
-}
-
 /// Parses and validates `agent.toml`.
 pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     let mut doc = Doc::new(file, text);
@@ -161,7 +147,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     let mut c = Config::default();
 
     if let Some(mut a) = top.table(&mut doc, "agent") {
-        c.interval_ms = positive_ms(&mut doc, &mut a, "interval", c.interval_ms);
+        c.interval_ms = a.positive_duration(&mut doc, "interval", c.interval_ms as i64) as u64;
         if let Some(l) = a.str_map(&mut doc, "labels") {
             for (k, v) in l {
                 if !vigil_wire::text::is_valid_label_name(&k) || k.starts_with("__") {
@@ -202,7 +188,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             }
         }
         c.identity.imds_timeout_ms =
-            positive_ms(&mut doc, &mut i, "imds_timeout", c.identity.imds_timeout_ms);
+            i.positive_duration(&mut doc, "imds_timeout", c.identity.imds_timeout_ms as i64) as u64;
         if c.identity.source == IdentitySource::Static && c.identity.instance.is_none() {
             doc.error_at(
                 i.span().start,
@@ -222,7 +208,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     }
     for mut s in top.tables(&mut doc, "scrape") {
         let u = url(&mut doc, &mut s, "url");
-        let timeout_ms = positive_ms(&mut doc, &mut s, "timeout", 2_000);
+        let timeout_ms = s.positive_duration(&mut doc, "timeout", 2_000) as u64;
         let series_limit = match s.int(&mut doc, "series_limit") {
             Some(n) if n.value > 0 => n.value as usize,
             Some(n) => {
@@ -245,7 +231,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     }
     for mut h in top.tables(&mut doc, "health") {
         let u = url(&mut doc, &mut h, "url");
-        let timeout_ms = positive_ms(&mut doc, &mut h, "timeout", 1_000);
+        let timeout_ms = h.positive_duration(&mut doc, "timeout", 1_000) as u64;
         let expect_status = match h.int(&mut doc, "expect_status") {
             Some(n) if (100..=599).contains(&n.value) => n.value as u16,
             Some(n) => {
@@ -273,7 +259,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         c.push.token_file = p
             .str(&mut doc, "token_file")
             .map(|s| PathBuf::from(s.value));
-        c.push.timeout_ms = positive_ms(&mut doc, &mut p, "timeout", c.push.timeout_ms);
+        c.push.timeout_ms =
+            p.positive_duration(&mut doc, "timeout", c.push.timeout_ms as i64) as u64;
         if let Some(n) = p.int(&mut doc, "max_samples_per_send") {
             if n.value > 0 {
                 c.push.max_samples_per_send = n.value as usize;

@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -114,44 +112,34 @@ impl Metrics {
 pub async fn serve(addr: SocketAddr, registry: Arc<Registry>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(address = %addr, "serving self-metrics");
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                continue;
-            }
-        };
+    vigil_config::http::serve(listener, move |req: Request<hyper::body::Incoming>| {
         let registry = registry.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let registry = registry.clone();
-                async move {
-                    let resp = match req.uri().path() {
-                        "/metrics" => {
-                            let mut body = String::new();
-                            match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                                Ok(()) => Response::builder()
-                                    .header("Content-Type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
-                                    .body(Full::new(Bytes::from(body))),
-                                Err(_) => Response::builder().status(StatusCode::INTERNAL_SERVER_ERROR).body(Full::new(Bytes::new())),
-                            }
-                        }
-                        "/-/healthy" => {
-                            Response::builder().body(Full::new(Bytes::from_static(b"ok\n")))
-                        }
-                        _ => Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::from_static(b"not found\n"))),
-                    };
-                    Ok::<_, hyper::http::Error>(
-                        resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
+        async move { answer(req.uri().path(), &registry) }
+    })
+    .await;
+    Ok(())
+}
+
+fn answer(path: &str, registry: &Registry) -> Response<Full<Bytes>> {
+    let resp = match path {
+        "/metrics" => {
+            let mut body = String::new();
+            match prometheus_client::encoding::text::encode(&mut body, registry) {
+                Ok(()) => Response::builder()
+                    .header(
+                        "Content-Type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+                    .body(Full::new(Bytes::from(body))),
+                Err(_) => Response::builder()
+                    .status(StatusCode::INTERNAL_SERVER_ERROR)
+                    .body(Full::new(Bytes::new())),
+            }
+        }
+        "/-/healthy" => Response::builder().body(Full::new(Bytes::from_static(b"ok\n"))),
+        _ => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from_static(b"not found\n"))),
+    };
+    resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }

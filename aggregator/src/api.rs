@@ -8,9 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value as Json};
 use vigil_rules::duration::{format_timestamp_ms, parse_ms, parse_timestamp_ms};
 use vigil_rules::evaluator::alert_key;
@@ -533,16 +531,10 @@ async fn route(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resp {
         (&Method::GET | &Method::POST, "/api/v1/labels") => {
             json_ok(json!(app.store.label_values(None)))
         }
-        (&Method::GET, p2)
-            if p2
-                .strip_prefix("/api/v1/label/")
-                .and_then(|r| r.strip_suffix("/values"))
-                .is_some_and(|n| !n.is_empty()) =>
+        (&Method::GET | &Method::POST, p2)
+            if label_values_path(p2).is_some_and(|n| !n.is_empty()) =>
         {
-            let raw = p2
-                .strip_prefix("/api/v1/label/")
-                .and_then(|r| r.strip_suffix("/values"))
-                .unwrap_or("");
+            let raw = label_values_path(p2).unwrap_or("");
             json_ok(json!(app.store.label_values(Some(&pct_decode(raw)))))
         }
         (&Method::GET, "/api/v1/rules") => json_ok(rules_json(&app)),
@@ -588,13 +580,7 @@ async fn route(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resp {
             }
         }
         (&Method::POST | &Method::PUT, "/-/reload") => {
-            if !ingest::authorized(&app, auth.as_deref()) {
-                return respond(
-                    StatusCode::UNAUTHORIZED,
-                    "text/plain",
-                    "missing or wrong bearer token\n",
-                );
-            }
+            // The token was checked above, with the write endpoint's.
             let app2 = app.clone();
             match tokio::task::spawn_blocking(move || app2.reload()).await {
                 Ok(Ok(n)) => respond(
@@ -623,25 +609,12 @@ async fn route(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resp {
     }
 }
 
+/// The label name of a `/api/v1/label/<name>/values` path.
+fn label_values_path(p: &str) -> Option<&str> {
+    p.strip_prefix("/api/v1/label/")?.strip_suffix("/values")
+}
+
 /// Serves the API until the process ends.
 pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                continue;
-            }
-        };
-        let app = app.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(app, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    vigil_config::http::serve(listener, move |req| route(app.clone(), req)).await
 }

@@ -82,20 +82,6 @@ impl Default for Config {
     }
 }
 
-fn positive(doc: &mut Doc<'_>, o: &mut Obj<'_, '_>, key: &str, default: i64) -> i64 {
-    match o.duration(doc, key) {
-        Some(d) if d.value > 0 => d.value,
-        Some(d) => {
-            doc.error_at(
-                d.span.start,
-                format!("{}.{key}: must be greater than zero", o.path),
-            );
-            default
-        }
-        None => default,
-    }
-}
-
 /// Parses and validates `aggregator.toml`.
 pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     let mut doc = Doc::new(file, text);
@@ -132,6 +118,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         }
         if let Some(n) = s.str(&mut doc, "max_body_size") {
             match vigil_config::size::parse_bytes(&n.value) {
+                Ok(0) => doc.error_at(
+                    n.span.start,
+                    "server.max_body_size: must be greater than zero",
+                ),
                 Ok(b) => c.max_body_bytes = b as usize,
                 Err(e) => doc.error_at(n.span.start, format!("server.max_body_size: {e}")),
             }
@@ -157,8 +147,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         s.finish(&mut doc);
     }
     if let Some(mut s) = top.table(&mut doc, "storage") {
-        c.retention_ms = positive(&mut doc, &mut s, "retention", c.retention_ms);
-        c.stale_after_ms = positive(&mut doc, &mut s, "stale_after", c.stale_after_ms);
+        c.retention_ms = s.positive_duration(&mut doc, "retention", c.retention_ms);
+        c.stale_after_ms = s.positive_duration(&mut doc, "stale_after", c.stale_after_ms);
         if let Some(d) = s.str(&mut doc, "state_dir") {
             c.state_dir = PathBuf::from(d.value);
         }
@@ -171,12 +161,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             .into_iter()
             .map(|s| s.value)
             .collect();
-        c.evaluation_interval_ms = positive(
-            &mut doc,
-            &mut r,
-            "evaluation_interval",
-            c.evaluation_interval_ms,
-        );
+        c.evaluation_interval_ms =
+            r.positive_duration(&mut doc, "evaluation_interval", c.evaluation_interval_ms);
         r.finish(&mut doc);
     }
     if let Some(mut a) = top.table(&mut doc, "aws") {
@@ -204,16 +190,17 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             c.cloudwatch_namespace = n.value;
         }
         c.cloudwatch_flush_ms =
-            positive(&mut doc, &mut cw, "flush_interval", c.cloudwatch_flush_ms);
+            cw.positive_duration(&mut doc, "flush_interval", c.cloudwatch_flush_ms);
         cw.finish(&mut doc);
     }
     if let Some(mut n) = top.table(&mut doc, "notify") {
         if let Some(g) = n.str_list(&mut doc, "group_by") {
             c.group_by = g.into_iter().map(|s| s.value).collect();
         }
-        c.group_wait_ms = positive(&mut doc, &mut n, "group_wait", c.group_wait_ms);
-        c.group_interval_ms = positive(&mut doc, &mut n, "group_interval", c.group_interval_ms);
-        c.repeat_interval_ms = positive(&mut doc, &mut n, "repeat_interval", c.repeat_interval_ms);
+        c.group_wait_ms = n.positive_duration(&mut doc, "group_wait", c.group_wait_ms);
+        c.group_interval_ms = n.positive_duration(&mut doc, "group_interval", c.group_interval_ms);
+        c.repeat_interval_ms =
+            n.positive_duration(&mut doc, "repeat_interval", c.repeat_interval_ms);
         n.finish(&mut doc);
     }
     for mut r in top.tables(&mut doc, "receiver") {

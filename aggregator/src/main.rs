@@ -40,14 +40,7 @@ struct Args {
 }
 
 fn load(path: &Path) -> Result<config::Config, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    config::parse(&path.display().to_string(), &text).map_err(|errs| {
-        errs.iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
+    vigil_config::tomlread::load_file(path, config::parse)
 }
 
 fn main() -> ExitCode {

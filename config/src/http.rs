@@ -1,5 +1,6 @@
 //! A small HTTP client over hyper (HTTP/1.1, TLS through rustls with the system's roots), with
-//! a timeout on the whole exchange and a cap on response bodies.
+//! a timeout on the whole exchange and a cap on response bodies; and the HTTP/1.1 server loop
+//! the agent's self-metrics and the aggregator's API share.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -136,4 +137,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Serves HTTP/1.1 on `listener` until the process ends, one task per connection, each request
+/// answered by `handle`.
+pub async fn serve<F, Fut>(listener: tokio::net::TcpListener, handle: F)
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<Full<Bytes>>> + Send + 'static,
+{
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let fut = handle(req);
+                async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
 }

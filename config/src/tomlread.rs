@@ -258,6 +258,22 @@ impl<'t, 'i> Obj<'t, 'i> {
         }
     }
 
+    /// A duration that must be greater than zero; `default` when absent (or refused, with the
+    /// problem reported at its position).
+    pub fn positive_duration(&mut self, doc: &mut Doc<'_>, key: &str, default: i64) -> i64 {
+        match self.duration(doc, key) {
+            Some(d) if d.value > 0 => d.value,
+            Some(d) => {
+                doc.error_at(
+                    d.span.start,
+                    format!("{}: must be greater than zero", self.key_path(key)),
+                );
+                default
+            }
+            None => default,
+        }
+    }
+
     /// An array of strings.
     pub fn str_list(&mut self, doc: &mut Doc<'_>, key: &str) -> Option<Vec<At<String>>> {
         let v = self.raw(key)?;
@@ -369,6 +385,21 @@ fn parse_toml_float(s: &str) -> Option<f64> {
         "nan" | "+nan" | "-nan" => Some(f64::NAN),
         _ => s.replace('_', "").parse().ok(),
     }
+}
+
+/// Reads a file and parses it with `parse`; every problem becomes a line of the error.
+pub fn load_file<T>(
+    path: &std::path::Path,
+    parse: impl FnOnce(&str, &str) -> Result<T, Vec<Diagnostic>>,
+) -> Result<T, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse(&path.display().to_string(), &text).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
 }
 
 #[cfg(test)]

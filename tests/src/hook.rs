@@ -91,7 +91,10 @@ pub fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
 
 #[derive(Default)]
 struct HookState {
+    /// Requests answered 2xx.
     received: Vec<(Instant, Request)>,
+    /// Every request, with the status it was answered.
+    attempts: Vec<(Instant, u16)>,
     status: u16,
 }
 
@@ -120,6 +123,7 @@ impl Hook {
                         let status = {
                             let mut g = st.lock().expect("lock");
                             let status = g.status;
+                            g.attempts.push((Instant::now(), status));
                             if status < 300 {
                                 g.received.push((Instant::now(), req));
                             }
@@ -143,6 +147,11 @@ impl Hook {
     /// Answer every request with this status from now on (non-2xx ones are not recorded).
     pub fn set_status(&self, status: u16) {
         self.state.lock().expect("lock").status = status;
+    }
+
+    /// Every request so far (refused ones too): when, and the status it got.
+    pub fn attempts(&self) -> Vec<(Instant, u16)> {
+        self.state.lock().expect("lock").attempts.clone()
     }
 
     /// Bodies received so far, parsed as JSON, with their paths.

@@ -302,19 +302,7 @@ impl Chunk {
 
     /// Decodes every sample.
     pub fn iter(&self) -> ChunkIter<'_> {
-        ChunkIter {
-            r: BitReader {
-                bytes: &self.w.bytes,
-                pos: 0,
-            },
-            n: 0,
-            count: self.count,
-            t: 0,
-            v: 0,
-            delta: 0,
-            leading: 0,
-            trailing: 0,
-        }
+        ChunkIter::new(&self.w.bytes, self.count)
     }
 }
 

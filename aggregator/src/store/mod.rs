@@ -257,7 +257,8 @@ impl Store {
         };
         let mut added = 0;
         if let Some(s) = g.series[id].as_mut() {
-            if pushed {
+            // A series sent without samples says nothing about the instance being alive.
+            if pushed && !samples.is_empty() {
                 s.last_push_ms = now_ms;
             }
             for &smp in samples {

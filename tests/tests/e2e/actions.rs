@@ -535,8 +535,9 @@ fn alertmanager_takes_over_through_its_v2_api() {
     );
     let inst = vec!["i-a".to_string()];
     let active = || -> Vec<serde_json::Value> {
-        let (_, b) = get(&format!("{am_url}/api/v2/alerts?active=true")).expect("am alerts");
-        serde_json::from_str::<Vec<serde_json::Value>>(&b).unwrap_or_default()
+        let (code, b) = get(&format!("{am_url}/api/v2/alerts?active=true")).expect("am alerts");
+        assert_eq!(code, 200, "{b}");
+        serde_json::from_str::<Vec<serde_json::Value>>(&b).expect("Alertmanager's alert list")
     };
     let end = Instant::now() + Duration::from_secs(20);
     while active().is_empty() && Instant::now() < end {
@@ -809,6 +810,9 @@ fn a_failing_receiver_delays_no_other_and_gets_its_message_once_it_answers() {
         std::thread::sleep(Duration::from_secs(1));
     }
     assert_eq!(up.bodies().len(), 1, "{}", agg.log_text());
+    // The failing receiver was tried (and refused) meanwhile, and kept being retried.
+    let refused = down.attempts().iter().filter(|(_, st)| *st == 503).count();
+    assert!(refused >= 1, "{:?}", down.attempts());
     assert!(down.bodies().is_empty());
     // The failing receiver recovers: its message arrives, once.
     down.set_status(200);
