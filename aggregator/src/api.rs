@@ -222,13 +222,11 @@ fn query_range(app: &App, p: &HashMap<String, Vec<String>>) -> Resp {
     }
 }
 
-fn series(app: &App, p: &HashMap<String, Vec<String>>) -> Resp {
+/// The series the `match[]` selectors name between `start` and `end` (default: the window);
+/// `None` without any `match[]`; the error is a `bad_data` message.
+fn matched(app: &App, p: &HashMap<String, Vec<String>>) -> Result<Option<Vec<Labels>>, String> {
     let Some(ms) = p.get("match[]").filter(|m| !m.is_empty()) else {
-        return json_err(
-            StatusCode::BAD_REQUEST,
-            "bad_data",
-            "no match[] parameter provided",
-        );
+        return Ok(None);
     };
     let now = now_ms();
     let (start, end) = match (
@@ -236,24 +234,48 @@ fn series(app: &App, p: &HashMap<String, Vec<String>>) -> Resp {
         time_param(p, "end", now),
     ) {
         (Ok(s), Ok(e)) => (s, e),
-        (Err(e), _) | (_, Err(e)) => return json_err(StatusCode::BAD_REQUEST, "bad_data", &e),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
     };
     let mut out: std::collections::BTreeSet<Labels> = Default::default();
     for m in ms {
-        let q = match promql::parse(m) {
-            Ok(q) => q,
-            Err(e) => return json_err(StatusCode::BAD_REQUEST, "bad_data", &e.to_string()),
-        };
+        let q = promql::parse(m).map_err(|e| e.to_string())?;
         let promql::plan::Node::Selector(sel) = q.plan() else {
-            return json_err(
-                StatusCode::BAD_REQUEST,
-                "bad_data",
-                &format!("match[] must be a series selector, got {m:?}"),
-            );
+            return Err(format!("match[] must be a series selector, got {m:?}"));
         };
         out.extend(app.store.series(&sel.matchers, start, end));
     }
-    json_ok(json!(out.iter().map(labels_json).collect::<Vec<_>>()))
+    Ok(Some(out.into_iter().collect()))
+}
+
+fn series(app: &App, p: &HashMap<String, Vec<String>>) -> Resp {
+    match matched(app, p) {
+        Ok(Some(out)) => json_ok(json!(out.iter().map(labels_json).collect::<Vec<_>>())),
+        Ok(None) => json_err(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "no match[] parameter provided",
+        ),
+        Err(e) => json_err(StatusCode::BAD_REQUEST, "bad_data", &e),
+    }
+}
+
+/// `/api/v1/labels` (`name` None) and `/api/v1/label/<name>/values`: from the index, or from
+/// the series `match[]` names when it is given.
+fn labels(app: &App, p: &HashMap<String, Vec<String>>, name: Option<&str>) -> Resp {
+    match matched(app, p) {
+        Ok(None) => json_ok(json!(app.store.label_values(name))),
+        Ok(Some(series)) => {
+            let mut out: std::collections::BTreeSet<&str> = Default::default();
+            for l in &series {
+                match name {
+                    None => out.extend(l.iter().map(|x| x.name)),
+                    Some(n) => out.extend(l.get(n)),
+                }
+            }
+            json_ok(json!(out))
+        }
+        Err(e) => json_err(StatusCode::BAD_REQUEST, "bad_data", &e),
+    }
 }
 
 fn rules_json(app: &App) -> Json {
@@ -528,14 +550,12 @@ async fn route(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resp {
                 )
             })
         }
-        (&Method::GET | &Method::POST, "/api/v1/labels") => {
-            json_ok(json!(app.store.label_values(None)))
-        }
+        (&Method::GET | &Method::POST, "/api/v1/labels") => labels(&app, &p(), None),
         (&Method::GET | &Method::POST, p2)
             if label_values_path(p2).is_some_and(|n| !n.is_empty()) =>
         {
-            let raw = label_values_path(p2).unwrap_or("");
-            json_ok(json!(app.store.label_values(Some(&pct_decode(raw)))))
+            let name = pct_decode(label_values_path(p2).unwrap_or(""));
+            labels(&app, &p(), Some(&name))
         }
         (&Method::GET, "/api/v1/rules") => json_ok(rules_json(&app)),
         (&Method::GET, "/api/v1/alerts") => json_ok(alerts_json(&app)),

@@ -184,6 +184,9 @@ pub struct App {
     pub registry: Registry,
     pub metrics: Metrics,
     pub ready: AtomicBool,
+    /// After a restart with saved state, rules are not evaluated before this time (ms): the
+    /// window starts empty, and evaluating it would resolve every firing alert and notify.
+    pub warm_until_ms: i64,
     pub last_reload_error: Mutex<Option<String>>,
     pub db: Mutex<crate::state::Db>,
     pub actions: crate::actions::Actions,
@@ -238,9 +241,11 @@ impl App {
         });
         let rules = Arc::new(rules);
         let mut sim = Simulation::new(rules.clone(), engine.clone());
+        let mut warm_until_ms = 0;
         {
             match db.load() {
                 Ok(Some((state, capacity))) => {
+                    warm_until_ms = crate::engine::now_ms() + cfg.stale_after_ms;
                     let firing = state
                         .alerts
                         .values()
@@ -285,6 +290,7 @@ impl App {
             registry,
             metrics,
             ready: AtomicBool::new(false),
+            warm_until_ms,
             last_reload_error: Mutex::new(None),
             db: Mutex::new(db),
             actions,

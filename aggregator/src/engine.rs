@@ -264,11 +264,24 @@ pub fn evaluate(app: &App, ts: i64) {
 /// Evaluates forever at the rules' tick, and compacts the window.
 pub async fn run(app: Arc<App>) {
     let mut last_compact = now_ms();
+    let mut warned_warm = false;
     loop {
         let tick = app.rules().tick_ms().max(1000);
         let now = now_ms();
         let next = (now / tick + 1) * tick;
         tokio::time::sleep(Duration::from_millis((next - now) as u64)).await;
+        if next < app.warm_until_ms {
+            // Restarted with saved state: give every instance `stale_after` to push again
+            // before judging an empty window (alerts would resolve, then fire anew).
+            if !warned_warm {
+                tracing::info!(
+                    until = %format_timestamp_ms(app.warm_until_ms),
+                    "restarted: evaluation waits until the fleet has pushed again (stale_after)"
+                );
+                warned_warm = true;
+            }
+            continue;
+        }
         let app2 = app.clone();
         // Evaluation is CPU work: keep it off the tasks that answer HTTP.
         let _ = tokio::task::spawn_blocking(move || {

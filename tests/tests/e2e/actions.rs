@@ -56,6 +56,7 @@ listen = "127.0.0.1:{port}"
 
 [storage]
 retention = "1h"
+stale_after = "3s"
 state_dir = "{state}"
 
 [rules]

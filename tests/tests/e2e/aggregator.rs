@@ -69,6 +69,21 @@ fn agent_pushes_rules_evaluate_and_the_api_answers() {
     let load = wait_for(&base, "node_load1{instance=\"i-e2e\"}", 1);
     assert_eq!(load.len(), 1, "aggregator log:\n{}", agg.log_text());
     assert_eq!(load[0].0["asg"], "web-asg");
+    // Label values, narrowed by match[] as Prometheus does (the record rule's series carry no
+    // instance label, so an unnarrowed answer would differ only by chance).
+    let (code, body) = get(&format!(
+        "{base}/api/v1/label/instance/values?match[]=node_load1%7Binstance%3D%22i-e2e%22%7D"
+    ))
+    .expect("label values");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["data"], serde_json::json!(["i-e2e"]), "{body}");
+    let (code, body) = get(&format!("{base}/api/v1/labels?match[]=node_load1")).expect("labels");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"instance\"") && !body.contains("\"device\""),
+        "{body}"
+    );
     // The CPU record rule runs over the pushed series.
     let rec = wait_for(&base, "asg:cpu_utilization:avg", 1);
     assert_eq!(rec.len(), 1, "{}", agg.log_text());
