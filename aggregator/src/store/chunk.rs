@@ -87,10 +87,11 @@ impl BitReader<'_> {
 /// 22-byte header (first and last timestamp, sample count, byte length) and its bytes. A
 /// separate allocation and a 40-byte descriptor per chunk cost about a tenth of the memory of a
 /// series holding a few hours; a chunk closes every 120 samples, so rewriting the block then is
-/// cheap.
+/// cheap. The block is shared (`Arc`): a reader takes it under the store's lock by a reference
+/// count and decodes it after letting go, so ingest never waits behind a query's decoding.
 #[derive(Debug, Clone, Default)]
 pub struct ClosedChunks {
-    blob: Box<[u8]>,
+    blob: std::sync::Arc<[u8]>,
 }
 
 const HEADER: usize = 8 + 8 + 2 + 4;
@@ -140,7 +141,7 @@ impl ClosedChunks {
         // A chunk of 120 samples is at most a few kilobytes.
         v.extend_from_slice(&(data.len() as u32).to_le_bytes());
         v.extend_from_slice(data);
-        self.blob = v.into_boxed_slice();
+        self.blob = v.into();
     }
 
     pub fn iter(&self) -> ClosedIter<'_> {

@@ -55,26 +55,67 @@ impl Series {
         self.closed.is_empty() && self.head.as_ref().is_none_or(|h| h.len() == 0)
     }
 
+    /// What a reader needs to decode the series' samples in `[mint, maxt]` after the store's
+    /// lock is released: the shared closed block (a reference count), a copy of the head chunk
+    /// when it overlaps (at most 120 samples' bytes), the staleness marker. `None` when nothing
+    /// in the series can fall in the range.
+    fn snapshot(&self, mint: i64, maxt: i64) -> Option<Snapshot> {
+        let overlaps = |first: i64, last: i64| last >= mint && first <= maxt;
+        let closed = self
+            .closed
+            .iter()
+            .any(|c| overlaps(c.first_t(), c.last_t()))
+            .then(|| self.closed.clone());
+        let head = self
+            .head
+            .as_ref()
+            .filter(|h| h.len() > 0 && overlaps(h.first_t(), h.last_t()))
+            .cloned();
+        let stale_at = self.stale_at.filter(|t| (mint..=maxt).contains(t));
+        if closed.is_none() && head.is_none() && stale_at.is_none() {
+            return None;
+        }
+        Some(Snapshot {
+            labels: self.labels.clone(),
+            closed,
+            head,
+            stale_at,
+        })
+    }
+}
+
+/// One series as a reader took it under the lock; decoded outside it.
+struct Snapshot {
+    labels: Labels,
+    closed: Option<chunk::ClosedChunks>,
+    head: Option<chunk::Chunk>,
+    stale_at: Option<i64>,
+}
+
+impl Snapshot {
     /// Samples with timestamps in `[mint, maxt]`, oldest first.
-    fn range(&self, mint: i64, maxt: i64) -> Vec<Sample> {
+    fn decode(self, mint: i64, maxt: i64) -> SeriesData {
         let mut out = Vec::new();
         let in_range = |s: &Sample| s.timestamp_ms >= mint && s.timestamp_ms <= maxt;
-        for c in self.closed.iter() {
-            if c.last_t() >= mint && c.first_t() <= maxt {
-                out.extend(c.iter().filter(in_range));
+        if let Some(closed) = &self.closed {
+            for c in closed.iter() {
+                if c.last_t() >= mint && c.first_t() <= maxt {
+                    out.extend(c.iter().filter(in_range));
+                }
             }
         }
         if let Some(h) = &self.head {
-            if h.len() > 0 && h.last_t() >= mint && h.first_t() <= maxt {
-                out.extend(h.iter().filter(in_range));
-            }
+            out.extend(h.iter().filter(in_range));
         }
         if let Some(t) = self.stale_at {
-            if (mint..=maxt).contains(&t) && out.last().is_none_or(|l| l.timestamp_ms < t) {
+            if out.last().is_none_or(|l| l.timestamp_ms < t) {
                 out.push(Sample::new(t, vigil_wire::STALE_NAN));
             }
         }
-        out
+        SeriesData {
+            labels: self.labels,
+            samples: out,
+        }
     }
 }
 
@@ -421,33 +462,33 @@ impl Store {
 }
 
 impl Storage for Store {
+    /// Finds the series and takes what decoding needs under the lock (label and chunk
+    /// references, a copy of each head chunk), then decodes with the lock released: ingest and
+    /// other readers go on while a large selection decodes.
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData> {
-        let mut g = self.lock();
-        g.catch_up_index();
-        let candidates: Box<dyn Iterator<Item = &Series>> = match g.index.candidates(matchers) {
-            index::Candidates::None => return Vec::new(),
-            index::Candidates::All => Box::new(g.series.iter().flatten()),
-            index::Candidates::Lists(lists) => Box::new(
-                lists
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|id| g.series[*id as usize].as_ref()),
-            ),
+        let snapshots: Vec<Snapshot> = {
+            let mut g = self.lock();
+            g.catch_up_index();
+            let candidates: Box<dyn Iterator<Item = &Series>> = match g.index.candidates(matchers) {
+                index::Candidates::None => return Vec::new(),
+                index::Candidates::All => Box::new(g.series.iter().flatten()),
+                index::Candidates::Lists(lists) => Box::new(
+                    lists
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|id| g.series[*id as usize].as_ref()),
+                ),
+            };
+            candidates
+                .filter(|s| matches_all(&s.labels, matchers))
+                .filter_map(|s| s.snapshot(mint, maxt))
+                .collect()
         };
-        let mut out = Vec::new();
-        for s in candidates {
-            if !matches_all(&s.labels, matchers) {
-                continue;
-            }
-            let samples = s.range(mint, maxt);
-            if !samples.is_empty() {
-                out.push(SeriesData {
-                    labels: s.labels.clone(),
-                    samples,
-                });
-            }
-        }
-        out
+        snapshots
+            .into_iter()
+            .map(|s| s.decode(mint, maxt))
+            .filter(|d| !d.samples.is_empty())
+            .collect()
     }
 }
 
