@@ -32,6 +32,8 @@ pub(crate) struct Evaluator<'a> {
     pub(crate) sort_warned: bool,
     /// The query text, to locate annotations.
     pub(crate) query: &'a str,
+    /// Past this the query fails with [`EvalError::Timeout`].
+    pub(crate) deadline: Option<std::time::Instant>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -56,6 +58,14 @@ impl<'a> Evaluator<'a> {
             subquery_cache: HashMap::new(),
             regex_cache: HashMap::new(),
             loaded_samples: 0,
+            deadline: None,
+        }
+    }
+
+    fn check_deadline(&self, phase: &'static str) -> Result<(), EvalError> {
+        match self.deadline {
+            Some(d) if std::time::Instant::now() >= d => Err(EvalError::Timeout(phase)),
+            _ => Ok(()),
         }
     }
 
@@ -100,6 +110,7 @@ impl<'a> Evaluator<'a> {
                 let width = s.range_ms.unwrap_or(self.opts.lookback_delta_ms);
                 // Windows are left-open: (ref - width, ref].
                 let data = self.select(s, rlo.saturating_sub(width).saturating_add(1), rhi);
+                self.check_deadline("query preparation")?;
                 self.loaded_samples += data.iter().map(|d| d.samples.len()).sum::<usize>();
                 if self.loaded_samples > self.opts.max_samples {
                     return Err(EvalError::Execution(format!(
@@ -171,6 +182,7 @@ impl<'a> Evaluator<'a> {
 
     /// Evaluates `node` at time `t` (ms).
     pub(crate) fn eval(&mut self, node: &Node, t: i64) -> Result<Value, EvalError> {
+        self.check_deadline("expression evaluation")?;
         match node {
             Node::Number(v) => Ok(Value::Scalar(*v)),
             Node::String(s) => Ok(Value::String(s.clone())),

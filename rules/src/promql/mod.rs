@@ -31,6 +31,9 @@ pub enum EvalError {
     /// Evaluation failed on the data (Prometheus's `execution`).
     #[error("{0}")]
     Execution(String),
+    /// The query ran past its deadline (Prometheus's `timeout`); the phase it was in.
+    #[error("query timed out in {0}")]
+    Timeout(&'static str),
 }
 
 /// Engine settings.
@@ -78,7 +81,20 @@ impl Engine {
         q: &Query,
         t: i64,
     ) -> Result<QueryResult, EvalError> {
+        self.instant_until(storage, q, t, None)
+    }
+
+    /// [`Engine::instant`] that gives up with [`EvalError::Timeout`] past `deadline`: checked
+    /// after each selector is loaded and before each node is evaluated.
+    pub fn instant_until(
+        &self,
+        storage: &dyn Storage,
+        q: &Query,
+        t: i64,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<QueryResult, EvalError> {
         let mut ev = eval::Evaluator::new(storage, &self.opts, q.text(), t, t, 0);
+        ev.deadline = deadline;
         let value = eval::run_instant(&mut ev, q.plan(), t)?;
         Ok(QueryResult {
             value,
@@ -94,6 +110,19 @@ impl Engine {
         start: i64,
         end: i64,
         step: i64,
+    ) -> Result<QueryResult, EvalError> {
+        self.range_until(storage, q, start, end, step, None)
+    }
+
+    /// [`Engine::range`] with a deadline, as [`Engine::instant_until`].
+    pub fn range_until(
+        &self,
+        storage: &dyn Storage,
+        q: &Query,
+        start: i64,
+        end: i64,
+        step: i64,
+        deadline: Option<std::time::Instant>,
     ) -> Result<QueryResult, EvalError> {
         if step <= 0 {
             return Err(EvalError::BadData(
@@ -112,6 +141,7 @@ impl Engine {
             )));
         }
         let mut ev = eval::Evaluator::new(storage, &self.opts, q.text(), start, end, step);
+        ev.deadline = deadline;
         let value = eval::run_range(&mut ev, q.plan())?;
         Ok(QueryResult {
             value,

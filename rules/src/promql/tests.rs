@@ -172,3 +172,22 @@ fn arithmetic_drops_the_name_before_group_left_copies_labels() {
         vec![(Labels::from_pairs([("x", "1"), ("team", "t")]), 3.0)]
     );
 }
+
+#[test]
+fn a_query_past_its_deadline_fails_with_timeout() {
+    let s = storage(100);
+    let q = parse("sum(rate(req_total[5m]))").unwrap();
+    let e = Engine::default();
+    let past = Some(std::time::Instant::now());
+    assert!(matches!(
+        e.instant_until(&s, &q, 60_000, past),
+        Err(EvalError::Timeout(_))
+    ));
+    assert!(matches!(
+        e.range_until(&s, &q, 0, 60_000, 10_000, past),
+        Err(EvalError::Timeout(_))
+    ));
+    let later = Some(std::time::Instant::now() + std::time::Duration::from_secs(3600));
+    assert!(e.instant_until(&s, &q, 60_000, later).is_ok());
+    assert!(e.range_until(&s, &q, 0, 60_000, 10_000, later).is_ok());
+}
