@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -124,19 +125,25 @@ fn value_json(v: &Value, t: i64) -> Json {
     }
 }
 
+/// Prometheus's answer to a query past `[query] timeout`.
+fn timeout_err(msg: &str) -> Resp {
+    json_err(StatusCode::SERVICE_UNAVAILABLE, "timeout", msg)
+}
+
 fn eval_error(e: EvalError) -> Resp {
-    match e {
-        EvalError::BadData(m) => json_err(StatusCode::BAD_REQUEST, "bad_data", &m),
+    match &e {
+        EvalError::BadData(m) => json_err(StatusCode::BAD_REQUEST, "bad_data", m),
         EvalError::Unsupported(m) => json_err(
             StatusCode::UNPROCESSABLE_ENTITY,
             "execution",
             &format!("unsupported: {m}"),
         ),
-        EvalError::Execution(m) => json_err(StatusCode::UNPROCESSABLE_ENTITY, "execution", &m),
+        EvalError::Execution(m) => json_err(StatusCode::UNPROCESSABLE_ENTITY, "execution", m),
+        EvalError::Timeout(_) => timeout_err(&e.to_string()),
     }
 }
 
-fn query(app: &App, p: &HashMap<String, Vec<String>>) -> Resp {
+fn query(app: &App, p: &HashMap<String, Vec<String>>, deadline: Instant) -> Resp {
     let Some(q) = one(p, "query") else {
         return json_err(
             StatusCode::BAD_REQUEST,
@@ -152,7 +159,10 @@ fn query(app: &App, p: &HashMap<String, Vec<String>>) -> Resp {
         Ok(x) => x,
         Err(e) => return json_err(StatusCode::BAD_REQUEST, "bad_data", &e.to_string()),
     };
-    match app.engine.instant(&app.store, &parsed, t) {
+    match app
+        .query_engine
+        .instant_until(&app.store, &parsed, t, Some(deadline))
+    {
         Ok(r) => {
             let mut body = json!({"status": "success", "data": value_json(&r.value, t)});
             let warnings: Vec<&str> = r.annotations.iter().map(|a| a.message.as_str()).collect();
@@ -173,7 +183,7 @@ fn step_param(v: &str) -> Result<i64, String> {
     }
 }
 
-fn query_range(app: &App, p: &HashMap<String, Vec<String>>) -> Resp {
+fn query_range(app: &App, p: &HashMap<String, Vec<String>>, deadline: Instant) -> Resp {
     let Some(q) = one(p, "query") else {
         return json_err(
             StatusCode::BAD_REQUEST,
@@ -216,7 +226,10 @@ fn query_range(app: &App, p: &HashMap<String, Vec<String>>) -> Resp {
         Ok(x) => x,
         Err(e) => return json_err(StatusCode::BAD_REQUEST, "bad_data", &e.to_string()),
     };
-    match app.engine.range(&app.store, &parsed, start, end, step) {
+    match app
+        .query_engine
+        .range_until(&app.store, &parsed, start, end, step, Some(deadline))
+    {
         Ok(r) => json_ok(value_json(&r.value, end)),
         Err(e) => eval_error(e),
     }
@@ -280,7 +293,7 @@ fn labels(app: &App, p: &HashMap<String, Vec<String>>, name: Option<&str>) -> Re
 
 fn rules_json(app: &App) -> Json {
     let rules = app.rules();
-    let ev = app.eval.lock().unwrap_or_else(|p| p.into_inner());
+    let view = app.view.load();
     let mut groups = Vec::new();
     for g in rules.groups() {
         let mut rs = Vec::new();
@@ -288,12 +301,12 @@ fn rules_json(app: &App) -> Json {
             match r {
                 Rule::Record(rec) => rs.push(json!({"type": "recording", "name": rec.record, "query": rec.expr.text(), "health": "ok"})),
                 Rule::Alert(a) => {
-                    let st = ev.sim.state.alerts.get(&alert_key(g, a));
-                    let alerts: Vec<Json> = st.map(|s| s.active.values().filter(|x| x.state != vigil_rules::alerting::AlertState::Inactive).map(alert_json).collect()).unwrap_or_default();
+                    let st = view.alerts.get(&alert_key(g, a));
+                    let alerts: Vec<Json> = st.map(|s| s.iter().map(alert_json).collect()).unwrap_or_default();
                     let state = st.map_or("inactive", |s| {
-                        if s.active.values().any(|x| x.state == vigil_rules::alerting::AlertState::Firing) {
+                        if s.iter().any(|x| x.state == vigil_rules::alerting::AlertState::Firing) {
                             "firing"
-                        } else if s.active.values().any(|x| x.state == vigil_rules::alerting::AlertState::Pending) {
+                        } else if s.iter().any(|x| x.state == vigil_rules::alerting::AlertState::Pending) {
                             "pending"
                         } else {
                             "inactive"
@@ -315,26 +328,19 @@ fn alert_json(a: &vigil_rules::alerting::Alert) -> Json {
 }
 
 fn alerts_json(app: &App) -> Json {
-    let ev = app.eval.lock().unwrap_or_else(|p| p.into_inner());
-    let mut v: Vec<&vigil_rules::alerting::Alert> = ev
-        .sim
-        .state
-        .alerts
-        .values()
-        .flat_map(|s| s.active.values())
-        .filter(|a| a.state != vigil_rules::alerting::AlertState::Inactive)
-        .collect();
+    let view = app.view.load();
+    let mut v: Vec<&vigil_rules::alerting::Alert> = view.alerts.values().flatten().collect();
     v.sort_by(|a, b| a.labels.cmp(&b.labels));
     json!({"alerts": v.into_iter().map(alert_json).collect::<Vec<_>>()})
 }
 
 fn scaling_json(app: &App) -> Json {
     let rules = app.rules();
-    let ev = app.eval.lock().unwrap_or_else(|p| p.into_inner());
+    let view = app.view.load();
     let mut out = Vec::new();
     for (asg, ps) in rules.scaling_by_asg() {
         for p in ps {
-            let last: Vec<Json> = ev
+            let last: Vec<Json> = view
                 .decisions
                 .iter()
                 .rev()
@@ -343,12 +349,16 @@ fn scaling_json(app: &App) -> Json {
                 .map(|d| json!({"time": format_timestamp_ms(d.at), "from": d.current, "to": d.desired, "by": d.by, "held": d.held,
                     "inputs": d.inputs.iter().map(|i| json!({"policy": i.policy, "value": i.value.map(shortest_g), "recommended": i.recommended, "reason": i.reason})).collect::<Vec<_>>()}))
                 .collect();
-            let decided = ev.sim.capacity.get(asg).copied();
+            let decided = view.capacity.get(asg).copied();
             let group = app.actions.group(asg);
-            let current = group.as_ref().map_or(decided, |g| Some(g.desired));
+            let simulated = app.actions.simulated(asg);
+            let current = match &group {
+                Some(g) if !simulated => Some(g.desired),
+                _ => decided,
+            };
             let desired = app.actions.pending(asg).or(decided);
             out.push(json!({"policy": p.name, "group": asg, "min": p.min, "max": p.max, "current": current,
-                "desired": desired, "dry_run": app.cfg.dry_run, "last_decisions": last,
+                "desired": desired, "dry_run": app.cfg.dry_run, "simulated": simulated, "last_decisions": last,
                 "fleet": app.actions.group_json(asg)}));
         }
     }
@@ -421,7 +431,9 @@ fn status_page(app: &App) -> String {
     if let Json::Array(items) = &scaling_json(app)["policies"] {
         for p in items {
             let f = &p["fleet"];
-            let aws = if f["aws"].is_null() {
+            let aws = if p["simulated"] == true {
+                format!("simulated (dry run): {}", p["current"])
+            } else if f["aws"].is_null() {
                 "not described".to_string()
             } else {
                 format!(
@@ -465,8 +477,7 @@ fn status_page(app: &App) -> String {
         }
     }
     html.push_str("</table><h2>Last decisions</h2><pre>");
-    let ev = app.eval.lock().unwrap_or_else(|p| p.into_inner());
-    for l in ev.log.iter().rev().take(50) {
+    for l in app.view.load().log.iter().rev().take(50) {
         html.push_str(&esc(l));
         html.push('\n');
     }
@@ -528,44 +539,62 @@ async fn route(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resp {
             }
             r
         }
-        // Queries are CPU work: run them off the threads that accept and ingest.
+        // Queries are CPU work: off the async workers that accept and ingest, at most
+        // `[query] max_concurrency` at once (rule evaluation has its own thread and never waits
+        // for a slot), within `[query] timeout` counted from the request's arrival.
         (
             &Method::GET | &Method::POST,
             "/api/v1/query" | "/api/v1/query_range" | "/api/v1/series",
         ) => {
             let params = p();
-            let path2 = path.clone();
-            let app2 = app.clone();
-            tokio::task::spawn_blocking(move || match path2.as_str() {
-                "/api/v1/query" => query(&app2, &params),
-                "/api/v1/query_range" => query_range(&app2, &params),
-                _ => series(&app2, &params),
-            })
+            let deadline = Instant::now() + Duration::from_millis(app.cfg.query_timeout_ms as u64);
+            let slot = match tokio::time::timeout_at(
+                deadline.into(),
+                app.query_slots.clone().acquire_owned(),
+            )
             .await
-            .unwrap_or_else(|e| {
-                json_err(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    &e.to_string(),
-                )
-            })
+            {
+                Ok(Ok(slot)) => slot,
+                Ok(Err(_)) => {
+                    return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopping\n")
+                }
+                Err(_) => return timeout_err("query timed out in queue"),
+            };
+            let path2 = path.clone();
+            let work = blocking(app.clone(), move |app| {
+                let _slot = slot;
+                match path2.as_str() {
+                    "/api/v1/query" => query(app, &params, deadline),
+                    "/api/v1/query_range" => query_range(app, &params, deadline),
+                    _ => series(app, &params),
+                }
+            });
+            // The engine checks the deadline as it goes; this answers in time when one step runs long.
+            tokio::time::timeout_at((deadline + Duration::from_millis(100)).into(), work)
+                .await
+                .unwrap_or_else(|_| timeout_err("query timed out in expression evaluation"))
         }
-        (&Method::GET | &Method::POST, "/api/v1/labels") => labels(&app, &p(), None),
+        (&Method::GET | &Method::POST, "/api/v1/labels") => {
+            let params = p();
+            blocking(app, move |app| labels(app, &params, None)).await
+        }
         (&Method::GET | &Method::POST, p2)
             if label_values_path(p2).is_some_and(|n| !n.is_empty()) =>
         {
             let name = pct_decode(label_values_path(p2).unwrap_or(""));
-            labels(&app, &p(), Some(&name))
+            let params = p();
+            blocking(app, move |app| labels(app, &params, Some(&name))).await
         }
-        (&Method::GET, "/api/v1/rules") => json_ok(rules_json(&app)),
-        (&Method::GET, "/api/v1/alerts") => json_ok(alerts_json(&app)),
-        (&Method::GET, "/api/v1/scaling") => json_ok(scaling_json(&app)),
-        (&Method::GET, "/api/v1/instances") => json_ok(instances_json(&app)),
+        (&Method::GET, "/api/v1/rules") => blocking(app, |app| json_ok(rules_json(app))).await,
+        (&Method::GET, "/api/v1/alerts") => blocking(app, |app| json_ok(alerts_json(app))).await,
+        (&Method::GET, "/api/v1/scaling") => blocking(app, |app| json_ok(scaling_json(app))).await,
+        (&Method::GET, "/api/v1/instances") => {
+            blocking(app, |app| json_ok(instances_json(app))).await
+        }
         (&Method::GET, "/api/v1/decisions") => {
             // Vigil's own: the persisted decision history (alerts, scaling, replacement), newest
-            // first; it survives restarts.
-            let items = app.db().recent(200);
-            match items {
+            // first; it survives restarts. SQLite, so off the async workers.
+            blocking(app, |app| match app.db().recent(200) {
                 Ok(v) => json_ok(json!(v
                     .into_iter()
                     .map(|(_, _, body)| body)
@@ -575,7 +604,8 @@ async fn route(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resp {
                     "internal",
                     &e.to_string(),
                 ),
-            }
+            })
+            .await
         }
         (&Method::GET, "/api/v1/status/buildinfo") => json_ok(
             json!({"version": env!("CARGO_PKG_VERSION"), "application": "vigil-aggregator"}),
@@ -620,13 +650,28 @@ async fn route(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Resp {
                 ),
             }
         }
-        (&Method::GET, "/") => respond(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            status_page(&app),
-        ),
+        (&Method::GET, "/") => {
+            blocking(app, |app| {
+                respond(StatusCode::OK, "text/html; charset=utf-8", status_page(app))
+            })
+            .await
+        }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
+}
+
+/// Runs a handler that reads the store, runs PromQL or waits for SQLite on the blocking pool,
+/// so the async workers stay free for ingest and health checks.
+async fn blocking(app: Arc<App>, f: impl FnOnce(&App) -> Resp + Send + 'static) -> Resp {
+    tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .unwrap_or_else(|e| {
+            json_err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &e.to_string(),
+            )
+        })
 }
 
 /// The label name of a `/api/v1/label/<name>/values` path.

@@ -1,15 +1,17 @@
 //! The aggregator's shared state: configuration, the series window, the rules and their
 //! evaluation state, self-metrics.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 
+use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use vigil_rules::evaluator::{RuleSet, Simulation};
+use vigil_rules::alerting::{Alert, AlertState};
+use vigil_rules::evaluator::{AlertKey, RuleSet, Simulation};
 use vigil_rules::promql::{Engine, EngineOpts};
 use vigil_rules::replace::ReplaceDecision;
 use vigil_rules::rulefile::{self, Context};
@@ -174,8 +176,58 @@ pub struct Evaluation {
     pub notifier: crate::actions::notify::Notifier,
 }
 
+/// What readers (the API, the status page) see of the evaluation: published by the engine
+/// after each evaluation, so that no request waits behind one (an evaluation holds its state
+/// through PromQL and the SQLite commit).
+#[derive(Default)]
+pub struct View {
+    /// Alerts pending or firing, by their rule.
+    pub alerts: HashMap<AlertKey, Vec<Alert>>,
+    /// Each group's capacity as the evaluation last decided or simulated it.
+    pub capacity: HashMap<String, u32>,
+    pub decisions: VecDeque<Decision>,
+    /// Human-readable recent events for the status page.
+    pub log: VecDeque<String>,
+}
+
+impl View {
+    pub fn of(ev: &Evaluation) -> View {
+        View {
+            alerts: ev
+                .sim
+                .state
+                .alerts
+                .iter()
+                .filter_map(|(k, r)| {
+                    let active: Vec<Alert> = r
+                        .active
+                        .values()
+                        .filter(|a| a.state != AlertState::Inactive)
+                        .cloned()
+                        .collect();
+                    (!active.is_empty()).then(|| (k.clone(), active))
+                })
+                .collect(),
+            capacity: ev
+                .sim
+                .capacity
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            decisions: ev.decisions.clone(),
+            log: ev.log.clone(),
+        }
+    }
+}
+
 pub struct App {
     pub cfg: Config,
+    /// The evaluation as readers see it (see [`View`]).
+    pub view: ArcSwap<View>,
+    /// The engine API queries run on: `[query] max_samples`.
+    pub query_engine: Engine,
+    /// API queries running at once (`[query] max_concurrency`).
+    pub query_slots: Arc<tokio::sync::Semaphore>,
     pub store: Store,
     pub engine: Engine,
     pub rules: RwLock<Arc<RuleSet>>,
@@ -199,6 +251,7 @@ pub fn load_rules(cfg: &Config) -> Result<RuleSet, String> {
         let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         sources.push((p.display().to_string(), text));
     }
+    sources.extend(cfg.builtin_rules.iter().cloned());
     let ctx = Context {
         receivers: Some(cfg.receivers.iter().map(|r| r.name.clone()).collect()),
     };
@@ -275,17 +328,24 @@ impl App {
                 .ok_or("the notifier state in the state database is unreadable")?,
             None => Default::default(),
         };
+        let evaluation = Evaluation {
+            sim,
+            decisions: VecDeque::new(),
+            replacements: VecDeque::new(),
+            log: VecDeque::new(),
+            notifier,
+        };
         Ok(App {
             store: Store::new(cfg.retention_ms, cfg.max_series),
+            query_engine: Engine::new(EngineOpts {
+                max_samples: cfg.query_max_samples,
+                ..engine.opts.clone()
+            }),
+            query_slots: Arc::new(tokio::sync::Semaphore::new(cfg.query_max_concurrency)),
             engine,
             rules: RwLock::new(rules),
-            eval: Mutex::new(Evaluation {
-                sim,
-                decisions: VecDeque::new(),
-                replacements: VecDeque::new(),
-                log: VecDeque::new(),
-                notifier,
-            }),
+            view: ArcSwap::from_pointee(View::of(&evaluation)),
+            eval: Mutex::new(evaluation),
             token,
             registry,
             metrics,
@@ -360,5 +420,25 @@ impl App {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded default (no config file) evaluates the demo rules, in a dry run, with no
+    /// AWS: what `scripts/run` shows a newcomer.
+    #[test]
+    fn the_embedded_default_runs_the_demo_rules() {
+        let cfg = Config::embedded();
+        assert!(cfg.dry_run && !cfg.aws_configured && cfg.rule_files.is_empty());
+        let rules = load_rules(&cfg).expect("the demo rules load");
+        assert_eq!(rules.files.len(), 1);
+        assert_eq!(
+            rules.scaling().map(|p| p.asg.as_str()).collect::<Vec<_>>(),
+            ["demo-this-host"]
+        );
+        assert!(rules.groups().any(|g| g.name == "this-host"));
     }
 }

@@ -48,6 +48,31 @@ pub struct Config {
     pub max_labels_per_series: usize,
     pub max_label_name_length: usize,
     pub max_label_value_length: usize,
+    /// `[query]`: samples one API query may load (422 past it), how long it may run (503
+    /// past it), and how many API queries run at once (others wait; rule evaluation never
+    /// waits behind them).
+    pub query_max_samples: usize,
+    pub query_timeout_ms: i64,
+    pub query_max_concurrency: usize,
+    /// Rule files compiled into the binary, as (name, text): the embedded default's demo rules.
+    pub builtin_rules: Vec<(String, String)>,
+}
+
+/// The demo rules the embedded default evaluates (this host's own metrics, a simulated group).
+const DEMO_RULES: &str = include_str!("../../examples/rules/this-host.toml");
+
+impl Config {
+    /// What runs without a config file: [`Config::default`] plus the demo rules of
+    /// `examples/rules/this-host.toml`, so that a first run shows alerts and decisions.
+    pub fn embedded() -> Config {
+        Config {
+            builtin_rules: vec![(
+                "<embedded>/examples/rules/this-host.toml".into(),
+                DEMO_RULES.into(),
+            )],
+            ..Config::default()
+        }
+    }
 }
 
 impl Default for Config {
@@ -78,6 +103,10 @@ impl Default for Config {
             max_labels_per_series: 64,
             max_label_name_length: 256,
             max_label_value_length: 4096,
+            query_max_samples: 50_000_000,
+            query_timeout_ms: 120_000,
+            query_max_concurrency: 20,
+            builtin_rules: vec![],
         }
     }
 }
@@ -145,6 +174,25 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             }
         }
         s.finish(&mut doc);
+    }
+    if let Some(mut q) = top.table(&mut doc, "query") {
+        for (key, slot) in [
+            ("max_samples", &mut c.query_max_samples),
+            ("max_concurrency", &mut c.query_max_concurrency),
+        ] {
+            if let Some(n) = q.int(&mut doc, key) {
+                if n.value > 0 {
+                    *slot = n.value as usize;
+                } else {
+                    doc.error_at(
+                        n.span.start,
+                        format!("query.{key}: must be greater than zero"),
+                    );
+                }
+            }
+        }
+        c.query_timeout_ms = q.positive_duration(&mut doc, "timeout", c.query_timeout_ms);
+        q.finish(&mut doc);
     }
     if let Some(mut s) = top.table(&mut doc, "storage") {
         c.retention_ms = s.positive_duration(&mut doc, "retention", c.retention_ms);
@@ -346,6 +394,33 @@ sns_topic_arn = "arn:aws:sns:us-east-1:123456789012:oncall"
         assert_eq!(c.repeat_interval_ms, 4 * 3_600_000);
         assert!(!c.dry_run);
         assert_eq!(c.receivers[0].name, "oncall");
+    }
+
+    #[test]
+    fn query_limits() {
+        let c = parse(
+            "a.toml",
+            "[query]\nmax_samples = 1000\ntimeout = \"5s\"\nmax_concurrency = 2\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.query_max_samples,
+                c.query_timeout_ms,
+                c.query_max_concurrency
+            ),
+            (1000, 5000, 2)
+        );
+        let errs: Vec<String> = parse("a.toml", "[query]\nmax_concurrency = 0\ntimeout = \"x\"\n")
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("a.toml:2:19: query.max_concurrency"),
+            "{errs:?}"
+        );
     }
 
     #[test]

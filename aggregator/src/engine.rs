@@ -259,6 +259,7 @@ pub fn evaluate(app: &App, ts: i64) {
             ev.log.pop_front();
         }
     }
+    app.view.store(Arc::new(crate::app::View::of(&ev)));
 }
 
 /// Evaluates forever at the rules' tick, and compacts the window.

@@ -28,7 +28,7 @@ const DEFAULT_CONFIG: &str = "/etc/vigil/aggregator.toml";
 #[command(name = "vigil-aggregator", version, about)]
 struct Args {
     /// Configuration file (without one, and with the default missing, the embedded default runs:
-    /// 127.0.0.1:9470, no rules, dry run).
+    /// 127.0.0.1:9470, demo rules on this host's metrics, dry run).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Validate a configuration file and every rule file it names, then exit.
@@ -68,7 +68,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    // Several workers: ingest, health checks and the API's async work go on while an
+    // evaluation or a query holds a thread (both run on the blocking pool).
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
@@ -98,9 +100,9 @@ fn main() -> ExitCode {
         None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG)),
         None => {
             tracing::info!(
-                "no config file: running the embedded default (127.0.0.1:9470, no rules, dry run)"
+                "no config file: running the embedded default (127.0.0.1:9470, demo rules on this host's metrics, dry run)"
             );
-            Ok(config::Config::default())
+            Ok(config::Config::embedded())
         }
     };
     let cfg = match cfg {

@@ -82,13 +82,9 @@ pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result
     Ok((c, String::from_utf8_lossy(&b).into_owned()))
 }
 
-/// Runs an instant query against a Prometheus-compatible API; returns `(labels, value)` pairs.
-pub fn prom_query(
-    base: &str,
-    query: &str,
-) -> Vec<(serde_json::Map<String, serde_json::Value>, f64)> {
-    let q: String = query
-        .bytes()
+/// Percent-encodes a query-string component (everything but RFC 3986's unreserved characters).
+pub fn encode_component(s: &str) -> String {
+    s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
                 (b as char).to_string()
@@ -96,7 +92,15 @@ pub fn prom_query(
                 format!("%{b:02X}")
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Runs an instant query against a Prometheus-compatible API; returns `(labels, value)` pairs.
+pub fn prom_query(
+    base: &str,
+    query: &str,
+) -> Vec<(serde_json::Map<String, serde_json::Value>, f64)> {
+    let q = encode_component(query);
     let (code, body) = get(&format!("{base}/api/v1/query?query={q}")).expect("query");
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");

@@ -81,6 +81,9 @@ pub struct Fleet {
     /// for an outside change and does not overwrite the new capacity.
     generation: u64,
     pub last: BTreeMap<String, Applied>,
+    /// Dry run: groups that could not be described lately, whose capacity follows the
+    /// simulation.
+    simulating: std::collections::BTreeSet<String>,
 }
 
 impl Fleet {
@@ -166,7 +169,8 @@ impl Actions {
             return;
         }
         let boot = boot_times(app, now);
-        let fleet = self.fleet();
+        let mut simulating = std::collections::BTreeSet::new();
+        let mut fleet = self.fleet();
         let rules = app.rules();
         let named = rules
             .scaling()
@@ -178,6 +182,24 @@ impl Actions {
                 .get(&asg)
                 .filter(|(_, at)| now - at <= self.max_view_age_ms);
             let Some((g, _)) = fresh else {
+                if self.dry_run {
+                    // A dry run with AWS away follows its own simulation, as without [aws]:
+                    // from what it last knew (its simulated or described capacity, else the
+                    // policies' min), marked "simulated" in the API and on the page.
+                    sim.unknown_capacity.remove(&asg);
+                    sim.eligibility.remove(&asg);
+                    if let Some(c) = fleet.pending.get(&asg).map(|p| p.desired).or_else(|| {
+                        fleet
+                            .simulated
+                            .get(&asg)
+                            .copied()
+                            .or_else(|| fleet.groups.get(&asg).map(|(g, _)| g.desired))
+                    }) {
+                        sim.capacity.insert(asg.clone(), c);
+                    }
+                    simulating.insert(asg);
+                    continue;
+                }
                 // Not described (lately): decide nothing from a guessed capacity, replace nothing.
                 sim.unknown_capacity.insert(asg.clone());
                 sim.eligibility.insert(asg, BTreeMap::new());
@@ -218,6 +240,13 @@ impl Actions {
                 .collect();
             sim.eligibility.insert(asg, view);
         }
+        fleet.simulating = simulating;
+    }
+
+    /// Whether the group's capacity is Vigil's own simulation rather than AWS's: always without
+    /// `[aws]`; in a dry run while the group cannot be described.
+    pub fn simulated(&self, asg: &str) -> bool {
+        self.clients.is_none() || self.fleet().simulating.contains(asg)
     }
 
     /// After an evaluation: hands its decisions to the actuator.

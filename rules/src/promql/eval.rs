@@ -110,7 +110,6 @@ impl<'a> Evaluator<'a> {
                 let width = s.range_ms.unwrap_or(self.opts.lookback_delta_ms);
                 // Windows are left-open: (ref - width, ref].
                 let data = self.select(s, rlo.saturating_sub(width).saturating_add(1), rhi);
-                self.check_deadline("query preparation")?;
                 self.loaded_samples += data.iter().map(|d| d.samples.len()).sum::<usize>();
                 if self.loaded_samples > self.opts.max_samples {
                     return Err(EvalError::Execution(format!(
@@ -118,6 +117,7 @@ impl<'a> Evaluator<'a> {
                         self.opts.max_samples
                     )));
                 }
+                self.check_deadline("query preparation")?;
                 self.data.insert(s.id, Arc::new(data));
             }
             Node::Subquery {

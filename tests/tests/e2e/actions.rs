@@ -293,6 +293,54 @@ fn dry_run_decides_the_same_and_changes_nothing() {
     assert!(!agg.log_text().contains("changed outside Vigil"));
 }
 
+/// A dry run whose AWS cannot be reached decides from its own simulation (from the policies'
+/// `min`), says so in the API and on the page, and calls nothing that changes AWS.
+#[test]
+fn dry_run_with_aws_away_follows_its_simulation() {
+    let rig = Rig::new("act-dry-away");
+    rig.proxy.set(Fault::Refuse);
+    rig.configure(SCALING, "", "dry_run = true");
+    let agg = rig.start();
+    let load: Vec<String> = (0..4).map(|k| format!("i-load{k}")).collect();
+    let scaled = || {
+        let (_, d) = get(&format!("{}/api/v1/decisions", rig.base)).expect("decisions");
+        let d: serde_json::Value = serde_json::from_str(&d).expect("json");
+        d["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["kind"] == "scaling")
+            .cloned()
+    };
+    let ok = push_until(
+        &rig,
+        Duration::from_secs(30),
+        || series("app_cpu", "web", &load, 0.9),
+        || scaled().is_some(),
+    );
+    assert!(ok, "no decision\n{}", agg.log_text());
+    let d = scaled().expect("decision");
+    assert_eq!(
+        (d["from"].as_u64(), d["to"].as_u64()),
+        (Some(2), Some(4)),
+        "{d}"
+    );
+    let (_, s) = get(&format!("{}/api/v1/scaling", rig.base)).expect("scaling");
+    let s: serde_json::Value = serde_json::from_str(&s).expect("json");
+    let p = &s["data"]["policies"][0];
+    assert_eq!(p["simulated"], true, "{s}");
+    let (_, page) = get(&format!("{}/", rig.base)).expect("page");
+    assert!(page.contains("simulated (dry run)"), "{page}");
+    let changing: Vec<String> = rig
+        .proxy
+        .calls()
+        .into_iter()
+        .map(|c| c.action)
+        .filter(|a| !a.starts_with("Describe"))
+        .collect();
+    assert!(changing.is_empty(), "{changing:?}");
+}
+
 #[test]
 fn replaces_a_sick_instance_within_the_cap_but_never_a_sick_fleet() {
     let rig = Rig::new("act-replace");
@@ -673,7 +721,11 @@ cloudwatch = { metric_name = "AppLoad", dimensions = ["instance"] }
     }
     let shape = |fs: &[Vec<CwCall>]| -> Vec<Vec<(usize, usize)>> {
         fs.iter()
-            .map(|f| f.iter().map(|c| (c.timestamps.len(), c.datums.len())).collect())
+            .map(|f| {
+                f.iter()
+                    .map(|c| (c.timestamps.len(), c.datums.len()))
+                    .collect()
+            })
             .collect()
     };
     assert!(

@@ -303,6 +303,55 @@ fn bad_writes_are_refused_and_the_aggregator_keeps_serving() {
     assert_eq!(code, 429, "active series limit (2 stored + 2 new > 3)");
 }
 
+/// `[query]` limits answer as Prometheus does: too many samples 422 `execution`, past the
+/// timeout 503 `timeout`; the aggregator keeps serving and ingesting.
+#[test]
+fn queries_past_their_limits_are_refused_and_the_aggregator_keeps_serving() {
+    let dir = tempdir("agg-query-limits");
+    let port = free_port();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "").expect("rules");
+    let cfg = write_config(
+        dir.path(),
+        port,
+        &rules.display().to_string(),
+        "[query]\nmax_samples = 1000\ntimeout = \"1ms\"\nmax_concurrency = 2\n",
+    );
+    let agg = start(dir.path(), &cfg, port);
+    let base = format!("http://127.0.0.1:{port}");
+    let series: Vec<(Labels, f64)> = (0..2000)
+        .map(|i| {
+            (
+                Labels::from_pairs([("__name__", "m".to_string()), ("n", i.to_string())]),
+                1.0,
+            )
+        })
+        .collect();
+    assert_eq!(vigil_e2e::http::push_now(&base, &series), 204);
+    let ask = |q: &str| {
+        get(&format!(
+            "{base}/api/v1/query?query={}",
+            vigil_e2e::http::encode_component(q)
+        ))
+        .expect("query")
+    };
+    let (code, body) = ask("count(m)");
+    assert_eq!(code, 422, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["errorType"], "execution", "{body}");
+    assert!(body.contains("too many samples"), "{body}");
+    // 600,000 subquery steps cannot finish within a millisecond.
+    let (code, body) = ask(r#"count_over_time(m{n="1"}[10m:1ms])"#);
+    assert_eq!(code, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["status"], "error", "{body}");
+    assert_eq!(v["errorType"], "timeout", "{body}");
+    assert!(body.contains("query timed out"), "{body}");
+    assert_eq!(get(&format!("{base}/-/healthy")).expect("healthy").0, 200);
+    assert_eq!(vigil_e2e::http::push_now(&base, &series[..10]), 204);
+    drop(agg);
+}
+
 #[test]
 fn a_failed_reload_keeps_the_previous_rules() {
     let dir = tempdir("agg-reload");
@@ -455,18 +504,6 @@ fn promtool_query(base: &str, kind_and_flags: &[&str], q: &str) -> Result {
 /// `(labels, [(t, v)])` of an instant or range query, sorted by labels.
 type Result = Vec<(String, Vec<(f64, f64)>)>;
 
-fn enc(q: &str) -> String {
-    q.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 fn parse_result(body: &str) -> Result {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(v["status"], "success", "{body}");
@@ -505,7 +542,11 @@ fn parse_result(body: &str) -> Result {
 }
 
 fn query_at(base: &str, q: &str, args: &str) -> Result {
-    let (code, body) = get(&format!("{base}/api/v1/query?query={}&{args}", enc(q))).expect("query");
+    let (code, body) = get(&format!(
+        "{base}/api/v1/query?query={}&{args}",
+        vigil_e2e::http::encode_component(q)
+    ))
+    .expect("query");
     assert_eq!(code, 200, "{base}: {body}");
     parse_result(&body)
 }
@@ -513,7 +554,7 @@ fn query_at(base: &str, q: &str, args: &str) -> Result {
 fn query_at_range(base: &str, q: &str, args: &str) -> Result {
     let (code, body) = get(&format!(
         "{base}/api/v1/query_range?query={}&{args}",
-        enc(q)
+        vigil_e2e::http::encode_component(q)
     ))
     .expect("query_range");
     assert_eq!(code, 200, "{base}: {body}");
@@ -653,4 +694,65 @@ fn start_agent(dir: &Path, base: &str, instance: &str) -> Child {
             .arg(&agent_cfg),
         dir,
     )
+}
+
+/// What `scripts/run` shows a newcomer: the embedded default's demo rules
+/// (`examples/rules/this-host.toml`) over a real agent's metrics of this host give a firing
+/// alert and a simulated scaling decision with its reason, in the API and on the page, within
+/// two minutes, with nothing called at AWS (no `[aws]`: dry run).
+#[test]
+fn the_demo_rules_show_an_alert_and_a_simulated_decision_from_this_host() {
+    let dir = tempdir("agg-demo");
+    let port = free_port();
+    let rules = vigil_e2e::procs::root().join("examples/rules/this-host.toml");
+    let cfg = dir.path().join("aggregator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nstate_dir = \"{}\"\n[rules]\nfiles = [\"{}\"]\n",
+            dir.path().join("state").display(),
+            rules.display()
+        ),
+    )
+    .expect("config");
+    let agg = start(dir.path(), &cfg, port);
+    let base = format!("http://127.0.0.1:{port}");
+    let agent = start_agent(dir.path(), &base, "this-host");
+    let decisions = || -> Vec<serde_json::Value> {
+        let (_, d) = get(&format!("{base}/api/v1/decisions")).expect("decisions");
+        let d: serde_json::Value = serde_json::from_str(&d).expect("json");
+        d["data"].as_array().cloned().unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (alert, scaling) = loop {
+        let d = decisions();
+        let alert = d
+            .iter()
+            .find(|x| x["kind"] == "alert" && x["alert"] == "AgentReporting" && x["to"] == "firing")
+            .cloned();
+        let scaling = d.iter().find(|x| x["kind"] == "scaling").cloned();
+        if let (Some(a), Some(s)) = (&alert, &scaling) {
+            break (a.clone(), s.clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alert and decision in two minutes: {d:?}\n{}",
+            agg.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(alert["labels"]["instance"], "this-host", "{alert}");
+    assert_eq!(scaling["asg"], "demo-this-host", "{scaling}");
+    assert_eq!(scaling["from"], 1, "{scaling}");
+    assert!(scaling["to"].as_u64().unwrap_or(0) > 1, "{scaling}");
+    let reason = scaling["inputs"][0]["reason"].as_str().unwrap_or("");
+    assert!(!reason.is_empty(), "a decision says why: {scaling}");
+    let (_, s) = get(&format!("{base}/api/v1/scaling")).expect("scaling");
+    let s: serde_json::Value = serde_json::from_str(&s).expect("json");
+    assert_eq!(s["data"]["policies"][0]["simulated"], true, "{s}");
+    let (_, page) = get(&format!("{base}/")).expect("page");
+    assert!(page.contains("AgentReporting"), "{page}");
+    assert!(page.contains("demo-this-host"), "{page}");
+    assert!(page.contains("simulated (dry run)"), "{page}");
+    drop(agent);
 }
