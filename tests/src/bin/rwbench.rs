@@ -5,7 +5,12 @@
 //! Used by bench/ingest_vs_prometheus.sh to send the same payloads to the aggregator and to
 //! Prometheus.
 //!
-//!   rwbench URL [series] [samples] [batch] [workers]
+//!   rwbench URL [series] [samples] [batch] [workers] [end_ms]
+//!
+//! `end_ms` fixes the last round's timestamp, so that two receivers get the very same samples
+//! (bench/aggregator_under_load.sh compares their answers); series `i` then grows by `i + 1` a
+//! round, so that every series has its own rate (a `topk` has no ties to break differently), and
+//! carries a `series` label.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -88,11 +93,24 @@ fn main() {
         .split_once('/')
         .map(|(h, p)| (h.to_string(), format!("/{p}")))
         .expect("URL with a path");
-    let labels = Arc::new(series_labels(series));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("time")
-        .as_millis() as i64;
+    let distinct = args.get(6).is_some();
+    let mut labels = series_labels(series);
+    if distinct {
+        // Unique without the metric name too: Prometheus 2.42 refuses `rate({job="node"}[5m])`
+        // when two series differ only by name (3.x removes the name after the aggregation).
+        for (i, l) in labels.iter_mut().enumerate() {
+            let mut b = l.to_builder();
+            b.set("series", i.to_string());
+            *l = b.build();
+        }
+    }
+    let labels = Arc::new(labels);
+    let now = args.get(6).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_millis() as i64
+    });
     let start_ts = now - (samples as i64 - 1) * 10_000;
     let failed = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -118,10 +136,18 @@ fn main() {
                     };
                     let mut conn = connect();
                     for &(a, b) in part {
-                        let value = (round * 10 + a) as f64;
-                        let smp = [Sample::new(ts, value)];
+                        let smp: Vec<[Sample; 1]> = (a..b)
+                            .map(|i| {
+                                let v = if distinct {
+                                    (round * (i + 1)) as f64
+                                } else {
+                                    (round * 10 + a) as f64
+                                };
+                                [Sample::new(ts, v)]
+                            })
+                            .collect();
                         let body = vigil_wire::remote_write::encode_snappy_from(
-                            labels[a..b].iter().map(|l| (l, &smp[..])),
+                            labels[a..b].iter().zip(&smp).map(|(l, s)| (l, &s[..])),
                         );
                         match post(&mut conn, &host, &path, &body) {
                             Ok(c) if (200..300).contains(&c) => {}
