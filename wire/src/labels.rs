@@ -195,6 +195,15 @@ impl Labels {
         }
     }
 
+    /// The identity of this label set's shared allocation (0 for the empty set): equal for
+    /// clones of one set. Only meaningful while a clone is kept alive (an allocation freed can
+    /// be reused by another set).
+    pub fn alloc_id(&self) -> usize {
+        self.0
+            .as_ref()
+            .map_or(0, |a| Arc::as_ptr(a) as *const u8 as usize)
+    }
+
     /// A stable 64-bit hash of the label set (FNV-1a over names and values, with separators).
     pub fn fingerprint(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;

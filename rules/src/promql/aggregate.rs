@@ -76,6 +76,15 @@ fn group_labels(l: &Labels, g: Option<&Grouping>) -> Labels {
     }
 }
 
+/// A series' grouping key, kept across the steps of a range query: the series' labels (held,
+/// so their allocation cannot be reused by another set while the entry lives), the key's hash
+/// and the key itself.
+pub(crate) struct CachedKey {
+    _held: Labels,
+    hash: u64,
+    key: Labels,
+}
+
 /// Groups sample indexes by their output labels, in order of first appearance.
 fn groups(v: &[VectorSample], g: Option<&Grouping>) -> Vec<Group> {
     let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
@@ -97,6 +106,52 @@ fn groups(v: &[VectorSample], g: Option<&Grouping>) -> Vec<Group> {
                 candidates.push(out.len());
                 out.push(Group {
                     labels: group_labels(&s.labels, g),
+                    drop_name: s.drop_name,
+                    members: vec![i],
+                });
+            }
+        }
+    }
+    out
+}
+
+/// [`groups`] for a range query: most input series come back at every step with the same
+/// label allocation (a selector's, carried through functions), so each one's key is worked out
+/// once per query, not once per step (measured: the label scans were half the range query).
+fn groups_cached(
+    cache: &mut HashMap<(usize, usize), CachedKey>,
+    v: &[VectorSample],
+    g: Option<&Grouping>,
+) -> Vec<Group> {
+    let Some(grouping) = g else {
+        return groups(v, g);
+    };
+    let gid = grouping as *const Grouping as usize;
+    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut out: Vec<Group> = Vec::new();
+    let mut buf = Vec::with_capacity(128);
+    for (i, s) in v.iter().enumerate() {
+        let entry = cache
+            .entry((gid, s.labels.alloc_id()))
+            .or_insert_with(|| CachedKey {
+                _held: s.labels.clone(),
+                hash: key_hash(&s.labels, g, &mut buf),
+                key: group_labels(&s.labels, g),
+            });
+        let candidates = index.entry(entry.hash).or_default();
+        let found = candidates
+            .iter()
+            .copied()
+            .find(|&gi| out[gi].labels == entry.key);
+        match found {
+            Some(gi) => {
+                out[gi].members.push(i);
+                out[gi].drop_name |= s.drop_name;
+            }
+            None => {
+                candidates.push(out.len());
+                out.push(Group {
+                    labels: entry.key.clone(),
                     drop_name: s.drop_name,
                     members: vec![i],
                 });
@@ -239,7 +294,11 @@ impl Evaluator<'_> {
                         Some("quantile"),
                     );
                 }
-                let gs = groups(&v, grouping);
+                let gs = if self.step > 0 {
+                    groups_cached(&mut self.group_keys, &v, grouping)
+                } else {
+                    groups(&v, grouping)
+                };
                 let mut out = Vec::with_capacity(gs.len());
                 for g in gs {
                     let vals = g.members.iter().map(|&i| v[i].f);

@@ -34,6 +34,11 @@ pub(crate) struct Evaluator<'a> {
     pub(crate) query: &'a str,
     /// Past this the query fails with [`EvalError::Timeout`].
     pub(crate) deadline: Option<std::time::Instant>,
+    /// Range queries: each range selector's windows at the last reference time it was read.
+    window_cursor: HashMap<usize, (i64, Vec<(usize, usize)>)>,
+    /// Range queries: each input series' grouping key for an aggregation, by the grouping's
+    /// address and the series' label allocation (see [`super::aggregate`]).
+    pub(crate) group_keys: HashMap<(usize, usize), super::aggregate::CachedKey>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -59,6 +64,8 @@ impl<'a> Evaluator<'a> {
             regex_cache: HashMap::new(),
             loaded_samples: 0,
             deadline: None,
+            window_cursor: HashMap::new(),
+            group_keys: HashMap::new(),
         }
     }
 
@@ -282,29 +289,47 @@ impl<'a> Evaluator<'a> {
         out
     }
 
-    /// The window `(ref - range, ref]` of every series, borrowed from the preloaded data.
+    /// The window `(ref - range, ref]` of every series, borrowed from the preloaded data. A
+    /// range query moves each selector's windows forward step by step: from the previous
+    /// step's bounds they advance over the few samples in between instead of searching anew.
     pub(crate) fn matrix_windows(
-        &self,
+        &mut self,
         s: &Selector,
         t: i64,
     ) -> (Arc<Vec<SeriesData>>, Vec<(usize, usize)>) {
         let data = self.data.get(&s.id).cloned().unwrap_or_default();
         let reft = self.selector_ref_time(s, t);
-        let range = s.range_ms.unwrap_or(0);
-        let windows = data
+        let lo_t = reft - s.range_ms.unwrap_or(0);
+        if let Some((prev, w)) = self.window_cursor.get_mut(&s.id) {
+            if *prev <= reft && w.len() == data.len() {
+                for (sd, (lo, hi)) in data.iter().zip(w.iter_mut()) {
+                    let x = &sd.samples;
+                    while *lo < x.len() && x[*lo].timestamp_ms <= lo_t {
+                        *lo += 1;
+                    }
+                    while *hi < x.len() && x[*hi].timestamp_ms <= reft {
+                        *hi += 1;
+                    }
+                }
+                *prev = reft;
+                return (data, w.clone());
+            }
+        }
+        let windows: Vec<(usize, usize)> = data
             .iter()
             .map(|sd| {
-                let lo = sd
-                    .samples
-                    .partition_point(|x| x.timestamp_ms <= reft - range);
+                let lo = sd.samples.partition_point(|x| x.timestamp_ms <= lo_t);
                 let hi = sd.samples.partition_point(|x| x.timestamp_ms <= reft);
                 (lo, hi)
             })
             .collect();
+        if self.step > 0 {
+            self.window_cursor.insert(s.id, (reft, windows.clone()));
+        }
         (data, windows)
     }
 
-    fn matrix_selector(&self, s: &Selector, t: i64) -> Vec<RangeSeries> {
+    fn matrix_selector(&mut self, s: &Selector, t: i64) -> Vec<RangeSeries> {
         let (data, windows) = self.matrix_windows(s, t);
         data.iter()
             .zip(windows)

@@ -191,3 +191,51 @@ fn a_query_past_its_deadline_fails_with_timeout() {
     assert!(e.instant_until(&s, &q, 60_000, later).is_ok());
     assert!(e.range_until(&s, &q, 0, 60_000, 10_000, later).is_ok());
 }
+
+/// A range query (windows moved step by step, grouping keys kept across steps) answers at every
+/// step what an instant query at that time answers, also as series start and stop.
+#[test]
+fn range_steps_equal_instant_queries() {
+    let mut s = MemStorage::new();
+    for i in 0..40i64 {
+        let l = Labels::from_pairs([
+            ("__name__", "req_total".to_string()),
+            ("instance", format!("i-{i}")),
+            ("group", ["a", "b", "c"][(i % 3) as usize].to_string()),
+        ]);
+        // Series i lives from 10·i s to 10·i s + 15 min.
+        let from = i * 10;
+        s.add_series(
+            l,
+            (from..from + 900)
+                .step_by(10)
+                .map(|t| Sample::new(t * 1000 + 3, (t * (i + 1)) as f64)),
+        );
+    }
+    let e = Engine::default();
+    for q in [
+        "sum by (group) (rate(req_total[1m]))",
+        "count without (instance) (req_total)",
+        "topk(2, rate(req_total[2m]))",
+    ] {
+        let parsed = parse(q).unwrap();
+        let Value::Matrix(m) = e.range(&s, &parsed, 0, 1_200_000, 30_000).unwrap().value else {
+            panic!("not a matrix")
+        };
+        for t in (0..=1_200_000).step_by(30_000) {
+            let mut want = vector(&s, q, t);
+            want.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut got: Vec<(Labels, f64)> = m
+                .iter()
+                .filter_map(|r| {
+                    r.points
+                        .iter()
+                        .find(|p| p.timestamp_ms == t)
+                        .map(|p| (r.labels.clone(), p.value))
+                })
+                .collect();
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            assert_eq!(got, want, "{q} at {t}");
+        }
+    }
+}
