@@ -32,6 +32,11 @@ pub struct Config {
     /// simulated and every action is logged only).
     pub aws_configured: bool,
     pub dry_run: bool,
+    /// `[aws] attempt_timeout`, `call_timeout`: one attempt of an AWS call, and the call with
+    /// its retries. Longer than a slow answer: an attempt cut while AWS still carries it out is
+    /// retried, and a Publish would be delivered twice.
+    pub aws_attempt_timeout_ms: i64,
+    pub aws_call_timeout_ms: i64,
     pub cloudwatch_namespace: String,
     pub cloudwatch_flush_ms: i64,
     pub group_by: Vec<String>,
@@ -90,6 +95,8 @@ impl Default for Config {
             endpoint_url: None,
             aws_configured: false,
             dry_run: true,
+            aws_attempt_timeout_ms: 10_000,
+            aws_call_timeout_ms: 30_000,
             cloudwatch_namespace: "Vigil".into(),
             cloudwatch_flush_ms: 60_000,
             group_by: vec!["alertname".into(), "asg".into()],
@@ -221,6 +228,17 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         c.endpoint_url = a.str(&mut doc, "endpoint_url").map(|s| s.value);
         if let Some(d) = a.bool(&mut doc, "dry_run") {
             c.dry_run = d.value;
+        }
+        c.aws_attempt_timeout_ms =
+            a.positive_duration(&mut doc, "attempt_timeout", c.aws_attempt_timeout_ms);
+        if let Some(call) = a.duration(&mut doc, "call_timeout") {
+            c.aws_call_timeout_ms = call.value;
+            if call.value < c.aws_attempt_timeout_ms {
+                doc.error_at(
+                    call.span.start,
+                    "aws.call_timeout: must be at least attempt_timeout (a call is one or more attempts)",
+                );
+            }
         }
         a.finish(&mut doc);
     } else {
@@ -419,6 +437,37 @@ sns_topic_arn = "arn:aws:sns:us-east-1:123456789012:oncall"
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(
             errs[0].starts_with("a.toml:2:19: query.max_concurrency"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn aws_timeouts() {
+        let c = parse("a.toml", "[aws]\n").unwrap();
+        assert_eq!(
+            (c.aws_attempt_timeout_ms, c.aws_call_timeout_ms),
+            (10_000, 30_000)
+        );
+        let c = parse(
+            "a.toml",
+            "[aws]\nattempt_timeout = \"2m\"\ncall_timeout = \"5m\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.aws_attempt_timeout_ms, c.aws_call_timeout_ms),
+            (120_000, 300_000)
+        );
+        let errs: Vec<String> = parse(
+            "a.toml",
+            "[aws]\nattempt_timeout = \"20s\"\ncall_timeout = \"5s\"\n",
+        )
+        .unwrap_err()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("a.toml:3:16: aws.call_timeout: must be at least attempt_timeout"),
             "{errs:?}"
         );
     }

@@ -134,8 +134,8 @@ pub async fn connect(cfg: &Config) -> Clients {
                 .connect_timeout(Duration::from_secs(3))
                 // Longer than a slow answer: a call cut while AWS still carries it out would be
                 // retried and, for Publish, delivered twice.
-                .operation_attempt_timeout(Duration::from_secs(10))
-                .operation_timeout(Duration::from_secs(30))
+                .operation_attempt_timeout(Duration::from_millis(cfg.aws_attempt_timeout_ms as u64))
+                .operation_timeout(Duration::from_millis(cfg.aws_call_timeout_ms as u64))
                 .build(),
         );
     if let Some(url) = &cfg.endpoint_url {

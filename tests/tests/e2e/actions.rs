@@ -674,7 +674,10 @@ expr = 'app_load'
 cloudwatch = { metric_name = "AppLoad", dimensions = ["instance"] }
 "#,
         "",
-        "dry_run = false\n[cloudwatch]\nnamespace = \"VigilTest\"\nflush_interval = \"10s\"",
+        // With both cores busy moto took more than the default 10 s attempt timeout over one
+        // call: the SDK cut it and sent it again (moto, still parsing, recorded both) and the
+        // flush went back to the queue. Long timeouts keep each call one attempt.
+        "dry_run = false\nattempt_timeout = \"3m\"\ncall_timeout = \"5m\"\n[cloudwatch]\nnamespace = \"VigilTest\"\nflush_interval = \"10s\"",
     );
     let agg = rig.start();
     // 1,100 series every 20 s: calls of 1000 and 100 datums. moto's query-protocol parsing takes
