@@ -3,13 +3,20 @@
 //! decides and logs — the embedded default is a dry run).
 //!
 //! Rule semantics live in `vigil-rules`; this crate feeds them and carries out what they return.
+//!
+//! `main` wires the components; each is handed what it needs and nothing imports back up:
+//! `api` → `engine` → `fleet`, `publish`, `notify` → `aws`, `state`, `store`, `ruleset`,
+//! `clock`, `config` (`scripts/module-graph` checks that no two modules import each other).
 
-mod actions;
 mod api;
-mod app;
+mod aws;
+mod clock;
 mod config;
 mod engine;
-mod ingest;
+mod fleet;
+mod notify;
+mod publish;
+mod ruleset;
 mod state;
 mod store;
 
@@ -17,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use vigil_config::logging::LogFormat;
@@ -47,7 +55,11 @@ fn main() -> ExitCode {
     let args = Args::parse();
     vigil_config::logging::init(args.log_format, "info");
     if let Some(path) = &args.check_config {
-        let res = load(path).and_then(|c| app::load_rules(&c).map(|r| (c, r)));
+        let res = load(path).and_then(|c| {
+            ruleset::load_rules(&c)
+                .map(|r| (c, r))
+                .map_err(|e| e.to_string())
+        });
         return match res {
             Ok((_, rules)) => {
                 let n: usize = rules
@@ -112,7 +124,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let rules = match app::load_rules(&cfg) {
+    let rules = match ruleset::load_rules(&cfg) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vigil-aggregator: {e}");
@@ -138,36 +150,32 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // AWS clients only when [aws] is configured; credentials resolve at the first call.
-    let clients = if cfg.aws_configured {
-        Some(rt.block_on(actions::aws::connect(&cfg)))
-    } else {
-        None
-    };
-    let app = match app::App::new(cfg, rules, db, clients) {
-        Ok(a) => Arc::new(a),
-        Err(e) => {
-            eprintln!("vigil-aggregator: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let res: Result<(), String> = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(app.cfg.listen).await.map_err(|e| format!("cannot listen on {}: {e}", app.cfg.listen))?;
-        tracing::info!(address = %app.cfg.listen, dry_run = app.cfg.dry_run, rule_files = app.rules().files.len(), "serving");
-        tokio::spawn(api::serve(app.clone(), listener));
+        let wired = wire(cfg, rules, db).await?;
+        let Wired { api, engine, fleet, publisher, outbox, rules } = wired;
+        let listen = api.cfg.listen;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        tracing::info!(address = %listen, dry_run = api.cfg.dry_run, rule_files = rules.current().files.len(), "serving");
+        tokio::spawn(api::serve(api.clone(), listener));
         // The first view of the fleet before the first evaluation, so that no decision is made
         // against a capacity that is only a guess (bounded: AWS may be unreachable).
-        if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(10), app.actions.refresh(&app)).await.unwrap_or(Ok(())) {
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(10), fleet.refresh(&rules.groups())).await.unwrap_or(Ok(())) {
             tracing::warn!(error = %e, "cannot describe the Auto Scaling groups yet; retrying in the background");
         }
-        actions::spawn(app.clone());
-        tokio::spawn(engine::run(app.clone()));
-        app.ready.store(true, Ordering::SeqCst);
+        let every = Duration::from_millis(fleet::refresh_interval_ms(rules.current().tick_ms()) as u64);
+        let (f, r) = (fleet.clone(), rules.clone());
+        tokio::spawn(async move { f.run_refresh(|| r.groups(), every).await });
+        let f = fleet.clone();
+        tokio::spawn(async move { f.run_actuator().await });
+        tokio::spawn(publisher.run());
+        tokio::spawn(outbox.run());
+        tokio::spawn(engine.run());
+        api.ready.store(true, Ordering::SeqCst);
         loop {
             tokio::select! {
                 _ = hup.recv() => {
-                    let a = app.clone();
-                    let _ = tokio::task::spawn_blocking(move || a.reload()).await;
+                    let r = rules.clone();
+                    let _ = tokio::task::spawn_blocking(move || r.reload()).await;
                 }
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
@@ -183,4 +191,109 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The components, wired.
+struct Wired {
+    api: Arc<api::Api>,
+    engine: Arc<engine::Engine>,
+    fleet: Arc<fleet::Fleet>,
+    publisher: Arc<publish::Publisher>,
+    outbox: Arc<notify::Outbox>,
+    rules: Arc<ruleset::Rules>,
+}
+
+/// Builds every component and hands each what it needs: the AWS clients (the SDK's or the dry
+/// run's, chosen here once), one clock, one registry for the self-metrics each module owns.
+async fn wire(
+    cfg: config::Config,
+    rules: vigil_rules::evaluator::RuleSet,
+    db: state::Db,
+) -> Result<Wired, String> {
+    let clock = clock::system();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let calls = aws::CallMetrics::register(&mut registry);
+    // AWS clients only when [aws] is configured; credentials resolve at the first call.
+    let clients = if cfg.aws_configured {
+        aws::connect(&cfg, &calls).await
+    } else {
+        aws::without_aws(&calls)
+    };
+    let tick_ms = rules.tick_ms();
+    let rules = Arc::new(ruleset::Rules::new(cfg.clone(), rules, &mut registry));
+    let store = Arc::new(store::Store::new(cfg.retention_ms, cfg.max_series));
+    let db = state::Shared::new(db);
+    let fleet = Arc::new(fleet::Fleet::new(
+        clients.autoscaling,
+        clock.clone(),
+        tick_ms,
+        &mut registry,
+    ));
+    let publisher = Arc::new(publish::Publisher::new(
+        clients.cloudwatch,
+        cfg.cloudwatch_namespace.clone(),
+        cfg.cloudwatch_flush_ms,
+        clock.clone(),
+        &mut registry,
+    ));
+    let outbox = Arc::new(notify::Outbox::new(
+        db.clone(),
+        clients.sns,
+        clock.clone(),
+        &mut registry,
+    ));
+    let engine = Arc::new(
+        engine::Engine::new(
+            engine::Parts {
+                store: store.clone(),
+                rules: rules.clone(),
+                fleet: fleet.clone(),
+                publisher: publisher.clone(),
+                outbox: outbox.clone(),
+                db: db.clone(),
+                clock: clock.clone(),
+                notify: notify::Settings {
+                    group_by: cfg.group_by.clone(),
+                    group_wait_ms: cfg.group_wait_ms,
+                    group_interval_ms: cfg.group_interval_ms,
+                    repeat_interval_ms: cfg.repeat_interval_ms,
+                    receivers: cfg.receivers.clone(),
+                },
+                stale_after_ms: cfg.stale_after_ms,
+                evaluation_interval_ms: cfg.evaluation_interval_ms,
+            },
+            &mut registry,
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let write = api::write::Ingest::new(cfg.clone(), store.clone(), clock.clone(), &mut registry)
+        .map_err(|e| e.to_string())?;
+    let query_engine = vigil_rules::promql::Engine::new(vigil_rules::promql::EngineOpts {
+        max_samples: cfg.query_max_samples,
+        ..engine.promql().opts.clone()
+    });
+    let api = Arc::new(api::Api {
+        query_slots: Arc::new(tokio::sync::Semaphore::new(cfg.query_max_concurrency)),
+        query_engine,
+        view: engine.view(),
+        engine: engine.clone(),
+        clock,
+        store,
+        rules: rules.clone(),
+        fleet: fleet.clone(),
+        outbox: outbox.clone(),
+        db,
+        write,
+        registry,
+        ready: std::sync::atomic::AtomicBool::new(false),
+        cfg,
+    });
+    Ok(Wired {
+        api,
+        engine,
+        fleet,
+        publisher,
+        outbox,
+        rules,
+    })
 }

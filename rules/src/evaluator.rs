@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use vigil_wire::{Labels, Sample, METRIC_NAME, STALE_NAN};
 
 use crate::alerting::{self, RuleState, Transition};
+use crate::health::{GroupHealth, RuleEvaluation};
 use crate::promql::{Engine, MemStorage, Query, Storage, Value};
 use crate::replace::{self, ReplaceDecision, ReplaceState};
 use crate::rulefile::{Group, Rule, RuleFile, ScalingPolicy};
@@ -99,7 +100,8 @@ fn vector_of(v: Value, t: i64) -> Vec<crate::promql::VectorSample> {
     }
 }
 
-/// Evaluates one group at `ts`, writing recorded series and `ALERTS` into `storage`.
+/// Evaluates one group at `ts`, writing recorded series and `ALERTS` into `storage`, and how
+/// each rule went into `health`.
 pub fn eval_group(
     engine: &Engine,
     group: &Group,
@@ -107,78 +109,124 @@ pub fn eval_group(
     storage: &mut dyn RuleStorage,
     ts: i64,
     external_labels: &Labels,
+    health: &mut GroupHealth,
 ) -> Vec<Event> {
     let mut events = Vec::new();
+    let group_start = std::time::Instant::now();
+    health
+        .rules
+        .resize_with(group.rules.len(), Default::default);
     for (idx, rule) in group.rules.iter().enumerate() {
-        let res = engine.instant(storage, rule.query(), ts);
-        let mut written: Vec<(Labels, Sample)> = Vec::new();
-        match (rule, res) {
-            (_, Err(e)) => {
-                events.push(Event::RuleError {
-                    at: ts,
-                    rule: rule.name().to_string(),
-                    error: e.to_string(),
-                });
-                continue;
-            }
-            (Rule::Record(r), Ok(res)) => {
-                let mut seen = BTreeSet::new();
-                let mut failed = false;
-                for s in vector_of(res.value, ts) {
-                    let mut b = s.labels.to_builder();
-                    b.set(METRIC_NAME, r.record.clone());
-                    for (k, v) in &r.labels {
-                        b.set(k.clone(), v.clone());
-                    }
-                    let l = b.build();
-                    if !seen.insert(l.clone()) {
-                        events.push(Event::RuleError {
+        let start = std::time::Instant::now();
+        let errors_before = events.len();
+        let written = eval_rule(
+            engine,
+            group,
+            idx,
+            rule,
+            state,
+            storage,
+            ts,
+            external_labels,
+            &mut events,
+        );
+        let error = events[errors_before..].iter().find_map(|e| match e {
+            Event::RuleError { error, .. } => Some(error.clone()),
+            _ => None,
+        });
+        health.rules[idx].record(RuleEvaluation {
+            at: ts,
+            duration_ns: start.elapsed().as_nanos() as u64,
+            samples: written,
+            error,
+        });
+    }
+    health.last_evaluation = Some(ts);
+    health.duration_ns = group_start.elapsed().as_nanos() as u64;
+    events
+}
+
+/// Evaluates one rule of a group; returns the series it wrote (errors go to `events`).
+#[allow(clippy::too_many_arguments)]
+fn eval_rule(
+    engine: &Engine,
+    group: &Group,
+    idx: usize,
+    rule: &Rule,
+    state: &mut State,
+    storage: &mut dyn RuleStorage,
+    ts: i64,
+    external_labels: &Labels,
+    events: &mut Vec<Event>,
+) -> usize {
+    let res = engine.instant(storage, rule.query(), ts);
+    let mut written: Vec<(Labels, Sample)> = Vec::new();
+    match (rule, res) {
+        (_, Err(e)) => {
+            events.push(Event::RuleError {
+                at: ts,
+                rule: rule.name().to_string(),
+                error: e.to_string(),
+            });
+            return 0;
+        }
+        (Rule::Record(r), Ok(res)) => {
+            let mut seen = BTreeSet::new();
+            let mut failed = false;
+            for s in vector_of(res.value, ts) {
+                let mut b = s.labels.to_builder();
+                b.set(METRIC_NAME, r.record.clone());
+                for (k, v) in &r.labels {
+                    b.set(k.clone(), v.clone());
+                }
+                let l = b.build();
+                if !seen.insert(l.clone()) {
+                    events.push(Event::RuleError {
                             at: ts,
                             rule: r.record.clone(),
                             error: "vector contains metrics with the same labelset after applying rule labels".into(),
                         });
-                        failed = true;
-                        break;
-                    }
-                    written.push((l, Sample::new(ts, s.f)));
+                    failed = true;
+                    break;
                 }
-                if failed {
-                    // Like any failed evaluation: nothing written, nothing marked stale.
-                    continue;
-                }
+                written.push((l, Sample::new(ts, s.f)));
             }
-            (Rule::Alert(a), Ok(res)) => {
-                let key = alert_key(group, a);
-                let st = state.alerts.entry(key).or_default();
-                match alerting::evaluate(a, st, &vector_of(res.value, ts), ts, external_labels) {
-                    Ok(out) => {
-                        events.extend(out.transitions.into_iter().map(Event::Alert));
-                        written = out.series;
-                    }
-                    Err(e) => {
-                        events.push(Event::RuleError {
-                            at: ts,
-                            rule: a.alert.clone(),
-                            error: e.to_string(),
-                        });
-                        continue;
-                    }
-                }
+            if failed {
+                // Like any failed evaluation: nothing written, nothing marked stale.
+                return 0;
             }
         }
-        let now: BTreeSet<Labels> = written.iter().map(|(l, _)| l.clone()).collect();
-        let prev = state
-            .written
-            .insert((group.file.clone(), group.name.clone(), idx), now.clone())
-            .unwrap_or_default();
-        for (l, s) in written {
-            storage.append(l, s);
-        }
-        for gone in prev.difference(&now) {
-            storage.append(gone.clone(), Sample::new(ts, STALE_NAN));
+        (Rule::Alert(a), Ok(res)) => {
+            let key = alert_key(group, a);
+            let st = state.alerts.entry(key).or_default();
+            match alerting::evaluate(a, st, &vector_of(res.value, ts), ts, external_labels) {
+                Ok(out) => {
+                    events.extend(out.transitions.into_iter().map(Event::Alert));
+                    written = out.series;
+                }
+                Err(e) => {
+                    events.push(Event::RuleError {
+                        at: ts,
+                        rule: a.alert.clone(),
+                        error: e.to_string(),
+                    });
+                    return 0;
+                }
+            }
         }
     }
-    events
+    let now: BTreeSet<Labels> = written.iter().map(|(l, _)| l.clone()).collect();
+    let prev = state
+        .written
+        .insert((group.file.clone(), group.name.clone(), idx), now.clone())
+        .unwrap_or_default();
+    for (l, s) in written {
+        storage.append(l, s);
+    }
+    for gone in prev.difference(&now) {
+        storage.append(gone.clone(), Sample::new(ts, STALE_NAN));
+    }
+    now.len()
 }
 
 /// The value a scaling expression gives at `ts`: one number, or `None` (no data, several series,
@@ -295,6 +343,13 @@ impl RuleSet {
             .unwrap_or(self.default_interval_ms)
     }
 
+    /// Rules, scaling policies and replace policies, all files together.
+    pub fn rule_count(&self) -> usize {
+        self.groups().map(|g| g.rules.len()).sum::<usize>()
+            + self.scaling().count()
+            + self.replace().count()
+    }
+
     /// The step at which every group and policy can be scheduled (gcd of all intervals).
     pub fn tick_ms(&self) -> i64 {
         fn gcd(a: i64, b: i64) -> i64 {
@@ -333,6 +388,8 @@ pub struct Simulation {
     /// Groups whose real capacity is not known yet (the live fleet could not be read): no
     /// scaling decision is made for them, since it would start from a guess.
     pub unknown_capacity: BTreeSet<String>,
+    /// How each rule group's last evaluations went, by (file, group name).
+    pub health: HashMap<(String, String), GroupHealth>,
     /// Replace policies already told that their group's size is unknown.
     warned: std::collections::HashSet<String>,
     /// Instances each replace policy held back last time (to report changes only).
@@ -390,6 +447,7 @@ impl Simulation {
             external_labels: Labels::empty(),
             eligibility: HashMap::new(),
             unknown_capacity: BTreeSet::new(),
+            health: HashMap::new(),
             warned: Default::default(),
             last_held: HashMap::new(),
         }
@@ -403,6 +461,8 @@ impl Simulation {
                 .entry(asg.to_string())
                 .or_insert_with(|| ps.iter().map(|p| p.min).max().unwrap_or(0));
         }
+        // Rule positions may have changed: health starts anew with the next evaluation.
+        self.health.clear();
         self.rules = rules;
     }
 
@@ -413,6 +473,10 @@ impl Simulation {
         let default = self.rules.default_interval_ms;
         for g in self.rules.groups() {
             if due(g.interval_ms.unwrap_or(default)) {
+                let health = self
+                    .health
+                    .entry((g.file.clone(), g.name.clone()))
+                    .or_default();
                 events.extend(eval_group(
                     &self.engine,
                     g,
@@ -420,6 +484,7 @@ impl Simulation {
                     storage,
                     ts,
                     &self.external_labels,
+                    health,
                 ));
             }
         }

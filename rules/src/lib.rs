@@ -11,6 +11,7 @@ pub use vigil_config::{duration, tomlread};
 pub mod alerting;
 pub mod evaluator;
 pub mod gofmt;
+pub mod health;
 pub mod promql;
 pub mod replace;
 pub mod replay;

@@ -439,6 +439,7 @@ fn run_case(engine: &Engine, rules: &RuleSet, t: &TestCase, report: &mut Report)
                         &mut storage,
                         ts,
                         &Labels::empty(),
+                        &mut crate::health::GroupHealth::default(),
                     ) {
                         if let evaluator::Event::RuleError { rule, error, .. } = ev {
                             failures.push(format!(

@@ -18,17 +18,10 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "vigil-agent",
-                "-p",
-                "vigil-aggregator",
-                "-p",
-                "vigil-rules",
-                "--bins",
-            ])
+            // Every target of the workspace, as `cargo test --workspace --all-targets` (what
+            // scripts/test runs) builds them: naming packages, or leaving out the test targets,
+            // unifies features differently and rebuilt the binaries (minutes) on every run.
+            .args(["build", "-q", "--workspace", "--all-targets"])
             .current_dir(root())
             .status()
             .expect("run cargo build");

@@ -756,3 +756,83 @@ fn the_demo_rules_show_an_alert_and_a_simulated_decision_from_this_host() {
     assert!(page.contains("simulated (dry run)"), "{page}");
     drop(agent);
 }
+
+/// `/api/v1/rules` reports each rule's health as Prometheus does, and the status page lists the
+/// broken ones.
+#[test]
+fn rule_health_names_the_broken_rule_and_its_error() {
+    let dir = tempdir("agg-health");
+    let port = free_port();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        r#"
+[[group]]
+name = "health"
+[[group.record]]
+record = "x:sum"
+expr = 'sum(x)'
+[[group.record]]
+record = "x:broken"
+expr = 'x + on() y'
+"#,
+    )
+    .expect("rules");
+    let cfg = write_config(dir.path(), port, &rules.display().to_string(), "");
+    let agg = start(dir.path(), &cfg, port);
+    let base = format!("http://127.0.0.1:{port}");
+    let series: Vec<(Labels, f64)> = ["x", "y"]
+        .iter()
+        .flat_map(|n| {
+            ["a", "b"].map(|i| (Labels::from_pairs([("__name__", *n), ("instance", i)]), 1.0))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rules = loop {
+        assert_eq!(vigil_e2e::http::push_now(&base, &series), 204);
+        let (code, body) = get(&format!("{base}/api/v1/rules")).expect("rules");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let rules = v["data"]["groups"][0]["rules"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if rules.len() == 2
+            && rules.iter().all(|r| r["health"] != "unknown")
+            && rules[0]["recentEvaluations"]
+                .as_array()
+                .is_some_and(|e| !e.is_empty())
+        {
+            assert_ne!(
+                v["data"]["groups"][0]["lastEvaluation"], "0001-01-01T00:00:00Z",
+                "{v}"
+            );
+            assert!(
+                v["data"]["groups"][0]["evaluationTime"].as_f64().is_some(),
+                "{v}"
+            );
+            break rules;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rules never evaluated: {body}\n{}",
+            agg.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(rules[0]["health"], "ok", "{:?}", rules[0]);
+    assert_eq!(rules[0]["lastError"], "", "{:?}", rules[0]);
+    assert_eq!(rules[1]["health"], "err", "{:?}", rules[1]);
+    let err = rules[1]["lastError"].as_str().unwrap_or("");
+    assert!(err.contains("many-to-many"), "{err}");
+    assert!(rules[1]["evaluationTime"]
+        .as_f64()
+        .is_some_and(|t| t >= 0.0));
+    assert_ne!(rules[1]["lastEvaluation"], "0001-01-01T00:00:00Z");
+    let (_, page) = get(&format!("{base}/")).expect("page");
+    assert!(
+        page.contains("Broken rules") && page.contains("x:broken"),
+        "{page}"
+    );
+    assert!(!page.contains("<td>x:sum<td>"), "{page}");
+}

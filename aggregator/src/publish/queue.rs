@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use super::aws::Datum;
+use crate::aws::Datum;
 
 /// One recorded sample on its way to CloudWatch.
 #[derive(Debug, Clone, PartialEq)]

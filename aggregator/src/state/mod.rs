@@ -25,6 +25,33 @@ pub struct Db {
     conn: Connection,
 }
 
+/// The database as the components share it: one connection behind a mutex (SQLite writes one
+/// at a time anyway), used synchronously by the engine's commit and from async tasks through
+/// [`Shared::run`], which takes the work off the async workers.
+#[derive(Clone)]
+pub struct Shared(std::sync::Arc<std::sync::Mutex<Db>>);
+
+impl Shared {
+    pub fn new(db: Db) -> Shared {
+        Shared(std::sync::Arc::new(std::sync::Mutex::new(db)))
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs database work on the blocking pool.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me.lock()))
+            .await
+            .map_err(|e| StateError::Json(format!("database task: {e}")))?
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state database: {0}")]

@@ -6,6 +6,11 @@
 //! SDK retries throttling, 5xx and transport errors itself (standard mode, 3 attempts, backoff
 //! with jitter); each attempt and each call has a time limit so that a hung endpoint cannot hold
 //! the action layer. What still fails is retried by the caller at its own pace.
+//!
+//! A dry run is an implementation of the same traits, chosen at start-up ([`connect`],
+//! [`without_aws`]): it reads what it can (a dry run with `[aws]` still describes the groups)
+//! and logs every change as "dry run: would …" without making it. Every implementation counts
+//! its calls in `vigil_aggregator_aws_calls_total{call,result}` (result ok, error or dry_run).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,7 +23,58 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_autoscaling::config::http::HttpResponse;
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
 use crate::config::Config;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    call: &'static str,
+    result: &'static str,
+}
+
+/// `vigil_aggregator_aws_calls_total`: AWS calls by call and result.
+#[derive(Clone, Default)]
+pub struct CallMetrics {
+    calls: Family<CallLabels, Counter>,
+}
+
+impl CallMetrics {
+    pub fn register(r: &mut Registry) -> CallMetrics {
+        let m = CallMetrics::default();
+        r.register(
+            "vigil_aggregator_aws_calls",
+            "AWS calls by call and result (ok, error, dry_run: logged, not made)",
+            m.calls.clone(),
+        );
+        m
+    }
+
+    fn count<T>(&self, call: &'static str, r: &Result<T, CallError>) {
+        let result = if r.is_ok() { "ok" } else { "error" };
+        self.calls.get_or_create(&CallLabels { call, result }).inc();
+    }
+
+    fn dry_run(&self, call: &'static str) {
+        self.calls
+            .get_or_create(&CallLabels {
+                call,
+                result: "dry_run",
+            })
+            .inc();
+    }
+}
+
+/// What became of a change sent to AWS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Made,
+    /// A dry run: logged, not made.
+    DryRun,
+}
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -60,10 +116,34 @@ where
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
     pub id: String,
-    /// `InService`, `Pending`, `Terminating`, `Standby`, ...
-    pub lifecycle: String,
+    pub lifecycle: Lifecycle,
     /// `Healthy` or `Unhealthy`.
     pub health: String,
+}
+
+/// An instance's lifecycle state in its group (only `InService` instances count or may be
+/// replaced; the rest are shown as they are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lifecycle {
+    InService,
+    /// `Pending`, `Terminating`, `Standby`, `Detaching`, a warm pool's states, …
+    Other(String),
+}
+
+impl Lifecycle {
+    pub fn parse(s: &str) -> Lifecycle {
+        match s {
+            "InService" => Lifecycle::InService,
+            other => Lifecycle::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Lifecycle::InService => "InService",
+            Lifecycle::Other(s) => s,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,9 +173,21 @@ pub trait AutoScaling: Send + Sync {
     fn describe<'a>(&'a self, names: &'a [String])
         -> BoxFut<'a, Result<Vec<GroupInfo>, CallError>>;
     /// SetDesiredCapacity with HonorCooldown false: Vigil keeps its own cooldowns.
-    fn set_desired<'a>(&'a self, asg: &'a str, desired: u32) -> BoxFut<'a, Result<(), CallError>>;
+    fn set_desired<'a>(
+        &'a self,
+        asg: &'a str,
+        desired: u32,
+    ) -> BoxFut<'a, Result<Effect, CallError>>;
     /// SetInstanceHealth Unhealthy with ShouldRespectGracePeriod true.
-    fn set_unhealthy<'a>(&'a self, instance: &'a str) -> BoxFut<'a, Result<(), CallError>>;
+    fn set_unhealthy<'a>(&'a self, instance: &'a str) -> BoxFut<'a, Result<Effect, CallError>>;
+    /// Whether the groups can be described at all (not without `[aws]`).
+    fn describes(&self) -> bool {
+        true
+    }
+    /// Whether changes are only logged: the fleet then follows its own simulation of them.
+    fn dry_run(&self) -> bool {
+        false
+    }
 }
 
 pub trait Publisher: Send + Sync {
@@ -105,7 +197,7 @@ pub trait Publisher: Send + Sync {
         subject: &'a str,
         message: &'a str,
         attributes: &'a BTreeMap<String, String>,
-    ) -> BoxFut<'a, Result<(), CallError>>;
+    ) -> BoxFut<'a, Result<Effect, CallError>>;
 }
 
 pub trait MetricSink: Send + Sync {
@@ -113,19 +205,104 @@ pub trait MetricSink: Send + Sync {
         &'a self,
         namespace: &'a str,
         data: &'a [Datum],
-    ) -> BoxFut<'a, Result<(), CallError>>;
+    ) -> BoxFut<'a, Result<Effect, CallError>>;
 }
 
-/// The three clients, built once.
+/// The three clients, built once: the SDK's, or the dry run's.
 pub struct Clients {
     pub autoscaling: Box<dyn AutoScaling>,
     pub sns: Box<dyn Publisher>,
     pub cloudwatch: Box<dyn MetricSink>,
 }
 
-/// Builds the clients from the default credential chain. Nothing is called yet: credentials are
-/// resolved at the first call, and a missing one is reported then (and retried).
-pub async fn connect(cfg: &Config) -> Clients {
+/// Without `[aws]`: nothing is read, every change is logged only.
+pub fn without_aws(calls: &CallMetrics) -> Clients {
+    Clients {
+        autoscaling: Box::new(DryRunAutoScaling {
+            reader: None,
+            calls: calls.clone(),
+        }),
+        sns: Box::new(DryRun(calls.clone())),
+        cloudwatch: Box::new(DryRun(calls.clone())),
+    }
+}
+
+/// A dry run's Auto Scaling: describes through `reader` (the SDK's, when `[aws]` is given),
+/// logs changes.
+struct DryRunAutoScaling {
+    reader: Option<Box<dyn AutoScaling>>,
+    calls: CallMetrics,
+}
+
+impl AutoScaling for DryRunAutoScaling {
+    fn describe<'a>(
+        &'a self,
+        names: &'a [String],
+    ) -> BoxFut<'a, Result<Vec<GroupInfo>, CallError>> {
+        match &self.reader {
+            Some(r) => r.describe(names),
+            None => Box::pin(async { Ok(Vec::new()) }),
+        }
+    }
+
+    fn set_desired<'a>(
+        &'a self,
+        asg: &'a str,
+        desired: u32,
+    ) -> BoxFut<'a, Result<Effect, CallError>> {
+        tracing::info!(asg = %asg, desired, "dry run: would SetDesiredCapacity (HonorCooldown false)");
+        self.calls.dry_run("SetDesiredCapacity");
+        Box::pin(async { Ok(Effect::DryRun) })
+    }
+
+    fn set_unhealthy<'a>(&'a self, instance: &'a str) -> BoxFut<'a, Result<Effect, CallError>> {
+        tracing::info!(instance = %instance, "dry run: would SetInstanceHealth Unhealthy (ShouldRespectGracePeriod true)");
+        self.calls.dry_run("SetInstanceHealth");
+        Box::pin(async { Ok(Effect::DryRun) })
+    }
+
+    fn describes(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    fn dry_run(&self) -> bool {
+        true
+    }
+}
+
+/// A dry run's SNS and CloudWatch.
+struct DryRun(CallMetrics);
+
+impl Publisher for DryRun {
+    fn publish<'a>(
+        &'a self,
+        topic_arn: &'a str,
+        subject: &'a str,
+        _message: &'a str,
+        _attributes: &'a BTreeMap<String, String>,
+    ) -> BoxFut<'a, Result<Effect, CallError>> {
+        tracing::info!(topic = %topic_arn, subject = %subject, "dry run: would Publish to SNS");
+        self.0.dry_run("Publish");
+        Box::pin(async { Ok(Effect::DryRun) })
+    }
+}
+
+impl MetricSink for DryRun {
+    fn put<'a>(
+        &'a self,
+        namespace: &'a str,
+        data: &'a [Datum],
+    ) -> BoxFut<'a, Result<Effect, CallError>> {
+        tracing::info!(namespace = %namespace, datums = data.len(), "dry run: would PutMetricData");
+        self.0.dry_run("PutMetricData");
+        Box::pin(async { Ok(Effect::DryRun) })
+    }
+}
+
+/// Builds the clients from the default credential chain (with `[aws] dry_run`, the dry run's,
+/// reading through the SDK). Nothing is called yet: credentials are resolved at the first call,
+/// and a missing one is reported then (and retried).
+pub async fn connect(cfg: &Config, calls: &CallMetrics) -> Clients {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(cfg.region.clone()))
         .retry_config(RetryConfig::standard().with_max_attempts(3))
@@ -142,14 +319,24 @@ pub async fn connect(cfg: &Config) -> Clients {
         loader = loader.endpoint_url(url);
     }
     let sdk = loader.load().await;
+    let autoscaling = Box::new(Sdk(aws_sdk_autoscaling::Client::new(&sdk), calls.clone()));
+    if cfg.dry_run {
+        return Clients {
+            autoscaling: Box::new(DryRunAutoScaling {
+                reader: Some(autoscaling),
+                calls: calls.clone(),
+            }),
+            ..without_aws(calls)
+        };
+    }
     Clients {
-        autoscaling: Box::new(Sdk(aws_sdk_autoscaling::Client::new(&sdk))),
-        sns: Box::new(Sdk(aws_sdk_sns::Client::new(&sdk))),
-        cloudwatch: Box::new(Sdk(aws_sdk_cloudwatch::Client::new(&sdk))),
+        autoscaling,
+        sns: Box::new(Sdk(aws_sdk_sns::Client::new(&sdk), calls.clone())),
+        cloudwatch: Box::new(Sdk(aws_sdk_cloudwatch::Client::new(&sdk), calls.clone())),
     }
 }
 
-struct Sdk<C>(C);
+struct Sdk<C>(C, CallMetrics);
 
 fn count(v: Option<i32>) -> u32 {
     v.unwrap_or(0).max(0) as u32
@@ -161,73 +348,90 @@ impl AutoScaling for Sdk<aws_sdk_autoscaling::Client> {
         names: &'a [String],
     ) -> BoxFut<'a, Result<Vec<GroupInfo>, CallError>> {
         Box::pin(async move {
-            let mut out = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let resp = self
-                    .0
-                    .describe_auto_scaling_groups()
-                    .set_auto_scaling_group_names(Some(names.to_vec()))
-                    .set_next_token(token.take())
-                    .send()
-                    .await
-                    .map_err(|e| err("DescribeAutoScalingGroups", e))?;
-                for g in resp.auto_scaling_groups() {
-                    out.push(GroupInfo {
-                        name: g.auto_scaling_group_name().unwrap_or_default().to_string(),
-                        min: count(g.min_size()),
-                        max: count(g.max_size()),
-                        desired: count(g.desired_capacity()),
-                        grace_ms: i64::from(g.health_check_grace_period().unwrap_or(0)) * 1000,
-                        members: g
-                            .instances()
-                            .iter()
-                            .map(|i| Member {
-                                id: i.instance_id().unwrap_or_default().to_string(),
-                                lifecycle: i
-                                    .lifecycle_state()
-                                    .map(|s| s.as_str().to_string())
-                                    .unwrap_or_default(),
-                                health: i.health_status().unwrap_or_default().to_string(),
-                            })
-                            .collect(),
-                    });
-                }
-                match resp.next_token() {
-                    Some(t) if !t.is_empty() => token = Some(t.to_string()),
-                    _ => break,
-                }
-            }
-            Ok(out)
+            let r = self.describe_all(names).await;
+            self.1.count("DescribeAutoScalingGroups", &r);
+            r
         })
     }
 
-    fn set_desired<'a>(&'a self, asg: &'a str, desired: u32) -> BoxFut<'a, Result<(), CallError>> {
+    fn set_desired<'a>(
+        &'a self,
+        asg: &'a str,
+        desired: u32,
+    ) -> BoxFut<'a, Result<Effect, CallError>> {
         Box::pin(async move {
-            self.0
+            let r = self
+                .0
                 .set_desired_capacity()
                 .auto_scaling_group_name(asg)
                 .desired_capacity(desired.min(i32::MAX as u32) as i32)
                 .honor_cooldown(false)
                 .send()
                 .await
-                .map_err(|e| err("SetDesiredCapacity", e))?;
-            Ok(())
+                .map(|_| Effect::Made)
+                .map_err(|e| err("SetDesiredCapacity", e));
+            self.1.count("SetDesiredCapacity", &r);
+            r
         })
     }
 
-    fn set_unhealthy<'a>(&'a self, instance: &'a str) -> BoxFut<'a, Result<(), CallError>> {
+    fn set_unhealthy<'a>(&'a self, instance: &'a str) -> BoxFut<'a, Result<Effect, CallError>> {
         Box::pin(async move {
-            self.0
+            let r = self
+                .0
                 .set_instance_health()
                 .instance_id(instance)
                 .health_status("Unhealthy")
                 .should_respect_grace_period(true)
                 .send()
                 .await
-                .map_err(|e| err("SetInstanceHealth", e))?;
-            Ok(())
+                .map(|_| Effect::Made)
+                .map_err(|e| err("SetInstanceHealth", e));
+            self.1.count("SetInstanceHealth", &r);
+            r
         })
+    }
+}
+
+impl Sdk<aws_sdk_autoscaling::Client> {
+    async fn describe_all(&self, names: &[String]) -> Result<Vec<GroupInfo>, CallError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let resp = self
+                .0
+                .describe_auto_scaling_groups()
+                .set_auto_scaling_group_names(Some(names.to_vec()))
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| err("DescribeAutoScalingGroups", e))?;
+            for g in resp.auto_scaling_groups() {
+                out.push(GroupInfo {
+                    name: g.auto_scaling_group_name().unwrap_or_default().to_string(),
+                    min: count(g.min_size()),
+                    max: count(g.max_size()),
+                    desired: count(g.desired_capacity()),
+                    grace_ms: i64::from(g.health_check_grace_period().unwrap_or(0)) * 1000,
+                    members: g
+                        .instances()
+                        .iter()
+                        .map(|i| Member {
+                            id: i.instance_id().unwrap_or_default().to_string(),
+                            lifecycle: Lifecycle::parse(
+                                i.lifecycle_state().map_or("", |s| s.as_str()),
+                            ),
+                            health: i.health_status().unwrap_or_default().to_string(),
+                        })
+                        .collect(),
+                });
+            }
+            match resp.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -238,7 +442,7 @@ impl Publisher for Sdk<aws_sdk_sns::Client> {
         subject: &'a str,
         message: &'a str,
         attributes: &'a BTreeMap<String, String>,
-    ) -> BoxFut<'a, Result<(), CallError>> {
+    ) -> BoxFut<'a, Result<Effect, CallError>> {
         Box::pin(async move {
             let mut req = self
                 .0
@@ -258,8 +462,13 @@ impl Publisher for Sdk<aws_sdk_sns::Client> {
                     })?;
                 req = req.message_attributes(k, value);
             }
-            req.send().await.map_err(|e| err("Publish", e))?;
-            Ok(())
+            let r = req
+                .send()
+                .await
+                .map(|_| Effect::Made)
+                .map_err(|e| err("Publish", e));
+            self.1.count("Publish", &r);
+            r
         })
     }
 }
@@ -269,7 +478,7 @@ impl MetricSink for Sdk<aws_sdk_cloudwatch::Client> {
         &'a self,
         namespace: &'a str,
         data: &'a [Datum],
-    ) -> BoxFut<'a, Result<(), CallError>> {
+    ) -> BoxFut<'a, Result<Effect, CallError>> {
         use aws_sdk_cloudwatch::primitives::DateTime;
         use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
         Box::pin(async move {
@@ -295,14 +504,17 @@ impl MetricSink for Sdk<aws_sdk_cloudwatch::Client> {
                 })
                 .collect();
             // The SDK gzips PutMetricData bodies above 10 KiB (CloudWatch accepts gzip).
-            self.0
+            let r = self
+                .0
                 .put_metric_data()
                 .namespace(namespace)
                 .set_metric_data(Some(datums))
                 .send()
                 .await
-                .map_err(|e| err("PutMetricData", e))?;
-            Ok(())
+                .map(|_| Effect::Made)
+                .map_err(|e| err("PutMetricData", e));
+            self.1.count("PutMetricData", &r);
+            r
         })
     }
 }
@@ -335,7 +547,7 @@ mod tests {
         let calls = source.matches(".send()").count();
         assert_eq!(calls, made.len(), "an SDK call the policy may not cover");
         let policy: serde_json::Value = serde_json::from_str(include_str!(
-            "../../../packaging/iam/vigil-aggregator-policy.json"
+            "../../packaging/iam/vigil-aggregator-policy.json"
         ))
         .expect("the policy is JSON");
         let allowed: BTreeSet<String> = policy["Statement"]

@@ -1,0 +1,261 @@
+//! Prometheus's query endpoints: `/api/v1/query`, `query_range`, `series`, `labels` and
+//! `label/<name>/values`, with its parameters, its JSON envelope and its error types, so that
+//! Grafana, promtool and client libraries work against the aggregator.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use hyper::StatusCode;
+use serde_json::{json, Value as Json};
+use vigil_rules::duration::{parse_ms, parse_timestamp_ms};
+use vigil_rules::gofmt::shortest_g;
+use vigil_rules::promql::{self, EvalError, Value};
+use vigil_wire::Labels;
+
+use super::{json_err, json_ok, respond, Api, Resp};
+
+pub(super) fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len()
+                && b[i + 1].is_ascii_hexdigit()
+                && b[i + 2].is_ascii_hexdigit() =>
+            {
+                let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+                out.push(hex(b[i + 1]) * 16 + hex(b[i + 2]));
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Query-string and form parameters; repeated keys (`match[]`) keep every value.
+pub(super) fn params(query: Option<&str>, body: Option<&[u8]>) -> HashMap<String, Vec<String>> {
+    let mut m: HashMap<String, Vec<String>> = HashMap::new();
+    let mut add = |s: &str| {
+        for pair in s.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            m.entry(pct_decode(k)).or_default().push(pct_decode(v));
+        }
+    };
+    if let Some(q) = query {
+        add(q);
+    }
+    if let Some(b) = body {
+        add(&String::from_utf8_lossy(b));
+    }
+    m
+}
+
+pub(super) fn one<'a>(p: &'a HashMap<String, Vec<String>>, k: &str) -> Option<&'a str> {
+    p.get(k).and_then(|v| v.last()).map(String::as_str)
+}
+
+pub(super) fn time_param(
+    p: &HashMap<String, Vec<String>>,
+    k: &str,
+    default: i64,
+) -> Result<i64, String> {
+    match one(p, k) {
+        None | Some("") => Ok(default),
+        Some(v) => parse_timestamp_ms(v).map_err(|e| format!("invalid parameter \"{k}\": {e}")),
+    }
+}
+
+pub(super) fn labels_json(l: &Labels) -> Json {
+    Json::Object(
+        l.iter()
+            .map(|x| (x.name.to_string(), json!(x.value)))
+            .collect(),
+    )
+}
+
+fn point(t: i64, v: f64) -> Json {
+    json!([t as f64 / 1000.0, shortest_g(v)])
+}
+
+fn value_json(v: &Value, t: i64) -> Json {
+    match v {
+        Value::Scalar(f) => json!({"resultType": "scalar", "result": point(t, *f)}),
+        Value::String(s) => json!({"resultType": "string", "result": [t as f64 / 1000.0, s]}),
+        Value::Vector(v) => {
+            json!({"resultType": "vector", "result": v.iter().map(|s| json!({"metric": labels_json(&s.labels), "value": point(t, s.f)})).collect::<Vec<_>>()})
+        }
+        Value::Matrix(m) => {
+            json!({"resultType": "matrix", "result": m.iter().map(|s| json!({"metric": labels_json(&s.labels), "values": s.points.iter().map(|p| point(p.timestamp_ms, p.value)).collect::<Vec<_>>()})).collect::<Vec<_>>()})
+        }
+    }
+}
+
+/// Prometheus's answer to a query past `[query] timeout`.
+pub(super) fn timeout_err(msg: &str) -> Resp {
+    json_err(StatusCode::SERVICE_UNAVAILABLE, "timeout", msg)
+}
+
+fn eval_error(e: EvalError) -> Resp {
+    match &e {
+        EvalError::BadData(m) => json_err(StatusCode::BAD_REQUEST, "bad_data", m),
+        EvalError::Unsupported(m) => json_err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "execution",
+            &format!("unsupported: {m}"),
+        ),
+        EvalError::Execution(m) => json_err(StatusCode::UNPROCESSABLE_ENTITY, "execution", m),
+        EvalError::Timeout(_) => timeout_err(&e.to_string()),
+    }
+}
+
+pub(super) fn query(app: &Api, p: &HashMap<String, Vec<String>>, deadline: Instant) -> Resp {
+    let Some(q) = one(p, "query") else {
+        return json_err(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "missing parameter \"query\"",
+        );
+    };
+    let t = match time_param(p, "time", app.clock.now_ms()) {
+        Ok(t) => t,
+        Err(e) => return json_err(StatusCode::BAD_REQUEST, "bad_data", &e),
+    };
+    let parsed = match promql::parse(q) {
+        Ok(x) => x,
+        Err(e) => return json_err(StatusCode::BAD_REQUEST, "bad_data", &e.to_string()),
+    };
+    match app
+        .query_engine
+        .instant_until(&*app.store, &parsed, t, Some(deadline))
+    {
+        Ok(r) => {
+            let mut body = json!({"status": "success", "data": value_json(&r.value, t)});
+            let warnings: Vec<&str> = r.annotations.iter().map(|a| a.message.as_str()).collect();
+            if !warnings.is_empty() {
+                body["warnings"] = json!(warnings);
+            }
+            respond(StatusCode::OK, "application/json", body.to_string())
+        }
+        Err(e) => eval_error(e),
+    }
+}
+
+fn step_param(v: &str) -> Result<i64, String> {
+    match v.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Ok((s * 1000.0).round() as i64),
+        Ok(_) => Err("zero or negative query resolution step widths are not accepted. Try a positive integer".into()),
+        Err(_) => parse_ms(v),
+    }
+}
+
+pub(super) fn query_range(app: &Api, p: &HashMap<String, Vec<String>>, deadline: Instant) -> Resp {
+    let Some(q) = one(p, "query") else {
+        return json_err(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "missing parameter \"query\"",
+        );
+    };
+    let (start, end) = match (
+        time_param(p, "start", i64::MIN),
+        time_param(p, "end", i64::MIN),
+    ) {
+        (Ok(s), Ok(e)) if s != i64::MIN && e != i64::MIN => (s, e),
+        (Err(e), _) | (_, Err(e)) => return json_err(StatusCode::BAD_REQUEST, "bad_data", &e),
+        _ => {
+            return json_err(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                "start and end are required",
+            )
+        }
+    };
+    let step = match one(p, "step").map(step_param) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            return json_err(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                &format!("invalid parameter \"step\": {e}"),
+            )
+        }
+        None => {
+            return json_err(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                "missing parameter \"step\"",
+            )
+        }
+    };
+    let parsed = match promql::parse(q) {
+        Ok(x) => x,
+        Err(e) => return json_err(StatusCode::BAD_REQUEST, "bad_data", &e.to_string()),
+    };
+    match app
+        .query_engine
+        .range_until(&*app.store, &parsed, start, end, step, Some(deadline))
+    {
+        Ok(r) => json_ok(value_json(&r.value, end)),
+        Err(e) => eval_error(e),
+    }
+}
+
+/// The series the `match[]` selectors name between `start` and `end` (default: the window);
+/// `None` without any `match[]`; the error is a `bad_data` message.
+fn matched(app: &Api, p: &HashMap<String, Vec<String>>) -> Result<Option<Vec<Labels>>, String> {
+    let Some(ms) = p.get("match[]").filter(|m| !m.is_empty()) else {
+        return Ok(None);
+    };
+    let now = app.clock.now_ms();
+    let (start, end) = match (
+        time_param(p, "start", now - app.cfg.retention_ms),
+        time_param(p, "end", now),
+    ) {
+        (Ok(s), Ok(e)) => (s, e),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    };
+    let mut out: std::collections::BTreeSet<Labels> = Default::default();
+    for m in ms {
+        let q = promql::parse(m).map_err(|e| e.to_string())?;
+        let promql::plan::Node::Selector(sel) = q.plan() else {
+            return Err(format!("match[] must be a series selector, got {m:?}"));
+        };
+        out.extend(app.store.series(&sel.matchers, start, end));
+    }
+    Ok(Some(out.into_iter().collect()))
+}
+
+pub(super) fn series(app: &Api, p: &HashMap<String, Vec<String>>) -> Resp {
+    match matched(app, p) {
+        Ok(Some(out)) => json_ok(json!(out.iter().map(labels_json).collect::<Vec<_>>())),
+        Ok(None) => json_err(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "no match[] parameter provided",
+        ),
+        Err(e) => json_err(StatusCode::BAD_REQUEST, "bad_data", &e),
+    }
+}
+
+/// `/api/v1/labels` (`name` None) and `/api/v1/label/<name>/values`: from the index, or from
+/// the series `match[]` names when it is given.
+pub(super) fn labels(app: &Api, p: &HashMap<String, Vec<String>>, name: Option<&str>) -> Resp {
+    match matched(app, p) {
+        Ok(None) => json_ok(json!(app.store.label_values(name))),
+        Ok(Some(series)) => {
+            let mut out: std::collections::BTreeSet<&str> = Default::default();
+            for l in &series {
+                match name {
+                    None => out.extend(l.iter().map(|x| x.name)),
+                    Some(n) => out.extend(l.get(n)),
+                }
+            }
+            json_ok(json!(out))
+        }
+        Err(e) => json_err(StatusCode::BAD_REQUEST, "bad_data", &e),
+    }
+}

@@ -1,0 +1,283 @@
+//! Vigil's own read endpoints (`/api/v1/rules`, `alerts`, `scaling`, `instances`) and the
+//! status page, from the view the engine published and the fleet's state.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value as Json};
+use vigil_rules::alerting::AlertState;
+use vigil_rules::duration::format_timestamp_ms;
+use vigil_rules::evaluator::alert_key;
+use vigil_rules::gofmt::shortest_g;
+use vigil_rules::health::RuleHealth;
+use vigil_rules::promql::{self, Value};
+use vigil_rules::rulefile::Rule;
+
+use super::query::labels_json;
+use super::Api;
+
+/// Prometheus's time for "never evaluated".
+const NEVER: &str = "0001-01-01T00:00:00Z";
+
+/// A rule's health fields as Prometheus gives them, and Vigil's ring of recent evaluations.
+fn health_json(h: Option<&RuleHealth>) -> serde_json::Map<String, Json> {
+    let last = h.and_then(RuleHealth::last);
+    let mut m = serde_json::Map::new();
+    m.insert(
+        "health".into(),
+        json!(h.map_or("unknown", RuleHealth::health)),
+    );
+    m.insert(
+        "lastError".into(),
+        json!(last.and_then(|e| e.error.as_deref()).unwrap_or("")),
+    );
+    m.insert(
+        "lastEvaluation".into(),
+        json!(last.map_or(NEVER.to_string(), |e| format_timestamp_ms(e.at))),
+    );
+    m.insert(
+        "evaluationTime".into(),
+        json!(last.map_or(0.0, |e| e.duration_ns as f64 / 1e9)),
+    );
+    m.insert(
+        "recentEvaluations".into(),
+        json!(h
+            .map(|h| h
+                .recent
+                .iter()
+                .rev()
+                .map(|e| json!({"time": format_timestamp_ms(e.at), "evaluationTime": e.duration_ns as f64 / 1e9,
+                    "samples": e.samples, "error": e.error}))
+                .collect::<Vec<_>>())
+            .unwrap_or_default()),
+    );
+    m
+}
+
+pub(super) fn rules_json(app: &Api) -> Json {
+    let rules = app.rules.current();
+    let view = app.view.load();
+    let mut groups = Vec::new();
+    for g in rules.groups() {
+        let gh = view.health.get(&(g.file.clone(), g.name.clone()));
+        let mut rs = Vec::new();
+        for (idx, r) in g.rules.iter().enumerate() {
+            let mut rule = match r {
+                Rule::Record(rec) => {
+                    json!({"type": "recording", "name": rec.record, "query": rec.expr.text()})
+                }
+                Rule::Alert(a) => {
+                    let st = view.alerts.get(&alert_key(g, a));
+                    let alerts: Vec<Json> = st
+                        .map(|s| s.iter().map(alert_json).collect())
+                        .unwrap_or_default();
+                    let state = st.map_or("inactive", |s| {
+                        if s.iter().any(|x| x.state == AlertState::Firing) {
+                            "firing"
+                        } else if s.iter().any(|x| x.state == AlertState::Pending) {
+                            "pending"
+                        } else {
+                            "inactive"
+                        }
+                    });
+                    json!({"type": "alerting", "name": a.alert, "query": a.expr.text(), "duration": a.for_ms as f64 / 1000.0,
+                        "keepFiringFor": a.keep_firing_for_ms as f64 / 1000.0, "state": state, "alerts": alerts})
+                }
+            };
+            if let Json::Object(m) = &mut rule {
+                m.extend(health_json(gh.and_then(|h| h.rules.get(idx))));
+            }
+            rs.push(rule);
+        }
+        groups.push(json!({"name": g.name, "file": g.file, "interval": g.interval_ms.unwrap_or(rules.default_interval_ms) as f64 / 1000.0,
+            "rules": rs,
+            "lastEvaluation": gh.and_then(|h| h.last_evaluation).map_or(NEVER.to_string(), format_timestamp_ms),
+            "evaluationTime": gh.map_or(0.0, |h| h.duration_ns as f64 / 1e9)}));
+    }
+    json!({"groups": groups})
+}
+
+/// Rules whose last evaluation failed: (group, rule, error), for the status page.
+pub(super) fn broken_rules(app: &Api) -> Vec<(String, String, String)> {
+    let rules = app.rules.current();
+    let view = app.view.load();
+    let mut out = Vec::new();
+    for g in rules.groups() {
+        let Some(gh) = view.health.get(&(g.file.clone(), g.name.clone())) else {
+            continue;
+        };
+        for (r, h) in g.rules.iter().zip(&gh.rules) {
+            if let Some(e) = h.last().and_then(|e| e.error.as_ref()) {
+                out.push((g.name.clone(), r.name().to_string(), e.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn alert_json(a: &vigil_rules::alerting::Alert) -> Json {
+    json!({"labels": labels_json(&a.labels), "annotations": a.annotations, "state": a.state.as_str(),
+        "activeAt": format_timestamp_ms(a.active_at), "value": shortest_g(a.value)})
+}
+
+pub(super) fn alerts_json(app: &Api) -> Json {
+    let view = app.view.load();
+    let mut v: Vec<&vigil_rules::alerting::Alert> = view.alerts.values().flatten().collect();
+    v.sort_by(|a, b| a.labels.cmp(&b.labels));
+    json!({"alerts": v.into_iter().map(alert_json).collect::<Vec<_>>()})
+}
+
+pub(super) fn scaling_json(app: &Api) -> Json {
+    let rules = app.rules.current();
+    let view = app.view.load();
+    let mut out = Vec::new();
+    for (asg, ps) in rules.scaling_by_asg() {
+        for p in ps {
+            let last: Vec<Json> = view
+                .decisions
+                .iter()
+                .rev()
+                .filter(|d| d.asg == asg)
+                .take(10)
+                .map(|d| json!({"time": format_timestamp_ms(d.at), "from": d.current, "to": d.desired, "by": d.by, "held": d.held,
+                    "inputs": d.inputs.iter().map(|i| json!({"policy": i.policy, "value": i.value.map(shortest_g), "recommended": i.recommended, "reason": i.reason})).collect::<Vec<_>>()}))
+                .collect();
+            let decided = view.capacity.get(asg).copied();
+            let group = app.fleet.group(asg);
+            let simulated = app.fleet.simulated(asg);
+            let current = match &group {
+                Some(g) if !simulated => Some(g.desired),
+                _ => decided,
+            };
+            let desired = app.fleet.pending(asg).or(decided);
+            out.push(json!({"policy": p.name, "group": asg, "min": p.min, "max": p.max, "current": current,
+                "desired": desired, "dry_run": app.cfg.dry_run, "simulated": simulated, "last_decisions": last,
+                "fleet": app.fleet.group_json(asg)}));
+        }
+    }
+    json!({"policies": out})
+}
+
+pub(super) fn instances_json(app: &Api) -> Json {
+    let health = app.engine.promql().instant(
+        &*app.store,
+        &match promql::parse("min by (instance) (vigil_health_up)") {
+            Ok(q) => q,
+            Err(_) => return json!([]),
+        },
+        app.clock.now_ms(),
+    );
+    let mut h: HashMap<String, f64> = HashMap::new();
+    if let Ok(r) = health {
+        if let Value::Vector(v) = r.value {
+            for s in v {
+                if let Some(i) = s.labels.get("instance") {
+                    h.insert(i.to_string(), s.f);
+                }
+            }
+        }
+    }
+    let now = app.clock.now_ms();
+    json!({"instances": app.store.instances().into_iter().map(|(i, l, last)| {
+        let health = match h.get(&i) { Some(v) if *v >= 1.0 => "healthy", Some(_) => "unhealthy", None => "unknown" };
+        json!({"instance": i, "labels": labels_json(&l), "lastPush": format_timestamp_ms(last), "secondsSinceLastPush": (now - last) as f64 / 1000.0, "health": health})
+    }).collect::<Vec<_>>()})
+}
+
+pub(super) fn status_page(app: &Api) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut html = String::from("<!doctype html><meta charset=utf-8><title>Vigil</title><style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}</style><h1>Vigil aggregator</h1>");
+    html.push_str(&format!(
+        "<p>{} series, {} samples in the window; dry run: {}</p>",
+        app.store.series_count(),
+        app.store.sample_count(),
+        app.cfg.dry_run
+    ));
+    if let Some(e) = app.rules.last_error().as_ref() {
+        html.push_str(&format!(
+            "<p style=color:#b00>Last reload failed (previous rules still running):<pre>{}</pre>",
+            esc(e)
+        ));
+    }
+    let broken = broken_rules(app);
+    if !broken.is_empty() {
+        html.push_str(
+            "<h2 style=color:#b00>Broken rules</h2><table><tr><th>group<th>rule<th>last error",
+        );
+        for (g, r, e) in &broken {
+            html.push_str(&format!("<tr><td>{}<td>{}<td>{}", esc(g), esc(r), esc(e)));
+        }
+        html.push_str("</table>");
+    }
+    html.push_str("<h2>Fleet</h2><table><tr><th>instance<th>labels<th>last push<th>health");
+    if let Json::Array(items) = &instances_json(app)["instances"] {
+        for i in items {
+            html.push_str(&format!(
+                "<tr><td>{}<td>{}<td>{}<td>{}",
+                esc(i["instance"].as_str().unwrap_or("")),
+                esc(&i["labels"].to_string()),
+                esc(i["lastPush"].as_str().unwrap_or("")),
+                esc(i["health"].as_str().unwrap_or(""))
+            ));
+        }
+    }
+    html.push_str("</table><h2>Auto Scaling groups</h2><table><tr><th>group<th>policy<th>AWS desired (min–max, in service)<th>pending<th>last call");
+    if let Json::Array(items) = &scaling_json(app)["policies"] {
+        for p in items {
+            let f = &p["fleet"];
+            let aws = if p["simulated"] == true {
+                format!("simulated (dry run): {}", p["current"])
+            } else if f["aws"].is_null() {
+                "not described".to_string()
+            } else {
+                format!(
+                    "{} ({}–{}, {})",
+                    f["aws"]["desired"], f["aws"]["min"], f["aws"]["max"], f["aws"]["in_service"]
+                )
+            };
+            let last = if f["last_applied"].is_null() {
+                String::new()
+            } else {
+                format!(
+                    "{} → {}: {}",
+                    f["last_applied"]["time"].as_str().unwrap_or(""),
+                    f["last_applied"]["desired"],
+                    f["last_applied"]["result"].as_str().unwrap_or("")
+                )
+            };
+            html.push_str(&format!(
+                "<tr><td>{}<td>{}<td>{}<td>{}<td>{}",
+                esc(p["group"].as_str().unwrap_or("")),
+                esc(p["policy"].as_str().unwrap_or("")),
+                esc(&aws),
+                esc(&f["pending"].to_string()),
+                esc(&last)
+            ));
+        }
+    }
+    html.push_str(&format!(
+        "</table><p>Notifications waiting in the outbox: {}</p>",
+        app.outbox.waiting()
+    ));
+    html.push_str("<h2>Alerts</h2><table><tr><th>labels<th>state<th>since");
+    if let Json::Array(items) = &alerts_json(app)["alerts"] {
+        for a in items {
+            html.push_str(&format!(
+                "<tr><td>{}<td>{}<td>{}",
+                esc(&a["labels"].to_string()),
+                esc(a["state"].as_str().unwrap_or("")),
+                esc(a["activeAt"].as_str().unwrap_or(""))
+            ));
+        }
+    }
+    html.push_str("</table><h2>Last decisions</h2><pre>");
+    for l in app.view.load().log.iter().rev().take(50) {
+        html.push_str(&esc(l));
+        html.push('\n');
+    }
+    html.push_str("</pre>");
+    html
+}

@@ -1,0 +1,337 @@
+//! `POST /api/v1/write`: remote-write 1.0 from any sender (Vigil's agent, Prometheus, vmagent,
+//! Grafana Alloy). Answers 204 accepted, 400 malformed, 401 missing or wrong token, 413 too large,
+//! 429 over the series limit (with `Retry-After`).
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use vigil_wire::remote_write::{self, DecodeError};
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::store::Store;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Default)]
+struct Metrics {
+    write_requests: Family<CodeLabels, Counter>,
+    write_refused: Family<ReasonLabels, Counter>,
+    samples_ingested: Counter,
+    samples_dropped: Family<ReasonLabels, Counter>,
+}
+
+impl Metrics {
+    fn register(r: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        r.register(
+            "vigil_aggregator_write_requests",
+            "Remote-write requests by HTTP status",
+            m.write_requests.clone(),
+        );
+        r.register(
+            "vigil_aggregator_write_refused",
+            "Remote-write requests refused by a limit, by limit",
+            m.write_refused.clone(),
+        );
+        r.register(
+            "vigil_aggregator_samples_ingested",
+            "Samples stored",
+            m.samples_ingested.clone(),
+        );
+        r.register(
+            "vigil_aggregator_samples_dropped",
+            "Samples not stored, by reason",
+            m.samples_dropped.clone(),
+        );
+        m
+    }
+
+    fn refused(&self, reason: &'static str) {
+        self.write_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+}
+
+/// Remote-write ingest into the window: its limits, its token, its self-metrics.
+pub struct Ingest {
+    cfg: Config,
+    store: Arc<Store>,
+    token: Option<String>,
+    clock: SharedClock,
+    metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("auth_token_file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("auth_token_file {0} is empty")]
+    Empty(String),
+}
+
+/// Compares two byte strings in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Ingest {
+    pub fn new(
+        cfg: Config,
+        store: Arc<Store>,
+        clock: SharedClock,
+        r: &mut Registry,
+    ) -> Result<Ingest, TokenError> {
+        let token = match &cfg.auth_token_file {
+            Some(p) => {
+                let path = p.display().to_string();
+                let t = std::fs::read_to_string(p).map_err(|source| TokenError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let t = t.trim().to_string();
+                if t.is_empty() {
+                    return Err(TokenError::Empty(path));
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        Ok(Ingest {
+            cfg,
+            store,
+            token,
+            clock,
+            metrics: Metrics::register(r),
+        })
+    }
+
+    /// Counts a request by its answer.
+    pub fn count(&self, status: StatusCode) {
+        self.metrics
+            .write_requests
+            .get_or_create(&CodeLabels {
+                code: status.as_u16(),
+            })
+            .inc();
+    }
+
+    /// Whether the request carries the configured bearer token (always true when none is set).
+    pub fn authorized(&self, auth_header: Option<&str>) -> bool {
+        match &self.token {
+            None => true,
+            Some(t) => auth_header
+                .and_then(|h| {
+                    h.get(..7)
+                        .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                        .map(|_| &h[7..])
+                })
+                .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), t.as_bytes())),
+        }
+    }
+
+    /// Handles one write; returns the status and a body for errors.
+    pub fn write(&self, auth_header: Option<&str>, body: &Bytes) -> (StatusCode, String) {
+        let (status, msg) = self.handle(auth_header, body);
+        self.count(status);
+        (status, msg)
+    }
+
+    fn handle(&self, auth_header: Option<&str>, body: &Bytes) -> (StatusCode, String) {
+        let app = self;
+        if !self.authorized(auth_header) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token\n".into(),
+            );
+        }
+        let raw = match remote_write::decompress(body, app.cfg.max_body_bytes) {
+            Ok(r) => r,
+            Err(DecodeError::TooLarge { size, limit }) => {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body decompresses to {size} bytes, limit {limit}\n"),
+                )
+            }
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        // Pass 1: validate everything before storing anything (a malformed request changes nothing).
+        let c = &app.cfg;
+        let mut failure: Option<(StatusCode, &'static str, String)> = None;
+        let mut buf = String::with_capacity(256);
+        // Each series' canonical labels, encoded once in pass 1 and reused in pass 2.
+        let mut encoded = String::with_capacity(raw.len());
+        let mut ends: Vec<usize> = Vec::new();
+        let mut count = 0usize;
+        let res = remote_write::scan(&raw, |i, s| {
+            count += 1;
+            let mut fail = |status, reason, msg: String| {
+                failure = Some((status, reason, msg));
+                Err(String::new())
+            };
+            if count > c.max_series_per_request {
+                return fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "series_per_request",
+                    format!(
+                        "more than {} series in one request",
+                        c.max_series_per_request
+                    ),
+                );
+            }
+            if s.labels.len() > c.max_labels_per_series {
+                return fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "labels_per_series",
+                    format!(
+                        "series {i}: {} labels, limit {}",
+                        s.labels.len(),
+                        c.max_labels_per_series
+                    ),
+                );
+            }
+            if let Some((n, _)) = s.labels.iter().find(|(n, v)| {
+                n.len() > c.max_label_name_length || v.len() > c.max_label_value_length
+            }) {
+                return fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "label_length",
+                    format!(
+                        "series {i}: label {:?} longer than the limits ({} / {} bytes)",
+                        n.chars().take(64).collect::<String>(),
+                        c.max_label_name_length,
+                        c.max_label_value_length
+                    ),
+                );
+            }
+            if let Some((n, _)) = s
+                .labels
+                .iter()
+                .find(|(n, _)| !vigil_wire::text::is_valid_label_name(n))
+            {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("series {i}: invalid label name {n:?}"),
+                );
+            }
+            if let Err(e) = vigil_wire::encode_sorted(&mut buf, s.labels.iter().copied()) {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("series {i}: {e}"),
+                );
+            }
+            if !s
+                .labels
+                .iter()
+                .any(|(n, v)| *n == vigil_wire::METRIC_NAME && !v.is_empty())
+            {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("series {i}: no __name__ label"),
+                );
+            }
+            encoded.push_str(&buf);
+            ends.push(encoded.len());
+            Ok(())
+        });
+        if let Some((status, reason, msg)) = failure {
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                app.metrics.refused(reason);
+            }
+            return (status, format!("{msg}\n"));
+        }
+        if let Err(e) = res {
+            return (StatusCode::BAD_REQUEST, format!("protobuf: {e}\n"));
+        }
+        // Pass 2: store, holding the store once for the whole request.
+        let now = app.clock.now_ms();
+        let mut dropped = [0usize; 5];
+        let mut accepted = 0usize;
+        let mut too_many = None;
+        {
+            let mut batch = app.store.batch();
+            let _ = remote_write::scan(&raw, |i, s| {
+                let start = if i == 0 { 0 } else { ends[i - 1] };
+                match batch.append(&encoded[start..ends[i]], &s.samples, now) {
+                    Ok(st) => {
+                        accepted += st.accepted;
+                        dropped[0] += st.out_of_order;
+                        dropped[1] += st.too_old;
+                        dropped[2] += st.duplicates;
+                        dropped[3] += st.too_new;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Over the series limit: this series is refused, the rest of the request
+                        // is still stored (one new series must not block an agent's whole batch).
+                        dropped[4] += s.samples.len();
+                        too_many = Some(e);
+                        Ok(())
+                    }
+                }
+            });
+        }
+        app.metrics.samples_ingested.inc_by(accepted as u64);
+        for (reason, n) in [
+            "out_of_order",
+            "too_old",
+            "duplicate",
+            "too_new",
+            "series_limit",
+        ]
+        .into_iter()
+        .zip(dropped)
+        {
+            if n > 0 {
+                app.metrics
+                    .samples_dropped
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc_by(n as u64);
+            }
+        }
+        if let Some(e) = too_many {
+            app.metrics.refused("active_series");
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{e}; series already stored were kept\n"),
+            );
+        }
+        (StatusCode::NO_CONTENT, String::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,476 @@
+//! The evaluation loop: rule groups, scaling and replacement policies on their intervals, over
+//! the series window. Before each tick the fleet tells the rules what AWS says; after it, the
+//! decisions go to the fleet's actuator, recorded samples to the publisher, notifications to the
+//! outbox — all committed to the state database in one transaction first — and readers get a
+//! fresh [`View`].
+//!
+//! The engine is handed its collaborators; it owns the evaluation state and is the only writer
+//! of the view.
+
+mod view;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use vigil_rules::alerting::AlertState;
+use vigil_rules::duration::format_timestamp_ms;
+use vigil_rules::evaluator::{alert_key, AlertKey, Event, RuleSet, Simulation};
+use vigil_rules::promql;
+use vigil_rules::replace::ReplaceDecision;
+use vigil_rules::replay::event_text;
+use vigil_rules::rulefile::{CloudWatchPublish, Rule};
+use vigil_rules::scaling::Decision;
+use vigil_wire::{Labels, Sample};
+
+pub use view::View;
+
+use crate::clock::SharedClock;
+use crate::fleet::Fleet;
+use crate::notify::{self, ActiveAlert, Notifier, Outbox};
+use crate::publish::{Point, Publisher};
+use crate::ruleset::Rules;
+use crate::state;
+use crate::store::{RuleSink, Store};
+
+/// Decisions kept for the API and the status page.
+pub const HISTORY: usize = 200;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Default)]
+struct Metrics {
+    rule_evaluation_failures: Counter,
+    decisions: Family<KindLabels, Counter>,
+    series: Gauge,
+    chunk_bytes: Gauge,
+}
+
+impl Metrics {
+    fn register(r: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        r.register(
+            "vigil_aggregator_series",
+            "Series in the window",
+            m.series.clone(),
+        );
+        r.register(
+            "vigil_aggregator_chunk_bytes",
+            "Bytes of compressed samples in the window",
+            m.chunk_bytes.clone(),
+        );
+        r.register(
+            "vigil_aggregator_rule_evaluation_failures",
+            "Rule evaluations that failed",
+            m.rule_evaluation_failures.clone(),
+        );
+        r.register(
+            "vigil_aggregator_decisions",
+            "Decisions by kind",
+            m.decisions.clone(),
+        );
+        m
+    }
+
+    fn decision(&self, kind: &'static str) {
+        self.decisions.get_or_create(&KindLabels { kind }).inc();
+    }
+}
+
+/// The evaluation state, behind the engine's lock.
+pub struct Evaluation {
+    pub sim: Simulation,
+    pub decisions: VecDeque<Decision>,
+    pub replacements: VecDeque<ReplaceDecision>,
+    /// Human-readable recent events for the status page.
+    pub log: VecDeque<String>,
+    pub notifier: Notifier,
+}
+
+/// What the engine is handed.
+pub struct Parts {
+    pub store: Arc<Store>,
+    pub rules: Arc<Rules>,
+    pub fleet: Arc<Fleet>,
+    pub publisher: Arc<Publisher>,
+    pub outbox: Arc<Outbox>,
+    pub db: state::Shared,
+    pub clock: SharedClock,
+    pub notify: notify::Settings,
+    pub stale_after_ms: i64,
+    pub evaluation_interval_ms: i64,
+}
+
+pub struct Engine {
+    parts: Parts,
+    promql: promql::Engine,
+    eval: Mutex<Evaluation>,
+    view: Arc<ArcSwap<View>>,
+    /// After a restart with saved state, rules are not evaluated before this time (ms): the
+    /// window starts empty, and evaluating it would resolve every firing alert and notify.
+    warm_until_ms: i64,
+    metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("the notifier state in the state database is unreadable")]
+    Notifier,
+}
+
+/// The record rules published to CloudWatch: record name → (how, high resolution).
+fn cloudwatch_rules(rules: &RuleSet) -> HashMap<String, (CloudWatchPublish, bool)> {
+    let mut m = HashMap::new();
+    for g in rules.groups() {
+        let high = g.interval_ms.unwrap_or(rules.default_interval_ms) < 60_000;
+        for r in &g.rules {
+            if let Rule::Record(rr) = r {
+                if let Some(c) = &rr.cloudwatch {
+                    m.insert(rr.record.clone(), (c.clone(), high));
+                }
+            }
+        }
+    }
+    m
+}
+
+/// Every alert firing now, with the receivers its rule names.
+fn firing_alerts(rules: &RuleSet, state: &vigil_rules::evaluator::State) -> Vec<ActiveAlert> {
+    let mut receivers: HashMap<AlertKey, &Vec<String>> = HashMap::new();
+    for g in rules.groups() {
+        for r in &g.rules {
+            if let Rule::Alert(a) = r {
+                receivers.insert(alert_key(g, a), &a.receivers);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (key, rs) in &state.alerts {
+        let Some(recv) = receivers.get(key) else {
+            continue;
+        };
+        for a in rs.active.values() {
+            if a.state == AlertState::Firing {
+                out.push(ActiveAlert {
+                    labels: a.labels.clone(),
+                    annotations: a.annotations.clone(),
+                    value: a.value,
+                    starts_at: a.active_at,
+                    receivers: (*recv).clone(),
+                    decision: None,
+                });
+            }
+        }
+    }
+    out
+}
+
+impl Engine {
+    /// The engine, with the evaluation state a previous run saved (alerts, cooldowns, the
+    /// notifier's memory, the actions it had not carried out yet).
+    pub fn new(parts: Parts, r: &mut Registry) -> Result<Engine, StartError> {
+        let promql = promql::Engine::new(promql::EngineOpts {
+            default_subquery_step_ms: parts.evaluation_interval_ms,
+            ..promql::EngineOpts::default()
+        });
+        let mut sim = Simulation::new(parts.rules.current(), promql.clone());
+        let mut warm_until_ms = 0;
+        let db = parts.db.lock();
+        if let Some((state, capacity)) = db.load()? {
+            warm_until_ms = parts.clock.now_ms() + parts.stale_after_ms;
+            let firing = state
+                .alerts
+                .values()
+                .flat_map(|r| r.active.values())
+                .filter(|a| a.state == AlertState::Firing)
+                .count();
+            tracing::info!(
+                firing_alerts = firing,
+                groups = capacity.len(),
+                "evaluation state restored"
+            );
+            sim.state = state;
+            for (asg, n) in capacity {
+                sim.capacity.insert(asg, n);
+            }
+        }
+        if let Some(pending) = db.load_actions()? {
+            parts.fleet.restore_pending(&pending);
+        }
+        let notifier = match db.load_notifier()? {
+            Some(v) => Notifier::from_json(&v).ok_or(StartError::Notifier)?,
+            None => Notifier::default(),
+        };
+        drop(db);
+        let evaluation = Evaluation {
+            sim,
+            decisions: VecDeque::new(),
+            replacements: VecDeque::new(),
+            log: VecDeque::new(),
+            notifier,
+        };
+        Ok(Engine {
+            view: Arc::new(ArcSwap::from_pointee(View::of(&evaluation))),
+            eval: Mutex::new(evaluation),
+            promql,
+            warm_until_ms,
+            metrics: Metrics::register(r),
+            parts,
+        })
+    }
+
+    /// The view readers load (the API, the status page).
+    pub fn view(&self) -> Arc<ArcSwap<View>> {
+        self.view.clone()
+    }
+
+    /// The rule-evaluation PromQL engine (no sample limit beyond the default).
+    pub fn promql(&self) -> &promql::Engine {
+        &self.promql
+    }
+
+    /// Instance liveness from push arrival: `vigil_instance_up{instance,asg,az,pod,namespace}`
+    /// is 1 while the instance pushed within `stale_after`, else 0; the series of silent
+    /// instances are marked stale.
+    fn liveness(&self, ts: i64) {
+        let p = &self.parts;
+        let now = p.clock.now_ms();
+        let marked = p.store.mark_stale(now, p.stale_after_ms);
+        if marked > 0 {
+            tracing::info!(
+                series = marked,
+                stale_after_ms = p.stale_after_ms,
+                "series marked stale: not pushed to"
+            );
+        }
+        for (_, labels, last_push) in p.store.instances() {
+            let mut b = labels.to_builder();
+            b.set(vigil_wire::METRIC_NAME, "vigil_instance_up");
+            let up = if now - last_push <= p.stale_after_ms {
+                1.0
+            } else {
+                0.0
+            };
+            let _ = p.store.append(&b.build(), [Sample::new(ts, up)], now);
+        }
+    }
+
+    /// Each instance's boot time (ms) from the agent's `node_boot_time_seconds`.
+    fn boot_times(&self, now: i64) -> HashMap<String, i64> {
+        let Ok(q) = promql::parse("max by (instance) (node_boot_time_seconds)") else {
+            return HashMap::new();
+        };
+        let Ok(res) = self.promql.instant(&*self.parts.store, &q, now) else {
+            return HashMap::new();
+        };
+        match res.value {
+            promql::Value::Vector(v) => v
+                .iter()
+                .filter_map(|s| {
+                    Some((s.labels.get("instance")?.to_string(), (s.f * 1000.0) as i64))
+                })
+                .collect(),
+            _ => HashMap::new(),
+        }
+    }
+
+    /// Runs one evaluation at `ts` (aligned to the tick) and hands on what it decided.
+    fn evaluate(&self, ts: i64) {
+        let p = &self.parts;
+        let rules = p.rules.current();
+        let cw = cloudwatch_rules(&rules);
+        let mut points: Vec<Point> = Vec::new();
+        let mut tap = |l: &Labels, s: Sample| {
+            if let Some((c, high)) = l.metric_name().and_then(|n| cw.get(n)) {
+                points.push(Point {
+                    metric_name: c.metric_name.clone(),
+                    dimensions: c
+                        .dimensions
+                        .iter()
+                        .filter_map(|d| Some((d.clone(), l.get(d)?.to_string())))
+                        .collect(),
+                    timestamp_ms: s.timestamp_ms,
+                    value: s.value,
+                    high_resolution: *high,
+                });
+            }
+        };
+        let mut ev = self.eval.lock().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&ev.sim.rules, &rules) {
+            // Reloaded since the last tick.
+            ev.sim.set_rules(rules.clone());
+        }
+        if p.fleet.describes() {
+            let boot = self.boot_times(ts);
+            p.fleet.prepare(&mut ev.sim, &p.rules.groups(), &boot, ts);
+        }
+        let mut sink = RuleSink {
+            store: &p.store,
+            now_ms: p.clock.now_ms(),
+            tap: if cw.is_empty() { None } else { Some(&mut tap) },
+        };
+        let events = ev.sim.step(&mut sink, 0, ts);
+        p.publisher.queue(points);
+        let mut history: Vec<(i64, &str, serde_json::Value)> = Vec::new();
+        for e in &events {
+            let kind = match e {
+                Event::Alert(_) => "alert",
+                Event::Scaling(_) => "scaling",
+                Event::Replace(_) => "replace",
+                Event::RuleError { .. } => continue,
+            };
+            history.push((ts, kind, vigil_rules::replay::event_json(e)));
+        }
+        // Alerts Vigil raises from decisions (fail-open) fire until their decision ends them.
+        for e in &events {
+            if let Event::Alert(t) = e {
+                if t.rule != "VigilReplacementFailOpen" {
+                    continue;
+                }
+                if t.to == AlertState::Firing {
+                    let decision = events.iter().find_map(|x| match x {
+                        Event::Replace(r)
+                            if r.fail_open_started
+                                && Some(r.asg.as_str()) == t.labels.get("asg") =>
+                        {
+                            Some(vigil_rules::replay::event_json(x))
+                        }
+                        _ => None,
+                    });
+                    ev.notifier.synthetic.insert(
+                        t.labels.clone(),
+                        ActiveAlert {
+                            labels: t.labels.clone(),
+                            annotations: t.annotations.clone(),
+                            value: t.value,
+                            starts_at: t.at,
+                            receivers: vec![],
+                            decision,
+                        },
+                    );
+                } else {
+                    ev.notifier.synthetic.remove(&t.labels);
+                }
+            }
+        }
+        let settings = &p.notify;
+        let firing = firing_alerts(&rules, &ev.sim.state);
+        let before = ev.notifier.clone();
+        ev.notifier.observe(settings, ts, &firing);
+        let deliveries: Vec<(String, serde_json::Value)> = ev
+            .notifier
+            .flush(settings, ts)
+            .iter()
+            .flat_map(|n| notify::render(n, settings))
+            .map(|d| (d.target().to_string(), d.to_json()))
+            .collect();
+        // The decisions go to the actuator, and everything — evaluation state, decision history,
+        // what the notifier told and will tell, the actions still to carry out — is committed in one
+        // transaction before anything is acted on: a crash can neither repeat nor forget any of it.
+        p.fleet.take(&events, ts);
+        let notifier_json =
+            (ev.notifier != before || !deliveries.is_empty()).then(|| ev.notifier.to_json());
+        let committed = p.db.lock().commit_evaluation(&state::Evaluated {
+            at: ts,
+            state: &ev.sim.state,
+            capacity: &ev.sim.capacity,
+            actions: &p.fleet.pending_json(),
+            history: &history,
+            notifier: notifier_json.as_ref(),
+            deliveries: &deliveries,
+            ttl_ms: notify::NOTIFICATION_TTL_MS,
+        });
+        match committed {
+            Ok(()) if !deliveries.is_empty() => p.outbox.wake.notify_one(),
+            Ok(()) => {}
+            Err(e) => {
+                // Not committed: the notifier forgets this flush too, and decides it again.
+                tracing::error!(error = %e, "cannot persist the evaluation; notifications are decided again at the next one");
+                ev.notifier = before;
+            }
+        }
+        for e in events {
+            let line = event_text(&e);
+            match &e {
+                Event::RuleError { .. } => {
+                    self.metrics.rule_evaluation_failures.inc();
+                    tracing::warn!(event = %line, "rule evaluation failed");
+                }
+                Event::Scaling(d) => {
+                    self.metrics.decision("scaling");
+                    tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, held = ?d.held, "scaling decision");
+                    ev.decisions.push_back(d.clone());
+                    while ev.decisions.len() > HISTORY {
+                        ev.decisions.pop_front();
+                    }
+                }
+                Event::Replace(r) => {
+                    self.metrics.decision("replace");
+                    ev.replacements.push_back(r.clone());
+                    while ev.replacements.len() > HISTORY {
+                        ev.replacements.pop_front();
+                    }
+                }
+                Event::Alert(t) => {
+                    tracing::info!(alert = %t.labels, from = t.from.as_str(), to = t.to.as_str(), "alert");
+                }
+            }
+            ev.log.push_back(line);
+            while ev.log.len() > HISTORY {
+                ev.log.pop_front();
+            }
+        }
+        self.view.store(Arc::new(View::of(&ev)));
+    }
+
+    /// Evaluates forever at the rules' tick, and compacts the window.
+    pub async fn run(self: Arc<Self>) {
+        let clock = self.parts.clock.clone();
+        let mut last_compact = clock.now_ms();
+        let mut warned_warm = false;
+        loop {
+            let tick = self.parts.rules.current().tick_ms().max(1000);
+            let now = clock.now_ms();
+            let next = (now / tick + 1) * tick;
+            tokio::time::sleep(Duration::from_millis((next - now) as u64)).await;
+            if next < self.warm_until_ms {
+                // Restarted with saved state: give every instance `stale_after` to push again
+                // before judging an empty window (alerts would resolve, then fire anew).
+                if !warned_warm {
+                    tracing::info!(
+                        until = %format_timestamp_ms(self.warm_until_ms),
+                        "restarted: evaluation waits until the fleet has pushed again (stale_after)"
+                    );
+                    warned_warm = true;
+                }
+                continue;
+            }
+            let me = self.clone();
+            // Evaluation is CPU work: keep it off the tasks that answer HTTP.
+            let _ = tokio::task::spawn_blocking(move || {
+                me.liveness(next);
+                me.evaluate(next)
+            })
+            .await;
+            let store = &self.parts.store;
+            if clock.now_ms() - last_compact > 30_000 {
+                store.compact(clock.now_ms());
+                last_compact = clock.now_ms();
+            }
+            self.metrics.series.set(store.series_count() as i64);
+            self.metrics.chunk_bytes.set(store.chunk_bytes() as i64);
+            tracing::trace!(at = %format_timestamp_ms(next), "evaluated");
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The fleet: what AWS says of the Auto Scaling groups the policies name, and the changes Vigil
+//! has decided and not yet carried out.
+//!
+//! - The view: DescribeAutoScalingGroups for every group a policy names, refreshed on its own
+//!   task ([`Fleet::refresh`]); before each evaluation it gives the rules the groups' real
+//!   capacity and which instances may be replaced now ([`Fleet::prepare`]).
+//! - Scaling: a decision becomes the group's pending capacity, clamped to the group's own
+//!   min/max, applied with SetDesiredCapacity by the actuator (`actuator.rs`) and retried until
+//!   AWS takes it or a newer decision replaces it. Desired-capacity changes made outside Vigil are
+//!   detected, logged, counted and adopted.
+//! - Replacement: SetInstanceHealth Unhealthy for each instance a decision names (the cap and
+//!   fail-open are the rules crate's), retried while the instance is still in service.
+//!
+//! The fleet is handed its [`AutoScaling`] at start-up: the SDK's, or a dry run's, which logs
+//! the changes; the fleet then follows its own simulation of them. Without `[aws]` nothing is
+//! described and the rules simulate every group.
+
+mod actuator;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value as Json};
+use vigil_rules::duration::format_timestamp_ms;
+use vigil_rules::evaluator::{Eligibility, Event, Simulation};
+
+use crate::aws::{AutoScaling, CallError, GroupInfo, Lifecycle};
+use crate::clock::SharedClock;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    asg: String,
+}
+
+#[derive(Clone, Default)]
+struct Metrics {
+    external_changes: Family<GroupLabels, Counter>,
+}
+
+impl Metrics {
+    fn register(r: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        r.register(
+            "vigil_aggregator_external_capacity_changes",
+            "Desired-capacity changes made outside Vigil, by group",
+            m.external_changes.clone(),
+        );
+        m
+    }
+
+    fn external_change(&self, asg: &str) {
+        self.external_changes
+            .get_or_create(&GroupLabels {
+                asg: asg.to_string(),
+            })
+            .inc();
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct PendingScale {
+    desired: u32,
+    /// What the decision asked for (before the group's own bounds).
+    asked: u32,
+    /// The capacity the decision started from: if AWS shows another by the time it is applied,
+    /// someone else changed the group meanwhile.
+    from: u32,
+    decided_at: i64,
+    attempts: u32,
+    next_try: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct PendingHealth {
+    asg: String,
+    attempts: u32,
+    next_try: i64,
+}
+
+/// What Vigil last did to a group, for the API.
+#[derive(Debug, Clone)]
+struct Applied {
+    at: i64,
+    desired: u32,
+    result: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Group → what AWS said, and when.
+    groups: HashMap<String, (GroupInfo, i64)>,
+    /// Instance → first time Vigil saw it in a group (a launch-time stand-in when the instance
+    /// reports no boot time).
+    first_seen: HashMap<String, i64>,
+    pending: BTreeMap<String, PendingScale>,
+    unhealthy: BTreeMap<String, PendingHealth>,
+    /// Group → the desired capacity AWS should have as far as Vigil knows (what it set last, or
+    /// what it last read): a describe showing another means someone else changed it.
+    baseline: HashMap<String, u32>,
+    /// Dry run: the capacity each group would have after Vigil's decisions.
+    simulated: HashMap<String, u32>,
+    /// Bumped at every SetDesiredCapacity, so a describe that overlapped one is not mistaken
+    /// for an outside change and does not overwrite the new capacity.
+    generation: u64,
+    last: BTreeMap<String, Applied>,
+    /// Dry run: groups that could not be described lately, whose capacity follows the
+    /// simulation.
+    simulating: BTreeSet<String>,
+}
+
+impl State {
+    /// Removes a group's pending change if it is still the one decided at `decided_at` (a newer
+    /// decision may have replaced it while a call was out).
+    fn settle(&mut self, asg: &str, decided_at: i64) {
+        if self
+            .pending
+            .get(asg)
+            .is_some_and(|q| q.decided_at == decided_at)
+        {
+            self.pending.remove(asg);
+        }
+    }
+}
+
+pub struct Fleet {
+    scaler: Box<dyn AutoScaling>,
+    clock: SharedClock,
+    /// A fleet view older than this is not trusted: no decision is made from it.
+    max_view_age_ms: i64,
+    state: Mutex<State>,
+    /// Wakes the actuator when decisions arrive.
+    pub wake: tokio::sync::Notify,
+    metrics: Metrics,
+}
+
+/// How often the fleet is described: the rules' tick, within 1–15 s.
+pub fn refresh_interval_ms(tick_ms: i64) -> i64 {
+    tick_ms.clamp(1_000, 15_000)
+}
+
+impl Fleet {
+    pub fn new(
+        scaler: Box<dyn AutoScaling>,
+        clock: SharedClock,
+        tick_ms: i64,
+        r: &mut Registry,
+    ) -> Fleet {
+        Fleet {
+            scaler,
+            clock,
+            max_view_age_ms: (5 * refresh_interval_ms(tick_ms)).max(30_000),
+            state: Mutex::new(State::default()),
+            wake: tokio::sync::Notify::new(),
+            metrics: Metrics::register(r),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Whether AWS describes the groups (not without `[aws]`).
+    pub fn describes(&self) -> bool {
+        self.scaler.describes()
+    }
+
+    /// The group as AWS last described it.
+    pub fn group(&self, asg: &str) -> Option<GroupInfo> {
+        self.state().groups.get(asg).map(|(g, _)| g.clone())
+    }
+
+    pub fn pending(&self, asg: &str) -> Option<u32> {
+        self.state().pending.get(asg).map(|p| p.desired)
+    }
+
+    /// Before an evaluation: the real capacity of each group the rules name (or the capacity
+    /// Vigil is applying, or in a dry run would have set), and which instances may be replaced
+    /// now. `boot` is each instance's boot time (ms), from its agent.
+    pub fn prepare(
+        &self,
+        sim: &mut Simulation,
+        groups: &[String],
+        boot: &HashMap<String, i64>,
+        now: i64,
+    ) {
+        if !self.scaler.describes() {
+            return;
+        }
+        let dry_run = self.scaler.dry_run();
+        let mut simulating = BTreeSet::new();
+        let mut st = self.state();
+        for asg in groups {
+            let fresh = st
+                .groups
+                .get(asg)
+                .filter(|(_, at)| now - at <= self.max_view_age_ms);
+            let Some((g, _)) = fresh else {
+                if dry_run {
+                    // A dry run with AWS away follows its own simulation, as without [aws]:
+                    // from what it last knew (its simulated or described capacity, else the
+                    // policies' min), marked "simulated" in the API and on the page.
+                    sim.unknown_capacity.remove(asg);
+                    sim.eligibility.remove(asg);
+                    if let Some(c) = st.pending.get(asg).map(|p| p.desired).or_else(|| {
+                        st.simulated
+                            .get(asg)
+                            .copied()
+                            .or_else(|| st.groups.get(asg).map(|(g, _)| g.desired))
+                    }) {
+                        sim.capacity.insert(asg.clone(), c);
+                    }
+                    simulating.insert(asg.clone());
+                    continue;
+                }
+                // Not described (lately): decide nothing from a guessed capacity, replace nothing.
+                sim.unknown_capacity.insert(asg.clone());
+                sim.eligibility.insert(asg.clone(), BTreeMap::new());
+                continue;
+            };
+            sim.unknown_capacity.remove(asg);
+            let cap = match st.pending.get(asg) {
+                Some(p) => p.desired,
+                None if dry_run => st.simulated.get(asg).copied().unwrap_or(g.desired),
+                None => g.desired,
+            };
+            sim.capacity.insert(asg.clone(), cap);
+            let view = g
+                .members
+                .iter()
+                .map(|m| {
+                    let launched = boot
+                        .get(&m.id)
+                        .copied()
+                        .or_else(|| st.first_seen.get(&m.id).copied())
+                        .unwrap_or(now);
+                    let why = if m.lifecycle != Lifecycle::InService {
+                        Eligibility::Ignored(format!("not in service ({})", m.lifecycle.as_str()))
+                    } else if !m.health.eq_ignore_ascii_case("healthy") {
+                        Eligibility::Counted(format!("already {}", m.health))
+                    } else if st.unhealthy.contains_key(&m.id) {
+                        Eligibility::Counted("being marked Unhealthy".to_string())
+                    } else if now - launched < g.grace_ms {
+                        Eligibility::Ignored(format!(
+                            "in its health-check grace period (until {})",
+                            format_timestamp_ms(launched + g.grace_ms)
+                        ))
+                    } else {
+                        Eligibility::Eligible
+                    };
+                    (m.id.clone(), why)
+                })
+                .collect();
+            sim.eligibility.insert(asg.clone(), view);
+        }
+        st.simulating = simulating;
+    }
+
+    /// Whether the group's capacity is Vigil's own simulation rather than AWS's: always without
+    /// `[aws]`; in a dry run while the group cannot be described.
+    pub fn simulated(&self, asg: &str) -> bool {
+        !self.scaler.describes() || self.state().simulating.contains(asg)
+    }
+
+    /// After an evaluation: hands its decisions to the actuator.
+    pub fn take(&self, events: &[Event], now: i64) {
+        let mut st = self.state();
+        for e in events {
+            match e {
+                Event::Scaling(d) => {
+                    let (lo, hi) = match st.groups.get(&d.asg) {
+                        Some((g, _)) => (g.min, g.max),
+                        None => (0, u32::MAX),
+                    };
+                    let desired = d.desired.clamp(lo, hi.max(lo));
+                    if desired != d.desired {
+                        tracing::warn!(asg = %d.asg, decided = d.desired, applied = desired, min = lo, max = hi, "decision outside the group's own min/max: clamped");
+                    }
+                    st.pending.insert(
+                        d.asg.clone(),
+                        PendingScale {
+                            desired,
+                            asked: d.desired,
+                            from: d.current,
+                            decided_at: now,
+                            attempts: 0,
+                            next_try: now,
+                        },
+                    );
+                }
+                Event::Replace(r) => {
+                    for (instance, why) in &r.replace {
+                        tracing::info!(asg = %r.asg, instance = %instance, reason = %why, policy = %r.policy, "replacing instance");
+                        st.unhealthy.insert(
+                            instance.clone(),
+                            PendingHealth {
+                                asg: r.asg.clone(),
+                                attempts: 0,
+                                next_try: now,
+                            },
+                        );
+                    }
+                    for (instance, why) in &r.skipped {
+                        tracing::info!(asg = %r.asg, instance = %instance, reason = %why, "unhealthy but left alone");
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// The actions waiting to be carried out, for the state database (a restart finishes them).
+    pub fn pending_json(&self) -> Json {
+        let st = self.state();
+        json!({
+            "scale": st.pending.iter().map(|(asg, p)| (asg.clone(), json!({"desired": p.desired, "asked": p.asked, "from": p.from, "decided_at": p.decided_at}))).collect::<serde_json::Map<_, _>>(),
+            "health": st.unhealthy.iter().map(|(i, p)| (i.clone(), json!(p.asg))).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+
+    /// Takes back what a previous run had not carried out yet.
+    pub fn restore_pending(&self, v: &Json) {
+        let mut st = self.state();
+        for (asg, p) in v["scale"].as_object().into_iter().flatten() {
+            let n = |k: &str| p[k].as_u64().map(|x| x as u32);
+            if let (Some(desired), Some(from), Some(decided_at)) =
+                (n("desired"), n("from"), p["decided_at"].as_i64())
+            {
+                st.pending.insert(
+                    asg.clone(),
+                    PendingScale {
+                        desired,
+                        asked: n("asked").unwrap_or(desired),
+                        from,
+                        decided_at,
+                        attempts: 0,
+                        next_try: 0,
+                    },
+                );
+            }
+        }
+        for (instance, asg) in v["health"].as_object().into_iter().flatten() {
+            if let Some(asg) = asg.as_str() {
+                st.unhealthy.insert(
+                    instance.clone(),
+                    PendingHealth {
+                        asg: asg.to_string(),
+                        attempts: 0,
+                        next_try: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Describes `names` (the groups the rules name); detects capacity changes made outside
+    /// Vigil.
+    pub async fn refresh(&self, names: &[String]) -> Result<(), CallError> {
+        if !self.scaler.describes() || names.is_empty() {
+            return Ok(());
+        }
+        let generation = self.state().generation;
+        let groups = self.scaler.describe(names).await?;
+        let now = self.now_ms();
+        let mut st = self.state();
+        for name in names {
+            if !groups.iter().any(|g| &g.name == name) {
+                tracing::warn!(asg = %name, "Auto Scaling group not found");
+            }
+        }
+        let overlapped = st.generation != generation;
+        for mut g in groups {
+            for m in &g.members {
+                st.first_seen.entry(m.id.clone()).or_insert(now);
+            }
+            if overlapped {
+                // Vigil set a capacity while this answer was on its way: it may predate it.
+                if let Some(b) = st.baseline.get(&g.name) {
+                    g.desired = *b;
+                }
+            } else if !st.pending.contains_key(&g.name) {
+                let known = st.baseline.get(&g.name).copied();
+                if known.is_some_and(|b| b != g.desired) {
+                    tracing::warn!(asg = %g.name, expected = known, now_desired = g.desired, "desired capacity changed outside Vigil (a user, a scheduled action or another scaling policy); adopting it");
+                    self.metrics.external_change(&g.name);
+                    st.simulated.remove(&g.name);
+                }
+                st.baseline.insert(g.name.clone(), g.desired);
+            }
+            st.groups.insert(g.name.clone(), (g, now));
+        }
+        let live: HashSet<String> = st
+            .groups
+            .values()
+            .flat_map(|(g, _)| g.members.iter().map(|m| m.id.clone()))
+            .collect();
+        st.first_seen.retain(|i, _| live.contains(i));
+        Ok(())
+    }
+
+    /// The fleet for the API: each described group and what Vigil did to it last.
+    pub fn group_json(&self, asg: &str) -> Json {
+        let st = self.state();
+        let aws = st.groups.get(asg).map(|(g, at)| {
+            json!({"desired": g.desired, "min": g.min, "max": g.max,
+                "in_service": g.members.iter().filter(|m| m.lifecycle == Lifecycle::InService).count(),
+                "instances": g.members.len(), "described_at": format_timestamp_ms(*at)})
+        });
+        let last = st.last.get(asg).map(|a| {
+            json!({"time": format_timestamp_ms(a.at), "desired": a.desired, "result": a.result})
+        });
+        json!({"aws": aws, "pending": st.pending.get(asg).map(|p| p.desired), "last_applied": last})
+    }
+}

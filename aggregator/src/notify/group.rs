@@ -1,0 +1,347 @@
+//! Grouping: which notifications to send, and when. This part is pure (time comes in as
+//! arguments), so it is tested without a clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value as Json};
+use vigil_wire::Labels;
+
+use super::finite;
+use crate::config::Receiver;
+use crate::state::{labels_from, labels_json, string_map};
+
+/// An alert that fires now, as the notifier sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveAlert {
+    pub labels: Labels,
+    pub annotations: BTreeMap<String, String>,
+    pub value: f64,
+    pub starts_at: i64,
+    /// Receivers named by the rule; empty means every receiver.
+    pub receivers: Vec<String>,
+    /// The decision that raised it (a fail-open replacement decision), when there is one.
+    pub decision: Option<Json>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub group_by: Vec<String>,
+    pub group_wait_ms: i64,
+    pub group_interval_ms: i64,
+    pub repeat_interval_ms: i64,
+    pub receivers: Vec<Receiver>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    alert: ActiveAlert,
+    resolved_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Group {
+    receiver: String,
+    labels: Labels,
+    alerts: BTreeMap<Labels, Entry>,
+    next_flush: i64,
+    last_notified_at: Option<i64>,
+    /// The firing alerts of the last notification.
+    last_firing: BTreeSet<Labels>,
+}
+
+/// One message to one integration of a receiver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    Sns {
+        topic_arn: String,
+        subject: String,
+        message: String,
+        /// SNS MessageAttributes (String type).
+        attributes: BTreeMap<String, String>,
+    },
+    Slack {
+        url: String,
+        body: Json,
+    },
+    /// Alertmanager v2 `POST /api/v2/alerts`.
+    Alertmanager {
+        url: String,
+        body: Json,
+    },
+}
+
+impl Delivery {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Delivery::Sns { .. } => "sns",
+            Delivery::Slack { .. } => "slack",
+            Delivery::Alertmanager { .. } => "alertmanager",
+        }
+    }
+
+    /// Where it goes: deliveries to one target keep their order.
+    pub fn target(&self) -> &str {
+        match self {
+            Delivery::Sns { topic_arn, .. } => topic_arn,
+            Delivery::Slack { url, .. } | Delivery::Alertmanager { url, .. } => url,
+        }
+    }
+
+    pub fn to_json(&self) -> Json {
+        match self {
+            Delivery::Sns {
+                topic_arn,
+                subject,
+                message,
+                attributes,
+            } => {
+                json!({"kind": "sns", "topic_arn": topic_arn, "subject": subject, "message": message, "attributes": attributes})
+            }
+            Delivery::Slack { url, body } => json!({"kind": "slack", "url": url, "body": body}),
+            Delivery::Alertmanager { url, body } => {
+                json!({"kind": "alertmanager", "url": url, "body": body})
+            }
+        }
+    }
+
+    pub fn from_json(v: &Json) -> Option<Delivery> {
+        let s = |k: &str| v[k].as_str().map(str::to_string);
+        Some(match v["kind"].as_str()? {
+            "sns" => Delivery::Sns {
+                topic_arn: s("topic_arn")?,
+                subject: s("subject")?,
+                message: s("message")?,
+                attributes: v["attributes"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            },
+            "slack" => Delivery::Slack {
+                url: s("url")?,
+                body: v["body"].clone(),
+            },
+            "alertmanager" => Delivery::Alertmanager {
+                url: s("url")?,
+                body: v["body"].clone(),
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// The notifier's memory: groups and the alerts Vigil raises itself (fail-open).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Notifier {
+    groups: BTreeMap<(String, Labels), Group>,
+    /// Alerts raised by decisions rather than rules, firing until their decision ends them.
+    pub synthetic: BTreeMap<Labels, ActiveAlert>,
+}
+
+/// A notification decided at a flush, before rendering.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    pub receiver: String,
+    pub group_labels: Labels,
+    pub firing: Vec<ActiveAlert>,
+    /// Resolved alerts with the time they resolved.
+    pub resolved: Vec<(ActiveAlert, i64)>,
+    pub at: i64,
+    /// True when this is a repeat of an unchanged firing group.
+    pub repeat: bool,
+    /// True when only an Alertmanager refresh is due (nothing changed, no repeat yet): an
+    /// Alertmanager needs its firing alerts re-sent before their `endsAt`, and dedups itself.
+    pub refresh_only: bool,
+}
+
+fn group_labels(group_by: &[String], l: &Labels) -> Labels {
+    if group_by.iter().any(|g| g == "...") {
+        return l.clone();
+    }
+    l.keep_only(group_by)
+}
+
+impl Notifier {
+    /// Takes the alerts firing now (the full set). Alerts that were firing and are not any
+    /// more are marked resolved.
+    pub fn observe(&mut self, s: &Settings, now: i64, firing: &[ActiveAlert]) {
+        let mut seen: BTreeSet<(String, Labels, Labels)> = BTreeSet::new();
+        for a in firing.iter().chain(self.synthetic.values()) {
+            let key_labels = group_labels(&s.group_by, &a.labels);
+            for r in &s.receivers {
+                if !a.receivers.is_empty() && !a.receivers.contains(&r.name) {
+                    continue;
+                }
+                let g = self
+                    .groups
+                    .entry((r.name.clone(), key_labels.clone()))
+                    .or_insert_with(|| Group {
+                        receiver: r.name.clone(),
+                        labels: key_labels.clone(),
+                        alerts: BTreeMap::new(),
+                        next_flush: now + s.group_wait_ms,
+                        last_notified_at: None,
+                        last_firing: BTreeSet::new(),
+                    });
+                g.alerts.insert(
+                    a.labels.clone(),
+                    Entry {
+                        alert: a.clone(),
+                        resolved_at: None,
+                    },
+                );
+                seen.insert((r.name.clone(), key_labels.clone(), a.labels.clone()));
+            }
+        }
+        for ((recv, gl), g) in self.groups.iter_mut() {
+            for (l, e) in g.alerts.iter_mut() {
+                if e.resolved_at.is_none() && !seen.contains(&(recv.clone(), gl.clone(), l.clone()))
+                {
+                    e.resolved_at = Some(now);
+                }
+            }
+        }
+    }
+
+    /// The notifications due at `now`; updates the groups as if they were sent (the caller
+    /// persists both in one transaction).
+    pub fn flush(&mut self, s: &Settings, now: i64) -> Vec<Notification> {
+        let mut out = Vec::new();
+        let mut empty = Vec::new();
+        for (key, g) in self.groups.iter_mut() {
+            if g.next_flush > now {
+                continue;
+            }
+            let firing: BTreeSet<Labels> = g
+                .alerts
+                .iter()
+                .filter(|(_, e)| e.resolved_at.is_none())
+                .map(|(l, _)| l.clone())
+                .collect();
+            // A resolved notice only for alerts someone was told were firing.
+            let resolved: Vec<(ActiveAlert, i64)> = g
+                .alerts
+                .iter()
+                .filter_map(|(l, e)| {
+                    let at = e.resolved_at?;
+                    g.last_firing.contains(l).then(|| (e.alert.clone(), at))
+                })
+                .collect();
+            let changed = firing != g.last_firing || !resolved.is_empty();
+            let repeat = !firing.is_empty()
+                && g.last_notified_at
+                    .is_some_and(|t| now - t >= s.repeat_interval_ms);
+            let has_content = !firing.is_empty() || !resolved.is_empty();
+            if has_content {
+                let notify = (changed && (!firing.is_empty() || !resolved.is_empty())) || repeat;
+                out.push(Notification {
+                    receiver: g.receiver.clone(),
+                    group_labels: g.labels.clone(),
+                    firing: firing
+                        .iter()
+                        .filter_map(|l| g.alerts.get(l).map(|e| e.alert.clone()))
+                        .collect(),
+                    resolved,
+                    at: now,
+                    repeat: repeat && !changed,
+                    refresh_only: !notify,
+                });
+                if notify {
+                    g.last_notified_at = Some(now);
+                    g.last_firing = firing.clone();
+                }
+            }
+            g.alerts.retain(|_, e| e.resolved_at.is_none());
+            if g.alerts.is_empty() {
+                empty.push(key.clone());
+            }
+            g.next_flush = now + s.group_interval_ms;
+        }
+        for k in empty {
+            self.groups.remove(&k);
+        }
+        out
+    }
+
+    #[cfg(test)]
+    pub fn is_idle(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    pub fn to_json(&self) -> Json {
+        let alert = |a: &ActiveAlert| {
+            json!({"labels": labels_json(&a.labels), "annotations": a.annotations, "value": finite(a.value),
+                "starts_at": a.starts_at, "receivers": a.receivers, "decision": a.decision})
+        };
+        json!({
+            "groups": self.groups.values().map(|g| json!({
+                "receiver": g.receiver,
+                "labels": labels_json(&g.labels),
+                "next_flush": g.next_flush,
+                "last_notified_at": g.last_notified_at,
+                "last_firing": g.last_firing.iter().map(labels_json).collect::<Vec<_>>(),
+                "alerts": g.alerts.values().map(|e| json!({"alert": alert(&e.alert), "resolved_at": e.resolved_at})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "synthetic": self.synthetic.values().map(alert).collect::<Vec<_>>(),
+        })
+    }
+
+    pub fn from_json(v: &Json) -> Option<Notifier> {
+        fn alert(v: &Json) -> Option<ActiveAlert> {
+            Some(ActiveAlert {
+                labels: labels_from(&v["labels"])?,
+                annotations: string_map(&v["annotations"]),
+                value: v["value"].as_f64().unwrap_or(f64::NAN),
+                starts_at: v["starts_at"].as_i64()?,
+                receivers: v["receivers"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                decision: Some(v["decision"].clone()).filter(|d| !d.is_null()),
+            })
+        }
+        let mut n = Notifier::default();
+        for g in v["groups"].as_array()? {
+            let labels = labels_from(&g["labels"])?;
+            let receiver = g["receiver"].as_str()?.to_string();
+            let mut alerts = BTreeMap::new();
+            for e in g["alerts"].as_array()? {
+                let a = alert(&e["alert"])?;
+                alerts.insert(
+                    a.labels.clone(),
+                    Entry {
+                        alert: a,
+                        resolved_at: e["resolved_at"].as_i64(),
+                    },
+                );
+            }
+            n.groups.insert(
+                (receiver.clone(), labels.clone()),
+                Group {
+                    receiver,
+                    labels,
+                    alerts,
+                    next_flush: g["next_flush"].as_i64()?,
+                    last_notified_at: g["last_notified_at"].as_i64(),
+                    last_firing: g["last_firing"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(labels_from)
+                        .collect(),
+                },
+            );
+        }
+        for a in v["synthetic"].as_array()? {
+            let a = alert(a)?;
+            n.synthetic.insert(a.labels.clone(), a);
+        }
+        Some(n)
+    }
+}

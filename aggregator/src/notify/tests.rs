@@ -1,0 +1,258 @@
+use std::collections::BTreeMap;
+
+use vigil_wire::Labels;
+
+use super::group::*;
+use super::render::*;
+use super::*;
+use crate::config::Receiver;
+
+fn settings() -> Settings {
+    Settings {
+        group_by: vec!["alertname".into(), "asg".into()],
+        group_wait_ms: 10_000,
+        group_interval_ms: 60_000,
+        repeat_interval_ms: 3_600_000,
+        receivers: vec![Receiver {
+            name: "oncall".into(),
+            sns_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:oncall".into()),
+            slack_webhook_url: Some("http://127.0.0.1:1/slack".into()),
+            webhook_url: None,
+        }],
+    }
+}
+
+fn alert(name: &str, instance: &str, at: i64) -> ActiveAlert {
+    ActiveAlert {
+        labels: Labels::from_pairs([
+            ("alertname", name),
+            ("asg", "web"),
+            ("instance", instance),
+            ("severity", "page"),
+        ]),
+        annotations: BTreeMap::from([("summary".into(), format!("{instance} down"))]),
+        value: 1.0,
+        starts_at: at,
+        receivers: vec![],
+        decision: None,
+    }
+}
+
+/// Runs observe + flush at each time with the firing set given; returns what was notified.
+fn drive(n: &mut Notifier, s: &Settings, steps: &[(i64, Vec<ActiveAlert>)]) -> Vec<Notification> {
+    let mut out = Vec::new();
+    for (t, firing) in steps {
+        n.observe(s, *t, firing);
+        out.extend(n.flush(s, *t).into_iter().filter(|x| !x.refresh_only));
+    }
+    out
+}
+
+#[test]
+fn waits_groups_and_notifies_once_then_resolves() {
+    let s = settings();
+    let mut n = Notifier::default();
+    let a = alert("Down", "i-1", 0);
+    let b = alert("Down", "i-2", 0);
+    let steps: Vec<(i64, Vec<ActiveAlert>)> = vec![
+        (0, vec![a.clone()]),
+        (5_000, vec![a.clone(), b.clone()]),
+        (10_000, vec![a.clone(), b.clone()]),
+        (20_000, vec![a.clone(), b.clone()]),
+        (70_000, vec![a.clone(), b.clone()]),
+        (80_000, vec![b.clone()]),
+        (130_000, vec![b.clone()]),
+        (190_000, vec![]),
+        (250_000, vec![]),
+    ];
+    let got = drive(&mut n, &s, &steps);
+    let summary: Vec<(i64, usize, usize)> = got
+        .iter()
+        .map(|x| (x.at, x.firing.len(), x.resolved.len()))
+        .collect();
+    // Both alerts in one message after group_wait; i-1's resolution at the next
+    // group_interval tick; the last resolution at the tick after (where it happened).
+    assert_eq!(summary, [(10_000, 2, 0), (130_000, 1, 1), (190_000, 0, 1)]);
+    assert!(n.is_idle());
+}
+
+#[test]
+fn repeats_an_unchanged_group_after_repeat_interval_only() {
+    let s = settings();
+    let mut n = Notifier::default();
+    let a = alert("Down", "i-1", 0);
+    let steps: Vec<(i64, Vec<ActiveAlert>)> =
+        (0..=70).map(|k| (k * 60_000, vec![a.clone()])).collect();
+    let got = drive(&mut n, &s, &steps);
+    let at: Vec<i64> = got.iter().map(|x| x.at).collect();
+    assert_eq!(at, [60_000, 60_000 + 3_600_000]);
+    assert!(got[1].repeat);
+}
+
+#[test]
+fn an_alert_resolved_before_anyone_was_told_is_never_notified() {
+    let s = settings();
+    let mut n = Notifier::default();
+    let a = alert("Flap", "i-1", 0);
+    let got = drive(
+        &mut n,
+        &s,
+        &[(0, vec![a]), (5_000, vec![]), (10_000, vec![])],
+    );
+    assert!(got.is_empty(), "{got:?}");
+    assert!(n.is_idle());
+}
+
+#[test]
+fn groups_split_by_group_by_and_receivers() {
+    let mut s = settings();
+    s.receivers.push(Receiver {
+        name: "team".into(),
+        sns_topic_arn: None,
+        slack_webhook_url: Some("http://127.0.0.1:1/team".into()),
+        webhook_url: None,
+    });
+    let mut n = Notifier::default();
+    let mut a = alert("Down", "i-1", 0);
+    a.receivers = vec!["team".into()];
+    let b = alert("Slow", "i-1", 0);
+    let got = drive(
+        &mut n,
+        &s,
+        &[(0, vec![a.clone(), b.clone()]), (10_000, vec![a, b])],
+    );
+    let mut who: Vec<(String, String)> = got
+        .iter()
+        .map(|x| {
+            (
+                x.receiver.clone(),
+                x.group_labels.get("alertname").unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    who.sort();
+    // Down only to team (its rule names it), Slow to both (no receivers named).
+    assert_eq!(
+        who,
+        [
+            ("oncall".into(), "Slow".into()),
+            ("team".into(), "Down".into()),
+            ("team".into(), "Slow".into())
+        ]
+    );
+}
+
+#[test]
+fn state_survives_a_round_trip_so_a_restart_sends_no_duplicate() {
+    let s = settings();
+    let mut n = Notifier::default();
+    let a = alert("Down", "i-1", 0);
+    assert_eq!(
+        drive(
+            &mut n,
+            &s,
+            &[(0, vec![a.clone()]), (10_000, vec![a.clone()])]
+        )
+        .len(),
+        1
+    );
+    let mut restored = Notifier::from_json(&n.to_json()).expect("restores");
+    assert_eq!(restored, n);
+    let got = drive(
+        &mut restored,
+        &s,
+        &[(70_000, vec![a.clone()]), (130_000, vec![])],
+    );
+    assert_eq!(got.len(), 1);
+    assert!(got[0].firing.is_empty() && got[0].resolved.len() == 1);
+}
+
+#[test]
+fn renders_sns_within_its_limits_and_slack_blocks() {
+    let s = settings();
+    let mut a = alert(&"X".repeat(150), "i-1", 0);
+    a.annotations
+        .insert("summary".into(), "naïve <b> & ünïcode".into());
+    let n = Notification {
+        receiver: "oncall".into(),
+        group_labels: a.labels.keep_only(&["alertname", "asg"]),
+        firing: vec![a],
+        resolved: vec![],
+        at: 1_000,
+        repeat: false,
+        refresh_only: false,
+    };
+    let d = render(&n, &s);
+    assert_eq!(d.len(), 2);
+    let Delivery::Sns {
+        subject,
+        message,
+        attributes,
+        ..
+    } = &d[0]
+    else {
+        panic!("{d:?}")
+    };
+    assert!(subject.len() <= 100 && subject.is_ascii(), "{subject}");
+    assert!(subject.starts_with("[FIRING:1] XXX"));
+    let m: Json = serde_json::from_str(message).unwrap();
+    assert_eq!(m["status"], "firing");
+    assert_eq!(m["alerts"][0]["labels"]["instance"], "i-1");
+    assert_eq!(attributes.get("severity").map(String::as_str), Some("page"));
+    assert_eq!(attributes.get("asg").map(String::as_str), Some("web"));
+    let Delivery::Slack { body, .. } = &d[1] else {
+        panic!()
+    };
+    let text = body["blocks"][1]["text"]["text"].as_str().unwrap();
+    assert!(text.contains("naïve &lt;b&gt; &amp; ünïcode"), "{text}");
+    let back = Delivery::from_json(&d[0].to_json()).unwrap();
+    assert_eq!(back, d[0]);
+}
+
+#[test]
+fn long_non_ascii_text_is_cut_on_character_boundaries() {
+    let s = settings();
+    let mut a = alert("Down", "i-1", 0);
+    a.annotations.insert("summary".into(), "é".repeat(4000));
+    let n = Notification {
+        receiver: "oncall".into(),
+        group_labels: a.labels.keep_only(&["alertname", "asg"]),
+        firing: vec![a],
+        resolved: vec![],
+        at: 0,
+        repeat: false,
+        refresh_only: false,
+    };
+    let d = render(&n, &s);
+    let Delivery::Slack { body, .. } = &d[1] else {
+        panic!()
+    };
+    let text = body["blocks"][1]["text"]["text"].as_str().unwrap();
+    assert!(text.chars().count() <= 2900);
+}
+
+#[test]
+fn an_sns_message_too_large_keeps_what_fits_and_says_how_many_more() {
+    let s = settings();
+    let firing: Vec<ActiveAlert> = (0..3000)
+        .map(|k| alert("Down", &format!("i-{k:017}"), 0))
+        .collect();
+    let n = Notification {
+        receiver: "oncall".into(),
+        group_labels: firing[0].labels.keep_only(&["alertname", "asg"]),
+        firing,
+        resolved: vec![],
+        at: 0,
+        repeat: false,
+        refresh_only: false,
+    };
+    let d = render(&n, &s);
+    let Delivery::Sns { message, .. } = &d[0] else {
+        panic!()
+    };
+    assert!(message.len() <= SNS_MAX_MESSAGE);
+    let m: Json = serde_json::from_str(message).unwrap();
+    let kept = m["alerts"].as_array().unwrap().len();
+    assert!(kept > 100);
+    assert_eq!(kept as u64 + m["truncatedAlerts"].as_u64().unwrap(), 3000);
+}
