@@ -15,6 +15,8 @@ use crate::template::Data;
 pub const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum AlertState {
     Inactive,
     Pending,
@@ -33,10 +35,13 @@ impl AlertState {
 
 /// One alert instance of a rule (one label set).
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Alert {
     /// Labels including `alertname` and the rule's labels.
+    #[cfg_attr(feature = "serde", serde(with = "crate::persist::labels"))]
     pub labels: Labels,
     pub annotations: BTreeMap<String, String>,
+    #[cfg_attr(feature = "serde", serde(with = "crate::persist::float"))]
     pub value: f64,
     pub state: AlertState,
     /// When the alert became pending (ms).
@@ -48,7 +53,9 @@ pub struct Alert {
 
 /// The active alerts of one rule.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RuleState {
+    #[cfg_attr(feature = "serde", serde(with = "crate::persist::by_labels"))]
     pub active: HashMap<Labels, Alert>,
 }
 

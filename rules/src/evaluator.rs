@@ -52,14 +52,17 @@ pub enum Event {
 /// The state of every rule between evaluations. Keyed by names so that a reload keeps the state
 /// of unchanged rules.
 #[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct State {
     /// Alert rule identity → state.
+    #[cfg_attr(feature = "serde", serde(with = "crate::persist::alerts"))]
     pub alerts: HashMap<AlertKey, RuleState>,
     pub policies: HashMap<String, PolicyState>,
     pub groups: HashMap<String, GroupState>,
     pub replace: HashMap<String, ReplaceState>,
     /// Series each rule (file, group, index) wrote at its last evaluation, to mark the vanished
     /// ones stale.
+    #[cfg_attr(feature = "serde", serde(skip))]
     written: HashMap<(String, String, usize), BTreeSet<Labels>>,
 }
 
@@ -67,6 +70,7 @@ pub struct State {
 /// expression, hold and labels — so a "warning after 5m" and a "critical after 30m" rule with the
 /// same name and expression keep separate states, and an unchanged rule keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AlertKey {
     pub file: String,
     pub group: String,
@@ -77,6 +81,22 @@ pub struct AlertKey {
 }
 
 pub fn alert_key(group: &Group, a: &crate::rulefile::AlertRule) -> AlertKey {
+    // The rule's labels as written: a JSON object of name → template source, in file order.
+    let labels = serde_json::Value::Object(
+        a.labels
+            .iter()
+            .map(|(k, t)| (k.clone(), serde_json::Value::String(t.source().to_string())))
+            .collect(),
+    );
+    AlertKey {
+        labels: labels.to_string(),
+        ..legacy_alert_key(group, a)
+    }
+}
+
+/// The key state databases of schema 1 used: the rule's labels as their `Debug` output (which
+/// depends on how templates parse). Only for migrating those databases ([`migrate_v1_keys`]).
+pub fn legacy_alert_key(group: &Group, a: &crate::rulefile::AlertRule) -> AlertKey {
     AlertKey {
         file: group.file.clone(),
         group: group.name.clone(),
@@ -85,6 +105,27 @@ pub fn alert_key(group: &Group, a: &crate::rulefile::AlertRule) -> AlertKey {
         for_ms: a.for_ms,
         labels: format!("{:?}", a.labels),
     }
+}
+
+/// Re-keys the alert state of a schema-1 database to today's keys, for the rules loaded now;
+/// returns how many alert rules kept their state. State of a rule that is gone (or changed) is
+/// dropped, as a reload drops it.
+pub fn migrate_v1_keys(state: &mut State, rules: &RuleSet) -> usize {
+    let mut map = HashMap::new();
+    for g in rules.groups() {
+        for r in &g.rules {
+            if let Rule::Alert(a) = r {
+                map.insert(legacy_alert_key(g, a), alert_key(g, a));
+            }
+        }
+    }
+    let old = std::mem::take(&mut state.alerts);
+    for (k, v) in old {
+        if let Some(new) = map.get(&k) {
+            state.alerts.insert(new.clone(), v);
+        }
+    }
+    state.alerts.len()
 }
 
 fn vector_of(v: Value, t: i64) -> Vec<crate::promql::VectorSample> {

@@ -12,6 +12,8 @@ pub mod alerting;
 pub mod evaluator;
 pub mod gofmt;
 pub mod health;
+#[cfg(feature = "serde")]
+pub mod persist;
 pub mod promql;
 pub mod replace;
 pub mod replay;

@@ -13,6 +13,7 @@ use crate::rulefile::ReplacePolicy;
 
 /// A policy's memory between evaluations.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ReplaceState {
     /// Instance → first time seen unhealthy (ms), for instances unhealthy now.
     pub unhealthy_since: BTreeMap<String, i64>,

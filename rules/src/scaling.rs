@@ -21,6 +21,8 @@ pub struct Observation {
 
 /// A policy's state between evaluations.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
 pub struct PolicyState {
     /// Raw recommendations `(time, capacity)` within the stabilization window.
     pub history: VecDeque<(i64, u32)>,
@@ -28,6 +30,7 @@ pub struct PolicyState {
 
 /// A group's state between decisions.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct GroupState {
     pub last_scale_out: Option<i64>,
     pub last_scale_in: Option<i64>,

@@ -17,9 +17,22 @@ use std::collections::BTreeMap;
 use crate::gofmt;
 
 /// A template that parsed; render it with [`Template::render`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Template {
     parts: Vec<Part>,
+    /// The text it was parsed from.
+    source: String,
+}
+
+/// Prints the parsed parts only, exactly as the derived `Debug` did before `source` was kept:
+/// state databases of schema 1 keyed alert state by this output
+/// (`evaluator::legacy_alert_key`), and migrating them needs it unchanged.
+impl std::fmt::Debug for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Template")
+            .field("parts", &self.parts)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -174,7 +187,15 @@ impl Template {
         if !text.is_empty() {
             parts.push(Part::Text(text.to_string()));
         }
-        Ok(Template { parts })
+        Ok(Template {
+            parts,
+            source: src.to_string(),
+        })
+    }
+
+    /// The text it was parsed from.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Whether the template is plain text.

@@ -7,6 +7,8 @@
 //! The engine is handed its collaborators; it owns the evaluation state and is the only writer
 //! of the view.
 
+#[cfg(test)]
+mod tests;
 mod view;
 
 use std::collections::{HashMap, VecDeque};
@@ -187,7 +189,21 @@ impl Engine {
         let mut sim = Simulation::new(parts.rules.current(), promql.clone());
         let mut warm_until_ms = 0;
         let db = parts.db.lock();
-        if let Some((state, capacity)) = db.load()? {
+        if let Some(snap) = db.load()? {
+            let (mut state, capacity) = (snap.state, snap.capacity);
+            if snap.schema == 1 {
+                // Alert state was keyed by the rules' labels' Debug output: re-key it for the
+                // rules loaded now, or every alert would start over after the upgrade.
+                let rules = parts.rules.current();
+                let before = state.alerts.len();
+                let kept = vigil_rules::evaluator::migrate_v1_keys(&mut state, &rules);
+                tracing::info!(
+                    alert_rules = before,
+                    kept,
+                    schema = state::SCHEMA,
+                    "state database of schema 1 migrated"
+                );
+            }
             warm_until_ms = parts.clock.now_ms() + parts.stale_after_ms;
             let firing = state
                 .alerts

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Value as Json};
 use vigil_wire::Labels;
 
-use super::finite;
+use super::{finite, float_from};
 use crate::config::Receiver;
 use crate::state::{labels_from, labels_json, string_map};
 
@@ -294,7 +294,7 @@ impl Notifier {
             Some(ActiveAlert {
                 labels: labels_from(&v["labels"])?,
                 annotations: string_map(&v["annotations"]),
-                value: v["value"].as_f64().unwrap_or(f64::NAN),
+                value: float_from(&v["value"]),
                 starts_at: v["starts_at"].as_i64()?,
                 receivers: v["receivers"]
                     .as_array()

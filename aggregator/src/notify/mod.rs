@@ -20,13 +20,13 @@ pub use group::{ActiveAlert, Notifier, Settings};
 pub use outbox::{Outbox, NOTIFICATION_TTL_MS};
 pub use render::render;
 
-use serde_json::{json, Value as Json};
+/// A float in JSON: Vigil's one spelling (a number when finite, else `"NaN"`, `"+Inf"`,
+/// `"-Inf"`), shared with the state snapshots.
+fn finite(v: f64) -> serde_json::Value {
+    vigil_rules::persist::float::to_json(v)
+}
 
-/// A float in JSON: a number when finite, else its name (`NaN`, `inf`).
-fn finite(v: f64) -> Json {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        json!(v.to_string())
-    }
+/// Reads what [`finite`] wrote (NaN when unreadable).
+fn float_from(v: &serde_json::Value) -> f64 {
+    vigil_rules::persist::float::deserialize(v.clone()).unwrap_or(f64::NAN)
 }

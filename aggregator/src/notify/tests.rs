@@ -4,8 +4,8 @@ use vigil_wire::Labels;
 
 use super::group::*;
 use super::render::*;
-use super::*;
 use crate::config::Receiver;
+use serde_json::Value as Json;
 
 fn settings() -> Settings {
     Settings {

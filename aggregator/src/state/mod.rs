@@ -7,19 +7,28 @@
 //! The snapshot is one JSON document in one row, replaced in a transaction: the state is small
 //! (one entry per active alert and policy), and a single atomic write keeps it consistent.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{params, Connection};
 use serde_json::{json, Value as Json};
-use vigil_rules::alerting::{Alert, AlertState, RuleState};
-use vigil_rules::evaluator::{AlertKey, State};
-use vigil_rules::replace::ReplaceState;
-use vigil_rules::scaling::{GroupState, PolicyState};
+use vigil_rules::evaluator::State;
 use vigil_wire::Labels;
 
-/// The evaluation state and the simulated capacity of each group.
-pub type Snapshot = (State, BTreeMap<String, u32>);
+/// The version of the snapshot document written now. 1: the state mirrored field by field,
+/// alert rules keyed by their labels' `Debug` output (no `schema` key); 2: the state types'
+/// own serde form (the same JSON shape), alert rules keyed by their labels as written.
+pub const SCHEMA: u64 = 2;
+
+/// The saved evaluation state, the simulated capacity of each group, and the schema it was
+/// written with: a schema-1 state's alert keys still need [`vigil_rules::evaluator::migrate_v1_keys`]
+/// with the rules loaded now.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub state: State,
+    pub capacity: BTreeMap<String, u32>,
+    pub schema: u64,
+}
 
 pub struct Db {
     conn: Connection,
@@ -85,8 +94,16 @@ impl Db {
         let Some(doc) = self.json_row("SELECT state FROM snapshot WHERE id = 1")? else {
             return Ok(None);
         };
-        let state = state_from_json(&doc["state"])
-            .ok_or_else(|| StateError::Json("unreadable state".into()))?;
+        let schema = doc.get("schema").map_or(Some(1), Json::as_u64);
+        let schema = match schema {
+            Some(n @ 1..=SCHEMA) => n,
+            _ => return Err(StateError::Json(format!(
+                "snapshot schema {} is newer than this release reads ({SCHEMA}): downgrade refused",
+                doc["schema"]
+            ))),
+        };
+        let state: State = serde_json::from_value(doc["state"].clone())
+            .map_err(|e| StateError::Json(format!("unreadable state (schema {schema}): {e}")))?;
         let capacity = doc["capacity"]
             .as_object()
             .map(|m| {
@@ -95,7 +112,11 @@ impl Db {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(Some((state, capacity)))
+        Ok(Some(Snapshot {
+            state,
+            capacity,
+            schema,
+        }))
     }
 
     /// Appends decisions and trims the history to `keep_ms` back from `now`.
@@ -169,8 +190,7 @@ impl Db {
     /// the notifier's memory and the notifications it decided — all of it or none.
     pub fn commit_evaluation(&self, e: &Evaluated<'_>) -> Result<(), StateError> {
         let tx = self.conn.unchecked_transaction()?;
-        let doc =
-            json!({"state": state_json(e.state), "capacity": e.capacity, "actions": e.actions});
+        let doc = json!({"schema": SCHEMA, "state": e.state, "capacity": e.capacity, "actions": e.actions});
         tx.execute(
             "INSERT INTO snapshot (id, at, state) VALUES (1, ?1, ?2) ON CONFLICT(id) DO UPDATE SET at = excluded.at, state = excluded.state",
             params![e.at, doc.to_string()],
@@ -308,151 +328,13 @@ pub(crate) fn labels_from(v: &Json) -> Option<Labels> {
     ))
 }
 
-fn state_name(s: AlertState) -> &'static str {
-    s.as_str()
-}
-
-fn state_from(s: &str) -> Option<AlertState> {
-    Some(match s {
-        "inactive" => AlertState::Inactive,
-        "pending" => AlertState::Pending,
-        "firing" => AlertState::Firing,
-        _ => return None,
-    })
-}
-
-/// A float as JSON (NaN and infinities as strings).
-fn f(v: f64) -> Json {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        json!(vigil_rules::gofmt::shortest_g(v))
-    }
-}
-
-fn f_from(v: &Json) -> f64 {
-    v.as_f64()
-        .or_else(|| v.as_str().and_then(vigil_wire::text::parse_float))
-        .unwrap_or(f64::NAN)
-}
-
-pub fn state_json(s: &State) -> Json {
-    let alerts: Vec<Json> = s
-        .alerts
-        .iter()
-        .filter(|(_, rs)| !rs.active.is_empty())
-        .map(|(k, rs)| {
-            json!({
-                "key": {"file": k.file, "group": k.group, "alert": k.alert, "expr": k.expr, "for_ms": k.for_ms, "labels": k.labels},
-                "active": rs.active.values().map(|a| json!({
-                    "labels": labels_json(&a.labels), "annotations": a.annotations, "value": f(a.value), "state": state_name(a.state),
-                    "active_at": a.active_at, "fired_at": a.fired_at, "resolved_at": a.resolved_at, "keep_firing_since": a.keep_firing_since,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    let policies: BTreeMap<&String, Json> = s
-        .policies
-        .iter()
-        .map(|(k, p)| (k, json!(p.history.iter().collect::<Vec<_>>())))
-        .collect();
-    let groups: BTreeMap<&String, Json> = s
-        .groups
-        .iter()
-        .map(|(k, g)| {
-            (
-                k,
-                json!({"last_scale_out": g.last_scale_out, "last_scale_in": g.last_scale_in}),
-            )
-        })
-        .collect();
-    let replace: BTreeMap<&String, Json> = s
-        .replace
-        .iter()
-        .map(|(k, r)| (k, json!({"unhealthy_since": r.unhealthy_since, "replaced": r.replaced, "done": r.done, "failing_open": r.failing_open})))
-        .collect();
-    json!({"alerts": alerts, "policies": policies, "groups": groups, "replace": replace})
-}
-
-pub fn state_from_json(v: &Json) -> Option<State> {
-    let mut s = State::default();
-    for a in v["alerts"].as_array()? {
-        let k = &a["key"];
-        let key = AlertKey {
-            file: k["file"].as_str()?.into(),
-            group: k["group"].as_str()?.into(),
-            alert: k["alert"].as_str()?.into(),
-            expr: k["expr"].as_str()?.into(),
-            for_ms: k["for_ms"].as_i64()?,
-            labels: k["labels"].as_str()?.into(),
-        };
-        let mut rs = RuleState::default();
-        for x in a["active"].as_array()? {
-            let labels = labels_from(&x["labels"])?;
-            let alert = Alert {
-                labels: labels.clone(),
-                annotations: string_map(&x["annotations"]),
-                value: f_from(&x["value"]),
-                state: state_from(x["state"].as_str()?)?,
-                active_at: x["active_at"].as_i64()?,
-                fired_at: x["fired_at"].as_i64(),
-                resolved_at: x["resolved_at"].as_i64(),
-                keep_firing_since: x["keep_firing_since"].as_i64(),
-            };
-            rs.active.insert(labels, alert);
-        }
-        s.alerts.insert(key, rs);
-    }
-    for (k, h) in v["policies"].as_object()? {
-        let history: VecDeque<(i64, u32)> = h
-            .as_array()?
-            .iter()
-            .filter_map(|p| Some((p[0].as_i64()?, p[1].as_u64()? as u32)))
-            .collect();
-        s.policies.insert(k.clone(), PolicyState { history });
-    }
-    for (k, g) in v["groups"].as_object()? {
-        s.groups.insert(
-            k.clone(),
-            GroupState {
-                last_scale_out: g["last_scale_out"].as_i64(),
-                last_scale_in: g["last_scale_in"].as_i64(),
-            },
-        );
-    }
-    for (k, r) in v["replace"].as_object()? {
-        let map = |x: &Json| -> BTreeMap<String, i64> {
-            x.as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_i64()?)))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        s.replace.insert(
-            k.clone(),
-            ReplaceState {
-                unhealthy_since: map(&r["unhealthy_since"]),
-                replaced: r["replaced"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|p| Some((p[0].as_i64()?, p[1].as_str()?.to_string())))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                done: map(&r["done"]),
-                failing_open: r["failing_open"].as_bool().unwrap_or(false),
-            },
-        );
-    }
-    Some(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vigil_rules::alerting::{Alert, AlertState, RuleState};
+    use vigil_rules::evaluator::AlertKey;
+    use vigil_rules::replace::ReplaceState;
+    use vigil_rules::scaling::{GroupState, PolicyState};
 
     #[test]
     fn snapshots_round_trip_through_sqlite() {
@@ -518,7 +400,9 @@ mod tests {
             .unwrap();
         }
         assert_eq!(db.load_actions().unwrap(), Some(actions));
-        let (back, cap2) = Db::open(&dir).unwrap().load().unwrap().unwrap();
+        let snap = Db::open(&dir).unwrap().load().unwrap().unwrap();
+        assert_eq!(snap.schema, SCHEMA);
+        let (back, cap2) = (snap.state, snap.capacity);
         assert_eq!(cap2, cap);
         let a = back.alerts[&key].active.values().next().unwrap();
         assert_eq!(

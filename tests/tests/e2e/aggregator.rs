@@ -836,3 +836,70 @@ expr = 'x + on() y'
     );
     assert!(!page.contains("<td>x:sum<td>"), "{page}");
 }
+
+/// Writes `aggregator/fixtures/state-v1/vigil.sql`: the state database of a schema-1 aggregator
+/// (commit d46eb0c, the release before serde snapshots) after it fired an alert, held another
+/// pending, scaled (simulated, no `[aws]`), replaced an instance and queued notifications to a
+/// webhook that never answers. Run once against that release (`--ignored`); the output is
+/// committed and read by the migration test in `aggregator/src/state/tests.rs`.
+#[test]
+#[ignore]
+fn make_state_v1_fixture() {
+    let fixtures = vigil_e2e::procs::root().join("aggregator/fixtures/state-v1");
+    let dir = tempdir("agg-fixture");
+    let port = free_port();
+    let cfg = dir.path().join("aggregator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nstate_dir = \"{}\"\n[rules]\nfiles = [\"{}\"]\nevaluation_interval = \"1s\"\n[notify]\ngroup_wait = \"1s\"\ngroup_interval = \"2s\"\n[[receiver]]\nname = \"hook\"\nwebhook_url = \"http://127.0.0.1:9/api/v2/alerts\"\n",
+            dir.path().join("state").display(),
+            fixtures.join("rules.toml").display()
+        ),
+    )
+    .expect("config");
+    let agg = start(dir.path(), &cfg, port);
+    let base = format!("http://127.0.0.1:{port}");
+    let series = |i: &str, errors: f64, healthy: f64| -> Vec<(Labels, f64)> {
+        [
+            ("app_errors", errors),
+            ("app_latency", 0.9),
+            ("app_load", 0.9),
+            ("app_healthy", healthy),
+        ]
+        .map(|(n, v)| (Labels::from_pairs([("__name__", n), ("instance", i)]), v))
+        .to_vec()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut s = series("i-a", 1.0, 1.0);
+        s.extend(series("i-b", 0.0, 0.0));
+        s.extend(series("i-c", 0.0, 1.0));
+        s.extend(series("i-d", 0.0, 1.0));
+        assert_eq!(vigil_e2e::http::push_now(&base, &s), 204);
+        let (_, d) = get(&format!("{base}/api/v1/decisions")).expect("decisions");
+        let kinds = [
+            "\"kind\":\"alert\"",
+            "\"kind\":\"scaling\"",
+            "\"kind\":\"replace\"",
+        ];
+        let (_, m) = get(&format!("{base}/metrics")).expect("metrics");
+        if kinds.iter().all(|k| d.contains(k))
+            && m.lines().any(|l| {
+                l.starts_with("vigil_aggregator_notification_outbox ") && !l.ends_with(" 0")
+            })
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{d}\n{}", agg.log_text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(agg);
+    let out = Command::new("sqlite3")
+        .arg(dir.path().join("state/vigil.db"))
+        .arg(".dump")
+        .output()
+        .expect("sqlite3");
+    assert!(out.status.success());
+    std::fs::write(fixtures.join("vigil.sql"), out.stdout).expect("write the fixture");
+}
