@@ -27,6 +27,13 @@ pub fn system() -> SharedClock {
     Arc::new(SystemClock)
 }
 
+/// How long to wait before attempt `attempts + 1` of something that failed: 1 s doubling to
+/// 5 min, and up to a quarter more from the clock's low bits (jitter without an RNG).
+pub fn backoff_ms(attempts: u32, now_ms: i64) -> i64 {
+    let base = 1_000i64.saturating_mul(1 << attempts.min(8)).min(300_000);
+    base + (now_ms.rem_euclid(1000) * base / 4000)
+}
+
 /// A clock that moves only when told to (tests).
 #[cfg(test)]
 #[derive(Default)]

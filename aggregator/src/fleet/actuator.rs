@@ -7,13 +7,7 @@ use std::time::Duration;
 
 use super::{Applied, Fleet, PendingScale};
 use crate::aws::{CallError, Effect, Lifecycle};
-
-/// Backoff before the next attempt: 1 s doubling to 5 min, and up to a quarter more from the
-/// clock's low bits (jitter without an RNG).
-fn backoff_ms(attempts: u32, now: i64) -> i64 {
-    let base = 1_000i64.saturating_mul(1 << attempts.min(8)).min(300_000);
-    base + (now.rem_euclid(1000) * base / 4000)
-}
+use crate::clock::backoff_ms;
 
 /// The entries whose next try is due, copied out (the calls run without the lock).
 fn due_now<T: Clone>(

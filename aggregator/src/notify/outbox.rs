@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 
 use super::group::Delivery;
 use crate::aws::{Effect, Publisher};
-use crate::clock::SharedClock;
+use crate::clock::{backoff_ms, SharedClock};
 use crate::state::{self, Pending};
 
 /// Expired notifications are dropped (counted) after this long undelivered.
@@ -76,11 +76,6 @@ pub struct Outbox {
     /// Wakes the delivery task when the engine committed new notifications.
     pub wake: tokio::sync::Notify,
     metrics: Metrics,
-}
-
-fn backoff_ms(attempts: u32, now: i64) -> i64 {
-    let base = 1_000i64.saturating_mul(1 << attempts.min(8)).min(300_000);
-    base + (now.rem_euclid(1000) * base / 4000)
 }
 
 impl Outbox {

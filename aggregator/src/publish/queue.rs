@@ -261,6 +261,43 @@ mod tests {
         assert_eq!(hr[0].values, [0.1, 0.2]);
     }
 
+    /// Datums come out sorted by dimensions first, then time: every call of a flush carries the
+    /// same evaluation times (the CloudWatch e2e test tells flushes apart by that).
+    #[test]
+    fn datums_are_ordered_by_dimensions_then_time_so_every_call_spans_the_same_times() {
+        let mut pts = Vec::new();
+        for ts in [1_000, 2_000] {
+            for i in 0..1500 {
+                pts.push(p("Load", &format!("i-{i:04}"), ts, 1.0, true));
+            }
+        }
+        let d = datums(&pts);
+        let order: Vec<(String, i64)> = d
+            .iter()
+            .take(4)
+            .map(|(d, _)| (d.dimensions[0].1.clone(), d.timestamp_ms))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("i-0000".to_string(), 1_000),
+                ("i-0000".to_string(), 2_000),
+                ("i-0001".to_string(), 1_000),
+                ("i-0001".to_string(), 2_000)
+            ]
+        );
+        let batches = calls(d);
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1000, 1000, 1000]
+        );
+        for b in &batches {
+            let times: std::collections::BTreeSet<i64> =
+                b.iter().map(|(d, _)| d.timestamp_ms).collect();
+            assert_eq!(times.into_iter().collect::<Vec<_>>(), [1_000, 2_000]);
+        }
+    }
+
     #[test]
     fn calls_hold_at_most_1000_datums_and_1_mb() {
         let pts: Vec<Point> = (0..2500)

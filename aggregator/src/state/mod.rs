@@ -97,10 +97,12 @@ impl Db {
         let schema = doc.get("schema").map_or(Some(1), Json::as_u64);
         let schema = match schema {
             Some(n @ 1..=SCHEMA) => n,
-            _ => return Err(StateError::Json(format!(
+            _ => {
+                return Err(StateError::Json(format!(
                 "snapshot schema {} is newer than this release reads ({SCHEMA}): downgrade refused",
                 doc["schema"]
-            ))),
+            )))
+            }
         };
         let state: State = serde_json::from_value(doc["state"].clone())
             .map_err(|e| StateError::Json(format!("unreadable state (schema {schema}): {e}")))?;
