@@ -272,7 +272,10 @@ async fn wire(
         max_samples: cfg.query_max_samples,
         ..engine.promql().opts.clone()
     });
+    let query_pool = api::QueryPool::new(cfg.query_max_concurrency, api::QUERY_NICE)
+        .map_err(|e| format!("cannot start the query threads: {e}"))?;
     let api = Arc::new(api::Api {
+        query_pool,
         query_slots: Arc::new(tokio::sync::Semaphore::new(cfg.query_max_concurrency)),
         query_engine,
         view: engine.view(),

@@ -21,9 +21,12 @@ use crate::ruleset::Rules;
 use crate::state;
 use crate::store::Store;
 
+mod pool;
 mod query;
 mod views;
 pub mod write;
+
+pub use pool::{QueryPool, QUERY_NICE};
 
 use query::{labels, params, pct_decode, query, query_range, series, timeout_err};
 use views::{alerts_json, instances_json, rules_json, scaling_json, status_page};
@@ -45,6 +48,8 @@ pub struct Api {
     pub query_engine: promql::Engine,
     /// API queries running at once (`[query] max_concurrency`).
     pub query_slots: Arc<tokio::sync::Semaphore>,
+    /// The threads they run on, at a lower CPU priority.
+    pub query_pool: pool::QueryPool,
     pub registry: prometheus_client::registry::Registry,
     pub ready: std::sync::atomic::AtomicBool,
 }
@@ -149,14 +154,25 @@ async fn route(app: Arc<Api>, req: Request<hyper::body::Incoming>) -> Resp {
                 Err(_) => return timeout_err("query timed out in queue"),
             };
             let path2 = path.clone();
-            let work = blocking(app.clone(), move |app| {
+            let a = app.clone();
+            // On the query threads, below ingest's and evaluation's CPU priority (`pool.rs`).
+            let work = app.query_pool.run(move || {
                 let _slot = slot;
                 match path2.as_str() {
-                    "/api/v1/query" => query(app, &params, deadline),
-                    "/api/v1/query_range" => query_range(app, &params, deadline),
-                    _ => series(app, &params),
+                    "/api/v1/query" => query(&a, &params, deadline),
+                    "/api/v1/query_range" => query_range(&a, &params, deadline),
+                    _ => series(&a, &params),
                 }
             });
+            let work = async {
+                work.await.unwrap_or_else(|e| {
+                    json_err(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        &e.to_string(),
+                    )
+                })
+            };
             // The engine checks the deadline as it goes; this answers in time when one step runs long.
             tokio::time::timeout_at((deadline + Duration::from_millis(100)).into(), work)
                 .await
