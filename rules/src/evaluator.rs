@@ -35,6 +35,36 @@ pub enum Eligibility {
     Ignored(String),
 }
 
+/// What the live fleet says about one Auto Scaling group, handed to each [`Simulation::step`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    /// Described: its capacity (the one Vigil is applying, if a change is under way) and what
+    /// each member's state allows. An instance absent from `members` is not a member and is
+    /// left alone.
+    Live {
+        capacity: u32,
+        members: BTreeMap<String, Eligibility>,
+    },
+    /// Not described lately: no scaling decision is made (it would start from a guess) and
+    /// nothing is replaced.
+    Unknown,
+}
+
+/// The fleet as observed before an evaluation, by group. A group absent here is simulated: its
+/// capacity follows the simulation's own decisions, and every instance is eligible.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observations {
+    pub groups: HashMap<String, Observed>,
+}
+
+impl Observations {
+    /// Nothing observed: every group simulated (`vigil-rules test` and `replay`, or no `[aws]`).
+    pub fn none() -> &'static Observations {
+        static NONE: std::sync::OnceLock<Observations> = std::sync::OnceLock::new();
+        NONE.get_or_init(Observations::default)
+    }
+}
+
 /// Something evaluation produced, in time order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -419,16 +449,10 @@ pub struct Simulation {
     pub engine: Engine,
     pub rules: std::sync::Arc<RuleSet>,
     pub state: State,
-    /// Simulated capacity of each Auto Scaling group.
-    pub capacity: BTreeMap<String, u32>,
+    /// Each group's capacity as of its last decision: observed then, or simulated (a group not
+    /// observed follows its own decisions, starting at its policies' `min`).
+    capacity: BTreeMap<String, u32>,
     pub external_labels: Labels,
-    /// What the live fleet says about replacing each instance, by Auto Scaling group. A group
-    /// absent here is simulated: every instance is eligible. An instance absent from a present
-    /// group is not a member and is left alone.
-    pub eligibility: HashMap<String, BTreeMap<String, Eligibility>>,
-    /// Groups whose real capacity is not known yet (the live fleet could not be read): no
-    /// scaling decision is made for them, since it would start from a guess.
-    pub unknown_capacity: BTreeSet<String>,
     /// How each rule group's last evaluations went, by (file, group name).
     pub health: HashMap<(String, String), GroupHealth>,
     /// Replace policies already told that their group's size is unknown.
@@ -486,8 +510,6 @@ impl Simulation {
             state: State::default(),
             capacity,
             external_labels: Labels::empty(),
-            eligibility: HashMap::new(),
-            unknown_capacity: BTreeSet::new(),
             health: HashMap::new(),
             warned: Default::default(),
             last_held: HashMap::new(),
@@ -507,8 +529,25 @@ impl Simulation {
         self.rules = rules;
     }
 
-    /// Evaluates everything due at `ts` (`ts` is measured from `origin`, where intervals align).
-    pub fn step(&mut self, storage: &mut dyn RuleStorage, origin: i64, ts: i64) -> Vec<Event> {
+    /// Starts a group at `n` instances (a restart's saved capacity, `replay --capacity`).
+    pub fn start_at(&mut self, asg: &str, n: u32) {
+        self.capacity.insert(asg.to_string(), n);
+    }
+
+    /// Each group's capacity as of its last decision (what a restart resumes from).
+    pub fn capacities(&self) -> &BTreeMap<String, u32> {
+        &self.capacity
+    }
+
+    /// Evaluates everything due at `ts` (`ts` is measured from `origin`, where intervals align),
+    /// against the fleet as `fleet` observed it.
+    pub fn step(
+        &mut self,
+        storage: &mut dyn RuleStorage,
+        origin: i64,
+        ts: i64,
+        fleet: &Observations,
+    ) -> Vec<Event> {
         let due = |interval: i64| (ts - origin).rem_euclid(interval.max(1)) == 0;
         let mut events = Vec::new();
         let default = self.rules.default_interval_ms;
@@ -530,10 +569,14 @@ impl Simulation {
             }
         }
         for (asg, ps) in self.rules.scaling_by_asg() {
-            if !due(self.rules.asg_interval(&ps)) || self.unknown_capacity.contains(asg) {
+            if !due(self.rules.asg_interval(&ps)) {
                 continue;
             }
-            let current = self.capacity.get(asg).copied().unwrap_or(0);
+            let current = match fleet.groups.get(asg) {
+                Some(Observed::Unknown) => continue,
+                Some(Observed::Live { capacity, .. }) => *capacity,
+                None => self.capacity.get(asg).copied().unwrap_or(0),
+            };
             let d = eval_scaling(
                 &self.engine,
                 asg,
@@ -552,7 +595,12 @@ impl Simulation {
             if !due(p.interval_ms.unwrap_or(default)) {
                 continue;
             }
-            let Some(size) = self.capacity.get(&p.asg).copied() else {
+            let observed = fleet.groups.get(&p.asg);
+            let size = match observed {
+                Some(Observed::Live { capacity, .. }) => Some(*capacity),
+                _ => self.capacity.get(&p.asg).copied(),
+            };
+            let Some(size) = size else {
                 if self.warned.insert(p.name.clone()) {
                     events.push(Event::RuleError {
                         at: ts,
@@ -566,8 +614,14 @@ impl Simulation {
                 Ok(mut sick) => {
                     let mut skipped = Vec::new();
                     let mut counted = Vec::new();
-                    if let Some(view) = self.eligibility.get(&p.asg) {
-                        sick.retain(|i| match view.get(i) {
+                    if let Some(Observed::Unknown) = observed {
+                        skipped = std::mem::take(&mut sick)
+                            .into_iter()
+                            .map(|i| (i, format!("{} cannot be described now", p.asg)))
+                            .collect();
+                    }
+                    if let Some(Observed::Live { members, .. }) = observed {
+                        sick.retain(|i| match members.get(i) {
                             Some(Eligibility::Eligible) => true,
                             Some(Eligibility::Counted(why)) => {
                                 skipped.push((i.clone(), why.clone()));
@@ -648,7 +702,7 @@ labels = { severity = "critical" }
         let mut sim = Simulation::new(std::sync::Arc::new(rules), Engine::default());
         let mut fired = Vec::new();
         for k in 0..=5 {
-            for e in sim.step(&mut storage, 0, k * 60_000) {
+            for e in sim.step(&mut storage, 0, k * 60_000, Observations::none()) {
                 if let Event::Alert(t) = e {
                     if t.to == alerting::AlertState::Firing {
                         fired.push((t.labels.get("severity").unwrap_or("").to_string(), t.at));
@@ -722,18 +776,23 @@ fail_open_fraction = 0.5
         }
         let mut sim = Simulation::new(std::sync::Arc::new(rules), Engine::default());
         // b boots, c has left the group: only a is eligible, and 1 of 4 is under fail-open.
-        sim.eligibility.insert(
-            "g".into(),
-            BTreeMap::from([
-                ("a".to_string(), Eligibility::Eligible),
-                (
-                    "b".to_string(),
-                    Eligibility::Ignored("in its grace period".to_string()),
-                ),
-                ("d".to_string(), Eligibility::Eligible),
-            ]),
-        );
-        let events = sim.step(&mut storage, 0, 0);
+        let fleet = Observations {
+            groups: HashMap::from([(
+                "g".to_string(),
+                Observed::Live {
+                    capacity: 4,
+                    members: BTreeMap::from([
+                        ("a".to_string(), Eligibility::Eligible),
+                        (
+                            "b".to_string(),
+                            Eligibility::Ignored("in its grace period".to_string()),
+                        ),
+                        ("d".to_string(), Eligibility::Eligible),
+                    ]),
+                },
+            )]),
+        };
+        let events = sim.step(&mut storage, 0, 0, &fleet);
         let d = events
             .iter()
             .find_map(|e| match e {
@@ -771,17 +830,22 @@ fail_open_fraction = 0.5
         let mut sim = Simulation::new(std::sync::Arc::new(rules), Engine::default());
         // b is sick and already Unhealthy (a load balancer said so): a alone would be 1 of 4,
         // but with b the group is 2 of 4 sick — at fail_open_fraction, so nothing is replaced.
-        sim.eligibility.insert(
-            "g".into(),
-            BTreeMap::from([
-                ("a".to_string(), Eligibility::Eligible),
-                (
-                    "b".to_string(),
-                    Eligibility::Counted("already Unhealthy".to_string()),
-                ),
-            ]),
-        );
-        let events = sim.step(&mut storage, 0, 0);
+        let fleet = Observations {
+            groups: HashMap::from([(
+                "g".to_string(),
+                Observed::Live {
+                    capacity: 4,
+                    members: BTreeMap::from([
+                        ("a".to_string(), Eligibility::Eligible),
+                        (
+                            "b".to_string(),
+                            Eligibility::Counted("already Unhealthy".to_string()),
+                        ),
+                    ]),
+                },
+            )]),
+        };
+        let events = sim.step(&mut storage, 0, 0, &fleet);
         let d = events
             .iter()
             .find_map(|e| match e {
@@ -791,5 +855,54 @@ fail_open_fraction = 0.5
             .expect("a replace decision");
         assert!(d.fail_open_started, "{d:?}");
         assert!(d.replace.is_empty());
+    }
+
+    #[test]
+    fn scaling_starts_from_the_observed_capacity_and_a_group_not_observed_follows_its_own() {
+        // Half as busy again as the target: desired = ceil(current × 1.5).
+        let text = "[[scaling]]\nname = \"s\"\nasg = \"g\"\nmin = 1\nmax = 10\nexpr = \"load\"\ntarget = 1\nscale_out_cooldown = \"0s\"\n";
+        let f = load("f.toml", text, &Context::default()).unwrap();
+        let rules = RuleSet {
+            files: vec![f],
+            default_interval_ms: 60_000,
+        };
+        let mut storage = MemStorage::new();
+        storage.add_series(
+            Labels::from_pairs([("__name__", "load")]),
+            (0..=40).map(|k| Sample::new(k * 15_000, 1.5)),
+        );
+        let mut sim = Simulation::new(std::sync::Arc::new(rules), Engine::default());
+        let decided = |events: Vec<Event>| {
+            events.into_iter().find_map(|e| match e {
+                Event::Scaling(d) => Some((d.current, d.desired)),
+                _ => None,
+            })
+        };
+        // Unknown: nothing decided, the simulation's record untouched.
+        let unknown = Observations {
+            groups: HashMap::from([("g".to_string(), Observed::Unknown)]),
+        };
+        assert_eq!(decided(sim.step(&mut storage, 0, 0, &unknown)), None);
+        assert_eq!(sim.capacities().get("g"), Some(&1), "the policy's min");
+        // Observed at 2: decided from 2, not from the simulation's 1.
+        let live = Observations {
+            groups: HashMap::from([(
+                "g".to_string(),
+                Observed::Live {
+                    capacity: 2,
+                    members: BTreeMap::new(),
+                },
+            )]),
+        };
+        assert_eq!(
+            decided(sim.step(&mut storage, 0, 60_000, &live)),
+            Some((2, 3))
+        );
+        // No longer observed (a dry run with AWS away): it goes on from 3, its last decision.
+        assert_eq!(
+            decided(sim.step(&mut storage, 0, 120_000, Observations::none())),
+            Some((3, 5))
+        );
+        assert_eq!(sim.capacities().get("g"), Some(&5));
     }
 }

@@ -115,3 +115,55 @@ pub mod alerts {
         Ok(v.into_iter().map(|k| (k.key, k.state)).collect())
     }
 }
+
+/// A label set written as [`labels`] writes it, for lists and sets of them.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent)]
+struct LabelsObj(#[serde(with = "labels")] Labels);
+
+/// A set of label sets as a list of objects.
+pub mod label_set {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(
+        m: &std::collections::BTreeSet<Labels>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter().map(|l| LabelsObj(l.clone())))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<std::collections::BTreeSet<Labels>, D::Error> {
+        let v: Vec<LabelsObj> = Deserialize::deserialize(d)?;
+        Ok(v.into_iter().map(|l| l.0).collect())
+    }
+}
+
+/// A value that carries its own map key (an alert its labels, a group its receiver and labels).
+pub trait Keyed {
+    type Key: Ord;
+    fn key(&self) -> Self::Key;
+}
+
+/// A map whose values carry their keys ([`Keyed`]) as the list of its values, in key order.
+pub mod values {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    pub fn serialize<K, V: Serialize, S: Serializer>(
+        m: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.values())
+    }
+
+    pub fn deserialize<'de, V, D>(d: D) -> Result<BTreeMap<V::Key, V>, D::Error>
+    where
+        V: Keyed + Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        let v: Vec<V> = Deserialize::deserialize(d)?;
+        Ok(v.into_iter().map(|x| (x.key(), x)).collect())
+    }
+}

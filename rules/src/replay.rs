@@ -21,7 +21,7 @@ use vigil_wire::remote_write::WriteRequest;
 use vigil_wire::{Labels, Sample, STALE_NAN};
 
 use crate::duration::format_timestamp_ms;
-use crate::evaluator::{Event, RuleSet, Simulation};
+use crate::evaluator::{Event, Observations, RuleSet, Simulation};
 use crate::promql::{Engine, EngineOpts, MemStorage};
 use crate::scaling::Direction;
 use crate::series::{parse_series_desc, parse_values, Point};
@@ -195,7 +195,7 @@ pub fn run(
     });
     let mut sim = Simulation::new(std::sync::Arc::new(rules.clone()), engine);
     for (asg, n) in capacity {
-        sim.capacity.insert(asg.clone(), *n);
+        sim.start_at(asg, *n);
     }
     let tick = rules.tick_ms();
     let steps = (data.end - data.start) / tick;
@@ -210,7 +210,7 @@ pub fn run(
     let mut events = Vec::new();
     let mut ts = data.start;
     while ts <= data.end {
-        events.extend(sim.step(&mut data.storage, data.start, ts));
+        events.extend(sim.step(&mut data.storage, data.start, ts, Observations::none()));
         ts += tick;
     }
     Ok(events)

@@ -23,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use vigil_rules::alerting::AlertState;
 use vigil_rules::duration::format_timestamp_ms;
-use vigil_rules::evaluator::{alert_key, AlertKey, Event, RuleSet, Simulation};
+use vigil_rules::evaluator::{alert_key, AlertKey, Event, Observations, RuleSet, Simulation};
 use vigil_rules::promql;
 use vigil_rules::replace::ReplaceDecision;
 use vigil_rules::replay::event_text;
@@ -127,8 +127,10 @@ pub struct Engine {
 pub enum StartError {
     #[error(transparent)]
     State(#[from] state::StateError),
-    #[error("the notifier state in the state database is unreadable")]
-    Notifier,
+    #[error("the notifier state in the state database is unreadable: {0}")]
+    Notifier(serde_json::Error),
+    #[error("the pending actions in the state database are unreadable: {0}")]
+    Actions(serde_json::Error),
 }
 
 /// The record rules published to CloudWatch: record name → (how, high resolution).
@@ -217,15 +219,18 @@ impl Engine {
                 "evaluation state restored"
             );
             sim.state = state;
-            for (asg, n) in capacity {
-                sim.capacity.insert(asg, n);
+            for (asg, n) in &capacity {
+                sim.start_at(asg, *n);
             }
         }
         if let Some(pending) = db.load_actions()? {
-            parts.fleet.restore_pending(&pending);
+            parts
+                .fleet
+                .restore_pending(&pending)
+                .map_err(StartError::Actions)?;
         }
         let notifier = match db.load_notifier()? {
-            Some(v) => Notifier::from_json(&v).ok_or(StartError::Notifier)?,
+            Some(v) => Notifier::from_json(&v).map_err(StartError::Notifier)?,
             None => Notifier::default(),
         };
         drop(db);
@@ -327,16 +332,17 @@ impl Engine {
             // Reloaded since the last tick.
             ev.sim.set_rules(rules.clone());
         }
-        if p.fleet.describes() {
-            let boot = self.boot_times(ts);
-            p.fleet.prepare(&mut ev.sim, &p.rules.groups(), &boot, ts);
-        }
+        let observed = if p.fleet.describes() {
+            p.fleet.observe(&p.rules.groups(), &self.boot_times(ts), ts)
+        } else {
+            Observations::default()
+        };
         let mut sink = RuleSink {
             store: &p.store,
             now_ms: p.clock.now_ms(),
             tap: if cw.is_empty() { None } else { Some(&mut tap) },
         };
-        let events = ev.sim.step(&mut sink, 0, ts);
+        let events = ev.sim.step(&mut sink, 0, ts, &observed);
         p.publisher.queue(points);
         let mut history: Vec<(i64, &str, serde_json::Value)> = Vec::new();
         for e in &events {
@@ -400,7 +406,7 @@ impl Engine {
         let committed = p.db.lock().commit_evaluation(&state::Evaluated {
             at: ts,
             state: &ev.sim.state,
-            capacity: &ev.sim.capacity,
+            capacity: ev.sim.capacities(),
             actions: &p.fleet.pending_json(),
             history: &history,
             notifier: notifier_json.as_ref(),

@@ -117,7 +117,7 @@ fn a_schema_1_database_keeps_its_alerts_cooldowns_notifier_and_outbox() {
             "the stabilization window"
         );
         assert!(s.replace["health"].replaced.iter().any(|(_, i)| i == "i-b"));
-        assert_eq!(ev.sim.capacity.get("web"), Some(&4));
+        assert_eq!(ev.sim.capacities().get("web"), Some(&4));
         assert!(
             !ev.notifier.is_idle(),
             "the notifier remembers what it told"
@@ -133,7 +133,7 @@ fn a_schema_1_database_keeps_its_alerts_cooldowns_notifier_and_outbox() {
             .commit_evaluation(&state::Evaluated {
                 at: 1_796_193_301_000,
                 state: &ev.sim.state,
-                capacity: &ev.sim.capacity,
+                capacity: ev.sim.capacities(),
                 actions: &engine.parts.fleet.pending_json(),
                 history: &[],
                 notifier: None,

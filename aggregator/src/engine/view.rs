@@ -44,7 +44,7 @@ impl View {
                 .collect(),
             capacity: ev
                 .sim
-                .capacity
+                .capacities()
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),

@@ -34,15 +34,41 @@ impl Fleet {
         );
     }
 
+    /// Whether this process may act now ([`super::Fence`]); a dry run changes nothing, so it
+    /// always may. Logs when that changes.
+    fn may_act(&self) -> bool {
+        if self.scaler.dry_run() {
+            return true;
+        }
+        let token = self.fence.token();
+        let mut st = self.state();
+        if st.fenced != token.is_none() {
+            st.fenced = token.is_none();
+            match token {
+                Some(t) => {
+                    tracing::info!(fencing_token = t, "may act: carrying out pending actions")
+                }
+                None => tracing::info!("may not act (not the lease holder): pending actions wait"),
+            }
+        }
+        token.is_some()
+    }
+
     /// Applies the pending capacities and health changes that are due.
     pub async fn actuate(&self) {
         let now = self.now_ms();
         let due = due_now(&self.state().pending, now, |p| p.next_try);
         for (asg, p) in due {
+            if !self.may_act() {
+                return;
+            }
             self.scale(&asg, p).await;
         }
         let due = due_now(&self.state().unhealthy, now, |p| p.next_try);
         for (instance, p) in due {
+            if !self.may_act() {
+                return;
+            }
             let result = self.scaler.set_unhealthy(&instance).await;
             let mut st = self.state();
             match result {
@@ -117,6 +143,10 @@ impl Fleet {
         let desired = p.desired.clamp(view.min, view.max.max(view.min));
         if desired != p.desired {
             tracing::warn!(asg = %asg, wanted = p.desired, applied = desired, min = view.min, max = view.max, "the group's bounds changed: clamped");
+        }
+        // The right to act may have ended while the describe was out.
+        if !self.may_act() {
+            return;
         }
         match self.scaler.set_desired(asg, desired).await {
             Ok(_) => {

@@ -26,9 +26,10 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use vigil_rules::duration::format_timestamp_ms;
-use vigil_rules::evaluator::{Eligibility, Event, Simulation};
+use vigil_rules::evaluator::{Eligibility, Event, Observations, Observed};
 
 use crate::aws::{AutoScaling, CallError, GroupInfo, Lifecycle};
 use crate::clock::SharedClock;
@@ -63,7 +64,9 @@ impl Metrics {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A capacity change decided and not yet carried out. Persisted with the evaluation; its
+/// retry schedule starts over after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct PendingScale {
     desired: u32,
     /// What the decision asked for (before the group's own bounds).
@@ -72,15 +75,44 @@ struct PendingScale {
     /// someone else changed the group meanwhile.
     from: u32,
     decided_at: i64,
+    #[serde(skip)]
     attempts: u32,
+    #[serde(skip)]
     next_try: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// An instance to mark Unhealthy, persisted as the name of its group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
 struct PendingHealth {
     asg: String,
     attempts: u32,
     next_try: i64,
+}
+
+impl From<String> for PendingHealth {
+    fn from(asg: String) -> Self {
+        PendingHealth {
+            asg,
+            attempts: 0,
+            next_try: 0,
+        }
+    }
+}
+
+impl From<PendingHealth> for String {
+    fn from(p: PendingHealth) -> String {
+        p.asg
+    }
+}
+
+/// The actions not carried out yet, as the state database keeps them.
+#[derive(Serialize, Deserialize)]
+struct Pending<'a> {
+    #[serde(default)]
+    scale: std::borrow::Cow<'a, BTreeMap<String, PendingScale>>,
+    #[serde(default)]
+    health: std::borrow::Cow<'a, BTreeMap<String, PendingHealth>>,
 }
 
 /// What Vigil last did to a group, for the API.
@@ -112,6 +144,8 @@ struct State {
     /// Dry run: groups that could not be described lately, whose capacity follows the
     /// simulation.
     simulating: BTreeSet<String>,
+    /// Whether the fence last said this process may not act (to log changes only).
+    fenced: bool,
 }
 
 impl State {
@@ -128,8 +162,28 @@ impl State {
     }
 }
 
+/// Whether this process may change AWS now: the hook of the coming lease (of an HA pair,
+/// exactly one acts). The actuator asks right before every call that changes a group (the
+/// describe before a change included), and a process that may not act changes nothing and keeps
+/// its pending actions, untried, for when it may.
+pub trait Fence: Send + Sync {
+    /// The fencing token of the current right to act (it grows with every new holder), or
+    /// `None` while this process may not act.
+    fn token(&self) -> Option<u64>;
+}
+
+/// A single aggregator: always allowed to act.
+pub struct Sole;
+
+impl Fence for Sole {
+    fn token(&self) -> Option<u64> {
+        Some(0)
+    }
+}
+
 pub struct Fleet {
     scaler: Box<dyn AutoScaling>,
+    fence: Box<dyn Fence>,
     clock: SharedClock,
     /// A fleet view older than this is not trusted: no decision is made from it.
     max_view_age_ms: i64,
@@ -153,12 +207,19 @@ impl Fleet {
     ) -> Fleet {
         Fleet {
             scaler,
+            fence: Box::new(Sole),
             clock,
             max_view_age_ms: (5 * refresh_interval_ms(tick_ms)).max(30_000),
             state: Mutex::new(State::default()),
             wake: tokio::sync::Notify::new(),
             metrics: Metrics::register(r),
         }
+    }
+
+    /// The fleet acting only while `fence` allows it.
+    pub fn with_fence(mut self, fence: Box<dyn Fence>) -> Fleet {
+        self.fence = fence;
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -185,16 +246,17 @@ impl Fleet {
 
     /// Before an evaluation: the real capacity of each group the rules name (or the capacity
     /// Vigil is applying, or in a dry run would have set), and which instances may be replaced
-    /// now. `boot` is each instance's boot time (ms), from its agent.
-    pub fn prepare(
+    /// now. `boot` is each instance's boot time (ms), from its agent. Without `[aws]` nothing
+    /// is observed: every group is simulated.
+    pub fn observe(
         &self,
-        sim: &mut Simulation,
         groups: &[String],
         boot: &HashMap<String, i64>,
         now: i64,
-    ) {
+    ) -> Observations {
+        let mut seen = Observations::default();
         if !self.scaler.describes() {
-            return;
+            return seen;
         }
         let dry_run = self.scaler.dry_run();
         let mut simulating = BTreeSet::new();
@@ -206,35 +268,23 @@ impl Fleet {
                 .filter(|(_, at)| now - at <= self.max_view_age_ms);
             let Some((g, _)) = fresh else {
                 if dry_run {
-                    // A dry run with AWS away follows its own simulation, as without [aws]:
-                    // from what it last knew (its simulated or described capacity, else the
-                    // policies' min), marked "simulated" in the API and on the page.
-                    sim.unknown_capacity.remove(asg);
-                    sim.eligibility.remove(asg);
-                    if let Some(c) = st.pending.get(asg).map(|p| p.desired).or_else(|| {
-                        st.simulated
-                            .get(asg)
-                            .copied()
-                            .or_else(|| st.groups.get(asg).map(|(g, _)| g.desired))
-                    }) {
-                        sim.capacity.insert(asg.clone(), c);
-                    }
+                    // A dry run with AWS away follows its own simulation, as without [aws]
+                    // (from the capacity it last decided), marked "simulated" in the API and
+                    // on the page.
                     simulating.insert(asg.clone());
-                    continue;
+                } else {
+                    // Not described (lately): decide nothing from a guessed capacity, replace
+                    // nothing.
+                    seen.groups.insert(asg.clone(), Observed::Unknown);
                 }
-                // Not described (lately): decide nothing from a guessed capacity, replace nothing.
-                sim.unknown_capacity.insert(asg.clone());
-                sim.eligibility.insert(asg.clone(), BTreeMap::new());
                 continue;
             };
-            sim.unknown_capacity.remove(asg);
-            let cap = match st.pending.get(asg) {
+            let capacity = match st.pending.get(asg) {
                 Some(p) => p.desired,
                 None if dry_run => st.simulated.get(asg).copied().unwrap_or(g.desired),
                 None => g.desired,
             };
-            sim.capacity.insert(asg.clone(), cap);
-            let view = g
+            let members = g
                 .members
                 .iter()
                 .map(|m| {
@@ -260,9 +310,11 @@ impl Fleet {
                     (m.id.clone(), why)
                 })
                 .collect();
-            sim.eligibility.insert(asg.clone(), view);
+            seen.groups
+                .insert(asg.clone(), Observed::Live { capacity, members });
         }
         st.simulating = simulating;
+        seen
     }
 
     /// Whether the group's capacity is Vigil's own simulation rather than AWS's: always without
@@ -323,45 +375,20 @@ impl Fleet {
     /// The actions waiting to be carried out, for the state database (a restart finishes them).
     pub fn pending_json(&self) -> Json {
         let st = self.state();
-        json!({
-            "scale": st.pending.iter().map(|(asg, p)| (asg.clone(), json!({"desired": p.desired, "asked": p.asked, "from": p.from, "decided_at": p.decided_at}))).collect::<serde_json::Map<_, _>>(),
-            "health": st.unhealthy.iter().map(|(i, p)| (i.clone(), json!(p.asg))).collect::<serde_json::Map<_, _>>(),
+        serde_json::to_value(Pending {
+            scale: std::borrow::Cow::Borrowed(&st.pending),
+            health: std::borrow::Cow::Borrowed(&st.unhealthy),
         })
+        .unwrap_or(Json::Null)
     }
 
     /// Takes back what a previous run had not carried out yet.
-    pub fn restore_pending(&self, v: &Json) {
+    pub fn restore_pending(&self, v: &Json) -> Result<(), serde_json::Error> {
+        let p = Pending::deserialize(v)?;
         let mut st = self.state();
-        for (asg, p) in v["scale"].as_object().into_iter().flatten() {
-            let n = |k: &str| p[k].as_u64().map(|x| x as u32);
-            if let (Some(desired), Some(from), Some(decided_at)) =
-                (n("desired"), n("from"), p["decided_at"].as_i64())
-            {
-                st.pending.insert(
-                    asg.clone(),
-                    PendingScale {
-                        desired,
-                        asked: n("asked").unwrap_or(desired),
-                        from,
-                        decided_at,
-                        attempts: 0,
-                        next_try: 0,
-                    },
-                );
-            }
-        }
-        for (instance, asg) in v["health"].as_object().into_iter().flatten() {
-            if let Some(asg) = asg.as_str() {
-                st.unhealthy.insert(
-                    instance.clone(),
-                    PendingHealth {
-                        asg: asg.to_string(),
-                        attempts: 0,
-                        next_try: 0,
-                    },
-                );
-            }
-        }
+        st.pending = p.scale.into_owned();
+        st.unhealthy = p.health.into_owned();
+        Ok(())
     }
 
     /// Describes `names` (the groups the rules name); detects capacity changes made outside

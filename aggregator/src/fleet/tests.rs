@@ -5,8 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::registry::Registry;
-use vigil_rules::evaluator::{Event, RuleSet, Simulation};
-use vigil_rules::promql::{Engine, EngineOpts};
+use vigil_rules::evaluator::{Event, Observations, Observed};
 use vigil_rules::replace::ReplaceDecision;
 use vigil_rules::scaling::Decision;
 
@@ -194,14 +193,12 @@ fn replace(instance: &str) -> Event {
     })
 }
 
-fn simulation() -> Simulation {
-    Simulation::new(
-        Arc::new(RuleSet {
-            files: vec![],
-            default_interval_ms: 10_000,
-        }),
-        Engine::new(EngineOpts::default()),
-    )
+/// The capacity an observation gives a group (None: not observed live).
+fn observed_capacity(o: &Observations, asg: &str) -> Option<u32> {
+    match o.groups.get(asg) {
+        Some(Observed::Live { capacity, .. }) => Some(*capacity),
+        _ => None,
+    }
 }
 
 fn metrics(r: &Registry) -> String {
@@ -350,9 +347,8 @@ fn a_describe_showing_an_outside_change_is_adopted_and_counted() {
     r.refresh();
     r.aws.set_outside(3);
     r.refresh();
-    let mut sim = simulation();
-    r.fleet.prepare(&mut sim, &names(), &HashMap::new(), T0);
-    assert_eq!(sim.capacity.get("web"), Some(&3));
+    let seen = r.fleet.observe(&names(), &HashMap::new(), T0);
+    assert_eq!(observed_capacity(&seen, "web"), Some(3));
     assert!(metrics(&r.registry)
         .contains("vigil_aggregator_external_capacity_changes_total{asg=\"web\"} 1"));
 }
@@ -362,11 +358,12 @@ fn an_old_view_decides_nothing() {
     let r = rig(false);
     r.refresh();
     r.clock.advance(60_001);
-    let mut sim = simulation();
-    r.fleet
-        .prepare(&mut sim, &names(), &HashMap::new(), r.clock_now());
-    assert!(sim.unknown_capacity.contains("web"));
-    assert!(sim.eligibility["web"].is_empty(), "nobody is replaced");
+    let seen = r.fleet.observe(&names(), &HashMap::new(), r.clock_now());
+    assert_eq!(
+        seen.groups.get("web"),
+        Some(&Observed::Unknown),
+        "no decision from a guess, nobody replaced"
+    );
     assert!(!r.fleet.simulated("web"));
 }
 
@@ -390,18 +387,19 @@ fn a_dry_run_changes_nothing_and_follows_its_own_simulation_when_aws_is_away() {
         "nothing changed"
     );
     assert_eq!(r.last_result(), "dry run");
-    let mut sim = simulation();
-    r.fleet.prepare(&mut sim, &names(), &HashMap::new(), T0);
-    assert_eq!(sim.capacity.get("web"), Some(&3), "the simulated capacity");
+    let seen = r.fleet.observe(&names(), &HashMap::new(), T0);
+    assert_eq!(
+        observed_capacity(&seen, "web"),
+        Some(3),
+        "the simulated capacity"
+    );
     assert!(!r.fleet.simulated("web"), "described: AWS's view");
-    // AWS goes away: the group is simulated from what the dry run last set.
+    // AWS goes away: the group is not observed, so the evaluation simulates it (from the
+    // capacity it last decided: `evaluator` tests that side).
     r.clock.advance(60_001);
-    let mut sim = simulation();
-    r.fleet
-        .prepare(&mut sim, &names(), &HashMap::new(), r.clock_now());
+    let seen = r.fleet.observe(&names(), &HashMap::new(), r.clock_now());
     assert!(r.fleet.simulated("web"));
-    assert!(!sim.unknown_capacity.contains("web"));
-    assert_eq!(sim.capacity.get("web"), Some(&3));
+    assert_eq!(seen.groups.get("web"), None, "simulated, not unknown");
 }
 
 #[test]
@@ -409,10 +407,12 @@ fn an_instance_marked_unhealthy_is_retried_while_in_service_and_given_up_when_go
     let r = rig(false);
     r.refresh();
     r.fleet.take(&[replace("i-1")], T0);
-    let mut sim = simulation();
-    r.fleet.prepare(&mut sim, &names(), &HashMap::new(), T0);
+    let seen = r.fleet.observe(&names(), &HashMap::new(), T0);
+    let Some(Observed::Live { members, .. }) = seen.groups.get("web") else {
+        panic!("web observed: {seen:?}")
+    };
     assert_eq!(
-        sim.eligibility["web"]["i-1"],
+        members["i-1"],
         vigil_rules::evaluator::Eligibility::Counted("being marked Unhealthy".into())
     );
     r.aws.fail_next("unhealthy", false);
@@ -451,17 +451,73 @@ fn an_instance_marked_unhealthy_is_retried_while_in_service_and_given_up_when_go
     );
 }
 
+/// A fence switched by the test: the lease's stand-in.
+struct Switch(Arc<std::sync::atomic::AtomicBool>);
+
+impl super::Fence for Switch {
+    fn token(&self) -> Option<u64> {
+        self.0
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then_some(7)
+    }
+}
+
+#[test]
+fn a_process_that_may_not_act_changes_nothing_and_keeps_its_actions_for_when_it_may() {
+    let mut r = rig(false);
+    let lease = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    r.fleet = r.fleet.with_fence(Box::new(Switch(lease.clone())));
+    r.refresh();
+    r.fleet.take(&[scale(2, 3), replace("i-1")], T0);
+    r.actuate();
+    assert_eq!(r.aws.calls(), ["describe web"], "only the refresh");
+    assert_eq!(r.fleet.pending("web"), Some(3), "kept");
+    // Untried: no backoff runs up while it waits.
+    r.clock.advance(1);
+    lease.store(true, std::sync::atomic::Ordering::SeqCst);
+    r.actuate();
+    assert_eq!(
+        r.aws.calls(),
+        ["describe web", "describe web", "set web 3", "unhealthy i-1"]
+    );
+    assert_eq!(r.fleet.pending("web"), None);
+}
+
+#[test]
+fn a_dry_run_acts_without_the_right_to() {
+    let mut r = rig(true);
+    r.fleet = r.fleet.with_fence(Box::new(Switch(Arc::new(false.into()))));
+    r.refresh();
+    r.fleet.take(&[scale(2, 3)], T0);
+    r.actuate();
+    assert_eq!(r.last_result(), "dry run", "it changes nothing anyway");
+}
+
 #[test]
 fn pending_work_survives_a_restart() {
     let r = rig(false);
     r.refresh();
     r.fleet.take(&[scale(2, 3), replace("i-2")], T0);
     let saved = r.fleet.pending_json();
+    assert_eq!(
+        saved,
+        serde_json::json!({
+            "scale": {"web": {"desired": 3, "asked": 3, "from": 2, "decided_at": T0}},
+            "health": {"i-2": "web"}
+        }),
+        "the state database's encoding (schema 2) is unchanged"
+    );
     let again = rig(false);
-    again.fleet.restore_pending(&saved);
-    assert_eq!(again.fleet.pending("web"), Some(3));
+    again.fleet.restore_pending(&saved).unwrap();
+    assert_eq!(again.fleet.pending_json(), saved);
     again.refresh();
     again.actuate();
-    assert!(again.aws.calls().contains(&"set web 3".to_string()));
-    assert!(again.aws.calls().contains(&"unhealthy i-2".to_string()));
+    assert_eq!(
+        again.aws.calls(),
+        ["describe web", "describe web", "set web 3", "unhealthy i-2"]
+    );
+    assert!(again
+        .fleet
+        .restore_pending(&serde_json::json!({"scale": {"web": {"desired": "x"}}}))
+        .is_err());
 }

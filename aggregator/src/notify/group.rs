@@ -3,24 +3,36 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::{json, Value as Json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use vigil_rules::persist::{self, Keyed};
 use vigil_wire::Labels;
 
-use super::{finite, float_from};
 use crate::config::Receiver;
-use crate::state::{labels_from, labels_json, string_map};
 
 /// An alert that fires now, as the notifier sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActiveAlert {
+    #[serde(with = "persist::labels")]
     pub labels: Labels,
+    #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    #[serde(with = "persist::float")]
     pub value: f64,
     pub starts_at: i64,
     /// Receivers named by the rule; empty means every receiver.
+    #[serde(default)]
     pub receivers: Vec<String>,
     /// The decision that raised it (a fail-open replacement decision), when there is one.
+    #[serde(default)]
     pub decision: Option<Json>,
+}
+
+impl Keyed for ActiveAlert {
+    type Key = Labels;
+    fn key(&self) -> Labels {
+        self.labels.clone()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,31 +44,50 @@ pub struct Settings {
     pub receivers: Vec<Receiver>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Entry {
     alert: ActiveAlert,
     resolved_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+impl Keyed for Entry {
+    type Key = Labels;
+    fn key(&self) -> Labels {
+        self.alert.labels.clone()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Group {
     receiver: String,
+    #[serde(with = "persist::labels")]
     labels: Labels,
+    #[serde(with = "persist::values")]
     alerts: BTreeMap<Labels, Entry>,
     next_flush: i64,
     last_notified_at: Option<i64>,
     /// The firing alerts of the last notification.
+    #[serde(with = "persist::label_set")]
     last_firing: BTreeSet<Labels>,
 }
 
-/// One message to one integration of a receiver.
-#[derive(Debug, Clone, PartialEq)]
+impl Keyed for Group {
+    type Key = (String, Labels);
+    fn key(&self) -> (String, Labels) {
+        (self.receiver.clone(), self.labels.clone())
+    }
+}
+
+/// One message to one integration of a receiver, as the outbox keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Delivery {
     Sns {
         topic_arn: String,
         subject: String,
         message: String,
         /// SNS MessageAttributes (String type).
+        #[serde(default)]
         attributes: BTreeMap<String, String>,
     },
     Slack {
@@ -88,56 +119,22 @@ impl Delivery {
     }
 
     pub fn to_json(&self) -> Json {
-        match self {
-            Delivery::Sns {
-                topic_arn,
-                subject,
-                message,
-                attributes,
-            } => {
-                json!({"kind": "sns", "topic_arn": topic_arn, "subject": subject, "message": message, "attributes": attributes})
-            }
-            Delivery::Slack { url, body } => json!({"kind": "slack", "url": url, "body": body}),
-            Delivery::Alertmanager { url, body } => {
-                json!({"kind": "alertmanager", "url": url, "body": body})
-            }
-        }
+        serde_json::to_value(self).unwrap_or(Json::Null)
     }
 
     pub fn from_json(v: &Json) -> Option<Delivery> {
-        let s = |k: &str| v[k].as_str().map(str::to_string);
-        Some(match v["kind"].as_str()? {
-            "sns" => Delivery::Sns {
-                topic_arn: s("topic_arn")?,
-                subject: s("subject")?,
-                message: s("message")?,
-                attributes: v["attributes"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            },
-            "slack" => Delivery::Slack {
-                url: s("url")?,
-                body: v["body"].clone(),
-            },
-            "alertmanager" => Delivery::Alertmanager {
-                url: s("url")?,
-                body: v["body"].clone(),
-            },
-            _ => return None,
-        })
+        Delivery::deserialize(v).ok()
     }
 }
 
-/// The notifier's memory: groups and the alerts Vigil raises itself (fail-open).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The notifier's memory: groups and the alerts Vigil raises itself (fail-open). Persisted as
+/// itself (serde), with the evaluation that changed it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Notifier {
+    #[serde(with = "persist::values")]
     groups: BTreeMap<(String, Labels), Group>,
     /// Alerts raised by decisions rather than rules, firing until their decision ends them.
+    #[serde(with = "persist::values")]
     pub synthetic: BTreeMap<Labels, ActiveAlert>,
 }
 
@@ -272,76 +269,10 @@ impl Notifier {
     }
 
     pub fn to_json(&self) -> Json {
-        let alert = |a: &ActiveAlert| {
-            json!({"labels": labels_json(&a.labels), "annotations": a.annotations, "value": finite(a.value),
-                "starts_at": a.starts_at, "receivers": a.receivers, "decision": a.decision})
-        };
-        json!({
-            "groups": self.groups.values().map(|g| json!({
-                "receiver": g.receiver,
-                "labels": labels_json(&g.labels),
-                "next_flush": g.next_flush,
-                "last_notified_at": g.last_notified_at,
-                "last_firing": g.last_firing.iter().map(labels_json).collect::<Vec<_>>(),
-                "alerts": g.alerts.values().map(|e| json!({"alert": alert(&e.alert), "resolved_at": e.resolved_at})).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-            "synthetic": self.synthetic.values().map(alert).collect::<Vec<_>>(),
-        })
+        serde_json::to_value(self).unwrap_or(Json::Null)
     }
 
-    pub fn from_json(v: &Json) -> Option<Notifier> {
-        fn alert(v: &Json) -> Option<ActiveAlert> {
-            Some(ActiveAlert {
-                labels: labels_from(&v["labels"])?,
-                annotations: string_map(&v["annotations"]),
-                value: float_from(&v["value"]),
-                starts_at: v["starts_at"].as_i64()?,
-                receivers: v["receivers"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                decision: Some(v["decision"].clone()).filter(|d| !d.is_null()),
-            })
-        }
-        let mut n = Notifier::default();
-        for g in v["groups"].as_array()? {
-            let labels = labels_from(&g["labels"])?;
-            let receiver = g["receiver"].as_str()?.to_string();
-            let mut alerts = BTreeMap::new();
-            for e in g["alerts"].as_array()? {
-                let a = alert(&e["alert"])?;
-                alerts.insert(
-                    a.labels.clone(),
-                    Entry {
-                        alert: a,
-                        resolved_at: e["resolved_at"].as_i64(),
-                    },
-                );
-            }
-            n.groups.insert(
-                (receiver.clone(), labels.clone()),
-                Group {
-                    receiver,
-                    labels,
-                    alerts,
-                    next_flush: g["next_flush"].as_i64()?,
-                    last_notified_at: g["last_notified_at"].as_i64(),
-                    last_firing: g["last_firing"]
-                        .as_array()?
-                        .iter()
-                        .filter_map(labels_from)
-                        .collect(),
-                },
-            );
-        }
-        for a in v["synthetic"].as_array()? {
-            let a = alert(a)?;
-            n.synthetic.insert(a.labels.clone(), a);
-        }
-        Some(n)
+    pub fn from_json(v: &Json) -> Result<Notifier, serde_json::Error> {
+        Notifier::deserialize(v)
     }
 }

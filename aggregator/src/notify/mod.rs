@@ -25,8 +25,3 @@ pub use render::render;
 fn finite(v: f64) -> serde_json::Value {
     vigil_rules::persist::float::to_json(v)
 }
-
-/// Reads what [`finite`] wrote (NaN when unreadable).
-fn float_from(v: &serde_json::Value) -> f64 {
-    vigil_rules::persist::float::deserialize(v.clone()).unwrap_or(f64::NAN)
-}

@@ -311,25 +311,6 @@ pub(crate) fn labels_json(l: &Labels) -> Json {
     )
 }
 
-/// A JSON object of strings as a map (anything else reads as empty).
-pub(crate) fn string_map(v: &Json) -> BTreeMap<String, String> {
-    v.as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub(crate) fn labels_from(v: &Json) -> Option<Labels> {
-    let m = v.as_object()?;
-    Some(Labels::from_pairs(
-        m.iter()
-            .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or(""))),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
