@@ -46,6 +46,11 @@ pub struct Config {
     pub receivers: Vec<Receiver>,
     /// Largest remote-write body accepted, decompressed.
     pub max_body_bytes: usize,
+    /// `[server] max_connections`: open connections at most (past it new ones wait in the
+    /// kernel's backlog); `header_read_timeout`: a request's headers must arrive within it, and
+    /// an idle keep-alive connection is closed after it.
+    pub max_connections: usize,
+    pub header_read_timeout_ms: i64,
     /// Most active series held; pushes that would add more are refused with 429.
     pub max_series: usize,
     /// Per request: series, labels per series, label name and value length (413 over them).
@@ -105,6 +110,8 @@ impl Default for Config {
             repeat_interval_ms: 4 * 3_600_000,
             receivers: vec![],
             max_body_bytes: 32 << 20,
+            max_connections: 4096,
+            header_read_timeout_ms: 30_000,
             max_series: 2_000_000,
             max_series_per_request: 100_000,
             max_labels_per_series: 64,
@@ -162,7 +169,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
                 Err(e) => doc.error_at(n.span.start, format!("server.max_body_size: {e}")),
             }
         }
+        c.header_read_timeout_ms =
+            s.positive_duration(&mut doc, "header_read_timeout", c.header_read_timeout_ms);
         for (key, slot) in [
+            ("max_connections", &mut c.max_connections),
             ("max_series", &mut c.max_series),
             ("max_series_per_request", &mut c.max_series_per_request),
             ("max_labels_per_series", &mut c.max_labels_per_series),
@@ -412,6 +422,28 @@ sns_topic_arn = "arn:aws:sns:us-east-1:123456789012:oncall"
         assert_eq!(c.repeat_interval_ms, 4 * 3_600_000);
         assert!(!c.dry_run);
         assert_eq!(c.receivers[0].name, "oncall");
+    }
+
+    #[test]
+    fn connection_limits() {
+        let c = parse(
+            "a.toml",
+            "[server]\nmax_connections = 64\nheader_read_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!((c.max_connections, c.header_read_timeout_ms), (64, 5000));
+        let d = Config::default();
+        assert_eq!(
+            (d.max_connections, d.header_read_timeout_ms),
+            (4096, 30_000)
+        );
+        let e = parse("a.toml", "[server]\nmax_connections = 0\n").unwrap_err();
+        assert!(e[0].to_string().contains("a.toml:2:"), "{}", e[0]);
+        assert!(
+            e[0].to_string().contains("server.max_connections"),
+            "{}",
+            e[0]
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ use clap::Parser;
 use vigil_config::logging::LogFormat;
 
 const DEFAULT_CONFIG: &str = "/etc/vigil/aggregator.toml";
+/// How long API requests in flight may finish after SIGTERM (the unit's TimeoutStopSec is 30 s).
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Vigil aggregator: remote-write ingest, PromQL rules, alerts and AWS actions.
 #[derive(Debug, Parser)]
@@ -156,7 +158,15 @@ fn main() -> ExitCode {
         let listen = api.cfg.listen;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         tracing::info!(address = %listen, dry_run = api.cfg.dry_run, rule_files = rules.current().files.len(), "serving");
-        tokio::spawn(api::serve(api.clone(), listener));
+        let limits = api::Limits {
+            max_connections: api.cfg.max_connections,
+            header_read_timeout: Duration::from_millis(api.cfg.header_read_timeout_ms as u64),
+            grace: STOP_GRACE,
+        };
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(api::serve(api::router(api.clone()), listener, limits, async move {
+            let _ = api_stopped.await;
+        }));
         // The first view of the fleet before the first evaluation, so that no decision is made
         // against a capacity that is only a guess (bounded: AWS may be unreachable).
         if let Err(e) = tokio::time::timeout(Duration::from_secs(10), fleet.refresh(&rules.groups())).await.unwrap_or(Ok(())) {
@@ -182,6 +192,9 @@ fn main() -> ExitCode {
             }
         }
         tracing::info!("stopping");
+        // No new connections; requests in flight finish within the grace period.
+        let _ = stop_api.send(());
+        let _ = server.await;
         Ok(())
     });
     match res {
@@ -223,12 +236,11 @@ async fn wire(
     let rules = Arc::new(ruleset::Rules::new(cfg.clone(), rules, &mut registry));
     let store = Arc::new(store::Store::new(cfg.retention_ms, cfg.max_series));
     let db = state::Shared::new(db);
-    let fleet = Arc::new(fleet::Fleet::new(
-        clients.autoscaling,
-        clock.clone(),
-        tick_ms,
-        &mut registry,
-    ));
+    // One aggregator acts alone; the HA pair's lease goes here as the fence.
+    let fleet = Arc::new(
+        fleet::Fleet::new(clients.autoscaling, clock.clone(), tick_ms, &mut registry)
+            .with_fence(Box::new(fleet::Sole)),
+    );
     let publisher = Arc::new(publish::Publisher::new(
         clients.cloudwatch,
         cfg.cloudwatch_namespace.clone(),

@@ -2,14 +2,22 @@
 //! client libraries work against the aggregator), Vigil's own `/api/v1/scaling` and
 //! `/api/v1/instances`, self-metrics, health, reload, and a plain status page.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Value as Json};
+use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 use vigil_rules::promql;
 
 use crate::clock::SharedClock;
@@ -23,12 +31,14 @@ use crate::store::Store;
 
 mod pool;
 mod query;
+mod serve;
 mod views;
 pub mod write;
 
 pub use pool::{QueryPool, QUERY_NICE};
+pub use serve::{serve, Limits};
 
-use query::{labels, params, pct_decode, query, query_range, series, timeout_err};
+use query::{labels, params, query, query_range, series, timeout_err};
 use views::{alerts_json, instances_json, rules_json, scaling_json, status_page};
 
 /// What the API is handed: the components it reads, and the admin actions it may take.
@@ -81,186 +91,282 @@ fn json_err(status: StatusCode, kind: &str, msg: &str) -> Resp {
     )
 }
 
-async fn route(app: Arc<Api>, req: Request<hyper::body::Incoming>) -> Resp {
-    let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_string();
-    let query_s = parts.uri.query().map(str::to_string);
-    let auth = parts
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    // The token is checked before a body is read: an unauthenticated sender cannot make the
-    // aggregator buffer 32 MiB.
-    if matches!(path.as_str(), "/api/v1/write" | "/-/reload")
-        && !app.write.authorized(auth.as_deref())
-    {
-        if path == "/api/v1/write" {
-            app.write.count(StatusCode::UNAUTHORIZED);
+/// Bodies of requests other than remote-write (query forms, reloads).
+const FORM_LIMIT: usize = 1 << 20;
+
+/// The routes. Answers and envelopes are Prometheus's; a wrong method on a known path is 405,
+/// an unknown path 404. The bearer token (`[server] auth_token_file`) guards remote-write and
+/// reloads as one layer, checked before a body is read, so an unauthenticated sender cannot make
+/// the aggregator buffer 32 MiB.
+pub fn router(api: Arc<Api>) -> Router {
+    let guarded = Router::new()
+        .route(
+            "/api/v1/write",
+            post(write).layer(DefaultBodyLimit::max(api.cfg.max_body_bytes)),
+        )
+        .route("/-/reload", post(reload).put(reload))
+        .route_layer(middleware::from_fn_with_state(api.clone(), bearer_token));
+    Router::new()
+        .route("/api/v1/query", get(instant).post(instant))
+        .route("/api/v1/query_range", get(range).post(range))
+        .route("/api/v1/series", get(series_h).post(series_h))
+        .route("/api/v1/labels", get(label_names).post(label_names))
+        .route(
+            "/api/v1/label/{name}/values",
+            get(label_values).post(label_values),
+        )
+        .route("/api/v1/rules", get(read(|a| json_ok(rules_json(a)))))
+        .route("/api/v1/alerts", get(read(|a| json_ok(alerts_json(a)))))
+        .route("/api/v1/scaling", get(read(|a| json_ok(scaling_json(a)))))
+        .route(
+            "/api/v1/instances",
+            get(read(|a| json_ok(instances_json(a)))),
+        )
+        .route("/api/v1/decisions", get(read(decisions)))
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/metrics", get(metrics))
+        .route("/-/healthy", get(healthy))
+        .route("/-/ready", get(ready))
+        .route(
+            "/",
+            get(read(|a| {
+                respond(StatusCode::OK, "text/html; charset=utf-8", status_page(a))
+            })),
+        )
+        .merge(guarded)
+        .fallback(|| async { respond(StatusCode::NOT_FOUND, "text/plain", "not found\n") })
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
+        // One span per request at debug level (`RUST_LOG=tower_http=debug`); 5xx answers at warn.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::DEBUG))
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                .on_failure(DefaultOnFailure::new().level(Level::WARN)),
+        )
+        .with_state(api)
+}
+
+/// The bearer-token layer of remote-write and reload.
+async fn bearer_token(
+    State(api): State<Arc<Api>>,
+    req: Request,
+    next: Next,
+) -> axum::response::Response {
+    let auth = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !api.write.authorized(auth) {
+        if req.uri().path() == "/api/v1/write" {
+            api.write.count(StatusCode::UNAUTHORIZED);
         }
         return respond(
             StatusCode::UNAUTHORIZED,
             "text/plain",
             "missing or wrong bearer token\n",
-        );
+        )
+        .into_response();
     }
-    // Bodies are bounded before they are read.
-    let limit = if path == "/api/v1/write" {
-        app.cfg.max_body_bytes
-    } else {
-        1 << 20
-    };
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return respond(
+    next.run(req).await
+}
+
+/// A body read within the route's limit: 413 past it.
+struct Body(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = Resp;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Body(b)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(respond(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "text/plain",
-                format!("request body larger than {limit} bytes\n"),
-            )
+                "request body larger than the limit (server.max_body_size)\n",
+            )),
+            Err(e) => Err(respond(
+                e.status(),
+                "text/plain",
+                format!("{}\n", e.body_text()),
+            )),
+        }
+    }
+}
+
+/// Prometheus's parameters: the query string, and for POST the form body.
+struct Params(HashMap<String, Vec<String>>);
+
+impl<S: Send + Sync> FromRequest<S> for Params {
+    type Rejection = Resp;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let post = req.method() == Method::POST;
+        let query = req.uri().query().map(str::to_string);
+        let Body(body) = Body::from_request(req, state).await?;
+        Ok(Params(params(query.as_deref(), post.then_some(&body[..]))))
+    }
+}
+
+async fn write(State(api): State<Arc<Api>>, body: Result<Body, Resp>) -> Resp {
+    let body = match body {
+        Ok(Body(b)) => b,
+        Err(r) => {
+            api.write.count(r.status());
+            return r;
         }
     };
-    let form = (parts.method == Method::POST).then_some(&body[..]);
-    let p = || params(query_s.as_deref(), form);
-    match (&parts.method, path.as_str()) {
-        (&Method::POST, "/api/v1/write") => {
-            let (status, msg) = app.write.write(auth.as_deref(), &body);
-            let mut r = respond(status, "text/plain", msg);
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                r.headers_mut()
-                    .insert("retry-after", hyper::header::HeaderValue::from_static("30"));
-            }
-            r
-        }
-        // Queries are CPU work: off the async workers that accept and ingest, at most
-        // `[query] max_concurrency` at once (rule evaluation has its own thread and never waits
-        // for a slot), within `[query] timeout` counted from the request's arrival.
-        (
-            &Method::GET | &Method::POST,
-            "/api/v1/query" | "/api/v1/query_range" | "/api/v1/series",
-        ) => {
-            let params = p();
-            let deadline = Instant::now() + Duration::from_millis(app.cfg.query_timeout_ms as u64);
-            let slot = match tokio::time::timeout_at(
-                deadline.into(),
-                app.query_slots.clone().acquire_owned(),
-            )
+    let (status, msg) = api.write.write(&body);
+    let mut r = respond(status, "text/plain", msg);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        r.headers_mut()
+            .insert("retry-after", hyper::header::HeaderValue::from_static("30"));
+    }
+    r
+}
+
+#[derive(Clone, Copy)]
+enum Pooled {
+    Instant,
+    Range,
+    Series,
+}
+
+async fn instant(State(api): State<Arc<Api>>, Params(p): Params) -> Resp {
+    pooled(api, Pooled::Instant, p).await
+}
+
+async fn range(State(api): State<Arc<Api>>, Params(p): Params) -> Resp {
+    pooled(api, Pooled::Range, p).await
+}
+
+async fn series_h(State(api): State<Arc<Api>>, Params(p): Params) -> Resp {
+    pooled(api, Pooled::Series, p).await
+}
+
+/// Queries are CPU work: off the async workers that accept and ingest, at most
+/// `[query] max_concurrency` at once (rule evaluation has its own thread and never waits for a
+/// slot), within `[query] timeout` counted from the request's arrival.
+async fn pooled(api: Arc<Api>, kind: Pooled, params: HashMap<String, Vec<String>>) -> Resp {
+    let deadline = Instant::now() + Duration::from_millis(api.cfg.query_timeout_ms as u64);
+    let slot =
+        match tokio::time::timeout_at(deadline.into(), api.query_slots.clone().acquire_owned())
             .await
-            {
-                Ok(Ok(slot)) => slot,
-                Ok(Err(_)) => {
-                    return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopping\n")
-                }
-                Err(_) => return timeout_err("query timed out in queue"),
-            };
-            let path2 = path.clone();
-            let a = app.clone();
-            // On the query threads, below ingest's and evaluation's CPU priority (`pool.rs`).
-            let work = app.query_pool.run(move || {
-                let _slot = slot;
-                match path2.as_str() {
-                    "/api/v1/query" => query(&a, &params, deadline),
-                    "/api/v1/query_range" => query_range(&a, &params, deadline),
-                    _ => series(&a, &params),
-                }
-            });
-            let work = async {
-                work.await.unwrap_or_else(|e| {
-                    json_err(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        &e.to_string(),
-                    )
-                })
-            };
-            // The engine checks the deadline as it goes; this answers in time when one step runs long.
-            tokio::time::timeout_at((deadline + Duration::from_millis(100)).into(), work)
-                .await
-                .unwrap_or_else(|_| timeout_err("query timed out in expression evaluation"))
-        }
-        (&Method::GET | &Method::POST, "/api/v1/labels") => {
-            let params = p();
-            blocking(app, move |app| labels(app, &params, None)).await
-        }
-        (&Method::GET | &Method::POST, p2)
-            if label_values_path(p2).is_some_and(|n| !n.is_empty()) =>
         {
-            let name = pct_decode(label_values_path(p2).unwrap_or(""));
-            let params = p();
-            blocking(app, move |app| labels(app, &params, Some(&name))).await
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => {
+                return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopping\n")
+            }
+            Err(_) => return timeout_err("query timed out in queue"),
+        };
+    let a = api.clone();
+    // On the query threads, below ingest's and evaluation's CPU priority (`pool.rs`).
+    let work = api.query_pool.run(move || {
+        let _slot = slot;
+        match kind {
+            Pooled::Instant => query(&a, &params, deadline),
+            Pooled::Range => query_range(&a, &params, deadline),
+            Pooled::Series => series(&a, &params),
         }
-        (&Method::GET, "/api/v1/rules") => blocking(app, |app| json_ok(rules_json(app))).await,
-        (&Method::GET, "/api/v1/alerts") => blocking(app, |app| json_ok(alerts_json(app))).await,
-        (&Method::GET, "/api/v1/scaling") => blocking(app, |app| json_ok(scaling_json(app))).await,
-        (&Method::GET, "/api/v1/instances") => {
-            blocking(app, |app| json_ok(instances_json(app))).await
-        }
-        (&Method::GET, "/api/v1/decisions") => {
-            // Vigil's own: the persisted decision history (alerts, scaling, replacement), newest
-            // first; it survives restarts. SQLite, so off the async workers.
-            blocking(app, |app| match app.db.lock().recent(200) {
-                Ok(v) => json_ok(json!(v
-                    .into_iter()
-                    .map(|(_, _, body)| body)
-                    .collect::<Vec<_>>())),
-                Err(e) => json_err(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    &e.to_string(),
-                ),
-            })
-            .await
-        }
-        (&Method::GET, "/api/v1/status/buildinfo") => json_ok(
-            json!({"version": env!("CARGO_PKG_VERSION"), "application": "vigil-aggregator"}),
-        ),
-        (&Method::GET, "/metrics") => {
-            let mut s = String::new();
-            let _ = prometheus_client::encoding::text::encode(&mut s, &app.registry);
-            respond(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                s,
+    });
+    let work = async {
+        work.await.unwrap_or_else(|e| {
+            json_err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &e.to_string(),
             )
-        }
-        (&Method::GET, "/-/healthy") => {
-            respond(StatusCode::OK, "text/plain", "Vigil is Healthy.\n")
-        }
-        (&Method::GET, "/-/ready") => {
-            if app.ready.load(Ordering::SeqCst) {
-                respond(StatusCode::OK, "text/plain", "Vigil is Ready.\n")
-            } else {
-                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n")
-            }
-        }
-        (&Method::POST | &Method::PUT, "/-/reload") => {
-            // The token was checked above, with the write endpoint's.
-            let app2 = app.clone();
-            match tokio::task::spawn_blocking(move || app2.rules.reload()).await {
-                Ok(Ok(n)) => respond(
-                    StatusCode::OK,
-                    "text/plain",
-                    format!("reloaded {n} rules\n"),
-                ),
-                Ok(Err(e)) => respond(
-                    StatusCode::BAD_REQUEST,
-                    "text/plain",
-                    format!("reload failed; the previous rules keep running:\n{e}\n"),
-                ),
-                Err(e) => respond(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    format!("{e}\n"),
-                ),
-            }
-        }
-        (&Method::GET, "/") => {
-            blocking(app, |app| {
-                respond(StatusCode::OK, "text/html; charset=utf-8", status_page(app))
-            })
-            .await
-        }
-        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        })
+    };
+    // The engine checks the deadline as it goes; this answers in time when one step runs long.
+    tokio::time::timeout_at((deadline + Duration::from_millis(100)).into(), work)
+        .await
+        .unwrap_or_else(|_| timeout_err("query timed out in expression evaluation"))
+}
+
+async fn label_names(State(api): State<Arc<Api>>, Params(p): Params) -> Resp {
+    blocking(api, move |api| labels(api, &p, None)).await
+}
+
+async fn label_values(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    Params(p): Params,
+) -> Resp {
+    blocking(api, move |api| labels(api, &p, Some(&name))).await
+}
+
+/// A handler that reads views, the store or SQLite, run on the blocking pool.
+fn read(
+    f: fn(&Api) -> Resp,
+) -> impl Fn(State<Arc<Api>>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Resp> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    move |State(api)| Box::pin(blocking(api, f))
+}
+
+/// Vigil's own: the persisted decision history (alerts, scaling, replacement), newest first;
+/// it survives restarts.
+fn decisions(api: &Api) -> Resp {
+    match api.db.lock().recent(200) {
+        Ok(v) => json_ok(json!(v
+            .into_iter()
+            .map(|(_, _, body)| body)
+            .collect::<Vec<_>>())),
+        Err(e) => json_err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+    }
+}
+
+async fn buildinfo() -> Resp {
+    json_ok(json!({"version": env!("CARGO_PKG_VERSION"), "application": "vigil-aggregator"}))
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> Resp {
+    let mut s = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut s, &api.registry);
+    respond(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        s,
+    )
+}
+
+async fn healthy() -> Resp {
+    respond(StatusCode::OK, "text/plain", "Vigil is Healthy.\n")
+}
+
+async fn ready(State(api): State<Arc<Api>>) -> Resp {
+    if api.ready.load(Ordering::SeqCst) {
+        respond(StatusCode::OK, "text/plain", "Vigil is Ready.\n")
+    } else {
+        respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n")
+    }
+}
+
+/// `/-/reload` (the token layer checked the caller): the new rules, or the old ones kept.
+async fn reload(State(api): State<Arc<Api>>) -> Resp {
+    let rules = api.rules.clone();
+    match tokio::task::spawn_blocking(move || rules.reload()).await {
+        Ok(Ok(n)) => respond(
+            StatusCode::OK,
+            "text/plain",
+            format!("reloaded {n} rules\n"),
+        ),
+        Ok(Err(e)) => respond(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            format!("reload failed; the previous rules keep running:\n{e}\n"),
+        ),
+        Err(e) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
+        ),
     }
 }
 
@@ -276,14 +382,4 @@ async fn blocking(app: Arc<Api>, f: impl FnOnce(&Api) -> Resp + Send + 'static) 
                 &e.to_string(),
             )
         })
-}
-
-/// The label name of a `/api/v1/label/<name>/values` path.
-fn label_values_path(p: &str) -> Option<&str> {
-    p.strip_prefix("/api/v1/label/")?.strip_suffix("/values")
-}
-
-/// Serves the API until the process ends.
-pub async fn serve(app: Arc<Api>, listener: tokio::net::TcpListener) {
-    vigil_config::http::serve(listener, move |req| route(app.clone(), req)).await
 }

@@ -14,42 +14,17 @@ use vigil_wire::Labels;
 
 use super::{json_err, json_ok, respond, Api, Resp};
 
-pub(super) fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len()
-                && b[i + 1].is_ascii_hexdigit()
-                && b[i + 2].is_ascii_hexdigit() =>
-            {
-                let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-                out.push(hex(b[i + 1]) * 16 + hex(b[i + 2]));
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Query-string and form parameters; repeated keys (`match[]`) keep every value.
+/// Query-string and form parameters (`application/x-www-form-urlencoded`, as Prometheus's
+/// `ParseForm` reads them); repeated keys (`match[]`) keep every value, in order.
 pub(super) fn params(query: Option<&str>, body: Option<&[u8]>) -> HashMap<String, Vec<String>> {
     let mut m: HashMap<String, Vec<String>> = HashMap::new();
-    let mut add = |s: &str| {
-        for pair in s.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            m.entry(pct_decode(k)).or_default().push(pct_decode(v));
-        }
-    };
-    if let Some(q) = query {
-        add(q);
-    }
-    if let Some(b) = body {
-        add(&String::from_utf8_lossy(b));
+    let pairs = query
+        .map(|q| form_urlencoded::parse(q.as_bytes()))
+        .into_iter()
+        .flatten()
+        .chain(body.map(form_urlencoded::parse).into_iter().flatten());
+    for (k, v) in pairs {
+        m.entry(k.into_owned()).or_default().push(v.into_owned());
     }
     m
 }
