@@ -673,6 +673,37 @@ mod tests {
     use super::*;
     use crate::rulefile::{load, load_all, Context};
 
+    /// Group `g` observed live at `capacity`, with these members.
+    fn live_g<const N: usize>(capacity: u32, members: [(&str, Eligibility); N]) -> Observations {
+        let members = members
+            .into_iter()
+            .map(|(i, e)| (i.to_string(), e))
+            .collect();
+        Observations {
+            groups: HashMap::from([("g".to_string(), Observed::Live { capacity, members })]),
+        }
+    }
+
+    /// The rules of one file, evaluated every minute.
+    fn simulation_of(text: &str) -> Simulation {
+        let f = load("f.toml", text, &Context::default()).unwrap();
+        let rules = RuleSet {
+            files: vec![f],
+            default_interval_ms: 60_000,
+        };
+        Simulation::new(std::sync::Arc::new(rules), Engine::default())
+    }
+
+    fn replace_decision(events: Vec<Event>) -> ReplaceDecision {
+        events
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Replace(d) => Some(d),
+                _ => None,
+            })
+            .expect("a replace decision")
+    }
+
     #[test]
     fn same_name_and_expression_with_different_holds_keep_separate_states() {
         let text = r#"
@@ -689,17 +720,12 @@ expr = "up == 0"
 for = "3m"
 labels = { severity = "critical" }
 "#;
-        let f = load("f.toml", text, &Context::default()).unwrap();
-        let rules = RuleSet {
-            files: vec![f],
-            default_interval_ms: 60_000,
-        };
         let mut storage = MemStorage::new();
         storage.add_series(
             Labels::from_pairs([("__name__", "up"), ("instance", "a")]),
             (0..=5).map(|k| Sample::new(k * 60_000, 0.0)),
         );
-        let mut sim = Simulation::new(std::sync::Arc::new(rules), Engine::default());
+        let mut sim = simulation_of(text);
         let mut fired = Vec::new();
         for k in 0..=5 {
             for e in sim.step(&mut storage, 0, k * 60_000, Observations::none()) {
@@ -762,11 +788,6 @@ max_fraction = 0.5
 window = "10m"
 fail_open_fraction = 0.5
 "#;
-        let f = load("f.toml", text, &Context::default()).unwrap();
-        let rules = RuleSet {
-            files: vec![f],
-            default_interval_ms: 60_000,
-        };
         let mut storage = MemStorage::new();
         for i in ["a", "b", "c"] {
             storage.add(
@@ -774,32 +795,17 @@ fail_open_fraction = 0.5
                 Sample::new(0, 0.0),
             );
         }
-        let mut sim = Simulation::new(std::sync::Arc::new(rules), Engine::default());
+        let mut sim = simulation_of(text);
         // b boots, c has left the group: only a is eligible, and 1 of 4 is under fail-open.
-        let fleet = Observations {
-            groups: HashMap::from([(
-                "g".to_string(),
-                Observed::Live {
-                    capacity: 4,
-                    members: BTreeMap::from([
-                        ("a".to_string(), Eligibility::Eligible),
-                        (
-                            "b".to_string(),
-                            Eligibility::Ignored("in its grace period".to_string()),
-                        ),
-                        ("d".to_string(), Eligibility::Eligible),
-                    ]),
-                },
-            )]),
-        };
-        let events = sim.step(&mut storage, 0, 0, &fleet);
-        let d = events
-            .iter()
-            .find_map(|e| match e {
-                Event::Replace(d) => Some(d),
-                _ => None,
-            })
-            .expect("a replace decision");
+        let fleet = live_g(
+            4,
+            [
+                ("a", Eligibility::Eligible),
+                ("b", Eligibility::Ignored("in its grace period".to_string())),
+                ("d", Eligibility::Eligible),
+            ],
+        );
+        let d = replace_decision(sim.step(&mut storage, 0, 0, &fleet));
         assert_eq!(d.replace.len(), 1, "{d:?}");
         assert_eq!(d.replace[0].0, "a");
         assert!(!d.fail_open_started);
@@ -815,11 +821,6 @@ fail_open_fraction = 0.5
     #[test]
     fn instances_already_unhealthy_count_towards_fail_open() {
         let text = "[[scaling]]\nname = \"s\"\nasg = \"g\"\nmin = 4\nmax = 4\nexpr = \"1\"\ntarget = 1\n[[replace]]\nname = \"r\"\nasg = \"g\"\nexpr = \"health == 0\"\nfor = \"0s\"\nmax_fraction = 0.5\nwindow = \"10m\"\nfail_open_fraction = 0.5\n";
-        let f = load("f.toml", text, &Context::default()).unwrap();
-        let rules = RuleSet {
-            files: vec![f],
-            default_interval_ms: 60_000,
-        };
         let mut storage = MemStorage::new();
         for i in ["a", "b"] {
             storage.add(
@@ -827,32 +828,17 @@ fail_open_fraction = 0.5
                 Sample::new(0, 0.0),
             );
         }
-        let mut sim = Simulation::new(std::sync::Arc::new(rules), Engine::default());
+        let mut sim = simulation_of(text);
         // b is sick and already Unhealthy (a load balancer said so): a alone would be 1 of 4,
         // but with b the group is 2 of 4 sick — at fail_open_fraction, so nothing is replaced.
-        let fleet = Observations {
-            groups: HashMap::from([(
-                "g".to_string(),
-                Observed::Live {
-                    capacity: 4,
-                    members: BTreeMap::from([
-                        ("a".to_string(), Eligibility::Eligible),
-                        (
-                            "b".to_string(),
-                            Eligibility::Counted("already Unhealthy".to_string()),
-                        ),
-                    ]),
-                },
-            )]),
-        };
-        let events = sim.step(&mut storage, 0, 0, &fleet);
-        let d = events
-            .iter()
-            .find_map(|e| match e {
-                Event::Replace(d) => Some(d),
-                _ => None,
-            })
-            .expect("a replace decision");
+        let fleet = live_g(
+            4,
+            [
+                ("a", Eligibility::Eligible),
+                ("b", Eligibility::Counted("already Unhealthy".to_string())),
+            ],
+        );
+        let d = replace_decision(sim.step(&mut storage, 0, 0, &fleet));
         assert!(d.fail_open_started, "{d:?}");
         assert!(d.replace.is_empty());
     }
@@ -861,17 +847,12 @@ fail_open_fraction = 0.5
     fn scaling_starts_from_the_observed_capacity_and_a_group_not_observed_follows_its_own() {
         // Half as busy again as the target: desired = ceil(current × 1.5).
         let text = "[[scaling]]\nname = \"s\"\nasg = \"g\"\nmin = 1\nmax = 10\nexpr = \"load\"\ntarget = 1\nscale_out_cooldown = \"0s\"\n";
-        let f = load("f.toml", text, &Context::default()).unwrap();
-        let rules = RuleSet {
-            files: vec![f],
-            default_interval_ms: 60_000,
-        };
         let mut storage = MemStorage::new();
         storage.add_series(
             Labels::from_pairs([("__name__", "load")]),
             (0..=40).map(|k| Sample::new(k * 15_000, 1.5)),
         );
-        let mut sim = Simulation::new(std::sync::Arc::new(rules), Engine::default());
+        let mut sim = simulation_of(text);
         let decided = |events: Vec<Event>| {
             events.into_iter().find_map(|e| match e {
                 Event::Scaling(d) => Some((d.current, d.desired)),
@@ -885,17 +866,8 @@ fail_open_fraction = 0.5
         assert_eq!(decided(sim.step(&mut storage, 0, 0, &unknown)), None);
         assert_eq!(sim.capacities().get("g"), Some(&1), "the policy's min");
         // Observed at 2: decided from 2, not from the simulation's 1.
-        let live = Observations {
-            groups: HashMap::from([(
-                "g".to_string(),
-                Observed::Live {
-                    capacity: 2,
-                    members: BTreeMap::new(),
-                },
-            )]),
-        };
         assert_eq!(
-            decided(sim.step(&mut storage, 0, 60_000, &live)),
+            decided(sim.step(&mut storage, 0, 60_000, &live_g(2, []))),
             Some((2, 3))
         );
         // No longer observed (a dry run with AWS away): it goes on from 3, its last decision.
