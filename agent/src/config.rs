@@ -47,8 +47,12 @@ pub struct HealthTarget {
     pub expect_status: u16,
 }
 
+/// One remote-write target. Every target gets every sample, with its own spool and backoff.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Push {
+    /// Names the target's spool directory (`buffer.dir/<name>`) and its self-metrics' `target`
+    /// label; default the URL's `host:port`, so reordering the list moves no spool.
+    pub name: String,
     pub url: String,
     pub token_file: Option<PathBuf>,
     pub timeout_ms: u64,
@@ -69,7 +73,8 @@ pub struct Config {
     pub identity: Identity,
     pub scrape: Vec<ScrapeTarget>,
     pub health: Vec<HealthTarget>,
-    pub push: Push,
+    /// At least one target (the built-in default: the local aggregator).
+    pub push: Vec<Push>,
     pub buffer: Buffer,
     pub listen: SocketAddr,
     /// Collect host metrics (on by default; off in a sidecar that only scrapes).
@@ -98,12 +103,7 @@ impl Default for Config {
             },
             scrape: vec![],
             health: vec![],
-            push: Push {
-                url: "http://127.0.0.1:9470/api/v1/write".into(),
-                token_file: None,
-                timeout_ms: 10_000,
-                max_samples_per_send: 5_000,
-            },
+            push: vec![Push::to("http://127.0.0.1:9470/api/v1/write")],
             buffer: Buffer {
                 dir: PathBuf::from("/var/lib/vigil-agent/spool"),
                 max_bytes: 256 << 20,
@@ -120,6 +120,49 @@ impl Default for Config {
                 .collect(),
         }
     }
+}
+
+impl Push {
+    /// A target with the defaults, named after its URL.
+    pub fn to(url: &str) -> Push {
+        Push {
+            name: default_name(url),
+            url: url.to_string(),
+            token_file: None,
+            timeout_ms: 10_000,
+            max_samples_per_send: 5_000,
+        }
+    }
+}
+
+/// `host:port` of an http(s) URL (the scheme's port when none is written).
+fn default_name(url: &str) -> String {
+    let (rest, port) = match url.split_once("://") {
+        Some(("https", r)) => (r, "443"),
+        Some((_, r)) => (r, "80"),
+        None => (url, "80"),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // A port is what follows the last ':' outside an IPv6 literal's brackets.
+    let has_port = host_port
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if has_port {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:{port}")
+    }
+}
+
+/// A target name is a directory name and a label value: letters, digits and `._:-[]`.
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n != "."
+        && n != ".."
+        && n.len() <= 128
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-[]".contains(&b))
 }
 
 fn url(doc: &mut Doc<'_>, o: &mut Obj<'_, '_>, key: &str) -> Option<String> {
@@ -252,26 +295,71 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             });
         }
     }
-    if let Some(mut p) = top.table(&mut doc, "push") {
-        if let Some(u) = url(&mut doc, &mut p, "url") {
-            c.push.url = u;
-        }
-        c.push.token_file = p
+    // `[[push]]`, one table per target; a single `[push]` table (the first releases' form) is
+    // one target.
+    let targets = top.table_or_tables(&mut doc, "push");
+    if !targets.is_empty() {
+        c.push.clear();
+    }
+    for mut p in targets {
+        let url = url(&mut doc, &mut p, "url");
+        let defaults = Push::to(url.as_deref().unwrap_or(""));
+        let name = match p.str(&mut doc, "name") {
+            Some(n) if valid_name(&n.value) => Some(n),
+            Some(n) => {
+                doc.error_at(
+                    n.span.start,
+                    format!(
+                        "{}.name: {:?} must be 1 to 128 letters, digits or ._:-[] (it names a directory)",
+                        p.path, n.value
+                    ),
+                );
+                None
+            }
+            None => None,
+        };
+        let token_file = p
             .str(&mut doc, "token_file")
             .map(|s| PathBuf::from(s.value));
-        c.push.timeout_ms =
-            p.positive_duration(&mut doc, "timeout", c.push.timeout_ms as i64) as u64;
+        let timeout_ms =
+            p.positive_duration(&mut doc, "timeout", defaults.timeout_ms as i64) as u64;
+        let mut max_samples_per_send = defaults.max_samples_per_send;
         if let Some(n) = p.int(&mut doc, "max_samples_per_send") {
             if n.value > 0 {
-                c.push.max_samples_per_send = n.value as usize;
+                max_samples_per_send = n.value as usize;
             } else {
                 doc.error_at(
                     n.span.start,
-                    "push.max_samples_per_send: must be greater than zero",
+                    format!("{}.max_samples_per_send: must be greater than zero", p.path),
                 );
             }
         }
+        let at = p.span().start;
+        let path = p.path.clone();
         p.finish(&mut doc);
+        let Some(url) = url else { continue };
+        let name = name.map_or(defaults.name, |n| n.value);
+        if !valid_name(&name) {
+            doc.error_at(
+                at,
+                format!("{path}: the URL gives no usable default name {name:?}; set name"),
+            );
+            continue;
+        }
+        if c.push.iter().any(|q| q.name == name) {
+            doc.error_at(
+                at,
+                format!("{path}: a second target named {name:?} (names must differ: each names a spool directory)"),
+            );
+            continue;
+        }
+        c.push.push(Push {
+            name,
+            url,
+            token_file,
+            timeout_ms,
+            max_samples_per_send,
+        });
     }
     if let Some(mut b) = top.table(&mut doc, "buffer") {
         if let Some(d) = b.str(&mut doc, "dir") {
@@ -328,9 +416,12 @@ url = "http://127.0.0.1:8080/healthz"
 timeout = "1s"
 expect_status = 200
 
-[push]
-url = "http://127.0.0.1:9470/api/v1/write"
+[[push]]
+name = "agg-a"
+url = "https://aggregator-a.internal:9470/api/v1/write"
 token_file = "/etc/vigil/token"
+[[push]]
+url = "https://aggregator-b.internal:9470/api/v1/write"
 
 [buffer]
 dir = "/var/lib/vigil-agent/spool"
@@ -348,10 +439,59 @@ address = "127.0.0.1:9471"
         assert_eq!(c.scrape[0].timeout_ms, 2_000);
         assert_eq!(c.health[0].expect_status, 200);
         assert_eq!(c.buffer.max_bytes, 256 << 20);
+        assert_eq!(c.push.len(), 2);
+        assert_eq!(c.push[0].name, "agg-a");
         assert_eq!(
-            c.push.token_file.as_deref(),
+            c.push[0].token_file.as_deref(),
             Some(std::path::Path::new("/etc/vigil/token"))
         );
+        assert_eq!(c.push[1].name, "aggregator-b.internal:9470");
+        assert_eq!(c.push[1].token_file, None);
+    }
+
+    #[test]
+    fn a_single_push_table_is_one_target() {
+        let c = parse(
+            "a.toml",
+            "[push]\nurl = \"http://10.0.0.5:9470/api/v1/write\"\ntimeout = \"3s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.push.len(), 1);
+        assert_eq!(c.push[0].name, "10.0.0.5:9470");
+        assert_eq!(c.push[0].timeout_ms, 3_000);
+        // No push section at all: the built-in default target.
+        let d = parse("a.toml", "").unwrap();
+        assert_eq!(d.push, Config::default().push);
+        assert_eq!(d.push[0].name, "127.0.0.1:9470");
+    }
+
+    #[test]
+    fn default_names_are_host_and_port() {
+        for (url, name) in [
+            ("http://a.example/api/v1/write", "a.example:80"),
+            ("https://a.example/api/v1/write", "a.example:443"),
+            ("https://u:p@a.example:8443/x", "a.example:8443"),
+            ("http://[::1]:9470/api/v1/write", "[::1]:9470"),
+            ("http://[::1]/api/v1/write", "[::1]:80"),
+        ] {
+            assert_eq!(default_name(url), name, "{url}");
+        }
+    }
+
+    #[test]
+    fn target_names_must_differ_and_be_directory_names() {
+        let text = "[[push]]\nurl = \"http://a:1/w\"\n[[push]]\nurl = \"http://a:1/other\"\n[[push]]\nname = \"../x\"\nurl = \"http://b:1/w\"\n";
+        let errs: Vec<String> = parse("a.toml", text)
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("a.toml:3:1: push[1]: a second target named \"a:1\""),
+            "{errs:#?}"
+        );
+        assert!(errs[1].starts_with("a.toml:6:8: push[2].name"), "{errs:#?}");
     }
 
     #[test]

@@ -208,7 +208,7 @@ impl Collector {
                     tracing::warn!(url = %url, error = %e, "scrape failed");
                 }
                 if r.oversized > 0 {
-                    self.metrics.samples_dropped.inc_by(r.oversized as u64);
+                    self.metrics.oversized(&url, r.oversized as u64);
                     if self.warned_limit.insert(format!("oversized {url}")) {
                         tracing::warn!(url = %url, series = r.oversized, "scraped series over the per-series label limits dropped (logged once per target)");
                     }
@@ -375,23 +375,31 @@ async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), Strin
         });
     }
 
-    let (spool, rec) = match spool::Spool::open(&cfg.buffer.dir, cfg.buffer.max_bytes) {
-        Ok(s) => s,
-        Err(e) if !explicit_config => {
-            let dir = fallback_spool_dir();
-            tracing::warn!(dir = %cfg.buffer.dir.display(), error = %e, fallback = %dir.display(), "spool directory unusable; using the fallback");
-            spool::Spool::open(&dir, cfg.buffer.max_bytes)
-                .map_err(|e| format!("spool {}: {e}", dir.display()))?
+    // One spool, queue and task per target: a target that is down or slow fills its own queue
+    // and spool, never another's.
+    let base = spool_base(&cfg.buffer.dir, explicit_config)?;
+    adopt_single_spool(&base, &cfg.push[0].name);
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut queues = Vec::new();
+    let mut tasks = Vec::new();
+    for target in &cfg.push {
+        let dir = base.join(&target.name);
+        let (spool, rec) = spool::Spool::open(&dir, cfg.buffer.max_bytes)
+            .map_err(|e| format!("spool {}: {e}", dir.display()))?;
+        if rec.frames > 0 || rec.torn_bytes > 0 {
+            tracing::info!(
+                target = %target.name,
+                frames = rec.frames,
+                pending = spool.pending(),
+                torn_bytes = rec.torn_bytes,
+                "spool recovered"
+            );
         }
-        Err(e) => return Err(format!("spool {}: {e}", cfg.buffer.dir.display())),
-    };
-    if rec.frames > 0 || rec.torn_bytes > 0 {
-        tracing::info!(
-            frames = rec.frames,
-            pending = spool.pending(),
-            torn_bytes = rec.torn_bytes,
-            "spool recovered"
-        );
+        let m = metrics.target(&target.name);
+        let pusher = push::Pusher::new(target, http.clone(), spool, m.clone());
+        let (tx, rx) = mpsc::channel::<push::Batch>(PUSH_QUEUE);
+        queues.push((target.name.clone(), target.max_samples_per_send, tx, m));
+        tasks.push(tokio::spawn(pusher.run(rx, stopping.clone())));
     }
     let registry = Arc::new(registry);
     let listen = cfg.listen;
@@ -401,30 +409,40 @@ async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), Strin
         }
     });
 
-    let pusher = push::Pusher::new(
-        http.clone(),
-        cfg.push.url.clone(),
-        cfg.push.token_file.clone(),
-        Duration::from_millis(cfg.push.timeout_ms),
-        spool,
-        metrics.clone(),
-    );
-    let (tx, rx) = mpsc::channel::<push::Batch>(64);
-    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let push_task = tokio::spawn(pusher.run(rx, stopping.clone()));
-
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tracing::info!(url = %cfg.push.url, interval_ms = cfg.interval_ms, "pushing");
+    for t in &cfg.push {
+        tracing::info!(target = %t.name, url = %t.url, interval_ms = cfg.interval_ms, "pushing");
+    }
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let round = collector.round().await;
-                for b in push::encode(&round.samples, cfg.push.max_samples_per_send) {
-                    if tx.send(b).await.is_err() {
-                        return Err("push task ended".into());
+                // Targets with the same batch size share the encoded bodies.
+                let mut bodies: Vec<(usize, Vec<push::Batch>)> = Vec::new();
+                for (name, max, tx, m) in &queues {
+                    let k = match bodies.iter().position(|(n, _)| n == max) {
+                        Some(k) => k,
+                        None => {
+                            bodies.push((*max, push::encode(&round.samples, *max)));
+                            bodies.len() - 1
+                        }
+                    };
+                    for b in &bodies[k].1 {
+                        match tx.try_send(b.clone()) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(b)) => {
+                                // Only a target stuck inside its sends (each bounded by its
+                                // timeout) for PUSH_QUEUE batches gets here.
+                                m.queue_full.inc_by(b.samples as u64);
+                                tracing::error!(target = %name, samples = b.samples, "push queue full (the target is stuck): batch dropped for this target");
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                return Err(format!("push task of {name} ended"));
+                            }
+                        }
                     }
                 }
             }
@@ -439,9 +457,69 @@ async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), Strin
         }
     }
     stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-    drop(tx);
-    let _ = push_task.await;
+    drop(queues);
+    for t in tasks {
+        let _ = t.await;
+    }
     Ok(())
+}
+
+/// Batches each target's queue holds before the collector drops them for that target.
+const PUSH_QUEUE: usize = 64;
+
+/// The spool's base directory: `[buffer] dir`, or a temporary one when it cannot be used and no
+/// config file was given (a developer running the built-in default without root).
+fn spool_base(dir: &Path, explicit_config: bool) -> Result<PathBuf, String> {
+    match std::fs::create_dir_all(dir) {
+        Ok(()) => Ok(dir.to_path_buf()),
+        Err(e) if !explicit_config => {
+            let fallback = fallback_spool_dir();
+            tracing::warn!(dir = %dir.display(), error = %e, fallback = %fallback.display(), "spool directory unusable; using the fallback");
+            Ok(fallback)
+        }
+        Err(e) => Err(format!("spool {}: {e}", dir.display())),
+    }
+}
+
+/// Releases before `[[push]]` kept one spool directly in `[buffer] dir`; its frames belong to
+/// the first target now. Moved (renamed) once, and only into a target spool that is still empty.
+fn adopt_single_spool(base: &Path, first: &str) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let old: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && (p.extension().is_some_and(|x| x == "seg")
+                    || p.file_name().is_some_and(|n| n == "ack"))
+        })
+        .collect();
+    if old.is_empty() {
+        return;
+    }
+    let dest = base.join(first);
+    let dest_has_segments = std::fs::read_dir(&dest).is_ok_and(|mut d| {
+        d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg")))
+    });
+    if dest_has_segments {
+        tracing::warn!(dir = %base.display(), target = %first, "an old single spool and a target spool both exist; leaving the old one where it is");
+        return;
+    }
+    if let Err(e) = std::fs::create_dir_all(&dest) {
+        tracing::error!(dir = %dest.display(), error = %e, "cannot adopt the old spool");
+        return;
+    }
+    for p in &old {
+        if let Some(name) = p.file_name() {
+            if let Err(e) = std::fs::rename(p, dest.join(name)) {
+                tracing::error!(file = %p.display(), error = %e, "cannot adopt the old spool");
+                return;
+            }
+        }
+    }
+    tracing::info!(files = old.len(), target = %first, "adopted the old single spool for the first push target");
 }
 
 fn main() -> ExitCode {

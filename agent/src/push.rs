@@ -15,11 +15,12 @@ use vigil_wire::{Labels, Sample};
 
 use crate::http::Http;
 use crate::spool::Spool;
-use crate::telemetry::Metrics;
+use crate::telemetry::TargetMetrics;
 
-/// One collection round, ready to send.
+/// Part of one collection round, ready to send: the body is shared by every target's queue.
+#[derive(Clone)]
 pub struct Batch {
-    pub body: Vec<u8>,
+    pub body: Bytes,
     pub samples: usize,
 }
 
@@ -29,9 +30,9 @@ pub fn encode(samples: &[(Labels, Sample)], max_samples: usize) -> Vec<Batch> {
     samples
         .chunks(max_samples.max(1))
         .map(|chunk| Batch {
-            body: vigil_wire::remote_write::encode_snappy_from(
+            body: Bytes::from(vigil_wire::remote_write::encode_snappy_from(
                 chunk.iter().map(|(l, s)| (l, std::slice::from_ref(s))),
-            ),
+            )),
             samples: chunk.len(),
         })
         .collect()
@@ -46,13 +47,16 @@ enum Outcome {
     Rejected(String),
 }
 
+/// One push target: its own spool, backoff and metrics, on its own task, so that one target
+/// down or slow never delays another.
 pub struct Pusher {
+    pub name: String,
     pub http: Http,
     pub url: String,
     pub token_file: Option<PathBuf>,
     pub timeout: Duration,
     pub spool: Spool,
-    pub metrics: Metrics,
+    pub metrics: TargetMetrics,
     /// Jitter state (xorshift; no need for a cryptographic generator).
     rng: u64,
     backoff: Duration,
@@ -68,22 +72,21 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl Pusher {
     pub fn new(
+        target: &crate::config::Push,
         http: Http,
-        url: String,
-        token_file: Option<PathBuf>,
-        timeout: Duration,
         spool: Spool,
-        metrics: Metrics,
+        metrics: TargetMetrics,
     ) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
             | 1;
         let p = Pusher {
+            name: target.name.clone(),
             http,
-            url,
-            token_file,
-            timeout,
+            url: target.url.clone(),
+            token_file: target.token_file.clone(),
+            timeout: Duration::from_millis(target.timeout_ms),
             spool,
             metrics,
             rng: seed,
@@ -114,7 +117,7 @@ impl Pusher {
         }
     }
 
-    async fn send(&self, body: &[u8]) -> Outcome {
+    async fn send(&self, body: Bytes) -> Outcome {
         let token = self.token();
         let auth = token.as_ref().map(|t| format!("Bearer {t}"));
         let mut headers = vec![
@@ -136,7 +139,7 @@ impl Pusher {
                 Method::POST,
                 &self.url,
                 &headers,
-                Bytes::copy_from_slice(body),
+                body,
                 self.timeout,
                 64 << 10,
             )
@@ -179,15 +182,11 @@ impl Pusher {
     }
 
     fn record(&self, outcome: &Outcome, samples: usize) {
-        let result = match outcome {
-            Outcome::Sent => "sent",
-            Outcome::Retry(..) => "retry",
-            Outcome::Rejected(_) => "rejected",
+        match outcome {
+            Outcome::Sent => self.metrics.sent.inc(),
+            Outcome::Retry(..) => self.metrics.retried.inc(),
+            Outcome::Rejected(_) => self.metrics.refused.inc(),
         };
-        self.metrics
-            .push_requests
-            .get_or_create(&vec![("result".to_string(), result.to_string())])
-            .inc();
         if matches!(outcome, Outcome::Sent) {
             self.metrics.samples_pushed.inc_by(samples as u64);
         }
@@ -199,8 +198,8 @@ impl Pusher {
                 self.metrics.samples_spooled.inc_by(b.samples as u64);
             }
             Err(e) => {
-                self.metrics.samples_dropped.inc_by(b.samples as u64);
-                tracing::error!(error = %e, samples = b.samples, "cannot write the spool: batch lost");
+                self.metrics.unwritable.inc_by(b.samples as u64);
+                tracing::error!(target = %self.name, error = %e, samples = b.samples, "cannot write the spool: batch lost");
             }
         }
         self.metrics.spool_frames.set(self.spool.pending() as i64);
@@ -229,14 +228,15 @@ impl Pusher {
                 return Some(BACKOFF_MAX);
             }
         };
-        let outcome = self.send(&frame).await;
+        let frame_len = frame.len();
+        let outcome = self.send(Bytes::from(frame)).await;
         self.record(&outcome, 0);
         match outcome {
             Outcome::Sent | Outcome::Rejected(_) => {
                 if let Outcome::Rejected(why) = &outcome {
-                    tracing::error!(reason = %why, "receiver rejected a spooled batch; dropping it");
+                    tracing::error!(target = %self.name, reason = %why, "receiver rejected a spooled batch; dropping it");
                 }
-                if let Err(e) = self.spool.ack(frame.len()) {
+                if let Err(e) = self.spool.ack(frame_len) {
                     tracing::error!(error = %e, "cannot record spool progress");
                 }
                 self.head_attempts = 0;
@@ -244,7 +244,7 @@ impl Pusher {
                 self.metrics.spool_bytes.set(self.spool.bytes() as i64);
                 self.backoff = BACKOFF_MIN;
                 if self.spool.is_empty() {
-                    tracing::info!("spool drained");
+                    tracing::info!(target = %self.name, "spool drained");
                 }
                 None
             }
@@ -253,8 +253,8 @@ impl Pusher {
                 if after.is_some() && self.head_attempts >= MAX_THROTTLED_ATTEMPTS {
                     // A receiver that keeps answering 429 for the same batch (a series limit it
                     // will not lift) must not block everything behind it for ever.
-                    tracing::error!(attempts = self.head_attempts, reason = %why, "batch still throttled after every retry; dropping it");
-                    if let Err(e) = self.spool.ack(frame.len()) {
+                    tracing::error!(target = %self.name, attempts = self.head_attempts, reason = %why, "batch still throttled after every retry; dropping it");
+                    if let Err(e) = self.spool.ack(frame_len) {
                         tracing::error!(error = %e, "cannot record spool progress");
                     }
                     self.head_attempts = 0;
@@ -270,7 +270,7 @@ impl Pusher {
             Some(a) => a.min(Duration::from_secs(300)),
             None => self.jitter(self.backoff),
         };
-        tracing::warn!(url = %self.url, reason = %why, retry_in_ms = wait.as_millis() as u64, "push failed");
+        tracing::warn!(target = %self.name, url = %self.url, reason = %why, retry_in_ms = wait.as_millis() as u64, "push failed");
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         wait
     }
@@ -281,7 +281,7 @@ impl Pusher {
             self.spool_append(&b);
             return None;
         }
-        let outcome = self.send(&b.body).await;
+        let outcome = self.send(b.body.clone()).await;
         self.record(&outcome, b.samples);
         match outcome {
             Outcome::Sent => {
@@ -289,8 +289,8 @@ impl Pusher {
                 None
             }
             Outcome::Rejected(why) => {
-                self.metrics.samples_dropped.inc_by(b.samples as u64);
-                tracing::error!(reason = %why, samples = b.samples, "receiver rejected a batch; dropping it");
+                self.metrics.rejected.inc_by(b.samples as u64);
+                tracing::error!(target = %self.name, reason = %why, samples = b.samples, "receiver rejected a batch; dropping it");
                 None
             }
             Outcome::Retry(after, why) => {
@@ -337,7 +337,7 @@ impl Pusher {
         }
         // Shutting down: whatever is still queued goes to the spool (the channel is drained by
         // now), so nothing collected is lost.
-        tracing::info!(spooled_frames = self.spool.pending(), "push: stopped");
+        tracing::info!(target = %self.name, spooled_frames = self.spool.pending(), "push: stopped");
     }
 }
 

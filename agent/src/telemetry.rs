@@ -15,35 +15,103 @@ use prometheus_client::registry::Registry;
 
 type LabelSet = Vec<(String, String)>;
 
+fn push_duration() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+/// The agent's metrics; what concerns one push target is labelled `{target="<name>"}` and handed
+/// to that target's pusher as [`TargetMetrics`].
 #[derive(Clone)]
 pub struct Metrics {
     pub samples_collected: Counter,
-    pub samples_pushed: Counter,
-    pub samples_spooled: Counter,
-    pub samples_dropped: Counter,
-    pub push_requests: Family<LabelSet, Counter>,
-    pub push_duration: Histogram,
-    pub spool_frames: Gauge,
-    pub spool_bytes: Gauge,
-    pub spool_dropped_frames: Counter,
+    samples_pushed: Family<LabelSet, Counter>,
+    samples_spooled: Family<LabelSet, Counter>,
+    /// `{target, reason}`: a push target's rejected, unwritable or queue-full batches, or a
+    /// scrape target's oversized series.
+    samples_dropped: Family<LabelSet, Counter>,
+    push_requests: Family<LabelSet, Counter>,
+    push_duration: Family<LabelSet, Histogram, fn() -> Histogram>,
+    spool_frames: Family<LabelSet, Gauge>,
+    spool_bytes: Family<LabelSet, Gauge>,
+    spool_dropped_frames: Family<LabelSet, Counter>,
     pub scrape_limit_exceeded: Family<LabelSet, Counter>,
     pub collect_duration: Histogram,
 }
 
+/// One push target's share of the metrics (handles into the families above).
+#[derive(Clone)]
+pub struct TargetMetrics {
+    pub samples_pushed: Counter,
+    pub samples_spooled: Counter,
+    pub rejected: Counter,
+    pub unwritable: Counter,
+    pub queue_full: Counter,
+    pub sent: Counter,
+    pub retried: Counter,
+    pub refused: Counter,
+    pub push_duration: Histogram,
+    pub spool_frames: Gauge,
+    pub spool_bytes: Gauge,
+    pub spool_dropped_frames: Counter,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> LabelSet {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 impl Metrics {
+    /// The handles of push target `name`.
+    pub fn target(&self, name: &str) -> TargetMetrics {
+        let t = labels(&[("target", name)]);
+        let dropped = |reason| {
+            self.samples_dropped
+                .get_or_create(&labels(&[("target", name), ("reason", reason)]))
+                .clone()
+        };
+        let requests = |result| {
+            self.push_requests
+                .get_or_create(&labels(&[("target", name), ("result", result)]))
+                .clone()
+        };
+        TargetMetrics {
+            samples_pushed: self.samples_pushed.get_or_create(&t).clone(),
+            samples_spooled: self.samples_spooled.get_or_create(&t).clone(),
+            rejected: dropped("rejected"),
+            unwritable: dropped("unwritable"),
+            queue_full: dropped("queue_full"),
+            sent: requests("sent"),
+            retried: requests("retry"),
+            refused: requests("rejected"),
+            push_duration: self.push_duration.get_or_create(&t).clone(),
+            spool_frames: self.spool_frames.get_or_create(&t).clone(),
+            spool_bytes: self.spool_bytes.get_or_create(&t).clone(),
+            spool_dropped_frames: self.spool_dropped_frames.get_or_create(&t).clone(),
+        }
+    }
+
+    /// Series of a scrape target dropped for exceeding the per-series limits.
+    pub fn oversized(&self, scrape_url: &str, n: u64) {
+        self.samples_dropped
+            .get_or_create(&labels(&[("target", scrape_url), ("reason", "oversized")]))
+            .inc_by(n);
+    }
+
     pub fn register(r: &mut Registry) -> Metrics {
         let m = Metrics {
             samples_collected: Counter::default(),
-            samples_pushed: Counter::default(),
-            samples_spooled: Counter::default(),
-            samples_dropped: Counter::default(),
+            samples_pushed: Family::default(),
+            samples_spooled: Family::default(),
+            samples_dropped: Family::default(),
             push_requests: Family::default(),
-            push_duration: Histogram::new([
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            spool_frames: Gauge::default(),
-            spool_bytes: Gauge::default(),
-            spool_dropped_frames: Counter::default(),
+            push_duration: Family::new_with_constructor(push_duration),
+            spool_frames: Family::default(),
+            spool_bytes: Family::default(),
+            spool_dropped_frames: Family::default(),
             scrape_limit_exceeded: Family::default(),
             collect_duration: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -56,42 +124,42 @@ impl Metrics {
         );
         r.register(
             "vigil_agent_samples_pushed",
-            "Samples accepted by the receiver on first try",
+            "Samples accepted by a push target on first try, by target",
             m.samples_pushed.clone(),
         );
         r.register(
             "vigil_agent_samples_spooled",
-            "Samples written to the disk spool",
+            "Samples written to a target's disk spool, by target",
             m.samples_spooled.clone(),
         );
         r.register(
             "vigil_agent_samples_dropped",
-            "Samples lost: rejected by the receiver or unwritable",
+            "Samples lost, by target and reason (rejected by the receiver, unwritable spool, queue full, oversized scraped series)",
             m.samples_dropped.clone(),
         );
         r.register(
             "vigil_agent_push_requests",
-            "Remote-write requests by result",
+            "Remote-write requests by target and result",
             m.push_requests.clone(),
         );
         r.register(
             "vigil_agent_push_duration_seconds",
-            "Remote-write request latency",
+            "Remote-write request latency, by target",
             m.push_duration.clone(),
         );
         r.register(
             "vigil_agent_spool_frames",
-            "Batches waiting in the spool",
+            "Batches waiting in a target's spool",
             m.spool_frames.clone(),
         );
         r.register(
             "vigil_agent_spool_bytes",
-            "Bytes the spool holds on disk",
+            "Bytes a target's spool holds on disk",
             m.spool_bytes.clone(),
         );
         r.register(
             "vigil_agent_spool_dropped_frames",
-            "Batches dropped because the spool was full",
+            "Batches dropped because a target's spool was full",
             m.spool_dropped_frames.clone(),
         );
         r.register(

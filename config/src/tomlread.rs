@@ -364,6 +364,23 @@ impl<'t, 'i> Obj<'t, 'i> {
         out
     }
 
+    /// One table (`[key]`, path `key`) or an array of them (`[[key]]`, paths `key[i]`): for a
+    /// section that grew from one entry to a list and still accepts the old form.
+    pub fn table_or_tables(&mut self, doc: &mut Doc<'_>, key: &str) -> Vec<Obj<'t, 'i>> {
+        let Some(v) = self.raw(key) else {
+            return Vec::new();
+        };
+        match v.get_ref() {
+            DeValue::Table(t) => vec![Obj::new(t, v.span(), self.key_path(key))],
+            // `tables` reports each item that is not a table.
+            DeValue::Array(_) => self.tables(doc, key),
+            _ => {
+                self.wrong(doc, key, v, "a table or an array of tables");
+                Vec::new()
+            }
+        }
+    }
+
     /// Reports every key that was never read.
     pub fn finish(self, doc: &mut Doc<'_>) {
         for (k, _) in self.table.iter() {

@@ -147,3 +147,14 @@ pub fn push_now(base: &str, series: &[(vigil_wire::Labels, f64)]) -> u16 {
     )
     .map_or(0, |(c, _)| c)
 }
+
+/// The value of one series in a text exposition: `series` is the name with its labels exactly as
+/// written there (`vigil_agent_spool_frames{target="a"}`).
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    })
+}

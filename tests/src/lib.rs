@@ -10,4 +10,4 @@ pub mod procs;
 pub mod proxy;
 pub mod receiver;
 
-pub use procs::{bin, free_port, peer, tempdir, wait_http, Child, TempDir};
+pub use procs::{bin, free_port, peer, tempdir, wait_http, wait_until, Child, TempDir};

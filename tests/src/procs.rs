@@ -154,3 +154,22 @@ pub fn wait_http(url: &str, timeout: Duration) -> bool {
     }
     false
 }
+
+/// Polls `cond` every 100 ms until it holds; panics after `timeout` with `what` and `context()`
+/// (a log, say). Tests wait for events and counts this way, never for a fixed time.
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let end = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < end,
+            "waited {timeout:?} for {what}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

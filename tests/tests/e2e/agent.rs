@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vigil_e2e::http::{get, prom_query};
+use vigil_e2e::http::{get, metric_value, prom_query};
 use vigil_e2e::receiver::Receiver;
-use vigil_e2e::{bin, free_port, peer, tempdir, wait_http, Child};
+use vigil_e2e::{bin, free_port, peer, tempdir, wait_http, wait_until, Child};
 use vigil_wire::text::{self, Format};
 use vigil_wire::Labels;
 
@@ -302,6 +302,40 @@ fn load1(l: &Labels) -> bool {
     l.metric_name() == Some("node_load1")
 }
 
+/// The agent's self-metrics address, from a config written by `agent_config`.
+fn listen_address(cfg: &Path) -> String {
+    let text = std::fs::read_to_string(cfg).expect("config");
+    text.rsplit("address = \"")
+        .next()
+        .and_then(|r| r.split('"').next())
+        .expect("listen address")
+        .to_string()
+}
+
+/// One value of the agent's self-metrics (0 when the series is not there yet).
+fn agent_metric(addr: &str, series: &str) -> f64 {
+    get(&format!("http://{addr}/metrics"))
+        .ok()
+        .and_then(|(_, text)| metric_value(&text, series))
+        .unwrap_or(0.0)
+}
+
+/// Rounds the agent has collected, by its own count.
+fn rounds(addr: &str) -> usize {
+    agent_metric(addr, "vigil_agent_collect_duration_seconds_count") as usize
+}
+
+/// Distinct rounds of `node_load1` a receiver holds.
+fn load1_rounds(rx: &Receiver) -> usize {
+    rx.store
+        .lock()
+        .expect("lock")
+        .by_series()
+        .iter()
+        .find(|(l, _)| load1(l))
+        .map_or(0, |(_, ts)| ts.len())
+}
+
 #[test]
 fn an_outage_loses_nothing_and_duplicates_nothing() {
     let dir = tempdir("agent-outage");
@@ -312,42 +346,39 @@ fn an_outage_loses_nothing_and_duplicates_nothing() {
         Command::new(bin("vigil-agent")).arg("--config").arg(&cfg),
         dir.path(),
     );
-    std::thread::sleep(Duration::from_secs(3));
+    let addr = listen_address(&cfg);
+    let log = || agent.log_text();
+    wait_until(
+        Duration::from_secs(60),
+        "3 rounds at the receiver",
+        || load1_rounds(&rx) >= 3,
+        log,
+    );
     rx.stop();
-    std::thread::sleep(Duration::from_secs(5));
+    // The outage lasts 5 of the agent's rounds, and it notices.
+    let r0 = rounds(&addr);
+    wait_until(
+        Duration::from_secs(60),
+        "5 rounds during the outage",
+        || rounds(&addr) >= r0 + 5 && agent.log_text().contains("push failed"),
+        log,
+    );
     rx.resume();
-    // How many rounds the agent has collected so far (its own count): every one must arrive,
-    // once its backoff (exponential, jittered: it may have grown past the outage) lets it retry.
-    let cfg_text = std::fs::read_to_string(&cfg).expect("config");
-    let addr = cfg_text
-        .split("address = \"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("listen address")
-        .to_string();
-    let rounds_now = || -> usize {
-        let (_, metrics) = get(&format!("http://{addr}/metrics")).expect("agent metrics");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("vigil_agent_collect_duration_seconds_count "))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("round count")
-    };
-    let arrived = || -> usize {
-        rx.store
-            .lock()
-            .expect("lock")
-            .by_series()
-            .iter()
-            .find(|(l, _)| load1(l))
-            .map_or(0, |(_, ts)| ts.len())
-    };
-    std::thread::sleep(Duration::from_secs(6));
-    let rounds = rounds_now();
-    let end = std::time::Instant::now() + Duration::from_secs(40);
-    while arrived() < rounds && std::time::Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        "3 rounds after the outage",
+        || rounds(&addr) >= r0 + 8,
+        log,
+    );
+    // Every round collected so far must arrive, once the backoff (exponential, jittered: it
+    // may have grown past the outage) lets the agent retry.
+    let collected = rounds(&addr);
+    wait_until(
+        Duration::from_secs(90),
+        "every round collected to arrive",
+        || load1_rounds(&rx) >= collected,
+        log,
+    );
     agent.signal("TERM");
     assert!(
         agent.wait_exit(Duration::from_secs(20)),
@@ -355,30 +386,140 @@ fn an_outage_loses_nothing_and_duplicates_nothing() {
     );
     let store = rx.store.lock().expect("lock");
     let series = store.by_series();
-    let (_, ts) = series
-        .iter()
-        .find(|(l, _)| load1(l))
-        .expect("node_load1 arrived");
-    assert!(
-        rounds >= 8,
-        "the agent collected only {rounds} rounds in 14 s"
-    );
-    assert!(
-        ts.len() >= rounds,
-        "{rounds} rounds collected before the end, {} arrived: samples lost during the outage\n{}",
-        ts.len(),
-        agent.log_text()
-    );
-    for (t, n) in ts {
-        assert_eq!(*n, 1, "sample at {t} arrived {n} times");
-    }
     // Every series: no duplicates at all.
     for (l, ts) in &series {
         assert!(ts.values().all(|n| *n == 1), "{l}: duplicates");
     }
+}
+
+#[test]
+fn each_push_target_gets_everything_and_one_down_delays_no_other() {
+    let dir = tempdir("agent-fanout");
+    let a = Receiver::start(free_port());
+    let mut b = Receiver::start(free_port());
+    let cfg = agent_config(dir.path(), &a.url(), "");
+    let text = std::fs::read_to_string(&cfg).expect("config").replace(
+        &format!("[push]\nurl = \"{}\"\ntimeout = \"2s\"\n", a.url()),
+        &format!(
+            "[[push]]\nname = \"a\"\nurl = \"{}\"\ntimeout = \"2s\"\n[[push]]\nname = \"b\"\nurl = \"{}\"\ntimeout = \"2s\"\n",
+            a.url(),
+            b.url()
+        ),
+    );
+    assert!(text.contains("[[push]]"), "{text}");
+    std::fs::write(&cfg, text).expect("write");
+    let mut agent = Child::spawn(
+        "agent",
+        Command::new(bin("vigil-agent")).arg("--config").arg(&cfg),
+        dir.path(),
+    );
+    let addr = listen_address(&cfg);
+    let log = || agent.log_text();
+    wait_until(
+        Duration::from_secs(60),
+        "2 rounds at both targets",
+        || load1_rounds(&a) >= 2 && load1_rounds(&b) >= 2,
+        log,
+    );
+    // B is down for OUTAGE of the agent's rounds (10 minutes for the issue's figure; CI keeps
+    // the suite short with 90).
+    let outage: usize = std::env::var("VIGIL_E2E_FANOUT_OUTAGE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(90);
+    b.stop();
+    let r0 = rounds(&addr);
+    let mut checked = r0;
+    wait_until(
+        Duration::from_secs(outage as u64 * 3 + 60),
+        "the outage's rounds",
+        || {
+            // A keeps up all along: never more than a few rounds behind the agent.
+            let now = rounds(&addr);
+            if now >= checked + 10 {
+                let got = load1_rounds(&a);
+                assert!(
+                    got + 3 >= now,
+                    "A fell behind during B's outage: {got} rounds of {now}\n{}",
+                    agent.log_text()
+                );
+                checked = now;
+            }
+            now >= r0 + outage
+        },
+        log,
+    );
+    let collected = rounds(&addr);
+    wait_until(
+        Duration::from_secs(30),
+        "A to hold every round",
+        || load1_rounds(&a) >= collected,
+        log,
+    );
+    let sel = |m: &str, t: &str| agent_metric(&addr, &format!("{m}{{target=\"{t}\"}}"));
+    assert_eq!(sel("vigil_agent_spool_frames", "a"), 0.0, "A never spooled");
     assert!(
-        agent.log_text().contains("push failed"),
-        "the outage was noticed"
+        sel("vigil_agent_spool_frames", "b") >= (outage / 2) as f64,
+        "B's rounds wait in B's spool: {}",
+        sel("vigil_agent_spool_frames", "b")
+    );
+    assert_eq!(
+        agent_metric(
+            &addr,
+            "vigil_agent_push_requests_total{target=\"a\",result=\"retry\"}"
+        ),
+        0.0,
+        "no push to A failed"
+    );
+    assert!(
+        dir.path().join("spool/a").is_dir() && dir.path().join("spool/b").is_dir(),
+        "one spool directory per target"
+    );
+    b.resume();
+    // Everything A has, B gets: its backlog from the spool, then live again.
+    let want: std::collections::BTreeSet<(Labels, i64)> = a
+        .store
+        .lock()
+        .expect("lock")
+        .samples
+        .iter()
+        .map(|(l, s)| (l.clone(), s.timestamp_ms))
+        .collect();
+    wait_until(
+        Duration::from_secs(180),
+        "B to receive its backlog",
+        || {
+            let got: std::collections::BTreeSet<(Labels, i64)> = b
+                .store
+                .lock()
+                .expect("lock")
+                .samples
+                .iter()
+                .map(|(l, s)| (l.clone(), s.timestamp_ms))
+                .collect();
+            want.is_subset(&got)
+        },
+        log,
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "B's spool to drain",
+        || sel("vigil_agent_spool_frames", "b") == 0.0,
+        log,
+    );
+    agent.signal("TERM");
+    assert!(agent.wait_exit(Duration::from_secs(20)));
+    for rx in [&a, &b] {
+        for (l, ts) in &rx.store.lock().expect("lock").by_series() {
+            assert!(ts.values().all(|n| *n == 1), "{l}: duplicates");
+        }
+    }
+    assert_eq!(
+        agent_metric(
+            &addr,
+            "vigil_agent_samples_dropped_total{target=\"b\",reason=\"queue_full\"}"
+        ),
+        0.0
     );
 }
 
@@ -392,17 +533,31 @@ fn kill_9_mid_spool_loses_nothing_already_spooled() {
         &format!("http://127.0.0.1:{port}/api/v1/write"),
         "",
     );
-    let agent = Child::spawn(
+    let mut agent = Child::spawn(
         "agent",
         Command::new(bin("vigil-agent")).arg("--config").arg(&cfg),
         dir.path(),
     );
-    std::thread::sleep(Duration::from_secs(4));
+    // The spool of a target is `buffer.dir/<name>`, the name defaulting to host:port.
+    let spool = dir.path().join(format!("spool/127.0.0.1:{port}"));
+    wait_until(
+        Duration::from_secs(60),
+        "2 spooled rounds",
+        || {
+            spool.is_dir()
+                && spooled_samples(&spool)
+                    .iter()
+                    .filter(|(l, _)| load1(l))
+                    .count()
+                    >= 2
+        },
+        || agent.log_text(),
+    );
     agent.signal("KILL");
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(agent.wait_exit(Duration::from_secs(10)));
     let log1 = agent.log_text();
     drop(agent);
-    let spooled = spooled_samples(&dir.path().join("spool"));
+    let spooled = spooled_samples(&spool);
     let spooled_load: Vec<i64> = spooled
         .iter()
         .filter(|(l, _)| load1(l))
@@ -478,7 +633,12 @@ fn push_sends_the_bearer_token_and_honours_retry_after() {
         Command::new(bin("vigil-agent")).arg("--config").arg(&cfg),
         dir.path(),
     );
-    std::thread::sleep(Duration::from_secs(7));
+    wait_until(
+        Duration::from_secs(60),
+        "a batch accepted after the 429",
+        || !rx.store.lock().expect("lock").samples.is_empty(),
+        || agent.log_text(),
+    );
     let st = rx.store.lock().expect("lock");
     assert_eq!(st.unauthorized, 0, "token sent");
     assert!(
@@ -544,12 +704,20 @@ fn check_config_and_self_metrics() {
     );
     let url = format!("http://127.0.0.1:{self_port}/metrics");
     assert!(wait_http(&url, Duration::from_secs(10)));
-    std::thread::sleep(Duration::from_secs(2));
+    let sent = format!(
+        "vigil_agent_push_requests_total{{target=\"127.0.0.1:{}\",result=\"sent\"}}",
+        rx.port
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "a first push",
+        || get(&url).is_ok_and(|(_, m)| m.contains(&sent)),
+        || get(&url).map(|(_, m)| m).unwrap_or_default(),
+    );
     let (_, m) = get(&url).expect("metrics");
     for name in [
         "vigil_agent_samples_collected_total",
-        "vigil_agent_push_requests_total{result=\"sent\"}",
-        "vigil_agent_spool_frames",
+        "vigil_agent_spool_frames{target=",
     ] {
         assert!(m.contains(name), "{name} missing from\n{m}");
     }
