@@ -459,7 +459,8 @@ impl Engine {
     /// Evaluates forever at the rules' tick, and compacts the window.
     pub async fn run(self: Arc<Self>) {
         let clock = self.parts.clock.clone();
-        let mut last_compact = clock.now_ms();
+        // The first evaluation compacts (and so measures the chunks' bytes) at once.
+        let mut last_compact = i64::MIN / 2;
         let mut warned_warm = false;
         loop {
             let tick = self.parts.rules.current().tick_ms().max(1000);
@@ -479,19 +480,23 @@ impl Engine {
                 continue;
             }
             let me = self.clone();
-            // Evaluation is CPU work: keep it off the tasks that answer HTTP.
-            let _ = tokio::task::spawn_blocking(move || {
-                me.liveness(next);
-                me.evaluate(next)
-            })
-            .await;
-            let store = &self.parts.store;
-            if clock.now_ms() - last_compact > 30_000 {
-                store.compact(clock.now_ms());
+            let compact = clock.now_ms() - last_compact > 30_000;
+            if compact {
                 last_compact = clock.now_ms();
             }
-            self.metrics.series.set(store.series_count() as i64);
-            self.metrics.chunk_bytes.set(store.chunk_bytes() as i64);
+            // Evaluation and compaction are CPU work and take the window's lock: keep them off
+            // the tasks that answer HTTP.
+            let _ = tokio::task::spawn_blocking(move || {
+                me.liveness(next);
+                me.evaluate(next);
+                let store = &me.parts.store;
+                if compact {
+                    let bytes = store.compact(me.parts.clock.now_ms());
+                    me.metrics.chunk_bytes.set(bytes as i64);
+                }
+                me.metrics.series.set(store.series_count() as i64);
+            })
+            .await;
             tracing::trace!(at = %format_timestamp_ms(next), "evaluated");
         }
     }
