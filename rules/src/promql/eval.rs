@@ -38,7 +38,15 @@ pub(crate) struct Evaluator<'a> {
     window_cursor: HashMap<usize, (i64, Vec<(usize, usize)>)>,
     /// Range queries: each input series' grouping key for an aggregation, by the grouping's
     /// address and the series' label allocation (see [`super::aggregate`]).
-    pub(crate) group_keys: HashMap<(usize, usize), super::aggregate::CachedKey>,
+    pub(crate) group_keys: super::aggregate::WordMap<(usize, usize), super::aggregate::CachedKey>,
+    /// Range queries: the distinct grouping keys of each grouping, by the grouping's address.
+    pub(crate) group_ids: super::aggregate::WordMap<usize, super::aggregate::KeyIds>,
+    /// Range queries: per range selector, which of its series' names were checked for the
+    /// "might not be a counter" annotation (once per query, not once per step).
+    pub(crate) counter_checked: HashMap<usize, Vec<bool>>,
+    /// Range queries: per range selector, which series have no counter reset in all their
+    /// loaded samples (`rate` and `increase` then read only each window's ends).
+    pub(crate) no_resets: HashMap<usize, Arc<Vec<bool>>>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -65,7 +73,10 @@ impl<'a> Evaluator<'a> {
             loaded_samples: 0,
             deadline: None,
             window_cursor: HashMap::new(),
-            group_keys: HashMap::new(),
+            group_keys: Default::default(),
+            group_ids: Default::default(),
+            counter_checked: HashMap::new(),
+            no_resets: HashMap::new(),
         }
     }
 

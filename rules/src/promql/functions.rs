@@ -81,6 +81,8 @@ pub(crate) struct RangeArg {
     pub(crate) end: i64,
     /// The selector's metric name, for annotations.
     pub(crate) name: Option<String>,
+    /// The selector's id when the windows are a selector's (see [`Evaluator::counter_checked`]).
+    sel: Option<usize>,
 }
 
 impl RangeArg {
@@ -199,12 +201,25 @@ fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// Prometheus's extrapolated rate/increase/delta over one window.
 fn extrapolated(points: &[Sample], start: i64, end: i64, counter: bool, rate: bool) -> Option<f64> {
+    extrapolated_scan(points, start, end, counter, rate, counter)
+}
+
+/// [`extrapolated`]; `scan_resets` false when the caller knows no counter reset lies in
+/// `points` (the sum of corrections is then zero: the same result without reading every point).
+fn extrapolated_scan(
+    points: &[Sample],
+    start: i64,
+    end: i64,
+    counter: bool,
+    rate: bool,
+    scan_resets: bool,
+) -> Option<f64> {
     if points.len() < 2 {
         return None;
     }
     let (first, last) = (points[0], points[points.len() - 1]);
     let mut result = last.value - first.value;
-    if counter {
+    if counter && scan_resets {
         let mut prev = first.value;
         for p in &points[1..] {
             if p.value < prev {
@@ -324,6 +339,7 @@ impl Evaluator<'_> {
                     start: end - s.range_ms.unwrap_or(0),
                     end,
                     name: s.name.clone(),
+                    sel: Some(s.id),
                 })
             }
             Node::Subquery {
@@ -350,6 +366,7 @@ impl Evaluator<'_> {
                     start: end - range_ms,
                     end,
                     name: None,
+                    sel: None,
                 })
             }
             _ => Err(EvalError::Execution(
@@ -566,31 +583,89 @@ impl Evaluator<'_> {
             F::Rate | F::Increase | F::Delta => {
                 let arg = self.range_arg(&args[0], t)?;
                 let counter = func != F::Delta;
-                let mut out = Vec::new();
+                let mut out = Vec::with_capacity(arg.windows.len() + arg.owned.len());
                 let mut not_counters: Vec<String> = Vec::new();
-                arg.for_each(|labels, _, points| {
-                    if let Some(v) =
-                        extrapolated(points, arg.start, arg.end, counter, func == F::Rate)
+                let mut check = |labels: &Labels| {
+                    let n = metric_name(labels);
+                    let looks_like_counter = ["_total", "_sum", "_count", "_bucket"]
+                        .iter()
+                        .any(|s| n.ends_with(s));
+                    if counter
+                        && !n.is_empty()
+                        && !looks_like_counter
+                        && !not_counters.iter().any(|x| x == n)
                     {
-                        let n = metric_name(labels);
-                        let looks_like_counter = ["_total", "_sum", "_count", "_bucket"]
-                            .iter()
-                            .any(|s| n.ends_with(s));
-                        if counter
-                            && !n.is_empty()
-                            && !looks_like_counter
-                            && !not_counters.iter().any(|x| x == n)
-                        {
-                            not_counters.push(n.to_string());
-                        }
+                        not_counters.push(n.to_string());
+                    }
+                };
+                // A range query reads the same selector series at every step: each one's name
+                // is checked the first time it gives a value, not at every step.
+                let mut checked = arg
+                    .sel
+                    .and_then(|id| self.counter_checked.remove(&id))
+                    .unwrap_or_default();
+                checked.resize(arg.data.len(), false);
+                // A range query also learns once which series have no counter reset at all in
+                // their loaded samples (most): their windows need no scan for resets.
+                let no_resets = match arg.sel.filter(|_| counter && self.step > 0) {
+                    Some(id) => self
+                        .no_resets
+                        .entry(id)
+                        .or_insert_with(|| {
+                            // A reset is a point below the one before it, as the scan counts.
+                            let no_reset = |x: &[Sample]| {
+                                x.windows(2).all(|w| {
+                                    w[1].value.partial_cmp(&w[0].value)
+                                        != Some(std::cmp::Ordering::Less)
+                                })
+                            };
+                            Arc::new(arg.data.iter().map(|sd| no_reset(&sd.samples)).collect())
+                        })
+                        .clone(),
+                    None => Arc::default(),
+                };
+                for (i, (sd, &(lo, hi))) in arg.data.iter().zip(&arg.windows).enumerate() {
+                    if lo >= hi {
+                        continue;
+                    }
+                    let scan = counter && !no_resets.get(i).copied().unwrap_or(false);
+                    let Some(v) = extrapolated_scan(
+                        &sd.samples[lo..hi],
+                        arg.start,
+                        arg.end,
+                        counter,
+                        func == F::Rate,
+                        scan,
+                    ) else {
+                        continue;
+                    };
+                    if !checked[i] {
+                        checked[i] = true;
+                        check(&sd.labels);
+                    }
+                    out.push(VectorSample {
+                        labels: sd.labels.clone(),
+                        t,
+                        f: v,
+                        drop_name: true,
+                    });
+                }
+                for s in arg.owned.iter().filter(|s| !s.points.is_empty()) {
+                    if let Some(v) =
+                        extrapolated(&s.points, arg.start, arg.end, counter, func == F::Rate)
+                    {
+                        check(&s.labels);
                         out.push(VectorSample {
-                            labels: labels.clone(),
+                            labels: s.labels.clone(),
                             t,
                             f: v,
                             drop_name: true,
                         });
                     }
-                });
+                }
+                if let Some(id) = arg.sel.filter(|_| self.step > 0) {
+                    self.counter_checked.insert(id, checked);
+                }
                 for n in not_counters {
                     self.annotate(
                         Severity::Info,

@@ -203,18 +203,21 @@ fn range_steps_equal_instant_queries() {
             ("instance", format!("i-{i}")),
             ("group", ["a", "b", "c"][(i % 3) as usize].to_string()),
         ]);
-        // Series i lives from 10·i s to 10·i s + 15 min.
+        // Series i lives from 10·i s to 10·i s + 15 min; every fourth one's counter resets
+        // (a range query skips the scan for resets only in series that have none).
         let from = i * 10;
         s.add_series(
             l,
-            (from..from + 900)
-                .step_by(10)
-                .map(|t| Sample::new(t * 1000 + 3, (t * (i + 1)) as f64)),
+            (from..from + 900).step_by(10).map(|t| {
+                let v = t * (i + 1);
+                Sample::new(t * 1000 + 3, if i % 4 == 0 { v % 7_000 } else { v } as f64)
+            }),
         );
     }
     let e = Engine::default();
     for q in [
         "sum by (group) (rate(req_total[1m]))",
+        "increase(req_total[3m])",
         "count without (instance) (req_total)",
         "topk(2, rate(req_total[2m]))",
     ] {
