@@ -61,25 +61,30 @@ impl BitReader<'_> {
         Some(b)
     }
 
-    /// Reads `n` bits, most significant first, a byte at a time.
+    /// Reads `n` (at most 64) bits, most significant first, with one 16-byte load: they span
+    /// at most 9 bytes from the current one.
     fn bits(&mut self, n: u8) -> Option<u64> {
-        let mut v = 0u64;
-        let mut left = n;
-        while left > 0 {
-            let byte = *self.bytes.get(self.pos / 8)?;
-            let offset = (self.pos % 8) as u8;
-            let avail = 8 - offset;
-            let take = avail.min(left);
-            let chunk = (byte >> (avail - take)) & (((1u16 << take) - 1) as u8);
-            v = if take == 64 {
-                u64::from(chunk)
-            } else {
-                (v << take) | u64::from(chunk)
-            };
-            self.pos += usize::from(take);
-            left -= take;
+        debug_assert!(n <= 64);
+        if n == 0 {
+            return Some(0);
         }
-        Some(v)
+        if self.pos + usize::from(n) > self.bytes.len() * 8 {
+            return None;
+        }
+        let at = self.pos / 8;
+        let window = match self.bytes.get(at..at + 16) {
+            Some(b) => u128::from_be_bytes(b.try_into().ok()?),
+            None => {
+                // Near the end: pad with zeros (the bits read lie before them).
+                let mut b = [0u8; 16];
+                let tail = &self.bytes[at..];
+                b[..tail.len()].copy_from_slice(tail);
+                u128::from_be_bytes(b)
+            }
+        };
+        let off = (self.pos % 8) as u32;
+        self.pos += usize::from(n);
+        Some(((window << off) >> (128 - u32::from(n))) as u64)
     }
 }
 
