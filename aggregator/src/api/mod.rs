@@ -215,16 +215,22 @@ async fn write(State(api): State<Arc<Api>>, body: Result<Body, Resp>) -> Resp {
             return r;
         }
     };
-    // Off the async workers: storing takes the window's lock, which a selection may hold for a
-    // moment, and an async worker blocked on it stalls every task queued behind it on that worker
-    // (measured: health checks and other pushes waited up to 100 ms behind one blocked push).
-    let a = api.clone();
-    let (status, msg) = match tokio::task::spawn_blocking(move || a.write.write(&body)).await {
-        Ok(r) => r,
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("ingest failed: {e}\n"),
-        ),
+    // Stored here when the window's lock comes within 2 ms; otherwise on the blocking pool, never
+    // by an async worker waiting long for the lock: every task queued behind it on that worker
+    // would wait too (measured: health checks and other pushes waited up to 100 ms behind one
+    // blocked push).
+    let (status, msg) = match api.write.write_or_defer(&body) {
+        Ok(answer) => answer,
+        Err(prepared) => {
+            let a = api.clone();
+            match tokio::task::spawn_blocking(move || a.write.write_deferred(prepared)).await {
+                Ok(answer) => answer,
+                Err(e) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("ingest failed: {e}\n"),
+                ),
+            }
+        }
     };
     let mut r = respond(status, "text/plain", msg);
     if status == StatusCode::TOO_MANY_REQUESTS {

@@ -216,6 +216,14 @@ impl Store {
         }
     }
 
+    /// [`Store::batch`] if the lock comes within `wait` (another push's turn, a reader's slice:
+    /// each well under a millisecond).
+    pub fn try_batch(&self, wait: std::time::Duration) -> Option<Batch<'_>> {
+        self.inner
+            .try_lock_for(wait)
+            .map(|g| Batch { store: self, g })
+    }
+
     fn append_locked(
         &self,
         g: &mut Inner,
