@@ -12,7 +12,50 @@ pub struct Receiver {
     pub name: String,
     pub sns_topic_arn: Option<String>,
     pub slack_webhook_url: Option<String>,
-    pub webhook_url: Option<String>,
+    /// Alertmanager v2 webhooks: `webhook_url`, then every URL of `webhook_urls` (each peer of
+    /// an Alertmanager cluster gets every alert, as Alertmanager's HA guide asks).
+    pub webhook_urls: Vec<String>,
+}
+
+/// `[cluster]`: the HA pair's lease and shared decision state (see SPEC "High availability").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub node_id: String,
+    pub lease_table: String,
+    pub lease_name: String,
+    pub lease_ttl_ms: i64,
+    pub state_table: String,
+    pub create_tables: bool,
+    /// Where the other nodes reach this one's API (carried in the lease item): default
+    /// `server.listen`, with an unspecified address replaced by the host name.
+    pub advertise_address: String,
+}
+
+impl Cluster {
+    /// The longest an AWS effect call (and each DynamoDB call) may take: a quarter of the
+    /// lease, so that a call begun just before the holder's deadline has ended before anyone
+    /// else could hold the lease.
+    pub fn call_timeout_ms(&self) -> i64 {
+        self.lease_ttl_ms / 4
+    }
+}
+
+/// This host's name (the default node id).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// DynamoDB table names: 3 to 255 of `[A-Za-z0-9_.-]`.
+fn valid_table(name: &str) -> bool {
+    (3..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +66,8 @@ pub struct Config {
     /// A series not pushed to for this long is marked stale; its instance counts as down.
     pub stale_after_ms: i64,
     pub state_dir: PathBuf,
+    /// `[cluster]`: run as one of an HA group (None: act alone).
+    pub cluster: Option<Cluster>,
     /// Rule file paths or globs (`*` in the file name).
     pub rule_files: Vec<String>,
     pub evaluation_interval_ms: i64,
@@ -94,6 +139,7 @@ impl Default for Config {
             retention_ms: 3_600_000,
             stale_after_ms: 60_000,
             state_dir: PathBuf::from("/var/lib/vigil"),
+            cluster: None,
             rule_files: vec![],
             evaluation_interval_ms: 10_000,
             region: "us-east-1".into(),
@@ -136,6 +182,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         dry_run: false,
         ..Config::default()
     };
+    // Where the AWS timeouts were set explicitly (a cluster caps them).
+    let mut explicit_aws_timeouts: Vec<(&str, usize)> = Vec::new();
     if let Some(mut s) = top.table(&mut doc, "server") {
         if let Some(a) = s.str(&mut doc, "listen") {
             match a.value.parse() {
@@ -239,9 +287,19 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         if let Some(d) = a.bool(&mut doc, "dry_run") {
             c.dry_run = d.value;
         }
-        c.aws_attempt_timeout_ms =
-            a.positive_duration(&mut doc, "attempt_timeout", c.aws_attempt_timeout_ms);
+        match a.duration(&mut doc, "attempt_timeout") {
+            Some(t) if t.value > 0 => {
+                c.aws_attempt_timeout_ms = t.value;
+                explicit_aws_timeouts.push(("attempt_timeout", t.span.start));
+            }
+            Some(t) => doc.error_at(
+                t.span.start,
+                "aws.attempt_timeout: must be greater than zero",
+            ),
+            None => {}
+        }
         if let Some(call) = a.duration(&mut doc, "call_timeout") {
+            explicit_aws_timeouts.push(("call_timeout", call.span.start));
             c.aws_call_timeout_ms = call.value;
             if call.value < c.aws_attempt_timeout_ms {
                 doc.error_at(
@@ -279,12 +337,102 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             n.positive_duration(&mut doc, "repeat_interval", c.repeat_interval_ms);
         n.finish(&mut doc);
     }
+    if let Some(mut k) = top.table(&mut doc, "cluster") {
+        let k_start = k.span().start;
+        let mut cl = Cluster {
+            node_id: hostname(),
+            lease_table: "vigil-leases".into(),
+            lease_name: String::new(),
+            lease_ttl_ms: 10_000,
+            state_table: "vigil-state".into(),
+            create_tables: false,
+            advertise_address: String::new(),
+        };
+        if let Some(n) = k.str(&mut doc, "node_id") {
+            if n.value.is_empty() || n.value.len() > 128 {
+                doc.error_at(n.span.start, "cluster.node_id: 1 to 128 characters");
+            }
+            cl.node_id = n.value;
+        }
+        for (key, slot) in [
+            ("lease_table", &mut cl.lease_table),
+            ("state_table", &mut cl.state_table),
+        ] {
+            if let Some(t) = k.str(&mut doc, key) {
+                if !valid_table(&t.value) {
+                    doc.error_at(
+                        t.span.start,
+                        format!(
+                            "cluster.{key}: a DynamoDB table name (3 to 255 of A-Z a-z 0-9 _ . -), got {:?}",
+                            t.value
+                        ),
+                    );
+                }
+                *slot = t.value;
+            }
+        }
+        if let Some(n) = k.req_str(&mut doc, "lease_name") {
+            if n.value.is_empty() || n.value.contains('#') || n.value.len() > 200 {
+                doc.error_at(
+                    n.span.start,
+                    "cluster.lease_name: 1 to 200 characters, without '#'",
+                );
+            }
+            cl.lease_name = n.value;
+        }
+        if let Some(t) = k.duration(&mut doc, "lease_ttl") {
+            if t.value < 2_000 {
+                doc.error_at(t.span.start, "cluster.lease_ttl: at least 2s");
+            }
+            cl.lease_ttl_ms = t.value;
+        }
+        if let Some(b) = k.bool(&mut doc, "create_tables") {
+            cl.create_tables = b.value;
+        }
+        if let Some(a) = k.str(&mut doc, "advertise_address") {
+            cl.advertise_address = a.value;
+        }
+        k.finish(&mut doc);
+        if cl.advertise_address.is_empty() {
+            cl.advertise_address = if c.listen.ip().is_unspecified() {
+                format!("{}:{}", hostname(), c.listen.port())
+            } else {
+                c.listen.to_string()
+            };
+        }
+        // Every effect call must end inside the lease (SPEC "High availability"): the AWS
+        // timeouts default to a quarter of it, and may not exceed that.
+        let cap = cl.call_timeout_ms();
+        for (key, slot) in [
+            ("attempt_timeout", &mut c.aws_attempt_timeout_ms),
+            ("call_timeout", &mut c.aws_call_timeout_ms),
+        ] {
+            let explicit = explicit_aws_timeouts.iter().find(|(k, _)| *k == key);
+            if let (true, Some((_, at))) = (*slot > cap, explicit) {
+                doc.error_at(
+                    *at,
+                    format!(
+                        "aws.{key}: at most a quarter of cluster.lease_ttl ({cap} ms) in a cluster, so that a call begun before the holder's deadline ends inside its lease"
+                    ),
+                );
+            }
+            *slot = (*slot).min(cap);
+        }
+        if !c.aws_configured {
+            doc.error_at(
+                k_start,
+                "cluster: the lease lives in DynamoDB; give [aws] (region, and endpoint_url for a local one)",
+            );
+        }
+        c.cluster = Some(cl);
+    }
     for mut r in top.tables(&mut doc, "receiver") {
         let path = r.path.clone();
         let name = r.req_str(&mut doc, "name");
         let sns = r.str(&mut doc, "sns_topic_arn");
         let slack = r.str(&mut doc, "slack_webhook_url");
         let hook = r.str(&mut doc, "webhook_url");
+        let hooks = r.str_list(&mut doc, "webhook_urls").unwrap_or_default();
         if let Some(a) = &sns {
             if !a.value.starts_with("arn:aws") || a.value.split(':').count() != 6 {
                 doc.error_at(
@@ -293,7 +441,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
                 );
             }
         }
-        for u in [&slack, &hook].into_iter().flatten() {
+        for u in [&slack, &hook].into_iter().flatten().chain(&hooks) {
             if !(u.value.starts_with("http://") || u.value.starts_with("https://")) {
                 doc.error_at(
                     u.span.start,
@@ -301,10 +449,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
                 );
             }
         }
-        if sns.is_none() && slack.is_none() && hook.is_none() {
+        if sns.is_none() && slack.is_none() && hook.is_none() && hooks.is_empty() {
             doc.error_at(
                 r.span().start,
-                format!("{path}: give sns_topic_arn, slack_webhook_url or webhook_url"),
+                format!(
+                    "{path}: give sns_topic_arn, slack_webhook_url, webhook_url or webhook_urls"
+                ),
             );
         }
         r.finish(&mut doc);
@@ -319,7 +469,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
                 name: n.value,
                 sns_topic_arn: sns.map(|s| s.value),
                 slack_webhook_url: slack.map(|s| s.value),
-                webhook_url: hook.map(|s| s.value),
+                webhook_urls: hook.into_iter().chain(hooks).map(|s| s.value).collect(),
             });
         }
     }
@@ -501,6 +651,74 @@ sns_topic_arn = "arn:aws:sns:us-east-1:123456789012:oncall"
         assert!(
             errs[0].starts_with("a.toml:3:16: aws.call_timeout: must be at least attempt_timeout"),
             "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn cluster_section() {
+        let c = parse(
+            "a.toml",
+            "[server]\nlisten = \"127.0.0.1:9470\"\n[aws]\n[cluster]\nnode_id = \"agg-a\"\nlease_name = \"web\"\nlease_ttl = \"8s\"\n",
+        )
+        .unwrap();
+        let cl = c.cluster.unwrap();
+        assert_eq!(
+            (
+                cl.node_id.as_str(),
+                cl.lease_table.as_str(),
+                cl.state_table.as_str()
+            ),
+            ("agg-a", "vigil-leases", "vigil-state")
+        );
+        assert_eq!(
+            (cl.lease_ttl_ms, cl.advertise_address.as_str()),
+            (8_000, "127.0.0.1:9470")
+        );
+        // The AWS timeouts come down to a quarter of the lease.
+        assert_eq!(
+            (c.aws_attempt_timeout_ms, c.aws_call_timeout_ms),
+            (2_000, 2_000)
+        );
+        let errs: Vec<String> = parse(
+            "a.toml",
+            "[aws]\ncall_timeout = \"30s\"\n[cluster]\nlease_name = \"web\"\nlease_table = \"x\"\n",
+        )
+        .unwrap_err()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("a.toml:2:16: aws.call_timeout: at most a quarter"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("a.toml:5:15: cluster.lease_table"),
+            "{errs:?}"
+        );
+        let errs = parse("a.toml", "[cluster]\n").unwrap_err();
+        let text: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+        assert!(text.iter().any(|e| e.contains("lease_name")), "{text:?}");
+        assert!(text.iter().any(|e| e.contains("give [aws]")), "{text:?}");
+    }
+
+    #[test]
+    fn webhook_urls_list_every_alertmanager_peer() {
+        let c = parse(
+            "a.toml",
+            "[[receiver]]\nname = \"am\"\nwebhook_urls = [\"http://127.0.0.1:9093\", \"http://127.0.0.1:9094\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.receivers[0].webhook_urls.len(), 2);
+        let e = parse(
+            "a.toml",
+            "[[receiver]]\nname = \"am\"\nwebhook_urls = [\"ftp://x\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e[0].to_string().starts_with("a.toml:3:17: receiver[0]"),
+            "{}",
+            e[0]
         );
     }
 

@@ -11,6 +11,7 @@
 mod api;
 mod aws;
 mod clock;
+mod cluster;
 mod config;
 mod engine;
 mod fleet;
@@ -154,7 +155,7 @@ fn main() -> ExitCode {
     };
     let res: Result<(), String> = rt.block_on(async move {
         let wired = wire(cfg, rules, db).await?;
-        let Wired { api, engine, fleet, publisher, outbox, rules } = wired;
+        let Wired { api, engine, fleet, publisher, outbox, rules, cluster } = wired;
         let listen = api.cfg.listen;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         tracing::info!(address = %listen, dry_run = api.cfg.dry_run, rule_files = rules.current().files.len(), "serving");
@@ -179,7 +180,10 @@ fn main() -> ExitCode {
         tokio::spawn(async move { f.run_actuator().await });
         tokio::spawn(publisher.run());
         tokio::spawn(outbox.run());
-        tokio::spawn(engine.run());
+        tokio::spawn(engine.clone().run());
+        let c = cluster.clone();
+        tokio::spawn(async move { c.run().await });
+        tokio::spawn(engine.run_cluster());
         api.ready.store(true, Ordering::SeqCst);
         loop {
             tokio::select! {
@@ -194,6 +198,8 @@ fn main() -> ExitCode {
         tracing::info!("stopping");
         // No new connections; requests in flight finish within the grace period.
         let _ = stop_api.send(());
+        // A follower takes over at once rather than after the lease runs out.
+        cluster.release().await;
         let _ = server.await;
         Ok(())
     });
@@ -214,6 +220,24 @@ struct Wired {
     publisher: Arc<publish::Publisher>,
     outbox: Arc<notify::Outbox>,
     rules: Arc<ruleset::Rules>,
+    cluster: Arc<cluster::Cluster>,
+}
+
+/// The fleet's fence in an HA cluster: the lease holder, within its deadline, acts.
+struct LeaseFence(Arc<cluster::Cluster>);
+
+impl fleet::Fence for LeaseFence {
+    fn token(&self) -> Option<u64> {
+        self.0.may_act()
+    }
+
+    fn follower(&self) -> bool {
+        self.0.is_follower()
+    }
+
+    fn recorded(&self, at_ms: i64) -> bool {
+        self.0.recorded(at_ms)
+    }
 }
 
 /// Builds every component and hands each what it needs: the AWS clients (the SDK's or the dry
@@ -236,22 +260,41 @@ async fn wire(
     let rules = Arc::new(ruleset::Rules::new(cfg.clone(), rules, &mut registry));
     let store = Arc::new(store::Store::new(cfg.retention_ms, cfg.max_series));
     let db = state::Shared::new(db);
-    // One aggregator acts alone; the HA pair's lease goes here as the fence.
+    // Alone, or one of an HA cluster on a DynamoDB lease: the cluster decides who acts.
+    let cluster = Arc::new(match &cfg.cluster {
+        Some(cl) => {
+            let table = cluster::Dynamo::connect(&cfg, cl).await;
+            if cl.create_tables {
+                table.create_tables().await?;
+            }
+            tracing::info!(node_id = %cl.node_id, lease = %cl.lease_name, lease_ttl_ms = cl.lease_ttl_ms, "cluster member: following until the lease is taken");
+            cluster::Cluster::new(cl.clone(), Box::new(table), clock.clone(), &mut registry)
+        }
+        None => cluster::Cluster::single(clock.clone(), &mut registry),
+    });
     let fleet = Arc::new(
         fleet::Fleet::new(clients.autoscaling, clock.clone(), tick_ms, &mut registry)
-            .with_fence(Box::new(fleet::Sole)),
+            .with_fence(Box::new(LeaseFence(cluster.clone()))),
     );
+    // A webhook call ends inside the lease in a cluster (as every AWS effect call does).
+    let webhook_timeout = Duration::from_millis(match &cfg.cluster {
+        Some(cl) => cl.call_timeout_ms() as u64,
+        None => 10_000,
+    });
     let publisher = Arc::new(publish::Publisher::new(
         clients.cloudwatch,
         cfg.cloudwatch_namespace.clone(),
         cfg.cloudwatch_flush_ms,
         clock.clone(),
+        cluster.clone(),
         &mut registry,
     ));
     let outbox = Arc::new(notify::Outbox::new(
         db.clone(),
         clients.sns,
         clock.clone(),
+        cluster.clone(),
+        webhook_timeout,
         &mut registry,
     ));
     let engine = Arc::new(
@@ -262,6 +305,7 @@ async fn wire(
                 fleet: fleet.clone(),
                 publisher: publisher.clone(),
                 outbox: outbox.clone(),
+                cluster: cluster.clone(),
                 db: db.clone(),
                 clock: clock.clone(),
                 notify: notify::Settings {
@@ -296,6 +340,7 @@ async fn wire(
         store,
         rules: rules.clone(),
         fleet: fleet.clone(),
+        cluster: cluster.clone(),
         outbox: outbox.clone(),
         db,
         write,
@@ -310,5 +355,6 @@ async fn wire(
         publisher,
         outbox,
         rules,
+        cluster,
     })
 }

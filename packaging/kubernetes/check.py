@@ -96,4 +96,28 @@ check({"/etc/vigil/config", "/etc/vigil/rules", "/var/lib/vigil", "/tmp"} <= mou
 check(not any("subPath" in m for m in ac["volumeMounts"]), "no subPath mounts")
 sa = kind(agg, "ServiceAccount")[0]
 check("eks.amazonaws.com/role-arn" in sa["metadata"].get("annotations", {}), "IRSA role annotation")
+# The HA pair: a StatefulSet of 2 across zones behind a headless Service, a disruption budget of
+# one, [cluster] in its config, and agents pushing to each pod's stable name.
+ha = load("aggregator-ha.yaml")
+sts = kind(ha, "StatefulSet")[0]
+check(sts["spec"]["replicas"] == 2 and sts["spec"]["serviceName"] == "vigil-aggregator",
+      "the pair is a StatefulSet of 2 named by its headless Service")
+aff = sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+check(aff["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"]
+      == "topology.kubernetes.io/zone", "one aggregator per zone")
+hardened(sts["spec"]["template"]["spec"]["containers"][0])
+hsvc = kind(ha, "Service")[0]
+check(hsvc["spec"].get("clusterIP") == "None", "the Service is headless (one name per pod)")
+pdb = kind(ha, "PodDisruptionBudget")[0]
+check(pdb["spec"].get("maxUnavailable") == 1, "a drain takes one of the two at a time")
+hmaps = {m["metadata"]["name"]: m["data"] for m in kind(ha, "ConfigMap")}
+hconfig = hmaps["vigil-aggregator-config"]["aggregator.toml"]
+check("[cluster]" in hconfig and "lease_name" in hconfig, "the pair's config has [cluster]")
+maps = hmaps
+check_config("vigil-aggregator", hconfig, "aggregator.toml", rules)
+hagent = hmaps["vigil-agent-ha"]["agent.toml"]
+for i in (0, 1):
+    check(f"http://vigil-aggregator-{i}.vigil-aggregator:9470/api/v1/write" in hagent,
+          f"agents push to pod {i}'s stable name")
+check_config("vigil-agent", hagent, "agent.toml")
 print("packaging/kubernetes: ok", file=sys.stderr)

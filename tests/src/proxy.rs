@@ -40,6 +40,9 @@ pub struct Call {
 
 struct Shared {
     fault: Fault,
+    /// A fault for DynamoDB's calls only (JSON protocol, `X-Amz-Target: DynamoDB_…`); the
+    /// others follow `fault`. `Refuse` cuts the connection at the request.
+    dynamodb: Fault,
     calls: Vec<Call>,
 }
 
@@ -75,6 +78,18 @@ fn action_of(r: &Request, body: &str) -> String {
         .find_map(|kv| kv.strip_prefix("Action="))
         .unwrap_or("")
         .to_string()
+}
+
+/// An error as DynamoDB's JSON protocol answers it.
+fn json_error_response(status: u16, code: &str) -> Vec<u8> {
+    let body = format!(
+        "{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{code}\",\"message\":\"injected by the test proxy\"}}"
+    );
+    format!(
+        "HTTP/1.1 {status} Injected\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 fn error_response(status: u16, code: &str) -> Vec<u8> {
@@ -117,8 +132,30 @@ fn serve(s: TcpStream, upstream: u16, shared: Arc<Mutex<Shared>>) {
     let mut r = BufReader::new(s);
     while let Some(req) = read_request(&mut r) {
         let arrived = Instant::now();
-        let fault = shared.lock().expect("lock").fault;
+        let dynamodb = req
+            .header("x-amz-target")
+            .is_some_and(|t| t.starts_with("DynamoDB_"));
+        let fault = {
+            let sh = shared.lock().expect("lock");
+            if dynamodb {
+                sh.dynamodb
+            } else {
+                sh.fault
+            }
+        };
         let (status, resp) = match fault {
+            Fault::Status(code) if dynamodb => (
+                code,
+                json_error_response(
+                    code,
+                    if code == 503 {
+                        "ServiceUnavailable"
+                    } else {
+                        "InternalServerError"
+                    },
+                ),
+            ),
+            Fault::Throttle if dynamodb => (400, json_error_response(400, "ThrottlingException")),
             Fault::Status(code) => (
                 code,
                 error_response(
@@ -171,6 +208,7 @@ impl Proxy {
             upstream,
             shared: Arc::new(Mutex::new(Shared {
                 fault: Fault::None,
+                dynamodb: Fault::None,
                 calls: Vec::new(),
             })),
             listener: Arc::new(Mutex::new(None)),
@@ -225,6 +263,11 @@ impl Proxy {
         } else if was == Fault::Refuse && fault != Fault::Refuse {
             self.listen();
         }
+    }
+
+    /// Sets the fault DynamoDB's calls meet (the others go on as they are).
+    pub fn set_dynamodb(&self, fault: Fault) {
+        self.shared.lock().expect("lock").dynamodb = fault;
     }
 
     /// Calls seen so far.

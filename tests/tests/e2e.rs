@@ -9,3 +9,6 @@ mod aggregator;
 
 #[path = "e2e/actions.rs"]
 mod actions;
+
+#[path = "e2e/cluster.rs"]
+mod cluster;

@@ -51,6 +51,7 @@ pub struct Api {
     /// The evaluation as readers see it (see [`View`]).
     pub view: Arc<arc_swap::ArcSwap<View>>,
     pub fleet: Arc<Fleet>,
+    pub cluster: Arc<crate::cluster::Cluster>,
     pub outbox: Arc<Outbox>,
     pub db: state::Shared,
     pub write: write::Ingest,
@@ -123,6 +124,10 @@ pub fn router(api: Arc<Api>) -> Router {
             get(read(|a| json_ok(instances_json(a)))),
         )
         .route("/api/v1/decisions", get(read(decisions)))
+        .route(
+            "/api/v1/cluster",
+            get(read(|a| json_ok(a.cluster.status()))),
+        )
         .route("/api/v1/status/buildinfo", get(buildinfo))
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(healthy))

@@ -150,7 +150,8 @@ pub(super) fn scaling_json(app: &Api) -> Json {
             };
             let desired = app.fleet.pending(asg).or(decided);
             out.push(json!({"policy": p.name, "group": asg, "min": p.min, "max": p.max, "current": current,
-                "desired": desired, "dry_run": app.cfg.dry_run, "simulated": simulated, "last_decisions": last,
+                "desired": desired, "dry_run": app.cfg.dry_run, "simulated": simulated,
+                "acting": app.cluster.role().as_str() != "follower", "last_decisions": last,
                 "fleet": app.fleet.group_json(asg)}));
         }
     }
@@ -196,6 +197,23 @@ pub(super) fn status_page(app: &Api) -> String {
         app.store.sample_count(),
         app.cfg.dry_run
     ));
+    let c = app.cluster.status();
+    if c["role"] != "single" {
+        html.push_str(&format!(
+            "<p>Cluster: this node {} is the <b>{}</b>; leader {} at {}, epoch {}, lease expires {}{}</p>",
+            esc(c["node_id"].as_str().unwrap_or("")),
+            esc(c["role"].as_str().unwrap_or("")),
+            esc(c["leader"].as_str().unwrap_or("none")),
+            esc(c["leader_address"].as_str().unwrap_or("-")),
+            c["epoch"],
+            esc(c["lease_expires"].as_str().unwrap_or("-")),
+            if c["role"] == "follower" {
+                " (decisions below are what this node would do; the leader acts)"
+            } else {
+                ""
+            }
+        ));
+    }
     if let Some(e) = app.rules.last_error().as_ref() {
         html.push_str(&format!(
             "<p style=color:#b00>Last reload failed (previous rules still running):<pre>{}</pre>",

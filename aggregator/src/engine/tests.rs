@@ -46,6 +46,7 @@ fn engine_on(dir: &std::path::Path) -> (Engine, state::Shared) {
     let clock = ManualClock::at(1_796_193_300_000);
     let db = state::Shared::new(Db::open(dir).expect("open"));
     let cfg = crate::config::Config::default();
+    let cluster = Arc::new(crate::cluster::Cluster::single(clock.clone(), &mut r));
     let parts = Parts {
         store: Arc::new(Store::new(3_600_000, 1000)),
         rules: Arc::new(Rules::new(cfg.clone(), rules, &mut r)),
@@ -60,9 +61,18 @@ fn engine_on(dir: &std::path::Path) -> (Engine, state::Shared) {
             "Vigil".into(),
             60_000,
             clock.clone(),
+            cluster.clone(),
             &mut r,
         )),
-        outbox: Arc::new(Outbox::new(db.clone(), clients.sns, clock.clone(), &mut r)),
+        outbox: Arc::new(Outbox::new(
+            db.clone(),
+            clients.sns,
+            clock.clone(),
+            cluster.clone(),
+            std::time::Duration::from_secs(10),
+            &mut r,
+        )),
+        cluster,
         db: db.clone(),
         clock,
         notify: Settings {

@@ -54,11 +54,33 @@ impl Fleet {
         token.is_some()
     }
 
+    /// A follower's pending changes are what it would do: logged and dropped (the holder has
+    /// its own, and a follower that takes over adopts the holder's).
+    fn follow(&self) -> bool {
+        if !self.fence.follower() {
+            return false;
+        }
+        let mut st = self.state();
+        for (asg, p) in std::mem::take(&mut st.pending) {
+            tracing::info!(asg = %asg, desired = p.desired, "follower: would SetDesiredCapacity (the leader acts)");
+        }
+        for (instance, p) in std::mem::take(&mut st.unhealthy) {
+            tracing::info!(asg = %p.asg, instance = %instance, "follower: would SetInstanceHealth Unhealthy (the leader acts)");
+        }
+        true
+    }
+
     /// Applies the pending capacities and health changes that are due.
     pub async fn actuate(&self) {
+        if self.follow() {
+            return;
+        }
         let now = self.now_ms();
         let due = due_now(&self.state().pending, now, |p| p.next_try);
         for (asg, p) in due {
+            if !self.fence.recorded(p.decided_at) {
+                continue;
+            }
             if !self.may_act() {
                 return;
             }

@@ -170,6 +170,16 @@ pub trait Fence: Send + Sync {
     /// The fencing token of the current right to act (it grows with every new holder), or
     /// `None` while this process may not act.
     fn token(&self) -> Option<u64>;
+    /// Whether another process acts (this one follows an HA holder): its decisions are only
+    /// logged ("follower: would …") and dropped; the holder makes its own.
+    fn follower(&self) -> bool {
+        false
+    }
+    /// Whether what the evaluation at `at_ms` decided is recorded where a successor would find
+    /// it (an HA cluster's shared state): only then is it carried out.
+    fn recorded(&self, _at_ms: i64) -> bool {
+        true
+    }
 }
 
 /// A single aggregator: always allowed to act.
@@ -418,7 +428,11 @@ impl Fleet {
                 }
             } else if !st.pending.contains_key(&g.name) {
                 let known = st.baseline.get(&g.name).copied();
-                if known.is_some_and(|b| b != g.desired) {
+                if known.is_some_and(|b| b != g.desired) && self.fence.follower() {
+                    // The leader's changes, most likely: a follower cannot tell them apart.
+                    tracing::debug!(asg = %g.name, now_desired = g.desired, "follower: desired capacity changed (by the leader or outside Vigil)");
+                    st.simulated.remove(&g.name);
+                } else if known.is_some_and(|b| b != g.desired) {
                     tracing::warn!(asg = %g.name, expected = known, now_desired = g.desired, "desired capacity changed outside Vigil (a user, a scheduled action or another scaling policy); adopting it");
                     self.metrics.external_change(&g.name);
                     st.simulated.remove(&g.name);

@@ -125,6 +125,43 @@ impl Delivery {
     pub fn from_json(v: &Json) -> Option<Delivery> {
         Delivery::deserialize(v).ok()
     }
+
+    /// The delivery as the shared state (DynamoDB) keeps it: a webhook's URL is a secret, so it
+    /// is replaced by its receiver's name and the URL's place (`url`: `slack`, or `webhook:<i>`);
+    /// `None` when no receiver has the URL any more.
+    pub fn to_shared(&self, receivers: &[Receiver]) -> Option<Json> {
+        let mut v = self.to_json();
+        let (receiver, place) = match self {
+            Delivery::Sns { .. } => return Some(v),
+            Delivery::Slack { url, .. } => receivers
+                .iter()
+                .find(|r| r.slack_webhook_url.as_deref() == Some(url.as_str()))
+                .map(|r| (r.name.clone(), "slack".to_string()))?,
+            Delivery::Alertmanager { url, .. } => receivers.iter().find_map(|r| {
+                let i = r.webhook_urls.iter().position(|u| u == url)?;
+                Some((r.name.clone(), format!("webhook:{i}")))
+            })?,
+        };
+        v["url"] = Json::String(place);
+        v["receiver"] = Json::String(receiver);
+        Some(v)
+    }
+
+    /// Back from [`Delivery::to_shared`] with the URLs configured here.
+    pub fn from_shared(v: &Json, receivers: &[Receiver]) -> Option<Delivery> {
+        let mut v = v.clone();
+        if let Some(name) = v.get("receiver").and_then(Json::as_str) {
+            let r = receivers.iter().find(|r| r.name == name)?;
+            let place = v.get("url").and_then(Json::as_str).unwrap_or("");
+            let url = match place.strip_prefix("webhook:") {
+                Some(i) => r.webhook_urls.get(i.parse::<usize>().ok()?)?.clone(),
+                None if place == "slack" => r.slack_webhook_url.clone()?,
+                None => return None,
+            };
+            v["url"] = Json::String(url);
+        }
+        Delivery::from_json(&v)
+    }
 }
 
 /// The notifier's memory: groups and the alerts Vigil raises itself (fail-open). Persisted as

@@ -16,7 +16,7 @@ mod render;
 #[cfg(test)]
 mod tests;
 
-pub use group::{ActiveAlert, Notifier, Settings};
+pub use group::{ActiveAlert, Delivery, Notifier, Settings};
 pub use outbox::{Outbox, NOTIFICATION_TTL_MS};
 pub use render::render;
 

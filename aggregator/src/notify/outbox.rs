@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use super::group::Delivery;
 use crate::aws::{Effect, Publisher};
 use crate::clock::{backoff_ms, SharedClock};
+use crate::cluster::Cluster;
 use crate::state::{self, Pending};
 
 /// Expired notifications are dropped (counted) after this long undelivered.
@@ -76,6 +77,11 @@ pub struct Outbox {
     /// Wakes the delivery task when the engine committed new notifications.
     pub wake: tokio::sync::Notify,
     metrics: Metrics,
+    /// Only the holder delivers, and only within its deadline; each delivery is then recorded
+    /// in the shared state (its removal from the outbox).
+    cluster: Arc<Cluster>,
+    /// A webhook call's time limit (inside the lease in a cluster).
+    timeout: Duration,
 }
 
 impl Outbox {
@@ -83,6 +89,8 @@ impl Outbox {
         db: state::Shared,
         sns: Box<dyn Publisher>,
         clock: SharedClock,
+        cluster: Arc<Cluster>,
+        timeout: Duration,
         r: &mut Registry,
     ) -> Outbox {
         let http = match vigil_config::http::Http::new() {
@@ -99,6 +107,8 @@ impl Outbox {
             clock,
             wake: tokio::sync::Notify::new(),
             metrics: Metrics::register(r),
+            cluster,
+            timeout,
         }
     }
 
@@ -160,6 +170,11 @@ impl Outbox {
                 continue;
             };
             let kind = d.kind();
+            if self.cluster.may_act().is_none() || !self.cluster.recorded(p.created) {
+                // A follower, or a holder past its deadline, sends nothing; a holder sends what
+                // the shared state records (a successor would send it otherwise).
+                return;
+            }
             let (outcome, stop) = match self.send(&d).await {
                 Ok(effect) => {
                     let result = match effect {
@@ -194,6 +209,7 @@ impl Outbox {
             if let Err(e) = outcome {
                 tracing::error!(error = %e, "cannot update the notification outbox");
             }
+            self.cluster.state_changed.notify_one();
             if stop {
                 return;
             }
@@ -228,7 +244,7 @@ impl Outbox {
                         url,
                         &[("content-type", "application/json")],
                         bytes::Bytes::from(body.to_string()),
-                        Duration::from_secs(10),
+                        self.timeout,
                         64 << 10,
                     )
                     .await

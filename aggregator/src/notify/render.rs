@@ -149,7 +149,7 @@ pub fn render(n: &Notification, s: &Settings) -> Vec<Delivery> {
             });
         }
     }
-    if let Some(url) = &r.webhook_url {
+    if !r.webhook_urls.is_empty() {
         // Prometheus re-sends firing alerts with endsAt a few intervals ahead, so that an
         // Alertmanager resolves them by itself if the sender goes away; resolved ones carry
         // the time they resolved.
@@ -160,10 +160,13 @@ pub fn render(n: &Notification, s: &Settings) -> Vec<Delivery> {
             .map(|a| am_alert(a, ahead))
             .chain(n.resolved.iter().map(|(a, at)| am_alert(a, *at)))
             .collect();
-        out.push(Delivery::Alertmanager {
-            url: url.clone(),
-            body: Json::Array(alerts),
-        });
+        // Every peer of an Alertmanager cluster gets every alert; they deduplicate.
+        for url in &r.webhook_urls {
+            out.push(Delivery::Alertmanager {
+                url: url.clone(),
+                body: Json::Array(alerts.clone()),
+            });
+        }
     }
     out
 }

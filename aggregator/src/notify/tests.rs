@@ -17,7 +17,7 @@ fn settings() -> Settings {
             name: "oncall".into(),
             sns_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:oncall".into()),
             slack_webhook_url: Some("http://127.0.0.1:1/slack".into()),
-            webhook_url: None,
+            webhook_urls: vec![],
         }],
     }
 }
@@ -110,7 +110,7 @@ fn groups_split_by_group_by_and_receivers() {
         name: "team".into(),
         sns_topic_arn: None,
         slack_webhook_url: Some("http://127.0.0.1:1/team".into()),
-        webhook_url: None,
+        webhook_urls: vec![],
     });
     let mut n = Notifier::default();
     let mut a = alert("Down", "i-1", 0);
@@ -255,4 +255,47 @@ fn an_sns_message_too_large_keeps_what_fits_and_says_how_many_more() {
     let kept = m["alerts"].as_array().unwrap().len();
     assert!(kept > 100);
     assert_eq!(kept as u64 + m["truncatedAlerts"].as_u64().unwrap(), 3000);
+}
+
+#[test]
+fn every_alertmanager_peer_gets_each_notice_and_the_shared_state_keeps_no_url() {
+    let mut s = settings();
+    s.receivers[0].webhook_urls = vec![
+        "http://127.0.0.1:1/am-0/secret".into(),
+        "http://127.0.0.1:1/am-1/secret".into(),
+    ];
+    let mut n = Notifier::default();
+    n.observe(&s, 0, &[alert("Down", "i-1", 0)]);
+    let out: Vec<Delivery> = n
+        .flush(&s, 10_000)
+        .iter()
+        .flat_map(|x| render(x, &s))
+        .collect();
+    let am: Vec<&str> = out
+        .iter()
+        .filter(|d| d.kind() == "alertmanager")
+        .map(|d| d.target())
+        .collect();
+    assert_eq!(
+        am,
+        [
+            "http://127.0.0.1:1/am-0/secret",
+            "http://127.0.0.1:1/am-1/secret"
+        ]
+    );
+    for d in &out {
+        let shared = d.to_shared(&s.receivers).expect("a configured receiver");
+        assert!(!shared.to_string().contains("secret"), "{shared}");
+        if d.kind() != "sns" {
+            assert!(!shared.to_string().contains("http://"), "{shared}");
+            assert_eq!(shared["receiver"], "oncall");
+        }
+        assert_eq!(
+            Delivery::from_shared(&shared, &s.receivers).as_ref(),
+            Some(d)
+        );
+    }
+    // A receiver gone from this node's config: the delivery cannot be resolved.
+    let shared = out[1].to_shared(&s.receivers).expect("slack");
+    assert_eq!(Delivery::from_shared(&shared, &[]), None);
 }

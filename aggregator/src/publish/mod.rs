@@ -17,8 +17,11 @@ use prometheus_client::registry::Registry;
 
 pub use queue::Point;
 
+use std::sync::Arc;
+
 use crate::aws::{Datum, Effect, MetricSink};
 use crate::clock::SharedClock;
+use crate::cluster::Cluster;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabels {
@@ -68,6 +71,9 @@ pub struct Publisher {
     queue: Mutex<queue::Queue>,
     busy: tokio::sync::Mutex<()>,
     metrics: Metrics,
+    /// Who acts: a follower publishes nothing (the leader does), a leader past its deadline
+    /// keeps its points queued.
+    cluster: Arc<Cluster>,
 }
 
 impl Publisher {
@@ -76,6 +82,7 @@ impl Publisher {
         namespace: String,
         flush_ms: i64,
         clock: SharedClock,
+        cluster: Arc<Cluster>,
         r: &mut Registry,
     ) -> Publisher {
         Publisher {
@@ -86,6 +93,7 @@ impl Publisher {
             queue: Mutex::new(queue::Queue::new(200_000)),
             busy: tokio::sync::Mutex::new(()),
             metrics: Metrics::register(r),
+            cluster,
         }
     }
 
@@ -96,6 +104,13 @@ impl Publisher {
     /// Queues an evaluation's points (counted when invalid or past the queue's bound).
     pub fn queue(&self, points: Vec<Point>) {
         if points.is_empty() {
+            return;
+        }
+        if self.cluster.is_follower() {
+            tracing::debug!(
+                points = points.len(),
+                "follower: would publish to CloudWatch (the leader does)"
+            );
             return;
         }
         let (invalid, overflow) = self.queue_lock().push(points);
@@ -116,8 +131,24 @@ impl Publisher {
         let batches = queue::calls(queue::datums(&points));
         let calls_per_flush = batches.len() as f64;
         let flushes_per_month = 30.0 * 86_400_000.0 / self.flush_ms as f64;
-        for batch in batches {
+        let mut batches = batches.into_iter();
+        while let Some(batch) = batches.next() {
             let (data, members): (Vec<Datum>, Vec<Vec<Point>>) = batch.into_iter().unzip();
+            if self.cluster.may_act().is_none() {
+                // Not (or no longer) the holder within its deadline: nothing is sent.
+                tracing::warn!(
+                    datums = data.len(),
+                    "not acting (no valid lease): PutMetricData waits"
+                );
+                let rest = members
+                    .into_iter()
+                    .flatten()
+                    .chain(batches.flat_map(|b| b.into_iter().flat_map(|(_, m)| m)))
+                    .collect();
+                let dropped = self.queue_lock().requeue(rest);
+                self.metrics.dropped("queue_full", dropped);
+                return;
+            }
             match self.sink.put(&self.namespace, &data).await {
                 Ok(effect) => {
                     if effect == Effect::Made {

@@ -181,8 +181,29 @@ pub struct Evaluated<'a> {
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub id: i64,
+    /// The evaluation that decided it.
+    pub created: i64,
     pub target: String,
     pub attempts: u32,
+    pub expires_at: i64,
+    pub delivery: Json,
+}
+
+/// What [`Db::export`] reads: the snapshot document and the evaluation it is of, the
+/// notifier's memory and the outbox.
+pub struct Export {
+    pub at: i64,
+    pub snapshot: Option<Json>,
+    pub notifier: Option<Json>,
+    pub outbox: Vec<Queued>,
+}
+
+/// A notification in the outbox, whole (for the shared state of an HA cluster).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    pub created: i64,
+    pub attempts: u32,
+    pub next_at: i64,
     pub expires_at: i64,
     pub delivery: Json,
 }
@@ -243,11 +264,11 @@ impl Db {
     /// Notifications whose next attempt is due, oldest first.
     pub fn due(&self, now: i64, limit: usize) -> Result<Vec<Pending>, StateError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, target, attempts, expires_at, delivery FROM outbox WHERE next_at <= ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, target, attempts, expires_at, delivery, created FROM outbox WHERE next_at <= ?1 ORDER BY id LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![now, limit as i64], |r| {
             Ok((
-                r.get::<_, i64>(0)?,
+                (r.get::<_, i64>(0)?, r.get::<_, i64>(5)?),
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
@@ -256,11 +277,12 @@ impl Db {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, target, attempts, expires_at, text) = row?;
+            let ((id, created), target, attempts, expires_at, text) = row?;
             let delivery =
                 serde_json::from_str(&text).map_err(|e| StateError::Json(e.to_string()))?;
             out.push(Pending {
                 id,
+                created,
                 target,
                 attempts: attempts as u32,
                 expires_at,
@@ -292,6 +314,84 @@ impl Db {
             "UPDATE outbox SET attempts = attempts + 1, next_at = ?2, last_error = ?3 WHERE id = ?1",
             params![id, next_at, error],
         )?;
+        Ok(())
+    }
+
+    /// What a successor in an HA cluster needs, read in one transaction: the snapshot document
+    /// (state, capacities, pending actions), the notifier's memory, and the outbox, oldest first.
+    pub fn export(&self) -> Result<Export, StateError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let snapshot = self.json_row("SELECT state FROM snapshot WHERE id = 1")?;
+        let at: i64 = self
+            .conn
+            .query_row("SELECT at FROM snapshot WHERE id = 1", [], |r| r.get(0))
+            .unwrap_or(0);
+        let notifier = self.load_notifier()?;
+        let mut stmt = self.conn.prepare(
+            "SELECT created, attempts, next_at, expires_at, delivery FROM outbox ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut outbox = Vec::new();
+        for row in rows {
+            let (created, attempts, next_at, expires_at, text) = row?;
+            outbox.push(Queued {
+                created,
+                attempts: attempts as u32,
+                next_at,
+                expires_at,
+                delivery: serde_json::from_str(&text)
+                    .map_err(|e| StateError::Json(e.to_string()))?,
+            });
+        }
+        drop(stmt);
+        tx.commit()?;
+        Ok(Export {
+            at,
+            snapshot,
+            notifier,
+            outbox,
+        })
+    }
+
+    /// Takes over a holder's state (HA): the snapshot document, the notifier's memory and the
+    /// outbox replace this node's, in one transaction.
+    pub fn import(
+        &self,
+        at: i64,
+        snapshot: Option<&Json>,
+        notifier: Option<&Json>,
+        outbox: &[(String, Queued)],
+    ) -> Result<(), StateError> {
+        let tx = self.conn.unchecked_transaction()?;
+        if let Some(snapshot) = snapshot {
+            tx.execute(
+                "INSERT INTO snapshot (id, at, state) VALUES (1, ?1, ?2) ON CONFLICT(id) DO UPDATE SET at = excluded.at, state = excluded.state",
+                params![at, snapshot.to_string()],
+            )?;
+        }
+        match notifier {
+            Some(n) => tx.execute(
+                "INSERT INTO notifier (id, state) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET state = excluded.state",
+                params![n.to_string()],
+            )?,
+            None => tx.execute("DELETE FROM notifier", [])?,
+        };
+        tx.execute("DELETE FROM outbox", [])?;
+        for (target, q) in outbox {
+            tx.execute(
+                "INSERT INTO outbox (created, target, delivery, attempts, next_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![q.created, target, q.delivery.to_string(), q.attempts, q.next_at, q.expires_at],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -438,5 +538,65 @@ mod tests {
         assert!(!db.waiting_before("t1", due[2].id).unwrap());
         assert_eq!(db.outbox_len().unwrap(), 2);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn export_and_import_carry_a_holders_state_to_its_successor() {
+        let base = std::env::temp_dir().join(format!("vigil-export-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let holder = Db::open(&base.join("a")).unwrap();
+        holder
+            .commit_evaluation(&Evaluated {
+                at: 5_000,
+                state: &State::default(),
+                capacity: &BTreeMap::from([("web".to_string(), 4u32)]),
+                actions: &json!({"scale": {}}),
+                history: &[],
+                notifier: Some(&json!({"groups": [], "synthetic": []})),
+                deliveries: &[
+                    ("t1".into(), json!({"n": 1})),
+                    ("t1".into(), json!({"n": 2})),
+                ],
+                ttl_ms: 60_000,
+            })
+            .unwrap();
+        let e = holder.export().unwrap();
+        assert_eq!(e.at, 5_000);
+        assert_eq!(e.outbox.len(), 2);
+        assert_eq!(e.outbox[1].delivery, json!({"n": 2}));
+        let next = Db::open(&base.join("b")).unwrap();
+        next.commit_evaluation(&Evaluated {
+            at: 1_000,
+            state: &State::default(),
+            capacity: &BTreeMap::new(),
+            actions: &json!({}),
+            history: &[],
+            notifier: None,
+            deliveries: &[("mine".into(), json!({"n": 9}))],
+            ttl_ms: 60_000,
+        })
+        .unwrap();
+        let rows: Vec<(String, Queued)> = e
+            .outbox
+            .iter()
+            .map(|q| ("t1".to_string(), q.clone()))
+            .collect();
+        next.import(7_000, e.snapshot.as_ref(), e.notifier.as_ref(), &rows)
+            .unwrap();
+        let snap = next.load().unwrap().unwrap();
+        assert_eq!(snap.capacity["web"], 4);
+        let due = next.due(10_000, 10).unwrap();
+        assert_eq!(
+            due.iter()
+                .map(|p| p.delivery["n"].clone())
+                .collect::<Vec<_>>(),
+            [json!(1), json!(2)]
+        );
+        assert_eq!(due[0].created, 5_000);
+        // A holder that had evaluated nothing leaves the successor's own snapshot alone.
+        next.import(8_000, None, None, &[]).unwrap();
+        assert_eq!(next.load().unwrap().unwrap().capacity["web"], 4);
+        assert_eq!(next.outbox_len().unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

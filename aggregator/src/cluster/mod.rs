@@ -1,0 +1,542 @@
+//! High availability: aggregators with the same `[cluster] lease_name` share one DynamoDB lease,
+//! and only its holder acts (scaling, replacement, CloudWatch, notifications). Every node ingests
+//! and evaluates everything, so a follower is warm when it takes over.
+//!
+//! The lease is one item in `lease_table`, taken and renewed with conditional writes:
+//! - Each write gives the item a new record version (`rvn`). A follower reads the item every
+//!   `lease_ttl / 5` and takes the lease when it has seen the same `rvn` for a whole `lease_ttl`
+//!   on its own monotonic clock (or when the item says it was released). Only the nodes' clock
+//!   *rates* matter, never their wall clocks: the follower's wait starts after the holder's write,
+//!   which starts after the holder began it.
+//! - Each new holder writes `epoch` one higher than the item it replaced (conditional on that
+//!   item's `rvn`), so epochs grow with every holder: the fencing token.
+//! - The holder renews every `lease_ttl / 3` (conditional on holder and epoch). Its deadline is
+//!   the moment it *began* its last successful renewal + 0.6 × `lease_ttl`, on the monotonic
+//!   clock. Effects are sent only before the deadline, and each effect call is cut at
+//!   `lease_ttl / 4`: a call begun before the deadline has ended 0.85 × `lease_ttl` after the
+//!   renewal began, before any follower can have waited a whole `lease_ttl` since seeing it.
+//!   The remaining 0.15 × `lease_ttl` (1.5 s of a 10 s lease) covers the clocks' rate
+//!   difference and a pause between the deadline check and the call's start; a pause longer
+//!   than that, at exactly that point, is the window that remains (see docs/operations.md).
+//! - A holder past its deadline acts no more; when its renewal then fails (a newer epoch holds
+//!   the item) it becomes a follower. A holder that stops gracefully releases the lease.
+//!
+//! A new holder does nothing until the engine has *adopted* the shared decision state of
+//! `state_table` (claimed with its epoch, so that an older holder's late write is refused
+//! from then on): [`Cluster::may_act`] stays `None` until then.
+
+mod dynamo;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value as Json};
+use vigil_rules::duration::format_timestamp_ms;
+
+use crate::clock::SharedClock;
+use crate::config;
+
+pub use dynamo::Dynamo;
+
+/// The schema of the items this release writes (lease and state): a newer release may add
+/// attributes; one that changes their meaning raises it, and an older release refuses to act
+/// on a state item of a newer schema.
+pub const SCHEMA: u64 = 1;
+
+/// The holder's deadline after the start of its last renewal, as a fraction of the lease.
+const DEADLINE_FRACTION: f64 = 0.6;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseItem {
+    pub holder: String,
+    pub epoch: u64,
+    pub rvn: String,
+    pub address: String,
+    /// The holder's wall clock at its last write + the lease: for people, not for the protocol.
+    pub expires_ms: i64,
+}
+
+/// Why a DynamoDB call did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// A condition failed: someone else holds the lease, or a newer epoch wrote the state.
+    #[error("condition failed: {0}")]
+    Lost(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A state item's schema and document, when it has one.
+pub type StateDoc = Option<(u64, Vec<u8>)>;
+
+/// The DynamoDB calls the lease and the shared state make.
+pub trait Table: Send + Sync {
+    fn read_lease<'a>(&'a self, name: &'a str)
+        -> BoxFut<'a, Result<Option<LeaseItem>, TableError>>;
+    /// Writes `item` if the lease item is absent (`prev` None) or still has `prev` as its rvn.
+    fn take_lease<'a>(
+        &'a self,
+        name: &'a str,
+        item: &'a LeaseItem,
+        prev: Option<&'a str>,
+    ) -> BoxFut<'a, Result<(), TableError>>;
+    /// Writes `item` if the lease item still names its holder and epoch.
+    fn renew_lease<'a>(
+        &'a self,
+        name: &'a str,
+        item: &'a LeaseItem,
+    ) -> BoxFut<'a, Result<(), TableError>>;
+    /// Marks the lease free (no holder) if it still names this holder and epoch.
+    fn release_lease<'a>(
+        &'a self,
+        name: &'a str,
+        item: &'a LeaseItem,
+    ) -> BoxFut<'a, Result<(), TableError>>;
+    /// Raises the state item's epoch to `epoch` (refused if it is already higher) and returns
+    /// its document and schema.
+    fn claim_state<'a>(
+        &'a self,
+        key: &'a str,
+        epoch: u64,
+    ) -> BoxFut<'a, Result<StateDoc, TableError>>;
+    /// Writes the state document if the item's epoch is still `epoch`.
+    fn write_state<'a>(
+        &'a self,
+        key: &'a str,
+        epoch: u64,
+        doc: &'a [u8],
+    ) -> BoxFut<'a, Result<(), TableError>>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// No `[cluster]`: acts alone.
+    Single,
+    Leader,
+    Follower,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Single => "single",
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    role: Role,
+    /// This node's epoch while it leads; else the holder's, as last read.
+    epoch: u64,
+    /// While leading: the end of this node's right to act (monotonic).
+    deadline: Option<Instant>,
+    /// The epoch whose shared state the engine has adopted.
+    adopted: Option<u64>,
+    /// The lease item as last read or written.
+    item: Option<LeaseItem>,
+    /// The shared state written last: (epoch, the evaluation it is of).
+    recorded: Option<(u64, i64)>,
+    /// The rvn a follower watches, and when it first saw it.
+    seen: Option<(String, Instant)>,
+    writes: u64,
+}
+
+pub struct Cluster {
+    cfg: Option<config::Cluster>,
+    table: Option<Box<dyn Table>>,
+    inner: Mutex<Inner>,
+    clock: SharedClock,
+    leader: Gauge,
+    /// Poked when the shared state should be written (an evaluation committed, a notification
+    /// was delivered, an action was carried out).
+    pub state_changed: tokio::sync::Notify,
+    /// Poked when this node became the holder (the engine adopts the shared state).
+    pub promoted: tokio::sync::Notify,
+}
+
+impl Cluster {
+    /// A cluster of one (no `[cluster]`): always the one that acts.
+    pub fn single(clock: SharedClock, r: &mut Registry) -> Cluster {
+        Cluster::build(None, None, Role::Single, clock, r)
+    }
+
+    pub fn new(
+        cfg: config::Cluster,
+        table: Box<dyn Table>,
+        clock: SharedClock,
+        r: &mut Registry,
+    ) -> Cluster {
+        Cluster::build(Some(cfg), Some(table), Role::Follower, clock, r)
+    }
+
+    fn build(
+        cfg: Option<config::Cluster>,
+        table: Option<Box<dyn Table>>,
+        role: Role,
+        clock: SharedClock,
+        r: &mut Registry,
+    ) -> Cluster {
+        let leader = Gauge::default();
+        r.register(
+            "vigil_aggregator_cluster_leader",
+            "1 while this aggregator holds the cluster's lease (or runs alone), else 0",
+            leader.clone(),
+        );
+        leader.set(i64::from(role == Role::Single));
+        Cluster {
+            cfg,
+            table,
+            inner: Mutex::new(Inner {
+                role,
+                epoch: 0,
+                deadline: None,
+                adopted: None,
+                item: None,
+                recorded: None,
+                seen: None,
+                writes: 0,
+            }),
+            clock,
+            leader,
+            state_changed: tokio::sync::Notify::new(),
+            promoted: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn clustered(&self) -> bool {
+        self.cfg.is_some()
+    }
+
+    pub fn role(&self) -> Role {
+        self.lock().role
+    }
+
+    pub fn is_follower(&self) -> bool {
+        self.role() == Role::Follower
+    }
+
+    /// The fencing token of this node's right to act now, or `None`: alone, always; in a
+    /// cluster, while it holds the lease, before its deadline, with the shared state adopted.
+    pub fn may_act(&self) -> Option<u64> {
+        let st = self.lock();
+        match st.role {
+            Role::Single => Some(0),
+            Role::Follower => None,
+            Role::Leader => {
+                let live = st.deadline.is_some_and(|d| Instant::now() < d);
+                (live && st.adopted == Some(st.epoch)).then_some(st.epoch)
+            }
+        }
+    }
+
+    /// Whether this node's decisions are the cluster's: alone, or the holder that has adopted
+    /// the shared state (past its deadline or not: what it decides waits for a renewal).
+    pub fn holds_state(&self) -> bool {
+        let st = self.lock();
+        match st.role {
+            Role::Single => true,
+            Role::Follower => false,
+            Role::Leader => st.adopted == Some(st.epoch),
+        }
+    }
+
+    /// The shared state of `epoch` now holds the evaluation at `at_ms`.
+    pub fn recorded_through(&self, epoch: u64, at_ms: i64) {
+        self.lock().recorded = Some((epoch, at_ms));
+    }
+
+    /// Whether what the evaluation at `at_ms` decided is in the shared state under this node's
+    /// epoch (alone: always), so that it may be carried out.
+    pub fn recorded(&self, at_ms: i64) -> bool {
+        let st = self.lock();
+        match st.role {
+            Role::Single => true,
+            _ => st
+                .recorded
+                .is_some_and(|(e, at)| e == st.epoch && at_ms <= at),
+        }
+    }
+
+    /// The epoch whose shared state must be adopted before this node acts.
+    pub fn needs_adoption(&self) -> Option<u64> {
+        let st = self.lock();
+        (st.role == Role::Leader && st.adopted != Some(st.epoch)).then_some(st.epoch)
+    }
+
+    /// The engine has loaded the shared state of `epoch`: this node may act from now on.
+    pub fn adopted(&self, epoch: u64) {
+        let mut st = self.lock();
+        if st.role == Role::Leader && st.epoch == epoch {
+            st.adopted = Some(epoch);
+            tracing::info!(epoch, "shared state adopted: acting as the leader");
+        }
+    }
+
+    fn cfg(&self) -> Option<&config::Cluster> {
+        self.cfg.as_ref()
+    }
+
+    /// The state item's key: one per cluster.
+    fn state_key(&self) -> String {
+        self.cfg()
+            .map(|c| format!("{}#state", c.lease_name))
+            .unwrap_or_default()
+    }
+
+    /// Claims the shared state for `epoch` and returns its document (None: nothing written
+    /// yet). A newer epoch's claim means this node no longer leads.
+    pub async fn claim_state(&self, epoch: u64) -> Result<Option<Vec<u8>>, String> {
+        let Some(t) = &self.table else {
+            return Ok(None);
+        };
+        match t.claim_state(&self.state_key(), epoch).await {
+            Ok(Some((schema, _))) if schema > SCHEMA => Err(format!(
+                "the shared state was written by a newer release (schema {schema}; this one reads {SCHEMA}): not acting"
+            )),
+            Ok(doc) => Ok(doc.map(|(_, d)| d)),
+            Err(TableError::Lost(m)) => {
+                self.step_down(&format!("a newer holder claimed the shared state ({m})"));
+                Err(m)
+            }
+            Err(TableError::Failed(m)) => Err(m),
+        }
+    }
+
+    /// Writes the shared state under `epoch`.
+    pub async fn write_state(&self, epoch: u64, doc: &[u8]) -> Result<(), String> {
+        let Some(t) = &self.table else {
+            return Ok(());
+        };
+        match t.write_state(&self.state_key(), epoch, doc).await {
+            Ok(()) => Ok(()),
+            Err(TableError::Lost(m)) => {
+                self.step_down(&format!("a newer holder wrote the shared state ({m})"));
+                Err(m)
+            }
+            Err(TableError::Failed(m)) => Err(m),
+        }
+    }
+
+    fn step_down(&self, why: &str) {
+        let mut st = self.lock();
+        if st.role == Role::Leader {
+            tracing::warn!(epoch = st.epoch, reason = %why, "stepping down: follower from now on");
+            st.role = Role::Follower;
+            st.deadline = None;
+            st.seen = None;
+            self.leader.set(0);
+        }
+    }
+
+    /// Holds, renews and takes the lease forever.
+    pub async fn run(&self) {
+        let (Some(cfg), Some(table)) = (self.cfg(), &self.table) else {
+            return;
+        };
+        let ttl = Duration::from_millis(cfg.lease_ttl_ms as u64);
+        let mut warned = false;
+        loop {
+            let role = self.role();
+            let began = Instant::now();
+            match role {
+                Role::Leader => self.renew(cfg, table.as_ref(), ttl).await,
+                _ => match self.watch(cfg, table.as_ref(), ttl).await {
+                    Ok(()) => warned = false,
+                    Err(e) if !warned => {
+                        tracing::warn!(error = %e, "cannot read the lease; following");
+                        warned = true;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot read the lease"),
+                },
+            }
+            // The holder renews every third of the lease from the start of its last renewal. A
+            // follower reads every fifth (so it sees a renewal soon after it is made), and once
+            // more the moment the record it watches would have lived a whole lease.
+            let next = if self.role() == Role::Leader {
+                began + ttl / 3
+            } else {
+                let expiry = self.lock().seen.as_ref().map(|(_, since)| *since + ttl);
+                let poll = began + ttl / 5;
+                expiry.filter(|e| *e < poll).map_or(poll, |e| e.max(began))
+            };
+            tokio::time::sleep_until(next.into()).await;
+        }
+    }
+
+    fn new_item(&self, cfg: &config::Cluster, epoch: u64, st: &mut Inner) -> LeaseItem {
+        st.writes += 1;
+        LeaseItem {
+            holder: cfg.node_id.clone(),
+            epoch,
+            rvn: format!(
+                "{}:{}:{}:{}",
+                cfg.node_id,
+                std::process::id(),
+                epoch,
+                st.writes
+            ),
+            address: cfg.advertise_address.clone(),
+            expires_ms: self.clock.now_ms() + cfg.lease_ttl_ms,
+        }
+    }
+
+    async fn renew(&self, cfg: &config::Cluster, table: &dyn Table, ttl: Duration) {
+        let (item, deadline) = {
+            let mut st = self.lock();
+            let epoch = st.epoch;
+            (self.new_item(cfg, epoch, &mut st), st.deadline)
+        };
+        let began = Instant::now();
+        if deadline.is_some_and(|d| began >= d) {
+            tracing::warn!(epoch = item.epoch, "past this holder's deadline (frozen or slow renewals): acting no more until renewed");
+        }
+        match table.renew_lease(&cfg.lease_name, &item).await {
+            Ok(()) => {
+                let mut st = self.lock();
+                if st.role == Role::Leader && st.epoch == item.epoch {
+                    st.deadline = Some(began + ttl.mul_f64(DEADLINE_FRACTION));
+                    st.item = Some(item);
+                }
+            }
+            Err(TableError::Lost(m)) => {
+                self.step_down(&format!("the lease is no longer this node's ({m})"))
+            }
+            Err(TableError::Failed(m)) => {
+                let past = self.lock().deadline.is_none_or(|d| Instant::now() >= d);
+                tracing::warn!(error = %m, past_deadline = past, "cannot renew the lease");
+                if past {
+                    self.step_down("cannot renew the lease before this holder's deadline");
+                }
+            }
+        }
+    }
+
+    /// One follower's look at the lease: takes it when free or expired.
+    async fn watch(
+        &self,
+        cfg: &config::Cluster,
+        table: &dyn Table,
+        ttl: Duration,
+    ) -> Result<(), String> {
+        let found = table
+            .read_lease(&cfg.lease_name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        let prev = {
+            let mut st = self.lock();
+            match &found {
+                None => Some(None),
+                Some(it) if it.holder.is_empty() => Some(Some(it.rvn.clone())),
+                Some(it) => {
+                    st.epoch = it.epoch;
+                    st.item = Some(it.clone());
+                    match &st.seen {
+                        Some((rvn, since)) if *rvn == it.rvn => {
+                            (now.duration_since(*since) >= ttl).then(|| Some(it.rvn.clone()))
+                        }
+                        _ => {
+                            st.seen = Some((it.rvn.clone(), now));
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        let Some(prev) = prev else {
+            return Ok(());
+        };
+        let (item, old) = {
+            let mut st = self.lock();
+            let epoch = found.as_ref().map_or(0, |i| i.epoch) + 1;
+            let old = found.as_ref().map(|i| i.holder.clone());
+            (self.new_item(cfg, epoch, &mut st), old)
+        };
+        let began = Instant::now();
+        match table
+            .take_lease(&cfg.lease_name, &item, prev.as_deref())
+            .await
+        {
+            Ok(()) => {
+                {
+                    let mut st = self.lock();
+                    st.role = Role::Leader;
+                    st.epoch = item.epoch;
+                    st.deadline = Some(began + ttl.mul_f64(DEADLINE_FRACTION));
+                    st.item = Some(item.clone());
+                    st.seen = None;
+                }
+                self.leader.set(1);
+                tracing::info!(
+                    epoch = item.epoch,
+                    previous = old.as_deref().filter(|h| !h.is_empty()).unwrap_or("none"),
+                    "lease taken: leader once the shared state is adopted"
+                );
+                self.promoted.notify_one();
+                Ok(())
+            }
+            // Another node was quicker, or the holder renewed meanwhile.
+            Err(TableError::Lost(_)) => Ok(()),
+            Err(TableError::Failed(m)) => Err(m),
+        }
+    }
+
+    /// Gives the lease up (graceful stop): a follower takes it at its next look.
+    pub async fn release(&self) {
+        let (Some(cfg), Some(table)) = (self.cfg(), &self.table) else {
+            return;
+        };
+        let item = {
+            let mut st = self.lock();
+            if st.role != Role::Leader {
+                return;
+            }
+            st.role = Role::Follower;
+            st.deadline = None;
+            self.leader.set(0);
+            let epoch = st.epoch;
+            self.new_item(cfg, epoch, &mut st)
+        };
+        match table.release_lease(&cfg.lease_name, &item).await {
+            Ok(()) => tracing::info!(epoch = item.epoch, "lease released"),
+            Err(e) => tracing::warn!(error = %e, "cannot release the lease; it expires by itself"),
+        }
+    }
+
+    /// `GET /api/v1/cluster`'s data.
+    pub fn status(&self) -> Json {
+        let st = self.lock();
+        let node = self
+            .cfg()
+            .map_or_else(config::hostname, |c| c.node_id.clone());
+        match st.role {
+            Role::Single => json!({"node_id": node, "role": "single", "leader": node}),
+            role => {
+                let item = st.item.as_ref().filter(|i| !i.holder.is_empty());
+                json!({
+                    "node_id": node,
+                    "role": role.as_str(),
+                    "leader": item.map(|i| i.holder.clone()),
+                    "leader_address": item.map(|i| i.address.clone()),
+                    "epoch": st.epoch,
+                    "lease_expires": item.map(|i| format_timestamp_ms(i.expires_ms)),
+                    "acting": role == Role::Leader
+                        && st.adopted == Some(st.epoch)
+                        && st.deadline.is_some_and(|d| Instant::now() < d),
+                    "lease_ttl_seconds": self.cfg().map(|c| c.lease_ttl_ms as f64 / 1000.0),
+                })
+            }
+        }
+    }
+}

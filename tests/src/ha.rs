@@ -1,0 +1,293 @@
+//! An HA pair for the tests and the takeover benchmark: `moto_server`, two aggregators on one
+//! lease (`[cluster]`), each calling AWS through its own fault proxy so that every AWS call is
+//! counted per node, and pushes that reach both (as an agent with two `[[push]]` targets).
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::aws::{Aws, Moto, ENV};
+use crate::http::{get, push_now};
+use crate::proxy::{Call, Proxy};
+use crate::{bin, free_port, tempdir, wait_http, wait_until, Child, TempDir};
+use vigil_wire::Labels;
+
+/// The lease of the tests: renewals every 4 s, calls cut at 3 s (moto on a busy 2-core machine
+/// has answered in over a second), a takeover within 24 s.
+pub const TTL_S: u64 = 12;
+/// The AWS calls that change something: only the acting node may make them.
+pub const EFFECTS: [&str; 4] = [
+    "SetDesiredCapacity",
+    "SetInstanceHealth",
+    "PutMetricData",
+    "Publish",
+];
+
+const RULES: &str = r#"
+[[group]]
+name = "app"
+[[group.alert]]
+alert = "AppErrors"
+expr = 'max by (asg) (app_errors{asg="web"}) > 0'
+labels = { severity = "page" }
+
+[[group.record]]
+record = "asg:app_cpu:avg"
+expr = 'avg by (asg) (app_cpu)'
+cloudwatch = { metric_name = "AppCpu", dimensions = ["asg"] }
+
+[[scaling]]
+name = "web-cpu"
+asg = "web"
+min = 2
+max = 10
+expr = 'avg(app_cpu{asg="web"})'
+target = 0.5
+tolerance = 0.1
+scale_out_cooldown = "1s"
+scale_in_cooldown = "1h"
+scale_in_stabilization = "1h"
+"#;
+
+pub struct Node {
+    pub name: &'static str,
+    pub proxy: Proxy,
+    pub base: String,
+    cfg: std::path::PathBuf,
+    /// Stopped (SIGSTOP) or killed: pushes skip it.
+    pub down: AtomicBool,
+}
+
+pub struct Pair {
+    pub ttl_s: u64,
+    pub dir: TempDir,
+    _moto: Moto,
+    pub aws: Aws,
+    queue: String,
+    pub nodes: [Node; 2],
+}
+
+impl Pair {
+    pub fn new(name: &str) -> Pair {
+        Pair::with_ttl(name, TTL_S)
+    }
+
+    /// A pair on a lease of `ttl_s` seconds.
+    pub fn with_ttl(name: &str, ttl_s: u64) -> Pair {
+        let dir = tempdir(name);
+        let moto = Moto::start(dir.path());
+        let aws = Aws::new(&moto.url());
+        aws.create_group("web", 2, 10, 2);
+        let (topic, queue) = aws.topic_with_queue("oncall");
+        std::fs::write(dir.path().join("rules.toml"), RULES).expect("rules");
+        let node = |name: &'static str| {
+            let proxy = Proxy::start(moto.port);
+            let port = free_port();
+            let cfg = dir.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    r#"[server]
+listen = "127.0.0.1:{port}"
+
+[storage]
+stale_after = "5s"
+state_dir = "{state}"
+
+[rules]
+files = ["{rules}"]
+evaluation_interval = "1s"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+
+[cloudwatch]
+flush_interval = "1s"
+
+[cluster]
+node_id = "{name}"
+lease_name = "web-tier"
+lease_ttl = "{ttl_s}s"
+create_tables = true
+
+[notify]
+group_by = ["alertname", "asg"]
+group_wait = "1s"
+group_interval = "2s"
+repeat_interval = "1h"
+
+[[receiver]]
+name = "oncall"
+sns_topic_arn = "{topic}"
+"#,
+                    state = dir.path().join(format!("state-{name}")).display(),
+                    rules = dir.path().join("rules.toml").display(),
+                    endpoint = proxy.url(),
+                ),
+            )
+            .expect("config");
+            Node {
+                name,
+                proxy,
+                base: format!("http://127.0.0.1:{port}"),
+                cfg,
+                down: AtomicBool::new(false),
+            }
+        };
+        let nodes = [node("agg-a"), node("agg-b")];
+        Pair {
+            ttl_s,
+            dir,
+            _moto: moto,
+            aws,
+            queue,
+            nodes,
+        }
+    }
+
+    pub fn start(&self, i: usize) -> Child {
+        let n = &self.nodes[i];
+        let mut cmd = Command::new(bin("vigil-aggregator"));
+        cmd.arg("--config").arg(&n.cfg).envs(ENV);
+        let c = Child::spawn(n.name, &mut cmd, self.dir.path());
+        n.down.store(false, Ordering::SeqCst);
+        assert!(
+            wait_http(&format!("{}/-/ready", n.base), Duration::from_secs(60)),
+            "{} did not start:\n{}",
+            n.name,
+            c.log_text()
+        );
+        c
+    }
+
+    /// Pushes the same samples to both nodes (as an agent with two `[[push]]` targets does);
+    /// a stopped or killed node is skipped. `load` is spread over the group's instances: each
+    /// reports `load / desired` as its CPU, so a scale-out brings it back to the target.
+    pub fn push(&self, load: f64, errors: f64) {
+        let cpu = load / f64::from(self.aws.group("web").0.max(1));
+        let series: Vec<(Labels, f64)> = (0..4)
+            .flat_map(|k| {
+                let inst = format!("i-{k}");
+                [
+                    (
+                        Labels::from_pairs([
+                            ("__name__", "app_cpu"),
+                            ("asg", "web"),
+                            ("instance", inst.as_str()),
+                        ]),
+                        cpu,
+                    ),
+                    (
+                        Labels::from_pairs([
+                            ("__name__", "app_errors"),
+                            ("asg", "web"),
+                            ("instance", inst.as_str()),
+                        ]),
+                        errors,
+                    ),
+                ]
+            })
+            .collect();
+        for n in self.nodes.iter().filter(|n| !n.down.load(Ordering::SeqCst)) {
+            push_now(&n.base, &series);
+        }
+    }
+
+    pub fn cluster(&self, i: usize) -> serde_json::Value {
+        get(&format!("{}/api/v1/cluster", self.nodes[i].base))
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .map(|v| v["data"].clone())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn acting(&self, i: usize) -> bool {
+        let c = self.cluster(i);
+        c["role"] == "leader" && c["acting"] == true
+    }
+
+    /// The effect calls node `i`'s proxy has seen.
+    pub fn effects(&self, i: usize) -> Vec<Call> {
+        self.nodes[i]
+            .proxy
+            .calls()
+            .into_iter()
+            .filter(|c| EFFECTS.contains(&c.action.as_str()))
+            .collect()
+    }
+
+    pub fn count(&self, i: usize, action: &str) -> usize {
+        self.nodes[i].proxy.calls_of(action).len()
+    }
+
+    /// Pushes every second until `cond` holds (panics after `timeout` with both logs).
+    pub fn push_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        load: f64,
+        errors: f64,
+        logs: &[&Child],
+        mut cond: impl FnMut() -> bool,
+    ) {
+        let began = Instant::now();
+        let end = began + timeout;
+        let mut last = began - Duration::from_secs(1);
+        wait_until(
+            timeout,
+            what,
+            || {
+                if last.elapsed() >= Duration::from_secs(1) {
+                    self.push(load, errors);
+                    last = Instant::now();
+                }
+                Instant::now() >= end || cond()
+            },
+            || {
+                logs.iter()
+                    .map(|c| c.log_text())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
+        );
+        println!("{what}: {} ms", began.elapsed().as_millis());
+        assert!(
+            cond(),
+            "waited {timeout:?} for {what}\n{}",
+            logs.iter()
+                .map(|c| c.log_text())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    pub fn sns(&self, got: &mut Vec<serde_json::Value>) -> usize {
+        got.extend(self.aws.drain(&self.queue));
+        got.len()
+    }
+}
+
+pub fn subjects(sns: &[serde_json::Value]) -> Vec<String> {
+    sns.iter()
+        .map(|m| m["Subject"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// The lease's PutItem calls that succeeded at a node's proxy (takes and renewals; a follower
+/// makes none, and the state item is written with PutItem only by the holder too).
+pub fn lease_writes(n: &Node) -> Vec<Instant> {
+    n.proxy
+        .calls_of("PutItem")
+        .into_iter()
+        .filter(|c| c.status == 200 && c.body.contains("\"rvn\""))
+        .map(|c| c.at)
+        .collect()
+}
+
+impl Pair {
+    /// Marks node `i` stopped or killed (pushes skip it) or back.
+    pub fn set_down(&self, i: usize, down: bool) {
+        self.nodes[i].down.store(down, Ordering::SeqCst);
+    }
+}

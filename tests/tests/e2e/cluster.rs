@@ -1,0 +1,313 @@
+//! High availability against `moto_server`'s DynamoDB, Auto Scaling and SNS: two aggregators on
+//! one lease, each calling AWS through its own fault proxy, so every AWS call is counted per node.
+//! Exactly one acts; a `kill -9` or a SIGSTOP of the leader hands over without a repeated or lost
+//! notice or scaling change; DynamoDB failing leaves nobody acting.
+
+use std::time::{Duration, Instant};
+
+use vigil_e2e::ha::{lease_writes, subjects, Pair, TTL_S};
+use vigil_e2e::http::get;
+use vigil_e2e::proxy::Fault;
+use vigil_e2e::wait_until;
+
+#[test]
+fn one_leader_acts_and_a_kill_9_hands_over_without_repeating_or_losing() {
+    let pair = Pair::new("ha-kill");
+    let a = pair.start(0);
+    let timeout = Duration::from_secs(5 * TTL_S);
+    wait_until(timeout, "agg-a to lead", || pair.acting(0), || a.log_text());
+    let b = pair.start(1);
+    pair.push_until(
+        "agg-b to follow agg-a",
+        timeout,
+        1.0,
+        0.0,
+        &[&a, &b],
+        || {
+            let c = pair.cluster(1);
+            c["role"] == "follower"
+                && c["leader"] == "agg-a"
+                && c["leader_address"] == pair.nodes[0].base[7..]
+        },
+    );
+
+    // Load and errors: one scale-out (to 4: 1.8 / 4 is inside the target's tolerance), one
+    // notice, CloudWatch datums: all from agg-a.
+    let mut sns = Vec::new();
+    pair.push_until(
+        "the first scale-out and notice",
+        timeout,
+        1.8,
+        1.0,
+        &[&a, &b],
+        || {
+            pair.aws.group("web").0 == 4
+                && pair.sns(&mut sns) >= 1
+                && pair.count(0, "PutMetricData") > 0
+        },
+    );
+    assert_eq!(pair.count(0, "SetDesiredCapacity"), 1);
+    assert!(
+        pair.effects(1).is_empty(),
+        "the follower acted: {:?}",
+        pair.effects(1)
+    );
+    assert!(b.log_text().contains("follower: would"), "{}", b.log_text());
+    let m = get(&format!("{}/metrics", pair.nodes[1].base))
+        .expect("metrics")
+        .1;
+    assert!(m.contains("vigil_aggregator_cluster_leader 0"), "{m}");
+    let m = get(&format!("{}/metrics", pair.nodes[0].base))
+        .expect("metrics")
+        .1;
+    assert!(m.contains("vigil_aggregator_cluster_leader 1"), "{m}");
+
+    // kill -9 of the leader while the alert fires.
+    let killed = Instant::now();
+    let last_renewal = *lease_writes(&pair.nodes[0]).last().expect("agg-a renewed");
+    a.signal("KILL");
+    pair.set_down(0, true);
+    drop(a);
+    pair.push_until("agg-b to lead", timeout, 1.8, 1.0, &[&b], || pair.acting(1));
+    let took = *lease_writes(&pair.nodes[1])
+        .first()
+        .expect("agg-b took the lease");
+    let takeover = took.duration_since(last_renewal);
+    println!(
+        "takeover: {} ms after agg-a's last renewal ({} ms after kill -9; lease_ttl {TTL_S} s)",
+        takeover.as_millis(),
+        took.duration_since(killed).as_millis()
+    );
+    assert!(
+        takeover <= Duration::from_secs(2 * TTL_S),
+        "takeover took {takeover:?}\n{}",
+        b.log_text()
+    );
+    assert!(
+        b.log_text().contains("the previous leader's state loaded"),
+        "{}",
+        b.log_text()
+    );
+
+    // The alert still fires: no second notice. A further spike scales once more, from agg-b.
+    pair.push_until(
+        "a second scale-out by agg-b",
+        timeout,
+        2.7,
+        1.0,
+        &[&b],
+        || pair.count(1, "SetDesiredCapacity") >= 1 && pair.aws.group("web").0 == 6,
+    );
+    assert_eq!(pair.count(1, "SetDesiredCapacity"), 1, "{}", b.log_text());
+    pair.sns(&mut sns);
+    assert_eq!(
+        subjects(&sns),
+        ["[FIRING:1] AppErrors (web)"],
+        "{}",
+        b.log_text()
+    );
+
+    // Resolve: exactly one resolved notice, from agg-b.
+    pair.push_until("the resolved notice", timeout, 2.7, 0.0, &[&b], || {
+        pair.sns(&mut sns) >= 2
+    });
+    let publishes = pair.count(1, "Publish");
+    // Further group intervals send nothing more (counted in CloudWatch flushes, one a second).
+    let flushes = pair.count(1, "PutMetricData");
+    pair.push_until("five more flushes", timeout, 2.7, 0.0, &[&b], || {
+        pair.count(1, "PutMetricData") >= flushes + 5
+    });
+    pair.sns(&mut sns);
+    assert_eq!(
+        subjects(&sns),
+        ["[FIRING:1] AppErrors (web)", "[RESOLVED] AppErrors (web)"],
+        "{}",
+        b.log_text()
+    );
+    assert_eq!(pair.count(1, "Publish"), publishes);
+}
+
+#[test]
+fn a_leader_frozen_past_its_lease_wakes_up_as_a_follower_and_sends_nothing() {
+    let pair = Pair::new("ha-stop");
+    let a = pair.start(0);
+    let timeout = Duration::from_secs(5 * TTL_S);
+    wait_until(timeout, "agg-a to lead", || pair.acting(0), || a.log_text());
+    let b = pair.start(1);
+    // agg-a publishes every second and has told of the alert.
+    let mut sns = Vec::new();
+    pair.push_until(
+        "agg-a to notify and publish",
+        timeout,
+        1.0,
+        1.0,
+        &[&a, &b],
+        || {
+            pair.sns(&mut sns) >= 1
+                && pair.count(0, "PutMetricData") >= 2
+                && pair.cluster(1)["role"] == "follower"
+        },
+    );
+
+    // Frozen: agg-b takes over and acts (a scale-out).
+    a.signal("STOP");
+    pair.set_down(0, true);
+    let stopped = Instant::now();
+    pair.push_until("agg-b to lead", timeout, 1.0, 1.0, &[&b], || pair.acting(1));
+    pair.push_until("agg-b to scale out", timeout, 1.8, 1.0, &[&b], || {
+        pair.count(1, "SetDesiredCapacity") >= 1 && pair.aws.group("web").0 == 4
+    });
+    let before = pair.effects(0).len();
+    assert!(
+        pair.effects(0).iter().all(|c| c.at < stopped),
+        "agg-a acted while stopped"
+    );
+
+    // Woken: its timers all fire at once, its deadline has long passed; it sends nothing and
+    // learns from the lease that it follows.
+    a.signal("CONT");
+    pair.set_down(0, false);
+    pair.push_until(
+        "agg-a to report itself a follower",
+        timeout,
+        1.8,
+        1.0,
+        &[&a, &b],
+        || {
+            let c = pair.cluster(0);
+            c["role"] == "follower" && c["leader"] == "agg-b"
+        },
+    );
+    assert!(a.log_text().contains("stepping down"), "{}", a.log_text());
+    // While agg-b flushes five more times, agg-a's proxy sees no effect call.
+    let flushes = pair.count(1, "PutMetricData");
+    pair.push_until(
+        "five more flushes by agg-b",
+        timeout,
+        1.8,
+        1.0,
+        &[&a, &b],
+        || pair.count(1, "PutMetricData") >= flushes + 5,
+    );
+    assert_eq!(
+        pair.effects(0).len(),
+        before,
+        "the woken node acted: {:?}\n{}",
+        pair.effects(0)
+            .iter()
+            .map(|c| &c.action)
+            .collect::<Vec<_>>(),
+        a.log_text()
+    );
+    pair.sns(&mut sns);
+    assert_eq!(subjects(&sns), ["[FIRING:1] AppErrors (web)"]);
+    let m = get(&format!("{}/metrics", pair.nodes[0].base))
+        .expect("metrics")
+        .1;
+    assert!(m.contains("vigil_aggregator_cluster_leader 0"), "{m}");
+}
+
+#[test]
+fn dynamodb_failing_leaves_nobody_acting_and_loses_no_notice() {
+    let pair = Pair::new("ha-ddb");
+    let a = pair.start(0);
+    let timeout = Duration::from_secs(5 * TTL_S);
+    wait_until(timeout, "agg-a to lead", || pair.acting(0), || a.log_text());
+    let b = pair.start(1);
+    let mut sns = Vec::new();
+    pair.push_until("the firing notice", timeout, 1.0, 1.0, &[&a, &b], || {
+        pair.sns(&mut sns) >= 1 && pair.cluster(1)["role"] == "follower"
+    });
+    // Throttled, then slower than the calls' limit: each time nobody acts within the holder's
+    // deadline (0.6 of the lease after its last renewal began, plus a call's limit of a
+    // quarter), and a leader comes back when DynamoDB answers again.
+    for (k, fault) in [
+        Fault::Throttle,
+        Fault::Delay(Duration::from_secs(3)),
+        Fault::Status(500),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let errors = if k == 1 { 0.0 } else { 1.0 };
+        let faulted = Instant::now();
+        for n in &pair.nodes {
+            n.proxy.set_dynamodb(fault);
+        }
+        pair.push_until(
+            &format!("nobody acting ({fault:?})"),
+            timeout,
+            1.0,
+            errors,
+            &[&a, &b],
+            || !pair.acting(0) && !pair.acting(1),
+        );
+        // Both keep trying: four more lease reads or writes at each proxy.
+        let seen: Vec<usize> = pair.nodes.iter().map(|n| n.proxy.calls().len()).collect();
+        pair.push_until(
+            "more lease attempts",
+            timeout,
+            1.0,
+            errors,
+            &[&a, &b],
+            || {
+                pair.nodes.iter().zip(&seen).all(|(n, s)| {
+                    n.proxy
+                        .calls()
+                        .iter()
+                        .skip(*s)
+                        .filter(|c| c.action == "GetItem" || c.action == "PutItem")
+                        .count()
+                        >= 4
+                })
+            },
+        );
+        let bound = faulted + Duration::from_millis(TTL_S * 1000 * 85 / 100);
+        for i in 0..2 {
+            let late: Vec<String> = pair
+                .effects(i)
+                .iter()
+                .filter(|c| c.at > bound)
+                .map(|c| c.action.clone())
+                .collect();
+            assert!(
+                late.is_empty(),
+                "{} acted without a lease ({fault:?}): {late:?}",
+                pair.nodes[i].name
+            );
+        }
+        for n in &pair.nodes {
+            n.proxy.set_dynamodb(Fault::None);
+        }
+        pair.push_until("a leader again", timeout, 1.0, errors, &[&a, &b], || {
+            pair.acting(0) || pair.acting(1)
+        });
+        // What was decided during the outage is delivered now: the resolved notice (the alert
+        // stopped during the slow phase), then a new firing one.
+        let want = [1, 2, 3][k];
+        pair.push_until(
+            "the notices of the outage",
+            timeout,
+            1.0,
+            errors,
+            &[&a, &b],
+            || pair.sns(&mut sns) >= want,
+        );
+    }
+    let flushes = pair.count(0, "PutMetricData") + pair.count(1, "PutMetricData");
+    pair.push_until("five more flushes", timeout, 1.0, 1.0, &[&a, &b], || {
+        pair.count(0, "PutMetricData") + pair.count(1, "PutMetricData") >= flushes + 5
+    });
+    pair.sns(&mut sns);
+    assert_eq!(
+        subjects(&sns),
+        [
+            "[FIRING:1] AppErrors (web)",
+            "[RESOLVED] AppErrors (web)",
+            "[FIRING:1] AppErrors (web)"
+        ],
+        "{}\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+}
