@@ -5,8 +5,9 @@
 //! Rule semantics live in `vigil-rules`; this crate feeds them and carries out what they return.
 //!
 //! `main` wires the components; each is handed what it needs and nothing imports back up:
-//! `api` → `engine` → `fleet`, `publish`, `notify` → `aws`, `state`, `store`, `ruleset`,
-//! `clock`, `config` (`scripts/module-graph` checks that no two modules import each other).
+//! `api` → `engine` → `fleet`, `publish`, `notify` → `cluster`, `aws`, `state`, `store`,
+//! `ruleset`, `clock`, `config` (`scripts/module-graph` checks that no two modules import each
+//! other). `cluster` decides who acts: alone, or the holder of an HA pair's DynamoDB lease.
 
 mod api;
 mod aws;

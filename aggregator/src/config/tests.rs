@@ -1,0 +1,221 @@
+use super::*;
+
+const SPEC_EXAMPLE: &str = r#"
+[server]
+listen = "127.0.0.1:9470"
+
+[storage]
+retention = "1h"
+state_dir = "/var/lib/vigil"
+
+[rules]
+files = ["/etc/vigil/rules/*.toml"]
+evaluation_interval = "10s"
+
+[aws]
+region = "us-east-1"
+dry_run = false
+
+[cloudwatch]
+namespace = "Vigil"
+flush_interval = "60s"
+
+[notify]
+group_by = ["alertname", "asg"]
+group_wait = "10s"
+group_interval = "1m"
+repeat_interval = "4h"
+
+[[receiver]]
+name = "oncall"
+sns_topic_arn = "arn:aws:sns:us-east-1:123456789012:oncall"
+"#;
+
+#[test]
+fn the_shipped_example_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/aggregator.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    assert_eq!(
+        parse(path, &text).unwrap(),
+        parse("spec", SPEC_EXAMPLE).unwrap()
+    );
+}
+
+#[test]
+fn the_spec_example_parses() {
+    let c = parse("aggregator.toml", SPEC_EXAMPLE).unwrap();
+    assert_eq!(c.retention_ms, 3_600_000);
+    assert_eq!(c.repeat_interval_ms, 4 * 3_600_000);
+    assert!(!c.dry_run);
+    assert_eq!(c.receivers[0].name, "oncall");
+}
+
+#[test]
+fn connection_limits() {
+    let c = parse(
+        "a.toml",
+        "[server]\nmax_connections = 64\nheader_read_timeout = \"5s\"\n",
+    )
+    .unwrap();
+    assert_eq!((c.max_connections, c.header_read_timeout_ms), (64, 5000));
+    let d = Config::default();
+    assert_eq!(
+        (d.max_connections, d.header_read_timeout_ms),
+        (4096, 30_000)
+    );
+    let e = parse("a.toml", "[server]\nmax_connections = 0\n").unwrap_err();
+    assert!(e[0].to_string().contains("a.toml:2:"), "{}", e[0]);
+    assert!(
+        e[0].to_string().contains("server.max_connections"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn query_limits() {
+    let c = parse(
+        "a.toml",
+        "[query]\nmax_samples = 1000\ntimeout = \"5s\"\nmax_concurrency = 2\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            c.query_max_samples,
+            c.query_timeout_ms,
+            c.query_max_concurrency
+        ),
+        (1000, 5000, 2)
+    );
+    let errs: Vec<String> = parse("a.toml", "[query]\nmax_concurrency = 0\ntimeout = \"x\"\n")
+        .unwrap_err()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("a.toml:2:19: query.max_concurrency"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn aws_timeouts() {
+    let c = parse("a.toml", "[aws]\n").unwrap();
+    assert_eq!(
+        (c.aws_attempt_timeout_ms, c.aws_call_timeout_ms),
+        (10_000, 30_000)
+    );
+    let c = parse(
+        "a.toml",
+        "[aws]\nattempt_timeout = \"2m\"\ncall_timeout = \"5m\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (c.aws_attempt_timeout_ms, c.aws_call_timeout_ms),
+        (120_000, 300_000)
+    );
+    let errs: Vec<String> = parse(
+        "a.toml",
+        "[aws]\nattempt_timeout = \"20s\"\ncall_timeout = \"5s\"\n",
+    )
+    .unwrap_err()
+    .iter()
+    .map(|d| d.to_string())
+    .collect();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("a.toml:3:16: aws.call_timeout: must be at least attempt_timeout"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn cluster_section() {
+    let c = parse(
+        "a.toml",
+        "[server]\nlisten = \"127.0.0.1:9470\"\n[aws]\n[cluster]\nnode_id = \"agg-a\"\nlease_name = \"web\"\nlease_ttl = \"8s\"\n",
+    )
+    .unwrap();
+    let cl = c.cluster.unwrap();
+    assert_eq!(
+        (
+            cl.node_id.as_str(),
+            cl.lease_table.as_str(),
+            cl.state_table.as_str()
+        ),
+        ("agg-a", "vigil-leases", "vigil-state")
+    );
+    assert_eq!(
+        (cl.lease_ttl_ms, cl.advertise_address.as_str()),
+        (8_000, "127.0.0.1:9470")
+    );
+    // The AWS timeouts come down to a quarter of the lease.
+    assert_eq!(
+        (c.aws_attempt_timeout_ms, c.aws_call_timeout_ms),
+        (2_000, 2_000)
+    );
+    let errs: Vec<String> = parse(
+        "a.toml",
+        "[aws]\ncall_timeout = \"30s\"\n[cluster]\nlease_name = \"web\"\nlease_table = \"x\"\n",
+    )
+    .unwrap_err()
+    .iter()
+    .map(|d| d.to_string())
+    .collect();
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("a.toml:2:16: aws.call_timeout: at most a quarter"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("a.toml:5:15: cluster.lease_table"),
+        "{errs:?}"
+    );
+    let errs = parse("a.toml", "[cluster]\n").unwrap_err();
+    let text: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+    assert!(text.iter().any(|e| e.contains("lease_name")), "{text:?}");
+    assert!(text.iter().any(|e| e.contains("give [aws]")), "{text:?}");
+}
+
+#[test]
+fn webhook_urls_list_every_alertmanager_peer() {
+    let c = parse(
+        "a.toml",
+        "[[receiver]]\nname = \"am\"\nwebhook_urls = [\"http://127.0.0.1:9093\", \"http://127.0.0.1:9094\"]\n",
+    )
+    .unwrap();
+    assert_eq!(c.receivers[0].webhook_urls.len(), 2);
+    let e = parse(
+        "a.toml",
+        "[[receiver]]\nname = \"am\"\nwebhook_urls = [\"ftp://x\"]\n",
+    )
+    .unwrap_err();
+    assert!(
+        e[0].to_string().starts_with("a.toml:3:17: receiver[0]"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn no_aws_section_means_dry_run_and_errors_have_positions() {
+    assert!(parse("a.toml", "").unwrap().dry_run);
+    let errs: Vec<String> = parse(
+        "a.toml",
+        "[server]\nlisten = \"here\"\n[[receiver]]\nname = \"x\"\nsns_topic_arn = \"nope\"\n",
+    )
+    .unwrap_err()
+    .iter()
+    .map(|d| d.to_string())
+    .collect();
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("a.toml:2:10: server.listen"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("a.toml:5:17: receiver[0].sns_topic_arn"),
+        "{errs:?}"
+    );
+}

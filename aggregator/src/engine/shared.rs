@@ -1,0 +1,199 @@
+//! The engine's side of an HA cluster: the decision state it shares (written under the holder's
+//! epoch after every change while it acts), and the adoption of a previous holder's state before a
+//! new holder's first action.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Engine;
+use crate::notify::{self, Notifier};
+use crate::state;
+
+impl Engine {
+    /// The shared state document of an HA cluster: this node's snapshot (state, capacities,
+    /// pending actions), the notifier's memory and the outbox, webhook URLs replaced by their
+    /// receivers' names. JSON, gzipped when written.
+    fn shared_doc(&self) -> Result<(i64, serde_json::Value), String> {
+        let state::Export {
+            at,
+            snapshot,
+            notifier,
+            outbox,
+        } = self.parts.db.lock().export().map_err(|e| e.to_string())?;
+        // Nothing evaluated yet (a new holder waiting for the fleet to push again): writing now
+        // would replace the state a previous holder left with none.
+        if snapshot.is_none() {
+            return Err("no evaluation yet".into());
+        }
+        let receivers = &self.parts.notify.receivers;
+        let outbox: Vec<serde_json::Value> = outbox
+            .into_iter()
+            .filter_map(|q| {
+                let d = notify::Delivery::from_json(&q.delivery)?.to_shared(receivers)?;
+                Some(
+                    serde_json::json!({"created": q.created, "attempts": q.attempts,
+                    "next_at": q.next_at, "expires_at": q.expires_at, "delivery": d}),
+                )
+            })
+            .collect();
+        Ok((
+            at,
+            serde_json::json!({"schema": crate::cluster::SCHEMA, "snapshot": snapshot,
+                "notifier": notifier, "outbox": outbox}),
+        ))
+    }
+
+    /// Takes over the holder's shared state (or keeps this node's own when the cluster has
+    /// none yet), then lets the cluster act.
+    fn adopt(&self, epoch: u64, doc: Option<Vec<u8>>) -> Result<(), String> {
+        let p = &self.parts;
+        let mut ev = self.eval.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bytes) = doc {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
+                .map_err(|e| format!("shared state: {e}"))?;
+            let doc: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("shared state: {e}"))?;
+            let snap = doc.get("snapshot").filter(|v| !v.is_null());
+            let state: Option<vigil_rules::evaluator::State> = snap
+                .map(|v| serde_json::from_value(v["state"].clone()))
+                .transpose()
+                .map_err(|e| format!("shared state: {e}"))?;
+            let notifier = match doc.get("notifier").filter(|n| !n.is_null()) {
+                Some(n) => Notifier::from_json(n).map_err(|e| format!("shared notifier: {e}"))?,
+                None => Notifier::default(),
+            };
+            let receivers = &p.notify.receivers;
+            let mut outbox = Vec::new();
+            for q in doc["outbox"].as_array().into_iter().flatten() {
+                let Some(d) = notify::Delivery::from_shared(&q["delivery"], receivers) else {
+                    tracing::error!(receiver = %q["delivery"]["receiver"], "a notification of the previous leader names a receiver not configured here; dropped");
+                    continue;
+                };
+                let n = |k: &str| q[k].as_i64().unwrap_or(0);
+                outbox.push((
+                    d.target().to_string(),
+                    state::Queued {
+                        created: n("created"),
+                        attempts: n("attempts") as u32,
+                        next_at: n("next_at"),
+                        expires_at: n("expires_at"),
+                        delivery: d.to_json(),
+                    },
+                ));
+            }
+            let notifier_json = notifier.to_json();
+            p.db.lock()
+                .import(p.clock.now_ms(), snap, Some(&notifier_json), &outbox)
+                .map_err(|e| e.to_string())?;
+            if let (Some(snap), Some(state)) = (snap, state) {
+                if let Err(e) = p.fleet.restore_pending(&snap["actions"]) {
+                    tracing::error!(error = %e, "the previous leader's pending actions are unreadable; none carried over");
+                }
+                let capacity: Vec<(String, u32)> = snap["capacity"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_u64()? as u32)))
+                    .collect();
+                ev.sim.state = state;
+                for (asg, n) in capacity {
+                    ev.sim.start_at(&asg, n);
+                }
+            }
+            ev.notifier = notifier;
+            tracing::info!(
+                epoch,
+                notifications_waiting = outbox.len(),
+                "the previous leader's state loaded"
+            );
+        } else {
+            tracing::info!(epoch, "no shared state yet: this node's own stands");
+        }
+        drop(ev);
+        p.cluster.adopted(epoch);
+        p.cluster.state_changed.notify_one();
+        p.outbox.wake.notify_one();
+        p.fleet.wake.notify_one();
+        Ok(())
+    }
+
+    /// In an HA cluster: adopts the shared state whenever this node takes the lease, and
+    /// writes it (under the epoch) after every change while it acts.
+    pub async fn run_cluster(self: Arc<Self>) {
+        let c = self.parts.cluster.clone();
+        if !c.clustered() {
+            return;
+        }
+        tokio::spawn(self.clone().share());
+        loop {
+            if let Some(epoch) = c.needs_adoption() {
+                match c.claim_state(epoch).await {
+                    Ok(doc) => {
+                        let me = self.clone();
+                        match tokio::task::spawn_blocking(move || me.adopt(epoch, doc)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::error!(error = %e, "cannot adopt the shared state; not acting yet")
+                            }
+                            Err(e) => tracing::error!(error = %e, "adoption task failed"),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim the shared state; not acting yet")
+                    }
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), c.promoted.notified()).await;
+        }
+    }
+
+    /// Writes the shared state while this node acts, whenever it changed. What an evaluation
+    /// decided (notifications, capacity changes) is carried out only once the shared state
+    /// holds it, so a successor carries out what this node could not, and repeats nothing it
+    /// decided (only an effect made in the moment between its call and the next write).
+    async fn share(self: Arc<Self>) {
+        let c = self.parts.cluster.clone();
+        let mut last: Option<(u64, serde_json::Value)> = None;
+        loop {
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.state_changed.notified()).await;
+            let Some(epoch) = c.may_act() else {
+                continue;
+            };
+            let me = self.clone();
+            let (at, doc) = match tokio::task::spawn_blocking(move || me.shared_doc()).await {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "no state to share yet");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if last.as_ref().is_some_and(|(e, d)| *e == epoch && *d == doc) {
+                continue;
+            }
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let bytes = std::io::Write::write_all(&mut gz, doc.to_string().as_bytes())
+                .and_then(|()| gz.finish());
+            let Ok(bytes) = bytes else { continue };
+            // One DynamoDB item holds at most 400 KB.
+            if bytes.len() > 390_000 {
+                tracing::error!(
+                    bytes = bytes.len(),
+                    "the shared state is too large for one DynamoDB item; not written"
+                );
+                continue;
+            }
+            match c.write_state(epoch, &bytes).await {
+                Ok(()) => {
+                    // What this evaluation decided may be carried out now.
+                    c.recorded_through(epoch, at);
+                    self.parts.outbox.wake.notify_one();
+                    self.parts.fleet.wake.notify_one();
+                    last = Some((epoch, doc));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot write the shared state; retrying"),
+            }
+        }
+    }
+}
