@@ -805,3 +805,211 @@ fn an_imds_that_answers_late_still_gives_the_ec2_identity() {
     }
     assert!(agent.log_text().contains("identity updated"));
 }
+
+/// The query API's vector at `time` (seconds), keyed by the series' labels as JSON.
+fn vector_at(base: &str, query: &str, time: f64) -> BTreeMap<String, f64> {
+    let url = format!(
+        "{base}/api/v1/query?query={}&time={time:.3}",
+        vigil_e2e::http::encode_component(query)
+    );
+    let (code, body) = get(&url).expect("query");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    v["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["metric"].to_string(),
+                r["value"][1]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(f64::NAN),
+            )
+        })
+        .collect()
+}
+
+/// The query API's matrix (a range selector) at `time` (seconds): each series' samples, keyed
+/// by its labels as JSON.
+fn matrix_at(base: &str, query: &str, time: f64) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let url = format!(
+        "{base}/api/v1/query?query={}&time={time:.3}",
+        vigil_e2e::http::encode_component(query)
+    );
+    let (code, body) = get(&url).expect("query");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    v["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["metric"].to_string(),
+                r["values"].as_array().cloned().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// An agent pushing to both aggregators of an HA pair at a 1 s interval, one aggregator killed for
+/// OUTAGE seconds (`VIGIL_E2E_PAIR_OUTAGE_S`: 60 in the suite, 600 for the ten minutes)
+/// and started again: the other holds every round live all along, the restarted one gets the
+/// spooled backlog, and for the whole outage both hold exactly the same samples of every series.
+#[test]
+fn one_aggregator_of_a_pair_down_gets_its_backlog_and_the_other_everything_live() {
+    let dir = tempdir("agent-pair");
+    let ports = [free_port(), free_port()];
+    let start = |i: usize| {
+        let cfg = dir.path().join(format!("agg-{i}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{}\"\n[storage]\nretention = \"1h\"\nstate_dir = \"{}\"\n",
+                ports[i],
+                dir.path().join(format!("state-{i}")).display()
+            ),
+        )
+        .expect("config");
+        let c = Child::spawn(
+            &format!("agg-{i}"),
+            Command::new(bin("vigil-aggregator"))
+                .arg("--config")
+                .arg(&cfg),
+            dir.path(),
+        );
+        let base = format!("http://127.0.0.1:{}", ports[i]);
+        assert!(
+            wait_http(&format!("{base}/-/ready"), Duration::from_secs(60)),
+            "{}",
+            c.log_text()
+        );
+        c
+    };
+    let base = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+    let a = start(0);
+    let mut b = Some(start(1));
+    let cfg = agent_config(dir.path(), "unused", "");
+    let text = std::fs::read_to_string(&cfg).expect("config").replace(
+        "[push]\nurl = \"unused\"\ntimeout = \"2s\"\n",
+        &format!(
+            "[[push]]\nname = \"a\"\nurl = \"{}/api/v1/write\"\ntimeout = \"2s\"\n[[push]]\nname = \"b\"\nurl = \"{}/api/v1/write\"\ntimeout = \"2s\"\n",
+            base(0),
+            base(1)
+        ),
+    );
+    std::fs::write(&cfg, text).expect("write");
+    let agent = Child::spawn(
+        "agent",
+        Command::new(bin("vigil-agent")).arg("--config").arg(&cfg),
+        dir.path(),
+    );
+    let addr = listen_address(&cfg);
+    let log = || agent.log_text();
+    let now_s = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    // The newest node_load1 sample's age at an aggregator, in seconds.
+    let lag = |i: usize| {
+        vector_at(
+            &base(i),
+            "time() - timestamp(node_load1{instance=\"i-test\"})",
+            now_s(),
+        )
+        .into_values()
+        .next()
+        .unwrap_or(f64::INFINITY)
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "both aggregators to have the agent's series",
+        || lag(0) < 5.0 && lag(1) < 5.0,
+        log,
+    );
+    let outage: u64 = std::env::var("VIGIL_E2E_PAIR_OUTAGE_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    if let Some(c) = b.take() {
+        c.signal("KILL");
+    }
+    // Samples pushed just before the kill may have been taken by B and lost with its window;
+    // the comparison starts a little after.
+    let from = now_s() + 3.0;
+    let r0 = rounds(&addr);
+    let mut checked = r0;
+    wait_until(
+        Duration::from_secs(outage * 3 + 60),
+        "the outage's rounds",
+        || {
+            let now = rounds(&addr);
+            if now >= checked + 10 {
+                // A is live all along: its newest sample is never more than a few rounds old.
+                let l = lag(0);
+                assert!(
+                    l < 5.0,
+                    "A fell behind during B's outage: {l} s\n{}",
+                    agent.log_text()
+                );
+                checked = now;
+            }
+            now >= r0 + outage as usize
+        },
+        log,
+    );
+    let sel = |m: &str, t: &str| agent_metric(&addr, &format!("{m}{{target=\"{t}\"}}"));
+    assert_eq!(sel("vigil_agent_spool_frames", "a"), 0.0, "A never spooled");
+    assert!(
+        sel("vigil_agent_spool_frames", "b") >= (outage / 2) as f64,
+        "B's rounds wait in B's spool"
+    );
+    let b = start(1);
+    wait_until(
+        Duration::from_secs(outage + 120),
+        "B's spool to drain and B to be live",
+        || sel("vigil_agent_spool_frames", "b") == 0.0 && lag(1) < 5.0,
+        || format!("{}\n{}", agent.log_text(), b.log_text()),
+    );
+    // Every sample of every series of the agent (not the aggregators' own vigil_instance_up),
+    // over the outage and after it, at both.
+    let until = now_s() - 5.0;
+    let range = (until - from).floor();
+    let q = format!("{{instance=\"i-test\",__name__!=\"vigil_instance_up\"}}[{range}s]");
+    let at_a = matrix_at(&base(0), &q, until);
+    let at_b = matrix_at(&base(1), &q, until);
+    let load = at_a
+        .iter()
+        .find(|(k, _)| k.contains("\"node_load1\""))
+        .map_or(0.0, |(_, v)| v.len() as f64);
+    println!(
+        "pair outage: B down {outage} s; over {range} s both hold {} series, node_load1 {load} samples at each",
+        at_a.len()
+    );
+    assert!(load >= range - 3.0, "A missed rounds: {load} in {range} s");
+    let only = |x: &BTreeMap<String, Vec<serde_json::Value>>,
+                y: &BTreeMap<String, Vec<serde_json::Value>>| {
+        x.keys()
+            .filter(|k| !y.contains_key(*k))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        at_a.len(),
+        at_b.len(),
+        "series differ: only at A {:?}, only at B {:?}",
+        only(&at_a, &at_b),
+        only(&at_b, &at_a)
+    );
+    let differ: Vec<(&String, usize, Option<usize>)> = at_a
+        .iter()
+        .filter(|(k, v)| at_b.get(*k) != Some(*v))
+        .map(|(k, v)| (k, v.len(), at_b.get(k).map(Vec::len)))
+        .take(5)
+        .collect();
+    assert!(differ.is_empty(), "samples differ (A, B): {differ:?}");
+    drop(a);
+}
