@@ -1,16 +1,18 @@
 //! An HA pair for the tests and the takeover benchmark: `moto_server`, two aggregators on one
 //! lease (`[cluster]`), each calling AWS through its own fault proxy so that every AWS call is
-//! counted per node, and pushes that reach both (as an agent with two `[[push]]` targets).
+//! counted per node, and a `vigil-agent` pushing to both (two `[[push]]` targets), scraping an
+//! application whose CPU and error figures the test sets.
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::aws::{Aws, Moto, ENV};
-use crate::http::{get, push_now};
+use crate::http::get;
 use crate::proxy::{Call, Proxy};
 use crate::{bin, free_port, tempdir, wait_http, wait_until, Child, TempDir};
-use vigil_wire::Labels;
 
 /// The lease of the tests: renewals every 4 s, calls cut at 3 s (moto on a busy 2-core machine
 /// has answered in over a second), a takeover within 24 s.
@@ -44,7 +46,7 @@ max = 10
 expr = 'avg(app_cpu{asg="web"})'
 target = 0.5
 tolerance = 0.1
-scale_out_cooldown = "1s"
+scale_out_cooldown = "10s"   # longer than the way back from the app through the agent
 scale_in_cooldown = "1h"
 scale_in_stabilization = "1h"
 "#;
@@ -54,12 +56,31 @@ pub struct Node {
     pub proxy: Proxy,
     pub base: String,
     cfg: std::path::PathBuf,
-    /// Stopped (SIGSTOP) or killed: pushes skip it.
-    pub down: AtomicBool,
+}
+
+/// The application the agent scrapes: `app_cpu` and `app_errors`, as the test sets them.
+fn spawn_app(figures: Arc<Mutex<(f64, f64)>>) -> u16 {
+    let l = TcpListener::bind(("127.0.0.1", 0)).expect("bind app");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let (cpu, errors) = *figures.lock().expect("lock");
+            let body = format!(
+                "# TYPE app_cpu gauge\napp_cpu {cpu}\n# TYPE app_errors gauge\napp_errors {errors}\n"
+            );
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    port
 }
 
 pub struct Pair {
     pub ttl_s: u64,
+    /// (CPU, errors) the application reports.
+    figures: Arc<Mutex<(f64, f64)>>,
+    agent: Option<Child>,
     pub dir: TempDir,
     _moto: Moto,
     pub aws: Aws,
@@ -132,12 +153,62 @@ sns_topic_arn = "{topic}"
                 proxy,
                 base: format!("http://127.0.0.1:{port}"),
                 cfg,
-                down: AtomicBool::new(false),
             }
         };
         let nodes = [node("agg-a"), node("agg-b")];
+        let figures = Arc::new(Mutex::new((0.5, 0.0)));
+        let app = spawn_app(figures.clone());
+        let agent_cfg = dir.path().join("agent.toml");
+        std::fs::write(
+            &agent_cfg,
+            format!(
+                r#"[agent]
+interval = "1s"
+host_metrics = false
+
+[identity]
+source = "static"
+instance = "i-ha"
+asg = "web"
+
+[[scrape]]
+url = "http://127.0.0.1:{app}/metrics"
+timeout = "1s"
+
+[[push]]
+name = "agg-a"
+url = "{}/api/v1/write"
+timeout = "2s"
+
+[[push]]
+name = "agg-b"
+url = "{}/api/v1/write"
+timeout = "2s"
+
+[buffer]
+dir = "{}"
+
+[listen]
+address = "127.0.0.1:{}"
+"#,
+                nodes[0].base,
+                nodes[1].base,
+                dir.path().join("agent-spool").display(),
+                free_port()
+            ),
+        )
+        .expect("agent config");
+        let agent = Child::spawn(
+            "agent",
+            Command::new(bin("vigil-agent"))
+                .arg("--config")
+                .arg(&agent_cfg),
+            dir.path(),
+        );
         Pair {
             ttl_s,
+            figures,
+            agent: Some(agent),
             dir,
             _moto: moto,
             aws,
@@ -151,7 +222,6 @@ sns_topic_arn = "{topic}"
         let mut cmd = Command::new(bin("vigil-aggregator"));
         cmd.arg("--config").arg(&n.cfg).envs(ENV);
         let c = Child::spawn(n.name, &mut cmd, self.dir.path());
-        n.down.store(false, Ordering::SeqCst);
         assert!(
             wait_http(&format!("{}/-/ready", n.base), Duration::from_secs(60)),
             "{} did not start:\n{}",
@@ -161,37 +231,17 @@ sns_topic_arn = "{topic}"
         c
     }
 
-    /// Pushes the same samples to both nodes (as an agent with two `[[push]]` targets does);
-    /// a stopped or killed node is skipped. `load` is spread over the group's instances: each
-    /// reports `load / desired` as its CPU, so a scale-out brings it back to the target.
+    /// What the application reports from now on: `load` spread over the group's instances (its
+    /// CPU is `load / desired`, so a scale-out brings it back to the target) and its errors. The
+    /// agent scrapes it every second and pushes to both aggregators.
     pub fn push(&self, load: f64, errors: f64) {
         let cpu = load / f64::from(self.aws.group("web").0.max(1));
-        let series: Vec<(Labels, f64)> = (0..4)
-            .flat_map(|k| {
-                let inst = format!("i-{k}");
-                [
-                    (
-                        Labels::from_pairs([
-                            ("__name__", "app_cpu"),
-                            ("asg", "web"),
-                            ("instance", inst.as_str()),
-                        ]),
-                        cpu,
-                    ),
-                    (
-                        Labels::from_pairs([
-                            ("__name__", "app_errors"),
-                            ("asg", "web"),
-                            ("instance", inst.as_str()),
-                        ]),
-                        errors,
-                    ),
-                ]
-            })
-            .collect();
-        for n in self.nodes.iter().filter(|n| !n.down.load(Ordering::SeqCst)) {
-            push_now(&n.base, &series);
-        }
+        *self.figures.lock().expect("lock") = (cpu, errors);
+    }
+
+    /// The agent's log.
+    pub fn agent_log(&self) -> String {
+        self.agent.as_ref().map(Child::log_text).unwrap_or_default()
     }
 
     pub fn cluster(&self, i: usize) -> serde_json::Value {
@@ -221,7 +271,7 @@ sns_topic_arn = "{topic}"
         self.nodes[i].proxy.calls_of(action).len()
     }
 
-    /// Pushes every second until `cond` holds (panics after `timeout` with both logs).
+    /// Sets the application's figures (4 times a second) until `cond` holds (panics after `timeout` with both logs).
     pub fn push_until(
         &self,
         what: &str,
@@ -238,7 +288,7 @@ sns_topic_arn = "{topic}"
             timeout,
             what,
             || {
-                if last.elapsed() >= Duration::from_secs(1) {
+                if last.elapsed() >= Duration::from_millis(250) {
                     self.push(load, errors);
                     last = Instant::now();
                 }
@@ -283,11 +333,4 @@ pub fn lease_writes(n: &Node) -> Vec<Instant> {
         .filter(|c| c.status == 200 && c.body.contains("\"rvn\""))
         .map(|c| c.at)
         .collect()
-}
-
-impl Pair {
-    /// Marks node `i` stopped or killed (pushes skip it) or back.
-    pub fn set_down(&self, i: usize, down: bool) {
-        self.nodes[i].down.store(down, Ordering::SeqCst);
-    }
 }

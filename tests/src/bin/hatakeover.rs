@@ -42,7 +42,6 @@ fn main() {
         if let Some(c) = &nodes[leader] {
             c.signal("KILL");
         }
-        pair.set_down(leader, true);
         nodes[leader] = None;
         let refs: Vec<&vigil_e2e::Child> = nodes.iter().flatten().collect();
         pair.push_until("the other to lead", timeout, 1.0, 0.0, &refs, || {
