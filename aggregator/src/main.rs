@@ -184,7 +184,7 @@ fn main() -> ExitCode {
         tokio::spawn(engine.clone().run());
         let c = cluster.clone();
         tokio::spawn(async move { c.run().await });
-        tokio::spawn(engine.run_cluster());
+        tokio::spawn(engine.clone().run_cluster());
         api.ready.store(true, Ordering::SeqCst);
         loop {
             tokio::select! {
@@ -199,7 +199,15 @@ fn main() -> ExitCode {
         tracing::info!("stopping");
         // No new connections; requests in flight finish within the grace period.
         let _ = stop_api.send(());
-        // A follower takes over at once rather than after the lease runs out.
+        // The holder begins nothing more, lets its calls in flight end, writes the state as it
+        // is, then gives the lease up: a follower takes over at once rather than after the
+        // lease runs out, and repeats nothing.
+        if let Some(epoch) = cluster.stop_acting() {
+            if let Some(t) = cluster.call_timeout() {
+                tokio::time::sleep(t).await;
+            }
+            engine.share_final(epoch).await;
+        }
         cluster.release().await;
         let _ = server.await;
         Ok(())

@@ -159,6 +159,8 @@ pub struct Cluster {
     pub state_changed: tokio::sync::Notify,
     /// Poked when this node became the holder (the engine adopts the shared state).
     pub promoted: tokio::sync::Notify,
+    /// Set at a graceful stop: nothing more is begun, the lease is neither renewed nor taken.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -207,6 +209,7 @@ impl Cluster {
             leader,
             state_changed: tokio::sync::Notify::new(),
             promoted: tokio::sync::Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -229,6 +232,9 @@ impl Cluster {
     /// The fencing token of this node's right to act now, or `None`: alone, always; in a
     /// cluster, while it holds the lease, before its deadline, with the shared state adopted.
     pub fn may_act(&self) -> Option<u64> {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
         let st = self.lock();
         match st.role {
             Role::Single => Some(0),
@@ -335,7 +341,29 @@ impl Cluster {
             st.role = Role::Follower;
             st.deadline = None;
             st.seen = None;
+            st.adopted = None;
+            st.recorded = None;
             self.leader.set(0);
+        }
+    }
+
+    /// Gives the lease up while running on (this holder cannot act: its shared state cannot be
+    /// loaded or written), so that another node may take it.
+    pub async fn yield_lease(&self, why: &str) {
+        let (Some(cfg), Some(table)) = (self.cfg(), &self.table) else {
+            return;
+        };
+        let item = {
+            let mut st = self.lock();
+            if st.role != Role::Leader {
+                return;
+            }
+            let epoch = st.epoch;
+            self.new_item(cfg, epoch, &mut st)
+        };
+        self.step_down(why);
+        if let Err(e) = table.release_lease(&cfg.lease_name, &item).await {
+            tracing::warn!(error = %e, "cannot release the lease; it expires by itself");
         }
     }
 
@@ -346,11 +374,15 @@ impl Cluster {
         };
         let ttl = Duration::from_millis(cfg.lease_ttl_ms as u64);
         let mut warned = false;
+        let mut renewed = true;
         loop {
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
             let role = self.role();
             let began = Instant::now();
             match role {
-                Role::Leader => self.renew(cfg, table.as_ref(), ttl).await,
+                Role::Leader => renewed = self.renew(cfg, table.as_ref(), ttl).await,
                 _ => match self.watch(cfg, table.as_ref(), ttl).await {
                     Ok(()) => warned = false,
                     Err(e) if !warned => {
@@ -363,12 +395,14 @@ impl Cluster {
             // The holder renews every third of the lease from the start of its last renewal. A
             // follower reads every fifth (so it sees a renewal soon after it is made), and once
             // more the moment the record it watches would have lived a whole lease.
+            // A renewal that failed is tried again soon, before the deadline if it can be.
             let next = if self.role() == Role::Leader {
-                began + ttl / 3
+                began + if renewed { ttl / 3 } else { ttl / 10 }
             } else {
                 let expiry = self.lock().seen.as_ref().map(|(_, since)| *since + ttl);
                 let poll = began + ttl / 5;
-                expiry.filter(|e| *e < poll).map_or(poll, |e| e.max(began))
+                // An expiry already past (the take failed: DynamoDB down) waits for the poll.
+                expiry.filter(|e| *e < poll && *e > began).unwrap_or(poll)
             };
             tokio::time::sleep_until(next.into()).await;
         }
@@ -391,7 +425,8 @@ impl Cluster {
         }
     }
 
-    async fn renew(&self, cfg: &config::Cluster, table: &dyn Table, ttl: Duration) {
+    /// Renews the lease; whether the renewal went through.
+    async fn renew(&self, cfg: &config::Cluster, table: &dyn Table, ttl: Duration) -> bool {
         let (item, deadline) = {
             let mut st = self.lock();
             let epoch = st.epoch;
@@ -408,9 +443,11 @@ impl Cluster {
                     st.deadline = Some(began + ttl.mul_f64(DEADLINE_FRACTION));
                     st.item = Some(item);
                 }
+                true
             }
             Err(TableError::Lost(m)) => {
-                self.step_down(&format!("the lease is no longer this node's ({m})"))
+                self.step_down(&format!("the lease is no longer this node's ({m})"));
+                false
             }
             Err(TableError::Failed(m)) => {
                 let past = self.lock().deadline.is_none_or(|d| Instant::now() >= d);
@@ -418,6 +455,7 @@ impl Cluster {
                 if past {
                     self.step_down("cannot renew the lease before this holder's deadline");
                 }
+                false
             }
         }
     }
@@ -473,6 +511,8 @@ impl Cluster {
                     let mut st = self.lock();
                     st.role = Role::Leader;
                     st.epoch = item.epoch;
+                    st.adopted = None;
+                    st.recorded = None;
                     st.deadline = Some(began + ttl.mul_f64(DEADLINE_FRACTION));
                     st.item = Some(item.clone());
                     st.seen = None;
@@ -492,7 +532,22 @@ impl Cluster {
         }
     }
 
-    /// Gives the lease up (graceful stop): a follower takes it at its next look.
+    /// A graceful stop, first step: nothing more is begun, the lease is kept (not renewed) while
+    /// calls in flight end. Returns this node's epoch when it held the lease and acted.
+    pub fn stop_acting(&self) -> Option<u64> {
+        let acting = self.may_act();
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        acting.filter(|_| self.clustered())
+    }
+
+    /// The longest an effect call may take (a quarter of the lease), or nothing alone.
+    pub fn call_timeout(&self) -> Option<Duration> {
+        self.cfg()
+            .map(|c| Duration::from_millis(c.call_timeout_ms() as u64))
+    }
+
+    /// A graceful stop, last step: gives the lease up; a follower takes it at its next look.
     pub async fn release(&self) {
         let (Some(cfg), Some(table)) = (self.cfg(), &self.table) else {
             return;

@@ -38,7 +38,7 @@ impl Engine {
             .collect();
         Ok((
             at,
-            serde_json::json!({"schema": crate::cluster::SCHEMA, "snapshot": snapshot,
+            serde_json::json!({"schema": crate::cluster::SCHEMA, "at": at, "snapshot": snapshot,
                 "notifier": notifier, "outbox": outbox}),
         ))
     }
@@ -84,7 +84,14 @@ impl Engine {
             }
             let notifier_json = notifier.to_json();
             p.db.lock()
-                .import(p.clock.now_ms(), snap, Some(&notifier_json), &outbox)
+                // The holder's evaluation time stays the snapshot's: the watermark of what is
+                // recorded moves on only with this node's own evaluations.
+                .import(
+                    doc["at"].as_i64().unwrap_or(0),
+                    snap,
+                    Some(&notifier_json),
+                    &outbox,
+                )
                 .map_err(|e| e.to_string())?;
             if let (Some(snap), Some(state)) = (snap, state) {
                 if let Err(e) = p.fleet.restore_pending(&snap["actions"]) {
@@ -110,8 +117,9 @@ impl Engine {
         } else {
             tracing::info!(epoch, "no shared state yet: this node's own stands");
         }
-        drop(ev);
+        // Adopted before the lock is let go: an evaluation waiting for it decides as the holder.
         p.cluster.adopted(epoch);
+        drop(ev);
         p.cluster.state_changed.notify_one();
         p.outbox.wake.notify_one();
         p.fleet.wake.notify_one();
@@ -126,21 +134,29 @@ impl Engine {
             return;
         }
         tokio::spawn(self.clone().share());
+        let mut failures = 0;
         loop {
             if let Some(epoch) = c.needs_adoption() {
-                match c.claim_state(epoch).await {
+                let outcome = match c.claim_state(epoch).await {
                     Ok(doc) => {
                         let me = self.clone();
                         match tokio::task::spawn_blocking(move || me.adopt(epoch, doc)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => {
-                                tracing::error!(error = %e, "cannot adopt the shared state; not acting yet")
-                            }
-                            Err(e) => tracing::error!(error = %e, "adoption task failed"),
+                            Ok(r) => r,
+                            Err(e) => Err(format!("adoption task: {e}")),
                         }
                     }
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(()) => failures = 0,
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot claim the shared state; not acting yet")
+                        failures += 1;
+                        tracing::error!(error = %e, failures, "cannot take over the shared state; not acting yet");
+                        // Unreadable state (a newer release's, say): let another node try.
+                        if failures >= 3 {
+                            c.yield_lease("the shared state cannot be taken over").await;
+                            failures = 0;
+                        }
                     }
                 }
             }
@@ -155,45 +171,69 @@ impl Engine {
     async fn share(self: Arc<Self>) {
         let c = self.parts.cluster.clone();
         let mut last: Option<(u64, serde_json::Value)> = None;
+        let mut failures = 0;
         loop {
             let _ = tokio::time::timeout(Duration::from_secs(5), c.state_changed.notified()).await;
             let Some(epoch) = c.may_act() else {
                 continue;
             };
-            let me = self.clone();
-            let (at, doc) = match tokio::task::spawn_blocking(move || me.shared_doc()).await {
-                Ok(Ok(d)) => d,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "no state to share yet");
-                    continue;
+            match self.share_once(epoch, &mut last).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "cannot write the shared state; retrying");
+                    // A holder whose state cannot be shared cannot act: let another node try.
+                    if failures >= 5 {
+                        c.yield_lease("the shared state cannot be written").await;
+                        failures = 0;
+                    }
                 }
-                Err(_) => continue,
-            };
-            if last.as_ref().is_some_and(|(e, d)| *e == epoch && *d == doc) {
-                continue;
             }
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            let bytes = std::io::Write::write_all(&mut gz, doc.to_string().as_bytes())
-                .and_then(|()| gz.finish());
-            let Ok(bytes) = bytes else { continue };
-            // One DynamoDB item holds at most 400 KB.
-            if bytes.len() > 390_000 {
-                tracing::error!(
-                    bytes = bytes.len(),
-                    "the shared state is too large for one DynamoDB item; not written"
-                );
-                continue;
-            }
-            match c.write_state(epoch, &bytes).await {
-                Ok(()) => {
-                    // What this evaluation decided may be carried out now.
-                    c.recorded_through(epoch, at);
-                    self.parts.outbox.wake.notify_one();
-                    self.parts.fleet.wake.notify_one();
-                    last = Some((epoch, doc));
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot write the shared state; retrying"),
-            }
+        }
+    }
+
+    /// Writes the shared state under `epoch` if it changed since `last`.
+    async fn share_once(
+        self: &Arc<Self>,
+        epoch: u64,
+        last: &mut Option<(u64, serde_json::Value)>,
+    ) -> Result<(), String> {
+        let c = &self.parts.cluster;
+        let me = self.clone();
+        let (at, doc) = match tokio::task::spawn_blocking(move || me.shared_doc()).await {
+            Ok(Ok(d)) => d,
+            // Nothing evaluated yet: nothing to share.
+            Ok(Err(_)) | Err(_) => return Ok(()),
+        };
+        if last.as_ref().is_some_and(|(e, d)| *e == epoch && *d == doc) {
+            return Ok(());
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let bytes = std::io::Write::write_all(&mut gz, doc.to_string().as_bytes())
+            .and_then(|()| gz.finish())
+            .map_err(|e| e.to_string())?;
+        // One DynamoDB item holds at most 400 KB.
+        if bytes.len() > 390_000 {
+            return Err(format!(
+                "the shared state ({} bytes gzipped) is too large for one DynamoDB item",
+                bytes.len()
+            ));
+        }
+        c.write_state(epoch, &bytes).await?;
+        // What this evaluation decided may be carried out now.
+        c.recorded_through(epoch, at);
+        self.parts.outbox.wake.notify_one();
+        self.parts.fleet.wake.notify_one();
+        *last = Some((epoch, doc));
+        Ok(())
+    }
+
+    /// A graceful stop of the holder: once its calls in flight have ended, the state as it is
+    /// (deliveries made since the last write included) is written for the successor.
+    pub async fn share_final(self: &Arc<Self>, epoch: u64) {
+        match self.share_once(epoch, &mut None).await {
+            Ok(()) => tracing::info!(epoch, "shared state written for the successor"),
+            Err(e) => tracing::warn!(error = %e, "cannot write the shared state at the stop"),
         }
     }
 }

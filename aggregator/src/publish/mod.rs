@@ -125,6 +125,11 @@ impl Publisher {
         };
         let (points, too_old) = self.queue_lock().take(self.clock.now_ms());
         self.metrics.dropped("too_old", too_old);
+        if self.cluster.is_follower() {
+            // Queued while this node led, and now the leader's to publish: a later lead must
+            // not send them twice.
+            return;
+        }
         if points.is_empty() {
             return;
         }

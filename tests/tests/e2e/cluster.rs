@@ -214,6 +214,26 @@ fn a_leader_frozen_past_its_lease_wakes_up_as_a_follower_and_sends_nothing() {
         .expect("metrics")
         .1;
     assert!(m.contains("vigil_aggregator_cluster_leader 0"), "{m}");
+
+    // A graceful stop of the leader: it writes its state, releases the lease, and agg-a takes
+    // over at its next look instead of after a whole lease; still no second notice.
+    let mut b = b;
+    b.signal("TERM");
+    let stopped = Instant::now();
+    assert!(b.wait_exit(timeout), "{}", b.log_text());
+    assert!(b.log_text().contains("lease released"), "{}", b.log_text());
+    pair.push_until("agg-a to lead after the release", timeout, 1.8, 1.0, &[&a], || {
+        pair.acting(0)
+    });
+    let took = stopped.elapsed();
+    println!("takeover after a graceful stop: {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(TTL_S), "{took:?}");
+    let flushes = pair.count(0, "PutMetricData");
+    pair.push_until("five flushes by agg-a", timeout, 1.8, 1.0, &[&a], || {
+        pair.count(0, "PutMetricData") >= flushes + 5
+    });
+    pair.sns(&mut sns);
+    assert_eq!(subjects(&sns), ["[FIRING:1] AppErrors (web)"], "{}", a.log_text());
 }
 
 #[test]
