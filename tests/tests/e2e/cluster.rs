@@ -222,9 +222,14 @@ fn a_leader_frozen_past_its_lease_wakes_up_as_a_follower_and_sends_nothing() {
     let stopped = Instant::now();
     assert!(b.wait_exit(timeout), "{}", b.log_text());
     assert!(b.log_text().contains("lease released"), "{}", b.log_text());
-    pair.push_until("agg-a to lead after the release", timeout, 1.8, 1.0, &[&a], || {
-        pair.acting(0)
-    });
+    pair.push_until(
+        "agg-a to lead after the release",
+        timeout,
+        1.8,
+        1.0,
+        &[&a],
+        || pair.acting(0),
+    );
     let took = stopped.elapsed();
     println!("takeover after a graceful stop: {} ms", took.as_millis());
     assert!(took < Duration::from_secs(TTL_S), "{took:?}");
@@ -233,7 +238,12 @@ fn a_leader_frozen_past_its_lease_wakes_up_as_a_follower_and_sends_nothing() {
         pair.count(0, "PutMetricData") >= flushes + 5
     });
     pair.sns(&mut sns);
-    assert_eq!(subjects(&sns), ["[FIRING:1] AppErrors (web)"], "{}", a.log_text());
+    assert_eq!(
+        subjects(&sns),
+        ["[FIRING:1] AppErrors (web)"],
+        "{}",
+        a.log_text()
+    );
 }
 
 #[test]
