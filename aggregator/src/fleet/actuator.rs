@@ -88,6 +88,9 @@ impl Fleet {
         }
         let due = due_now(&self.state().unhealthy, now, |p| p.next_try);
         for (instance, p) in due {
+            if !self.fence.recorded(p.decided_at) {
+                continue;
+            }
             if !self.may_act() {
                 return;
             }

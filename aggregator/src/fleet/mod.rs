@@ -88,6 +88,8 @@ struct PendingHealth {
     asg: String,
     attempts: u32,
     next_try: i64,
+    /// The evaluation that decided it (0 when restored: what was saved is recorded).
+    decided_at: i64,
 }
 
 impl From<String> for PendingHealth {
@@ -96,6 +98,7 @@ impl From<String> for PendingHealth {
             asg,
             attempts: 0,
             next_try: 0,
+            decided_at: 0,
         }
     }
 }
@@ -368,6 +371,7 @@ impl Fleet {
                                 asg: r.asg.clone(),
                                 attempts: 0,
                                 next_try: now,
+                                decided_at: now,
                             },
                         );
                     }

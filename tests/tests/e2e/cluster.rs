@@ -262,13 +262,15 @@ fn dynamodb_failing_leaves_nobody_acting_and_loses_no_notice() {
     // quarter), and a leader comes back when DynamoDB answers again.
     for (k, fault) in [
         Fault::Throttle,
-        Fault::Delay(Duration::from_secs(3)),
+        Fault::Delay(Duration::from_secs(5)),
         Fault::Status(500),
+        Fault::Refuse,
     ]
     .into_iter()
     .enumerate()
     {
-        let errors = if k == 1 { 0.0 } else { 1.0 };
+        // The alert resolves during the second and fourth outages and fires again in the third.
+        let errors = if k % 2 == 1 { 0.0 } else { 1.0 };
         let faulted = Instant::now();
         for n in &pair.nodes {
             n.proxy.set_dynamodb(fault);
@@ -323,7 +325,7 @@ fn dynamodb_failing_leaves_nobody_acting_and_loses_no_notice() {
         });
         // What was decided during the outage is delivered now: the resolved notice (the alert
         // stopped during the slow phase), then a new firing one.
-        let want = [1, 2, 3][k];
+        let want = k + 1;
         pair.push_until(
             "the notices of the outage",
             timeout,
@@ -334,7 +336,7 @@ fn dynamodb_failing_leaves_nobody_acting_and_loses_no_notice() {
         );
     }
     let flushes = pair.count(0, "PutMetricData") + pair.count(1, "PutMetricData");
-    pair.push_until("five more flushes", timeout, 1.0, 1.0, &[&a, &b], || {
+    pair.push_until("five more flushes", timeout, 1.0, 0.0, &[&a, &b], || {
         pair.count(0, "PutMetricData") + pair.count(1, "PutMetricData") >= flushes + 5
     });
     pair.sns(&mut sns);
@@ -343,7 +345,8 @@ fn dynamodb_failing_leaves_nobody_acting_and_loses_no_notice() {
         [
             "[FIRING:1] AppErrors (web)",
             "[RESOLVED] AppErrors (web)",
-            "[FIRING:1] AppErrors (web)"
+            "[FIRING:1] AppErrors (web)",
+            "[RESOLVED] AppErrors (web)"
         ],
         "{}\n{}",
         a.log_text(),
