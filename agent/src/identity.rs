@@ -114,15 +114,6 @@ pub fn from_kubernetes(env: &dyn Fn(&str) -> Option<String>) -> Option<Identity>
     })
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// Resolves the identity as configured, then applies the static overrides.
 pub async fn resolve(cfg: &Cfg, http: &Http) -> Identity {
     let timeout = Duration::from_millis(cfg.imds_timeout_ms);
@@ -137,7 +128,7 @@ pub async fn resolve(cfg: &Cfg, http: &Http) -> Identity {
         },
     };
     let mut id = found.unwrap_or_else(|| Identity {
-        instance: hostname(),
+        instance: vigil_config::hostname(),
         source: "hostname",
         ..Default::default()
     });

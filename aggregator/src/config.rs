@@ -40,16 +40,6 @@ impl Cluster {
     }
 }
 
-/// This host's name (the default node id).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// DynamoDB table names: 3 to 255 of `[A-Za-z0-9_.-]`.
 fn valid_table(name: &str) -> bool {
     (3..=255).contains(&name.len())
@@ -340,7 +330,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     if let Some(mut k) = top.table(&mut doc, "cluster") {
         let k_start = k.span().start;
         let mut cl = Cluster {
-            node_id: hostname(),
+            node_id: vigil_config::hostname(),
             lease_table: "vigil-leases".into(),
             lease_name: String::new(),
             lease_ttl_ms: 10_000,
@@ -395,7 +385,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         k.finish(&mut doc);
         if cl.advertise_address.is_empty() {
             cl.advertise_address = if c.listen.ip().is_unspecified() {
-                format!("{}:{}", hostname(), c.listen.port())
+                format!("{}:{}", vigil_config::hostname(), c.listen.port())
             } else {
                 c.listen.to_string()
             };

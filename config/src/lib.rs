@@ -6,6 +6,18 @@
 //! links this crate and must stay small.
 
 pub mod duration;
+
+/// This host's name: the kernel's, else `$HOSTNAME`, else "localhost" (the agent's fallback
+/// instance name, the aggregator's default node id).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 pub mod size;
 pub mod tomlread;
 

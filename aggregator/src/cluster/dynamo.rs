@@ -159,6 +159,27 @@ impl Dynamo {
     }
 }
 
+impl Dynamo {
+    /// Writes the lease item if it still names `item`'s holder and epoch (renewal, release).
+    async fn put_if_held(
+        &self,
+        attrs: HashMap<String, AttributeValue>,
+        item: &LeaseItem,
+    ) -> Result<(), TableError> {
+        self.client
+            .put_item()
+            .table_name(&self.lease_table)
+            .set_item(Some(attrs))
+            .condition_expression("holder = :me AND epoch = :e")
+            .expression_attribute_values(":me", s(&item.holder))
+            .expression_attribute_values(":e", n(item.epoch))
+            .send()
+            .await
+            .map_err(|e| failed("PutItem", e))?;
+        Ok(())
+    }
+}
+
 impl Table for Dynamo {
     fn read_lease<'a>(
         &'a self,
@@ -214,19 +235,7 @@ impl Table for Dynamo {
         name: &'a str,
         item: &'a LeaseItem,
     ) -> BoxFut<'a, Result<(), TableError>> {
-        Box::pin(async move {
-            self.client
-                .put_item()
-                .table_name(&self.lease_table)
-                .set_item(Some(Self::lease_attrs(name, item)))
-                .condition_expression("holder = :me AND epoch = :e")
-                .expression_attribute_values(":me", s(&item.holder))
-                .expression_attribute_values(":e", n(item.epoch))
-                .send()
-                .await
-                .map_err(|e| failed("PutItem", e))?;
-            Ok(())
-        })
+        Box::pin(self.put_if_held(Self::lease_attrs(name, item), item))
     }
 
     fn release_lease<'a>(
@@ -234,21 +243,9 @@ impl Table for Dynamo {
         name: &'a str,
         item: &'a LeaseItem,
     ) -> BoxFut<'a, Result<(), TableError>> {
-        Box::pin(async move {
-            let mut attrs = Self::lease_attrs(name, item);
-            attrs.insert("holder".into(), s(""));
-            self.client
-                .put_item()
-                .table_name(&self.lease_table)
-                .set_item(Some(attrs))
-                .condition_expression("holder = :me AND epoch = :e")
-                .expression_attribute_values(":me", s(&item.holder))
-                .expression_attribute_values(":e", n(item.epoch))
-                .send()
-                .await
-                .map_err(|e| failed("PutItem", e))?;
-            Ok(())
-        })
+        let mut attrs = Self::lease_attrs(name, item);
+        attrs.insert("holder".into(), s(""));
+        Box::pin(self.put_if_held(attrs, item))
     }
 
     fn claim_state<'a>(

@@ -574,7 +574,7 @@ impl Cluster {
         let st = self.lock();
         let node = self
             .cfg()
-            .map_or_else(config::hostname, |c| c.node_id.clone());
+            .map_or_else(vigil_config::hostname, |c| c.node_id.clone());
         match st.role {
             Role::Single => json!({"node_id": node, "role": "single", "leader": node}),
             role => {
