@@ -354,6 +354,7 @@ async fn wire(
         db,
         write,
         registry,
+        http: vigil_config::http::Http::new().map_err(|e| format!("no HTTP client: {e}"))?,
         ready: std::sync::atomic::AtomicBool::new(false),
         cfg,
     });

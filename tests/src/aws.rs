@@ -71,6 +71,7 @@ pub struct Aws {
     pub sns: aws_sdk_sns::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub cw: aws_sdk_cloudwatch::Client,
+    pub ddb: aws_sdk_dynamodb::Client,
 }
 
 impl Aws {
@@ -88,7 +89,23 @@ impl Aws {
             sns: aws_sdk_sns::Client::new(&conf),
             sqs: aws_sdk_sqs::Client::new(&conf),
             cw: aws_sdk_cloudwatch::Client::new(&conf),
+            ddb: aws_sdk_dynamodb::Client::new(&conf),
         }
+    }
+
+    /// Deletes the DynamoDB item keyed `name` (as an operator's mistake or a restore might).
+    pub fn delete_item(&self, table: &str, name: &str) {
+        block_on(
+            self.ddb
+                .delete_item()
+                .table_name(table)
+                .key(
+                    "name",
+                    aws_sdk_dynamodb::types::AttributeValue::S(name.to_string()),
+                )
+                .send(),
+        )
+        .expect("DeleteItem");
     }
 
     /// An Auto Scaling group from a launch configuration (no EC2 client needed).

@@ -29,6 +29,7 @@ use crate::ruleset::Rules;
 use crate::state;
 use crate::store::Store;
 
+mod forward;
 mod pool;
 mod query;
 mod serve;
@@ -62,6 +63,8 @@ pub struct Api {
     /// The threads they run on, at a lower CPU priority.
     pub query_pool: pool::QueryPool,
     pub registry: prometheus_client::registry::Registry,
+    /// Admin writes a follower passes on to the holder.
+    pub http: vigil_config::http::Http,
     pub ready: std::sync::atomic::AtomicBool,
 }
 
@@ -369,26 +372,51 @@ async fn ready(State(api): State<Arc<Api>>) -> Resp {
     }
 }
 
-/// `/-/reload` (the token layer checked the caller): the new rules, or the old ones kept.
-async fn reload(State(api): State<Arc<Api>>) -> Resp {
+/// `/-/reload` (the token layer checked the caller): the new rules, or the old ones kept. Every
+/// node of a pair evaluates, so each reloads its own files; a follower also passes the reload on
+/// to the holder (`forward.rs`), so one reload through a Service reaches the node that acts.
+async fn reload(State(api): State<Arc<Api>>, headers: hyper::HeaderMap) -> Resp {
     let rules = api.rules.clone();
-    match tokio::task::spawn_blocking(move || rules.reload()).await {
-        Ok(Ok(n)) => respond(
-            StatusCode::OK,
-            "text/plain",
-            format!("reloaded {n} rules\n"),
-        ),
-        Ok(Err(e)) => respond(
+    let (status, here) = match tokio::task::spawn_blocking(move || rules.reload()).await {
+        Ok(Ok(n)) => (StatusCode::OK, format!("reloaded {n} rules\n")),
+        Ok(Err(e)) => (
             StatusCode::BAD_REQUEST,
-            "text/plain",
             format!("reload failed; the previous rules keep running:\n{e}\n"),
         ),
-        Err(e) => respond(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
-            format!("{e}\n"),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    let Some(leader) =
+        forward::to_leader(&api, Method::POST, "/-/reload", &headers, Bytes::new()).await
+    else {
+        return respond(status, "text/plain", here);
+    };
+    // Both answers; the worse status (this node's own failure first).
+    let named = leader
+        .headers()
+        .get(forward::LEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let combined = if status == StatusCode::OK {
+        leader.status()
+    } else {
+        status
+    };
+    let there =
+        String::from_utf8_lossy(&leader.into_body().into_inner().unwrap_or_default()).into_owned();
+    let mut r = respond(
+        combined,
+        "text/plain",
+        format!(
+            "this node ({}): {here}the leader ({named}): {there}{}",
+            api.cluster.node_id(),
+            if there.ends_with('\n') { "" } else { "\n" }
         ),
+    );
+    if let Ok(v) = named.parse() {
+        r.headers_mut().insert(forward::LEADER, v);
     }
+    r
 }
 
 /// Runs a handler that reads the store, runs PromQL or waits for SQLite on the blocking pool,

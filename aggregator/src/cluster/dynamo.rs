@@ -248,6 +248,26 @@ impl Table for Dynamo {
         Box::pin(self.put_if_held(attrs, item))
     }
 
+    fn state_epoch<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<u64, TableError>> {
+        Box::pin(async move {
+            let out = self
+                .client
+                .get_item()
+                .table_name(&self.state_table)
+                .key("name", s(key))
+                .projection_expression("epoch")
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| failed("GetItem", e))?;
+            Ok(out
+                .item()
+                .and_then(|it| get_n(it, "epoch"))
+                .unwrap_or(0)
+                .max(0) as u64)
+        })
+    }
+
     fn claim_state<'a>(
         &'a self,
         key: &'a str,

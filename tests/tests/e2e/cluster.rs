@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use vigil_e2e::ha::{lease_writes, subjects, Pair, TTL_S};
-use vigil_e2e::http::get;
+use vigil_e2e::http::{get, metric_value, post};
 use vigil_e2e::proxy::Fault;
 use vigil_e2e::wait_until;
 
@@ -30,6 +30,29 @@ fn one_leader_acts_and_a_kill_9_hands_over_without_repeating_or_losing() {
                 && c["leader_address"] == pair.nodes[0].base[7..]
         },
     );
+
+    // A reload sent to the follower (as a Service may route it) reloads it and reaches the
+    // leader, which answers through it.
+    let reloads = |i: usize| {
+        let m = get(&format!("{}/metrics", pair.nodes[i].base))
+            .expect("metrics")
+            .1;
+        metric_value(&m, r#"vigil_aggregator_reloads_total{result="success"}"#).unwrap_or(0.0)
+    };
+    let before = (reloads(0), reloads(1));
+    let (code, body) =
+        post(&format!("{}/-/reload", pair.nodes[1].base), &[], b"").expect("reload through agg-b");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("this node (agg-b): reloaded") && body.contains("the leader (agg-a "),
+        "{body}"
+    );
+    assert_eq!((reloads(0), reloads(1)), (before.0 + 1.0, before.1 + 1.0));
+    // The leader answers a reload itself, and passes nothing on.
+    let (code, body) =
+        post(&format!("{}/-/reload", pair.nodes[0].base), &[], b"").expect("reload agg-a");
+    assert_eq!((code, body.starts_with("reloaded ")), (200, true), "{body}");
+    assert_eq!(reloads(1), before.1 + 1.0);
 
     // Load and errors: one scale-out (to 4: 1.8 / 4 is inside the target's tolerance), one
     // notice, CloudWatch datums: all from agg-a.
@@ -79,6 +102,18 @@ fn one_leader_acts_and_a_kill_9_hands_over_without_repeating_or_losing() {
     let last_renewal = *lease_writes(&pair.nodes[0]).last().expect("agg-a renewed");
     a.signal("KILL");
     drop(a);
+    // Until agg-b takes the lease, an admin write reaching it finds the holder gone: 503 naming
+    // the holder's address (a reload still reloads agg-b's own rules).
+    let (code, body) =
+        post(&format!("{}/-/reload", pair.nodes[1].base), &[], b"").expect("reload through agg-b");
+    if pair.cluster(1)["role"] == "follower" {
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.contains("this node (agg-b): reloaded")
+                && body.contains(&format!("at {} did not answer", &pair.nodes[0].base[7..])),
+            "{body}"
+        );
+    }
     pair.push_until("agg-b to lead", timeout, 1.8, 1.0, &[&b], || pair.acting(1));
     let took = *lease_writes(&pair.nodes[1])
         .first()
@@ -335,6 +370,20 @@ fn dynamodb_failing_leaves_nobody_acting_and_loses_no_notice() {
             || pair.sns(&mut sns) >= want,
         );
     }
+    // The lease item deleted (by hand, or a restore of an older table) while the state item
+    // keeps its epoch: the next holder's epoch is above the state's, so its claim goes through
+    // at once instead of being refused until the epochs climb past it.
+    let epoch = |i: usize| pair.cluster(i)["epoch"].as_u64().unwrap_or(0);
+    let before = epoch(0).max(epoch(1));
+    pair.aws.delete_item("vigil-leases", "web-tier");
+    pair.push_until(
+        "a leader under a newer epoch",
+        timeout,
+        1.0,
+        0.0,
+        &[&a, &b],
+        || (0..2).any(|i| pair.acting(i) && epoch(i) == before + 1),
+    );
     let flushes = pair.count(0, "PutMetricData") + pair.count(1, "PutMetricData");
     pair.push_until("five more flushes", timeout, 1.0, 0.0, &[&a, &b], || {
         pair.count(0, "PutMetricData") + pair.count(1, "PutMetricData") >= flushes + 5
