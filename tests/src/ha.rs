@@ -86,6 +86,9 @@ pub struct Pair {
     pub aws: Aws,
     queue: String,
     pub nodes: [Node; 2],
+    /// The size of the shared state's parts (`VIGIL_STATE_PART_BYTES`): small, a state of a few
+    /// kilobytes is written in many parts, as one of megabytes is.
+    pub state_part_bytes: Option<usize>,
 }
 
 impl Pair {
@@ -214,6 +217,7 @@ address = "127.0.0.1:{}"
             aws,
             queue,
             nodes,
+            state_part_bytes: None,
         }
     }
 
@@ -221,6 +225,9 @@ address = "127.0.0.1:{}"
         let n = &self.nodes[i];
         let mut cmd = Command::new(bin("vigil-aggregator"));
         cmd.arg("--config").arg(&n.cfg).envs(ENV);
+        if let Some(b) = self.state_part_bytes {
+            cmd.env("VIGIL_STATE_PART_BYTES", b.to_string());
+        }
         let c = Child::spawn(n.name, &mut cmd, self.dir.path());
         assert!(
             wait_http(&format!("{}/-/ready", n.base), Duration::from_secs(60)),

@@ -3,7 +3,8 @@
 //!
 //! Lease item (`lease_table`, key `name` = `lease_name`): `holder`, `epoch`, `rvn`, `address`,
 //! `expires` (ms, the holder's wall clock, for people), `schema`. State item (`state_table`, key
-//! `name` = `<lease_name>#state`): `epoch`, `schema`, `doc` (gzipped JSON), `written` (ms).
+//! `name` = `<lease_name>#state`): `epoch`, `schema`, `doc` (gzipped JSON), `written` (ms); a
+//! document above one item's size is written in parts (`parts.rs`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,13 +20,21 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
+use super::parts::{self, MAX_PARTS, PART_BYTES};
 use super::{BoxFut, LeaseItem, StateDoc, Table, TableError, SCHEMA};
 use crate::config::{Cluster, Config};
 
 pub struct Dynamo {
-    client: Client,
+    pub(super) client: Client,
     lease_table: String,
-    state_table: String,
+    pub(super) state_table: String,
+    /// The size of a state part ([`PART_BYTES`]; tests set less with `VIGIL_STATE_PART_BYTES`
+    /// to write many-part states without megabytes of alerts).
+    part_bytes: usize,
+    /// The parts the state item has as this node last claimed or wrote it (0: none).
+    parts: std::sync::Mutex<usize>,
+    /// This node's writes of the state: the generation of a many-part write.
+    writes: std::sync::atomic::AtomicU64,
 }
 
 fn failed<E, R>(call: &str, e: SdkError<E, R>) -> TableError
@@ -39,22 +48,22 @@ where
     TableError::Failed(format!("{call}: {}", DisplayErrorContext(e)))
 }
 
-fn s(v: &str) -> AttributeValue {
+pub(super) fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_string())
 }
 
-fn n(v: impl ToString) -> AttributeValue {
+pub(super) fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn get_s(item: &HashMap<String, AttributeValue>, k: &str) -> String {
+pub(super) fn get_s(item: &HashMap<String, AttributeValue>, k: &str) -> String {
     item.get(k)
         .and_then(|v| v.as_s().ok())
         .cloned()
         .unwrap_or_default()
 }
 
-fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
+pub(super) fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
     item.get(k)
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
@@ -83,6 +92,13 @@ impl Dynamo {
             client: Client::new(&sdk),
             lease_table: cl.lease_table.clone(),
             state_table: cl.state_table.clone(),
+            part_bytes: std::env::var("VIGIL_STATE_PART_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|b| (1..=PART_BYTES).contains(b))
+                .unwrap_or(PART_BYTES),
+            parts: std::sync::Mutex::new(0),
+            writes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -290,10 +306,17 @@ impl Table for Dynamo {
                 return Ok(None);
             };
             let schema = get_n(attrs, "schema").unwrap_or(0).max(0) as u64;
-            Ok(attrs
-                .get("doc")
-                .and_then(|d| d.as_b().ok())
-                .map(|b| (schema, b.as_ref().to_vec())))
+            let count = parts::count(attrs);
+            let doc = if count > 0 {
+                Some(self.read_parts(key, count, &get_s(attrs, "gen")).await?)
+            } else {
+                attrs
+                    .get("doc")
+                    .and_then(|d| d.as_b().ok())
+                    .map(|b| b.as_ref().to_vec())
+            };
+            *self.parts.lock().unwrap_or_else(|p| p.into_inner()) = count;
+            Ok(doc.map(|d| (schema, d)))
         })
     }
 
@@ -307,19 +330,46 @@ impl Table for Dynamo {
             let written = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
-            self.client
-                .put_item()
-                .table_name(&self.state_table)
-                .item("name", s(key))
-                .item("epoch", n(epoch))
-                .item("schema", n(SCHEMA))
-                .item("written", n(written))
-                .item("doc", AttributeValue::B(Blob::new(doc.to_vec())))
-                .condition_expression("epoch = :e")
-                .expression_attribute_values(":e", n(epoch))
-                .send()
-                .await
-                .map_err(|e| failed("PutItem", e))?;
+            let cut = parts::split(doc, self.part_bytes);
+            if cut.len() > MAX_PARTS {
+                return Err(TableError::Failed(format!(
+                    "the shared state ({} bytes gzipped) is larger than {MAX_PARTS} DynamoDB items hold",
+                    doc.len()
+                )));
+            }
+            let previous = *self.parts.lock().unwrap_or_else(|p| p.into_inner());
+            let mut head = HashMap::from([
+                ("name".to_string(), s(key)),
+                ("epoch".to_string(), n(epoch)),
+                ("schema".to_string(), n(SCHEMA)),
+                ("written".to_string(), n(written)),
+            ]);
+            let count = if cut.len() == 1 {
+                head.insert("doc".into(), AttributeValue::B(Blob::new(doc.to_vec())));
+                0
+            } else {
+                cut.len()
+            };
+            if count == 0 && previous == 0 {
+                self.client
+                    .put_item()
+                    .table_name(&self.state_table)
+                    .set_item(Some(head))
+                    .condition_expression("epoch = :e")
+                    .expression_attribute_values(":e", n(epoch))
+                    .send()
+                    .await
+                    .map_err(|e| failed("PutItem", e))?;
+            } else {
+                let w = self
+                    .writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let gen = format!("{epoch}.{}.{w}", std::process::id());
+                let cut = if count == 0 { &[][..] } else { &cut[..] };
+                self.write_parts(head, key, epoch, cut, &gen, previous)
+                    .await?;
+            }
+            *self.parts.lock().unwrap_or_else(|p| p.into_inner()) = count;
             Ok(())
         })
     }

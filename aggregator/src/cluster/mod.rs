@@ -27,6 +27,7 @@
 
 mod dynamo;
 mod lease;
+mod parts;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

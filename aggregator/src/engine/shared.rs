@@ -212,13 +212,7 @@ impl Engine {
         let bytes = std::io::Write::write_all(&mut gz, doc.to_string().as_bytes())
             .and_then(|()| gz.finish())
             .map_err(|e| e.to_string())?;
-        // One DynamoDB item holds at most 400 KB.
-        if bytes.len() > 390_000 {
-            return Err(format!(
-                "the shared state ({} bytes gzipped) is too large for one DynamoDB item",
-                bytes.len()
-            ));
-        }
+        // Past one DynamoDB item's 400 KB it is written in parts (`cluster/parts.rs`).
         c.write_state(epoch, &bytes).await?;
         // What this evaluation decided may be carried out now.
         c.recorded_through(epoch, at);

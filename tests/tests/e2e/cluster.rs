@@ -6,19 +6,21 @@
 use std::time::{Duration, Instant};
 
 use vigil_e2e::ha::{lease_writes, subjects, Pair, TTL_S};
-use vigil_e2e::http::{get, metric_value, post};
+use vigil_e2e::http::{get, metric_value, post, prom_query};
 use vigil_e2e::proxy::Fault;
 use vigil_e2e::wait_until;
 
 #[test]
 fn one_leader_acts_and_a_kill_9_hands_over_without_repeating_or_losing() {
-    let pair = Pair::new("ha-kill");
+    let mut pair = Pair::new("ha-kill");
+    // The shared state in parts of 200 bytes: written in transactions, read back part by part.
+    pair.state_part_bytes = Some(200);
     let a = pair.start(0);
     let timeout = Duration::from_secs(5 * TTL_S);
     wait_until(timeout, "agg-a to lead", || pair.acting(0), || a.log_text());
     let b = pair.start(1);
     pair.push_until(
-        "agg-b to follow agg-a",
+        "agg-b to follow agg-a, warm",
         timeout,
         1.0,
         0.0,
@@ -28,6 +30,9 @@ fn one_leader_acts_and_a_kill_9_hands_over_without_repeating_or_losing() {
             c["role"] == "follower"
                 && c["leader"] == "agg-a"
                 && c["leader_address"] == pair.nodes[0].base[7..]
+                // Warm: agg-b evaluates the pushed series (or the spike below could reach it
+                // only after agg-a's scale-out, and it would have nothing to say).
+                && !prom_query(&pair.nodes[1].base, "asg:app_cpu:avg").is_empty()
         },
     );
 
@@ -133,6 +138,10 @@ fn one_leader_acts_and_a_kill_9_hands_over_without_repeating_or_losing() {
         b.log_text().contains("the previous leader's state loaded"),
         "{}",
         b.log_text()
+    );
+    assert!(
+        pair.count(0, "TransactWriteItems") > 0,
+        "agg-a wrote no state in parts"
     );
 
     // The alert still fires: no second notice. A further spike scales once more, from agg-b.
@@ -283,7 +292,8 @@ fn a_leader_frozen_past_its_lease_wakes_up_as_a_follower_and_sends_nothing() {
 
 #[test]
 fn dynamodb_failing_leaves_nobody_acting_and_loses_no_notice() {
-    let pair = Pair::new("ha-ddb");
+    let mut pair = Pair::new("ha-ddb");
+    pair.state_part_bytes = Some(200);
     let a = pair.start(0);
     let timeout = Duration::from_secs(5 * TTL_S);
     wait_until(timeout, "agg-a to lead", || pair.acting(0), || a.log_text());
