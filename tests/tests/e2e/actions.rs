@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use vigil_e2e::aws::{Aws, Moto, ENV};
 use vigil_e2e::hook::Hook;
-use vigil_e2e::http::{get, push_now};
+use vigil_e2e::http::{get, metric_value, push_now};
 use vigil_e2e::proxy::{Fault, Proxy};
 use vigil_e2e::{bin, free_port, peer, tempdir, wait_http, Child, TempDir};
 use vigil_wire::Labels;
@@ -959,7 +959,16 @@ fn a_failing_receiver_delays_no_other_and_gets_its_message_once_it_answers() {
         "{}",
         agg.log_text()
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // Nothing is left to send (the outbox is empty), so nothing more can arrive.
+    vigil_e2e::wait_until(
+        Duration::from_secs(30),
+        "an empty outbox",
+        || {
+            let (_, m) = get(&format!("{base}/metrics")).expect("metrics");
+            metric_value(&m, "vigil_aggregator_notification_outbox") == Some(0.0)
+        },
+        || agg.log_text(),
+    );
     assert_eq!(down.bodies().len(), 1);
     assert_eq!(up.bodies().len(), 1);
     let (_, m) = get(&format!("{base}/metrics")).expect("metrics");

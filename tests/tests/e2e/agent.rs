@@ -781,7 +781,20 @@ fn an_imds_that_answers_late_still_gives_the_ec2_identity() {
         Command::new(bin("vigil-agent")).arg("--config").arg(&cfg),
         dir.path(),
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // The agent runs and pushes (under its fallback identity) before the metadata service is up.
+    vigil_e2e::wait_until(
+        Duration::from_secs(60),
+        "the agent's first push",
+        || {
+            rx.store
+                .lock()
+                .expect("lock")
+                .samples
+                .iter()
+                .any(|(l, _)| load1(l))
+        },
+        || agent.log_text(),
+    );
     // The metadata service comes up only now.
     let _moto = Child::spawn(
         "moto",

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vigil_e2e::http::{get, post, prom_query};
-use vigil_e2e::{bin, free_port, peer, tempdir, wait_http, Child};
+use vigil_e2e::{bin, free_port, peer, tempdir, wait_http, wait_until, Child};
 use vigil_wire::remote_write::{TimeSeries, WriteRequest};
 use vigil_wire::{Labels, Sample};
 
@@ -442,13 +442,28 @@ fn prometheus_remote_writes_into_the_aggregator() {
         format!("127.0.0.1:{ne_port}").as_str()
     );
 
-    // The same queries against both, at a time both have all the data for.
-    std::thread::sleep(Duration::from_secs(12));
+    // The same queries against both, at a time `t` both have all the data for: once every
+    // series of the job has a sample after `t` at both (remote-write sends each series in order).
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time")
         .as_secs_f64();
-    let t = (now - 4.0).floor();
+    let t = (now + 8.0).floor();
+    let past_t = |base: &str| {
+        // (the name kept as a label: `timestamp` drops it, and the series would collide)
+        prom_query(
+            base,
+            r#"min(timestamp(label_replace({job="node"}, "name", "$1", "__name__", "(.+)")))"#,
+        )
+        .first()
+        .is_some_and(|(_, ts)| *ts >= t + 1.0)
+    };
+    wait_until(
+        Duration::from_secs(120),
+        "samples past the query time at both",
+        || past_t(&agg) && past_t(&prom),
+        String::new,
+    );
     let queries = [
         "node_load1",
         "sum by (mode) (rate(node_cpu_seconds_total[5s]))",
@@ -621,11 +636,29 @@ fn kill_9_keeps_firing_alerts_and_cooldowns() {
         );
         std::thread::sleep(Duration::from_millis(300));
     };
-    std::thread::sleep(Duration::from_secs(2));
+    // What the view shows is committed (the evaluation is written before it is shown).
+    let evaluated = |base: &str| {
+        let (_, rules) = get(&format!("{base}/api/v1/rules")).expect("rules");
+        let v: serde_json::Value = serde_json::from_str(&rules).expect("json");
+        v["data"]["groups"][0]["lastEvaluation"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let before = evaluated(&base);
     agg.signal("KILL");
     drop(agg);
     let agg = start(dir.path(), &cfg, port);
-    std::thread::sleep(Duration::from_secs(3));
+    // Judged after the restarted aggregator's first evaluation.
+    wait_until(
+        Duration::from_secs(30),
+        "an evaluation after the restart",
+        || {
+            let e = evaluated(&base);
+            !e.is_empty() && e != before && e != "0001-01-01T00:00:00Z"
+        },
+        || agg.log_text(),
+    );
     let (since2, cap2) = read(&base);
     assert_eq!(
         since2,
