@@ -55,6 +55,9 @@ pub struct Push {
     pub name: String,
     pub url: String,
     pub token_file: Option<PathBuf>,
+    /// `ca_file`, `cert_file`, `key_file`: the CA to trust for https:// and the client
+    /// certificate for mTLS; re-read when they change.
+    pub tls: vigil_config::tls::ClientFiles,
     pub timeout_ms: u64,
     /// Samples per remote-write request.
     pub max_samples_per_send: usize,
@@ -129,6 +132,7 @@ impl Push {
             name: default_name(url),
             url: url.to_string(),
             token_file: None,
+            tls: vigil_config::tls::ClientFiles::default(),
             timeout_ms: 10_000,
             max_samples_per_send: 5_000,
         }
@@ -321,6 +325,27 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         let token_file = p
             .str(&mut doc, "token_file")
             .map(|s| PathBuf::from(s.value));
+        let mut tls = vigil_config::tls::ClientFiles::default();
+        let mut cert_at = None;
+        for (key, slot) in [
+            ("ca_file", &mut tls.ca_file),
+            ("cert_file", &mut tls.cert_file),
+            ("key_file", &mut tls.key_file),
+        ] {
+            if let Some(v) = p.str(&mut doc, key) {
+                cert_at.get_or_insert(v.span.start);
+                *slot = Some(PathBuf::from(v.value));
+            }
+        }
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            doc.error_at(
+                cert_at.unwrap_or(0),
+                format!(
+                    "{}: cert_file and key_file go together (the client certificate and its key)",
+                    p.path
+                ),
+            );
+        }
         let timeout_ms =
             p.positive_duration(&mut doc, "timeout", defaults.timeout_ms as i64) as u64;
         let mut max_samples_per_send = defaults.max_samples_per_send;
@@ -357,6 +382,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             name,
             url,
             token_file,
+            tls,
             timeout_ms,
             max_samples_per_send,
         });
@@ -476,6 +502,36 @@ address = "127.0.0.1:9471"
         ] {
             assert_eq!(default_name(url), name, "{url}");
         }
+    }
+
+    #[test]
+    fn tls_files_of_a_target() {
+        let c = parse(
+            "a.toml",
+            "[[push]]\nurl = \"https://a:9470/w\"\nca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"\nkey_file = \"/c.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.push[0].tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        assert_eq!(
+            c.push[0].tls.key_file.as_deref(),
+            Some(std::path::Path::new("/c.key"))
+        );
+        let errs: Vec<String> = parse(
+            "a.toml",
+            "[[push]]\nurl = \"https://a:9470/w\"\ncert_file = \"/c.pem\"\n",
+        )
+        .unwrap_err()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("a.toml:3:13: push[0]: cert_file and key_file go together"),
+            "{errs:#?}"
+        );
     }
 
     #[test]

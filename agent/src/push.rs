@@ -51,7 +51,9 @@ enum Outcome {
 /// down or slow never delays another.
 pub struct Pusher {
     pub name: String,
-    pub http: Http,
+    /// The client, and the stamp of the TLS files it was built from (rebuilt when they change).
+    http: std::sync::Mutex<(Http, vigil_config::tls::Stamp)>,
+    tls: vigil_config::tls::ClientFiles,
     pub url: String,
     pub token_file: Option<PathBuf>,
     pub timeout: Duration,
@@ -83,7 +85,8 @@ impl Pusher {
             | 1;
         let p = Pusher {
             name: target.name.clone(),
-            http,
+            http: std::sync::Mutex::new((http, target.tls.stamp())),
+            tls: target.tls.clone(),
             url: target.url.clone(),
             token_file: target.token_file.clone(),
             timeout: Duration::from_millis(target.timeout_ms),
@@ -117,6 +120,28 @@ impl Pusher {
         }
     }
 
+    /// The client to send with: rebuilt from the TLS files when one was replaced (a rotated
+    /// certificate needs no restart); a replacement that cannot be used keeps the previous one.
+    fn client(&self) -> Http {
+        let mut cur = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.tls.is_empty() {
+            let stamp = self.tls.stamp();
+            if stamp != cur.1 {
+                cur.1 = stamp;
+                match Http::with_tls(&self.tls) {
+                    Ok(h) => {
+                        cur.0 = h;
+                        tracing::info!(target = %self.name, "TLS files changed: using the new ones");
+                    }
+                    Err(e) => {
+                        tracing::error!(target = %self.name, error = %e, "TLS files changed but cannot be used; keeping the previous ones")
+                    }
+                }
+            }
+        }
+        cur.0.clone()
+    }
+
     async fn send(&self, body: Bytes) -> Outcome {
         let token = self.token();
         let auth = token.as_ref().map(|t| format!("Bearer {t}"));
@@ -134,7 +159,7 @@ impl Pusher {
         }
         let started = Instant::now();
         let res = self
-            .http
+            .client()
             .request(
                 Method::POST,
                 &self.url,

@@ -17,7 +17,36 @@ pub struct Receiver {
     pub webhook_urls: Vec<String>,
 }
 
+/// Whether `a` is exactly `host:port`: a DNS name, an IPv4 address or a bracketed IPv6 one, and
+/// a port; nothing a URL could read as user info, a path, a query or a fragment (a follower
+/// builds `http://<address>/…` from the lease item and sends the caller's token there).
+pub fn host_port(a: &str) -> bool {
+    let Some((host, port)) = a.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        }
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
 /// `[cluster]`: the HA pair's lease and shared decision state (see SPEC "High availability").
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// mTLS: a client certificate is asked for at the handshake (optional there) and required,
+    /// signed by this CA, for `/api/v1/write`.
+    pub client_ca_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
     pub node_id: String,
@@ -52,6 +81,8 @@ fn valid_table(name: &str) -> bool {
 pub struct Config {
     pub listen: SocketAddr,
     pub auth_token_file: Option<PathBuf>,
+    /// `[server] tls_cert_file`, `tls_key_file`: HTTPS (both re-read on SIGHUP).
+    pub tls: Option<ServerTls>,
     pub retention_ms: i64,
     /// A series not pushed to for this long is marked stale; its instance counts as down.
     pub stale_after_ms: i64,
@@ -126,6 +157,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9470)),
             auth_token_file: None,
+            tls: None,
             retention_ms: 3_600_000,
             stale_after_ms: 60_000,
             state_dir: PathBuf::from("/var/lib/vigil"),
@@ -174,6 +206,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     };
     // Where the AWS timeouts were set explicitly (a cluster caps them).
     let mut explicit_aws_timeouts: Vec<(&str, usize)> = Vec::new();
+    let mut c_tls = None;
     if let Some(mut s) = top.table(&mut doc, "server") {
         if let Some(a) = s.str(&mut doc, "listen") {
             match a.value.parse() {
@@ -187,15 +220,29 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         c.auth_token_file = s
             .str(&mut doc, "auth_token_file")
             .map(|v| PathBuf::from(v.value));
-        for key in ["tls_cert_file", "tls_key_file"] {
-            if let Some(v) = s.str(&mut doc, key) {
-                doc.error_at(
-                    v.span.start,
-                    format!(
-                        "server.{key}: TLS termination is not built yet; put a TLS proxy in front"
-                    ),
-                );
+        let cert = s.str(&mut doc, "tls_cert_file");
+        let key = s.str(&mut doc, "tls_key_file");
+        let client_ca = s.str(&mut doc, "client_ca_file");
+        match (cert, key) {
+            (Some(c), Some(k)) => {
+                c_tls = Some(ServerTls {
+                    cert_file: PathBuf::from(c.value),
+                    key_file: PathBuf::from(k.value),
+                    client_ca_file: client_ca.map(|v| PathBuf::from(v.value)),
+                })
             }
+            (None, None) => {
+                if let Some(v) = client_ca {
+                    doc.error_at(
+                        v.span.start,
+                        "server.client_ca_file: needs tls_cert_file and tls_key_file (mTLS is TLS)",
+                    );
+                }
+            }
+            (Some(v), None) | (None, Some(v)) => doc.error_at(
+                v.span.start,
+                "server.tls_cert_file and server.tls_key_file go together",
+            ),
         }
         if let Some(n) = s.str(&mut doc, "max_body_size") {
             match vigil_config::size::parse_bytes(&n.value) {
@@ -229,6 +276,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             }
         }
         s.finish(&mut doc);
+        c.tls = c_tls.take();
     }
     if let Some(mut q) = top.table(&mut doc, "query") {
         for (key, slot) in [
@@ -380,9 +428,29 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             cl.create_tables = b.value;
         }
         if let Some(a) = k.str(&mut doc, "advertise_address") {
-            cl.advertise_address = a.value;
+            if host_port(&a.value) {
+                cl.advertise_address = a.value;
+            } else {
+                doc.error_at(
+                    a.span.start,
+                    format!("cluster.advertise_address: expected host:port (a name or an address the other nodes reach, and a port), got {:?}", a.value),
+                );
+            }
         }
         k.finish(&mut doc);
+        if cl.advertise_address.is_empty() {
+            // A StatefulSet sets it from the pod's name (`$(POD_NAME).vigil-aggregator:9470`).
+            if let Ok(a) = std::env::var("VIGIL_ADVERTISE_ADDRESS") {
+                if host_port(&a) {
+                    cl.advertise_address = a;
+                } else {
+                    doc.error_at(
+                        k_start,
+                        format!("VIGIL_ADVERTISE_ADDRESS: expected host:port, got {a:?}"),
+                    );
+                }
+            }
+        }
         if cl.advertise_address.is_empty() {
             cl.advertise_address = if c.listen.ip().is_unspecified() {
                 format!("{}:{}", vigil_config::hostname(), c.listen.port())

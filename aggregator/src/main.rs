@@ -60,6 +60,9 @@ fn main() -> ExitCode {
     vigil_config::logging::init(args.log_format, "info");
     if let Some(path) = &args.check_config {
         let res = load(path).and_then(|c| {
+            if let Some(t) = &c.tls {
+                api::tls::Tls::load(t)?;
+            }
             ruleset::load_rules(&c)
                 .map(|r| (c, r))
                 .map_err(|e| e.to_string())
@@ -154,19 +157,26 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let tls = match cfg.tls.as_ref().map(api::tls::Tls::load).transpose() {
+        Ok(t) => t.map(Arc::new),
+        Err(e) => {
+            eprintln!("vigil-aggregator: server TLS: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let res: Result<(), String> = rt.block_on(async move {
         let wired = wire(cfg, rules, db).await?;
         let Wired { api, engine, fleet, publisher, outbox, rules, cluster } = wired;
         let listen = api.cfg.listen;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        tracing::info!(address = %listen, dry_run = api.cfg.dry_run, rule_files = rules.current().files.len(), "serving");
+        tracing::info!(address = %listen, tls = tls.is_some(), mtls = tls.as_ref().is_some_and(|t| t.mtls()), dry_run = api.cfg.dry_run, rule_files = rules.current().files.len(), "serving");
         let limits = api::Limits {
             max_connections: api.cfg.max_connections,
             header_read_timeout: Duration::from_millis(api.cfg.header_read_timeout_ms as u64),
             grace: STOP_GRACE,
         };
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(api::serve(api::router(api.clone()), listener, limits, async move {
+        let server = tokio::spawn(api::serve(api::router(api.clone()), listener, tls.clone(), limits, async move {
             let _ = api_stopped.await;
         }));
         // The first view of the fleet before the first evaluation, so that no decision is made
@@ -191,6 +201,12 @@ fn main() -> ExitCode {
                 _ = hup.recv() => {
                     let r = rules.clone();
                     let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+                    if let Some(t) = &tls {
+                        match t.reload() {
+                            Ok(()) => tracing::info!("TLS certificate and key re-read"),
+                            Err(e) => tracing::error!(error = %e, "TLS files re-read failed: the previous certificate stays in use"),
+                        }
+                    }
                 }
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
@@ -277,6 +293,14 @@ async fn wire(
                 table.create_tables().await?;
             }
             tracing::info!(node_id = %cl.node_id, lease = %cl.lease_name, lease_ttl_ms = cl.lease_ttl_ms, "cluster member: following until the lease is taken");
+            if cl
+                .advertise_address
+                .rsplit_once(':')
+                .and_then(|(h, _)| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
+                .is_some_and(|ip| ip.is_loopback())
+            {
+                tracing::warn!(advertise_address = %cl.advertise_address, "the advertised address is a loopback one: a node on another host cannot forward admin writes to it; set [cluster] advertise_address (or listen on a reachable address)");
+            }
             cluster::Cluster::new(cl.clone(), Box::new(table), clock.clone(), &mut registry)
         }
         None => cluster::Cluster::single(clock.clone(), &mut registry),

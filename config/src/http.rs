@@ -22,6 +22,8 @@ pub enum HttpError {
     Timeout(Duration),
     #[error("{0}")]
     Transport(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("response body larger than {0} bytes")]
     TooLarge(usize),
 }
@@ -55,12 +57,31 @@ impl Http {
         })
     }
 
+    /// A client whose `https://` requests trust `files.ca_file` (else the system's roots) and
+    /// present `files.cert_file` when the server asks (mTLS); the files are read now.
+    pub fn with_tls(files: &crate::tls::ClientFiles) -> Result<Http, HttpError> {
+        let cfg = files.config().map_err(HttpError::Tls)?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(cfg)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(2)
+            .build(https);
+        let http = Http::new()?;
+        let _ = http.tls.set(Ok(client));
+        Ok(http)
+    }
+
     fn tls(&self) -> Result<&TlsClient, HttpError> {
         self.tls
             .get_or_init(|| {
+                // The provider named (the aggregator links two; rustls will not pick one).
+                let cfg = crate::tls::ClientFiles::default().config()?;
                 let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_native_roots()
-                    .map_err(|e| format!("no TLS roots: {e}"))?
+                    .with_tls_config(cfg)
                     .https_or_http()
                     .enable_http1()
                     .build();

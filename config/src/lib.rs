@@ -26,3 +26,5 @@ pub mod logging;
 
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "http")]
+pub mod tls;

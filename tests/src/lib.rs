@@ -10,5 +10,6 @@ pub mod http;
 pub mod procs;
 pub mod proxy;
 pub mod receiver;
+pub mod tls;
 
 pub use procs::{bin, free_port, peer, tempdir, wait_http, wait_until, Child, TempDir};

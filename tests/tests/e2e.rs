@@ -12,3 +12,6 @@ mod actions;
 
 #[path = "e2e/cluster.rs"]
 mod cluster;
+
+#[path = "e2e/tls.rs"]
+mod tls;

@@ -46,7 +46,14 @@ pub async fn to_leader(
             pass.push((name, v));
         }
     }
-    let url = format!("http://{address}{path_and_query}");
+    // Under TLS the pair's nodes speak it to each other too (the token is never sent in clear);
+    // the holder's certificate is checked against the system's trust store.
+    let scheme = if api.cfg.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{address}{path_and_query}");
     let timeout = api.cluster.call_timeout().unwrap_or(TIMEOUT);
     let leader = format!("{holder} {address}");
     let mut answer = match api

@@ -33,6 +33,7 @@ mod forward;
 mod pool;
 mod query;
 mod serve;
+pub mod tls;
 mod views;
 pub mod write;
 
@@ -154,12 +155,32 @@ pub fn router(api: Arc<Api>) -> Router {
         .with_state(api)
 }
 
-/// The bearer-token layer of remote-write and reload.
+/// The bearer-token layer of remote-write and reload (and mTLS for remote-write).
 async fn bearer_token(
     State(api): State<Arc<Api>>,
     req: Request,
     next: Next,
 ) -> axum::response::Response {
+    // mTLS: a writer presents a certificate of `client_ca_file` (a bad one failed the handshake).
+    if req.uri().path() == "/api/v1/write"
+        && api
+            .cfg
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some())
+        && !req
+            .extensions()
+            .get::<tls::ClientCert>()
+            .is_some_and(|c| c.0)
+    {
+        api.write.count(StatusCode::FORBIDDEN);
+        return respond(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "a client certificate signed by server.client_ca_file is required for /api/v1/write\n",
+        )
+        .into_response();
+    }
     let auth = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -390,14 +411,16 @@ async fn reload(State(api): State<Arc<Api>>, headers: hyper::HeaderMap) -> Resp 
     else {
         return respond(status, "text/plain", here);
     };
-    // Both answers; the worse status (this node's own failure first).
+    // Both answers. The holder not reached: 503 whatever happened here (the caller must retry
+    // there); else this node's own failure first, else the holder's answer.
     let named = leader
         .headers()
         .get(forward::LEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let combined = if status == StatusCode::OK {
+    let combined = if leader.status() == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::OK
+    {
         leader.status()
     } else {
         status

@@ -30,6 +30,7 @@ pub struct Limits {
 pub async fn serve(
     router: axum::Router,
     listener: TcpListener,
+    tls: Option<Arc<super::tls::Tls>>,
     limits: Limits,
     stop: impl Future<Output = ()>,
 ) {
@@ -64,13 +65,31 @@ pub async fn serve(
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
-        );
-        let conn = graceful.watch(conn);
+        let Some(tls) = tls.clone() else {
+            let conn = builder.serve_connection(
+                TokioIo::new(stream),
+                TowerToHyperService::new(router.clone()),
+            );
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(slot);
+            });
+            continue;
+        };
+        // The handshake on the connection's own task (a slow one holds its slot, not the
+        // listener), within the header deadline.
+        let (router, builder, watcher) = (router.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _ = conn.await;
+            match tls.accept(stream, limits.header_read_timeout).await {
+                Ok((stream, cert)) => {
+                    let svc = tower_http::add_extension::AddExtension::new(router, cert);
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+                    let _ = watcher.watch(conn).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "TLS connection refused"),
+            }
             drop(slot);
         });
     }
@@ -123,7 +142,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(serve(router, listener, limits, async move {
+        let done = tokio::spawn(serve(router, listener, None, limits, async move {
             let _ = rx.await;
         }));
         Server {

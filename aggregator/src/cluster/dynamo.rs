@@ -21,7 +21,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 
 use super::parts::{self, MAX_PARTS, PART_BYTES};
-use super::{BoxFut, LeaseItem, StateDoc, Table, TableError, SCHEMA};
+use super::{BoxFut, LeaseItem, StateDoc, Table, TableError, SCHEMA, STATE_SCHEMA};
 use crate::config::{Cluster, Config};
 
 pub struct Dynamo {
@@ -307,6 +307,10 @@ impl Table for Dynamo {
             };
             let schema = get_n(attrs, "schema").unwrap_or(0).max(0) as u64;
             let count = parts::count(attrs);
+            if schema > STATE_SCHEMA {
+                // Not this release's to read (the caller refuses it).
+                return Ok(Some((schema, Vec::new())));
+            }
             let doc = if count > 0 {
                 Some(self.read_parts(key, count, &get_s(attrs, "gen")).await?)
             } else {
@@ -348,6 +352,12 @@ impl Table for Dynamo {
                 head.insert("doc".into(), AttributeValue::B(Blob::new(doc.to_vec())));
                 0
             } else {
+                // Marked so that a release reading only inline documents refuses it.
+                head.insert("schema".into(), n(STATE_SCHEMA));
+                head.insert(
+                    "doc".into(),
+                    AttributeValue::B(Blob::new(b"parts".to_vec())),
+                );
                 cut.len()
             };
             if count == 0 && previous == 0 {

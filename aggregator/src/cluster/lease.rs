@@ -26,7 +26,7 @@ impl Cluster {
                 _ => match self.watch(cfg, table.as_ref(), ttl).await {
                     Ok(()) => warned = false,
                     Err(e) if !warned => {
-                        tracing::warn!(error = %e, "cannot read the lease; following");
+                        tracing::warn!(error = %e, "cannot read the lease or the shared state's epoch; following");
                         warned = true;
                     }
                     Err(e) => tracing::debug!(error = %e, "cannot read the lease"),
@@ -112,10 +112,26 @@ impl Cluster {
             .await
             .map_err(|e| e.to_string())?;
         let now = Instant::now();
+        // The item is missing and has not been missing for a whole lease yet.
+        let mut fresh = false;
         let prev = {
             let mut st = self.lock();
             match &found {
-                None => Some(None),
+                // No item: taken at once only in a cluster that never had a holder (checked
+                // against the state's epoch below); else (deleted by hand, a table restored)
+                // after a whole lease of absence, when the holder that renewed last is past
+                // its deadline.
+                None => match &st.seen {
+                    Some((rvn, since)) if rvn.is_empty() => {
+                        fresh = now.duration_since(*since) < ttl;
+                        Some(None)
+                    }
+                    _ => {
+                        st.seen = Some((String::new(), now));
+                        fresh = true;
+                        Some(None)
+                    }
+                },
                 Some(it) if it.holder.is_empty() => Some(Some(it.rvn.clone())),
                 Some(it) => {
                     st.epoch = it.epoch;
@@ -141,7 +157,10 @@ impl Cluster {
         let floor = table
             .state_epoch(&self.state_key())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("cannot read the shared state's epoch: {e}"))?;
+        if fresh && floor > 0 {
+            return Ok(());
+        }
         let (item, old) = {
             let mut st = self.lock();
             let epoch = found.as_ref().map_or(0, |i| i.epoch).max(floor) + 1;

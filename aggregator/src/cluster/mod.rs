@@ -47,6 +47,11 @@ pub use dynamo::Dynamo;
 /// on a state item of a newer schema.
 pub const SCHEMA: u64 = 1;
 
+/// The newest state item this release reads: schema 1 holds the document itself, schema 2 has
+/// it in parts (`parts.rs`). A state in parts is marked 2 (with a placeholder document), so a
+/// release that reads only 1 refuses it rather than taking it for "no state yet".
+pub const STATE_SCHEMA: u64 = 2;
+
 /// The holder's deadline after the start of its last renewal, as a fraction of the lease.
 const DEADLINE_FRACTION: f64 = 0.6;
 
@@ -312,8 +317,8 @@ impl Cluster {
             return Ok(None);
         };
         match t.claim_state(&self.state_key(), epoch).await {
-            Ok(Some((schema, _))) if schema > SCHEMA => Err(format!(
-                "the shared state was written by a newer release (schema {schema}; this one reads {SCHEMA}): not acting"
+            Ok(Some((schema, _))) if schema > STATE_SCHEMA => Err(format!(
+                "the shared state was written by a newer release (schema {schema}; this one reads up to {STATE_SCHEMA}): not acting"
             )),
             Ok(doc) => Ok(doc.map(|(_, d)| d)),
             Err(TableError::Lost(m)) => {
@@ -417,9 +422,16 @@ impl Cluster {
         if st.role == Role::Leader {
             return None;
         }
+        // Never to itself (two nodes left on the packaged loopback listen address advertise the
+        // same one), never to what is not plainly host:port.
         st.item
             .as_ref()
-            .filter(|i| !i.holder.is_empty() && i.holder != cfg.node_id && !i.address.is_empty())
+            .filter(|i| {
+                !i.holder.is_empty()
+                    && i.holder != cfg.node_id
+                    && i.address != cfg.advertise_address
+                    && config::host_port(&i.address)
+            })
             .map(|i| (i.holder.clone(), i.address.clone()))
     }
 

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 
@@ -105,9 +106,14 @@ impl Dynamo {
             Ok(_) => Ok(()),
             // The state item's condition failed: a newer epoch claimed it.
             Err(e)
-                if e.code() == Some("TransactionCanceledException")
+                if matches!(
+                    e.as_service_error(),
+                    Some(TransactWriteItemsError::TransactionCanceledException(t))
+                        if t.cancellation_reasons().first().and_then(|r| r.code())
+                            == Some("ConditionalCheckFailed")
+                ) || (e.code() == Some("TransactionCanceledException")
                     && e.message()
-                        .is_some_and(|m| m.contains("ConditionalCheckFailed")) =>
+                        .is_some_and(|m| m.contains("[ConditionalCheckFailed"))) =>
             {
                 Err(TableError::Lost(
                     "TransactWriteItems: the condition no longer holds".into(),

@@ -219,3 +219,51 @@ fn no_aws_section_means_dry_run_and_errors_have_positions() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn an_advertised_address_is_plain_host_port() {
+    for good in [
+        "agg-a:9470",
+        "10.0.1.7:9470",
+        "[fd00::7]:9470",
+        "vigil-aggregator-0.vigil-aggregator:9470",
+    ] {
+        assert!(super::host_port(good), "{good}");
+    }
+    for bad in [
+        "agg-a",
+        "agg-a:",
+        ":9470",
+        "evil.example/x#:9470",
+        "user@host:9470",
+        "host:99999",
+        "host:0",
+        "[zz]:9470",
+        "a?b:1",
+    ] {
+        assert!(!super::host_port(bad), "{bad}");
+    }
+}
+
+#[test]
+fn tls_keys_go_together_and_mtls_needs_tls() {
+    let c = parse(
+        "a.toml",
+        "[server]\ntls_cert_file = \"/s.pem\"\ntls_key_file = \"/s.key\"\nclient_ca_file = \"/ca.pem\"\n",
+    )
+    .unwrap();
+    let t = c.tls.expect("tls");
+    assert_eq!(
+        (t.cert_file, t.client_ca_file),
+        (PathBuf::from("/s.pem"), Some(PathBuf::from("/ca.pem")))
+    );
+    let e = parse("a.toml", "[server]\ntls_cert_file = \"/s.pem\"\n").unwrap_err();
+    assert!(
+        e[0].to_string()
+            .starts_with("a.toml:2:17: server.tls_cert_file and server.tls_key_file go together"),
+        "{}",
+        e[0]
+    );
+    let e = parse("a.toml", "[server]\nclient_ca_file = \"/ca.pem\"\n").unwrap_err();
+    assert!(e[0].to_string().contains("needs tls_cert_file"), "{}", e[0]);
+}

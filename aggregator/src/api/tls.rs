@@ -1,0 +1,115 @@
+//! HTTPS on the API's port (`[server] tls_cert_file`, `tls_key_file`), TLS 1.2 and 1.3 only,
+//! with optional mTLS (`client_ca_file`): a client certificate is asked for at the handshake
+//! but optional there (Grafana, amtool, browsers and kubelet probes connect without one), and
+//! `/api/v1/write` requires one signed by that CA (see `api/mod.rs`). The files are re-read on
+//! SIGHUP; a new pair that cannot be used keeps the old one, and says why. Connections keep the
+//! config they were accepted with, so a reload drops none.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::server::WebPkiClientVerifier;
+use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use vigil_config::tls::{certs, key, provider, roots};
+
+use crate::config::ServerTls;
+
+/// What a request knows of its connection: whether the client presented a certificate the
+/// `client_ca_file` CA signed (the handshake verified it; a bad one fails the handshake).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientCert(pub bool);
+
+pub struct Tls {
+    files: ServerTls,
+    current: ArcSwap<ServerConfig>,
+}
+
+/// The first byte of a TLS handshake record; a plain HTTP request starts with a method's letter.
+const HANDSHAKE: u8 = 0x16;
+
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 48\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+impl Tls {
+    /// Reads the files; an error names the file.
+    pub fn load(files: &ServerTls) -> Result<Tls, String> {
+        Ok(Tls {
+            current: ArcSwap::from_pointee(build(files)?),
+            files: files.clone(),
+        })
+    }
+
+    /// Re-reads the files; on an error the previous certificate stays in use.
+    pub fn reload(&self) -> Result<(), String> {
+        let cfg = build(&self.files)?;
+        self.current.store(Arc::new(cfg));
+        Ok(())
+    }
+
+    /// Whether writes need a client certificate.
+    pub fn mtls(&self) -> bool {
+        self.files.client_ca_file.is_some()
+    }
+
+    /// The handshake, within `timeout`. A client speaking plain HTTP gets a 400 that says so
+    /// (as Go's servers answer) instead of a dropped connection.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+        timeout: Duration,
+    ) -> Result<(TlsStream<TcpStream>, ClientCert), String> {
+        let acceptor = TlsAcceptor::from(self.current.load_full());
+        let work = async {
+            let mut first = [0u8; 1];
+            let n = stream.peek(&mut first).await.map_err(|e| e.to_string())?;
+            if n == 1 && first[0] != HANDSHAKE {
+                let mut stream = stream;
+                let _ = stream.write_all(PLAIN_HTTP_ANSWER).await;
+                let _ = stream.shutdown().await;
+                return Err("plain HTTP on the TLS port".to_string());
+            }
+            let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
+            let verified = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|c| !c.is_empty());
+            Ok((tls, ClientCert(verified)))
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())?
+    }
+}
+
+fn build(files: &ServerTls) -> Result<ServerConfig, String> {
+    let chain = certs(&files.cert_file)?;
+    let key = key(&files.key_file)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &files.client_ca_file {
+        Some(ca) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_single_cert(chain, key).map_err(|e| {
+        format!(
+            "{} and {}: {e}",
+            files.cert_file.display(),
+            files.key_file.display()
+        )
+    })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}

@@ -1,0 +1,227 @@
+//! HTTPS and mTLS between the agent and the aggregator, with certificates from `openssl` and
+//! `curl` as the independent client: who is refused, certificates replaced on disk without a
+//! restart, and the token never in a log.
+
+use std::process::Command;
+use std::time::Duration;
+
+use vigil_e2e::tls::{ca, curl, leaf, served_serial};
+use vigil_e2e::{bin, free_port, tempdir, wait_until, Child};
+
+const TOKEN: &str = "tok-3f9a1c7e-never-in-a-log";
+
+#[test]
+fn an_agent_pushes_over_mtls_and_everyone_else_is_refused() {
+    let dir = tempdir("tls");
+    let d = dir.path();
+    let pki = d.join("pki");
+    std::fs::create_dir_all(&pki).expect("pki");
+    let ca1 = ca(&pki, "ca");
+    let other = ca(&pki, "other-ca");
+    let server = leaf(&pki, &ca1, "server", true);
+    let server2 = leaf(&pki, &ca1, "server2", true);
+    let client = leaf(&pki, &ca1, "client", false);
+    let stranger = leaf(&pki, &other, "stranger", false);
+
+    // The aggregator serves the files at these paths; the test replaces them later.
+    let (cert, key) = (d.join("tls.pem"), d.join("tls.key"));
+    std::fs::copy(&server.cert, &cert).expect("cert");
+    std::fs::copy(&server.key, &key).expect("key");
+    std::fs::write(d.join("token"), format!("{TOKEN}\n")).expect("token");
+    std::fs::write(d.join("rules.toml"), "").expect("rules");
+    let port = free_port();
+    let cfg = d.join("aggregator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+auth_token_file = "{token}"
+tls_cert_file = "{cert}"
+tls_key_file = "{key}"
+client_ca_file = "{ca}"
+
+[storage]
+state_dir = "{state}"
+
+[rules]
+files = ["{rules}"]
+evaluation_interval = "1s"
+"#,
+            token = d.join("token").display(),
+            cert = cert.display(),
+            key = key.display(),
+            ca = ca1.cert.display(),
+            state = d.join("state").display(),
+            rules = d.join("rules.toml").display(),
+        ),
+    )
+    .expect("config");
+    let agg = Child::spawn(
+        "aggregator",
+        Command::new(bin("vigil-aggregator"))
+            .arg("--config")
+            .arg(&cfg),
+        d,
+    );
+    let base = format!("https://127.0.0.1:{port}");
+    let ca_path = ca1.cert.as_path();
+    // Probes and readers connect without a client certificate.
+    wait_until(
+        Duration::from_secs(60),
+        "the aggregator to answer over HTTPS",
+        || curl(&format!("{base}/-/ready"), Some(ca_path), None, &[], None).0 == 200,
+        || agg.log_text(),
+    );
+
+    // The agent starts trusting the wrong CA: its pushes fail the server's certificate. Then
+    // the right CA is written over its ca_file, and it pushes without a restart.
+    let agent_ca = d.join("agent-ca.pem");
+    std::fs::copy(&other.cert, &agent_ca).expect("agent ca");
+    let agent_cfg = d.join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            r#"[agent]
+interval = "1s"
+
+[identity]
+source = "static"
+instance = "i-tls"
+asg = "web"
+
+[[push]]
+url = "{base}/api/v1/write"
+token_file = "{token}"
+ca_file = "{agent_ca}"
+cert_file = "{cert}"
+key_file = "{key}"
+timeout = "5s"
+
+[buffer]
+dir = "{spool}"
+
+[listen]
+address = "127.0.0.1:{listen}"
+"#,
+            token = d.join("token").display(),
+            agent_ca = agent_ca.display(),
+            cert = client.cert.display(),
+            key = client.key.display(),
+            spool = d.join("spool").display(),
+            listen = free_port(),
+        ),
+    )
+    .expect("agent config");
+    let agent = Child::spawn(
+        "agent",
+        Command::new(bin("vigil-agent"))
+            .arg("--config")
+            .arg(&agent_cfg),
+        d,
+    );
+    let query = format!("{base}/api/v1/query?query=node_load1");
+    let arrived = || {
+        let (code, body) = curl(&query, Some(ca_path), None, &[], None);
+        code == 200 && body.contains("i-tls")
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the agent's push refused for the server's certificate",
+        || agent.log_text().contains("invalid peer certificate"),
+        || agent.log_text(),
+    );
+    assert!(!arrived(), "pushed through a certificate it must not trust");
+    std::fs::copy(&ca1.cert, &agent_ca).expect("the right CA");
+    wait_until(
+        Duration::from_secs(60),
+        "samples over mTLS after the CA file changed",
+        arrived,
+        || format!("{}\n{}", agent.log_text(), agg.log_text()),
+    );
+    assert!(agent
+        .log_text()
+        .contains("TLS files changed: using the new ones"));
+
+    // Everyone else is refused.
+    let write = format!("{base}/api/v1/write");
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let body: &[u8] = b"not snappy";
+    // No client certificate: 403, the token notwithstanding.
+    let (code, text) = curl(&write, Some(ca_path), None, &[&bearer], Some(body));
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("client certificate"), "{text}");
+    // A certificate of another CA: the handshake fails.
+    let (code, text) = curl(
+        &write,
+        Some(ca_path),
+        Some(&stranger),
+        &[&bearer],
+        Some(body),
+    );
+    assert_eq!(code, 0, "{text}");
+    // The right certificate, a wrong token: 401.
+    let (code, text) = curl(
+        &write,
+        Some(ca_path),
+        Some(&client),
+        &["Authorization: Bearer wrong"],
+        Some(body),
+    );
+    assert_eq!(code, 401, "{text}");
+    // Both right: past the checks (a body that is not snappy is the sender's fault: 400).
+    let (code, text) = curl(&write, Some(ca_path), Some(&client), &[&bearer], Some(body));
+    assert_eq!(code, 400, "{text}");
+    // Plain HTTP to the TLS port: told so.
+    let (code, text) = curl(
+        &format!("http://127.0.0.1:{port}/-/healthy"),
+        None,
+        None,
+        &[],
+        None,
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("HTTP request to an HTTPS server"), "{text}");
+    assert!(agg.log_text().contains("\"serving\"") || agg.log_text().contains("serving"));
+
+    // A new certificate on disk is served after SIGHUP; a bad one keeps the last good one.
+    let first = served_serial(port);
+    assert!(!first.is_empty());
+    std::fs::copy(&server2.cert, &cert).expect("cert");
+    std::fs::copy(&server2.key, &key).expect("key");
+    agg.signal("HUP");
+    let want = vigil_e2e::tls::serial(&std::fs::read_to_string(&server2.cert).expect("pem"));
+    assert_ne!(want, first);
+    wait_until(
+        Duration::from_secs(30),
+        "the new certificate served",
+        || served_serial(port) == want,
+        || agg.log_text(),
+    );
+    std::fs::write(&cert, "not a certificate\n").expect("cert");
+    agg.signal("HUP");
+    wait_until(
+        Duration::from_secs(30),
+        "the bad certificate reported",
+        || agg.log_text().contains("TLS files re-read failed"),
+        || agg.log_text(),
+    );
+    assert_eq!(served_serial(port), want);
+    wait_until(
+        Duration::from_secs(30),
+        "the agent still pushing",
+        || {
+            let m = curl(&format!("{base}/metrics"), Some(ca_path), None, &[], None).1;
+            m.contains("vigil_aggregator_write_requests_total{code=\"204\"}")
+        },
+        || agg.log_text(),
+    );
+
+    // The token is in no log.
+    for (name, log) in [("aggregator", agg.log_text()), ("agent", agent.log_text())] {
+        assert!(
+            !log.contains(TOKEN),
+            "the token leaked into the {name}'s log"
+        );
+    }
+}
