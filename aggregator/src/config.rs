@@ -81,6 +81,11 @@ fn valid_table(name: &str) -> bool {
 pub struct Config {
     pub listen: SocketAddr,
     pub auth_token_file: Option<PathBuf>,
+    /// Admin writes (reload, and later silences and pauses); without it, `auth_token_file`.
+    pub admin_token_file: Option<PathBuf>,
+    /// When set, the query API, `/metrics` and the console need it (bearer, or basic auth's
+    /// password).
+    pub query_token_file: Option<PathBuf>,
     /// `[server] tls_cert_file`, `tls_key_file`: HTTPS (both re-read on SIGHUP).
     pub tls: Option<ServerTls>,
     pub retention_ms: i64,
@@ -157,6 +162,8 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9470)),
             auth_token_file: None,
+            admin_token_file: None,
+            query_token_file: None,
             tls: None,
             retention_ms: 3_600_000,
             stale_after_ms: 60_000,
@@ -219,6 +226,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         }
         c.auth_token_file = s
             .str(&mut doc, "auth_token_file")
+            .map(|v| PathBuf::from(v.value));
+        c.admin_token_file = s
+            .str(&mut doc, "admin_token_file")
+            .map(|v| PathBuf::from(v.value));
+        c.query_token_file = s
+            .str(&mut doc, "query_token_file")
             .map(|v| PathBuf::from(v.value));
         let cert = s.str(&mut doc, "tls_cert_file");
         let key = s.str(&mut doc, "tls_key_file");

@@ -355,8 +355,8 @@ async fn wire(
         )
         .map_err(|e| e.to_string())?,
     );
-    let write = api::write::Ingest::new(cfg.clone(), store.clone(), clock.clone(), &mut registry)
-        .map_err(|e| e.to_string())?;
+    let write = api::write::Ingest::new(cfg.clone(), store.clone(), clock.clone(), &mut registry);
+    let tokens = api::auth::Tokens::load(&cfg, &mut registry)?;
     let query_engine = vigil_rules::promql::Engine::new(vigil_rules::promql::EngineOpts {
         max_samples: cfg.query_max_samples,
         ..engine.promql().opts.clone()
@@ -379,6 +379,7 @@ async fn wire(
         write,
         registry,
         http: vigil_config::http::Http::new().map_err(|e| format!("no HTTP client: {e}"))?,
+        tokens,
         ready: std::sync::atomic::AtomicBool::new(false),
         cfg,
     });

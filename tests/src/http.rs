@@ -123,19 +123,7 @@ pub fn prom_query(
 
 /// Remote-writes one sample per series, stamped now, to `base`/api/v1/write; returns the status.
 pub fn push_now(base: &str, series: &[(vigil_wire::Labels, f64)]) -> u16 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let samples: Vec<[vigil_wire::Sample; 1]> = series
-        .iter()
-        .map(|(_, v)| [vigil_wire::Sample::new(now, *v)])
-        .collect();
-    let body = vigil_wire::remote_write::encode_snappy_from(
-        series
-            .iter()
-            .zip(&samples)
-            .map(|((l, _), s)| (l, s.as_slice())),
-    );
+    let body = remote_write_body(series);
     post(
         &format!("{base}/api/v1/write"),
         &[
@@ -146,6 +134,23 @@ pub fn push_now(base: &str, series: &[(vigil_wire::Labels, f64)]) -> u16 {
         &body,
     )
     .map_or(0, |(c, _)| c)
+}
+
+/// A remote-write body (snappy protobuf) of one sample per series, stamped now.
+pub fn remote_write_body(series: &[(vigil_wire::Labels, f64)]) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let samples: Vec<[vigil_wire::Sample; 1]> = series
+        .iter()
+        .map(|(_, v)| [vigil_wire::Sample::new(now, *v)])
+        .collect();
+    vigil_wire::remote_write::encode_snappy_from(
+        series
+            .iter()
+            .zip(&samples)
+            .map(|((l, _), s)| (l, s.as_slice())),
+    )
 }
 
 /// The value of one series in a text exposition: `series` is the name with its labels exactly as

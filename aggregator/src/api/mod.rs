@@ -29,6 +29,7 @@ use crate::ruleset::Rules;
 use crate::state;
 use crate::store::Store;
 
+pub mod auth;
 mod forward;
 mod pool;
 mod query;
@@ -66,6 +67,8 @@ pub struct Api {
     pub registry: prometheus_client::registry::Registry,
     /// Admin writes a follower passes on to the holder.
     pub http: vigil_config::http::Http,
+    /// The writers', admins' and readers' tokens.
+    pub tokens: auth::Tokens,
     pub ready: std::sync::atomic::AtomicBool,
 }
 
@@ -100,18 +103,21 @@ fn json_err(status: StatusCode, kind: &str, msg: &str) -> Resp {
 const FORM_LIMIT: usize = 1 << 20;
 
 /// The routes. Answers and envelopes are Prometheus's; a wrong method on a known path is 405,
-/// an unknown path 404. The bearer token (`[server] auth_token_file`) guards remote-write and
-/// reloads as one layer, checked before a body is read, so an unauthenticated sender cannot make
-/// the aggregator buffer 32 MiB.
+/// an unknown path 404. Each class of route has its guard (`auth.rs`), checked before a body is
+/// read, so an unauthenticated sender cannot make the aggregator buffer 32 MiB: writers
+/// (`auth_token_file`, and a client certificate under mTLS), admin writes (`admin_token_file`,
+/// audited), readers (`query_token_file`); `/-/healthy` and `/-/ready` are open.
 pub fn router(api: Arc<Api>) -> Router {
-    let guarded = Router::new()
+    let write_routes = Router::new()
         .route(
             "/api/v1/write",
             post(write).layer(DefaultBodyLimit::max(api.cfg.max_body_bytes)),
         )
+        .route_layer(middleware::from_fn_with_state(api.clone(), guard_write));
+    let admin_routes = Router::new()
         .route("/-/reload", post(reload).put(reload))
-        .route_layer(middleware::from_fn_with_state(api.clone(), bearer_token));
-    Router::new()
+        .route_layer(middleware::from_fn_with_state(api.clone(), guard_admin));
+    let query_routes = Router::new()
         .route("/api/v1/query", get(instant).post(instant))
         .route("/api/v1/query_range", get(range).post(range))
         .route("/api/v1/series", get(series_h).post(series_h))
@@ -134,15 +140,19 @@ pub fn router(api: Arc<Api>) -> Router {
         )
         .route("/api/v1/status/buildinfo", get(buildinfo))
         .route("/metrics", get(metrics))
-        .route("/-/healthy", get(healthy))
-        .route("/-/ready", get(ready))
         .route(
             "/",
             get(read(|a| {
                 respond(StatusCode::OK, "text/html; charset=utf-8", status_page(a))
             })),
         )
-        .merge(guarded)
+        .route_layer(middleware::from_fn_with_state(api.clone(), guard_query));
+    Router::new()
+        .route("/-/healthy", get(healthy))
+        .route("/-/ready", get(ready))
+        .merge(query_routes)
+        .merge(write_routes)
+        .merge(admin_routes)
         .fallback(|| async { respond(StatusCode::NOT_FOUND, "text/plain", "not found\n") })
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
         // One span per request at debug level (`RUST_LOG=tower_http=debug`); 5xx answers at warn.
@@ -155,24 +165,38 @@ pub fn router(api: Arc<Api>) -> Router {
         .with_state(api)
 }
 
-/// The bearer-token layer of remote-write and reload (and mTLS for remote-write).
-async fn bearer_token(
+fn authorization(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+fn unauthorized(what: &str) -> axum::response::Response {
+    respond(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        format!("missing or wrong {what}\n"),
+    )
+    .into_response()
+}
+
+/// Writers: a client certificate under mTLS (a bad one failed the handshake), then the token.
+async fn guard_write(
     State(api): State<Arc<Api>>,
     req: Request,
     next: Next,
 ) -> axum::response::Response {
-    // mTLS: a writer presents a certificate of `client_ca_file` (a bad one failed the handshake).
-    if req.uri().path() == "/api/v1/write"
-        && api
-            .cfg
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.client_ca_file.is_some())
+    if api
+        .cfg
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca_file.is_some())
         && !req
             .extensions()
             .get::<tls::ClientCert>()
             .is_some_and(|c| c.0)
     {
+        api.tokens.refuse(auth::Need::Write, "client_cert");
         api.write.count(StatusCode::FORBIDDEN);
         return respond(
             StatusCode::FORBIDDEN,
@@ -181,22 +205,66 @@ async fn bearer_token(
         )
         .into_response();
     }
-    let auth = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if !api.write.authorized(auth) {
-        if req.uri().path() == "/api/v1/write" {
-            api.write.count(StatusCode::UNAUTHORIZED);
-        }
-        return respond(
-            StatusCode::UNAUTHORIZED,
-            "text/plain",
-            "missing or wrong bearer token\n",
-        )
-        .into_response();
+    if api
+        .tokens
+        .check(auth::Need::Write, authorization(&req))
+        .is_err()
+    {
+        api.write.count(StatusCode::UNAUTHORIZED);
+        return unauthorized("bearer token");
     }
     next.run(req).await
+}
+
+/// Admin writes: the admin token (else the writers'), and an audit line naming the token's key
+/// (never the token) and the client.
+async fn guard_admin(
+    State(api): State<Arc<Api>>,
+    req: Request,
+    next: Next,
+) -> axum::response::Response {
+    let client = req
+        .extensions()
+        .get::<serve::Peer>()
+        .map_or_else(|| "unknown".to_string(), |p| p.0.to_string());
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let forwarded_by = req
+        .headers()
+        .get(forward::FORWARDED_BY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match api.tokens.check(auth::Need::Admin, authorization(&req)) {
+        Ok(key) => {
+            tracing::info!(target: "vigil::audit", %method, %path, %client, token = key.unwrap_or("none (no token configured)"), forwarded_by = forwarded_by.as_deref().unwrap_or(""), "admin request");
+            next.run(req).await
+        }
+        Err(()) => {
+            tracing::warn!(target: "vigil::audit", %method, %path, %client, "admin request refused: missing or wrong token");
+            unauthorized("admin token")
+        }
+    }
+}
+
+/// Readers: the query token when one is set; a browser is asked for basic auth (any user name,
+/// the token as the password).
+async fn guard_query(
+    State(api): State<Arc<Api>>,
+    req: Request,
+    next: Next,
+) -> axum::response::Response {
+    if api
+        .tokens
+        .check(auth::Need::Query, authorization(&req))
+        .is_ok()
+    {
+        return next.run(req).await;
+    }
+    let mut r = unauthorized("query token (bearer, or basic auth's password)");
+    r.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Basic realm=\"vigil\", charset=\"UTF-8\""),
+    );
+    r
 }
 
 /// A body read within the route's limit: 413 past it.

@@ -14,6 +14,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower_http::add_extension::AddExtension;
+
+/// The client's address, on every request (audit lines name it).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// `[server] max_connections`, `header_read_timeout`, and the grace period of a stop.
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +56,7 @@ pub async fn serve(
         };
         let stream = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok((stream, addr)) => (stream, addr),
                 Err(e) => {
                     // Out of file descriptors, say: a pause before the next try, or the loop
                     // spins on the same error (axum::serve and Go's net/http pause likewise).
@@ -64,12 +69,12 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
+        let (stream, addr) = stream;
         let _ = stream.set_nodelay(true);
         let Some(tls) = tls.clone() else {
-            let conn = builder.serve_connection(
-                TokioIo::new(stream),
-                TowerToHyperService::new(router.clone()),
-            );
+            let svc = AddExtension::new(router.clone(), Peer(addr));
+            let conn =
+                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 let _ = conn.await;
@@ -83,7 +88,7 @@ pub async fn serve(
         tokio::spawn(async move {
             match tls.accept(stream, limits.header_read_timeout).await {
                 Ok((stream, cert)) => {
-                    let svc = tower_http::add_extension::AddExtension::new(router, cert);
+                    let svc = AddExtension::new(AddExtension::new(router, cert), Peer(addr));
                     let conn = builder
                         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
                     let _ = watcher.watch(conn).await;

@@ -83,63 +83,23 @@ pub struct Prepared {
     ends: Vec<usize>,
 }
 
-/// Remote-write ingest into the window: its limits, its token, its self-metrics.
+/// Remote-write ingest into the window: its limits and its self-metrics (the token is checked
+/// by the router's layer, `auth.rs`).
 pub struct Ingest {
     cfg: Config,
     store: Arc<Store>,
-    token: Option<String>,
     clock: SharedClock,
     metrics: Metrics,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    #[error("auth_token_file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("auth_token_file {0} is empty")]
-    Empty(String),
-}
-
-/// Compares two byte strings in time independent of where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Ingest {
-    pub fn new(
-        cfg: Config,
-        store: Arc<Store>,
-        clock: SharedClock,
-        r: &mut Registry,
-    ) -> Result<Ingest, TokenError> {
-        let token = match &cfg.auth_token_file {
-            Some(p) => {
-                let path = p.display().to_string();
-                let t = std::fs::read_to_string(p).map_err(|source| TokenError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                let t = t.trim().to_string();
-                if t.is_empty() {
-                    return Err(TokenError::Empty(path));
-                }
-                Some(t)
-            }
-            None => None,
-        };
-        Ok(Ingest {
+    pub fn new(cfg: Config, store: Arc<Store>, clock: SharedClock, r: &mut Registry) -> Ingest {
+        Ingest {
             cfg,
             store,
-            token,
             clock,
             metrics: Metrics::register(r),
-        })
+        }
     }
 
     /// Counts a request by its answer.
@@ -150,20 +110,6 @@ impl Ingest {
                 code: status.as_u16(),
             })
             .inc();
-    }
-
-    /// Whether the request carries the configured bearer token (always true when none is set).
-    pub fn authorized(&self, auth_header: Option<&str>) -> bool {
-        match &self.token {
-            None => true,
-            Some(t) => auth_header
-                .and_then(|h| {
-                    h.get(..7)
-                        .filter(|p| p.eq_ignore_ascii_case("bearer "))
-                        .map(|_| &h[7..])
-                })
-                .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), t.as_bytes())),
-        }
     }
 
     /// Handles one write whose bearer token was checked (by the router's token layer): validates
@@ -354,17 +300,5 @@ impl Ingest {
             );
         }
         (StatusCode::NO_CONTENT, String::new())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }

@@ -936,3 +936,117 @@ fn make_state_v1_fixture() {
     assert!(out.status.success());
     std::fs::write(fixtures.join("vigil.sql"), out.stdout).expect("write the fixture");
 }
+
+#[test]
+fn writers_admins_and_readers_each_need_their_own_token() {
+    use vigil_e2e::tls::curl;
+    let dir = tempdir("agg-tokens");
+    let d = dir.path();
+    let (w, a, q) = (
+        "w-7b1e-writer-secret",
+        "a-4c2d-admin-secret",
+        "q-9f0a-reader-secret",
+    );
+    for (file, token) in [("write", w), ("admin", a), ("query", q)] {
+        std::fs::write(d.join(file), format!("{token}\n")).expect("token");
+    }
+    let rules = d.join("rules.toml");
+    std::fs::write(&rules, "").expect("rules");
+    let port = free_port();
+    let extra = format!(
+        "auth_token_file = \"{}\"\nadmin_token_file = \"{}\"\nquery_token_file = \"{}\"\n",
+        d.join("write").display(),
+        d.join("admin").display(),
+        d.join("query").display()
+    );
+    let cfg = write_config(d, port, &rules.display().to_string(), &extra);
+    let agg = start(d, &cfg, port);
+    let base = format!("http://127.0.0.1:{port}");
+    let bearer = |t: &str| format!("Authorization: Bearer {t}");
+    // Probes stay open.
+    assert_eq!(
+        curl(&format!("{base}/-/healthy"), None, None, &[], None).0,
+        200
+    );
+    // Readers: the query token, as a bearer or as basic auth's password; a browser is asked.
+    let query = format!("{base}/api/v1/query?query=vector(1)");
+    let (code, body) = curl(&query, None, None, &[], None);
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(curl(&query, None, None, &[&bearer(w)], None).0, 401);
+    assert_eq!(curl(&query, None, None, &[&bearer(q)], None).0, 200);
+    let basic = format!("{base}/");
+    let mut cmd = Command::new("curl");
+    let out = cmd
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+            &format!("grafana:{q}"),
+            &basic,
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let out = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", &basic])
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        headers.contains("www-authenticate: basic realm=\"vigil\""),
+        "{headers}"
+    );
+    // Writers cannot reload; admins can.
+    let reload = format!("{base}/-/reload");
+    assert_eq!(curl(&reload, None, None, &[&bearer(w)], Some(b"")).0, 401);
+    let (code, body) = curl(&reload, None, None, &[&bearer(a)], Some(b""));
+    assert_eq!(code, 200, "{body}");
+    // Admins cannot write; writers can.
+    let series = vec![(
+        vigil_wire::Labels::from_pairs([("__name__", "up"), ("instance", "i-1")]),
+        1.0,
+    )];
+    let body = vigil_e2e::http::remote_write_body(&series);
+    let h = [
+        "Content-Encoding: snappy",
+        "Content-Type: application/x-protobuf",
+    ];
+    let with = |t: &str| {
+        let b = bearer(t);
+        let mut all = h.to_vec();
+        all.push(&b);
+        curl(
+            &format!("{base}/api/v1/write"),
+            None,
+            None,
+            &all,
+            Some(&body),
+        )
+        .0
+    };
+    assert_eq!(with(a), 401);
+    assert_eq!(with(w), 204);
+    // Refusals are counted; the admin request is audited by the token's name, never the token.
+    let m = curl(&format!("{base}/metrics"), None, None, &[&bearer(q)], None).1;
+    for (endpoint, n) in [("query", 3.0), ("admin", 1.0), ("write", 1.0)] {
+        let series = format!(
+            "vigil_aggregator_http_refused_total{{endpoint=\"{endpoint}\",reason=\"token\"}}"
+        );
+        assert_eq!(
+            vigil_e2e::http::metric_value(&m, &series),
+            Some(n),
+            "{series}\n{m}"
+        );
+    }
+    let log = agg.log_text();
+    assert!(
+        log.contains("admin request") && log.contains("admin_token_file"),
+        "{log}"
+    );
+    for t in [w, a, q] {
+        assert!(!log.contains(t), "a token leaked into the log:\n{log}");
+    }
+}
