@@ -12,4 +12,4 @@ pub mod proxy;
 pub mod receiver;
 pub mod tls;
 
-pub use procs::{bin, free_port, peer, tempdir, wait_http, wait_until, Child, TempDir};
+pub use procs::{bin, free_port, peer, secret, tempdir, wait_http, wait_until, Child, TempDir};

@@ -134,10 +134,40 @@ impl Child {
     }
 }
 
+/// The secrets the tests configured (tokens, webhook URLs): no process's log may contain one.
+static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers `s` as a secret (checked against every child's log when it ends) and returns it.
+pub fn secret(s: impl Into<String>) -> String {
+    let s = s.into();
+    SECRETS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(s.clone());
+    s
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Every log of the suite is checked for every secret any test configured.
+        if std::thread::panicking() {
+            return;
+        }
+        let log = self.log_text();
+        let leaked: Vec<String> = SECRETS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|s| log.contains(s.as_str()))
+            .cloned()
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "a configured secret appears in the log of {}: {leaked:?}",
+            self.name
+        );
     }
 }
 

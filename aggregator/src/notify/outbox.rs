@@ -84,6 +84,21 @@ pub struct Outbox {
     timeout: Duration,
 }
 
+/// A target as logs show it: an SNS topic as it is; a webhook URL (a Slack URL is a credential)
+/// as its scheme, host and port only.
+pub fn redacted(target: &str) -> String {
+    match target.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            // User info is a secret too.
+            let host = host.rsplit('@').next().unwrap_or(host);
+            let hidden = rest.len() > host.len();
+            format!("{scheme}://{host}{}", if hidden { "/…" } else { "" })
+        }
+        None => target.to_string(),
+    }
+}
+
 impl Outbox {
     pub fn new(
         db: state::Shared,
@@ -186,19 +201,19 @@ impl Outbox {
                 }
                 Err(e) if e.permanent => {
                     self.metrics.count(kind, "rejected");
-                    tracing::error!(target = %p.target, error = %e, "notification refused by the receiver; dropped (sending it again cannot succeed)");
+                    tracing::error!(target = %redacted(&p.target), error = %e, "notification refused by the receiver; dropped (sending it again cannot succeed)");
                     (self.db.run(move |db| db.remove(id)).await, false)
                 }
                 Err(e) if now >= p.expires_at => {
                     self.metrics.count(kind, "expired");
-                    tracing::error!(target = %p.target, attempts = p.attempts + 1, error = %e, "notification expired undelivered");
+                    tracing::error!(target = %redacted(&p.target), attempts = p.attempts + 1, error = %e, "notification expired undelivered");
                     (self.db.run(move |db| db.remove(id)).await, false)
                 }
                 Err(e) => {
                     self.metrics.count(kind, "failed");
                     let at = self.clock.now_ms();
                     let next = at + backoff_ms(p.attempts, at);
-                    tracing::warn!(target = %p.target, attempts = p.attempts + 1, retry_in_ms = next - at, error = %e, "notification not delivered; retrying");
+                    tracing::warn!(target = %redacted(&p.target), attempts = p.attempts + 1, retry_in_ms = next - at, error = %e, "notification not delivered; retrying");
                     let msg = e.message;
                     (
                         self.db.run(move |db| db.retry_at(id, next, &msg)).await,

@@ -299,3 +299,21 @@ fn every_alertmanager_peer_gets_each_notice_and_the_shared_state_keeps_no_url() 
     let shared = out[1].to_shared(&s.receivers).expect("slack");
     assert_eq!(Delivery::from_shared(&shared, &[]), None);
 }
+
+#[test]
+fn logs_show_a_webhook_by_its_host_only() {
+    use super::outbox::redacted;
+    assert_eq!(
+        redacted("https://hooks.slack.com/services/T000/B000/XXXXSECRET"),
+        "https://hooks.slack.com/…"
+    );
+    assert_eq!(
+        redacted("http://u:pw@am.internal:9093/api/v2/alerts?x=1"),
+        "http://am.internal:9093/…"
+    );
+    assert_eq!(redacted("http://am:9093"), "http://am:9093");
+    assert_eq!(
+        redacted("arn:aws:sns:us-east-1:123456789012:oncall"),
+        "arn:aws:sns:us-east-1:123456789012:oncall"
+    );
+}

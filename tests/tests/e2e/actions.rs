@@ -359,7 +359,7 @@ fail_open_fraction = 0.5
 "#,
         &format!(
             "[[receiver]]\nname = \"oncall\"\nslack_webhook_url = \"{}\"\n",
-            hook.url("/slack")
+            vigil_e2e::secret(hook.url("/slack"))
         ),
         "dry_run = false",
     );
@@ -465,7 +465,7 @@ fn alerts_arrive_once_per_group_and_resolve_once_across_a_restart() {
         ALERTS,
         &format!(
             "[[receiver]]\nname = \"oncall\"\nsns_topic_arn = \"{topic}\"\nslack_webhook_url = \"{}\"\n",
-            hook.url("/slack")
+            vigil_e2e::secret(hook.url("/slack"))
         ),
         "dry_run = false",
     );
@@ -934,8 +934,8 @@ fn a_failing_receiver_delays_no_other_and_gets_its_message_once_it_answers() {
         ALERTS,
         &format!(
             "[[receiver]]\nname = \"down\"\nslack_webhook_url = \"{}\"\n[[receiver]]\nname = \"up\"\nslack_webhook_url = \"{}\"\n",
-            down.url("/down"),
-            up.url("/up")
+            vigil_e2e::secret(down.url("/down")),
+            vigil_e2e::secret(up.url("/up"))
         ),
     );
     let inst = vec!["i-a".to_string()];

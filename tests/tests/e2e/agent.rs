@@ -614,11 +614,11 @@ fn push_sends_the_bearer_token_and_honours_retry_after() {
     let rx = Receiver::start(free_port());
     {
         let mut st = rx.store.lock().expect("lock");
-        st.require_token = Some("s3cret".into());
+        st.require_token = Some(vigil_e2e::secret("s3cret-agent-token"));
         st.throttle = 1;
         st.throttle_retry_after_secs = 3;
     }
-    std::fs::write(dir.path().join("token"), "s3cret\n").expect("token");
+    std::fs::write(dir.path().join("token"), "s3cret-agent-token\n").expect("token");
     let cfg = agent_config(dir.path(), &rx.url(), "");
     let text = std::fs::read_to_string(&cfg).expect("read").replace(
         "timeout = \"2s\"",

@@ -948,6 +948,7 @@ fn writers_admins_and_readers_each_need_their_own_token() {
         "q-9f0a-reader-secret",
     );
     for (file, token) in [("write", w), ("admin", a), ("query", q)] {
+        vigil_e2e::secret(token);
         std::fs::write(d.join(file), format!("{token}\n")).expect("token");
     }
     let rules = d.join("rules.toml");

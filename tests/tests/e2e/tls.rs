@@ -12,6 +12,7 @@ const TOKEN: &str = "tok-3f9a1c7e-never-in-a-log";
 
 #[test]
 fn an_agent_pushes_over_mtls_and_everyone_else_is_refused() {
+    vigil_e2e::secret(TOKEN);
     let dir = tempdir("tls");
     let d = dir.path();
     let pki = d.join("pki");
