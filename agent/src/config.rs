@@ -181,6 +181,19 @@ fn url(doc: &mut Doc<'_>, o: &mut Obj<'_, '_>, key: &str) -> Option<String> {
         );
         return None;
     }
+    // user:password@ would be logged with every push and never sent (the client ignores it).
+    let authority = u.value.split("://").nth(1).unwrap_or("");
+    let authority = authority.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        doc.error_at(
+            u.span.start,
+            format!(
+                "{}.{key}: credentials in the URL are not sent and would be logged; use token_file",
+                o.path
+            ),
+        );
+        return None;
+    }
     Some(u.value)
 }
 
@@ -496,12 +509,23 @@ address = "127.0.0.1:9471"
         for (url, name) in [
             ("http://a.example/api/v1/write", "a.example:80"),
             ("https://a.example/api/v1/write", "a.example:443"),
-            ("https://u:p@a.example:8443/x", "a.example:8443"),
             ("http://[::1]:9470/api/v1/write", "[::1]:9470"),
             ("http://[::1]/api/v1/write", "[::1]:80"),
         ] {
             assert_eq!(default_name(url), name, "{url}");
         }
+    }
+
+    #[test]
+    fn credentials_in_a_push_url_are_refused() {
+        let errs = parse("a.toml", "[[push]]\nurl = \"https://u:pw@a:9470/w\"\n").unwrap_err();
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("credentials in the URL are not sent and would be logged"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]

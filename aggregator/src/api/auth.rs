@@ -56,12 +56,17 @@ pub struct Tokens {
     refused: Family<RefusedLabels, Counter>,
 }
 
-/// Compares two byte strings in time independent of where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Compares what a client `given` with the `secret` in time that depends only on the length
+/// of what was given: neither where they differ nor the secret's length shows.
+pub fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
+    if secret.is_empty() {
+        return given.is_empty();
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let mut diff = u8::from(given.len() != secret.len());
+    for (i, g) in given.iter().enumerate() {
+        diff |= g ^ secret[i % secret.len()];
+    }
+    diff == 0
 }
 
 fn read(key: &'static str, path: Option<&Path>) -> Result<Option<Token>, String> {
@@ -97,14 +102,16 @@ fn base64(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The secret an `Authorization` header carries: a bearer token, or basic auth's password.
-fn presented(header: Option<&str>) -> Option<Vec<u8>> {
+/// The secret an `Authorization` header carries: a bearer token, or (readers only) basic auth's
+/// password. A browser sends saved basic credentials with a cross-site form too, so basic auth
+/// never opens an admin write (no CSRF through the console's sign-in).
+fn presented(header: Option<&str>, basic: bool) -> Option<Vec<u8>> {
     let h = header?.trim();
     let (scheme, rest) = h.split_once(' ')?;
     if scheme.eq_ignore_ascii_case("bearer") {
         return Some(rest.trim().as_bytes().to_vec());
     }
-    if scheme.eq_ignore_ascii_case("basic") {
+    if basic && scheme.eq_ignore_ascii_case("basic") {
         let pair = base64(rest.trim())?;
         let colon = pair.iter().position(|&b| b == b':')?;
         return Some(pair[colon + 1..].to_vec());
@@ -142,7 +149,9 @@ impl Tokens {
         let Some(t) = self.token(need) else {
             return Ok(None);
         };
-        if presented(header).is_some_and(|p| constant_time_eq(&p, t.value.as_bytes())) {
+        if presented(header, need == Need::Query)
+            .is_some_and(|p| constant_time_eq(&p, t.value.as_bytes()))
+        {
             Ok(Some(t.key))
         } else {
             self.refuse(need, "token");
@@ -185,6 +194,8 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"abcabc", b"abc"));
+        assert!(!constant_time_eq(b"", b"abc"));
     }
 
     #[test]
@@ -212,6 +223,8 @@ mod tests {
         );
         assert_eq!(t.check(Need::Query, Some("Basic dTp3")), Err(()));
         assert_eq!(t.check(Need::Query, Some("Basic !!!")), Err(()));
+        // Basic auth opens reads only ("u:a" is the admin token as a password).
+        assert_eq!(t.check(Need::Admin, Some("Basic dTph")), Err(()));
         let m = t
             .refused
             .get_or_create(&RefusedLabels {
