@@ -396,13 +396,15 @@ async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), Strin
             );
         }
         let m = metrics.target(&target.name);
+        // The files' stamp first: a file replaced while the client is built is seen as a change.
+        let stamp = target.tls.stamp();
         let client = if target.tls.is_empty() {
             http.clone()
         } else {
             http::Http::with_tls(&target.tls)
                 .map_err(|e| format!("push target {}: {e}", target.name))?
         };
-        let pusher = push::Pusher::new(target, client, spool, m.clone());
+        let pusher = push::Pusher::new(target, (client, stamp), spool, m.clone());
         let (tx, rx) = mpsc::channel::<push::Batch>(PUSH_QUEUE);
         queues.push((target.name.clone(), target.max_samples_per_send, tx, m));
         tasks.push(tokio::spawn(pusher.run(rx, stopping.clone())));

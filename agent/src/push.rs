@@ -73,9 +73,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl Pusher {
+    /// `client`: the HTTP client and the stamp of the TLS files as they were before it was built.
     pub fn new(
         target: &crate::config::Push,
-        http: Http,
+        client: (Http, vigil_config::tls::Stamp),
         spool: Spool,
         metrics: TargetMetrics,
     ) -> Self {
@@ -85,7 +86,7 @@ impl Pusher {
             | 1;
         let p = Pusher {
             name: target.name.clone(),
-            http: std::sync::Mutex::new((http, target.tls.stamp())),
+            http: std::sync::Mutex::new(client),
             tls: target.tls.clone(),
             url: target.url.clone(),
             token_file: target.token_file.clone(),

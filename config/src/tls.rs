@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -45,8 +44,9 @@ pub fn roots(path: &Path) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
-/// What [`ClientFiles::stamp`] compares: each file's modification time and size.
-pub type Stamp = Vec<Option<(SystemTime, u64)>>;
+/// What [`ClientFiles::stamp`] compares: each file's inode, change time (seconds,
+/// nanoseconds) and size.
+pub type Stamp = Vec<Option<(u64, i64, i64, u64)>>;
 
 /// A client's TLS files: the CA it trusts (else the system's roots), and its own certificate
 /// and key for servers that ask for one (mTLS).
@@ -62,15 +62,17 @@ impl ClientFiles {
         self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none()
     }
 
-    /// The files' modification times and sizes: what changes when one is replaced.
+    /// The files' inodes, change times and sizes: what changes when one is replaced (also by
+    /// `cp -p` or `rsync -a`, which keep the modification time).
     pub fn stamp(&self) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
         [&self.ca_file, &self.cert_file, &self.key_file]
             .into_iter()
             .flatten()
             .map(|p| {
                 std::fs::metadata(p)
                     .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+                    .map(|m| (m.ino(), m.ctime(), m.ctime_nsec(), m.len()))
             })
             .collect()
     }

@@ -86,9 +86,17 @@ pub async fn serve(
         // listener), within the header deadline.
         let (router, builder, watcher) = (router.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
+            // One deadline for the handshake and the first request's headers together.
+            let began = std::time::Instant::now();
             match tls.accept(stream, limits.header_read_timeout).await {
                 Ok((stream, cert)) => {
                     let svc = AddExtension::new(AddExtension::new(router, cert), Peer(addr));
+                    let mut builder = builder;
+                    let left = limits
+                        .header_read_timeout
+                        .saturating_sub(began.elapsed())
+                        .max(Duration::from_millis(1));
+                    builder.header_read_timeout(left);
                     let conn = builder
                         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
                     let _ = watcher.watch(conn).await;
