@@ -22,10 +22,10 @@
 //! the recovery rules above spelled out and tested.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-const HEADER: usize = 8;
+use vigil_wire::frame::{self, HEADER};
 /// Largest frame accepted when reading back (a remote-write body of one batch is far smaller).
 const MAX_FRAME: u32 = 64 << 20;
 
@@ -60,42 +60,10 @@ fn seg_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.seg"))
 }
 
-/// Reads one frame at the file's position. `Ok(None)` at a clean end; `Err` describes a torn or
-/// corrupt frame.
+/// Reads one frame ([`vigil_wire::frame`]) at the file's position. `Ok(None)` at a clean end;
+/// `Err` describes a torn or corrupt frame.
 fn read_frame(f: &mut File) -> io::Result<Option<Result<Vec<u8>, String>>> {
-    let mut head = [0u8; HEADER];
-    let mut got = 0;
-    while got < HEADER {
-        let n = f.read(&mut head[got..])?;
-        if n == 0 {
-            return Ok(if got == 0 {
-                None
-            } else {
-                Some(Err(format!("frame header cut after {got} bytes")))
-            });
-        }
-        got += n;
-    }
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if len > MAX_FRAME {
-        return Ok(Some(Err(format!("frame length {len} is implausible"))));
-    }
-    let mut body = vec![0u8; len as usize];
-    let mut got = 0;
-    while got < body.len() {
-        let n = f.read(&mut body[got..])?;
-        if n == 0 {
-            return Ok(Some(Err(format!(
-                "frame body cut after {got} of {len} bytes"
-            ))));
-        }
-        got += n;
-    }
-    if crc32fast::hash(&body) != crc {
-        return Ok(Some(Err("frame checksum mismatch".into())));
-    }
-    Ok(Some(Ok(body)))
+    frame::read(f, MAX_FRAME)
 }
 
 impl Spool {
@@ -279,14 +247,12 @@ impl Spool {
             .writer
             .as_mut()
             .ok_or_else(|| io::Error::other("spool writer missing"))?;
-        let mut frame = Vec::with_capacity(HEADER + body.len());
-        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-        frame.extend_from_slice(body);
-        w.write_all(&frame)?;
+        let mut buf = Vec::new();
+        frame::put(&mut buf, body);
+        w.write_all(&buf)?;
         w.sync_data()?;
         if let Some(last) = self.segments.last_mut() {
-            last.1 += frame.len() as u64;
+            last.1 += buf.len() as u64;
         }
         self.pending_frames += 1;
         self.enforce_bound()?;

@@ -262,6 +262,37 @@ impl Labels {
         self.text()
     }
 
+    /// [`Labels::from_encoded`] for text read back from a file, which may be damaged: `None`
+    /// unless it is a well-formed encoding of names in order, each once, with non-empty values.
+    pub fn from_encoded_checked(text: &str) -> Option<Labels> {
+        let b = text.as_bytes();
+        let mut pos = 0;
+        let mut prev: Option<&str> = None;
+        let field = |pos: &mut usize| -> Option<&str> {
+            let mut n = 0usize;
+            loop {
+                let x = *b.get(*pos)?;
+                *pos += 1;
+                n = n.checked_mul(64)? | usize::from(x & 0x3f);
+                if x & 0x40 == 0 {
+                    break;
+                }
+            }
+            let f = text.get(*pos..pos.checked_add(n)?)?;
+            *pos += n;
+            Some(f)
+        };
+        while pos < b.len() {
+            let name = field(&mut pos)?;
+            let value = field(&mut pos)?;
+            if value.is_empty() || prev.is_some_and(|p| p >= name) {
+                return None;
+            }
+            prev = Some(name);
+        }
+        Some(Labels::from_encoded(text))
+    }
+
     /// A label set from text [`encode_sorted`] produced.
     pub fn from_encoded(text: &str) -> Labels {
         if text.is_empty() {
@@ -404,6 +435,39 @@ mod tests {
         assert_eq!(l.get("a"), Some("3"));
         assert_eq!(l.get("c"), None);
         assert_eq!(l.len(), 2);
+    }
+
+    #[test]
+    fn checked_decoding_takes_real_sets_and_refuses_damaged_ones() {
+        let long = "v".repeat(5_000);
+        let l = Labels::from_pairs([("__name__", "up"), ("job", long.as_str()), ("ü", "é")]);
+        let text = l.encoded();
+        assert_eq!(Labels::from_encoded_checked(text), Some(l.clone()));
+        assert_eq!(Labels::from_encoded_checked(""), Some(Labels::empty()));
+        // Every cut and every byte changed: refused, or a set that reads without a panic.
+        let bytes = text.as_bytes();
+        for i in 0..bytes.len() {
+            if let Ok(t) = std::str::from_utf8(&bytes[..i]) {
+                if let Some(l) = Labels::from_encoded_checked(t) {
+                    let _ = l.iter().count();
+                }
+            }
+            for bit in 0..7 {
+                let mut b = bytes.to_vec();
+                b[i] ^= 1 << bit;
+                if let Ok(t) = std::str::from_utf8(&b) {
+                    if let Some(l) = Labels::from_encoded_checked(t) {
+                        let _ = (l.iter().count(), l.to_string());
+                    }
+                }
+            }
+        }
+        let unsorted = format!(
+            "{}{}",
+            Labels::from_pairs([("b", "1")]).encoded(),
+            Labels::from_pairs([("a", "1")]).encoded()
+        );
+        assert_eq!(Labels::from_encoded_checked(&unsorted), None);
     }
 
     #[test]
