@@ -7,6 +7,9 @@ use std::path::PathBuf;
 
 use vigil_config::tomlread::{Diagnostic, Doc, Obj};
 
+mod storage;
+pub use storage::Wal;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Receiver {
     pub name: String,
@@ -92,6 +95,8 @@ pub struct Config {
     /// A series not pushed to for this long is marked stale; its instance counts as down.
     pub stale_after_ms: i64,
     pub state_dir: PathBuf,
+    /// `[storage] wal`, `wal_fsync`, `checkpoint_interval`: the window kept on disk.
+    pub wal: Wal,
     /// `[cluster]`: run as one of an HA group (None: act alone).
     pub cluster: Option<Cluster>,
     /// Rule file paths or globs (`*` in the file name).
@@ -168,6 +173,7 @@ impl Default for Config {
             retention_ms: 3_600_000,
             stale_after_ms: 60_000,
             state_dir: PathBuf::from("/var/lib/vigil"),
+            wal: Wal::default(),
             cluster: None,
             rule_files: vec![],
             evaluation_interval_ms: 10_000,
@@ -310,13 +316,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         c.query_timeout_ms = q.positive_duration(&mut doc, "timeout", c.query_timeout_ms);
         q.finish(&mut doc);
     }
-    if let Some(mut s) = top.table(&mut doc, "storage") {
-        c.retention_ms = s.positive_duration(&mut doc, "retention", c.retention_ms);
-        c.stale_after_ms = s.positive_duration(&mut doc, "stale_after", c.stale_after_ms);
-        if let Some(d) = s.str(&mut doc, "state_dir") {
-            c.state_dir = PathBuf::from(d.value);
-        }
-        s.finish(&mut doc);
+    if let Some(s) = top.table(&mut doc, "storage") {
+        storage::parse(&mut doc, s, &mut c);
     }
     if let Some(mut r) = top.table(&mut doc, "rules") {
         c.rule_files = r

@@ -138,14 +138,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let db = match state::Db::open(&cfg.state_dir) {
-        Ok(d) => d,
+    let (db, state_dir) = match state::Db::open(&cfg.state_dir) {
+        Ok(d) => (d, cfg.state_dir.clone()),
         Err(e) if args.config.is_none() && !Path::new(DEFAULT_CONFIG).exists() => {
             // The embedded default, run by someone who cannot write /var/lib/vigil.
             let dir = std::env::temp_dir().join("vigil-aggregator-state");
             tracing::warn!(error = %e, fallback = %dir.display(), "state directory unusable; using the fallback");
             match state::Db::open(&dir) {
-                Ok(d) => d,
+                Ok(d) => (d, dir),
                 Err(e) => {
                     eprintln!("vigil-aggregator: {e}");
                     return ExitCode::from(1);
@@ -165,8 +165,9 @@ fn main() -> ExitCode {
         }
     };
     let res: Result<(), String> = rt.block_on(async move {
-        let wired = wire(cfg, rules, db).await?;
+        let wired = wire(cfg, rules, db, &state_dir).await?;
         let Wired { api, engine, fleet, publisher, outbox, rules, cluster } = wired;
+        let store = api.store.clone();
         let listen = api.cfg.listen;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         tracing::info!(address = %listen, tls = tls.is_some(), mtls = tls.as_ref().is_some_and(|t| t.mtls()), dry_run = api.cfg.dry_run, rule_files = rules.current().files.len(), "serving");
@@ -195,6 +196,9 @@ fn main() -> ExitCode {
         let c = cluster.clone();
         tokio::spawn(async move { c.run().await });
         tokio::spawn(engine.clone().run_cluster());
+        if api.cfg.wal.enabled {
+            tokio::spawn(checkpoints(store.clone(), api.cfg.wal.checkpoint_interval_ms));
+        }
         api.ready.store(true, Ordering::SeqCst);
         loop {
             tokio::select! {
@@ -226,6 +230,15 @@ fn main() -> ExitCode {
         }
         cluster.release().await;
         let _ = server.await;
+        // Ingest has stopped: a checkpoint now leaves no log to replay at the next start.
+        if api.cfg.wal.enabled {
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.checkpoint().map(|b| (b, s.flush_log()))).await {
+                Ok(Ok((bytes, ()))) => tracing::info!(bytes, "window saved"),
+                Ok(Err(e)) => tracing::error!(error = %e, "window checkpoint failed at stop: the next start replays the log"),
+                Err(e) => tracing::error!(error = %e, "window checkpoint failed at stop: the next start replays the log"),
+            }
+        }
         Ok(())
     });
     match res {
@@ -233,6 +246,49 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("vigil-aggregator: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Rebuilds the window from the checkpoint and the log in `dir`, before anything is ingested.
+async fn restore_window(store: &Arc<store::Store>, dir: &Path, fsync: bool) -> Result<(), String> {
+    let (s, d) = (store.clone(), dir.to_path_buf());
+    let r = tokio::task::spawn_blocking(move || s.open_log(&d, fsync))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{}: cannot restore the window: {e}", dir.display()))?;
+    tracing::info!(
+        series = r.series,
+        samples = r.samples,
+        checkpoint_series = r.checkpoint_series,
+        log_records = r.log.records,
+        log_bytes = r.log.bytes,
+        corrupt = r.log.corrupt + r.damaged_blocks,
+        cut_bytes = r.log.cut_bytes,
+        over_series_limit = r.over_limit,
+        seconds = r.seconds,
+        "window restored from disk"
+    );
+    Ok(())
+}
+
+/// Checkpoints the window every `interval_ms`, or sooner when the log has grown large.
+async fn checkpoints(store: Arc<store::Store>, interval_ms: i64) {
+    let mut last = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(10).min(Duration::from_millis(interval_ms as u64)))
+            .await;
+        if last.elapsed() < Duration::from_millis(interval_ms as u64) && !store.checkpoint_due() {
+            continue;
+        }
+        last = std::time::Instant::now();
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.checkpoint()).await {
+            Ok(Ok(bytes)) => tracing::debug!(bytes, "window checkpoint written"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "window checkpoint failed: the log keeps everything since the last one")
+            }
+            Err(e) => tracing::error!(error = %e, "window checkpoint failed"),
         }
     }
 }
@@ -271,6 +327,7 @@ async fn wire(
     cfg: config::Config,
     rules: vigil_rules::evaluator::RuleSet,
     db: state::Db,
+    state_dir: &Path,
 ) -> Result<Wired, String> {
     let clock = clock::system();
     let mut registry = prometheus_client::registry::Registry::default();
@@ -284,6 +341,10 @@ async fn wire(
     let tick_ms = rules.tick_ms();
     let rules = Arc::new(ruleset::Rules::new(cfg.clone(), rules, &mut registry));
     let store = Arc::new(store::Store::new(cfg.retention_ms, cfg.max_series));
+    store.register_log_metrics(&mut registry);
+    if cfg.wal.enabled {
+        restore_window(&store, &state_dir.join("wal"), cfg.wal.fsync).await?;
+    }
     let db = state::Shared::new(db);
     // Alone, or one of an HA cluster on a DynamoDB lease: the cluster decides who acts.
     let cluster = Arc::new(match &cfg.cluster {

@@ -15,3 +15,6 @@ mod cluster;
 
 #[path = "e2e/tls.rs"]
 mod tls;
+
+#[path = "e2e/window.rs"]
+mod window;

@@ -330,7 +330,7 @@ async fn write(State(api): State<Arc<Api>>, body: Result<Body, Resp>) -> Resp {
         }
     };
     let mut r = respond(status, "text/plain", msg);
-    if status == StatusCode::TOO_MANY_REQUESTS {
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
         r.headers_mut()
             .insert("retry-after", hyper::header::HeaderValue::from_static("30"));
     }

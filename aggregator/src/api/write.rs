@@ -1,6 +1,7 @@
 //! `POST /api/v1/write`: remote-write 1.0 from any sender (Vigil's agent, Prometheus, vmagent,
 //! Grafana Alloy). Answers 204 accepted, 400 malformed, 401 missing or wrong token, 413 too large,
-//! 429 over the series limit (with `Retry-After`).
+//! 429 over the series limit (with `Retry-After`), 503 when the window's log cannot be written
+//! (disk full; with `Retry-After`, nothing stored).
 
 use bytes::Bytes;
 use hyper::StatusCode;
@@ -78,6 +79,8 @@ const LOCK_WAIT_ON_WORKER: std::time::Duration = std::time::Duration::from_milli
 /// A request validated and ready to store: the decompressed body and each series' canonical
 /// labels, encoded once.
 pub struct Prepared {
+    /// The body as received: what the window's log keeps.
+    body: Bytes,
     raw: Vec<u8>,
     encoded: String,
     ends: Vec<usize>,
@@ -118,6 +121,8 @@ impl Ingest {
     /// that may wait (an async worker must not: tasks queued on it would wait too).
     pub fn write_or_defer(&self, body: &Bytes) -> Result<(StatusCode, String), Prepared> {
         let answer = match self.prepare(body) {
+            // An fsync per request is a wait for the disk: never on an async worker.
+            Ok(p) if self.cfg.wal.enabled && self.cfg.wal.fsync => return Err(p),
             Ok(p) => match self.store.try_batch(LOCK_WAIT_ON_WORKER) {
                 Some(batch) => self.store_prepared(&p, batch),
                 None => return Err(p),
@@ -240,19 +245,38 @@ impl Ingest {
         if let Err(e) = res {
             return Err((StatusCode::BAD_REQUEST, format!("protobuf: {e}\n")));
         }
-        Ok(Prepared { raw, encoded, ends })
+        Ok(Prepared {
+            body: body.clone(),
+            raw,
+            encoded,
+            ends,
+        })
     }
 
     /// Pass 2: store, holding the window for the whole request.
     fn store_prepared(&self, p: &Prepared, batch: crate::store::Batch<'_>) -> (StatusCode, String) {
         let app = self;
-        let Prepared { raw, encoded, ends } = p;
+        let Prepared {
+            body,
+            raw,
+            encoded,
+            ends,
+        } = p;
         let now = app.clock.now_ms();
+        let mut batch = batch;
+        // Logged before it is stored: what is acknowledged survives a kill -9.
+        if let Err(e) = batch.log(now, body) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the window's log cannot be written ({e}); nothing was stored, retry later\n"
+                ),
+            );
+        }
         let mut dropped = [0usize; 5];
         let mut accepted = 0usize;
         let mut too_many = None;
         {
-            let mut batch = batch;
             let _ = remote_write::scan(raw, |i, s| {
                 let start = if i == 0 { 0 } else { ends[i - 1] };
                 match batch.append(&encoded[start..ends[i]], &s.samples, now) {

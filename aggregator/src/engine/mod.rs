@@ -521,6 +521,8 @@ impl Engine {
                 me.liveness(next);
                 me.evaluate(next);
                 let store = &me.parts.store;
+                // What the rules recorded reaches the window's log by the end of the tick.
+                store.flush_log();
                 if compact {
                     let bytes = store.compact(me.parts.clock.now_ms());
                     me.metrics.chunk_bytes.set(bytes as i64);

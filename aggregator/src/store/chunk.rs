@@ -153,6 +153,27 @@ impl ClosedChunks {
         ClosedIter { rest: &self.blob }
     }
 
+    /// The block as it is held (saved whole in a checkpoint).
+    pub fn blob(&self) -> &[u8] {
+        &self.blob
+    }
+
+    /// A block read back from a checkpoint: `None` unless it is a whole number of chunks, each
+    /// of at most [`MAX_SAMPLES`] samples, in time order.
+    pub fn from_blob(blob: &[u8]) -> Option<ClosedChunks> {
+        let mut it = ClosedIter { rest: blob };
+        let mut prev = i64::MIN;
+        for c in it.by_ref() {
+            if c.count == 0 || c.count > MAX_SAMPLES || c.first_t > c.last_t || c.first_t < prev {
+                return None;
+            }
+            prev = c.last_t;
+        }
+        it.rest
+            .is_empty()
+            .then(|| ClosedChunks { blob: blob.into() })
+    }
+
     /// Drops the chunks whose newest sample is older than `oldest`; returns the samples dropped.
     pub fn drop_older_than(&mut self, oldest: i64) -> usize {
         let mut cut = 0;
@@ -244,14 +265,14 @@ impl Chunk {
                 self.leading = 0xff;
             }
             1 => {
-                let delta = s.timestamp_ms - self.last_t;
+                let delta = s.timestamp_ms.wrapping_sub(self.last_t);
                 self.w.bits(delta as u64, 64);
                 self.write_value(v);
                 self.last_delta = delta;
             }
             _ => {
-                let delta = s.timestamp_ms - self.last_t;
-                let dod = delta - self.last_delta;
+                let delta = s.timestamp_ms.wrapping_sub(self.last_t);
+                let dod = delta.wrapping_sub(self.last_delta);
                 match dod {
                     0 => self.w.bit(false),
                     -8192..=8191 => {
@@ -306,9 +327,77 @@ impl Chunk {
         }
     }
 
+    /// Writes the chunk's whole state (encoder included) for [`Chunk::restore`].
+    pub fn save(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.count.to_le_bytes());
+        for v in [
+            self.first_t,
+            self.last_t,
+            self.last_v as i64,
+            self.last_delta,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&[self.leading, self.trailing, self.w.used]);
+        out.extend_from_slice(&(self.w.bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.w.bytes);
+    }
+
+    /// Reads back what [`Chunk::save`] wrote from the front of `buf`, advancing it. `None` for
+    /// a state the encoder could not go on from (a damaged file): appending to it must not panic.
+    pub fn restore(buf: &mut &[u8]) -> Option<Chunk> {
+        let mut r = Fields(buf);
+        let count = u16::from_le_bytes(r.take()?);
+        let mut t = [0i64; 4];
+        for v in &mut t {
+            *v = i64::from_le_bytes(r.take()?);
+        }
+        let [leading, trailing, used] = r.take::<3>()?;
+        let len = u32::from_le_bytes(r.take()?) as usize;
+        let bytes = r.bytes(len)?.to_vec();
+        let window_ok =
+            leading == 0xff || (leading <= 31 && u32::from(leading) + u32::from(trailing) < 64);
+        let sane = count <= MAX_SAMPLES
+            && used < 8
+            && (used == 0 || !bytes.is_empty())
+            && (count == 0 || !bytes.is_empty())
+            && window_ok;
+        if !sane {
+            return None;
+        }
+        *buf = r.0;
+        Some(Chunk {
+            w: BitWriter { bytes, used },
+            count,
+            first_t: t[0],
+            last_t: t[1],
+            last_v: t[2] as u64,
+            last_delta: t[3],
+            leading,
+            trailing,
+        })
+    }
+
     /// Decodes every sample.
     pub fn iter(&self) -> ChunkIter<'_> {
         ChunkIter::new(&self.w.bytes, self.count)
+    }
+}
+
+/// Fixed-size fields read off the front of a byte slice.
+pub struct Fields<'a>(pub &'a [u8]);
+
+impl<'a> Fields<'a> {
+    pub fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (h, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*h)
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (h, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(h)
     }
 }
 
@@ -347,9 +436,10 @@ impl<'a> ChunkIter<'a> {
             if sig == 0 {
                 sig = 64;
             }
-            self.trailing = 64 - self.leading - sig;
+            // Checked: a chunk restored from a damaged file must end the read, not the process.
+            self.trailing = 64u8.checked_sub(self.leading)?.checked_sub(sig)?;
         }
-        let sig = 64 - self.leading - self.trailing;
+        let sig = 64u8.checked_sub(self.leading)?.checked_sub(self.trailing)?;
         let x = self.r.bits(sig)? << self.trailing;
         self.v ^= x;
         Some(())
@@ -363,7 +453,7 @@ impl<'a> ChunkIter<'a> {
             }
             1 => {
                 self.delta = self.r.bits(64)? as i64;
-                self.t += self.delta;
+                self.t = self.t.wrapping_add(self.delta);
                 self.read_value()?;
             }
             _ => {
@@ -378,8 +468,8 @@ impl<'a> ChunkIter<'a> {
                 } else {
                     self.r.bits(64)? as i64
                 };
-                self.delta += dod;
-                self.t += self.delta;
+                self.delta = self.delta.wrapping_add(dod);
+                self.t = self.t.wrapping_add(self.delta);
                 self.read_value()?;
             }
         }
@@ -400,155 +490,4 @@ impl Iterator for ChunkIter<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use vigil_wire::{is_stale_nan, STALE_NAN};
-
-    fn round_trip(samples: &[Sample]) {
-        let mut c = Chunk::default();
-        for s in samples {
-            c.push(*s);
-        }
-        let back: Vec<Sample> = c.iter().collect();
-        assert_eq!(back.len(), samples.len());
-        for (a, b) in samples.iter().zip(&back) {
-            assert_eq!(a.timestamp_ms, b.timestamp_ms);
-            assert_eq!(a.value.to_bits(), b.value.to_bits(), "{a:?} vs {b:?}");
-        }
-    }
-
-    #[test]
-    fn counters_compress_to_about_a_byte_and_a_half() {
-        let samples: Vec<Sample> = (0..120)
-            .map(|i| Sample::new(1_700_000_000_000 + i * 10_000, (i * 137) as f64))
-            .collect();
-        round_trip(&samples);
-        let mut c = Chunk::default();
-        samples.iter().for_each(|s| c.push(*s));
-        assert!(c.w.bytes.len() < 120 * 3, "{} bytes", c.w.bytes.len());
-    }
-
-    #[test]
-    fn special_values_and_irregular_timestamps() {
-        let vals = [
-            0.0,
-            -0.0,
-            1.5,
-            f64::NAN,
-            STALE_NAN,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::MIN_POSITIVE,
-            f64::MAX,
-            3.0,
-            3.0,
-        ];
-        let mut t = -5_000_000i64;
-        let mut samples = Vec::new();
-        for (i, v) in vals.iter().enumerate() {
-            t += [1, 10_000, 7_777_777, 3, 60_000, 1_000_000_000_000, 9_000][i % 7];
-            samples.push(Sample::new(t, *v));
-        }
-        round_trip(&samples);
-        let mut c = Chunk::default();
-        samples.iter().for_each(|s| c.push(*s));
-        assert!(c.iter().any(|s| is_stale_nan(s.value)));
-    }
-
-    #[test]
-    fn delta_of_delta_at_every_bucket_boundary() {
-        for dod in [
-            8191i64,
-            8192,
-            -8192,
-            -8193,
-            65535,
-            65536,
-            -65536,
-            -65537,
-            524287,
-            524288,
-            -524288,
-            -524289,
-            1 << 40,
-        ] {
-            let samples = [
-                Sample::new(0, 1.0),
-                Sample::new(10_000_000, 2.0),
-                Sample::new(20_000_000 + dod, 3.0),
-                Sample::new(30_000_000 + dod, 4.0),
-            ];
-            round_trip(&samples);
-        }
-    }
-
-    #[test]
-    fn random_series_round_trip() {
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        for _ in 0..200 {
-            let mut t = (next() % 1_000_000_000) as i64;
-            let mut v = 0.0f64;
-            let n = (next() % 120 + 1) as usize;
-            let mut samples = Vec::new();
-            for _ in 0..n {
-                t += match next() % 4 {
-                    0 => 10_000,
-                    1 => (next() % 20_000) as i64 + 1,
-                    2 => (next() % 10_000_000) as i64 + 1,
-                    _ => (next() % 100_000_000_000) as i64 + 1,
-                };
-                v = match next() % 4 {
-                    0 => v,
-                    1 => v + (next() % 100) as f64,
-                    2 => f64::from_bits(next()),
-                    _ => (next() % 1000) as f64 / 7.0,
-                };
-                samples.push(Sample::new(t, v));
-            }
-            round_trip(&samples);
-        }
-    }
-
-    #[test]
-    fn closed_chunks_share_one_block_and_drop_from_the_front() {
-        let mut closed = ClosedChunks::default();
-        let mut all = Vec::new();
-        for k in 0..4i64 {
-            let mut c = Chunk::default();
-            // Chunks of different lengths and shapes.
-            for i in 0..(30 + k * 10) {
-                let s = Sample::new(k * 10_000 + i * 7, (i * i) as f64 / 3.0);
-                c.push(s);
-                all.push((k, s));
-            }
-            closed.push(c);
-        }
-        let chunks: Vec<ClosedRef<'_>> = closed.iter().collect();
-        assert_eq!(chunks.len(), 4);
-        let back: Vec<Sample> = chunks.iter().flat_map(|c| c.iter()).collect();
-        let want: Vec<Sample> = all.iter().map(|(_, s)| *s).collect();
-        assert_eq!(back.len(), want.len());
-        assert!(back.iter().zip(&want).all(
-            |(a, b)| a.timestamp_ms == b.timestamp_ms && a.value.to_bits() == b.value.to_bits()
-        ));
-        assert_eq!((chunks[1].first_t(), chunks[1].len()), (10_000, 40));
-
-        // The first two chunks end before 20,000.
-        let dropped = closed.drop_older_than(20_000);
-        assert_eq!(dropped, 30 + 40);
-        let rest: Vec<Sample> = closed
-            .iter()
-            .flat_map(|c| c.iter().collect::<Vec<_>>())
-            .collect();
-        assert_eq!(rest.len(), 50 + 60);
-        assert_eq!(rest[0].timestamp_ms, 20_000);
-        assert_eq!(closed.drop_older_than(i64::MAX), 110);
-        assert!(closed.is_empty() && closed.bytes() == 0);
-    }
-}
+mod tests;

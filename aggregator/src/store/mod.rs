@@ -4,9 +4,17 @@
 //!
 //! Samples are kept in Gorilla-compressed chunks ([`chunk`]): about a byte and a half per sample
 //! for steady series instead of sixteen.
+//!
+//! The window survives restarts: what it takes is written to a log first ([`wal`]), and it is
+//! copied to disk now and then ([`checkpoint`]); a start loads the one and replays the other.
 
+pub mod checkpoint;
 pub mod chunk;
 mod index;
+mod series;
+pub mod wal;
+
+use series::{Series, Snapshot};
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
@@ -17,107 +25,8 @@ use vigil_rules::promql::storage::{matches_all, Matcher};
 use vigil_rules::promql::{SeriesData, Storage};
 use vigil_wire::{Labels, Sample};
 
-struct Series {
-    labels: Labels,
-    /// Full chunks, oldest first, in one allocation.
-    closed: chunk::ClosedChunks,
-    /// The chunk being appended to.
-    head: Option<chunk::Chunk>,
-    /// The newest sample (appends must be newer).
-    last: Option<Sample>,
-    /// When a sample last arrived by remote-write (wall clock ms), for instance liveness;
-    /// `i64::MAX` for series the aggregator writes itself (records, `ALERTS`, liveness), which
-    /// rule evaluation ends on its own.
-    last_push_ms: i64,
-    /// Set when the series' instance stopped pushing: reads see a staleness marker here. Kept
-    /// out of the chunks so that samples an agent replays from its spool after an outage, older
-    /// than this, are still stored; a push clears it.
-    stale_at: Option<i64>,
-}
-
 /// `last_push_ms` of series written by the aggregator itself.
 const INTERNAL: i64 = i64::MAX;
-
-impl Series {
-    fn push(&mut self, s: Sample) {
-        let head = self.head.get_or_insert_with(chunk::Chunk::default);
-        head.push(s);
-        // Closed as soon as it is full: its bytes are then sized exactly.
-        if head.is_full() {
-            if let Some(full) = self.head.take() {
-                self.closed.push(full);
-            }
-        }
-        self.last = Some(s);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.closed.is_empty() && self.head.as_ref().is_none_or(|h| h.len() == 0)
-    }
-
-    /// What a reader needs to decode the series' samples in `[mint, maxt]` after the store's
-    /// lock is released: the shared closed block (a reference count), a copy of the head chunk
-    /// when it overlaps (at most 120 samples' bytes), the staleness marker. `None` when nothing
-    /// in the series can fall in the range.
-    fn snapshot(&self, mint: i64, maxt: i64) -> Option<Snapshot> {
-        let overlaps = |first: i64, last: i64| last >= mint && first <= maxt;
-        let closed = self
-            .closed
-            .iter()
-            .any(|c| overlaps(c.first_t(), c.last_t()))
-            .then(|| self.closed.clone());
-        let head = self
-            .head
-            .as_ref()
-            .filter(|h| h.len() > 0 && overlaps(h.first_t(), h.last_t()))
-            .cloned();
-        let stale_at = self.stale_at.filter(|t| (mint..=maxt).contains(t));
-        if closed.is_none() && head.is_none() && stale_at.is_none() {
-            return None;
-        }
-        Some(Snapshot {
-            labels: self.labels.clone(),
-            closed,
-            head,
-            stale_at,
-        })
-    }
-}
-
-/// One series as a reader took it under the lock; decoded outside it.
-struct Snapshot {
-    labels: Labels,
-    closed: Option<chunk::ClosedChunks>,
-    head: Option<chunk::Chunk>,
-    stale_at: Option<i64>,
-}
-
-impl Snapshot {
-    /// Samples with timestamps in `[mint, maxt]`, oldest first.
-    fn decode(self, mint: i64, maxt: i64) -> SeriesData {
-        let mut out = Vec::new();
-        let in_range = |s: &Sample| s.timestamp_ms >= mint && s.timestamp_ms <= maxt;
-        if let Some(closed) = &self.closed {
-            for c in closed.iter() {
-                if c.last_t() >= mint && c.first_t() <= maxt {
-                    out.extend(c.iter().filter(in_range));
-                }
-            }
-        }
-        if let Some(h) = &self.head {
-            out.extend(h.iter().filter(in_range));
-        }
-        if let Some(t) = self.stale_at {
-            if out.last().is_none_or(|l| l.timestamp_ms < t) {
-                out.push(Sample::new(t, vigil_wire::STALE_NAN));
-            }
-        }
-        SeriesData {
-            labels: self.labels,
-            samples: out,
-        }
-    }
-}
 
 #[derive(Default)]
 struct Inner {
@@ -134,9 +43,61 @@ struct Inner {
     unindexed: Vec<index::Id>,
     free: Vec<usize>,
     samples: usize,
+    /// The window's log ([`wal`]), when it is kept on disk: written under this lock, so that
+    /// records are in the order the window took them and a checkpoint's cut falls between two
+    /// requests.
+    log: Option<wal::Log>,
 }
 
 impl Inner {
+    /// Adds a new series (its labels not yet in the map); returns its id.
+    fn insert(&mut self, hash: u64, s: Series) -> usize {
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.series[id] = Some(s);
+                id
+            }
+            None => {
+                // Grow by an eighth, not double: at a million series, doubling would leave
+                // up to half the slots (each over a hundred bytes) unused.
+                if self.series.len() == self.series.capacity() {
+                    let extra = self.series.capacity() / 8 + 1024;
+                    self.series.reserve_exact(extra);
+                }
+                self.series.push(Some(s));
+                self.series.len() - 1
+            }
+        };
+        self.unindexed.push(id as index::Id);
+        let Inner {
+            by_labels,
+            series,
+            hasher,
+            ..
+        } = self;
+        by_labels.insert_unique(hash, id as index::Id, |&other| {
+            hasher.hash_one(
+                series[other as usize]
+                    .as_ref()
+                    .map(|s| s.labels.encoded())
+                    .expect("every id in the series map names a live series"),
+            )
+        });
+        id
+    }
+
+    /// The id of the series whose canonical encoding is `encoded`.
+    fn find(&self, hash: u64, encoded: &str) -> Option<usize> {
+        let series = &self.series;
+        self.by_labels
+            .find(hash, |&id| {
+                series[id as usize]
+                    .as_ref()
+                    .is_some_and(|s| s.labels.encoded() == encoded)
+            })
+            .map(|&id| id as usize)
+    }
+
     /// Indexes the series created since the last call.
     fn catch_up_index(&mut self) {
         if self.unindexed.is_empty() {
@@ -172,6 +133,7 @@ pub const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
 
 pub struct Store {
     inner: Mutex<Inner>,
+    log_metrics: checkpoint::LogMetrics,
     pub retention_ms: i64,
     pub max_series: usize,
 }
@@ -185,6 +147,7 @@ impl Store {
     pub fn new(retention_ms: i64, max_series: usize) -> Store {
         Store {
             inner: Mutex::new(Inner::default()),
+            log_metrics: Default::default(),
             retention_ms,
             // Series ids are `u32` in the index.
             max_series: max_series.min(index::Id::MAX as usize),
@@ -205,6 +168,16 @@ impl Store {
     ) -> Result<AppendStats, TooManySeries> {
         let samples: Vec<Sample> = samples.into_iter().collect();
         let mut g = self.lock();
+        if let Some(log) = g.log.as_mut() {
+            log.add(wal::Kind::Internal, now_ms, |out| {
+                wal::encode_internal(out, labels.encoded(), &samples)
+            });
+            if log.is_full() {
+                if let Err(e) = log.commit() {
+                    self.log_failed(&e);
+                }
+            }
+        }
         self.append_locked(&mut g, labels.encoded(), &samples, now_ms, false)
     }
 
@@ -236,18 +209,8 @@ impl Store {
         let newest = now_ms + MAX_FUTURE_MS;
         let oldest = now_ms - self.retention_ms;
         let hash = g.hasher.hash_one(encoded);
-        let found = {
-            let series = &g.series;
-            g.by_labels
-                .find(hash, |&id| {
-                    series[id as usize]
-                        .as_ref()
-                        .is_some_and(|s| s.labels.encoded() == encoded)
-                })
-                .copied()
-        };
-        let id = match found {
-            Some(id) => id as usize,
+        let id = match g.find(hash, encoded) {
+            Some(id) => id,
             // A series is created only with a sample it will keep.
             None if !samples
                 .iter()
@@ -261,47 +224,15 @@ impl Store {
                 if g.by_labels.len() >= self.max_series {
                     return Err(TooManySeries(self.max_series));
                 }
-                let labels = Labels::from_encoded(encoded);
                 let s = Series {
-                    labels,
+                    labels: Labels::from_encoded(encoded),
                     closed: Default::default(),
                     head: None,
                     last: None,
                     last_push_ms: if pushed { now_ms } else { INTERNAL },
                     stale_at: None,
                 };
-                let id = match g.free.pop() {
-                    Some(id) => {
-                        g.series[id] = Some(s);
-                        id
-                    }
-                    None => {
-                        // Grow by an eighth, not double: at a million series, doubling would leave
-                        // up to half the slots (each over a hundred bytes) unused.
-                        if g.series.len() == g.series.capacity() {
-                            let extra = g.series.capacity() / 8 + 1024;
-                            g.series.reserve_exact(extra);
-                        }
-                        g.series.push(Some(s));
-                        g.series.len() - 1
-                    }
-                };
-                g.unindexed.push(id as index::Id);
-                let Inner {
-                    by_labels,
-                    series,
-                    hasher,
-                    ..
-                } = &mut *g;
-                by_labels.insert_unique(hash, id as index::Id, |&other| {
-                    hasher.hash_one(
-                        series[other as usize]
-                            .as_ref()
-                            .map(|s| s.labels.encoded())
-                            .expect("every id in the series map names a live series"),
-                    )
-                });
-                id
+                g.insert(hash, s)
             }
         };
         let mut added = 0;
@@ -554,6 +485,16 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// Writes a remote-write request's body (as received) to the window's log before it is
+    /// stored; an error means it must not be stored, nor acknowledged.
+    pub fn log(&mut self, now_ms: i64, body: &[u8]) -> std::io::Result<()> {
+        let Some(log) = self.g.log.as_mut() else {
+            return Ok(());
+        };
+        log.add(wal::Kind::Write, now_ms, |out| out.extend_from_slice(body));
+        log.commit().inspect_err(|e| self.store.log_failed(e))
+    }
+
     /// Appends to the series whose canonical label encoding is `encoded`.
     pub fn append(
         &mut self,
@@ -596,3 +537,5 @@ impl RuleStorage for RuleSink<'_> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wal_tests;

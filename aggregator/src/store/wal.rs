@@ -1,0 +1,303 @@
+//! The window's write-ahead log: every remote-write request the window accepts, and every
+//! sample the aggregator records itself, appended to numbered segment files
+//! (`<state_dir>/wal/<n>.wal`) before the request is answered, as checksummed frames
+//! ([`vigil_wire::frame`]). With a checkpoint ([`super::checkpoint`]) it is what a restarted
+//! aggregator rebuilds its window from.
+//!
+//! - A remote-write record is the request's body as it came (snappy-compressed protobuf) and the
+//!   aggregator's clock when it came: writing it costs a copy and a `write(2)`, no encoding, and
+//!   replay decides every sample as ingest did (out of order, too old, series limit).
+//! - "Acknowledged" means written to the log (the kernel's page cache) before the 204: safe
+//!   against `kill -9`. `[storage] wal_fsync = true` adds an `fsync` per request for power loss.
+//! - Records the aggregator writes itself (recording rules, `ALERTS`) wait in a buffer for the
+//!   next request's write or the end of an evaluation, whichever comes first.
+//! - A write that fails (disk full) is cut back off the segment and the request answered 503:
+//!   nothing half-written stays, and the sender keeps it to retry.
+//! - Replay cuts a torn or corrupt frame and the rest of its segment, and counts it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use vigil_wire::frame;
+
+/// A segment is closed and the next begun past this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Largest frame replay accepts: a remote-write body is limited far below.
+const MAX_RECORD: u32 = 512 << 20;
+/// Records the aggregator writes itself are written out once this many bytes wait.
+const BUFFER_BYTES: usize = 1 << 20;
+
+/// What a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A remote-write request's body, as received.
+    Write = 1,
+    /// One series' samples written by the aggregator (see [`encode_internal`]).
+    Internal = 2,
+}
+
+/// One record read back.
+pub struct Record<'a> {
+    pub kind: Kind,
+    /// The aggregator's clock when the record was written (ms).
+    pub now_ms: i64,
+    pub payload: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    fn parse(body: &'a [u8]) -> Option<Record<'a>> {
+        let (&kind, rest) = body.split_first()?;
+        let (now, payload) = rest.split_first_chunk::<8>()?;
+        let kind = match kind {
+            1 => Kind::Write,
+            2 => Kind::Internal,
+            _ => return None,
+        };
+        Some(Record {
+            kind,
+            now_ms: i64::from_le_bytes(*now),
+            payload,
+        })
+    }
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:08}.wal"))
+}
+
+/// The segments in `dir`, by number.
+pub fn segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut v: Vec<u64> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".wal"))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// Makes a directory's entries (a new or renamed file) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The log being written.
+pub struct Log {
+    dir: PathBuf,
+    /// The segment being written, its number and length.
+    file: File,
+    seg: u64,
+    written: u64,
+    /// Frames added and not yet written.
+    buf: Vec<u8>,
+    fsync: bool,
+    /// Bytes written since the last [`Log::cut`]: a checkpoint is due when they grow large.
+    pub since_cut: u64,
+}
+
+impl Log {
+    /// Begins segment `seg` in `dir` (replay has read every older one; a fresh segment, so
+    /// nothing is appended after a tail replay cut).
+    pub fn create(dir: &Path, seg: u64, fsync: bool) -> io::Result<Log> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(dir, seg))?;
+        file.set_len(0)?;
+        // The new name must survive power loss only when the records must (a kill -9 leaves
+        // the kernel's directory entries as they are); not a disk wait under the window's lock
+        // otherwise.
+        if fsync {
+            sync_dir(dir)?;
+        }
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            file,
+            seg,
+            written: 0,
+            buf: Vec::new(),
+            fsync,
+            since_cut: 0,
+        })
+    }
+
+    /// Adds a record, to be written by the next [`Log::commit`] (or now, past a megabyte).
+    pub fn add(&mut self, kind: Kind, now_ms: i64, payload: impl FnOnce(&mut Vec<u8>)) {
+        frame::put_with(&mut self.buf, |out| {
+            out.push(kind as u8);
+            out.extend_from_slice(&now_ms.to_le_bytes());
+            payload(out);
+        });
+    }
+
+    /// Whether enough records wait that they should be written now.
+    pub fn is_full(&self) -> bool {
+        self.buf.len() >= BUFFER_BYTES
+    }
+
+    /// Writes every record added (and syncs, under `wal_fsync`). On an error the segment is
+    /// cut back to what it held before and the records are dropped: the caller answers 503.
+    pub fn commit(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let res = self.file.write_all(&self.buf).and_then(|()| {
+            if self.fsync {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        let len = self.buf.len() as u64;
+        self.buf.clear();
+        if self.buf.capacity() > 8 * BUFFER_BYTES {
+            self.buf.shrink_to(BUFFER_BYTES);
+        }
+        if let Err(e) = res {
+            // The file is in append mode: the next write lands at the cut.
+            let _ = self.file.set_len(self.written);
+            return Err(e);
+        }
+        self.written += len;
+        self.since_cut += len;
+        if self.written >= SEGMENT_BYTES {
+            // Kept on the current segment when the next cannot be made (disk full): retried
+            // at the next commit.
+            if let Err(e) = self.rotate() {
+                tracing::warn!(error = %e, "window log: cannot begin a new segment; the current one grows");
+            }
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let next = Log::create(&self.dir, self.seg + 1, self.fsync)?;
+        if self.fsync {
+            self.file.sync_all()?;
+        }
+        let since = self.since_cut;
+        *self = Log {
+            buf: std::mem::take(&mut self.buf),
+            since_cut: since,
+            ..next
+        };
+        Ok(())
+    }
+
+    /// Writes what waits and begins a new segment; returns its number: every record added
+    /// before the call lies in a lower-numbered segment.
+    pub fn cut(&mut self) -> io::Result<u64> {
+        self.commit()?;
+        self.rotate()?;
+        self.since_cut = 0;
+        Ok(self.seg)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Deletes the segments below `seg` in `dir` (a checkpoint now holds what they held).
+pub fn remove_before(dir: &Path, seg: u64) -> io::Result<()> {
+    for n in segments(dir)?.into_iter().filter(|&n| n < seg) {
+        fs::remove_file(segment_path(dir, n))?;
+    }
+    Ok(())
+}
+
+/// What replaying the log found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    pub segments: u64,
+    pub records: u64,
+    pub bytes: u64,
+    /// Frames found torn or corrupt (each ends its segment), and the bytes cut after them.
+    pub corrupt: u64,
+    pub cut_bytes: u64,
+}
+
+/// Reads every segment numbered `from` or higher in `dir`, oldest first, and hands each record
+/// to `apply`; deletes older segments (a checkpoint holds them). A torn or corrupt frame is
+/// cut off its segment with everything after it, and counted. Returns what was read and the
+/// number the next segment takes.
+pub fn replay(
+    dir: &Path,
+    from: u64,
+    mut apply: impl FnMut(Record<'_>),
+) -> io::Result<(Replayed, u64)> {
+    let mut r = Replayed::default();
+    let mut next = from;
+    for n in segments(dir)? {
+        let path = segment_path(dir, n);
+        if n < from {
+            fs::remove_file(&path)?;
+            continue;
+        }
+        next = n + 1;
+        r.segments += 1;
+        let data = fs::read(&path)?;
+        let mut at = 0;
+        let why = loop {
+            match frame::next(&data[at..], MAX_RECORD) {
+                Ok(None) => break None,
+                Ok(Some((body, len))) => match Record::parse(body) {
+                    Some(rec) => {
+                        apply(rec);
+                        r.records += 1;
+                        r.bytes += len as u64;
+                        at += len;
+                    }
+                    None => break Some("unknown record".to_string()),
+                },
+                Err(e) => break Some(e),
+            }
+        };
+        if let Some(why) = why {
+            r.corrupt += 1;
+            r.cut_bytes += (data.len() - at) as u64;
+            tracing::warn!(segment = %path.display(), offset = at, reason = %why, "window log: cutting a torn or corrupt record and the rest of its segment");
+            let f = OpenOptions::new().write(true).open(&path)?;
+            f.set_len(at as u64)?;
+            f.sync_all()?;
+        }
+    }
+    Ok((r, next))
+}
+
+/// A record of samples the aggregator wrote itself: the series' canonical label encoding and
+/// its samples.
+pub fn encode_internal(out: &mut Vec<u8>, encoded: &str, samples: &[vigil_wire::Sample]) {
+    out.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+    out.extend_from_slice(encoded.as_bytes());
+    for s in samples {
+        out.extend_from_slice(&s.timestamp_ms.to_le_bytes());
+        out.extend_from_slice(&s.value.to_bits().to_le_bytes());
+    }
+}
+
+/// Reads back [`encode_internal`]'s record; `None` when damaged.
+pub fn decode_internal(payload: &[u8]) -> Option<(&str, Vec<vigil_wire::Sample>)> {
+    let mut f = super::chunk::Fields(payload);
+    let len = u32::from_le_bytes(f.take()?) as usize;
+    let encoded = std::str::from_utf8(f.bytes(len)?).ok()?;
+    if !f.0.len().is_multiple_of(16) {
+        return None;
+    }
+    let samples =
+        f.0.chunks_exact(16)
+            .map(|c| {
+                let (t, v) = c.split_at(8);
+                vigil_wire::Sample::new(
+                    i64::from_le_bytes(t.try_into().unwrap_or_default()),
+                    f64::from_bits(u64::from_le_bytes(v.try_into().unwrap_or_default())),
+                )
+            })
+            .collect();
+    Some((encoded, samples))
+}
