@@ -39,8 +39,11 @@ pub fn read(
         Ok(h) => h,
         Err(e) => return Ok(Some(Err(e))),
     };
-    let mut body = vec![0u8; len];
-    let got = fill(r, &mut body)?;
+    // Grown as the bytes arrive, not allocated from the length read: a damaged length must
+    // not allocate what the file does not hold.
+    use std::io::Read;
+    let mut body = Vec::new();
+    let got = r.take(len as u64).read_to_end(&mut body)?;
     if got < len {
         return Ok(Some(Err(format!(
             "frame body cut after {got} of {len} bytes"

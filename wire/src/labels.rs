@@ -290,7 +290,12 @@ impl Labels {
             }
             prev = Some(name);
         }
-        Some(Labels::from_encoded(text))
+        // One encoding a set: a length written with leading zero groups would make a second
+        // series of the same labels.
+        let l = Labels::from_encoded(text);
+        let mut canonical = String::with_capacity(text.len());
+        encode_sorted(&mut canonical, l.iter().map(|x| (x.name, x.value))).ok()?;
+        (canonical == text).then_some(l)
     }
 
     /// A label set from text [`encode_sorted`] produced.

@@ -49,11 +49,7 @@ impl Engine {
         let p = &self.parts;
         let mut ev = self.eval.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(bytes) = doc {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
-                .map_err(|e| format!("shared state: {e}"))?;
-            let doc: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| format!("shared state: {e}"))?;
+            let doc = decode_shared(&bytes)?;
             let snap = doc.get("snapshot").filter(|v| !v.is_null());
             let state: Option<vigil_rules::evaluator::State> = snap
                 .map(|v| serde_json::from_value(v["state"].clone()))
@@ -230,4 +226,24 @@ impl Engine {
             Err(e) => tracing::warn!(error = %e, "cannot write the shared state at the stop"),
         }
     }
+}
+
+/// The most a shared state document may decompress to: ten parts of gzipped JSON are far
+/// smaller; a document past it is refused, not followed into memory.
+const MAX_SHARED_TEXT: u64 = 48 << 20;
+
+/// The shared state document from its gzipped bytes (as the cluster's table holds them).
+pub fn decode_shared(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(MAX_SHARED_TEXT + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("shared state: {e}"))?;
+    if text.len() as u64 > MAX_SHARED_TEXT {
+        return Err(format!(
+            "shared state: decompresses past {MAX_SHARED_TEXT} bytes"
+        ));
+    }
+    serde_json::from_str(&text).map_err(|e| format!("shared state: {e}"))
 }

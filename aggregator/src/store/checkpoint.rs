@@ -42,8 +42,6 @@ const MAGIC: &[u8; 8] = b"VIGILCK1";
 const TRAILER: &[u8; 8] = b"VIGILEND";
 /// Largest block read back (a slice of series is a few megabytes at most).
 const MAX_BLOCK: u32 = 1 << 30;
-/// Largest remote-write body decompressed at replay.
-const MAX_BODY: usize = 1 << 30;
 /// A checkpoint is due once the log since the last one passes this, whatever the interval:
 /// it bounds the disk the log takes and the time replay takes.
 pub const LOG_BYTES_PER_CHECKPOINT: u64 = 512 << 20;
@@ -149,11 +147,14 @@ impl Store {
 
     /// Rebuilds the window from `dir` (the newest checkpoint, then the log after it), then
     /// logs to it from now on. Before any ingest: the window must be empty.
-    pub fn open_log(&self, dir: &Path, fsync: bool) -> io::Result<Restored> {
+    /// `max_body` bounds a remote-write record's decompressed size (`[server] max_body_size`:
+    /// no record over it was accepted).
+    pub fn open_log(&self, dir: &Path, fsync: bool, max_body: usize) -> io::Result<Restored> {
         let started = Instant::now();
         fs::create_dir_all(dir)?;
         let _ = fs::remove_file(dir.join("checkpoint.tmp"));
         let mut g = self.lock();
+        g.restoring = true;
         let mut restored = Restored::default();
         let newest = checkpoints(dir)?.last().copied();
         let from = match newest {
@@ -164,14 +165,26 @@ impl Store {
             None => 0,
         };
         let mut scratch = String::new();
-        let (log, next) = wal::replay(dir, from, |rec| {
-            self.apply(&mut g, &rec, &mut scratch);
-        })?;
+        // A record was accepted under the limit of its day: a lower one now must not drop it.
+        let max_body = max_body.max(32 << 20);
+        let mut latest = i64::MIN;
+        let replayed = wal::replay(dir, from, |rec| {
+            latest = latest.max(rec.now_ms);
+            self.apply(&mut g, &rec, &mut scratch, max_body);
+        });
+        g.restoring = false;
+        let (log, next) = replayed?;
         restored.log = log;
-        restored.samples = g.samples;
-        restored.series = g.by_labels.len();
         g.log = Some(wal::Log::create(dir, next.max(1), fsync)?);
         drop(g);
+        // What had aged out (or been compacted away before the crash) goes now; a window still
+        // over `max_series` makes ingest refuse new series until it is back under.
+        if latest > i64::MIN {
+            self.compact(latest);
+        }
+        restored.series = self.series_count();
+        restored.samples = self.sample_count();
+        restored.over_limit = restored.series.saturating_sub(self.max_series) as u64;
         let corrupt = restored.log.corrupt + restored.damaged_blocks;
         self.log_metrics.corrupt.inc_by(corrupt);
         restored.seconds = started.elapsed().as_secs_f64();
@@ -180,10 +193,10 @@ impl Store {
     }
 
     /// Stores one record read back from the log, deciding each sample as when it came.
-    fn apply(&self, g: &mut Inner, rec: &wal::Record<'_>, scratch: &mut String) {
+    fn apply(&self, g: &mut Inner, rec: &wal::Record<'_>, scratch: &mut String, max_body: usize) {
         match rec.kind {
             Kind::Write => {
-                let Ok(raw) = remote_write::decompress(rec.payload, MAX_BODY) else {
+                let Ok(raw) = remote_write::decompress(rec.payload, max_body) else {
                     return;
                 };
                 let _ = remote_write::scan(&raw, |_, s| {
@@ -224,7 +237,7 @@ impl Store {
                 ended = true;
                 continue;
             }
-            if let Err(why) = self.load_block(g, &body, r) {
+            if let Err(why) = self.load_block(g, &body) {
                 break Some(why);
             }
         };
@@ -236,15 +249,11 @@ impl Store {
         Ok(())
     }
 
-    fn load_block(&self, g: &mut Inner, body: &[u8], r: &mut Restored) -> Result<(), String> {
+    fn load_block(&self, g: &mut Inner, body: &[u8]) -> Result<(), String> {
         let mut f = Fields(body);
         let n = u32::from_le_bytes(f.take().ok_or("block cut short")?);
         for i in 0..n {
             let s = read_series(&mut f).ok_or_else(|| format!("series {i} of the block"))?;
-            if g.by_labels.len() >= self.max_series {
-                r.over_limit += 1;
-                continue;
-            }
             let hash = g.hasher.hash_one(s.labels.encoded());
             if g.find(hash, s.labels.encoded()).is_some() {
                 continue;
@@ -347,7 +356,7 @@ pub struct Restored {
     pub samples: usize,
     pub log: wal::Replayed,
     pub damaged_blocks: u64,
-    /// Series left out because `max_series` is now lower than when they were saved.
+    /// Series past `max_series` after the restore (ingest refuses new ones meanwhile).
     pub over_limit: u64,
     pub seconds: f64,
 }

@@ -47,6 +47,8 @@ struct Inner {
     /// records are in the order the window took them and a checkpoint's cut falls between two
     /// requests.
     log: Option<wal::Log>,
+    /// Set while a start rebuilds the window: the series limit does not apply.
+    restoring: bool,
 }
 
 impl Inner {
@@ -206,8 +208,8 @@ impl Store {
         pushed: bool,
     ) -> Result<AppendStats, TooManySeries> {
         let mut st = AppendStats::default();
-        let newest = now_ms + MAX_FUTURE_MS;
-        let oldest = now_ms - self.retention_ms;
+        let newest = now_ms.saturating_add(MAX_FUTURE_MS);
+        let oldest = now_ms.saturating_sub(self.retention_ms);
         let hash = g.hasher.hash_one(encoded);
         let id = match g.find(hash, encoded) {
             Some(id) => id,
@@ -221,7 +223,9 @@ impl Store {
                 return Ok(st);
             }
             None => {
-                if g.by_labels.len() >= self.max_series {
+                // A start restores what was acknowledged whatever the limit; compaction and
+                // ingest's refusals bring the window back under it.
+                if g.by_labels.len() >= self.max_series && !g.restoring {
                     return Err(TooManySeries(self.max_series));
                 }
                 let s = Series {
@@ -491,8 +495,9 @@ impl Batch<'_> {
         let Some(log) = self.g.log.as_mut() else {
             return Ok(());
         };
-        log.add(wal::Kind::Write, now_ms, |out| out.extend_from_slice(body));
-        log.commit().inspect_err(|e| self.store.log_failed(e))
+        let start = log.add(wal::Kind::Write, now_ms, |out| out.extend_from_slice(body));
+        log.commit_or_drop_from(start)
+            .inspect_err(|e| self.store.log_failed(e))
     }
 
     /// Appends to the series whose canonical label encoding is `encoded`.

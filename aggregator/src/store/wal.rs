@@ -27,6 +27,8 @@ pub const SEGMENT_BYTES: u64 = 64 << 20;
 const MAX_RECORD: u32 = 512 << 20;
 /// Records the aggregator writes itself are written out once this many bytes wait.
 const BUFFER_BYTES: usize = 1 << 20;
+/// Records kept for another try after a failed write, at most (a full disk).
+const MAX_PENDING: usize = 16 << 20;
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,8 @@ pub struct Log {
     fsync: bool,
     /// Bytes written since the last [`Log::cut`]: a checkpoint is due when they grow large.
     pub since_cut: u64,
+    /// A failed write could not be cut off the segment: the next write begins a new one.
+    poisoned: bool,
 }
 
 impl Log {
@@ -123,16 +127,20 @@ impl Log {
             buf: Vec::new(),
             fsync,
             since_cut: 0,
+            poisoned: false,
         })
     }
 
-    /// Adds a record, to be written by the next [`Log::commit`] (or now, past a megabyte).
-    pub fn add(&mut self, kind: Kind, now_ms: i64, payload: impl FnOnce(&mut Vec<u8>)) {
+    /// Adds a record, to be written by the next [`Log::commit`] (or now, past a megabyte);
+    /// returns where it starts in the buffer (see [`Log::commit_or_drop_from`]).
+    pub fn add(&mut self, kind: Kind, now_ms: i64, payload: impl FnOnce(&mut Vec<u8>)) -> usize {
+        let start = self.buf.len();
         frame::put_with(&mut self.buf, |out| {
             out.push(kind as u8);
             out.extend_from_slice(&now_ms.to_le_bytes());
             payload(out);
         });
+        start
     }
 
     /// Whether enough records wait that they should be written now.
@@ -141,8 +149,35 @@ impl Log {
     }
 
     /// Writes every record added (and syncs, under `wal_fsync`). On an error the segment is
-    /// cut back to what it held before and the records are dropped: the caller answers 503.
+    /// cut back to what it held before and the records stay in the buffer for the next try
+    /// (up to [`MAX_PENDING`]; past it they are dropped).
     pub fn commit(&mut self) -> io::Result<()> {
+        let res = self.write_out();
+        if res.is_err() && self.buf.len() > MAX_PENDING {
+            self.buf.clear();
+        }
+        res
+    }
+
+    /// [`Log::commit`] for a request's record added at `start`: on an error that record leaves
+    /// the buffer (the request is refused, not stored), the records before it stay.
+    pub fn commit_or_drop_from(&mut self, start: usize) -> io::Result<()> {
+        let res = self.write_out();
+        if res.is_err() {
+            self.buf.truncate(start);
+            if self.buf.len() > MAX_PENDING {
+                self.buf.clear();
+            }
+        }
+        res
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
+        if self.poisoned {
+            // The last failed write could not be cut off: its segment ends in a torn frame
+            // that replay would stop at, so nothing more goes after it.
+            self.rotate()?;
+        }
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -153,15 +188,17 @@ impl Log {
                 Ok(())
             }
         });
+        if let Err(e) = res {
+            // The file is in append mode: the next write lands at the cut.
+            if self.file.set_len(self.written).is_err() {
+                self.poisoned = true;
+            }
+            return Err(e);
+        }
         let len = self.buf.len() as u64;
         self.buf.clear();
         if self.buf.capacity() > 8 * BUFFER_BYTES {
             self.buf.shrink_to(BUFFER_BYTES);
-        }
-        if let Err(e) = res {
-            // The file is in append mode: the next write lands at the cut.
-            let _ = self.file.set_len(self.written);
-            return Err(e);
         }
         self.written += len;
         self.since_cut += len;

@@ -55,7 +55,7 @@ const NOW: i64 = 1_800_000_000_000;
 fn a_killed_window_comes_back_from_the_log_and_a_checkpoint() {
     let d = dir("kill");
     let a = Store::new(3_600_000, 1000);
-    assert_eq!(a.open_log(&d, false).unwrap().series, 0);
+    assert_eq!(a.open_log(&d, false, 1 << 20).unwrap().series, 0);
     for round in 0..150i64 {
         let t = NOW + round * 10_000;
         let series: Vec<_> = (0..20)
@@ -83,7 +83,7 @@ fn a_killed_window_comes_back_from_the_log_and_a_checkpoint() {
     // No stop: the process is gone as after kill -9 (written, not synced).
     drop(a);
     let b = Store::new(3_600_000, 1000);
-    let r = b.open_log(&d, false).unwrap();
+    let r = b.open_log(&d, false, 1 << 20).unwrap();
     assert_eq!(dump(&b), want);
     assert_eq!((r.series, r.checkpoint_series, r.log.corrupt), (21, 21, 0));
     assert!(r.log.records > 0 && r.log.records < 2 * 150);
@@ -91,7 +91,7 @@ fn a_killed_window_comes_back_from_the_log_and_a_checkpoint() {
     b.checkpoint().unwrap();
     drop(b);
     let c = Store::new(3_600_000, 1000);
-    let r = c.open_log(&d, false).unwrap();
+    let r = c.open_log(&d, false, 1 << 20).unwrap();
     assert_eq!(dump(&c), want);
     assert_eq!(r.log.records, 0);
     // One checkpoint and the one segment after it are all that is left.
@@ -108,7 +108,7 @@ fn a_killed_window_comes_back_from_the_log_and_a_checkpoint() {
 fn a_checkpoint_taken_under_ingest_plus_the_log_is_exact() {
     let d = dir("concurrent");
     let a = std::sync::Arc::new(Store::new(3_600_000, 10_000));
-    a.open_log(&d, false).unwrap();
+    a.open_log(&d, false, 1 << 20).unwrap();
     let writer = {
         let a = a.clone();
         std::thread::spawn(move || {
@@ -134,7 +134,7 @@ fn a_checkpoint_taken_under_ingest_plus_the_log_is_exact() {
     let want = dump(&a);
     drop(a);
     let b = Store::new(3_600_000, 10_000);
-    b.open_log(&d, false).unwrap();
+    b.open_log(&d, false, 1 << 20).unwrap();
     assert_eq!(dump(&b), want);
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -143,7 +143,7 @@ fn a_checkpoint_taken_under_ingest_plus_the_log_is_exact() {
 fn a_torn_log_tail_and_a_damaged_checkpoint_are_cut_counted_and_the_rest_kept() {
     let d = dir("torn");
     let a = Store::new(3_600_000, 1000);
-    a.open_log(&d, false).unwrap();
+    a.open_log(&d, false, 1 << 20).unwrap();
     for round in 0..10i64 {
         let t = NOW + round * 10_000;
         push(&a, t, &[(lab(1), vec![Sample::new(t, 1.0)])]);
@@ -158,7 +158,7 @@ fn a_torn_log_tail_and_a_damaged_checkpoint_are_cut_counted_and_the_rest_kept() 
     bytes.extend_from_within(..20);
     std::fs::write(&path, &bytes).unwrap();
     let b = Store::new(3_600_000, 1000);
-    let r = b.open_log(&d, false).unwrap();
+    let r = b.open_log(&d, false, 1 << 20).unwrap();
     assert_eq!(dump(&b), want);
     assert_eq!((r.log.corrupt, r.log.cut_bytes), (1, 20));
     assert_eq!(std::fs::metadata(&path).unwrap().len(), whole as u64);
@@ -184,12 +184,39 @@ fn a_torn_log_tail_and_a_damaged_checkpoint_are_cut_counted_and_the_rest_kept() 
         bad[i] ^= 0x5a;
         std::fs::write(&ck, &bad).unwrap();
         let c = Store::new(3_600_000, 1000);
-        let r = c.open_log(&d, false).unwrap();
+        let r = c.open_log(&d, false, 1 << 20).unwrap();
         assert_eq!(r.damaged_blocks, 1, "byte {i}");
         let got = dump(&c);
         assert!(got.is_empty() || got == want, "byte {i}");
         drop(c);
         // Each open began a new (empty) segment; the old ones stay for the next try.
     }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_start_restores_what_was_acknowledged_whatever_the_series_limit() {
+    let d = dir("limit");
+    let a = Store::new(3_600_000, 10);
+    a.open_log(&d, false, 1 << 20).unwrap();
+    let series: Vec<_> = (0..10)
+        .map(|i| (lab(i), vec![Sample::new(NOW, i as f64)]))
+        .collect();
+    push(&a, NOW, &series[..6]);
+    a.checkpoint().unwrap();
+    push(&a, NOW, &series[6..]);
+    let want = dump(&a);
+    drop(a);
+    // Restarted with a lower limit: nothing acknowledged is dropped; new series wait until
+    // the window is back under the limit.
+    let b = Store::new(3_600_000, 4);
+    let r = b.open_log(&d, false, 1 << 20).unwrap();
+    assert_eq!(dump(&b), want);
+    assert_eq!((r.series, r.over_limit), (10, 6));
+    let mut batch = b.batch();
+    assert!(batch
+        .append(lab(99).encoded(), &[Sample::new(NOW + 1, 1.0)], NOW + 1)
+        .is_err());
+    drop(batch);
     let _ = std::fs::remove_dir_all(&d);
 }
