@@ -15,6 +15,9 @@ mod scrape;
 mod spool;
 mod telemetry;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;

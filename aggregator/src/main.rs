@@ -22,6 +22,9 @@ mod ruleset;
 mod state;
 mod store;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -233,8 +236,15 @@ fn main() -> ExitCode {
         // Ingest has stopped: a checkpoint now leaves no log to replay at the next start.
         if api.cfg.wal.enabled {
             let s = store.clone();
-            match tokio::task::spawn_blocking(move || s.checkpoint().map(|b| (b, s.flush_log()))).await {
-                Ok(Ok((bytes, ()))) => tracing::info!(bytes, "window saved"),
+            let saved = tokio::task::spawn_blocking(move || {
+                let r = s.checkpoint();
+                // Whatever the checkpoint did, what the last evaluation recorded is logged.
+                s.flush_log();
+                r
+            })
+            .await;
+            match saved {
+                Ok(Ok(bytes)) => tracing::info!(bytes, "window saved"),
                 Ok(Err(e)) => tracing::error!(error = %e, "window checkpoint failed at stop: the next start replays the log"),
                 Err(e) => tracing::error!(error = %e, "window checkpoint failed at stop: the next start replays the log"),
             }
@@ -251,9 +261,14 @@ fn main() -> ExitCode {
 }
 
 /// Rebuilds the window from the checkpoint and the log in `dir`, before anything is ingested.
-async fn restore_window(store: &Arc<store::Store>, dir: &Path, fsync: bool) -> Result<(), String> {
+async fn restore_window(
+    store: &Arc<store::Store>,
+    dir: &Path,
+    fsync: bool,
+    max_body: usize,
+) -> Result<(), String> {
     let (s, d) = (store.clone(), dir.to_path_buf());
-    let r = tokio::task::spawn_blocking(move || s.open_log(&d, fsync))
+    let r = tokio::task::spawn_blocking(move || s.open_log(&d, fsync, max_body))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("{}: cannot restore the window: {e}", dir.display()))?;
@@ -343,7 +358,13 @@ async fn wire(
     let store = Arc::new(store::Store::new(cfg.retention_ms, cfg.max_series));
     store.register_log_metrics(&mut registry);
     if cfg.wal.enabled {
-        restore_window(&store, &state_dir.join("wal"), cfg.wal.fsync).await?;
+        restore_window(
+            &store,
+            &state_dir.join("wal"),
+            cfg.wal.fsync,
+            cfg.max_body_bytes,
+        )
+        .await?;
     }
     let db = state::Shared::new(db);
     // Alone, or one of an HA cluster on a DynamoDB lease: the cluster decides who acts.

@@ -9,6 +9,8 @@
 
 mod shared;
 #[cfg(test)]
+pub use shared::decode_shared;
+#[cfg(test)]
 mod tests;
 mod view;
 
