@@ -16,11 +16,12 @@ status=0
 for pkg in vigil-wire vigil-rules vigil-agent vigil-aggregator; do
   VIGIL_FUZZ_INPUTS=$INPUTS cargo test --release -q -p "$pkg" fuzz_ -- --nocapture --test-threads 2 >>"$out" 2>&1 || status=1
 done
-grep '^fuzz ' "$out" | sort
-targets=$(grep -c '^fuzz ' "$out" || true)
+# (cargo's -q progress dots may precede a line)
+grep -o 'fuzz [a-z_]*: .*' "$out" | sort
+targets=$(grep -o 'fuzz [a-z_]*: .*' "$out" | wc -l)
 echo "$targets targets, $INPUTS inputs each"
 if [ "$status" != 0 ] || [ "$targets" -lt 10 ]; then
   echo "bench/fuzz.sh: a target failed or did not run:" >&2
-  grep -v '^fuzz ' "$out" | grep -E 'panicked|FAILED|error' | head -40 >&2
+  grep -E 'panicked|FAILED|error' "$out" | head -40 >&2
   exit 1
 fi

@@ -25,7 +25,7 @@ fn fuzz_agent_config() {
         b"=",
     ];
     vigil_fuzz::run("agent_config", seeds, dict, 1 << 16, |b| {
-        let _ = config::parse("agent.toml", &String::from_utf8_lossy(b));
+        config::parse("agent.toml", &String::from_utf8_lossy(b)).is_ok()
     })
     .assert_clean();
 }
@@ -74,6 +74,7 @@ fn fuzz_spool() {
         b"\n",
     ];
     vigil_fuzz::run("spool", seeds, dict, 1 << 14, |b| {
+        let mut read = false;
         for fix in [false, true] {
             spool_files(&dir, b, fix);
             let Ok((mut s, _)) = spool::Spool::open(&dir, 1 << 20) else {
@@ -84,6 +85,7 @@ fn fuzz_spool() {
             for _ in 0..1000 {
                 match s.peek() {
                     Ok(Some(body)) => {
+                        read = true;
                         if s.ack(body.len()).is_err() {
                             break;
                         }
@@ -94,6 +96,7 @@ fn fuzz_spool() {
             let _ = s.append(b"after");
             let _ = s.peek();
         }
+        read
     })
     .assert_clean();
     let _ = std::fs::remove_dir_all(&dir);

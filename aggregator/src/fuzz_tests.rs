@@ -31,7 +31,7 @@ fn fuzz_aggregator_config() {
         b"\"0s\"",
     ];
     vigil_fuzz::run("aggregator_config", seeds, dict, 1 << 16, |b| {
-        let _ = config::parse("aggregator.toml", &String::from_utf8_lossy(b));
+        config::parse("aggregator.toml", &String::from_utf8_lossy(b)).is_ok()
     })
     .assert_clean();
 }
@@ -72,16 +72,18 @@ fn window_files() -> (Vec<u8>, Vec<u8>) {
     (segment, checkpoint)
 }
 
-/// Restores a window from `dir` as a start does, then goes on: a push, a checkpoint.
-fn restore_and_go_on(dir: &Path) {
+/// Restores a window from `dir` as a start does, then goes on: a push, a checkpoint. Whether
+/// any series came back.
+fn restore_and_go_on(dir: &Path) -> bool {
     let s = Store::new(3_600_000, 100);
-    if s.open_log(dir, false, 1 << 20).is_err() {
-        return;
-    }
+    let Ok(r) = s.open_log(dir, false, 1 << 20) else {
+        return false;
+    };
     let l = Labels::from_pairs([("__name__", "after")]);
     let _ = s.append(&l, [Sample::new(NOW + 1_000_000, 1.0)], NOW + 1_000_000);
     let _ = s.checkpoint();
     let _ = s.compact(NOW + 1_000_000);
+    r.series > 0
 }
 
 fn fuzz_window_file(target: &str, seed: Vec<u8>, name: &str) {
@@ -97,6 +99,7 @@ fn fuzz_window_file(target: &str, seed: Vec<u8>, name: &str) {
         b"\x80\x00\x00\x00",
     ];
     vigil_fuzz::run(target, seeds, dict, 1 << 16, |b| {
+        let mut any = false;
         for fix in [false, true] {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("dir");
@@ -105,8 +108,9 @@ fn fuzz_window_file(target: &str, seed: Vec<u8>, name: &str) {
                 vigil_fuzz::fix_frame_checksums(&mut bytes);
             }
             std::fs::write(dir.join(name), &bytes).expect("write");
-            restore_and_go_on(&dir);
+            any |= restore_and_go_on(&dir);
         }
+        any
     })
     .assert_clean();
     let _ = std::fs::remove_dir_all(&dir);
@@ -167,7 +171,7 @@ fn fuzz_state() {
         }
         let _ = engine::decode_shared(b);
         let Ok(doc) = serde_json::from_slice::<serde_json::Value>(b) else {
-            return;
+            return false;
         };
         // The database's documents, as a restart reads them.
         if db.import(0, Some(&doc), Some(&doc), &[]).is_ok() {
@@ -177,8 +181,8 @@ fn fuzz_state() {
             }
             let _ = db.load_actions();
         }
-        let _ = notify::Notifier::from_json(&doc);
         let _ = notify::Delivery::from_json(&doc);
+        notify::Notifier::from_json(&doc).is_ok() || db.load().is_ok_and(|s| s.is_some())
     })
     .assert_clean();
     let _ = std::fs::remove_dir_all(&dir);

@@ -91,6 +91,8 @@ static ALLOCATOR: Watching = Watching;
 pub struct Report {
     pub target: String,
     pub inputs: u64,
+    /// Inputs the parser accepted (a measure of how deep the run went).
+    pub accepted: u64,
     pub panics: u64,
     /// Inputs that took longer than the time limit.
     pub hangs: u64,
@@ -106,9 +108,10 @@ impl Report {
     /// Panics (the test fails) unless the run was clean; prints the line `bench/fuzz.sh` reads.
     pub fn assert_clean(&self) {
         println!(
-            "fuzz {}: {} inputs, {} panics, {} hangs, {} oversized allocations; slowest input {} ms; {:.1} s",
+            "fuzz {}: {} inputs ({} accepted), {} panics, {} hangs, {} oversized allocations; slowest input {} ms; {:.1} s",
             self.target,
             self.inputs,
+            self.accepted,
             self.panics,
             self.hangs,
             self.oversized,
@@ -227,9 +230,23 @@ impl Rng {
 
 const INTERESTING: &[u8] = b"\x00\xff\x7f\x80\x01\n\r\t \"'\\{}[]()=,:;.#-+0123456789eE_aZ\xc3\xa9";
 
-fn mutate(rng: &mut Rng, pool: &[Vec<u8>], dict: &[&[u8]], max_len: usize) -> Vec<u8> {
-    let mut v = pool[rng.below(pool.len())].clone();
-    let rounds = 1 + rng.below(8);
+fn mutate(
+    rng: &mut Rng,
+    pool: &[Vec<u8>],
+    seeds: usize,
+    dict: &[&[u8]],
+    max_len: usize,
+) -> Vec<u8> {
+    // Mostly a seed with a mutation or two (most parsers refuse an input at its first bad
+    // byte, so stacked damage stays shallow); now and then a pooled mutant, damaged more.
+    let deep = rng.below(4) == 0;
+    let from = if deep { pool.len() } else { seeds };
+    let mut v = pool[rng.below(from)].clone();
+    let rounds = if deep {
+        1 + rng.below(8)
+    } else {
+        1 + rng.below(2)
+    };
     for _ in 0..rounds {
         let len = v.len();
         match rng.below(11) {
@@ -377,7 +394,7 @@ pub fn run(
     seeds: Vec<Vec<u8>>,
     dict: &[&[u8]],
     max_len: usize,
-    f: impl Fn(&[u8]),
+    f: impl Fn(&[u8]) -> bool,
 ) -> Report {
     quiet_panics();
     let limit = time_limit();
@@ -400,7 +417,7 @@ pub fn run(
         let input = if (i as usize) < seed_count {
             pool[i as usize].clone()
         } else {
-            mutate(&mut rng, &pool, dict, max_len)
+            mutate(&mut rng, &pool, seed_count, dict, max_len)
         };
         if let Ok(mut g) = dog.current.lock() {
             *g = Some((Instant::now(), input.clone()));
@@ -420,6 +437,9 @@ pub fn run(
         r.inputs += 1;
         r.slowest = r.slowest.max(took);
         let mut failed = None;
+        if matches!(res, Ok(true)) {
+            r.accepted += 1;
+        }
         if res.is_err() {
             r.panics += 1;
             failed = Some("panic");
@@ -464,18 +484,22 @@ mod tests {
                 let v: Vec<u8> = Vec::with_capacity(OVERSIZE + 1);
                 std::hint::black_box(v);
             }
+            true
         });
         assert!(r.panics > 0, "{r:?}");
         assert!(r.inputs >= 1_000);
         let clean = run("self-test-clean", vec![b"!".to_vec()], &[], 64, |b| {
             std::hint::black_box(b.len());
+            false
         });
         assert_eq!((clean.panics, clean.hangs, clean.oversized), (0, 0, 0));
         let big = run("self-test-big", vec![b"!".to_vec()], &[], 1, |_| {
             let v: Vec<u8> = Vec::with_capacity(OVERSIZE + 1);
             std::hint::black_box(v);
+            false
         });
         assert_eq!(big.oversized, big.inputs);
+        assert_eq!(r.accepted, r.inputs - r.panics);
         let _ = std::fs::remove_dir_all(repo().join("target/fuzz-failures/self-test"));
         let _ = std::fs::remove_dir_all(repo().join("target/fuzz-failures/self-test-big"));
     }

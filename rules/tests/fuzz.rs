@@ -36,7 +36,7 @@ fn fuzz_rule_file() {
     let ctx = Context { receivers: None };
     vigil_fuzz::run("rule_file", seeds, dict, 1 << 16, |b| {
         let text = String::from_utf8_lossy(b);
-        let _ = rulefile::load("fuzz.toml", &text, &ctx);
+        rulefile::load("fuzz.toml", &text, &ctx).is_ok()
     })
     .assert_clean();
 }
@@ -156,10 +156,13 @@ fn fuzz_promql() {
     });
     vigil_fuzz::run("promql", seeds, dict, 4096, |b| {
         let text = String::from_utf8_lossy(b);
-        let Ok(q) = promql::parse(&text) else { return };
+        let Ok(q) = promql::parse(&text) else {
+            return false;
+        };
         let deadline = Some(Instant::now() + Duration::from_millis(500));
-        let _ = engine.instant_until(&store, &q, 900_000, deadline);
+        let instant = engine.instant_until(&store, &q, 900_000, deadline).is_ok();
         let _ = engine.range_until(&store, &q, 0, 900_000, 60_000, deadline);
+        instant
     })
     .assert_clean();
 }

@@ -43,7 +43,7 @@ fn fuzz_remote_write() {
     ];
     vigil_fuzz::run("remote_write", seeds, dict, 1 << 16, |b| {
         let limit = 1 << 20;
-        let _ = WriteRequest::decode_snappy(b, limit);
+        let decoded = WriteRequest::decode_snappy(b, limit).is_ok();
         if let Ok(raw) = remote_write::decompress(b, limit) {
             let _ = remote_write::scan(&raw, |_, s| {
                 std::hint::black_box(s.samples.len());
@@ -56,7 +56,7 @@ fn fuzz_remote_write() {
             let _ = vigil_wire::encode_sorted(&mut buf, s.labels.iter().copied());
             Ok(())
         });
-        let _ = WriteRequest::decode(b);
+        decoded | WriteRequest::decode(b).is_ok()
     })
     .assert_clean();
 }
@@ -87,14 +87,17 @@ fn fuzz_exposition() {
     ];
     vigil_fuzz::run("exposition", seeds, dict, 1 << 16, |b| {
         let s = String::from_utf8_lossy(b);
+        let mut accepted = false;
         for f in [Format::Prometheus, Format::OpenMetrics] {
             if let Ok(e) = text::parse(&s, f) {
                 std::hint::black_box(&e);
+                accepted = true;
             }
             for line in s.lines().take(64) {
                 let _ = text::parse_line(line, f);
             }
         }
+        accepted
     })
     .assert_clean();
 }
