@@ -265,14 +265,15 @@ impl Ingest {
         let now = app.clock.now_ms();
         let mut batch = batch;
         // Logged before it is stored: what is acknowledged survives a kill -9.
-        if let Err(e) = batch.log(now, body) {
-            return (
+        let pending_sync = match batch.log(now, body) {
+            Ok(p) => p,
+            Err(e) => return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "the window's log cannot be written ({e}); nothing was stored, retry later\n"
                 ),
-            );
-        }
+            ),
+        };
         let mut dropped = [0usize; 5];
         let mut accepted = 0usize;
         let mut too_many = None;
@@ -297,6 +298,15 @@ impl Ingest {
                     }
                 }
             });
+        }
+        drop(batch);
+        // `wal_fsync`: the disk has the record before the answer; waited for with the window
+        // free, so requests that came meanwhile share the wait.
+        if let Some(Err(e)) = pending_sync.map(|p| p.wait()) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the window's log cannot be synced ({e}); retry later\n"),
+            );
         }
         app.metrics.samples_ingested.inc_by(accepted as u64);
         for (reason, n) in [

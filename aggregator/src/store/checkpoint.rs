@@ -152,6 +152,7 @@ impl Store {
     pub fn open_log(&self, dir: &Path, fsync: bool, max_body: usize) -> io::Result<Restored> {
         let started = Instant::now();
         fs::create_dir_all(dir)?;
+        let lock = wal::DirLock::take(dir)?;
         let _ = fs::remove_file(dir.join("checkpoint.tmp"));
         let mut g = self.lock();
         g.restoring = true;
@@ -175,7 +176,7 @@ impl Store {
         g.restoring = false;
         let (log, next) = replayed?;
         restored.log = log;
-        g.log = Some(wal::Log::create(dir, next.max(1), fsync)?);
+        g.log = Some(wal::Log::create(dir, next.max(1), fsync)?.holding(lock));
         drop(g);
         // What had aged out (or been compacted away before the crash) goes now; a window still
         // over `max_series` makes ingest refuse new series until it is back under.
@@ -210,6 +211,19 @@ impl Store {
                 if let Some((encoded, samples)) = wal::decode_internal(rec.payload) {
                     if Labels::from_encoded_checked(encoded).is_some() {
                         let _ = self.append_locked(g, encoded, &samples, rec.now_ms, false);
+                    }
+                }
+            }
+            Kind::Stale => {
+                let Some((encoded, _)) = wal::decode_internal(rec.payload) else {
+                    return;
+                };
+                let hash = g.hasher.hash_one(encoded);
+                if let Some(id) = g.find(hash, encoded) {
+                    if let Some(s) = g.series[id].as_mut() {
+                        if s.last.is_some_and(|l| l.timestamp_ms < rec.now_ms) {
+                            s.stale_at = Some(rec.now_ms);
+                        }
                     }
                 }
             }

@@ -356,19 +356,32 @@ impl Store {
     pub fn mark_stale(&self, now_ms: i64, stale_after_ms: i64) -> usize {
         let mut marked = 0;
         self.each_slice(|g, range| {
-            for s in g.series[range].iter_mut().flatten() {
+            let Inner { series, log, .. } = g;
+            for s in series[range].iter_mut().flatten() {
                 let Some(last) = s.last else { continue };
                 if s.stale_at.is_some()
-                    || s.last_push_ms > now_ms - stale_after_ms
+                    || s.last_push_ms > now_ms.saturating_sub(stale_after_ms)
                     || vigil_wire::is_stale_nan(last.value)
                     || last.timestamp_ms >= now_ms
                 {
                     continue;
                 }
                 s.stale_at = Some(now_ms);
+                // Logged, so that a restart does not show the series' last value again.
+                if let Some(log) = log.as_mut() {
+                    log.add(wal::Kind::Stale, now_ms, |out| {
+                        wal::encode_internal(out, s.labels.encoded(), &[])
+                    });
+                    if log.is_full() {
+                        if let Err(e) = log.commit() {
+                            self.log_failed(&e);
+                        }
+                    }
+                }
                 marked += 1;
             }
         });
+        self.flush_log();
         marked
     }
 
@@ -490,13 +503,14 @@ pub struct Batch<'a> {
 
 impl Batch<'_> {
     /// Writes a remote-write request's body (as received) to the window's log before it is
-    /// stored; an error means it must not be stored, nor acknowledged.
-    pub fn log(&mut self, now_ms: i64, body: &[u8]) -> std::io::Result<()> {
+    /// stored; an error means it must not be stored, nor acknowledged. Under `wal_fsync` the
+    /// answer must also wait for what this returns, after the batch is dropped.
+    pub fn log(&mut self, now_ms: i64, body: &[u8]) -> std::io::Result<Option<wal::PendingSync>> {
         let Some(log) = self.g.log.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
         let start = log.add(wal::Kind::Write, now_ms, |out| out.extend_from_slice(body));
-        log.commit_or_drop_from(start)
+        log.commit_request(start)
             .inspect_err(|e| self.store.log_failed(e))
     }
 

@@ -18,6 +18,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use vigil_wire::frame;
 
@@ -37,6 +38,8 @@ pub enum Kind {
     Write = 1,
     /// One series' samples written by the aggregator (see [`encode_internal`]).
     Internal = 2,
+    /// A series marked stale at the record's time (its instance stopped pushing): labels only.
+    Stale = 3,
 }
 
 /// One record read back.
@@ -54,6 +57,7 @@ impl<'a> Record<'a> {
         let kind = match kind {
             1 => Kind::Write,
             2 => Kind::Internal,
+            3 => Kind::Stale,
             _ => return None,
         };
         Some(Record {
@@ -88,11 +92,44 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Holds `<dir>/lock` (an advisory `flock`) for the life of the process: two aggregators given
+/// the same state directory would cut and delete each other's segments.
+pub struct DirLock(#[allow(dead_code)] File);
+
+impl DirLock {
+    pub fn take(dir: &Path) -> io::Result<DirLock> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                io::Error::other(format!(
+                    "{}: in use by another process ({e}): each aggregator needs its own state_dir",
+                    dir.display()
+                ))
+            },
+        )?;
+        Ok(DirLock(f))
+    }
+}
+
+/// A record written and not yet synced: [`PendingSync::wait`] returns once the disk has it.
+pub struct PendingSync(Arc<File>);
+
+impl PendingSync {
+    pub fn wait(self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
 /// The log being written.
 pub struct Log {
     dir: PathBuf,
-    /// The segment being written, its number and length.
-    file: File,
+    /// The segment being written (shared with requests waiting for its `fsync`), its number
+    /// and length.
+    file: Arc<File>,
     seg: u64,
     written: u64,
     /// Frames added and not yet written.
@@ -102,6 +139,8 @@ pub struct Log {
     pub since_cut: u64,
     /// A failed write could not be cut off the segment: the next write begins a new one.
     poisoned: bool,
+    /// The directory's lock, held as long as the log is written.
+    lock: Option<DirLock>,
 }
 
 impl Log {
@@ -121,14 +160,23 @@ impl Log {
         }
         Ok(Log {
             dir: dir.to_path_buf(),
-            file,
+            file: Arc::new(file),
             seg,
             written: 0,
             buf: Vec::new(),
             fsync,
             since_cut: 0,
             poisoned: false,
+            lock: None,
         })
+    }
+
+    /// The log, keeping `lock` for as long as it lives.
+    pub fn holding(self, lock: DirLock) -> Log {
+        Log {
+            lock: Some(lock),
+            ..self
+        }
     }
 
     /// Adds a record, to be written by the next [`Log::commit`] (or now, past a megabyte);
@@ -152,27 +200,31 @@ impl Log {
     /// cut back to what it held before and the records stay in the buffer for the next try
     /// (up to [`MAX_PENDING`]; past it they are dropped).
     pub fn commit(&mut self) -> io::Result<()> {
-        let res = self.write_out();
+        let res = self.write_out(true);
         if res.is_err() && self.buf.len() > MAX_PENDING {
             self.buf.clear();
         }
         res
     }
 
-    /// [`Log::commit`] for a request's record added at `start`: on an error that record leaves
-    /// the buffer (the request is refused, not stored), the records before it stay.
-    pub fn commit_or_drop_from(&mut self, start: usize) -> io::Result<()> {
-        let res = self.write_out();
+    /// [`Log::commit`] for a request's record added at `start`, without waiting for the disk:
+    /// under `wal_fsync` the caller syncs what this returns once it has let the window's lock
+    /// go (requests arriving meanwhile share the wait: a group commit). On an error that
+    /// record leaves the buffer (the request is refused, not stored), the records before it
+    /// stay.
+    pub fn commit_request(&mut self, start: usize) -> io::Result<Option<PendingSync>> {
+        let res = self.write_out(false);
         if res.is_err() {
             self.buf.truncate(start);
             if self.buf.len() > MAX_PENDING {
                 self.buf.clear();
             }
         }
-        res
+        res.map(|()| self.fsync.then(|| PendingSync(self.file.clone())))
     }
 
-    fn write_out(&mut self) -> io::Result<()> {
+    /// Writes the buffer; syncs it too under `wal_fsync` when `sync`.
+    fn write_out(&mut self, sync: bool) -> io::Result<()> {
         if self.poisoned {
             // The last failed write could not be cut off: its segment ends in a torn frame
             // that replay would stop at, so nothing more goes after it.
@@ -181,8 +233,8 @@ impl Log {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let res = self.file.write_all(&self.buf).and_then(|()| {
-            if self.fsync {
+        let res = (&*self.file).write_all(&self.buf).and_then(|()| {
+            if self.fsync && sync {
                 self.file.sync_data()
             } else {
                 Ok(())
@@ -221,6 +273,7 @@ impl Log {
         *self = Log {
             buf: std::mem::take(&mut self.buf),
             since_cut: since,
+            lock: self.lock.take(),
             ..next
         };
         Ok(())
@@ -278,29 +331,33 @@ pub fn replay(
         }
         next = n + 1;
         r.segments += 1;
-        let data = fs::read(&path)?;
-        let mut at = 0;
+        // Read a frame at a time: memory stays at one record whatever the segment's size.
+        let file = File::open(&path)?;
+        let size = file.metadata()?.len();
+        let mut reader = io::BufReader::with_capacity(1 << 20, file);
+        let mut at = 0u64;
         let why = loop {
-            match frame::next(&data[at..], MAX_RECORD) {
-                Ok(None) => break None,
-                Ok(Some((body, len))) => match Record::parse(body) {
+            match frame::read(&mut reader, MAX_RECORD)? {
+                None => break None,
+                Some(Ok(body)) => match Record::parse(&body) {
                     Some(rec) => {
                         apply(rec);
+                        let len = (frame::HEADER + body.len()) as u64;
                         r.records += 1;
-                        r.bytes += len as u64;
+                        r.bytes += len;
                         at += len;
                     }
                     None => break Some("unknown record".to_string()),
                 },
-                Err(e) => break Some(e),
+                Some(Err(e)) => break Some(e),
             }
         };
         if let Some(why) = why {
             r.corrupt += 1;
-            r.cut_bytes += (data.len() - at) as u64;
+            r.cut_bytes += size.saturating_sub(at);
             tracing::warn!(segment = %path.display(), offset = at, reason = %why, "window log: cutting a torn or corrupt record and the rest of its segment");
             let f = OpenOptions::new().write(true).open(&path)?;
-            f.set_len(at as u64)?;
+            f.set_len(at)?;
             f.sync_all()?;
         }
     }

@@ -19,9 +19,13 @@ fn push(s: &Store, now: i64, series: &[(Labels, Vec<Sample>)]) {
     }
     .encode_snappy();
     let mut b = s.batch();
-    b.log(now, &body).unwrap();
+    let pending = b.log(now, &body).unwrap();
     for (l, v) in series {
         b.append(l.encoded(), v, now).unwrap();
+    }
+    drop(b);
+    if let Some(p) = pending {
+        p.wait().unwrap();
     }
 }
 
@@ -94,13 +98,15 @@ fn a_killed_window_comes_back_from_the_log_and_a_checkpoint() {
     let r = c.open_log(&d, false, 1 << 20).unwrap();
     assert_eq!(dump(&c), want);
     assert_eq!(r.log.records, 0);
-    // One checkpoint and the one segment after it are all that is left.
+    // One checkpoint and the segments after it are all that is left.
     let mut files: Vec<String> = std::fs::read_dir(&d)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 3, "{files:?}");
+    // The checkpoint, the segment begun by its cut (empty), the one this start began, the lock.
+    assert_eq!(files.len(), 4, "{files:?}");
+    assert!(files[2].starts_with("checkpoint.") && files[3] == "lock", "{files:?}");
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -197,8 +203,9 @@ fn a_torn_log_tail_and_a_damaged_checkpoint_are_cut_counted_and_the_rest_kept() 
 #[test]
 fn a_start_restores_what_was_acknowledged_whatever_the_series_limit() {
     let d = dir("limit");
+    // With an fsync per request.
     let a = Store::new(3_600_000, 10);
-    a.open_log(&d, false, 1 << 20).unwrap();
+    a.open_log(&d, true, 1 << 20).unwrap();
     let series: Vec<_> = (0..10)
         .map(|i| (lab(i), vec![Sample::new(NOW, i as f64)]))
         .collect();
@@ -218,5 +225,36 @@ fn a_start_restores_what_was_acknowledged_whatever_the_series_limit() {
         .append(lab(99).encoded(), &[Sample::new(NOW + 1, 1.0)], NOW + 1)
         .is_err());
     drop(batch);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn staleness_marks_come_back_after_a_restart() {
+    let d = dir("stale");
+    let a = Store::new(3_600_000, 100);
+    a.open_log(&d, false, 1 << 20).unwrap();
+    let series: Vec<_> = (0..3)
+        .map(|i| (lab(i), vec![Sample::new(NOW, i as f64)]))
+        .collect();
+    push(&a, NOW, &series);
+    assert_eq!(a.mark_stale(NOW + 120_000, 60_000), 3);
+    // One series pushes again after its mark: the mark goes.
+    push(
+        &a,
+        NOW + 130_000,
+        &[(lab(1), vec![Sample::new(NOW + 130_000, 9.0)])],
+    );
+    let want = dump(&a);
+    assert_eq!(want[0].1.last().unwrap().1, vigil_wire::STALE_NAN.to_bits());
+    assert_eq!(want[1].1.last().unwrap().0, NOW + 130_000);
+    drop(a);
+    let b = Store::new(3_600_000, 100);
+    b.open_log(&d, false, 1 << 20).unwrap();
+    assert_eq!(dump(&b), want);
+    // And another process may not use the directory meanwhile.
+    let c = Store::new(3_600_000, 100);
+    let e = c.open_log(&d, false, 1 << 20).unwrap_err();
+    assert!(e.to_string().contains("in use by another process"), "{e}");
+    drop(b);
     let _ = std::fs::remove_dir_all(&d);
 }
