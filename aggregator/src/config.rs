@@ -126,6 +126,8 @@ pub struct Config {
     /// kernel's backlog); `header_read_timeout`: a request's headers must arrive within it, and
     /// an idle keep-alive connection is closed after it.
     pub max_connections: usize,
+    /// `max_connections_per_ip`: past it a client's new connection gets a 429 and is closed.
+    pub max_connections_per_ip: usize,
     pub header_read_timeout_ms: i64,
     /// Most active series held; pushes that would add more are refused with 429.
     pub max_series: usize,
@@ -192,6 +194,7 @@ impl Default for Config {
             receivers: vec![],
             max_body_bytes: 32 << 20,
             max_connections: 4096,
+            max_connections_per_ip: 128,
             header_read_timeout_ms: 30_000,
             max_series: 2_000_000,
             max_series_per_request: 100_000,
@@ -277,6 +280,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             s.positive_duration(&mut doc, "header_read_timeout", c.header_read_timeout_ms);
         for (key, slot) in [
             ("max_connections", &mut c.max_connections),
+            ("max_connections_per_ip", &mut c.max_connections_per_ip),
             ("max_series", &mut c.max_series),
             ("max_series_per_request", &mut c.max_series_per_request),
             ("max_labels_per_series", &mut c.max_labels_per_series),

@@ -176,6 +176,8 @@ fn main() -> ExitCode {
         tracing::info!(address = %listen, tls = tls.is_some(), mtls = tls.as_ref().is_some_and(|t| t.mtls()), dry_run = api.cfg.dry_run, rule_files = rules.current().files.len(), "serving");
         let limits = api::Limits {
             max_connections: api.cfg.max_connections,
+            max_connections_per_ip: api.cfg.max_connections_per_ip,
+            refused: api.connections_refused.clone(),
             header_read_timeout: Duration::from_millis(api.cfg.header_read_timeout_ms as u64),
             grace: STOP_GRACE,
         };
@@ -439,6 +441,12 @@ async fn wire(
     );
     let write = api::write::Ingest::new(cfg.clone(), store.clone(), clock.clone(), &mut registry);
     let tokens = api::auth::Tokens::load(&cfg, &mut registry)?;
+    let connections_refused = prometheus_client::metrics::counter::Counter::default();
+    registry.register(
+        "vigil_aggregator_connections_refused",
+        "Connections refused because their client address had max_connections_per_ip open",
+        connections_refused.clone(),
+    );
     let query_engine = vigil_rules::promql::Engine::new(vigil_rules::promql::EngineOpts {
         max_samples: cfg.query_max_samples,
         ..engine.promql().opts.clone()
@@ -463,6 +471,7 @@ async fn wire(
         http: vigil_config::http::Http::new().map_err(|e| format!("no HTTP client: {e}"))?,
         tokens,
         ready: std::sync::atomic::AtomicBool::new(false),
+        connections_refused,
         cfg,
     });
     Ok(Wired {

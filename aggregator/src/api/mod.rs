@@ -70,6 +70,8 @@ pub struct Api {
     /// The writers', admins' and readers' tokens.
     pub tokens: auth::Tokens,
     pub ready: std::sync::atomic::AtomicBool,
+    /// Connections refused by `[server] max_connections_per_ip` (the server counts them).
+    pub connections_refused: prometheus_client::metrics::counter::Counter,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -111,7 +113,8 @@ pub fn router(api: Arc<Api>) -> Router {
     let write_routes = Router::new()
         .route(
             "/api/v1/write",
-            post(write).layer(DefaultBodyLimit::max(api.cfg.max_body_bytes)),
+            // The limit is the handler's own (`write::read_body`): it drains what is over it.
+            post(write).layer(DefaultBodyLimit::disable()),
         )
         .route_layer(middleware::from_fn_with_state(api.clone(), guard_write));
     let admin_routes = Router::new()
@@ -304,12 +307,12 @@ impl<S: Send + Sync> FromRequest<S> for Params {
     }
 }
 
-async fn write(State(api): State<Arc<Api>>, body: Result<Body, Resp>) -> Resp {
-    let body = match body {
-        Ok(Body(b)) => b,
-        Err(r) => {
-            api.write.count(r.status());
-            return r;
+async fn write(State(api): State<Arc<Api>>, req: Request) -> Resp {
+    let body = match write::read_body(req.into_body(), api.cfg.max_body_bytes).await {
+        Ok(b) => b,
+        Err((status, msg)) => {
+            api.write.count(status);
+            return respond(status, "text/plain", msg);
         }
     };
     // Stored here when the window's lock comes within 2 ms; otherwise on the blocking pool, never

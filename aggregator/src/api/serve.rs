@@ -2,12 +2,18 @@
 //! service on a shared network needs and the ones `axum::serve` leaves out: a deadline for a
 //! request's headers (a client that opens a connection and sends nothing, or a byte a minute,
 //! is closed), a cap on open connections (past it the listener waits, and the kernel's backlog
-//! holds new ones), and a graceful stop (no new connections; requests in flight finish within a
-//! grace period).
+//! holds new ones), a cap per client address (past it a connection gets a 429 naming the
+//! limit and is closed: one client flooding connections or holding them open a byte at a time
+//! cannot take every slot), and a graceful stop (no new connections; requests in flight finish
+//! within a grace period).
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -20,14 +26,71 @@ use tower_http::add_extension::AddExtension;
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
 
-/// `[server] max_connections`, `header_read_timeout`, and the grace period of a stop.
-#[derive(Debug, Clone, Copy)]
+/// `[server] max_connections`, `max_connections_per_ip`, `header_read_timeout`, and the grace
+/// period of a stop.
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Counts connections refused by the per-address cap.
+    pub refused: Counter,
     /// Also how long an idle keep-alive connection is kept: hyper starts the deadline as it
     /// waits for the next request's headers.
     pub header_read_timeout: Duration,
     pub grace: Duration,
+}
+
+/// Open connections per client address.
+#[derive(Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted against its address; uncounted when dropped.
+struct IpSlot(Arc<PerIp>, IpAddr);
+
+impl PerIp {
+    fn take(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<IpSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Tells a client past its address's cap why it is closed (plain HTTP only: a TLS client would
+/// read garbage, and is just closed), within a second.
+fn refuse(mut stream: tokio::net::TcpStream, ip: IpAddr, cap: usize, plain: bool) {
+    tokio::spawn(async move {
+        if plain {
+            use tokio::io::AsyncWriteExt;
+            let body = format!(
+                "too many connections from {ip}: limit server.max_connections_per_ip = {cap}\n"
+            );
+            let answer = format!(
+                "HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\nx-vigil-limit: max_connections_per_ip\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            })
+            .await;
+        }
+    });
 }
 
 /// Serves `router` on `listener` until `stop` completes, then lets requests in flight finish
@@ -41,6 +104,7 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_ip = Arc::new(PerIp::default());
     let mut stop = std::pin::pin!(stop);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -70,6 +134,17 @@ pub async fn serve(
             () = &mut stop => break,
         };
         let (stream, addr) = stream;
+        let Some(ip_slot) = per_ip.take(addr.ip(), limits.max_connections_per_ip.max(1)) else {
+            limits.refused.inc();
+            drop(slot);
+            refuse(
+                stream,
+                addr.ip(),
+                limits.max_connections_per_ip,
+                tls.is_none(),
+            );
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let Some(tls) = tls.clone() else {
             let svc = AddExtension::new(router.clone(), Peer(addr));
@@ -78,22 +153,22 @@ pub async fn serve(
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 let _ = conn.await;
-                drop(slot);
+                drop((slot, ip_slot));
             });
             continue;
         };
         // The handshake on the connection's own task (a slow one holds its slot, not the
         // listener), within the header deadline.
         let (router, builder, watcher) = (router.clone(), builder.clone(), graceful.watcher());
+        let header_read_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             // One deadline for the handshake and the first request's headers together.
             let began = std::time::Instant::now();
-            match tls.accept(stream, limits.header_read_timeout).await {
+            match tls.accept(stream, header_read_timeout).await {
                 Ok((stream, cert)) => {
                     let svc = AddExtension::new(AddExtension::new(router, cert), Peer(addr));
                     let mut builder = builder;
-                    let left = limits
-                        .header_read_timeout
+                    let left = header_read_timeout
                         .saturating_sub(began.elapsed())
                         .max(Duration::from_millis(1));
                     builder.header_read_timeout(left);
@@ -103,7 +178,7 @@ pub async fn serve(
                 }
                 Err(e) => tracing::debug!(error = %e, "TLS connection refused"),
             }
-            drop(slot);
+            drop((slot, ip_slot));
         });
     }
     drop(listener);
@@ -170,6 +245,8 @@ mod tests {
     fn limits(max_connections: usize, header_read_timeout: Duration) -> Limits {
         Limits {
             max_connections,
+            max_connections_per_ip: max_connections,
+            refused: Counter::default(),
             header_read_timeout,
             grace: DEADLINE,
         }
@@ -242,6 +319,46 @@ mod tests {
         assert!(early.is_err(), "served past the cap: {early:?}");
         drop(first);
         assert!(read_until(&mut second, "fast").await.contains("200 OK"));
+    }
+
+    #[tokio::test]
+    async fn past_its_address_cap_a_client_gets_a_429_and_others_are_still_served() {
+        let mut l = limits(8, DEADLINE);
+        l.max_connections_per_ip = 2;
+        let refused = l.refused.clone();
+        let s = start(l).await;
+        // Two connections held open by 127.0.0.1, sending their headers a byte at a time.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut c = TcpStream::connect(s.addr).await.unwrap();
+            c.write_all(b"GET /fast HTTP/1.1\r\n").await.unwrap();
+            held.push(c);
+        }
+        // A third from the same address is told why and closed, and counted.
+        let mut third = TcpStream::connect(s.addr).await.unwrap();
+        let answer = read_until(&mut third, "= 2\n").await;
+        assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+        assert!(answer.contains("retry-after: 1") && answer.contains("max_connections_per_ip"));
+        assert_eq!(refused.get(), 1);
+        // Another address is served meanwhile.
+        let other = tokio::net::TcpSocket::new_v4().unwrap();
+        other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut other = other.connect(s.addr).await.unwrap();
+        send(&mut other, "/fast").await;
+        assert!(read_until(&mut other, "fast").await.contains("200 OK"));
+        // Once one closes, the address may connect again.
+        drop(held.pop());
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                let mut c = TcpStream::connect(s.addr).await.unwrap();
+                send(&mut c, "/fast").await;
+                if read_until(&mut c, "fast").await.contains("200 OK") {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("served again");
     }
 
     #[tokio::test]

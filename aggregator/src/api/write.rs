@@ -69,6 +69,71 @@ impl Metrics {
     }
 }
 
+/// Past the body limit a request is still read, and thrown away, up to this many more bytes
+/// within [`DRAIN_TIME`]: a client that sends its whole body before reading the answer (Python's
+/// `urllib`, curl without `Expect`) then reads its 413 instead of a connection reset (the kernel
+/// resets a connection closed with unread data). Past the bound the connection is closed, as
+/// nginx's lingering close does.
+const DRAIN_BYTES: usize = 64 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a remote-write body of at most `limit` bytes; past it, drains (see [`DRAIN_BYTES`])
+/// and answers 413.
+pub async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Bytes, (StatusCode, String)> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than the limit (server.max_body_size = {limit} bytes)\n"),
+        )
+    };
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut over: Option<(usize, tokio::time::Instant)> = None;
+    loop {
+        let frame = match over {
+            None => body.frame().await,
+            Some((_, deadline)) => match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => return Err(too_large()),
+            },
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {e}\n"),
+                ))
+            }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+        };
+        match &mut over {
+            Some((drained, _)) => {
+                *drained += data.len();
+                if *drained > DRAIN_BYTES {
+                    return Err(too_large());
+                }
+            }
+            None if buf.len() + data.len() > limit => {
+                over = Some((0, tokio::time::Instant::now() + DRAIN_TIME));
+                buf = bytes::BytesMut::new();
+            }
+            None => buf.extend_from_slice(&data),
+        }
+    }
+    match over {
+        Some(_) => Err(too_large()),
+        None => Ok(buf.freeze()),
+    }
+}
+
 /// How long an async worker may wait for the window's lock before it hands the request to the
 /// blocking pool: long enough for another push's turn or a reader's slice, so that the hand-over
 /// (measured: a third of the ingest rate and more memory per series, the pool's threads each
@@ -267,12 +332,14 @@ impl Ingest {
         // Logged before it is stored: what is acknowledged survives a kill -9.
         let pending_sync = match batch.log(now, body) {
             Ok(p) => p,
-            Err(e) => return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
+            Err(e) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
                     "the window's log cannot be written ({e}); nothing was stored, retry later\n"
                 ),
-            ),
+                )
+            }
         };
         let mut dropped = [0usize; 5];
         let mut accepted = 0usize;

@@ -106,7 +106,10 @@ fn a_killed_window_comes_back_from_the_log_and_a_checkpoint() {
     files.sort();
     // The checkpoint, the segment begun by its cut (empty), the one this start began, the lock.
     assert_eq!(files.len(), 4, "{files:?}");
-    assert!(files[2].starts_with("checkpoint.") && files[3] == "lock", "{files:?}");
+    assert!(
+        files[2].starts_with("checkpoint.") && files[3] == "lock",
+        "{files:?}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -177,6 +177,12 @@ fn bad_writes_are_refused_and_the_aggregator_keeps_serving() {
         .compress_vec(&huge)
         .expect("snappy");
     assert_eq!(post(&url, &auth, &big).expect("post").0, 413);
+    // Far over the limit and sent whole before the answer is read, as Python's urllib does:
+    // the client reads its 413 (the server drains the rest) instead of a connection reset.
+    let whole = vec![0u8; 40 << 20];
+    let (code, text) = post(&url, &auth, &whole).expect("the answer, not a reset");
+    assert_eq!(code, 413, "{text}");
+    assert!(text.contains("server.max_body_size"), "{text}");
     let unsorted = WriteRequest {
         timeseries: vec![TimeSeries {
             labels: vec![vigil_wire::remote_write::ProtoLabel {
