@@ -333,9 +333,19 @@ async fn write(State(api): State<Arc<Api>>, req: Request) -> Resp {
         }
     };
     let mut r = respond(status, "text/plain", msg);
-    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-        r.headers_mut()
-            .insert("retry-after", hyper::header::HeaderValue::from_static("30"));
+    // Past a limit: when to come back, and which limit (the series limit, or the window's log).
+    let limit = match status {
+        StatusCode::TOO_MANY_REQUESTS => Some("max_series"),
+        StatusCode::SERVICE_UNAVAILABLE => Some("wal"),
+        _ => None,
+    };
+    if let Some(limit) = limit {
+        let h = r.headers_mut();
+        h.insert("retry-after", hyper::header::HeaderValue::from_static("30"));
+        h.insert(
+            "x-vigil-limit",
+            hyper::header::HeaderValue::from_static(limit),
+        );
     }
     r
 }
