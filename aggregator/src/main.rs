@@ -178,6 +178,7 @@ fn main() -> ExitCode {
             max_connections: api.cfg.max_connections,
             max_connections_per_ip: api.cfg.max_connections_per_ip,
             refused: api.connections_refused.clone(),
+            tls_failed: api.tls_handshake_failures.clone(),
             header_read_timeout: Duration::from_millis(api.cfg.header_read_timeout_ms as u64),
             grace: STOP_GRACE,
         };
@@ -447,6 +448,12 @@ async fn wire(
         "Connections refused because their client address had max_connections_per_ip open",
         connections_refused.clone(),
     );
+    let tls_handshake_failures = prometheus_client::metrics::counter::Counter::default();
+    registry.register(
+        "vigil_aggregator_tls_handshake_failures",
+        "TLS connections that did not complete their handshake (bad or missing client certificate, plain HTTP, timeout)",
+        tls_handshake_failures.clone(),
+    );
     let query_engine = vigil_rules::promql::Engine::new(vigil_rules::promql::EngineOpts {
         max_samples: cfg.query_max_samples,
         ..engine.promql().opts.clone()
@@ -472,6 +479,7 @@ async fn wire(
         tokens,
         ready: std::sync::atomic::AtomicBool::new(false),
         connections_refused,
+        tls_handshake_failures,
         cfg,
     });
     Ok(Wired {

@@ -72,6 +72,8 @@ pub struct Api {
     pub ready: std::sync::atomic::AtomicBool,
     /// Connections refused by `[server] max_connections_per_ip` (the server counts them).
     pub connections_refused: prometheus_client::metrics::counter::Counter,
+    /// TLS handshakes that failed (the server counts them).
+    pub tls_handshake_failures: prometheus_client::metrics::counter::Counter,
 }
 
 type Resp = Response<Full<Bytes>>;

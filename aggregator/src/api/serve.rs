@@ -34,6 +34,9 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// Counts connections refused by the per-address cap.
     pub refused: Counter,
+    /// Counts TLS connections that did not complete their handshake (no or a bad client
+    /// certificate where one is required, plain HTTP to the TLS port, a timeout).
+    pub tls_failed: Counter,
     /// Also how long an idle keep-alive connection is kept: hyper starts the deadline as it
     /// waits for the next request's headers.
     pub header_read_timeout: Duration,
@@ -161,6 +164,7 @@ pub async fn serve(
         // listener), within the header deadline.
         let (router, builder, watcher) = (router.clone(), builder.clone(), graceful.watcher());
         let header_read_timeout = limits.header_read_timeout;
+        let tls_failed = limits.tls_failed.clone();
         tokio::spawn(async move {
             // One deadline for the handshake and the first request's headers together.
             let began = std::time::Instant::now();
@@ -176,7 +180,10 @@ pub async fn serve(
                         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
                     let _ = watcher.watch(conn).await;
                 }
-                Err(e) => tracing::debug!(error = %e, "TLS connection refused"),
+                Err(e) => {
+                    tls_failed.inc();
+                    tracing::debug!(error = %e, "TLS connection refused");
+                }
             }
             drop((slot, ip_slot));
         });
@@ -247,6 +254,7 @@ mod tests {
             max_connections,
             max_connections_per_ip: max_connections,
             refused: Counter::default(),
+            tls_failed: Counter::default(),
             header_read_timeout,
             grace: DEADLINE,
         }

@@ -45,6 +45,8 @@ const MAX_BLOCK: u32 = 1 << 30;
 /// A checkpoint is due once the log since the last one passes this, whatever the interval:
 /// it bounds the disk the log takes and the time replay takes.
 pub const LOG_BYTES_PER_CHECKPOINT: u64 = 512 << 20;
+/// A checkpoint being written is synced every this many bytes.
+const SYNC_EVERY: u64 = 16 << 20;
 /// Series per block (and per turn of the lock while one is written).
 const SLICE: usize = 512;
 
@@ -327,10 +329,20 @@ impl Store {
         let mut size = 0u64;
         let mut total = 0u64;
         let mut start = 0;
+        let mut unsynced = 0u64;
         loop {
             w.write_all(&block)?;
             size += block.len() as u64;
+            unsynced += block.len() as u64;
             block.clear();
+            // Synced as it goes: hundreds of megabytes left dirty to the end would be written
+            // back all at once, and the log's writes (under the window's lock) would queue
+            // behind them.
+            if unsynced >= SYNC_EVERY {
+                w.flush()?;
+                w.get_ref().sync_data()?;
+                unsynced = 0;
+            }
             let g = self.lock();
             let end = (start + SLICE).min(g.series.len());
             frame::put_with(&mut block, |o| {

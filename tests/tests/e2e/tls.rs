@@ -183,6 +183,10 @@ address = "127.0.0.1:{listen}"
     );
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("HTTP request to an HTTPS server"), "{text}");
+    // Both failed handshakes are counted (the certificate of another CA, plain HTTP).
+    let m = curl(&format!("{base}/metrics"), Some(ca_path), None, &[], None).1;
+    let failed = vigil_e2e::http::metric_value(&m, "vigil_aggregator_tls_handshake_failures_total");
+    assert!(failed.is_some_and(|n| n >= 2.0), "{failed:?}");
 
     // A new certificate on disk is served after SIGHUP; a bad one keeps the last good one.
     let first = served_serial(port);
