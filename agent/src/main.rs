@@ -58,7 +58,7 @@ fn load_config(path: &Path) -> Result<Config, String> {
     vigil_config::tomlread::load_file(path, config::parse)
 }
 
-fn now_ms() -> i64 {
+fn wall_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -66,6 +66,8 @@ fn now_ms() -> i64 {
 
 /// Everything one round collected, with the labels it is pushed with.
 struct Round {
+    /// The round's timestamp (every sample collected by the agent itself carries it).
+    ts: i64,
     samples: Vec<(Labels, Sample)>,
     families: Vec<FamilyMeta>,
 }
@@ -85,6 +87,8 @@ struct Collector {
     /// An identity found after start (IMDS retried in the background).
     identity_update: Arc<std::sync::Mutex<Option<Identity>>>,
     target_labels: Vec<(String, String)>,
+    /// The time rounds are stamped with: the wall clock's, held across its steps.
+    clock: vigil_wire::clock::HeldTime,
 }
 
 impl Collector {
@@ -105,6 +109,7 @@ impl Collector {
             .map(|t| scrape::Scraper::new(t.clone(), target_labels.clone()))
             .collect();
         Collector {
+            clock: vigil_wire::clock::HeldTime::new(wall_ms(), std::time::Instant::now()),
             identity_update: Arc::new(std::sync::Mutex::new(None)),
             host_busy: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             target_labels: target_labels.clone(),
@@ -177,13 +182,31 @@ impl Collector {
             .collect();
     }
 
+    /// The round's timestamp. A step of this host's clock alone (a bad RTC, a VM restored,
+    /// `date -s`) would stamp the samples an hour off the fleet's: out of order at the receiver
+    /// and dropped, or far ahead. It is not followed: logged once, counted, and the offset shown.
+    fn now_ms(&mut self, at: std::time::Instant) -> i64 {
+        let (t, step) = self.clock.read(wall_ms(), at);
+        if let Some(step) = step {
+            let offset = self.clock.offset_ms() as f64 / 1000.0;
+            self.metrics.clock_steps.inc();
+            self.metrics.clock_offset.set(offset);
+            tracing::warn!(
+                step_seconds = step as f64 / 1000.0,
+                offset_seconds = offset,
+                "wall clock stepped: not followed; samples keep the agent's time, offset_seconds from the wall clock until it comes back or the agent restarts"
+            );
+        }
+        t
+    }
+
     async fn round(&mut self) -> Round {
         let late = self.identity_update.lock().ok().and_then(|mut g| g.take());
         if let Some(id) = late {
             self.apply_identity(&id);
         }
         let started = std::time::Instant::now();
-        let ts = now_ms();
+        let ts = self.now_ms(started);
         let (mut metrics, mut families) = (Vec::new(), Vec::new());
         let mut out_cache = std::mem::take(&mut self.host_labels);
         let mut scraped: Vec<(Labels, Sample)> = Vec::new();
@@ -296,7 +319,11 @@ impl Collector {
         self.metrics
             .collect_duration
             .observe(started.elapsed().as_secs_f64());
-        Round { samples, families }
+        Round {
+            ts,
+            samples,
+            families,
+        }
     }
 }
 
@@ -431,13 +458,14 @@ async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), Strin
         tokio::select! {
             _ = tick.tick() => {
                 let round = collector.round().await;
+                tracing::debug!(round_ms = round.ts, samples = round.samples.len(), "round collected");
                 // Targets with the same batch size share the encoded bodies.
                 let mut bodies: Vec<(usize, Vec<push::Batch>)> = Vec::new();
                 for (name, max, tx, m) in &queues {
                     let k = match bodies.iter().position(|(n, _)| n == max) {
                         Some(k) => k,
                         None => {
-                            bodies.push((*max, push::encode(&round.samples, *max)));
+                            bodies.push((*max, push::encode(&round.samples, *max, round.ts)));
                             bodies.len() - 1
                         }
                     };

@@ -38,6 +38,9 @@ pub struct Metrics {
     spool_dropped_frames: Family<LabelSet, Counter>,
     pub scrape_limit_exceeded: Family<LabelSet, Counter>,
     pub collect_duration: Histogram,
+    /// Steps of the wall clock not followed (see `vigil_wire::clock`), and the offset they left.
+    pub clock_steps: Counter,
+    pub clock_offset: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// One push target's share of the metrics (handles into the families above).
@@ -116,6 +119,8 @@ impl Metrics {
             collect_duration: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             ]),
+            clock_steps: Counter::default(),
+            clock_offset: Gauge::default(),
         };
         r.register(
             "vigil_agent_samples_collected",
@@ -171,6 +176,16 @@ impl Metrics {
             "vigil_agent_collect_duration_seconds",
             "Time one collection round took",
             m.collect_duration.clone(),
+        );
+        r.register(
+            "vigil_agent_clock_steps",
+            "Steps of the wall clock (a jump of more than 2 s against the monotonic clock) the agent did not follow",
+            m.clock_steps.clone(),
+        );
+        r.register(
+            "vigil_agent_clock_offset_seconds",
+            "The time the agent stamps samples with minus the wall clock's: not 0 after a step it did not follow",
+            m.clock_offset.clone(),
         );
         m
     }

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+use vigil_wire::clock::HeldTime;
+
 /// Milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync {
     fn now_ms(&self) -> i64;
@@ -12,19 +14,78 @@ pub trait Clock: Send + Sync {
 
 pub type SharedClock = Arc<dyn Clock>;
 
-/// The system's clock.
-pub struct SystemClock;
+/// The system's wall clock, held across steps ([`vigil_wire::clock::HeldTime`]). Everything the
+/// aggregator times runs on this clock: evaluation, `for` and cooldowns, staleness, notification
+/// timers, the log's stamps. The fleet's samples carry the fleet's time; a step of this host's
+/// clock alone would move evaluation an hour away from the data: every alert resolved, every
+/// series marked stale and the samples after the mark dropped, cooldowns over early. A step is
+/// logged once and counted (`vigil_aggregator_clock_steps_total`); how far off the wall clock
+/// the aggregator is shows in `vigil_aggregator_clock_offset_seconds` until the wall clock comes
+/// back or the aggregator restarts (which takes the wall clock as it finds it).
+pub struct SystemClock {
+    held: std::sync::Mutex<HeldTime>,
+    steps: prometheus_client::metrics::counter::Counter,
+    offset: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+}
 
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl SystemClock {
+    pub fn new() -> SystemClock {
+        SystemClock {
+            held: std::sync::Mutex::new(HeldTime::new(wall_ms(), std::time::Instant::now())),
+            steps: Default::default(),
+            offset: Default::default(),
+        }
+    }
+
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "vigil_aggregator_clock_steps",
+            "Steps of the wall clock (a jump of more than 2 s against the monotonic clock) the aggregator did not follow",
+            self.steps.clone(),
+        );
+        r.register(
+            "vigil_aggregator_clock_offset_seconds",
+            "The aggregator's time minus the wall clock's: not 0 after a step it did not follow",
+            self.offset.clone(),
+        );
     }
 }
 
-pub fn system() -> SharedClock {
-    Arc::new(SystemClock)
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        // Both clocks read under the lock: concurrent readers see one order.
+        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let (t, step) = h.read(wall_ms(), std::time::Instant::now());
+        if let Some(step) = step {
+            self.steps.inc();
+            self.offset.set(h.offset_ms() as f64 / 1000.0);
+            tracing::warn!(
+                step_seconds = step as f64 / 1000.0,
+                offset_seconds = h.offset_ms() as f64 / 1000.0,
+                "wall clock stepped: not followed; evaluation, timers and the window keep the aggregator's time, offset_seconds from the wall clock until it comes back or the aggregator restarts"
+            );
+        }
+        t
+    }
+}
+
+/// The system's clock, registering its metrics.
+pub fn system(r: &mut prometheus_client::registry::Registry) -> SharedClock {
+    let c = SystemClock::new();
+    c.register(r);
+    Arc::new(c)
 }
 
 /// How long to wait before attempt `attempts + 1` of something that failed: 1 s doubling to

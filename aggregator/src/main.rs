@@ -347,8 +347,8 @@ async fn wire(
     db: state::Db,
     state_dir: &Path,
 ) -> Result<Wired, String> {
-    let clock = clock::system();
     let mut registry = prometheus_client::registry::Registry::default();
+    let clock = clock::system(&mut registry);
     let calls = aws::CallMetrics::register(&mut registry);
     // AWS clients only when [aws] is configured; credentials resolve at the first call.
     let clients = if cfg.aws_configured {

@@ -4,6 +4,7 @@
 //! This crate does no I/O and must never depend on tokio, an HTTP stack or the AWS SDK: the agent,
 //! the aggregator and the rules engine all build on it.
 
+pub mod clock;
 pub mod frame;
 pub mod labels;
 pub mod remote_write;
