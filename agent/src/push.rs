@@ -22,11 +22,13 @@ use crate::telemetry::TargetMetrics;
 pub struct Batch {
     pub body: Bytes,
     pub samples: usize,
+    /// The collection round's timestamp, for the debug log of what became of the batch.
+    pub round_ms: i64,
 }
 
 /// Encodes samples into remote-write bodies of at most `max_samples` samples each (one round has
 /// each series once, so every sample is its own `TimeSeries`).
-pub fn encode(samples: &[(Labels, Sample)], max_samples: usize) -> Vec<Batch> {
+pub fn encode(samples: &[(Labels, Sample)], max_samples: usize, round_ms: i64) -> Vec<Batch> {
     samples
         .chunks(max_samples.max(1))
         .map(|chunk| Batch {
@@ -34,6 +36,7 @@ pub fn encode(samples: &[(Labels, Sample)], max_samples: usize) -> Vec<Batch> {
                 chunk.iter().map(|(l, s)| (l, std::slice::from_ref(s))),
             )),
             samples: chunk.len(),
+            round_ms,
         })
         .collect()
 }
@@ -222,6 +225,9 @@ impl Pusher {
         match self.spool.append(&b.body) {
             Ok(()) => {
                 self.metrics.samples_spooled.inc_by(b.samples as u64);
+                // The crash campaign (tests/src/campaign) counts on this line: a round logged as
+                // spooled must never be lost.
+                tracing::debug!(target = %self.name, round_ms = b.round_ms, samples = b.samples, "batch spooled");
             }
             Err(e) => {
                 self.metrics.unwritable.inc_by(b.samples as u64);
@@ -311,6 +317,7 @@ impl Pusher {
         self.record(&outcome, b.samples);
         match outcome {
             Outcome::Sent => {
+                tracing::debug!(target = %self.name, round_ms = b.round_ms, samples = b.samples, "batch acknowledged");
                 self.backoff = BACKOFF_MIN;
                 None
             }
@@ -383,7 +390,7 @@ mod tests {
                 ]
             })
             .collect();
-        let batches = encode(&samples, 4);
+        let batches = encode(&samples, 4, 0);
         assert_eq!(batches.len(), 3);
         assert_eq!(batches.iter().map(|b| b.samples).sum::<usize>(), 10);
         let req = vigil_wire::remote_write::WriteRequest::decode_snappy(&batches[0].body, 1 << 20)

@@ -123,7 +123,12 @@ pub fn prom_query(
 
 /// Remote-writes one sample per series, stamped now, to `base`/api/v1/write; returns the status.
 pub fn push_now(base: &str, series: &[(vigil_wire::Labels, f64)]) -> u16 {
-    let body = remote_write_body(series);
+    push_at(base, series, now_ms())
+}
+
+/// Remote-writes one sample per series, stamped `ts`; returns the status (0: no answer).
+pub fn push_at(base: &str, series: &[(vigil_wire::Labels, f64)], ts: i64) -> u16 {
+    let body = remote_write_body_at(series, ts);
     post(
         &format!("{base}/api/v1/write"),
         &[
@@ -136,11 +141,20 @@ pub fn push_now(base: &str, series: &[(vigil_wire::Labels, f64)]) -> u16 {
     .map_or(0, |(c, _)| c)
 }
 
+/// Milliseconds since the epoch, by this host's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// A remote-write body (snappy protobuf) of one sample per series, stamped now.
 pub fn remote_write_body(series: &[(vigil_wire::Labels, f64)]) -> Vec<u8> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    remote_write_body_at(series, now_ms())
+}
+
+/// A remote-write body (snappy protobuf) of one sample per series, stamped `now`.
+pub fn remote_write_body_at(series: &[(vigil_wire::Labels, f64)], now: i64) -> Vec<u8> {
     let samples: Vec<[vigil_wire::Sample; 1]> = series
         .iter()
         .map(|(_, v)| [vigil_wire::Sample::new(now, *v)])

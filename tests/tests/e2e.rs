@@ -18,3 +18,6 @@ mod tls;
 
 #[path = "e2e/window.rs"]
 mod window;
+
+#[path = "e2e/campaigns.rs"]
+mod campaigns;

@@ -1,0 +1,73 @@
+//! The crash campaigns at full length, for bench/crash_campaigns.sh (see vigil_e2e::campaign).
+//!
+//!   campaign agent MINUTES          kill -9 of the agent, a round a second
+//!   campaign aggregator MINUTES     kill -9 of the aggregator every 30-90 s under load
+//!   campaign disk                   the spool and the state dir on a small full tmpfs
+//!   campaign clock                  the aggregator's clock stepped by an hour (faketime)
+//!
+//! Exits 1 when a count that must be 0 is not.
+
+use std::time::Duration;
+
+use vigil_e2e::campaign;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let minutes = |i: usize| -> Duration {
+        let m: f64 = args.get(i).and_then(|a| a.parse().ok()).unwrap_or(10.0);
+        Duration::from_secs_f64(m * 60.0)
+    };
+    let dir = vigil_e2e::tempdir("campaign");
+    let ok = match args.first().map(String::as_str) {
+        Some("agent") => {
+            let r = campaign::agent::run(minutes(1), dir.path());
+            println!("{r}");
+            r.lost == 0 && r.corrupt_frames == 0
+        }
+        Some("aggregator") => {
+            let load = std::env::var("LOAD")
+                .ok()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(5000);
+            let pace = if std::env::var_os("QUICK").is_some() {
+                campaign::aggregator::Pace::quick()
+            } else {
+                campaign::aggregator::Pace::full()
+            };
+            let r = campaign::aggregator::run(minutes(1), pace, load, dir.path());
+            println!("{r}");
+            r.duplicate_notices == 0
+                && r.lost_resolves == 0
+                && r.repeated_scaling_calls == 0
+                && r.ticks_lost == 0
+                && r.restored + 1 == r.lives
+        }
+        Some("disk") => {
+            let r = campaign::disk::run(dir.path());
+            println!("{r}");
+            r.wal_corrupt == 0.0
+                && r.spool_corrupt == 0
+                && r.rounds_lost == 0
+                && r.refused_503 > 0
+                && r.rounds_acknowledged_after > 0
+        }
+        Some("clock") => {
+            let r = campaign::clock::run(10, dir.path());
+            println!("{r}");
+            r.spurious() == (0, 0)
+                && r.ticks_lost == 0
+                && r.phases.iter().all(|p| p.refused == 0)
+                && r.agent_rounds_lost == 0
+                && r.agent_refused == 0
+        }
+        _ => {
+            eprintln!("usage: campaign agent|aggregator MINUTES | disk | clock");
+            std::process::exit(2);
+        }
+    };
+    if !ok {
+        eprintln!("logs kept in {}", dir.path().display());
+        std::mem::forget(dir);
+        std::process::exit(1);
+    }
+}
