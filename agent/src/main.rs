@@ -21,7 +21,7 @@ mod fuzz_tests;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Parser;
 use prometheus_client::registry::Registry;
@@ -58,12 +58,6 @@ fn load_config(path: &Path) -> Result<Config, String> {
     vigil_config::tomlread::load_file(path, config::parse)
 }
 
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Everything one round collected, with the labels it is pushed with.
 struct Round {
     /// The round's timestamp (every sample collected by the agent itself carries it).
@@ -87,8 +81,9 @@ struct Collector {
     /// An identity found after start (IMDS retried in the background).
     identity_update: Arc<std::sync::Mutex<Option<Identity>>>,
     target_labels: Vec<(String, String)>,
-    /// The time rounds are stamped with: the wall clock's, held across its steps.
+    /// The time rounds are stamped with: the wall clock's, its steps slewed.
     clock: vigil_wire::clock::HeldTime,
+    last_round_ms: i64,
 }
 
 impl Collector {
@@ -109,7 +104,11 @@ impl Collector {
             .map(|t| scrape::Scraper::new(t.clone(), target_labels.clone()))
             .collect();
         Collector {
-            clock: vigil_wire::clock::HeldTime::new(wall_ms(), std::time::Instant::now()),
+            clock: vigil_wire::clock::HeldTime::new(
+                vigil_wire::clock::wall_ms(),
+                std::time::Instant::now(),
+            ),
+            last_round_ms: 0,
             identity_update: Arc::new(std::sync::Mutex::new(None)),
             host_busy: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             target_labels: target_labels.clone(),
@@ -182,21 +181,25 @@ impl Collector {
             .collect();
     }
 
-    /// The round's timestamp. A step of this host's clock alone (a bad RTC, a VM restored,
-    /// `date -s`) would stamp the samples an hour off the fleet's: out of order at the receiver
-    /// and dropped, or far ahead. It is not followed: logged once, counted, and the offset shown.
+    /// The round's timestamp, after the last one. A step of this host's clock alone (a bad RTC,
+    /// a VM restored, `date -s`) would stamp the samples an hour off the fleet's: out of order
+    /// at the receiver and dropped, or far ahead. It is turned into a slew: logged once, counted,
+    /// and the offset shown while it lasts.
     fn now_ms(&mut self, at: std::time::Instant) -> i64 {
-        let (t, step) = self.clock.read(wall_ms(), at);
+        let (t, step) = self.clock.read(vigil_wire::clock::wall_ms(), at);
+        let offset = self.clock.offset_ms() as f64 / 1000.0;
         if let Some(step) = step {
-            let offset = self.clock.offset_ms() as f64 / 1000.0;
             self.metrics.clock_steps.inc();
-            self.metrics.clock_offset.set(offset);
             tracing::warn!(
                 step_seconds = step as f64 / 1000.0,
                 offset_seconds = offset,
-                "wall clock stepped: not followed; samples keep the agent's time, offset_seconds from the wall clock until it comes back or the agent restarts"
+                "wall clock stepped: not followed but slewed (a twelfth of a second a second); samples keep the agent's time, offset_seconds from the wall clock"
             );
         }
+        self.metrics.clock_offset.set(offset);
+        // Never the same timestamp twice: a receiver would drop the second as a duplicate.
+        let t = t.max(self.last_round_ms + 1);
+        self.last_round_ms = t;
         t
     }
 

@@ -38,7 +38,7 @@ pub struct Metrics {
     spool_dropped_frames: Family<LabelSet, Counter>,
     pub scrape_limit_exceeded: Family<LabelSet, Counter>,
     pub collect_duration: Histogram,
-    /// Steps of the wall clock not followed (see `vigil_wire::clock`), and the offset they left.
+    /// Steps of the wall clock slewed (see `vigil_wire::clock`), and the offset left to slew.
     pub clock_steps: Counter,
     pub clock_offset: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
@@ -179,12 +179,12 @@ impl Metrics {
         );
         r.register(
             "vigil_agent_clock_steps",
-            "Steps of the wall clock (a jump of more than 2 s against the monotonic clock) the agent did not follow",
+            "Steps of the wall clock (a jump of more than 2 s against the monotonic clock) the agent turned into a slew",
             m.clock_steps.clone(),
         );
         r.register(
             "vigil_agent_clock_offset_seconds",
-            "The time the agent stamps samples with minus the wall clock's: not 0 after a step it did not follow",
+            "The time the agent stamps samples with minus the wall clock's: not 0 while a step is being slewed away",
             m.clock_offset.clone(),
         );
         m

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use vigil_wire::clock::HeldTime;
+use vigil_wire::clock::{wall_ms, HeldTime};
 
 /// Milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync {
@@ -19,19 +19,13 @@ pub type SharedClock = Arc<dyn Clock>;
 /// timers, the log's stamps. The fleet's samples carry the fleet's time; a step of this host's
 /// clock alone would move evaluation an hour away from the data: every alert resolved, every
 /// series marked stale and the samples after the mark dropped, cooldowns over early. A step is
-/// logged once and counted (`vigil_aggregator_clock_steps_total`); how far off the wall clock
-/// the aggregator is shows in `vigil_aggregator_clock_offset_seconds` until the wall clock comes
-/// back or the aggregator restarts (which takes the wall clock as it finds it).
+/// logged once and counted (`vigil_aggregator_clock_steps_total`), then closed at chrony's
+/// largest slew rate; how far off the wall clock the aggregator still is shows in
+/// `vigil_aggregator_clock_offset_seconds` (a restart takes the wall clock as it finds it).
 pub struct SystemClock {
     held: std::sync::Mutex<HeldTime>,
     steps: prometheus_client::metrics::counter::Counter,
     offset: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
-}
-
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl SystemClock {
@@ -46,12 +40,12 @@ impl SystemClock {
     pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
         r.register(
             "vigil_aggregator_clock_steps",
-            "Steps of the wall clock (a jump of more than 2 s against the monotonic clock) the aggregator did not follow",
+            "Steps of the wall clock (a jump of more than 2 s against the monotonic clock) the aggregator turned into a slew",
             self.steps.clone(),
         );
         r.register(
             "vigil_aggregator_clock_offset_seconds",
-            "The aggregator's time minus the wall clock's: not 0 after a step it did not follow",
+            "The aggregator's time minus the wall clock's: not 0 while a step is being slewed away",
             self.offset.clone(),
         );
     }
@@ -68,14 +62,17 @@ impl Clock for SystemClock {
         // Both clocks read under the lock: concurrent readers see one order.
         let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let (t, step) = h.read(wall_ms(), std::time::Instant::now());
+        let offset = h.offset_ms() as f64 / 1000.0;
         if let Some(step) = step {
             self.steps.inc();
-            self.offset.set(h.offset_ms() as f64 / 1000.0);
             tracing::warn!(
                 step_seconds = step as f64 / 1000.0,
-                offset_seconds = h.offset_ms() as f64 / 1000.0,
-                "wall clock stepped: not followed; evaluation, timers and the window keep the aggregator's time, offset_seconds from the wall clock until it comes back or the aggregator restarts"
+                offset_seconds = offset,
+                "wall clock stepped: not followed but slewed (a twelfth of a second a second); evaluation, timers and the window keep the aggregator's time, offset_seconds from the wall clock"
             );
+        }
+        if offset != self.offset.get() {
+            self.offset.set(offset);
         }
         t
     }

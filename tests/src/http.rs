@@ -142,11 +142,7 @@ pub fn push_at(base: &str, series: &[(vigil_wire::Labels, f64)], ts: i64) -> u16
 }
 
 /// Milliseconds since the epoch, by this host's clock.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use vigil_wire::clock::wall_ms as now_ms;
 
 /// A remote-write body (snappy protobuf) of one sample per series, stamped now.
 pub fn remote_write_body(series: &[(vigil_wire::Labels, f64)]) -> Vec<u8> {

@@ -4,15 +4,28 @@
 //! and the fleet agrees only while each host follows NTP. A step of one host's clock (a bad RTC,
 //! a VM restored, `date -s`) would move that host an hour away from the others: an agent's
 //! samples out of order and dropped, an aggregator's evaluation on an empty window. `HeldTime`
-//! follows the wall clock's slow corrections but not its steps: after a step it goes on from the
-//! time it had, by the monotonic clock, and reports the step for the caller to log and count.
-//! A step back to where the held time is ends the offset. The caller reads both clocks (this
-//! module does no I/O).
+//! turns a step into a slew, as chrony would have made it: after a step it goes on from the time
+//! it had, by the monotonic clock, reports the step for the caller to log and count, and then
+//! closes the gap at chrony's largest slew rate (1/12: an hour's step is absorbed in 12 hours,
+//! a boot-time correction it saw too in proportion). Time never goes backwards. A step back to
+//! where the held time is ends the offset at once. The caller reads both clocks (this module does
+//! no I/O but [`wall_ms`]).
 
 use std::time::Instant;
 
 /// A jump of the wall clock against the monotonic clock larger than this is a step.
 pub const STEP_MS: i64 = 2_000;
+
+/// The held time closes its gap to the wall clock by 1 ms every this many ms (chrony's
+/// `maxslewrate`, 83,333 ppm).
+pub const SLEW_DIVISOR: i64 = 12;
+
+/// The wall clock, in ms since the Unix epoch.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 #[derive(Debug, Clone)]
 pub struct HeldTime {
@@ -35,7 +48,12 @@ impl HeldTime {
     /// The time for wall-clock reading `wall_ms` taken at `at`, and the step this reading found
     /// (the wall clock's jump in ms, signed), if any. Never goes backwards.
     pub fn read(&mut self, wall_ms: i64, at: Instant) -> (i64, Option<i64>) {
-        let expected = self.last_ms + at.saturating_duration_since(self.at).as_millis() as i64;
+        let elapsed = at.saturating_duration_since(self.at).as_millis() as i64;
+        // The slew since the last reading: the offset shrinks toward 0.
+        let before = self.offset_ms;
+        let slew = (elapsed / SLEW_DIVISOR).min(before.abs());
+        self.offset_ms -= slew * before.signum();
+        let expected = self.last_ms + elapsed + (self.offset_ms - before);
         let mut t = wall_ms + self.offset_ms;
         let jump = t - expected;
         let step = (jump.abs() > STEP_MS).then(|| {
@@ -73,19 +91,40 @@ mod tests {
             c.read(w0 + 2_000 - 3_600_000, s(2)),
             (w0 + 2_000, Some(-3_600_000))
         );
-        assert_eq!(c.read(w0 + 3_000 - 3_600_000, s(3)), (w0 + 3_000, None));
-        assert_eq!(c.offset_ms(), 3_600_000);
-        // Slow corrections of the stepped wall clock are followed (+300 ms over 10 s).
-        assert_eq!(c.read(w0 + 13_300 - 3_600_000, s(13)), (w0 + 13_300, None));
-        // The wall clock comes back: no offset any more, and no jump.
-        assert_eq!(c.read(w0 + 14_300, s(14)), (w0 + 14_300, Some(3_600_000)));
-        assert_eq!(c.offset_ms(), 0);
-        // Forward an hour: held too.
+        // From there it runs slow by a twelfth until the gap is closed: 83 ms less a second.
+        assert_eq!(c.read(w0 + 3_000 - 3_600_000, s(3)), (w0 + 2_917, None));
+        assert_eq!(c.offset_ms(), 3_600_000 - 83);
+        // Slow corrections of the stepped wall clock are followed (+300 ms over 12 s).
+        assert_eq!(c.read(w0 + 15_300 - 3_600_000, s(15)), (w0 + 14_217, None));
+        assert_eq!(c.offset_ms(), 3_600_000 - 1_083);
+        // The wall clock comes back: the offset is what the slew left (83 ms), and no jump.
+        assert_eq!(c.read(w0 + 15_217, s(16)), (w0 + 15_134, Some(3_598_917)));
+        assert_eq!(c.offset_ms(), -83);
+        // Forward an hour: held too, then closed at the slew rate, running fast.
         assert_eq!(
-            c.read(w0 + 15_300 + 3_600_000, s(15)),
-            (w0 + 15_300, Some(3_600_000))
+            c.read(w0 + 16_217 + 3_600_000, s(17)),
+            (w0 + 16_217, Some(3_600_000))
         );
         assert_eq!(c.offset_ms(), -3_600_000);
+        assert_eq!(c.read(w0 + 28_217 + 3_600_000, s(29)), (w0 + 29_217, None));
+    }
+
+    #[test]
+    fn a_held_step_is_absorbed_at_the_slew_rate() {
+        let t0 = Instant::now();
+        let w0 = 1_800_000_000_000;
+        let mut c = HeldTime::new(w0, t0);
+        assert!(c.read(w0 - 60_000, t0).1.is_some());
+        // A minute back: 13 minutes later the held time is the wall clock's again.
+        let mut last = w0;
+        for k in 1..=13 * 60 {
+            let (t, step) = c.read(w0 - 60_000 + k * 1_000, t0 + Duration::from_secs(k as u64));
+            assert_eq!(step, None, "{k}");
+            assert!(t > last, "{k}: {t} <= {last}");
+            last = t;
+        }
+        assert_eq!(c.offset_ms(), 0);
+        assert_eq!(last, w0 - 60_000 + 13 * 60_000);
     }
 
     #[test]

@@ -331,9 +331,7 @@ impl Table for Dynamo {
         doc: &'a [u8],
     ) -> BoxFut<'a, Result<(), TableError>> {
         Box::pin(async move {
-            let written = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
+            let written = vigil_wire::clock::wall_ms();
             let cut = parts::split(doc, self.part_bytes);
             if cut.len() > MAX_PARTS {
                 return Err(TableError::Failed(format!(

@@ -118,13 +118,19 @@ impl Store {
     }
 
     pub(super) fn log_failed(&self, e: &io::Error) {
+        // Seconds since the first failure, plus 1, when the last warning was given (0: never),
+        // by the monotonic clock: a step of the wall clock must not silence it for an hour.
+        static FIRST: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
         static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
         self.log_metrics.write_failures.inc();
         // Once a minute at most: a full disk fails every request.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if now >= LAST_WARNED.load(Ordering::Relaxed) + 60 {
+        let now = FIRST
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs()
+            + 1;
+        let last = LAST_WARNED.load(Ordering::Relaxed);
+        if last == 0 || now >= last + 60 {
             LAST_WARNED.store(now, Ordering::Relaxed);
             tracing::error!(error = %e, "window log: write failed; remote-write is answered 503 until it succeeds");
         }
@@ -311,11 +317,8 @@ impl Store {
         let m = &self.log_metrics;
         m.checkpoint_seconds.set(started.elapsed().as_secs_f64());
         m.checkpoint_bytes.set(size as i64);
-        m.checkpoint_time.set(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-        );
+        m.checkpoint_time
+            .set(vigil_wire::clock::wall_ms().div_euclid(1000));
         Ok(size)
     }
 

@@ -50,6 +50,40 @@ pub struct Report {
 }
 
 impl Report {
+    /// What went wrong: counts that must be 0 and are not, or steps that were not seen.
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        let (n, s) = self.spurious();
+        for (what, k) in [
+            ("spurious notices", n),
+            ("spurious scaling calls", s),
+            ("acknowledged samples lost", self.ticks_lost),
+            (
+                "the agent's acknowledged rounds lost",
+                self.agent_rounds_lost,
+            ),
+            ("the agent's batches refused", self.agent_refused),
+            (
+                "pushes refused",
+                self.phases.iter().map(|p| p.refused).sum(),
+            ),
+        ] {
+            if k > 0 {
+                f.push(format!("{what}: {k}"));
+            }
+        }
+        // Four steps each: back, forward (home), forward, back (home).
+        if (self.steps_logged, self.agent_steps_logged) != (4, 4)
+            || self.agent_rounds_acknowledged == 0
+        {
+            f.push(format!(
+                "steps logged: aggregator {}, agent {} (4 each expected)",
+                self.steps_logged, self.agent_steps_logged
+            ));
+        }
+        f
+    }
+
     /// Notices other than the one firing notice and its resolve, and scaling calls after the
     /// first (the demand never changed): must both be 0.
     pub fn spurious(&self) -> (usize, usize) {
@@ -113,9 +147,12 @@ pub fn run(evaluations: usize, dir: &Path) -> Report {
     );
     // One offset file each: the steps reach the two processes at their own moments.
     let offset_files = [dir.join("aggregator.faketime"), dir.join("agent.faketime")];
+    // Written whole and renamed in: libfaketime must never read a half-written file.
     let step_to = |offset: &str| {
         for f in &offset_files {
-            std::fs::write(f, offset).expect("faketime offset");
+            let tmp = f.with_extension("tmp");
+            std::fs::write(&tmp, offset).expect("faketime offset");
+            std::fs::rename(&tmp, f).expect("faketime offset");
         }
     };
     step_to("+0");
@@ -128,7 +165,8 @@ pub fn run(evaluations: usize, dir: &Path) -> Report {
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
         ]
     };
-    let mut rig = Rig::new(dir);
+    // Hour-long cooldowns: one scale-out, and a step that ended a cooldown early would show.
+    let mut rig = Rig::new(dir, "1h");
     let agg = rig.start("aggregator", &env(&offset_files[0]));
     let agent_cfg = agent_config(
         dir,
@@ -154,7 +192,12 @@ pub fn run(evaluations: usize, dir: &Path) -> Report {
         || agg.log_text(),
     );
 
-    for offset in ["-1h", "+0", "+1h", "+0"] {
+    let steps = |log: &str| {
+        json_lines(log)
+            .filter(|(m, _)| m.starts_with("wall clock stepped"))
+            .count()
+    };
+    for (k, offset) in ["-1h", "+0", "+1h", "+0"].into_iter().enumerate() {
         step_to(offset);
         let (n0, s0) = (rig.notices().len(), rig.scaling_calls().len());
         let mut phase = Phase {
@@ -175,10 +218,13 @@ pub fn run(evaluations: usize, dir: &Path) -> Report {
                 }
                 std::thread::sleep(Duration::from_millis(250));
                 seen.insert(last_evaluation(&rig.base));
-                // The first evaluation seen may still be at the old offset.
+                // The first evaluation seen may still be at the old offset; both processes
+                // must have seen this step.
                 seen.len() > evaluations
+                    && steps(&agg.log_text()) > k
+                    && steps(&agent.log_text()) > k
             },
-            || agg.log_text(),
+            || format!("{}\n{}", agg.log_text(), agent.log_text()),
         );
         phase.evaluations = seen.len() - 1;
         phase.notices = rig.notices()[n0..].to_vec();
@@ -203,12 +249,10 @@ pub fn run(evaluations: usize, dir: &Path) -> Report {
     report.scaling_calls = rig.scaling_calls();
     report.ticks_acknowledged = ticks.len();
     report.ticks_lost = ticks.difference(&rig.ticks()).count();
-    for l in agg.log_text().lines() {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
-        let msg = v["fields"]["message"].as_str().unwrap_or("");
-        if msg.contains("clock") && (v["level"] == "WARN" || v["level"] == "ERROR") {
-            report.said.insert(msg.to_string());
-            report.steps_logged += usize::from(msg.starts_with("wall clock stepped"));
+    for (msg, _) in json_lines(&agg.log_text()) {
+        if msg.starts_with("wall clock stepped") {
+            report.said.insert(msg);
+            report.steps_logged += 1;
         }
     }
     let log = agent.log_text();

@@ -36,6 +36,36 @@ pub struct Report {
     pub rounds_lost: usize,
 }
 
+impl Report {
+    /// What went wrong: counts that must be 0 and are not, or something that did not happen.
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if self.wal_corrupt != 0.0 || self.spool_corrupt > 0 {
+            f.push(format!(
+                "corrupt after the restart: log {}, spool {}",
+                self.wal_corrupt, self.spool_corrupt
+            ));
+        }
+        if self.rounds_lost > 0 {
+            f.push(format!("acknowledged rounds lost: {}", self.rounds_lost));
+        }
+        if self.refused_503 == 0 || self.spool_write_failures == 0 || self.queries_while_full == 0 {
+            f.push("a full disk did not give 503s, spool errors and answered queries".into());
+        }
+        if !self
+            .aggregator_errors
+            .iter()
+            .any(|e| e.contains("window log: write failed") && e.contains("No space left"))
+        {
+            f.push("the aggregator did not say its log could not be written".into());
+        }
+        if self.rounds_acknowledged_after == 0 {
+            f.push("no recovery once space returned".into());
+        }
+        f
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -161,8 +191,9 @@ pub fn run(dir: &Path) -> Report {
 
     // Full.
     let filler = disk.0.join("filler");
-    fill(&filler);
+    // Counted first: the aggregator may say why as soon as the disk is full.
     let agg_lines_before = agg.log_text().lines().count();
+    fill(&filler);
     let refused = |log: &str| {
         count(log, |m, f| {
             m == "push failed"
