@@ -21,6 +21,8 @@ AGENTS=${AGENTS:-5000}
 SERIES=${SERIES:-1000}
 ROUNDS=${ROUNDS:-3}
 MAX_SERIES=${MAX_SERIES:-2000000}
+QOD=${QOD:-3}                                     # queries of death in phase 2
+export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}    # as the packages' units and images run it
 ulimit -n "$(ulimit -Hn)"   # a socket per agent, on each side
 cargo build --release -q -p vigil-aggregator
 cargo build --release -q -p vigil-e2e --bin fleetload
@@ -42,7 +44,7 @@ max_samples = 1000000
 retention = "1h"
 state_dir = "$work/state"
 TOML
-target/release/vigil-aggregator --config "$work/agg.toml" >"$work/agg.log" 2>&1 & pid=$!   # MALLOC_ARENA_MAX from the caller's environment, if set
+target/release/vigil-aggregator --config "$work/agg.toml" >"$work/agg.log" 2>&1 & pid=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/-/ready" >/dev/null 2>&1 && break; sleep 0.2; done
 base=$(rss)
 echo "== 1. under the limit"
@@ -55,7 +57,7 @@ rss1=$(rss)
 per_series=$(( (rss1 - base) / series1 ))
 echo "== 2. past it"
 rss_before=$(rss)
-target/release/fleetload "127.0.0.1:$PORT" "$AGENTS" "$SERIES" "$ROUNDS" 3
+target/release/fleetload "127.0.0.1:$PORT" "$AGENTS" "$SERIES" "$ROUNDS" "$QOD"
 rss2=$(rss)
 series2=$(metric vigil_aggregator_series)
 refused=$(metric vigil_aggregator_connections_refused_total)

@@ -6,11 +6,14 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use hyper::StatusCode;
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
 use serde_json::{json, Value as Json};
 use vigil_rules::duration::{parse_ms, parse_timestamp_ms};
 use vigil_rules::gofmt::shortest_g;
+use vigil_rules::promql::value::{RangeSeries, VectorSample};
 use vigil_rules::promql::{self, EvalError, Value};
-use vigil_wire::Labels;
+use vigil_wire::{Labels, Sample};
 
 use super::{json_err, json_ok, respond, Api, Resp};
 
@@ -52,20 +55,119 @@ pub(super) fn labels_json(l: &Labels) -> Json {
     )
 }
 
-fn point(t: i64, v: f64) -> Json {
-    json!([t as f64 / 1000.0, shortest_g(v)])
+/// A label set as a JSON object, written as it is serialized.
+struct LabelsOut<'a>(&'a Labels);
+
+impl Serialize for LabelsOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|l| (l.name, l.value)))
+    }
 }
 
-fn value_json(v: &Value, t: i64) -> Json {
-    match v {
-        Value::Scalar(f) => json!({"resultType": "scalar", "result": point(t, *f)}),
-        Value::String(s) => json!({"resultType": "string", "result": [t as f64 / 1000.0, s]}),
-        Value::Vector(v) => {
-            json!({"resultType": "vector", "result": v.iter().map(|s| json!({"metric": labels_json(&s.labels), "value": point(t, s.f)})).collect::<Vec<_>>()})
+/// `[seconds, "value"]`.
+struct Point(i64, f64);
+
+impl Serialize for Point {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.0 as f64 / 1000.0, shortest_g(self.1)).serialize(s)
+    }
+}
+
+/// `[[seconds, "value"], ...]`.
+struct PointsOut<'a>(&'a [Sample]);
+
+impl Serialize for PointsOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|p| Point(p.timestamp_ms, p.value)))
+    }
+}
+
+#[derive(Serialize)]
+struct InstantOut<'a> {
+    metric: LabelsOut<'a>,
+    value: Point,
+}
+
+#[derive(Serialize)]
+struct SeriesOut<'a> {
+    metric: LabelsOut<'a>,
+    values: PointsOut<'a>,
+}
+
+struct VectorOut<'a>(&'a [VectorSample], i64);
+
+impl Serialize for VectorOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|x| InstantOut {
+            metric: LabelsOut(&x.labels),
+            value: Point(self.1, x.f),
+        }))
+    }
+}
+
+struct MatrixOut<'a>(&'a [RangeSeries]);
+
+impl Serialize for MatrixOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|x| SeriesOut {
+            metric: LabelsOut(&x.labels),
+            values: PointsOut(&x.points),
+        }))
+    }
+}
+
+/// A query's `data`: `{"resultType": ..., "result": ...}`, serialized straight into the answer.
+/// (A `serde_json::Value` tree of a vector of 300,000 series took about 3 KB a series, about a
+/// gigabyte for one answer, which the allocator then kept.)
+struct ValueOut<'a>(&'a Value, i64);
+
+impl Serialize for ValueOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        let t = self.1;
+        match self.0 {
+            Value::Scalar(f) => {
+                m.serialize_entry("result", &Point(t, *f))?;
+                m.serialize_entry("resultType", "scalar")?;
+            }
+            Value::String(x) => {
+                m.serialize_entry("result", &(t as f64 / 1000.0, x))?;
+                m.serialize_entry("resultType", "string")?;
+            }
+            Value::Vector(v) => {
+                m.serialize_entry("result", &VectorOut(v, t))?;
+                m.serialize_entry("resultType", "vector")?;
+            }
+            Value::Matrix(x) => {
+                m.serialize_entry("result", &MatrixOut(x))?;
+                m.serialize_entry("resultType", "matrix")?;
+            }
         }
-        Value::Matrix(m) => {
-            json!({"resultType": "matrix", "result": m.iter().map(|s| json!({"metric": labels_json(&s.labels), "values": s.points.iter().map(|p| point(p.timestamp_ms, p.value)).collect::<Vec<_>>()})).collect::<Vec<_>>()})
-        }
+        m.end()
+    }
+}
+
+/// A successful query's answer, with its warnings.
+fn answer(v: &Value, t: i64, warnings: &[&str]) -> Resp {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        data: ValueOut<'a>,
+        status: &'static str,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        warnings: &'a [&'a str],
+    }
+    let body = Body {
+        data: ValueOut(v, t),
+        status: "success",
+        warnings,
+    };
+    match serde_json::to_vec(&body) {
+        Ok(b) => respond(StatusCode::OK, "application/json", b),
+        Err(e) => json_err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
     }
 }
 
@@ -108,12 +210,8 @@ pub(super) fn query(app: &Api, p: &HashMap<String, Vec<String>>, deadline: Insta
         .instant_until(&*app.store, &parsed, t, Some(deadline))
     {
         Ok(r) => {
-            let mut body = json!({"status": "success", "data": value_json(&r.value, t)});
             let warnings: Vec<&str> = r.annotations.iter().map(|a| a.message.as_str()).collect();
-            if !warnings.is_empty() {
-                body["warnings"] = json!(warnings);
-            }
-            respond(StatusCode::OK, "application/json", body.to_string())
+            answer(&r.value, t, &warnings)
         }
         Err(e) => eval_error(e),
     }
@@ -174,7 +272,7 @@ pub(super) fn query_range(app: &Api, p: &HashMap<String, Vec<String>>, deadline:
         .query_engine
         .range_until(&*app.store, &parsed, start, end, step, Some(deadline))
     {
-        Ok(r) => json_ok(value_json(&r.value, end)),
+        Ok(r) => answer(&r.value, end, &[]),
         Err(e) => eval_error(e),
     }
 }

@@ -14,14 +14,14 @@ mod index;
 mod series;
 pub mod wal;
 
-use series::{Series, Snapshot};
+use series::Series;
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use vigil_rules::evaluator::RuleStorage;
-use vigil_rules::promql::storage::{matches_all, Matcher};
+use vigil_rules::promql::storage::Matcher;
 use vigil_rules::promql::{SeriesData, Storage};
 use vigil_wire::{Labels, Sample};
 
@@ -441,60 +441,6 @@ impl Store {
     }
 }
 
-/// Series a selection snapshots (or a walk visits) per turn of the lock. Each turn ends with a
-/// fair unlock, which hands the lock to a waiting thread (ingest) rather than letting the walker
-/// take it straight back: a selection over every series of a large fleet keeps a push waiting for
-/// a fraction of a millisecond, not for the whole walk (measured: with std's mutex three queries
-/// in slices kept pushes waiting 30 ms and more).
-const SELECT_SLICE: usize = 512;
-
-impl Storage for Store {
-    /// Finds the candidate series, then takes what decoding needs a slice at a time under the
-    /// lock (label and chunk references, a copy of each head chunk, matchers checked there), and
-    /// decodes with the lock released: ingest and other readers go on meanwhile. A series
-    /// created between two slices may be missed, as by a selection made a moment earlier; an id
-    /// freed and reused meanwhile is checked against the matchers like any other.
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData> {
-        let mut snapshots: Vec<Snapshot> = Vec::new();
-        let mut take = |g: &Inner, ids: &mut dyn Iterator<Item = usize>| {
-            for id in ids {
-                if let Some(s) = g.series.get(id).and_then(Option::as_ref) {
-                    if matches_all(&s.labels, matchers) {
-                        snapshots.extend(s.snapshot(mint, maxt));
-                    }
-                }
-            }
-        };
-        // `None`: every series (ids below the length at each turn).
-        let ids: Option<Vec<index::Id>> = {
-            let mut g = self.lock();
-            g.catch_up_index();
-            match g.index.candidates(matchers) {
-                index::Candidates::None => return Vec::new(),
-                index::Candidates::All => None,
-                index::Candidates::Lists(lists) => {
-                    Some(lists.into_iter().flatten().copied().collect())
-                }
-            }
-        };
-        match ids {
-            Some(ids) => {
-                for slice in ids.chunks(SELECT_SLICE) {
-                    let g = self.lock();
-                    take(&g, &mut slice.iter().map(|&id| id as usize));
-                    MutexGuard::unlock_fair(g);
-                }
-            }
-            None => self.each_slice(|g, mut range| take(g, &mut range)),
-        }
-        snapshots
-            .into_iter()
-            .map(|s| s.decode(mint, maxt))
-            .filter(|d| !d.samples.is_empty())
-            .collect()
-    }
-}
-
 /// The store locked for a batch of appends.
 pub struct Batch<'a> {
     store: &'a Store,
@@ -541,6 +487,16 @@ impl Storage for RuleSink<'_> {
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData> {
         self.store.select(matchers, mint, maxt)
     }
+
+    fn select_within(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+    ) -> Option<Vec<SeriesData>> {
+        self.store.select_within(matchers, mint, maxt, budget)
+    }
 }
 
 impl RuleStorage for RuleSink<'_> {
@@ -553,6 +509,15 @@ impl RuleStorage for RuleSink<'_> {
         }
     }
 }
+
+/// Series a selection snapshots (or a walk visits) per turn of the lock. Each turn ends with a
+/// fair unlock, which hands the lock to a waiting thread (ingest) rather than letting the walker
+/// take it straight back: a selection over every series of a large fleet keeps a push waiting for
+/// a fraction of a millisecond, not for the whole walk (measured: with std's mutex three queries
+/// in slices kept pushes waiting 30 ms and more).
+const SELECT_SLICE: usize = 512;
+
+mod select;
 
 #[cfg(test)]
 mod tests;

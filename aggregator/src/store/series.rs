@@ -40,6 +40,24 @@ impl Series {
         self.closed.is_empty() && self.head.as_ref().is_none_or(|h| h.len() == 0)
     }
 
+    /// Samples certainly in `[mint, maxt]`: those of the chunks that lie wholly inside it (a
+    /// lower bound, from the chunks' headers, without decoding).
+    pub(super) fn samples_surely_within(&self, mint: i64, maxt: i64) -> usize {
+        let inside = |first: i64, last: i64| first >= mint && last <= maxt;
+        let closed: usize = self
+            .closed
+            .iter()
+            .filter(|c| inside(c.first_t(), c.last_t()))
+            .map(|c| c.len())
+            .sum();
+        let head = self
+            .head
+            .as_ref()
+            .filter(|h| h.len() > 0 && inside(h.first_t(), h.last_t()))
+            .map_or(0, |h| h.len());
+        closed + head
+    }
+
     /// What a reader needs to decode the series' samples in `[mint, maxt]` after the store's
     /// lock is released: the shared closed block (a reference count), a copy of the head chunk
     /// when it overlaps (at most 120 samples' bytes), the staleness marker. `None` when nothing

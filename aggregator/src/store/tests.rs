@@ -1,5 +1,5 @@
 use super::*;
-use vigil_rules::promql::storage::MatchOp;
+use vigil_rules::promql::storage::{matches_all, MatchOp};
 
 fn l(name: &str, job: &str) -> Labels {
     Labels::from_pairs([("__name__", name), ("job", job)])
@@ -177,4 +177,29 @@ fn selections_through_the_index_match_a_full_scan() {
         s.label_values(Some("__name__")),
         ["late", "m0", "m1", "m2", "m3"]
     );
+}
+
+#[test]
+fn a_selection_past_its_budget_stops_and_one_within_it_is_whole() {
+    let s = Store::new(3_600_000, 10_000);
+    // 100 series of 300 samples: two closed chunks and a head each.
+    for j in 0..100 {
+        let samples: Vec<Sample> = (0..300).map(|k| Sample::new(k * 1000, k as f64)).collect();
+        s.append(&l("m", &j.to_string()), samples, 300_000).unwrap();
+    }
+    let all = [Matcher::new(MatchOp::Equal, "__name__", "m")];
+    let whole = s.select(&all, 0, 300_000);
+    assert_eq!(whole.iter().map(|d| d.samples.len()).sum::<usize>(), 30_000);
+    let within = s
+        .select_within(&all, 0, 300_000, 30_000)
+        .expect("within its budget");
+    assert_eq!(within.len(), whole.len());
+    assert!(s.select_within(&all, 0, 300_000, 29_999).is_none());
+    // A range that cuts every chunk: counted when decoded.
+    assert_eq!(
+        s.select_within(&all, 50_500, 60_000, 1_000)
+            .map(|d| d.iter().map(|d| d.samples.len()).sum::<usize>()),
+        Some(1_000)
+    );
+    assert!(s.select_within(&all, 50_500, 60_000, 999).is_none());
 }

@@ -127,13 +127,19 @@ impl<'a> Evaluator<'a> {
                 };
                 let width = s.range_ms.unwrap_or(self.opts.lookback_delta_ms);
                 // Windows are left-open: (ref - width, ref].
-                let data = self.select(s, rlo.saturating_sub(width).saturating_add(1), rhi);
+                let max = self.opts.max_samples;
+                let too_many = move || {
+                    EvalError::Execution(format!(
+                        "query processing would load too many samples into memory in query execution (limit {max})"
+                    ))
+                };
+                let budget = self.opts.max_samples.saturating_sub(self.loaded_samples);
+                let data = self
+                    .select(s, rlo.saturating_sub(width).saturating_add(1), rhi, budget)
+                    .ok_or_else(too_many)?;
                 self.loaded_samples += data.iter().map(|d| d.samples.len()).sum::<usize>();
                 if self.loaded_samples > self.opts.max_samples {
-                    return Err(EvalError::Execution(format!(
-                        "query processing would load too many samples into memory in query execution (limit {})",
-                        self.opts.max_samples
-                    )));
+                    return Err(too_many());
                 }
                 self.check_deadline("query preparation")?;
                 self.data.insert(s.id, Arc::new(data));
@@ -174,13 +180,16 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
-    fn select(&self, s: &Selector, mint: i64, maxt: i64) -> Vec<SeriesData> {
+    /// The selector's series in `[mint, maxt]`; `None` past `budget` samples (each alternative
+    /// of an `or` selector gets the whole budget: the union is counted after).
+    fn select(&self, s: &Selector, mint: i64, maxt: i64, budget: usize) -> Option<Vec<SeriesData>> {
         let mut data = if s.or_matchers.is_empty() {
-            self.storage.select(&s.matchers, mint, maxt)
+            self.storage
+                .select_within(&s.matchers, mint, maxt, budget)?
         } else {
             let mut all: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
             for alt in &s.or_matchers {
-                for sd in self.storage.select(alt, mint, maxt) {
+                for sd in self.storage.select_within(alt, mint, maxt, budget)? {
                     all.entry(sd.labels).or_insert(sd.samples);
                 }
             }
@@ -195,7 +204,7 @@ impl<'a> Evaluator<'a> {
             }
             data.retain(|sd| !sd.samples.is_empty());
         }
-        data
+        Some(data)
     }
 
     /// Evaluates `node` at time `t` (ms).

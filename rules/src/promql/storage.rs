@@ -20,6 +20,20 @@ pub trait Storage {
     /// `[mint, maxt]` (milliseconds, both inclusive). Series with no sample in the range may be
     /// left out.
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData>;
+
+    /// As [`Storage::select`], but `None` as soon as more than `budget` samples would be
+    /// loaded. A store that can count before it decodes overrides this, so that a query over
+    /// its `max_samples` costs neither the memory nor the time of loading what it may not load.
+    fn select_within(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+    ) -> Option<Vec<SeriesData>> {
+        let data = self.select(matchers, mint, maxt);
+        (data.iter().map(|d| d.samples.len()).sum::<usize>() <= budget).then_some(data)
+    }
 }
 
 /// Whether `labels` satisfy every matcher (an absent label matches as the empty string).
