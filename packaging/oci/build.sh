@@ -34,9 +34,9 @@ image() { # name binary config state_dir port
   # /tmp (SQLite may spill there) and /var/lib owned by root; only the state dir by the user.
   b copy --quiet "$c" "$root/tree/" /
   b copy --quiet --chown 65532:65532 "$c" "$root/state" "$state"
-  # Two malloc arenas (glibc makes 8 a core): see the systemd units.
+  # Two malloc arenas (glibc makes 8 a core), big blocks given back: see the systemd units.
   b config --user 65532:65532 --entrypoint "[\"/usr/bin/$bin\"]" --cmd '[]' \
-    --env MALLOC_ARENA_MAX=2 --port "$port" --volume "$state" --workingdir / \
+    --env MALLOC_ARENA_MAX=2 --env MALLOC_MMAP_THRESHOLD_=1048576 --port "$port" --volume "$state" --workingdir / \
     --label "org.opencontainers.image.title=$name" \
     --label "org.opencontainers.image.version=$version" \
     --label "org.opencontainers.image.licenses=Apache-2.0" \

@@ -317,30 +317,42 @@ async fn write(State(api): State<Arc<Api>>, req: Request) -> Resp {
             return respond(status, "text/plain", msg);
         }
     };
-    // Stored here when the window's lock comes within 2 ms; otherwise on the blocking pool, never
-    // by an async worker waiting long for the lock: every task queued behind it on that worker
-    // would wait too (measured: health checks and other pushes waited up to 100 ms behind one
-    // blocked push).
-    let (status, msg) = match api.write.write_or_defer(&body) {
-        Ok(answer) => answer,
-        Err(prepared) => {
-            let a = api.clone();
-            match tokio::task::spawn_blocking(move || a.write.write_deferred(prepared)).await {
+    let (status, msg, limit) = match api.write.slot().await {
+        Ok(_slot) => {
+            // Stored here when the window's lock comes within 2 ms; otherwise on the blocking
+            // pool, never by an async worker waiting long for the lock: every task queued behind
+            // it on that worker would wait too (measured: health checks and other pushes waited
+            // up to 100 ms behind one blocked push).
+            let (status, msg) = match api.write.write_or_defer(&body) {
                 Ok(answer) => answer,
-                Err(e) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("ingest failed: {e}\n"),
-                ),
-            }
+                Err(prepared) => {
+                    let a = api.clone();
+                    match tokio::task::spawn_blocking(move || a.write.write_deferred(prepared))
+                        .await
+                    {
+                        Ok(answer) => answer,
+                        Err(e) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("ingest failed: {e}\n"),
+                        ),
+                    }
+                }
+            };
+            // Past a limit: which one (the series limit, or the window's log).
+            let limit = match status {
+                StatusCode::TOO_MANY_REQUESTS => Some("max_series"),
+                StatusCode::SERVICE_UNAVAILABLE => Some("wal"),
+                _ => None,
+            };
+            (status, msg, limit)
+        }
+        Err((status, msg)) => {
+            api.write.count(status);
+            (status, msg, Some("write_queue"))
         }
     };
     let mut r = respond(status, "text/plain", msg);
-    // Past a limit: when to come back, and which limit (the series limit, or the window's log).
-    let limit = match status {
-        StatusCode::TOO_MANY_REQUESTS => Some("max_series"),
-        StatusCode::SERVICE_UNAVAILABLE => Some("wal"),
-        _ => None,
-    };
+    // Past a limit: when to come back, and which limit.
     if let Some(limit) = limit {
         let h = r.headers_mut();
         h.insert("retry-after", hyper::header::HeaderValue::from_static("30"));
