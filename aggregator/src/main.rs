@@ -55,7 +55,17 @@ struct Args {
 }
 
 fn load(path: &Path) -> Result<config::Config, String> {
-    vigil_config::tomlread::load_file(path, config::parse)
+    load_shown(path).map(|(c, _)| c)
+}
+
+/// The configuration, and its text as `/api/v2/status` shows it (secrets replaced).
+fn load_shown(path: &Path) -> Result<(config::Config, String), String> {
+    let mut shown = String::new();
+    let c = vigil_config::tomlread::load_file(path, |file, text| {
+        shown = vigil_config::redact::toml_text(text);
+        config::parse(file, text)
+    })?;
+    Ok((c, shown))
 }
 
 fn main() -> ExitCode {
@@ -118,16 +128,19 @@ fn main() -> ExitCode {
         }
     };
     let cfg = match &args.config {
-        Some(p) => load(p),
-        None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG)),
+        Some(p) => load_shown(p),
+        None if Path::new(DEFAULT_CONFIG).exists() => load_shown(Path::new(DEFAULT_CONFIG)),
         None => {
             tracing::info!(
                 "no config file: running the embedded default (127.0.0.1:9470, demo rules on this host's metrics, dry run)"
             );
-            Ok(config::Config::embedded())
+            Ok((
+                config::Config::embedded(),
+                "# no configuration file: the embedded default\n".to_string(),
+            ))
         }
     };
-    let cfg = match cfg {
+    let (cfg, shown) = match cfg {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vigil-aggregator: {e}");
@@ -168,7 +181,7 @@ fn main() -> ExitCode {
         }
     };
     let res: Result<(), String> = rt.block_on(async move {
-        let wired = wire(cfg, rules, db, &state_dir).await?;
+        let wired = wire(cfg, shown, rules, db, &state_dir).await?;
         let Wired { api, engine, fleet, publisher, outbox, rules, cluster } = wired;
         let store = api.store.clone();
         let listen = api.cfg.listen;
@@ -343,6 +356,7 @@ impl fleet::Fence for LeaseFence {
 /// run's, chosen here once), one clock, one registry for the self-metrics each module owns.
 async fn wire(
     cfg: config::Config,
+    config_shown: String,
     rules: vigil_rules::evaluator::RuleSet,
     db: state::Db,
     state_dir: &Path,
@@ -480,6 +494,8 @@ async fn wire(
         ready: std::sync::atomic::AtomicBool::new(false),
         connections_refused,
         tls_handshake_failures,
+        config_shown,
+        started_ms: vigil_wire::clock::wall_ms(),
         cfg,
     });
     Ok(Wired {

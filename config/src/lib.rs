@@ -18,6 +18,7 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+pub mod redact;
 pub mod size;
 pub mod tomlread;
 

@@ -42,7 +42,7 @@ pub use pool::{QueryPool, QUERY_NICE};
 pub use serve::{serve, Limits};
 
 use query::{labels, params, query, query_range, series, timeout_err};
-use views::{alerts_json, instances_json, rules_json, scaling_json, status_page};
+use views::{alerts_json, instances_json, rules_json, scaling_json, status_page, status_v2_json};
 
 /// What the API is handed: the components it reads, and the admin actions it may take.
 pub struct Api {
@@ -74,6 +74,10 @@ pub struct Api {
     pub connections_refused: prometheus_client::metrics::counter::Counter,
     /// TLS handshakes that failed (the server counts them).
     pub tls_handshake_failures: prometheus_client::metrics::counter::Counter,
+    /// The configuration file as loaded, its secrets replaced (`GET /api/v2/status`).
+    pub config_shown: String,
+    /// When the process started (Unix ms).
+    pub started_ms: i64,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -144,6 +148,17 @@ pub fn router(api: Arc<Api>) -> Router {
             get(read(|a| json_ok(a.cluster.status()))),
         )
         .route("/api/v1/status/buildinfo", get(buildinfo))
+        // Alertmanager's own shape, without Prometheus's envelope.
+        .route(
+            "/api/v2/status",
+            get(read(|a| {
+                respond(
+                    StatusCode::OK,
+                    "application/json",
+                    status_v2_json(a).to_string(),
+                )
+            })),
+        )
         .route("/metrics", get(metrics))
         .route(
             "/",

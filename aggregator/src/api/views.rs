@@ -299,3 +299,23 @@ pub(super) fn status_page(app: &Api) -> String {
     html.push_str("</pre>");
     html
 }
+
+/// `GET /api/v2/status`, Alertmanager's shape (amtool's `config show` and `cluster show` read
+/// it): the configuration file as loaded, every secret replaced by `<secret>`; the cluster; the
+/// version; when the process started.
+pub fn status_v2_json(api: &Api) -> Json {
+    let unknown = "unknown";
+    json!({
+        "cluster": api.cluster.alertmanager_status(),
+        "config": {"original": api.config_shown},
+        "uptime": format_timestamp_ms(api.started_ms),
+        "versionInfo": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "branch": unknown,
+            "revision": unknown,
+            "buildUser": unknown,
+            "buildDate": unknown,
+            "goVersion": "none (vigil-aggregator is written in Rust)",
+        },
+    })
+}

@@ -441,6 +441,28 @@ impl Cluster {
             .map_or_else(vigil_config::hostname, |c| c.node_id.clone())
     }
 
+    /// The cluster as Alertmanager's `GET /api/v2/status` shows it (amtool's `cluster show`):
+    /// `disabled` alone; in a pair, `ready` once the lease has a holder (`settling` before),
+    /// with this node and the holder as the peers.
+    pub fn alertmanager_status(&self) -> Json {
+        let st = self.lock();
+        let node = self.node_id();
+        let Some(cfg) = self.cfg().filter(|_| st.role != Role::Single) else {
+            return json!({"name": node, "status": "disabled", "peers": []});
+        };
+        let mut peers = vec![json!({"name": node, "address": cfg.advertise_address})];
+        let holder = st.item.as_ref().filter(|i| !i.holder.is_empty());
+        if let Some(i) = holder.filter(|i| i.holder != node) {
+            peers.push(json!({"name": i.holder, "address": i.address}));
+        }
+        let status = if holder.is_some() {
+            "ready"
+        } else {
+            "settling"
+        };
+        json!({"name": node, "status": status, "peers": peers})
+    }
+
     /// `GET /api/v1/cluster`'s data.
     pub fn status(&self) -> Json {
         let st = self.lock();

@@ -84,20 +84,7 @@ pub struct Outbox {
     timeout: Duration,
 }
 
-/// A target as logs show it: an SNS topic as it is; a webhook URL (a Slack URL is a credential)
-/// as its scheme, host and port only.
-pub fn redacted(target: &str) -> String {
-    match target.split_once("://") {
-        Some((scheme, rest)) => {
-            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-            // User info is a secret too.
-            let host = host.rsplit('@').next().unwrap_or(host);
-            let hidden = rest.len() > host.len();
-            format!("{scheme}://{host}{}", if hidden { "/…" } else { "" })
-        }
-        None => target.to_string(),
-    }
-}
+pub use vigil_config::redact::url as redacted;
 
 impl Outbox {
     pub fn new(

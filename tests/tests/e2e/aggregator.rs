@@ -1060,3 +1060,61 @@ fn writers_admins_and_readers_each_need_their_own_token() {
         assert!(!log.contains(t), "a token leaked into the log:\n{log}");
     }
 }
+
+#[test]
+fn amtool_reads_the_configuration_with_every_secret_replaced() {
+    let dir = tempdir("agg-status");
+    let d = dir.path();
+    let rules = d.join("rules.toml");
+    std::fs::write(&rules, "").expect("rules");
+    let port = free_port();
+    let cfg = write_config(d, port, &rules.display().to_string(), "");
+    // Receivers whose URLs are credentials: a Slack webhook, an Alertmanager behind basic auth
+    // (a '/' in the password), one with a token in its query.
+    let (slack, am_user, am_query) = (
+        vigil_e2e::secret("http://127.0.0.1:9/services/T0/B0/slack-5e1f-secret"),
+        vigil_e2e::secret("am-2b7c-pass/word"),
+        vigil_e2e::secret("am-8d3e-query-token"),
+    );
+    let mut text = std::fs::read_to_string(&cfg).expect("config");
+    text.push_str(&format!(
+        "\n[[receiver]]\nname = \"chat\"\nslack_webhook_url = \"{slack}\"\nwebhook_urls = [\"http://vigil:{am_user}@127.0.0.1:9/api/v2/alerts\", \"http://127.0.0.1:9/?token={am_query}\"]\n"
+    ));
+    std::fs::write(&cfg, &text).expect("config");
+    let _agg = start(d, &cfg, port);
+    let url = format!("--alertmanager.url=http://127.0.0.1:{port}");
+    let amtool = |args: &[&str]| {
+        let out = Command::new("amtool")
+            .arg(&url)
+            .args(args)
+            .output()
+            .expect("amtool (apt-get install prometheus-alertmanager)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "amtool {args:?}: {text}");
+        text
+    };
+    let shown = amtool(&["config", "show"]);
+    for s in [&slack, &am_user, &am_query] {
+        assert!(!shown.contains(s.as_str()), "{s} shown:\n{shown}");
+    }
+    assert!(
+        shown.contains("slack_webhook_url = \"<secret>\"")
+            && shown.contains("webhook_urls = [\"<secret>\", \"<secret>\"]")
+            && shown.contains(&format!("listen = \"127.0.0.1:{port}\"")),
+        "{shown}"
+    );
+    let cluster = amtool(&["cluster", "show"]);
+    assert!(cluster.contains("disabled"), "{cluster}");
+    let status: serde_json::Value = serde_json::from_str(
+        &get(&format!("http://127.0.0.1:{port}/api/v2/status"))
+            .expect("status")
+            .1,
+    )
+    .expect("status json");
+    assert_eq!(status["versionInfo"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(status["uptime"].as_str().is_some_and(|u| u.ends_with('Z')));
+}
