@@ -174,6 +174,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(write_routes)
         .merge(admin_routes)
         .fallback(|| async { respond(StatusCode::NOT_FOUND, "text/plain", "not found\n") })
+        .layer(middleware::from_fn(close_if_stale))
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
         // One span per request at debug level (`RUST_LOG=tower_http=debug`); 5xx answers at warn.
         .layer(
@@ -200,6 +201,23 @@ fn unauthorized(what: &str) -> axum::response::Response {
     .into_response()
 }
 
+/// A request on a TLS connection accepted before the certificate files were re-read: answered,
+/// then the connection closed (see [`tls::ClientCert::stale`]).
+async fn close_if_stale(req: Request, next: Next) -> axum::response::Response {
+    let stale = req
+        .extensions()
+        .get::<tls::ClientCert>()
+        .is_some_and(tls::ClientCert::stale);
+    let mut r = next.run(req).await;
+    if stale {
+        r.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
+    r
+}
+
 /// Writers: a client certificate under mTLS (a bad one failed the handshake), then the token.
 async fn guard_write(
     State(api): State<Arc<Api>>,
@@ -214,7 +232,7 @@ async fn guard_write(
         && !req
             .extensions()
             .get::<tls::ClientCert>()
-            .is_some_and(|c| c.0)
+            .is_some_and(|c| c.verified)
     {
         api.tokens.refuse(auth::Need::Write, "client_cert");
         api.write.count(StatusCode::FORBIDDEN);

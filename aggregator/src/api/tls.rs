@@ -2,9 +2,11 @@
 //! with optional mTLS (`client_ca_file`): a client certificate is asked for at the handshake
 //! but optional there (Grafana, amtool, browsers and kubelet probes connect without one), and
 //! `/api/v1/write` requires one signed by that CA (see `api/mod.rs`). The files are re-read on
-//! SIGHUP; a new pair that cannot be used keeps the old one, and says why. Connections keep the
-//! config they were accepted with, so a reload drops none.
+//! SIGHUP; a new pair that cannot be used keeps the old one, and says why. A reload drops no
+//! connection: one accepted before it has its request answered, with `connection: close`, and
+//! the client's next handshake meets the new files.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,13 +22,31 @@ use vigil_config::tls::{certs, key, provider, roots};
 use crate::config::ServerTls;
 
 /// What a request knows of its connection: whether the client presented a certificate the
-/// `client_ca_file` CA signed (the handshake verified it; a bad one fails the handshake).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClientCert(pub bool);
+/// `client_ca_file` CA signed (the handshake verified it; a bad one fails the handshake), and
+/// whether the files were re-read since that handshake.
+#[derive(Debug, Clone, Default)]
+pub struct ClientCert {
+    pub verified: bool,
+    /// The generation of the files the handshake used, and the current one.
+    accepted_with: u64,
+    current: Arc<AtomicU64>,
+}
+
+impl ClientCert {
+    /// Whether the connection was accepted before the last reload: its request is answered,
+    /// then the connection closed, so that the client's next handshake meets the new
+    /// certificate and the new client CA (a CA no longer trusted stops being trusted at the
+    /// next request, not when the keep-alive connection happens to end).
+    pub fn stale(&self) -> bool {
+        self.current.load(Ordering::Relaxed) != self.accepted_with
+    }
+}
 
 pub struct Tls {
     files: ServerTls,
     current: ArcSwap<ServerConfig>,
+    /// Successful re-reads so far.
+    generation: Arc<AtomicU64>,
 }
 
 /// The first byte of a TLS handshake record; a plain HTTP request starts with a method's letter.
@@ -40,13 +60,16 @@ impl Tls {
         Ok(Tls {
             current: ArcSwap::from_pointee(build(files)?),
             files: files.clone(),
+            generation: Arc::default(),
         })
     }
 
     /// Re-reads the files; on an error the previous certificate stays in use.
     pub fn reload(&self) -> Result<(), String> {
         let cfg = build(&self.files)?;
+        // The config first: a connection accepted between the two is merely closed once more.
         self.current.store(Arc::new(cfg));
+        self.generation.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -62,6 +85,7 @@ impl Tls {
         stream: TcpStream,
         timeout: Duration,
     ) -> Result<(TlsStream<TcpStream>, ClientCert), String> {
+        let accepted_with = self.generation.load(Ordering::Relaxed);
         let acceptor = TlsAcceptor::from(self.current.load_full());
         let work = async {
             let mut first = [0u8; 1];
@@ -78,7 +102,12 @@ impl Tls {
                 .1
                 .peer_certificates()
                 .is_some_and(|c| !c.is_empty());
-            Ok((tls, ClientCert(verified)))
+            let cert = ClientCert {
+                verified,
+                accepted_with,
+                current: self.generation.clone(),
+            };
+            Ok((tls, cert))
         };
         tokio::time::timeout(timeout, work)
             .await

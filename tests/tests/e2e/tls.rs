@@ -23,11 +23,15 @@ fn an_agent_pushes_over_mtls_and_everyone_else_is_refused() {
     let server2 = leaf(&pki, &ca1, "server2", true);
     let client = leaf(&pki, &ca1, "client", false);
     let stranger = leaf(&pki, &other, "stranger", false);
+    let ca3 = ca(&pki, "ca3");
+    let client3 = leaf(&pki, &ca3, "client3", false);
 
     // The aggregator serves the files at these paths; the test replaces them later.
     let (cert, key) = (d.join("tls.pem"), d.join("tls.key"));
     std::fs::copy(&server.cert, &cert).expect("cert");
     std::fs::copy(&server.key, &key).expect("key");
+    let client_ca = d.join("client-ca.pem");
+    std::fs::copy(&ca1.cert, &client_ca).expect("client ca");
     std::fs::write(d.join("token"), format!("{TOKEN}\n")).expect("token");
     std::fs::write(d.join("rules.toml"), "").expect("rules");
     let port = free_port();
@@ -52,7 +56,7 @@ evaluation_interval = "1s"
             token = d.join("token").display(),
             cert = cert.display(),
             key = key.display(),
-            ca = ca1.cert.display(),
+            ca = client_ca.display(),
             state = d.join("state").display(),
             rules = d.join("rules.toml").display(),
         ),
@@ -79,6 +83,9 @@ evaluation_interval = "1s"
     // the right CA is written over its ca_file, and it pushes without a restart.
     let agent_ca = d.join("agent-ca.pem");
     std::fs::copy(&other.cert, &agent_ca).expect("agent ca");
+    let (agent_cert, agent_key) = (d.join("agent.pem"), d.join("agent.key"));
+    std::fs::copy(&client.cert, &agent_cert).expect("agent cert");
+    std::fs::copy(&client.key, &agent_key).expect("agent key");
     let agent_cfg = d.join("agent.toml");
     std::fs::write(
         &agent_cfg,
@@ -107,8 +114,8 @@ address = "127.0.0.1:{listen}"
 "#,
             token = d.join("token").display(),
             agent_ca = agent_ca.display(),
-            cert = client.cert.display(),
-            key = client.key.display(),
+            cert = agent_cert.display(),
+            key = agent_key.display(),
             spool = d.join("spool").display(),
             listen = free_port(),
         ),
@@ -222,6 +229,47 @@ address = "127.0.0.1:{listen}"
         "the agent still pushing (three more accepted writes)",
         || accepted() >= before + 3.0,
         || agg.log_text(),
+    );
+
+    // The writers' CA changes (client_ca_file re-read on SIGHUP): the agent's certificate of
+    // the old CA is refused at the handshake; a certificate of the new CA written over its
+    // cert_file and key_file is used without a restart.
+    std::fs::copy(&server2.cert, &cert).expect("cert");
+    std::fs::copy(&ca3.cert, &client_ca).expect("client ca");
+    agg.signal("HUP");
+    let handshakes = || {
+        let m = curl(&format!("{base}/metrics"), Some(ca_path), None, &[], None).1;
+        vigil_e2e::http::metric_value(&m, "vigil_aggregator_tls_handshake_failures_total")
+            .unwrap_or(0.0)
+    };
+    let failed_before = handshakes();
+    wait_until(
+        Duration::from_secs(30),
+        "the agent's certificate of the old CA refused (three failed handshakes)",
+        || handshakes() >= failed_before + 3.0,
+        || format!("{}\n{}", agent.log_text(), agg.log_text()),
+    );
+    let stalled = accepted();
+    // Replaced as a deployment tool does: written aside, renamed over.
+    for (from, to) in [(&client3.key, &agent_key), (&client3.cert, &agent_cert)] {
+        let aside = to.with_extension("new");
+        std::fs::copy(from, &aside).expect("copy");
+        std::fs::rename(&aside, to).expect("rename");
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the agent pushing with its new certificate (three more accepted writes)",
+        || accepted() >= stalled + 3.0,
+        || format!("{}\n{}", agent.log_text(), agg.log_text()),
+    );
+    assert!(
+        agent
+            .log_text()
+            .matches("TLS files changed: using the new ones")
+            .count()
+            >= 2,
+        "{}",
+        agent.log_text()
     );
 
     // The token is in no log.
