@@ -55,17 +55,7 @@ fn checkpoint_path(dir: &Path, seg: u64) -> PathBuf {
 }
 
 fn checkpoints(dir: &Path) -> io::Result<Vec<u64>> {
-    let mut v: Vec<u64> = fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix("checkpoint."))
-                .and_then(|n| n.parse().ok())
-        })
-        .collect();
-    v.sort_unstable();
-    Ok(v)
+    super::wal::numbered(dir, |name| name.strip_prefix("checkpoint."))
 }
 
 /// The log's self-metrics, and the lock that lets one checkpoint be written at a time (the

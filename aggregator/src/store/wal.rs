@@ -74,12 +74,17 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
 
 /// The segments in `dir`, by number.
 pub fn segments(dir: &Path) -> io::Result<Vec<u64>> {
+    numbered(dir, |name| name.strip_suffix(".wal"))
+}
+
+/// The numbers of the files in `dir` whose name `number` reads one from, in order.
+pub fn numbered(dir: &Path, number: impl Fn(&str) -> Option<&str>) -> io::Result<Vec<u64>> {
     let mut v: Vec<u64> = fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             e.file_name()
                 .to_str()
-                .and_then(|n| n.strip_suffix(".wal"))
+                .and_then(&number)
                 .and_then(|n| n.parse().ok())
         })
         .collect();

@@ -261,3 +261,39 @@ fn staleness_marks_come_back_after_a_restart() {
     drop(b);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn the_log_begins_a_new_segment_past_64_mib_and_replays_across_them_in_order() {
+    let d = dir("rotate");
+    std::fs::create_dir_all(&d).unwrap();
+    let mut log = wal::Log::create(&d, 0, false).unwrap();
+    // Records of 1 MiB each, numbered in their first bytes: 70 of them pass one segment.
+    let record = |i: u32, out: &mut Vec<u8>| {
+        out.extend_from_slice(&i.to_le_bytes());
+        out.resize(out.len() + (1 << 20), (i % 251) as u8);
+    };
+    for i in 0..70u32 {
+        log.add(wal::Kind::Write, i64::from(i), |out| record(i, out));
+        log.commit().unwrap();
+    }
+    drop(log);
+    assert_eq!(wal::segments(&d).unwrap(), [0, 1]);
+    // Closed at the first commit past the size: at most one record over it.
+    let first = std::fs::metadata(d.join("00000000.wal")).unwrap().len();
+    assert!(
+        (wal::SEGMENT_BYTES..wal::SEGMENT_BYTES + (2 << 20)).contains(&first),
+        "{first}"
+    );
+    let mut seen = Vec::new();
+    let (r, next) = wal::replay(&d, 0, |rec| {
+        let n = u32::from_le_bytes(rec.payload[..4].try_into().unwrap());
+        assert_eq!(rec.payload.len(), 4 + (1 << 20));
+        assert!(rec.payload[4..].iter().all(|&b| b == (n % 251) as u8));
+        assert_eq!(rec.now_ms, i64::from(n));
+        seen.push(n);
+    })
+    .unwrap();
+    assert_eq!(seen, (0..70).collect::<Vec<_>>());
+    assert_eq!((r.segments, r.records, r.corrupt, next), (2, 70, 0, 2));
+    let _ = std::fs::remove_dir_all(&d);
+}
