@@ -280,3 +280,127 @@ address = "127.0.0.1:{listen}"
         );
     }
 }
+
+/// A pair under TLS: a reload sent to the follower reaches the leader over HTTPS (the admin
+/// token never crosses in clear), the leader's certificate checked against the trust store
+/// (`SSL_CERT_FILE` here, as an operator with a private CA would set it).
+#[test]
+fn a_follower_passes_admin_writes_to_the_leader_over_https() {
+    const ADMIN: &str = "adm-6a2f-forwarded-never-logged";
+    vigil_e2e::secret(ADMIN);
+    let dir = tempdir("tls-pair");
+    let d = dir.path();
+    let pki = d.join("pki");
+    std::fs::create_dir_all(&pki).expect("pki");
+    let ca1 = ca(&pki, "ca");
+    let server = leaf(&pki, &ca1, "server", true);
+    let moto = vigil_e2e::aws::Moto::start(d);
+    std::fs::write(d.join("admin"), format!("{ADMIN}\n")).expect("token");
+    std::fs::write(d.join("rules.toml"), "").expect("rules");
+    let node = |name: &str| {
+        let port = free_port();
+        let cfg = d.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[server]
+listen = "127.0.0.1:{port}"
+admin_token_file = "{admin}"
+tls_cert_file = "{cert}"
+tls_key_file = "{key}"
+
+[storage]
+state_dir = "{state}"
+
+[rules]
+files = ["{rules}"]
+evaluation_interval = "1s"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{moto}"
+
+[cluster]
+node_id = "{name}"
+lease_name = "tls-tier"
+lease_ttl = "12s"
+create_tables = true
+"#,
+                admin = d.join("admin").display(),
+                cert = server.cert.display(),
+                key = server.key.display(),
+                state = d.join(format!("state-{name}")).display(),
+                rules = d.join("rules.toml").display(),
+                moto = moto.url(),
+            ),
+        )
+        .expect("config");
+        (cfg, format!("https://127.0.0.1:{port}"))
+    };
+    let start = |cfg: &std::path::Path, name: &str| {
+        Child::spawn(
+            name,
+            Command::new(bin("vigil-aggregator"))
+                .arg("--config")
+                .arg(cfg)
+                .envs(vigil_e2e::aws::ENV)
+                .env("SSL_CERT_FILE", &ca1.cert),
+            d,
+        )
+    };
+    let ca_path = ca1.cert.as_path();
+    let cluster = |base: &str| -> serde_json::Value {
+        let (code, body) = curl(
+            &format!("{base}/api/v1/cluster"),
+            Some(ca_path),
+            None,
+            &[],
+            None,
+        );
+        if code != 200 {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["data"].clone()
+    };
+    let (cfg_a, a_base) = node("agg-a");
+    let (cfg_b, b_base) = node("agg-b");
+    let a = start(&cfg_a, "agg-a");
+    wait_until(
+        Duration::from_secs(90),
+        "agg-a to act as the leader",
+        || cluster(&a_base)["acting"] == true,
+        || a.log_text(),
+    );
+    let b = start(&cfg_b, "agg-b");
+    wait_until(
+        Duration::from_secs(90),
+        "agg-b to follow agg-a",
+        || {
+            let c = cluster(&b_base);
+            c["role"] == "follower" && c["leader"] == "agg-a"
+        },
+        || b.log_text(),
+    );
+    let reload = format!("{b_base}/-/reload");
+    let admin = format!("Authorization: Bearer {ADMIN}");
+    let (code, body) = curl(&reload, Some(ca_path), None, &[&admin], Some(b""));
+    assert_eq!(code, 200, "{body}\n{}", b.log_text());
+    assert!(
+        body.contains("this node (agg-b): reloaded") && body.contains("the leader (agg-a "),
+        "{body}"
+    );
+    assert!(
+        a.log_text().contains("admin request"),
+        "the leader audited nothing:\n{}",
+        a.log_text()
+    );
+    // A wrong token is refused by the follower and never passed on.
+    let (code, _) = curl(
+        &reload,
+        Some(ca_path),
+        None,
+        &["Authorization: Bearer no"],
+        Some(b""),
+    );
+    assert_eq!(code, 401);
+}
