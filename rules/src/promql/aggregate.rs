@@ -321,13 +321,26 @@ impl Evaluator<'_> {
                         "invalid label name {label:?}"
                     )));
                 }
+                // The value label is always part of the key: added to `by` (and to no
+                // grouping at all, which is `by ()`), and set before `without` drops what it
+                // names, so `without (<it>)` alone drops it (as Prometheus does).
+                let grouping = match grouping {
+                    None => Grouping::By(vec![label.clone()]),
+                    Some(Grouping::By(names)) => {
+                        let mut names = names.clone();
+                        if !names.contains(&label) {
+                            names.push(label.clone());
+                        }
+                        Grouping::By(names)
+                    }
+                    Some(without) => without.clone(),
+                };
                 let mut index: HashMap<Labels, usize> = HashMap::new();
                 let mut out: Vec<VectorSample> = Vec::new();
                 for s in &v {
-                    // The value label is set before grouping, so `without (<it>)` drops it.
                     let mut b = s.labels.to_builder();
                     b.set(label.clone(), s.f.go());
-                    let key = group_labels(&b.build(), grouping);
+                    let key = group_labels(&b.build(), Some(&grouping));
                     match index.get(&key) {
                         Some(&i) => out[i].f += 1.0,
                         None => {

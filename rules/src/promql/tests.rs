@@ -242,3 +242,79 @@ fn range_steps_equal_instant_queries() {
         }
     }
 }
+
+/// `count_values` keeps its value label whatever the grouping (the peer suite's cases all load
+/// native histograms, so none of them reached this).
+#[test]
+fn count_values_counts_each_distinct_value_under_its_label() {
+    let mut s = MemStorage::new();
+    for (i, (job, v)) in [("api", 1.0), ("api", 1.0), ("api", 0.0), ("db", 1.0), ("db", 2.5)]
+        .iter()
+        .enumerate()
+    {
+        s.add_series(
+            Labels::from_pairs([
+                ("__name__", "up".to_string()),
+                ("job", job.to_string()),
+                ("instance", format!("i-{i}")),
+            ]),
+            [Sample::new(0, *v)],
+        );
+    }
+    let sorted = |q: &str| {
+        let mut v: Vec<(String, f64)> = vector(&s, q, 0)
+            .into_iter()
+            .map(|(l, f)| (l.to_string(), f))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(
+        sorted(r#"count_values("value", up)"#),
+        [
+            ("{value=\"0\"}".to_string(), 1.0),
+            ("{value=\"1\"}".to_string(), 3.0),
+            ("{value=\"2.5\"}".to_string(), 1.0),
+        ]
+    );
+    assert_eq!(
+        sorted(r#"count_values by (job) ("value", up)"#),
+        [
+            ("{job=\"api\", value=\"0\"}".to_string(), 1.0),
+            ("{job=\"api\", value=\"1\"}".to_string(), 2.0),
+            ("{job=\"db\", value=\"1\"}".to_string(), 1.0),
+            ("{job=\"db\", value=\"2.5\"}".to_string(), 1.0),
+        ]
+    );
+    // `by` naming the value label itself: once.
+    assert_eq!(
+        sorted(r#"count_values by (value) ("value", up)"#),
+        sorted(r#"count_values("value", up)"#)
+    );
+    // `without`: the name goes, the value label stays unless named.
+    assert_eq!(
+        sorted(r#"count_values without (instance) ("v", up)"#),
+        [
+            ("{job=\"api\", v=\"0\"}".to_string(), 1.0),
+            ("{job=\"api\", v=\"1\"}".to_string(), 2.0),
+            ("{job=\"db\", v=\"1\"}".to_string(), 1.0),
+            ("{job=\"db\", v=\"2.5\"}".to_string(), 1.0),
+        ]
+    );
+    assert_eq!(
+        sorted(r#"count_values without (instance, v) ("v", up)"#),
+        [
+            ("{job=\"api\"}".to_string(), 3.0),
+            ("{job=\"db\"}".to_string(), 2.0),
+        ]
+    );
+    // The value label replaces one of the same name on the input.
+    assert_eq!(
+        sorted(r#"count_values("job", up)"#),
+        [
+            ("{job=\"0\"}".to_string(), 1.0),
+            ("{job=\"1\"}".to_string(), 3.0),
+            ("{job=\"2.5\"}".to_string(), 1.0),
+        ]
+    );
+}
