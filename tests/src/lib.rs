@@ -5,6 +5,7 @@
 
 pub mod aws;
 pub mod campaign;
+pub mod compliance;
 pub mod ha;
 pub mod hook;
 pub mod http;

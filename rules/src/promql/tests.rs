@@ -248,9 +248,15 @@ fn range_steps_equal_instant_queries() {
 #[test]
 fn count_values_counts_each_distinct_value_under_its_label() {
     let mut s = MemStorage::new();
-    for (i, (job, v)) in [("api", 1.0), ("api", 1.0), ("api", 0.0), ("db", 1.0), ("db", 2.5)]
-        .iter()
-        .enumerate()
+    for (i, (job, v)) in [
+        ("api", 1.0),
+        ("api", 1.0),
+        ("api", 0.0),
+        ("db", 1.0),
+        ("db", 2.5),
+    ]
+    .iter()
+    .enumerate()
     {
         s.add_series(
             Labels::from_pairs([
