@@ -300,6 +300,9 @@ fn same_value(a: &str, b: &str) -> bool {
     if x == y || (x.is_nan() && y.is_nan()) {
         return true;
     }
+    if !x.is_finite() || !y.is_finite() {
+        return false;
+    }
     (x - y).abs() <= 1e-5 * x.abs().min(y.abs())
 }
 
