@@ -10,6 +10,7 @@ pub mod ha;
 pub mod hook;
 pub mod http;
 pub mod procs;
+pub mod promql_gen;
 pub mod proxy;
 pub mod receiver;
 pub mod tls;

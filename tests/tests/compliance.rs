@@ -4,12 +4,17 @@
 //! (end = now − 12 min, 10 min, step 10 s), the answers compared as the tester compares them.
 //! Prints `passed N / total (P%), unsupported U` and each failure; fails on any failure that is
 //! not a known difference between Prometheus 2.x and 3.x (which Vigil follows), each named.
+//!
+//! Then the differential test on the same data: `PROMQL_DIFF_CASES` random well-typed queries
+//! (default 300; `bench/promql_diff.sh` runs 10,000) from `PROMQL_DIFF_SEED` (default 1), each a
+//! range query on both, compared the same way; prints the agreement count and every difference.
 
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use vigil_e2e::compliance::{answer, data_set, expand, judge, Answer, Case};
 use vigil_e2e::http::{encode_component, get, post};
+use vigil_e2e::promql_gen::Gen;
 use vigil_e2e::{bin, free_port, peer, tempdir, wait_http, Child};
 
 /// Cases whose answers differ because Prometheus changed between 2.42 and 3.x, and Vigil
@@ -190,7 +195,67 @@ fn main() -> ExitCode {
     for (q, why) in &failed {
         println!("  FAILED: {q}\n      {why}");
     }
-    if failed.is_empty() {
+
+    // The differential test: random queries over the same data, a few steps' width apart.
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, seed) = (env("PROMQL_DIFF_CASES", 300), env("PROMQL_DIFF_SEED", 1));
+    let mut gen = Gen::new(seed);
+    let (mut agreed, mut both_failed, mut differ) = (0usize, 0usize, Vec::new());
+    let mut changed: Vec<(String, Vec<&str>)> = Vec::new();
+    for _ in 0..n {
+        let q = gen.query();
+        let case = Case {
+            query: q.vigil.clone(),
+            should_fail: false,
+            skip_comparison: false,
+        };
+        let v = run(&bases[0], &case);
+        let p = run(&bases[1], &case);
+        match judge(&case, &v, &p) {
+            None => agreed += 1,
+            // An expression both refuse (a many-to-many match, say): the same verdict.
+            Some(_) if v.is_err() && p.is_err() => both_failed += 1,
+            // A construct whose meaning Prometheus changed since 2.42: checked by asking 2.42
+            // the question with the new meaning.
+            Some(why) if !q.changes.is_empty() => {
+                let as_3x = Case {
+                    query: q.for_2_42.clone(),
+                    ..case.clone()
+                };
+                match judge(&case, &v, &run(&bases[1], &as_3x)) {
+                    None => changed.push((case.query, q.changes)),
+                    Some(still) => differ.push((
+                        case.query,
+                        format!("{why}; and against {}: {still}", q.for_2_42),
+                    )),
+                }
+            }
+            Some(why) => differ.push((case.query, why)),
+        }
+    }
+    println!(
+        "PromQL differential test (seed {seed}): {} of {n} random queries agree with Prometheus 2.42 ({both_failed} of them refused by both), {} differ by a change Prometheus made since (checked), {} differ otherwise",
+        agreed + both_failed,
+        changed.len(),
+        differ.len()
+    );
+    let mut by_change: std::collections::BTreeMap<&str, usize> = Default::default();
+    for c in changed.iter().flat_map(|(_, c)| c) {
+        *by_change.entry(c).or_default() += 1;
+    }
+    // (a query is counted under each change it meets)
+    for (c, k) in by_change {
+        println!("  met by {k}: {c}");
+    }
+    for (q, why) in &differ {
+        println!("  DIFFERS: {q}\n      {why}");
+    }
+    if failed.is_empty() && differ.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
