@@ -268,12 +268,15 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
     }
 }
 
-/// Compares as promtool does: exactly, or within a relative 1e-9 when `fuzzy_compare` is set.
+/// Compares as promtool does: exactly, or with `fuzzy_compare` one representable value apart
+/// (promtool's comparer, prometheus/prometheus#16395: `x == y` or `y` is `x`'s next float
+/// either way; `0.1 + 0.2` matches `0.3`, `0.30000001` does not). Unlike promtool, an expected
+/// NaN matches a NaN (Go's `==`, which promtool compares with, never does).
 fn float_eq(a: f64, b: f64, fuzzy: bool) -> bool {
     if a.is_nan() && b.is_nan() || a == b {
         return true;
     }
-    fuzzy && (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300)
+    fuzzy && (a.next_up() == b || a.next_down() == b)
 }
 
 fn fmt_alerts(v: &[(Labels, BTreeMap<String, String>)]) -> String {
@@ -705,7 +708,13 @@ mod tests {
     #[test]
     fn expression_checks_compare_exactly_unless_fuzzy() {
         assert!(float_eq(0.1, 0.1, false));
-        assert!(!float_eq(0.1, 0.1 + 1e-15, false));
-        assert!(float_eq(0.1, 0.1 + 1e-15, true));
+        assert!(!float_eq(0.1 + 0.2, 0.3, false));
+        // One float apart, either way, as promtool's fuzzy_compare; two apart is a failure.
+        assert!(float_eq(0.1 + 0.2, 0.3, true));
+        assert!(float_eq(0.3, 0.1 + 0.2, true));
+        assert!(float_eq(1.0, 1.0f64.next_down(), true));
+        assert!(!float_eq(1.0, 1.0f64.next_up().next_up(), true));
+        assert!(!float_eq(0.3, 0.30000001, true));
+        assert!(float_eq(0.0, -0.0, true) && float_eq(f64::NAN, f64::NAN, false));
     }
 }
