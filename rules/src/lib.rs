@@ -9,6 +9,7 @@
 pub use vigil_config::{duration, tomlread};
 
 pub mod alerting;
+pub mod convert;
 pub mod evaluator;
 pub mod gofmt;
 pub mod health;

@@ -47,6 +47,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Convert a Prometheus rule file (YAML) to Vigil's TOML, printed on stdout; whole-line
+    /// comments are kept; what Vigil cannot hold is an error naming its line and column.
+    Convert {
+        /// A Prometheus rule file.
+        file: PathBuf,
+    },
     /// Run rule unit tests (promtool's `test rules`, in TOML).
     Test {
         /// Test files.
@@ -103,6 +109,21 @@ fn read_rule_files(files: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
             Ok((f.display().to_string(), text))
         })
         .collect()
+}
+
+fn convert(file: &Path) -> anyhow::Result<bool> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    match vigil_rules::convert::rule_file(&file.display().to_string(), &text) {
+        Ok(toml) => {
+            print!("{toml}");
+            Ok(true)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(false)
+        }
+    }
 }
 
 fn check(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<bool> {
@@ -228,6 +249,7 @@ fn main() -> ExitCode {
     vigil_config::logging::init(args.log_format, "warn");
     let res = match &args.command {
         Command::Check { files, config } => check(files, config.as_deref()),
+        Command::Convert { file } => convert(file),
         Command::Test { files, config } => test(files, config.as_deref()),
         Command::Replay {
             rules,

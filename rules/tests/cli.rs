@@ -270,3 +270,40 @@ fn promtool_agrees_on_the_same_rules() {
         .arg(root().join("examples/rules/web_test.toml")));
     assert_eq!(code, 0, "{text}");
 }
+
+/// `convert` turns the promtool fixture (the YAML twin of examples/rules/web.toml, which
+/// promtool checks above) into TOML that `check` accepts, with the same groups and rules.
+#[test]
+fn convert_turns_the_promtool_fixture_into_rules_check_accepts() {
+    let yaml = root().join("rules/tests/fixtures/promtool/web.yml");
+    let (code, toml, err) = run(bin().arg("convert").arg(&yaml));
+    assert_eq!(code, 0, "{err}");
+    assert!(toml.contains("# The alerting and recording rules of examples/rules/web.toml"));
+    let dir = std::env::temp_dir().join(format!("vigil-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let out = dir.join("web.toml");
+    std::fs::write(&out, &toml).expect("write");
+    let (code, text, err) = run(bin().arg("check").arg(&out));
+    assert_eq!(code, 0, "{text}{err}\n{toml}");
+    let groups = std::fs::read_to_string(&yaml)
+        .expect("yaml")
+        .matches("  - name: ")
+        .count();
+    let rules = std::fs::read_to_string(&yaml)
+        .expect("yaml")
+        .lines()
+        .filter(|l| {
+            l.trim_start().starts_with("- record:") || l.trim_start().starts_with("- alert:")
+        })
+        .count();
+    assert!(
+        text.contains(&format!("ok ({rules} rules in {groups} groups")),
+        "{text}"
+    );
+    // A key Vigil has no counterpart for is named with its position, and nothing is printed.
+    std::fs::write(dir.join("bad.yml"), "groups:\n  - name: g\n    limit: 5\n").expect("bad");
+    let (code, out, err) = run(bin().arg("convert").arg(dir.join("bad.yml")));
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(err.contains("bad.yml:3:12: group key \"limit\""), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
