@@ -40,39 +40,49 @@ fn secret_key(key: &str) -> bool {
 }
 
 /// The text of a TOML configuration with every secret value replaced by `"<secret>"`: the
-/// layout and comments stay, so an operator recognizes their file. Text that does not parse is
-/// not shown at all (a secret could sit anywhere in it).
+/// layout stays, so an operator recognizes their file. A URL under any other key that carries
+/// user info or a query is shown as [`url`] shows it; a comment that mentions a URL or a
+/// secret-like word is hidden (a commented-out webhook is still a webhook). Text that does not
+/// parse is not shown at all (a secret could sit anywhere in it).
 pub fn toml_text(text: &str) -> String {
     let Ok(table) = DeTable::parse(text) else {
         return "# (the file does not parse as TOML; not shown)\n".into();
     };
     let mut spans = Vec::new();
     secrets_in(table.get_ref(), false, &mut spans);
-    spans.sort_by_key(|s| s.start);
+    spans.extend(comments(text).into_iter().filter_map(|c| {
+        let body = &text[c.clone()];
+        (body.contains("://") || secret_key(body)).then(|| {
+            (
+                c,
+                "# (a comment that may hold a secret, hidden)".to_string(),
+            )
+        })
+    }));
+    spans.sort_by_key(|s| s.0.start);
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
-    for s in spans {
+    for (s, with) in spans {
         if s.start < at {
             continue;
         }
         out.push_str(&text[at..s.start]);
-        out.push('"');
-        out.push_str(SECRET);
-        out.push('"');
+        out.push_str(&with);
         at = s.end;
     }
     out.push_str(&text[at..]);
     out
 }
 
-/// The spans of the values to hide: every scalar under a secret key, at any depth.
-fn secrets_in(t: &DeTable<'_>, hide: bool, out: &mut Vec<Range<usize>>) {
+/// The spans of the values to replace, and with what: every scalar under a secret key, at any
+/// depth, and URLs elsewhere that carry user info or a query.
+fn secrets_in(t: &DeTable<'_>, hide: bool, out: &mut Vec<(Range<usize>, String)>) {
     for (k, v) in t {
         value(v.get_ref(), v.span(), hide || secret_key(k.get_ref()), out);
     }
 }
 
-fn value(v: &DeValue<'_>, span: Range<usize>, hide: bool, out: &mut Vec<Range<usize>>) {
+fn value(v: &DeValue<'_>, span: Range<usize>, hide: bool, out: &mut Vec<(Range<usize>, String)>) {
     match v {
         DeValue::Table(t) => secrets_in(t, hide, out),
         DeValue::Array(a) => {
@@ -80,9 +90,50 @@ fn value(v: &DeValue<'_>, span: Range<usize>, hide: bool, out: &mut Vec<Range<us
                 value(e.get_ref(), e.span(), hide, out);
             }
         }
-        _ if hide => out.push(span),
+        _ if hide => out.push((span, format!("\"{SECRET}\""))),
+        DeValue::String(s) if s.contains("://") && (s.contains('@') || s.contains('?')) => {
+            out.push((span, format!("{:?}", url(s))));
+        }
         _ => {}
     }
+}
+
+/// The byte ranges of a TOML text's comments (`#` to the end of its line, outside strings).
+fn comments(text: &str) -> Vec<Range<usize>> {
+    const OPENERS: [&[u8]; 4] = [b"\"\"\"", b"'''", b"\"", b"'"];
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    // The closing delimiter of the string being read, if any.
+    let mut close: Option<&[u8]> = None;
+    while i < b.len() {
+        if let Some(end) = close {
+            if b[i] == b'\\' && end[0] == b'"' {
+                i += 2;
+            } else if b[i..].starts_with(end) {
+                i += end.len();
+                close = None;
+            } else {
+                // A one-line string ends with its line in valid TOML: never read past it.
+                if b[i] == b'\n' && end.len() == 1 {
+                    close = None;
+                }
+                i += 1;
+            }
+            continue;
+        }
+        if let Some(open) = OPENERS.iter().find(|o| b[i..].starts_with(o)) {
+            close = Some(open);
+            i += open.len();
+        } else if b[i] == b'#' {
+            let end = text[i..].find('\n').map_or(text.len(), |n| i + n);
+            out.push(i..end);
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -125,6 +176,8 @@ mod tests {
 [server]
 listen = "127.0.0.1:9470"
 auth_token_file = "/etc/vigil/token"   # a path, shown
+# slack_webhook_url = "https://hooks.slack.com/services/T0/B0/SEKRIT5"
+endpoint = "http://user:SEKRIT6@aws.internal:4566"   # "a # in quotes" is no comment
 
 [[notify.receivers]]
 name = "oncall"
@@ -133,7 +186,9 @@ webhook_urls = ["http://u:SEKRIT2@am1:9093", 'http://am2:9093/?token=SEKRIT3']
 extra = { api_token = """SEKRIT4""", port = 9 }
 "#;
         let r = toml_text(text);
-        for s in ["SEKRIT1", "SEKRIT2", "SEKRIT3", "SEKRIT4"] {
+        for s in [
+            "SEKRIT1", "SEKRIT2", "SEKRIT3", "SEKRIT4", "SEKRIT5", "SEKRIT6",
+        ] {
             assert!(!r.contains(s), "{s} in {r}");
         }
         assert!(r.contains("# the aggregator\n[server]\nlisten = \"127.0.0.1:9470\""));
@@ -141,6 +196,16 @@ extra = { api_token = """SEKRIT4""", port = 9 }
         assert!(r.contains("slack_webhook_url = \"<secret>\"\n"));
         assert!(r.contains("webhook_urls = [\"<secret>\", \"<secret>\"]"));
         assert!(r.contains("port = 9"));
+        assert!(
+            r.contains(
+                r#"endpoint = "http://aws.internal:4566/…"   # "a # in quotes" is no comment"#
+            ),
+            "{r}"
+        );
+        assert!(
+            r.contains("# (a comment that may hold a secret, hidden)\n"),
+            "{r}"
+        );
         // Still TOML.
         assert!(DeTable::parse(&r).is_ok(), "{r}");
         assert!(!toml_text("a = \"SEKRIT\" [").contains("SEKRIT"));

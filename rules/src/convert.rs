@@ -108,10 +108,16 @@ fn parse_yaml(file: &str, text: &str) -> Result<Option<Node>, String> {
 /// A TOML string holding `s`: a literal string when it can be one (PromQL reads best without
 /// escapes), multi-line when it has line breaks, else a basic string with escapes.
 fn toml_str(s: &str) -> String {
+    quoted(s, true)
+}
+
+/// [`toml_str`], on one line when `multi_line` is false (inside an inline table).
+fn quoted(s: &str, multi_line: bool) -> String {
     if !s.contains('\n') && !s.contains('\'') && !s.chars().any(char::is_control) {
         return format!("'{s}'");
     }
-    if s.contains('\n')
+    if multi_line
+        && s.contains('\n')
         && !s.contains("'''")
         && !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
     {
@@ -268,6 +274,212 @@ impl Converter<'_> {
     }
 }
 
+impl Converter<'_> {
+    /// An inline table of strings, on one line.
+    fn inline_map(&mut self, n: &Node, what: &str) -> Result<String, String> {
+        let map = self.string_map(n, what)?;
+        let inner: Vec<String> = map
+            .iter()
+            .map(|(k, v)| format!("{} = {}", toml_key(k), quoted(v, false)))
+            .collect();
+        Ok(format!("{{ {} }}", inner.join(", ")))
+    }
+
+    fn entries<'n>(&self, n: &'n Node, what: &str) -> Result<&'n [(String, Node)], String> {
+        match n {
+            Node::Map(e, _) => Ok(e),
+            other => Err(self.err(other.pos(), format!("{what} must be a mapping"))),
+        }
+    }
+
+    fn items<'n>(&self, n: &'n Node, what: &str) -> Result<&'n [Node], String> {
+        match n {
+            Node::Seq(items, _) => Ok(items),
+            Node::Scalar(s, _) if s.is_empty() => Ok(&[]),
+            other => Err(self.err(other.pos(), format!("{what} must be a list"))),
+        }
+    }
+
+    fn unknown(&self, v: &Node, what: &str, key: &str) -> String {
+        self.err(
+            v.pos(),
+            format!("{what} key {key:?} has no counterpart in vigil-rules test"),
+        )
+    }
+
+    /// A number as TOML writes it (`nan`, `inf`, `-inf` included).
+    fn number(&self, n: &Node) -> Result<String, String> {
+        let s = self.scalar(n, "value")?;
+        let v: f64 = s
+            .trim()
+            .trim_start_matches('+')
+            .parse()
+            .map_err(|_| self.err(n.pos(), format!("value {s:?} is not a number")))?;
+        Ok(if v.is_nan() {
+            "nan".into()
+        } else if v.is_infinite() {
+            if v > 0.0 { "inf" } else { "-inf" }.into()
+        } else if v == v.trunc() && v.abs() < 1e15 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:?}")
+        })
+    }
+
+    fn test(&mut self, t: &Node) -> Result<(), String> {
+        let entries = self.entries(t, "a test")?;
+        self.comments_before(t.pos().line);
+        self.out.push_str("[[test]]\n");
+        let mut alerts = &[][..];
+        let mut exprs = &[][..];
+        for (k, v) in entries {
+            match k.as_str() {
+                "interval" => {
+                    let s = self.scalar(v, k)?.to_string();
+                    let _ = writeln!(self.out, "interval = {}", toml_str(&s));
+                }
+                // A test's name is for promtool's report; Vigil numbers its tests.
+                "name" => {
+                    let s = self.scalar(v, k)?.to_string();
+                    let _ = writeln!(self.out, "# {s}");
+                }
+                "input_series" => {
+                    self.out.push_str("input_series = [\n");
+                    for s in self.items(v, k)? {
+                        let (mut series, mut values) = (None, None);
+                        for (sk, sv) in self.entries(s, "an input series")? {
+                            match sk.as_str() {
+                                "series" => series = Some(self.scalar(sv, sk)?.to_string()),
+                                "values" => values = Some(self.scalar(sv, sk)?.to_string()),
+                                other => return Err(self.unknown(sv, "input_series", other)),
+                            }
+                        }
+                        let _ = writeln!(
+                            self.out,
+                            "  {{ series = {}, values = {} }},",
+                            quoted(series.as_deref().unwrap_or(""), false),
+                            quoted(values.as_deref().unwrap_or("").trim(), false)
+                        );
+                    }
+                    self.out.push_str("]\n");
+                }
+                "alert_rule_test" => alerts = self.items(v, k)?,
+                "promql_expr_test" => exprs = self.items(v, k)?,
+                other => return Err(self.unknown(v, "test", other)),
+            }
+        }
+        self.out.push('\n');
+        for a in alerts {
+            self.comments_before(a.pos().line);
+            self.out.push_str("[[test.alert]]\n");
+            for (k, v) in self.entries(a, "an alert test")? {
+                match k.as_str() {
+                    "eval_time" | "alertname" => {
+                        let s = self.scalar(v, k)?.to_string();
+                        let _ = writeln!(self.out, "{k} = {}", toml_str(&s));
+                    }
+                    "exp_alerts" => {
+                        self.out.push_str("exp_alerts = [\n");
+                        for e in self.items(v, k)? {
+                            let mut parts = Vec::new();
+                            for (ek, ev) in self.entries(e, "an expected alert")? {
+                                let key = match ek.as_str() {
+                                    "exp_labels" => "labels",
+                                    "exp_annotations" => "annotations",
+                                    other => return Err(self.unknown(ev, "exp_alerts", other)),
+                                };
+                                parts.push(format!("{key} = {}", self.inline_map(ev, ek)?));
+                            }
+                            let _ = writeln!(self.out, "  {{ {} }},", parts.join(", "));
+                        }
+                        self.out.push_str("]\n");
+                    }
+                    other => return Err(self.unknown(v, "alert_rule_test", other)),
+                }
+            }
+            self.out.push('\n');
+        }
+        for e in exprs {
+            self.comments_before(e.pos().line);
+            self.out.push_str("[[test.expr]]\n");
+            for (k, v) in self.entries(e, "an expression test")? {
+                match k.as_str() {
+                    "eval_time" | "expr" => {
+                        let s = self.scalar(v, k)?.to_string();
+                        let _ = writeln!(self.out, "{k} = {}", toml_str(s.trim_end_matches('\n')));
+                    }
+                    "exp_samples" => {
+                        self.out.push_str("exp_samples = [\n");
+                        for x in self.items(v, k)? {
+                            let (mut labels, mut value) = (String::from("{}"), None);
+                            for (xk, xv) in self.entries(x, "an expected sample")? {
+                                match xk.as_str() {
+                                    "labels" => labels = self.scalar(xv, xk)?.to_string(),
+                                    "value" => value = Some(self.number(xv)?),
+                                    other => return Err(self.unknown(xv, "exp_samples", other)),
+                                }
+                            }
+                            let value = value.ok_or_else(|| {
+                                self.err(x.pos(), "an expected sample needs a value")
+                            })?;
+                            let _ = writeln!(
+                                self.out,
+                                "  {{ labels = {}, value = {value} }},",
+                                quoted(&labels, false)
+                            );
+                        }
+                        self.out.push_str("]\n");
+                    }
+                    other => return Err(self.unknown(v, "promql_expr_test", other)),
+                }
+            }
+            self.out.push('\n');
+        }
+        Ok(())
+    }
+
+    /// A promtool test file: rule files renamed to the `.toml` files `convert` writes beside
+    /// them.
+    fn test_file(&mut self, entries: &[(String, Node)]) -> Result<(), String> {
+        let mut tests = &[][..];
+        for (k, v) in entries {
+            match k.as_str() {
+                "rule_files" => {
+                    let files: Vec<String> = self
+                        .items(v, k)?
+                        .iter()
+                        .map(|f| {
+                            let f = self.scalar(f, "a rule file")?;
+                            let stem = f
+                                .strip_suffix(".yml")
+                                .or_else(|| f.strip_suffix(".yaml"))
+                                .unwrap_or(f);
+                            Ok(quoted(&format!("{stem}.toml"), false))
+                        })
+                        .collect::<Result<_, String>>()?;
+                    let _ = writeln!(
+                        self.out,
+                        "# (each rule file as `vigil-rules convert` writes it)\nrule_files = [{}]",
+                        files.join(", ")
+                    );
+                }
+                "evaluation_interval" => {
+                    let s = self.scalar(v, k)?.to_string();
+                    let _ = writeln!(self.out, "evaluation_interval = {}", toml_str(&s));
+                }
+                "fuzzy_compare" => {
+                    let s = self.scalar(v, k)?;
+                    let _ = writeln!(self.out, "fuzzy_compare = {}", s == "true");
+                }
+                "tests" => tests = self.items(v, k)?,
+                other => return Err(self.unknown(v, "the test file's", other)),
+            }
+        }
+        self.out.push('\n');
+        tests.iter().try_for_each(|t| self.test(t))
+    }
+}
+
 /// Whole-line comments of `text`, by line (0-based), and how many comments end a line with
 /// something else on it (those are not kept).
 fn comments(text: &str) -> (Vec<Option<String>>, usize) {
@@ -290,8 +502,8 @@ fn comments(text: &str) -> (Vec<Option<String>>, usize) {
     (lines, trailing)
 }
 
-/// Converts a Prometheus rule file; returns the TOML text, or an error naming file, line and
-/// column.
+/// Converts a Prometheus rule file, or a promtool test file (one with `tests`); returns the TOML
+/// text, or an error naming file, line and column.
 pub fn rule_file(file: &str, text: &str) -> Result<String, String> {
     let (comments, lost_trailing) = comments(text);
     let mut c = Converter {
@@ -312,6 +524,11 @@ pub fn rule_file(file: &str, text: &str) -> Result<String, String> {
     let root = parse_yaml(file, text)?;
     let groups = match &root {
         None => None,
+        Some(Node::Map(entries, _)) if entries.iter().any(|(k, _)| k == "tests") => {
+            c.test_file(entries)?;
+            c.comments_before(usize::MAX);
+            return Ok(c.out);
+        }
         Some(Node::Map(entries, _)) => {
             for (k, v) in entries {
                 if k != "groups" {
@@ -333,89 +550,4 @@ pub fn rule_file(file: &str, text: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const YAML: &str = r#"# Web tier rules
-groups:
-  # Recording first
-  - name: web
-    interval: 30s
-    rules:
-      - record: job:http_requests:rate5m
-        expr: sum by (job) (rate(http_requests_total[5m]))
-      # Page when errors pass 5%
-      - alert: HighErrorRate
-        expr: |
-          sum(rate(http_requests_total{code=~"5.."}[5m]))
-            / sum(rate(http_requests_total[5m])) > 0.05
-        for: 10m
-        keep_firing_for: 5m
-        labels:
-          severity: page
-          "team": web
-        annotations:
-          summary: 'Errors at {{ $value | humanizePercentage }}'
-          description: |
-            {{ $labels.job }} is failing.
-            Look at it.
-  - name: empty
-    rules: []
-"#;
-
-    #[test]
-    fn a_prometheus_rule_file_converts_with_its_comments_and_loads() {
-        let toml = rule_file("web.yml", YAML).unwrap();
-        for want in [
-            "# Web tier rules\n",
-            "# Recording first\n[[group]]\nname = 'web'\ninterval = '30s'\n",
-            "[[group.record]]\nrecord = 'job:http_requests:rate5m'\nexpr = 'sum by (job) (rate(http_requests_total[5m]))'\n",
-            "# Page when errors pass 5%\n[[group.alert]]\nalert = 'HighErrorRate'\n",
-            "for = '10m'\nkeep_firing_for = '5m'\n",
-            "labels = { severity = 'page', team = 'web' }\n",
-            "[group.alert.annotations]\nsummary = 'Errors at {{ $value | humanizePercentage }}'\n",
-        ] {
-            assert!(toml.contains(want), "{want:?} not in\n{toml}");
-        }
-        let f = crate::rulefile::load("web.toml", &toml, &crate::rulefile::Context::default())
-            .unwrap_or_else(|e| panic!("{e:?}\n{toml}"));
-        assert_eq!(f.groups.len(), 2);
-        assert_eq!(f.groups[0].rules.len(), 2);
-    }
-
-    #[test]
-    fn what_vigil_cannot_hold_is_an_error_with_its_position() {
-        let e = rule_file(
-            "r.yml",
-            "groups:\n  - name: a\n    limit: 10\n    rules: []\n",
-        )
-        .unwrap_err();
-        assert!(e.starts_with("r.yml:3:12: "), "{e}");
-        let e = rule_file(
-            "r.yml",
-            "groups:\n  - name: a\n    rules:\n      - expr: up\n",
-        )
-        .unwrap_err();
-        assert!(e.contains("exactly one of `alert` and `record`"), "{e}");
-        let e = rule_file("r.yml", "groups: [\n").unwrap_err();
-        assert!(e.starts_with("r.yml:"), "{e}");
-        assert!(rule_file("r.yml", "a: &x 1\nb: *x\n").is_err());
-    }
-
-    #[test]
-    fn strings_quote_as_toml_reads_them_back() {
-        for s in [
-            "plain",
-            "it's",
-            "a\nb\n",
-            "tab\there",
-            "x'''y\nz",
-            "\u{7}bell",
-            "",
-        ] {
-            let doc = format!("k = {}\n", toml_str(s));
-            let v: toml::Table = toml::from_str(&doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
-            assert_eq!(v["k"].as_str(), Some(s), "{doc}");
-        }
-    }
-}
+mod tests;

@@ -256,6 +256,10 @@ pub fn data_set(from_ms: i64, to_ms: i64) -> Vec<(Labels, Vec<Sample>)> {
     out.into_values().collect()
 }
 
+/// How an [`Answer`]'s error begins when the server did not answer at all (a crash is never
+/// an agreement).
+pub const NO_ANSWER: &str = "no answer";
+
 /// A range query's answer: `Err` with the error, or every series (labels rendered sorted) with
 /// its points (seconds, value as sent).
 pub type Answer = Result<BTreeMap<String, Vec<(f64, String)>>, String>;
@@ -265,7 +269,7 @@ pub fn answer(code: u16, body: &str) -> Answer {
     let v: Json =
         serde_json::from_str(body).map_err(|e| format!("HTTP {code}, not JSON ({e}): {body}"))?;
     if v["status"] != "success" {
-        return Err(format!("HTTP {code}: {}", v["error"]));
+        return Err(format!("{}: HTTP {code}: {}", v["errorType"], v["error"]));
     }
     let mut out = BTreeMap::new();
     for s in v["data"]["result"].as_array().into_iter().flatten() {
@@ -317,6 +321,14 @@ fn judge_by(
     reference: &Answer,
     same_value: impl Fn(&str, &str) -> bool,
 ) -> Option<String> {
+    let no_answer = |a: &Answer| a.as_ref().is_err_and(|e| e.starts_with(NO_ANSWER));
+    if no_answer(vigil) || no_answer(reference) {
+        return Some(format!(
+            "no answer: vigil {:?}, prometheus {:?}",
+            vigil.as_ref().err(),
+            reference.as_ref().err()
+        ));
+    }
     match (vigil, reference) {
         (Err(_), Err(_)) if case.should_fail => None,
         (_, _) if case.should_fail => Some(format!(

@@ -174,7 +174,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(write_routes)
         .merge(admin_routes)
         .fallback(|| async { respond(StatusCode::NOT_FOUND, "text/plain", "not found\n") })
-        .layer(middleware::from_fn(close_if_stale))
+        .layer(middleware::from_fn(tls::close_if_stale))
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
         // One span per request at debug level (`RUST_LOG=tower_http=debug`); 5xx answers at warn.
         .layer(
@@ -199,23 +199,6 @@ fn unauthorized(what: &str) -> axum::response::Response {
         format!("missing or wrong {what}\n"),
     )
     .into_response()
-}
-
-/// A request on a TLS connection accepted before the certificate files were re-read: answered,
-/// then the connection closed (see [`tls::ClientCert::stale`]).
-async fn close_if_stale(req: Request, next: Next) -> axum::response::Response {
-    let stale = req
-        .extensions()
-        .get::<tls::ClientCert>()
-        .is_some_and(tls::ClientCert::stale);
-    let mut r = next.run(req).await;
-    if stale {
-        r.headers_mut().insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("close"),
-        );
-    }
-    r
 }
 
 /// Writers: a client certificate under mTLS (a bad one failed the handshake), then the token.
@@ -250,6 +233,17 @@ async fn guard_write(
     {
         api.write.count(StatusCode::UNAUTHORIZED);
         return unauthorized("bearer token");
+    }
+    if api
+        .cfg
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca_file.is_some())
+    {
+        if let Some(r) = tls::refuse_stale_write(&req) {
+            api.write.count(StatusCode::SERVICE_UNAVAILABLE);
+            return r;
+        }
     }
     next.run(req).await
 }
@@ -351,7 +345,7 @@ async fn write(State(api): State<Arc<Api>>, req: Request) -> Resp {
         }
     };
     let (status, msg, limit) = match api.write.slot().await {
-        Ok(_slot) => {
+        Ok(slot) => {
             // Stored here when the window's lock comes within 2 ms; otherwise on the blocking
             // pool, never by an async worker waiting long for the lock: every task queued behind
             // it on that worker would wait too (measured: health checks and other pushes waited
@@ -360,8 +354,12 @@ async fn write(State(api): State<Arc<Api>>, req: Request) -> Resp {
                 Ok(answer) => answer,
                 Err(prepared) => {
                     let a = api.clone();
-                    match tokio::task::spawn_blocking(move || a.write.write_deferred(prepared))
-                        .await
+                    // The slot goes along: held until stored, even if this handler is dropped.
+                    match tokio::task::spawn_blocking(move || {
+                        let _slot = slot;
+                        a.write.write_deferred(prepared)
+                    })
+                    .await
                     {
                         Ok(answer) => answer,
                         Err(e) => (

@@ -19,6 +19,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use vigil_config::tls::{certs, key, provider, roots};
 
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::IntoResponse;
+
 use crate::config::ServerTls;
 
 /// What a request knows of its connection: whether the client presented a certificate the
@@ -38,8 +42,46 @@ impl ClientCert {
     /// certificate and the new client CA (a CA no longer trusted stops being trusted at the
     /// next request, not when the keep-alive connection happens to end).
     pub fn stale(&self) -> bool {
-        self.current.load(Ordering::Relaxed) != self.accepted_with
+        self.current.load(Ordering::Acquire) != self.accepted_with
     }
+}
+
+/// A request on a TLS connection accepted before the certificate files were re-read: answered,
+/// then the connection closed (see [`ClientCert::stale`]).
+pub async fn close_if_stale(req: Request, next: Next) -> axum::response::Response {
+    let stale = req
+        .extensions()
+        .get::<ClientCert>()
+        .is_some_and(ClientCert::stale);
+    let mut r = next.run(req).await;
+    if stale {
+        r.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
+    r
+}
+
+/// Under mTLS, a write on a connection whose certificate was verified against a client CA since
+/// re-read: nothing is stored on the old verdict. 503 (a sender retries it at once), and the
+/// connection closes (by [`close_if_stale`]): the retry's handshake meets the current CA.
+pub fn refuse_stale_write(req: &Request) -> Option<axum::response::Response> {
+    if !req
+        .extensions()
+        .get::<ClientCert>()
+        .is_some_and(ClientCert::stale)
+    {
+        return None;
+    }
+    let mut r = super::respond(
+        hyper::StatusCode::SERVICE_UNAVAILABLE,
+        "text/plain",
+        "the TLS files were re-read since this connection's handshake: reconnect\n",
+    );
+    r.headers_mut()
+        .insert("retry-after", hyper::header::HeaderValue::from_static("0"));
+    Some(r.into_response())
 }
 
 pub struct Tls {
@@ -69,7 +111,8 @@ impl Tls {
         let cfg = build(&self.files)?;
         // The config first: a connection accepted between the two is merely closed once more.
         self.current.store(Arc::new(cfg));
-        self.generation.fetch_add(1, Ordering::Relaxed);
+        // Release: a handshake that reads the new generation (Acquire) also sees the new config.
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -85,7 +128,7 @@ impl Tls {
         stream: TcpStream,
         timeout: Duration,
     ) -> Result<(TlsStream<TcpStream>, ClientCert), String> {
-        let accepted_with = self.generation.load(Ordering::Relaxed);
+        let accepted_with = self.generation.load(Ordering::Acquire);
         let acceptor = TlsAcceptor::from(self.current.load_full());
         let work = async {
             let mut first = [0u8; 1];

@@ -160,7 +160,7 @@ pub struct Ingest {
     clock: SharedClock,
     metrics: Metrics,
     /// Requests decoded or stored at once (see [`Ingest::slot`]), and how long one waits.
-    slots: tokio::sync::Semaphore,
+    slots: Arc<tokio::sync::Semaphore>,
     slot_wait: std::time::Duration,
 }
 
@@ -181,15 +181,17 @@ impl Ingest {
             store,
             clock,
             metrics: Metrics::register(r),
-            slots: tokio::sync::Semaphore::new(2 * cores),
+            slots: Arc::new(tokio::sync::Semaphore::new(2 * cores)),
             slot_wait: SLOT_WAIT,
         }
     }
 
     /// Waits for a slot to decode and store one request in; a request waiting holds only its
-    /// compressed body. Past [`SLOT_WAIT`]: 429, and a write the sender retries later.
-    pub async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, (StatusCode, String)> {
-        match tokio::time::timeout(self.slot_wait, self.slots.acquire()).await {
+    /// compressed body. Past [`SLOT_WAIT`]: 429, and a write the sender retries later. The slot
+    /// is owned: a request handed to the blocking pool takes it along, and keeps it while it
+    /// waits for the window's lock even when its client has gone.
+    pub async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, (StatusCode, String)> {
+        match tokio::time::timeout(self.slot_wait, self.slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => {
                 self.metrics.refused("write_queue");

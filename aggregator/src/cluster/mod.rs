@@ -442,7 +442,7 @@ impl Cluster {
     }
 
     /// The cluster as Alertmanager's `GET /api/v2/status` shows it (amtool's `cluster show`):
-    /// `disabled` alone; in a pair, `ready` once the lease has a holder (`settling` before),
+    /// `disabled` alone; in a pair, `ready` while the lease has a live holder (`settling` else),
     /// with this node and the holder as the peers.
     pub fn alertmanager_status(&self) -> Json {
         let st = self.lock();
@@ -451,7 +451,12 @@ impl Cluster {
             return json!({"name": node, "status": "disabled", "peers": []});
         };
         let mut peers = vec![json!({"name": node, "address": cfg.advertise_address})];
-        let holder = st.item.as_ref().filter(|i| !i.holder.is_empty());
+        // A holder whose lease has run out is nobody's leader: settling until it is taken.
+        let now = vigil_wire::clock::wall_ms();
+        let holder = st
+            .item
+            .as_ref()
+            .filter(|i| !i.holder.is_empty() && i.expires_ms > now);
         if let Some(i) = holder.filter(|i| i.holder != node) {
             peers.push(json!({"name": i.holder, "address": i.address}));
         }

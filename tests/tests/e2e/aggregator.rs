@@ -1063,6 +1063,14 @@ fn writers_admins_and_readers_each_need_their_own_token() {
 
 #[test]
 fn amtool_reads_the_configuration_with_every_secret_replaced() {
+    if Command::new("amtool").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("VIGIL_REQUIRE_PEERS").is_none(),
+            "amtool is required but missing (apt-get install prometheus-alertmanager)"
+        );
+        eprintln!("amtool not installed: skipping");
+        return;
+    }
     let dir = tempdir("agg-status");
     let d = dir.path();
     let rules = d.join("rules.toml");

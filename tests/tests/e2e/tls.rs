@@ -236,7 +236,22 @@ address = "127.0.0.1:{listen}"
     // cert_file and key_file is used without a restart.
     std::fs::copy(&server2.cert, &cert).expect("cert");
     std::fs::copy(&ca3.cert, &client_ca).expect("client ca");
+    let reloads = || {
+        agg.log_text()
+            .matches("TLS certificate and key re-read")
+            .count()
+    };
+    let reloaded_before = reloads();
     agg.signal("HUP");
+    wait_until(
+        Duration::from_secs(30),
+        "the client CA re-read",
+        || reloads() > reloaded_before,
+        || agg.log_text(),
+    );
+    // From here no write of the old CA's certificate is stored, not even one on a connection
+    // accepted before the reload (it is answered 503 and closed).
+    let after_reload = accepted();
     let handshakes = || {
         let m = curl(&format!("{base}/metrics"), Some(ca_path), None, &[], None).1;
         vigil_e2e::http::metric_value(&m, "vigil_aggregator_tls_handshake_failures_total")
@@ -250,6 +265,10 @@ address = "127.0.0.1:{listen}"
         || format!("{}\n{}", agent.log_text(), agg.log_text()),
     );
     let stalled = accepted();
+    assert_eq!(
+        stalled, after_reload,
+        "a write stored on the old client CA's verdict"
+    );
     // Replaced as a deployment tool does: written aside, renamed over.
     for (from, to) in [(&client3.key, &agent_key), (&client3.cert, &agent_cert)] {
         let aside = to.with_extension("new");
@@ -395,6 +414,7 @@ create_tables = true
         a.log_text()
     );
     // A wrong token is refused by the follower and never passed on.
+    let audited = a.log_text().matches("admin request").count();
     let (code, _) = curl(
         &reload,
         Some(ca_path),
@@ -403,4 +423,5 @@ create_tables = true
         Some(b""),
     );
     assert_eq!(code, 401);
+    assert_eq!(a.log_text().matches("admin request").count(), audited);
 }
