@@ -307,3 +307,51 @@ fn convert_turns_the_promtool_fixture_into_rules_check_accepts() {
     assert!(err.contains("bad.yml:3:12: group key \"limit\""), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The conversion corpus (`rules/tests/fixtures/convert/`): promtool test files, with floats
+/// that binary cannot hold exactly, alerts with templates, `for` and `keep_firing_for`. Each
+/// gets the same verdict from promtool (Debian's 2.42) and, converted with its rule file, from
+/// `vigil-rules test`. (No sample lies on a range window's boundary, where 2.x and 3.x differ.)
+#[test]
+fn converted_promtool_tests_get_promtools_verdicts() {
+    let corpus = root().join("rules/tests/fixtures/convert");
+    let dir = std::env::temp_dir().join(format!("vigil-corpus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let convert = |name: &str| {
+        let (code, toml, err) = run(bin().arg("convert").arg(corpus.join(name)));
+        assert_eq!(code, 0, "{name}: {err}");
+        let out = dir.join(name.replace(".yml", ".toml"));
+        std::fs::write(&out, toml).expect("write");
+        out
+    };
+    convert("rules.yml");
+    let promtool = Command::new("promtool").arg("--version").output().is_ok();
+    assert!(
+        promtool || std::env::var_os("VIGIL_REQUIRE_PEERS").is_none(),
+        "promtool is required but missing"
+    );
+    for (name, passes) in [
+        ("floats_exact_test.yml", true),
+        ("floats_decimal_test.yml", false),
+        ("alerts_test.yml", true),
+        ("alerts_wrong_test.yml", false),
+    ] {
+        if promtool {
+            let out = Command::new("promtool")
+                .args(["test", "rules", name])
+                .current_dir(&corpus)
+                .output()
+                .expect("promtool");
+            assert_eq!(
+                out.status.success(),
+                passes,
+                "promtool on {name}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let (code, text, err) = run(bin().arg("test").arg(convert(name)));
+        assert_eq!(code == 0, passes, "vigil-rules on {name}: {text}{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
