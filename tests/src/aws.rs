@@ -108,6 +108,59 @@ impl Aws {
         .expect("DeleteItem");
     }
 
+    /// The HA cluster's shared state document as the state table holds it (read straight from
+    /// moto, consistently): the state item's own document, or its parts joined when their
+    /// generation is the item's; gunzipped and parsed. None while there is none, or while a
+    /// write of parts is half seen.
+    pub fn shared_state(&self, table: &str, key: &str) -> Option<serde_json::Value> {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let get = |name: String| {
+            block_on(
+                self.ddb
+                    .get_item()
+                    .table_name(table)
+                    .key("name", AttributeValue::S(name))
+                    .consistent_read(true)
+                    .send(),
+            )
+            .ok()?
+            .item
+        };
+        let head = get(key.to_string())?;
+        let text = |item: &std::collections::HashMap<String, AttributeValue>, k: &str| {
+            item.get(k).and_then(|v| match v {
+                AttributeValue::S(s) | AttributeValue::N(s) => Some(s.clone()),
+                _ => None,
+            })
+        };
+        let doc = |item: &std::collections::HashMap<String, AttributeValue>| {
+            item.get("doc")
+                .and_then(|d| d.as_b().ok())
+                .map(|b| b.as_ref().to_vec())
+        };
+        let parts: usize = text(&head, "parts")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let bytes = if parts == 0 {
+            doc(&head)?
+        } else {
+            let gen = text(&head, "gen")?;
+            let mut all = Vec::new();
+            for i in 0..parts {
+                let part = get(format!("{key}#part#{i}"))?;
+                if text(&part, "gen")? != gen {
+                    return None;
+                }
+                all.extend(doc(&part)?);
+            }
+            all
+        };
+        let mut json = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut json)
+            .ok()?;
+        serde_json::from_str(&json).ok()
+    }
+
     /// An Auto Scaling group from a launch configuration (no EC2 client needed).
     pub fn create_group(&self, name: &str, min: i32, max: i32, desired: i32) {
         block_on(async {

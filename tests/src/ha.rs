@@ -319,6 +319,16 @@ address = "127.0.0.1:{}"
         );
     }
 
+    /// Whether the shared state records every notification as delivered (its outbox is
+    /// empty). A holder writes it just after a delivery: a fault, kill or freeze that lands in
+    /// between leaves the notification waiting for the next holder, which sends it again (at
+    /// least once). Tests that count notices exactly wait for this before cutting a holder off.
+    pub fn deliveries_recorded(&self) -> bool {
+        self.aws
+            .shared_state("vigil-state", "web-tier#state")
+            .is_some_and(|d| d["outbox"].as_array().is_some_and(|o| o.is_empty()))
+    }
+
     pub fn sns(&self, got: &mut Vec<serde_json::Value>) -> usize {
         got.extend(self.aws.drain(&self.queue));
         got.len()

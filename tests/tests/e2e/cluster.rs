@@ -102,7 +102,11 @@ fn one_leader_acts_and_a_kill_9_hands_over_without_repeating_or_losing() {
         .1;
     assert!(m.contains("vigil_aggregator_cluster_leader 1"), "{m}");
 
-    // kill -9 of the leader while the alert fires.
+    // kill -9 of the leader while the alert fires, once the shared state records the notice
+    // (a kill between a delivery and its record has the next holder send it again).
+    pair.push_until("the notice recorded", timeout, 1.8, 1.0, &[&a, &b], || {
+        pair.deliveries_recorded()
+    });
     let killed = Instant::now();
     let last_renewal = *lease_writes(&pair.nodes[0]).last().expect("agg-a renewed");
     a.signal("KILL");
@@ -204,7 +208,11 @@ fn a_leader_frozen_past_its_lease_wakes_up_as_a_follower_and_sends_nothing() {
         },
     );
 
-    // Frozen: agg-b takes over and acts (a scale-out).
+    // Frozen (once the shared state records the notice): agg-b takes over and acts (a
+    // scale-out).
+    pair.push_until("the notice recorded", timeout, 1.0, 1.0, &[&a, &b], || {
+        pair.deliveries_recorded()
+    });
     a.signal("STOP");
     let stopped = Instant::now();
     pair.push_until("agg-b to lead", timeout, 1.0, 1.0, &[&b], || pair.acting(1));
@@ -302,6 +310,12 @@ fn dynamodb_failing_leaves_nobody_acting_and_loses_no_notice() {
     pair.push_until("the firing notice", timeout, 1.0, 1.0, &[&a, &b], || {
         pair.sns(&mut sns) >= 1 && pair.cluster(1)["role"] == "follower"
     });
+    // Each outage begins once the shared state records the notices sent so far: one cut in
+    // the moment between a delivery and its record is sent again by the next holder (at least
+    // once), which this test, counting notices exactly, does not measure.
+    pair.push_until("the notice recorded", timeout, 1.0, 1.0, &[&a, &b], || {
+        pair.deliveries_recorded()
+    });
     // Throttled, then slower than the calls' limit: each time nobody acts within the holder's
     // deadline (0.6 of the lease after its last renewal began, plus a call's limit of a
     // quarter), and a leader comes back when DynamoDB answers again.
@@ -378,6 +392,14 @@ fn dynamodb_failing_leaves_nobody_acting_and_loses_no_notice() {
             errors,
             &[&a, &b],
             || pair.sns(&mut sns) >= want,
+        );
+        pair.push_until(
+            "the notices recorded",
+            timeout,
+            1.0,
+            errors,
+            &[&a, &b],
+            || pair.deliveries_recorded(),
         );
     }
     // The lease item deleted (by hand, or a restore of an older table) while the state item
