@@ -21,3 +21,6 @@ mod window;
 
 #[path = "e2e/campaigns.rs"]
 mod campaigns;
+
+#[path = "e2e/oncall.rs"]
+mod oncall;

@@ -34,6 +34,7 @@ mod forward;
 mod pool;
 mod query;
 mod serve;
+mod silences;
 pub mod tls;
 mod views;
 pub mod write;
@@ -173,6 +174,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(query_routes)
         .merge(write_routes)
         .merge(admin_routes)
+        .merge(silences::routes(&api))
         .fallback(|| async { respond(StatusCode::NOT_FOUND, "text/plain", "not found\n") })
         .layer(middleware::from_fn(tls::close_if_stale))
         .layer(DefaultBodyLimit::max(FORM_LIMIT))

@@ -291,6 +291,42 @@ pub(super) fn status_page(app: &Api) -> String {
             ));
         }
     }
+    // Silences in force or to come (amtool sets and expires them: `/api/v2/silences`).
+    let silences: Vec<(String, String, String, String, String)> =
+        app.engine.read_silences(|s, now| {
+            s.list()
+                .into_iter()
+                .filter(|x| x.state(now) != "expired")
+                .map(|x| {
+                    (
+                        x.id.clone(),
+                        x.matchers_text(),
+                        format!(
+                            "{} {}–{}",
+                            x.state(now),
+                            format_timestamp_ms(x.starts_at),
+                            format_timestamp_ms(x.ends_at)
+                        ),
+                        x.created_by.clone(),
+                        x.comment.clone(),
+                    )
+                })
+                .collect()
+        });
+    html.push_str(&format!(
+        "</table><h2>Silences</h2><p>{} in force or to come; <code>amtool --alertmanager.url=… silence add|query|expire</code> sets, lists and ends them.</p><table><tr><th>id<th>matchers<th>when<th>by<th>comment",
+        silences.len()
+    ));
+    for (id, m, when, by, comment) in &silences {
+        html.push_str(&format!(
+            "<tr><td>{}<td>{}<td>{}<td>{}<td>{}",
+            esc(id),
+            esc(m),
+            esc(when),
+            esc(by),
+            esc(comment)
+        ));
+    }
     html.push_str("</table><h2>Last decisions</h2><pre>");
     for l in app.view.load().log.iter().rev().take(50) {
         html.push_str(&esc(l));

@@ -8,8 +8,10 @@
 //! of the view.
 
 mod shared;
+mod silences;
 #[cfg(test)]
 pub use shared::decode_shared;
+pub use silences::alert_passes;
 #[cfg(test)]
 mod tests;
 mod view;

@@ -189,7 +189,7 @@ impl Engine {
     }
 
     /// Writes the shared state under `epoch` if it changed since `last`.
-    async fn share_once(
+    pub(super) async fn share_once(
         self: &Arc<Self>,
         epoch: u64,
         last: &mut Option<(u64, serde_json::Value)>,

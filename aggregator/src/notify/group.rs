@@ -8,6 +8,7 @@ use serde_json::Value as Json;
 use vigil_rules::persist::{self, Keyed};
 use vigil_wire::Labels;
 
+use super::silence::Silences;
 use crate::config::Receiver;
 
 /// An alert that fires now, as the notifier sees it.
@@ -173,6 +174,9 @@ pub struct Notifier {
     /// Alerts raised by decisions rather than rules, firing until their decision ends them.
     #[serde(with = "persist::values")]
     pub synthetic: BTreeMap<Labels, ActiveAlert>,
+    /// Silences (`/api/v2/silences`): an alert one mutes is left out of its group's notices.
+    #[serde(default)]
+    pub silences: Silences,
 }
 
 /// A notification decided at a flush, before rendering.
@@ -245,26 +249,38 @@ impl Notifier {
     pub fn flush(&mut self, s: &Settings, now: i64) -> Vec<Notification> {
         let mut out = Vec::new();
         let mut empty = Vec::new();
+        let silences = &self.silences;
         for (key, g) in self.groups.iter_mut() {
             if g.next_flush > now {
                 continue;
             }
+            // A muted alert is left out as if it were not there: not notified while it fires,
+            // no resolved notice while muted; told of at the first flush after its silence ends.
+            let muted: BTreeSet<Labels> = g
+                .alerts
+                .keys()
+                .filter(|l| silences.mutes(l, now))
+                .cloned()
+                .collect();
             let firing: BTreeSet<Labels> = g
                 .alerts
                 .iter()
-                .filter(|(_, e)| e.resolved_at.is_none())
+                .filter(|(l, e)| e.resolved_at.is_none() && !muted.contains(*l))
                 .map(|(l, _)| l.clone())
                 .collect();
             // A resolved notice only for alerts someone was told were firing.
             let resolved: Vec<(ActiveAlert, i64)> = g
                 .alerts
                 .iter()
+                .filter(|(l, _)| !muted.contains(*l))
                 .filter_map(|(l, e)| {
                     let at = e.resolved_at?;
                     g.last_firing.contains(l).then(|| (e.alert.clone(), at))
                 })
                 .collect();
-            let changed = firing != g.last_firing || !resolved.is_empty();
+            // What the last notice said, of the alerts not muted now.
+            let told: BTreeSet<Labels> = g.last_firing.difference(&muted).cloned().collect();
+            let changed = firing != told || !resolved.is_empty();
             let repeat = !firing.is_empty()
                 && g.last_notified_at
                     .is_some_and(|t| now - t >= s.repeat_interval_ms);
@@ -285,7 +301,22 @@ impl Notifier {
                 });
                 if notify {
                     g.last_notified_at = Some(now);
+                    // A muted alert told of before keeps its place while it still fires, so no
+                    // second firing notice comes when its silence ends.
+                    let kept: Vec<Labels> = g
+                        .last_firing
+                        .intersection(&muted)
+                        .filter(|l| g.alerts.get(*l).is_some_and(|e| e.resolved_at.is_none()))
+                        .cloned()
+                        .collect();
                     g.last_firing = firing.clone();
+                    g.last_firing.extend(kept);
+                }
+            }
+            // A muted alert that resolved is forgotten without a notice.
+            for l in &muted {
+                if g.alerts.get(l).is_some_and(|e| e.resolved_at.is_some()) {
+                    g.last_firing.remove(l);
                 }
             }
             g.alerts.retain(|_, e| e.resolved_at.is_none());

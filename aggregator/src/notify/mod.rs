@@ -13,6 +13,7 @@
 mod group;
 mod outbox;
 mod render;
+pub mod silence;
 #[cfg(test)]
 mod tests;
 

@@ -317,3 +317,141 @@ fn logs_show_a_webhook_by_its_host_only() {
         "arn:aws:sns:us-east-1:123456789012:oncall"
     );
 }
+
+mod silences {
+    use super::*;
+    use crate::notify::silence::{self, parse_filter, Refused, Silences};
+    use serde_json::json;
+
+    fn post(s: &mut Silences, body: Json, now: i64) -> Result<String, Refused> {
+        s.post(&body, now, silence::new_id)
+    }
+
+    fn at(ms: i64) -> String {
+        vigil_config::duration::format_timestamp_ms(ms)
+    }
+
+    const T0: i64 = 1_764_000_000_000;
+
+    fn down_i1(from: i64, to: i64) -> Json {
+        json!({"matchers": [{"name": "alertname", "value": "Down", "isRegex": false, "isEqual": true},
+                            {"name": "instance", "value": "i-[1]", "isRegex": true}],
+               "startsAt": at(from), "endsAt": at(to), "createdBy": "ops", "comment": "disk swap"})
+    }
+
+    #[test]
+    fn matchers_have_alertmanagers_meaning() {
+        let mut s = Silences::default();
+        let id = post(&mut s, down_i1(T0, T0 + 60_000), T0).expect("valid");
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4", "a version-4 UUID: {id}");
+        let l = |i: &str| alert("Down", i, 0).labels;
+        assert!(s.mutes(&l("i-1"), T0));
+        assert!(!s.mutes(&l("i-10"), T0), "regexes are anchored");
+        assert!(!s.mutes(&l("i-2"), T0));
+        assert!(!s.mutes(&alert("Up", "i-1", 0).labels, T0));
+        assert!(!s.mutes(&l("i-1"), T0 + 60_000), "expired at endsAt");
+        assert_eq!(s.get(&id).expect("kept").state(T0 + 60_000), "expired");
+        // != and !~; a missing label is the empty value.
+        let m = parse_filter(r#"severity!="page""#).expect("filter");
+        assert!(!m.is_equal && !m.is_regex && m.value == "page");
+        let m = parse_filter("team!~\"db|web\"").expect("filter");
+        assert!(!m.is_equal && m.is_regex);
+        assert!(silence::filter_matches(&[m], &l("i-1")));
+        assert!(parse_filter("noop").is_err());
+    }
+
+    #[test]
+    fn invalid_silences_are_refused_with_a_reason() {
+        let mut s = Silences::default();
+        let bad = |b: Json| match post(&mut Silences::default(), b, T0) {
+            Err(Refused::Invalid(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            bad(json!({"matchers": [], "startsAt": at(T0), "endsAt": at(T0 + 1)}))
+                .contains("at least one matcher")
+        );
+        assert!(bad(json!({"matchers": [{"name": "x", "value": ".*", "isRegex": true}], "startsAt": at(T0), "endsAt": at(T0 + 1)})).contains("empty string"));
+        assert!(bad(json!({"matchers": [{"name": "x", "value": "(", "isRegex": true}], "startsAt": at(T0), "endsAt": at(T0 + 1)})).contains("regular expression"));
+        assert!(bad(down_i1(T0, T0 - 1)).contains("before startsAt"));
+        assert!(bad(down_i1(T0 - 10, T0 - 1)).contains("in the past"));
+        assert!(bad(json!({"matchers": [{"name": "x", "value": "y", "isRegex": false}], "startsAt": "soon", "endsAt": at(T0 + 1)})).contains("startsAt"));
+        assert!(matches!(s.expire("nope", T0), Err(Refused::NotFound(_))));
+        let mut b = down_i1(T0, T0 + 1000);
+        b["id"] = json!("nope");
+        assert!(matches!(post(&mut s, b, T0), Err(Refused::NotFound(_))));
+    }
+
+    #[test]
+    fn updates_expiry_and_retention() {
+        let mut s = Silences::default();
+        let id = post(&mut s, down_i1(T0, T0 + 60_000), T0).expect("valid");
+        // Extending an active silence keeps its id and start.
+        let mut b = down_i1(T0 + 5_000, T0 + 120_000);
+        b["id"] = json!(id);
+        assert_eq!(post(&mut s, b, T0 + 5_000).expect("update"), id);
+        let x = s.get(&id).expect("kept");
+        assert_eq!((x.starts_at, x.ends_at), (T0, T0 + 120_000));
+        // Other matchers: a new silence, the old one expired.
+        let mut b = json!({"matchers": [{"name": "alertname", "value": "Up", "isRegex": false}],
+                           "startsAt": at(T0), "endsAt": at(T0 + 120_000), "id": id});
+        b["comment"] = json!("other");
+        let new = post(&mut s, b, T0 + 6_000).expect("replace");
+        assert_ne!(new, id);
+        assert_eq!(s.get(&id).expect("kept").state(T0 + 6_000), "expired");
+        // A pending silence expired never starts.
+        let later = post(&mut s, down_i1(T0 + 600_000, T0 + 700_000), T0).expect("pending");
+        assert_eq!(s.get(&later).expect("kept").state(T0), "pending");
+        s.expire(&later, T0 + 1).expect("expire");
+        assert_eq!(s.get(&later).expect("kept").state(T0 + 650_000), "expired");
+        // Listed until the retention has passed.
+        assert_eq!(s.list().len(), 3);
+        s.gc(T0 + 700_000 + silence::RETENTION_MS);
+        assert!(s.list().is_empty());
+    }
+
+    #[test]
+    fn a_silenced_alert_is_not_notified_until_its_silence_ends() {
+        let st = settings();
+        let mut n = Notifier::default();
+        let a = alert("Down", "i-1", 0);
+        let b = alert("Down", "i-2", 0);
+        let id = post(&mut n.silences, down_i1(0, 100_000), 0).expect("valid");
+        let mut out = Vec::new();
+        for t in [0, 10_000, 70_000] {
+            n.observe(&st, t, &[a.clone(), b.clone()]);
+            out.extend(n.flush(&st, t).into_iter().filter(|x| !x.refresh_only));
+        }
+        // Only i-2, silenced i-1 left out.
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].firing.len(), 1);
+        assert_eq!(out[0].firing[0].labels.get("instance"), Some("i-2"));
+        // The silence ends while i-1 still fires: told at the next flush.
+        n.observe(&st, 130_000, &[a.clone(), b.clone()]);
+        let got: Vec<_> = n
+            .flush(&st, 130_000)
+            .into_iter()
+            .filter(|x| !x.refresh_only)
+            .collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].firing.len(), 2);
+        // Silenced again after it was told: no resolved notice while muted, none for a
+        // resolution during the silence, and nothing new when it ends.
+        n.silences.expire(&id, 130_000).expect("expire");
+        post(&mut n.silences, down_i1(130_000, 300_000), 130_000).expect("again");
+        let mut out = Vec::new();
+        for t in [190_000, 250_000] {
+            n.observe(&st, t, std::slice::from_ref(&b));
+            out.extend(n.flush(&st, t).into_iter().filter(|x| !x.refresh_only));
+        }
+        for t in [310_000, 370_000] {
+            n.observe(&st, t, std::slice::from_ref(&b));
+            out.extend(n.flush(&st, t).into_iter().filter(|x| !x.refresh_only));
+        }
+        assert!(out.is_empty(), "{out:?}");
+        // Persisted with the notifier.
+        let back = Notifier::from_json(&n.to_json()).expect("json");
+        assert_eq!(back, n);
+    }
+}

@@ -243,6 +243,15 @@ impl Db {
             .filter(|a| !a.is_null()))
     }
 
+    /// Saves the notifier's memory outside an evaluation (a silence changed).
+    pub fn save_notifier(&self, n: &Json) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO notifier (id, state) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET state = excluded.state",
+            params![n.to_string()],
+        )?;
+        Ok(())
+    }
+
     pub fn load_notifier(&self) -> Result<Option<Json>, StateError> {
         self.json_row("SELECT state FROM notifier WHERE id = 1")
     }

@@ -1,0 +1,146 @@
+//! Silences through the engine: they live in the notifier's memory, behind the evaluation's
+//! lock, so a change lands between two evaluations, is persisted with the notifier, and in an
+//! HA cluster is written to the shared state before the API answers.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value as Json};
+use vigil_rules::duration::format_timestamp_ms;
+
+use super::{firing_alerts, Engine};
+use crate::notify::silence::{self, Refused, Silences};
+use crate::notify::ActiveAlert;
+
+/// How long past now a firing alert's `endsAt` is shown (Prometheus sends four resend delays).
+const ENDS_AFTER_MS: i64 = 4 * 60_000;
+
+impl Engine {
+    /// Reads the silences at `now`.
+    pub fn read_silences<R>(&self, f: impl FnOnce(&Silences, i64) -> R) -> R {
+        let now = self.parts.clock.now_ms();
+        let ev = self.eval.lock().unwrap_or_else(|p| p.into_inner());
+        f(&ev.notifier.silences, now)
+    }
+
+    /// Changes the silences; the notifier is persisted before this returns, and a cluster's
+    /// holder is woken to write its shared state.
+    pub fn change_silences<R>(
+        &self,
+        f: impl FnOnce(&mut Silences, i64) -> Result<R, Refused>,
+    ) -> Result<R, Refused> {
+        let now = self.parts.clock.now_ms();
+        let mut ev = self.eval.lock().unwrap_or_else(|p| p.into_inner());
+        let before = ev.notifier.silences.clone();
+        let r = f(&mut ev.notifier.silences, now)?;
+        if let Err(e) = self.parts.db.lock().save_notifier(&ev.notifier.to_json()) {
+            ev.notifier.silences = before;
+            return Err(Refused::Unavailable(format!(
+                "the silence cannot be saved: {e}"
+            )));
+        }
+        drop(ev);
+        self.parts.cluster.state_changed.notify_one();
+        Ok(r)
+    }
+
+    /// In an HA cluster, writes the shared state now (so a silence the API acknowledges
+    /// survives a takeover); alone, nothing to do.
+    pub async fn record_now(self: &Arc<Self>) -> Result<(), String> {
+        let c = &self.parts.cluster;
+        if !c.clustered() {
+            return Ok(());
+        }
+        let epoch = c
+            .may_act()
+            .ok_or("this node no longer acts for the cluster")?;
+        self.share_once(epoch, &mut None).await
+    }
+
+    /// Every alert firing now, as Alertmanager's `GET /api/v2/alerts` lists them (`gettableAlert`),
+    /// with the silences muting each.
+    pub fn alerts_v2(&self) -> Vec<(Json, bool)> {
+        let now = self.parts.clock.now_ms();
+        let rules = self.parts.rules.current();
+        let ev = self.eval.lock().unwrap_or_else(|p| p.into_inner());
+        let mut alerts = firing_alerts(&rules, &ev.sim.state);
+        alerts.extend(ev.notifier.synthetic.values().cloned());
+        let all: Vec<String> = self
+            .parts
+            .notify
+            .receivers
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        alerts
+            .iter()
+            .map(|a| {
+                let by = ev.notifier.silences.muting(&a.labels, now);
+                let muted = !by.is_empty();
+                (alert_json(a, &by, &all, now), muted)
+            })
+            .collect()
+    }
+}
+
+fn alert_json(a: &ActiveAlert, silenced_by: &[String], all: &[String], now: i64) -> Json {
+    let receivers: Vec<Json> = if a.receivers.is_empty() {
+        all
+    } else {
+        &a.receivers
+    }
+    .iter()
+    .map(|r| json!({"name": r}))
+    .collect();
+    let labels: serde_json::Map<String, Json> = a
+        .labels
+        .iter()
+        .map(|l| (l.name.to_string(), json!(l.value)))
+        .collect();
+    json!({
+        "labels": labels,
+        "annotations": a.annotations,
+        "startsAt": format_timestamp_ms(a.starts_at),
+        "endsAt": format_timestamp_ms(now + ENDS_AFTER_MS),
+        "updatedAt": format_timestamp_ms(now),
+        "fingerprint": format!("{:016x}", fingerprint(&a.labels)),
+        "receivers": receivers,
+        "generatorURL": "",
+        "status": {
+            "state": if silenced_by.is_empty() { "active" } else { "suppressed" },
+            "silencedBy": silenced_by,
+            "inhibitedBy": [],
+            "mutedBy": [],
+        },
+    })
+}
+
+/// A stable fingerprint of a label set (FNV-1a over names and values, as Prometheus's model
+/// hashes them, separated by 0xff).
+fn fingerprint(labels: &vigil_wire::Labels) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for l in labels.iter() {
+        for b in l
+            .name
+            .bytes()
+            .chain([0xff])
+            .chain(l.value.bytes())
+            .chain([0xff])
+        {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Whether `a` passes amtool's filters (`filter` matchers on its labels).
+pub fn alert_passes(a: &Json, filter: &[silence::Matcher]) -> bool {
+    let labels = vigil_wire::Labels::from_pairs(
+        a["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or(""))),
+    );
+    silence::filter_matches(filter, &labels)
+}
