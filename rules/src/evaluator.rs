@@ -459,6 +459,8 @@ pub struct Simulation {
     warned: std::collections::HashSet<String>,
     /// Instances each replace policy held back last time (to report changes only).
     last_held: HashMap<String, Vec<String>>,
+    /// The last "paused: would …" said for each group, said again only when it changes.
+    last_paused: HashMap<String, String>,
 }
 
 /// The alert a replace policy raises while it fails open (too much of the group unhealthy at
@@ -513,6 +515,7 @@ impl Simulation {
             health: HashMap::new(),
             warned: Default::default(),
             last_held: HashMap::new(),
+            last_paused: HashMap::new(),
         }
     }
 
@@ -587,7 +590,16 @@ impl Simulation {
                 ts,
             );
             self.capacity.insert(asg.to_string(), d.desired);
-            if d.changes() {
+            // A paused group's held decision is said when what it would do changes.
+            let paused = d.held.clone().filter(|h| h.starts_with("paused:"));
+            let said = match &paused {
+                Some(h) => self.last_paused.insert(asg.to_string(), h.clone()).as_ref() != Some(h),
+                None => {
+                    self.last_paused.remove(asg);
+                    false
+                }
+            };
+            if d.changes() || said {
                 events.push(Event::Scaling(d));
             }
         }

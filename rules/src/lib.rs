@@ -13,6 +13,7 @@ pub mod convert;
 pub mod evaluator;
 pub mod gofmt;
 pub mod health;
+pub mod pause;
 #[cfg(feature = "serde")]
 pub mod persist;
 pub mod promql;

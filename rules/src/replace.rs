@@ -24,6 +24,12 @@ pub struct ReplaceState {
     pub done: BTreeMap<String, i64>,
     /// Whether the policy is failing open (so the alert is raised once per episode).
     pub failing_open: bool,
+    /// Set at run time: eligible instances are held, not replaced.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub paused: Option<crate::pause::Pause>,
 }
 
 /// One evaluation's outcome.
@@ -133,6 +139,21 @@ pub fn decide_with(
         .map(|(i, s)| (**s, (*i).clone()))
         .collect();
     eligible.sort();
+    if let Some(pause) = crate::pause::in_force(&mut st.paused, now) {
+        if !eligible.is_empty() {
+            d.note = Some(format!(
+                "paused: would replace {} {}",
+                eligible
+                    .iter()
+                    .map(|(_, i)| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                pause.describe()
+            ));
+            d.held = eligible.into_iter().map(|(_, i)| i).collect();
+        }
+        return d;
+    }
     let allowed = cap(p, group_size).saturating_sub(st.replaced.len());
     for (k, (since, inst)) in eligible.into_iter().enumerate() {
         if k < allowed {
@@ -176,6 +197,37 @@ mod tests {
 
     fn ids(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_paused_policy_holds_what_it_would_replace_and_replaces_nothing() {
+        let p = policy();
+        let mut st = ReplaceState {
+            paused: Some(crate::pause::Pause {
+                reason: "incident".into(),
+                author: "ops".into(),
+                since: 0,
+                until: None,
+            }),
+            ..Default::default()
+        };
+        decide(&p, &mut st, &ids(&["i-1"]), 10, 0);
+        let d = decide(&p, &mut st, &ids(&["i-1"]), 10, 30_000);
+        assert!(d.replace.is_empty());
+        assert_eq!(d.held, ids(&["i-1"]));
+        let note = d.note.expect("note");
+        assert!(
+            note.starts_with("paused: would replace i-1 (paused by ops"),
+            "{note}"
+        );
+        assert!(
+            st.replaced.is_empty() && st.done.is_empty(),
+            "nothing counted"
+        );
+        // Resumed: replaced at once (it has been unhealthy for its `for`).
+        st.paused = None;
+        let d = decide(&p, &mut st, &ids(&["i-1"]), 10, 31_000);
+        assert_eq!(d.replace.len(), 1);
     }
 
     #[test]

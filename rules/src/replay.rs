@@ -240,15 +240,22 @@ pub fn event_json(e: &Event) -> serde_json::Value {
             "alert": t.rule, "labels": labels_json(&t.labels), "from": t.from.as_str(), "to": t.to.as_str(),
             "value": num(t.value), "active_since": format_timestamp_ms(t.active_at), "annotations": t.annotations,
         }),
-        Event::Scaling(d) => json!({
-            "time": format_timestamp_ms(d.at), "time_ms": d.at, "kind": "scaling",
-            "asg": d.asg, "from": d.current, "to": d.desired,
-            "direction": match d.direction { Some(Direction::Out) => "out", Some(Direction::In) => "in", None => "none" },
-            "by": d.by,
-            "inputs": d.inputs.iter().map(|i| json!({
-                "policy": i.policy, "value": i.value.map(num), "raw": i.raw, "recommended": i.recommended, "reason": i.reason,
-            })).collect::<Vec<_>>(),
-        }),
+        Event::Scaling(d) => {
+            let mut j = json!({
+                "time": format_timestamp_ms(d.at), "time_ms": d.at, "kind": "scaling",
+                "asg": d.asg, "from": d.current, "to": d.desired,
+                "direction": match d.direction { Some(Direction::Out) => "out", Some(Direction::In) => "in", None => "none" },
+                "by": d.by,
+                "inputs": d.inputs.iter().map(|i| json!({
+                    "policy": i.policy, "value": i.value.map(num), "raw": i.raw, "recommended": i.recommended, "reason": i.reason,
+                })).collect::<Vec<_>>(),
+            });
+            // Held (a paused group): what it would have done.
+            if let Some(h) = &d.held {
+                j["held"] = json!(h);
+            }
+            j
+        }
         Event::Replace(r) => json!({
             "time": format_timestamp_ms(r.at), "time_ms": r.at,
                         "kind": if r.fail_open_started {
@@ -280,6 +287,13 @@ pub fn event_text(e: &Event) -> String {
             t.from.as_str(),
             t.to.as_str(),
             crate::gofmt::shortest_g(t.value)
+        ),
+        Event::Scaling(d) if !d.changes() => format!(
+            "{}  scale    {} held at {}: {}",
+            format_timestamp_ms(d.at),
+            d.asg,
+            d.current,
+            d.held.as_deref().unwrap_or("")
         ),
         Event::Scaling(d) => {
             let why: Vec<String> = d

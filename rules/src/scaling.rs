@@ -34,6 +34,12 @@ pub struct PolicyState {
 pub struct GroupState {
     pub last_scale_out: Option<i64>,
     pub last_scale_in: Option<i64>,
+    /// Set at run time: the group's decisions are held (no cooldown starts).
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub paused: Option<crate::pause::Pause>,
 }
 
 /// One policy's part in a decision.
@@ -295,6 +301,20 @@ pub fn decide(
             d.by = Some(by);
         }
     }
+    // Paused: said and held, no cooldown started.
+    if d.desired != current {
+        if let Some(p) = crate::pause::in_force(&mut group.paused, now) {
+            d.held = Some(format!(
+                "paused: would scale {} from {current} to {} {}",
+                if d.desired > current { "out" } else { "in" },
+                d.desired,
+                p.describe()
+            ));
+            d.desired = current;
+        }
+    } else {
+        crate::pause::in_force(&mut group.paused, now);
+    }
     if d.desired == current {
         d.direction = None;
     } else {
@@ -347,6 +367,30 @@ mod tests {
             g,
             now,
         )
+    }
+
+    #[test]
+    fn a_pause_holds_the_decision_without_starting_a_cooldown_and_ends_at_its_time() {
+        let p = target_policy("cpu", 2, 20, 0.6);
+        let (mut st, mut g) = (PolicyState::default(), GroupState::default());
+        g.paused = Some(crate::pause::Pause {
+            reason: "deploy".into(),
+            author: "ops".into(),
+            since: 0,
+            until: Some(120_000),
+        });
+        let d = decide_one(&p, &mut st, &mut g, 4, Some(0.9), 60_000);
+        assert_eq!((d.current, d.desired, d.direction), (4, 4, None));
+        let held = d.held.expect("held");
+        assert!(
+            held.starts_with("paused: would scale out from 4 to 6 (paused by ops"),
+            "{held}"
+        );
+        assert_eq!(g.last_scale_out, None, "no cooldown started");
+        // At its end the pause is cleared and the next decision goes through.
+        let d = decide_one(&p, &mut st, &mut g, 4, Some(0.9), 120_000);
+        assert_eq!((d.desired, d.held), (6, None));
+        assert!(g.paused.is_none());
     }
 
     #[test]

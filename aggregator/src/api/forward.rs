@@ -23,8 +23,8 @@ pub const LEADER: &str = "x-vigil-leader";
 
 /// A forwarded call's time limit when no lease sets one.
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest answer passed back.
-const MAX_ANSWER: usize = 1 << 20;
+/// The largest answer passed back (a list of silences or alerts may be long).
+const MAX_ANSWER: usize = 16 << 20;
 
 /// Passes the request to the holder when this node is a follower that knows one (and the
 /// request was not forwarded already); `None`: this node answers it.

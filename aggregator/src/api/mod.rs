@@ -31,6 +31,7 @@ use crate::store::Store;
 
 pub mod auth;
 mod forward;
+mod pause;
 mod pool;
 mod query;
 mod serve;
@@ -175,6 +176,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(write_routes)
         .merge(admin_routes)
         .merge(silences::routes(&api))
+        .merge(pause::routes(&api))
         .fallback(|| async { respond(StatusCode::NOT_FOUND, "text/plain", "not found\n") })
         .layer(middleware::from_fn(tls::close_if_stale))
         .layer(DefaultBodyLimit::max(FORM_LIMIT))

@@ -67,7 +67,8 @@ async fn at_leader(
 fn not_here(api: &Api) -> Option<Resp> {
     (!api.cluster.holds_state()).then(|| {
         refused(Refused::Unavailable(
-            "this node does not act for the cluster and knows no leader to pass the change to; retry".into(),
+            "this node does not act for the cluster and knows no leader to pass the call to; retry"
+                .into(),
         ))
     })
 }
@@ -84,6 +85,10 @@ async fn list(State(api): State<Arc<Api>>, uri: Uri, headers: HeaderMap) -> Resp
     if let Some(r) = at_leader(&api, Method::GET, &uri, &headers, Bytes::new()).await {
         return r;
     }
+    // A node whose silences are not the cluster's would answer with stale ones.
+    if let Some(r) = not_here(&api) {
+        return r;
+    }
     let p = params(uri.query(), None);
     let filter = match filters(&p) {
         Ok(f) => f,
@@ -91,7 +96,7 @@ async fn list(State(api): State<Arc<Api>>, uri: Uri, headers: HeaderMap) -> Resp
     };
     blocking(api, move |a| {
         let out: Vec<Json> = a.engine.read_silences(|s, now| {
-            s.list()
+            s.list(now)
                 .into_iter()
                 .filter(|x| silence::filter_matches(&filter, &silence::equal_labels(x)))
                 .map(|x| x.to_api(now))
@@ -109,6 +114,10 @@ async fn one(
     headers: HeaderMap,
 ) -> Resp {
     if let Some(r) = at_leader(&api, Method::GET, &uri, &headers, Bytes::new()).await {
+        return r;
+    }
+    // A node whose silences are not the cluster's would answer with stale ones.
+    if let Some(r) = not_here(&api) {
         return r;
     }
     blocking(api, move |a| {
@@ -139,22 +148,22 @@ async fn create(State(api): State<Arc<Api>>, uri: Uri, headers: HeaderMap, body:
     let done = tokio::task::spawn_blocking(move || {
         a.engine
             .change_silences(|s, now| s.post(&doc, now, silence::new_id))
-            .map(|id| {
+            .map(|(id, acting)| {
                 let text = a
                     .engine
                     .read_silences(|s, _| s.get(&id).map(|x| x.matchers_text()))
                     .unwrap_or_default();
-                (id, text)
+                (id, text, acting)
             })
     })
     .await;
-    let (id, matchers) = match done {
+    let (id, matchers, acting) = match done {
         Ok(Ok(x)) => x,
         Ok(Err(r)) => return refused(r),
         Err(e) => return refused(Refused::Unavailable(e.to_string())),
     };
     tracing::info!(target: "vigil::audit", silence = %id, matchers = %matchers, "silence set");
-    if let Err(e) = api.engine.record_now().await {
+    if let Err(e) = api.engine.record_now(acting).await {
         return refused(Refused::Unavailable(format!(
             "silence {id} is set on this node but not yet in the cluster's shared state ({e}); retry"
         )));
@@ -176,17 +185,17 @@ async fn expire(
     }
     let a = api.clone();
     let sid = id.clone();
-    match tokio::task::spawn_blocking(move || {
+    let acting = match tokio::task::spawn_blocking(move || {
         a.engine.change_silences(|s, now| s.expire(&sid, now))
     })
     .await
     {
-        Ok(Ok(())) => {}
+        Ok(Ok(((), acting))) => acting,
         Ok(Err(r)) => return refused(r),
         Err(e) => return refused(Refused::Unavailable(e.to_string())),
-    }
+    };
     tracing::info!(target: "vigil::audit", silence = %id, "silence expired");
-    if let Err(e) = api.engine.record_now().await {
+    if let Err(e) = api.engine.record_now(acting).await {
         return refused(Refused::Unavailable(format!(
             "silence {id} is expired on this node but not yet in the cluster's shared state ({e}); retry"
         )));
@@ -198,6 +207,10 @@ async fn expire(
 /// (booleans, true unless given), `filter` (matchers), `receiver` (a regex on receiver names).
 async fn alerts(State(api): State<Arc<Api>>, uri: Uri, headers: HeaderMap) -> Resp {
     if let Some(r) = at_leader(&api, Method::GET, &uri, &headers, Bytes::new()).await {
+        return r;
+    }
+    // A node whose silences are not the cluster's would answer with stale ones.
+    if let Some(r) = not_here(&api) {
         return r;
     }
     let p = params(uri.query(), None);

@@ -152,10 +152,18 @@ pub(super) fn scaling_json(app: &Api) -> Json {
             out.push(json!({"policy": p.name, "group": asg, "min": p.min, "max": p.max, "current": current,
                 "desired": desired, "dry_run": app.cfg.dry_run, "simulated": simulated,
                 "acting": app.cluster.role().as_str() != "follower", "last_decisions": last,
+                "paused": view.scaling_paused.get(asg).map(super::pause::pause_json),
                 "fleet": app.fleet.group_json(asg)}));
         }
     }
-    json!({"policies": out})
+    let replace: Vec<Json> = rules
+        .replace()
+        .map(|p| {
+            json!({"policy": p.name, "group": p.asg,
+                "paused": view.replace_paused.get(&p.name).map(super::pause::pause_json)})
+        })
+        .collect();
+    json!({"policies": out, "replace": replace})
 }
 
 pub(super) fn instances_json(app: &Api) -> Json {
@@ -242,8 +250,24 @@ pub(super) fn status_page(app: &Api) -> String {
             ));
         }
     }
-    html.push_str("</table><h2>Auto Scaling groups</h2><table><tr><th>group<th>policy<th>AWS desired (min–max, in service)<th>pending<th>last call");
-    if let Json::Array(items) = &scaling_json(app)["policies"] {
+    html.push_str("</table><h2>Auto Scaling groups</h2><table><tr><th>group<th>policy<th>AWS desired (min–max, in service)<th>pending<th>last call<th>paused");
+    let scaling = scaling_json(app);
+    let paused = |p: &Json| {
+        if p.is_null() {
+            String::new()
+        } else {
+            format!(
+                "paused by {} since {}{}: {}",
+                p["author"].as_str().unwrap_or(""),
+                p["since"].as_str().unwrap_or(""),
+                p["until"]
+                    .as_str()
+                    .map_or(String::new(), |u| format!(" until {u}")),
+                p["reason"].as_str().unwrap_or("")
+            )
+        }
+    };
+    if let Json::Array(items) = &scaling["policies"] {
         for p in items {
             let f = &p["fleet"];
             let aws = if p["simulated"] == true {
@@ -267,12 +291,23 @@ pub(super) fn status_page(app: &Api) -> String {
                 )
             };
             html.push_str(&format!(
-                "<tr><td>{}<td>{}<td>{}<td>{}<td>{}",
+                "<tr><td>{}<td>{}<td>{}<td>{}<td>{}<td>{}",
                 esc(p["group"].as_str().unwrap_or("")),
                 esc(p["policy"].as_str().unwrap_or("")),
                 esc(&aws),
                 esc(&f["pending"].to_string()),
-                esc(&last)
+                esc(&last),
+                esc(&paused(&p["paused"]))
+            ));
+        }
+    }
+    if let Json::Array(items) = &scaling["replace"] {
+        for p in items.iter().filter(|p| !p["paused"].is_null()) {
+            html.push_str(&format!(
+                "<tr><td>{}<td>replacement {}<td><td><td><td>{}",
+                esc(p["group"].as_str().unwrap_or("")),
+                esc(p["policy"].as_str().unwrap_or("")),
+                esc(&paused(&p["paused"]))
             ));
         }
     }
@@ -294,7 +329,7 @@ pub(super) fn status_page(app: &Api) -> String {
     // Silences in force or to come (amtool sets and expires them: `/api/v2/silences`).
     let silences: Vec<(String, String, String, String, String)> =
         app.engine.read_silences(|s, now| {
-            s.list()
+            s.list(now)
                 .into_iter()
                 .filter(|x| x.state(now) != "expired")
                 .map(|x| {

@@ -129,6 +129,8 @@ pub struct Engine {
     /// window starts empty, and evaluating it would resolve every firing alert and notify.
     warm_until_ms: i64,
     metrics: Metrics,
+    /// One writer of the shared state at a time, so a later write always carries a later export.
+    share_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +257,7 @@ impl Engine {
             promql,
             warm_until_ms,
             metrics: Metrics::register(r),
+            share_lock: tokio::sync::Mutex::new(()),
             parts,
         })
     }
@@ -462,7 +465,9 @@ impl Engine {
                 }
                 Event::Scaling(d) => {
                     self.metrics.decision("scaling");
-                    if acting {
+                    if !d.changes() {
+                        tracing::info!(asg = %d.asg, held = d.held.as_deref().unwrap_or(""), "scaling held");
+                    } else if acting {
                         tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, held = ?d.held, "scaling decision");
                     } else {
                         tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, held = ?d.held, "follower: would scale (the leader acts)");

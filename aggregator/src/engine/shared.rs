@@ -173,7 +173,7 @@ impl Engine {
             let Some(epoch) = c.may_act() else {
                 continue;
             };
-            match self.share_once(epoch, &mut last).await {
+            match self.share_once(epoch, &mut last, false).await {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
@@ -188,16 +188,21 @@ impl Engine {
         }
     }
 
-    /// Writes the shared state under `epoch` if it changed since `last`.
+    /// Writes the shared state under `epoch` if it changed since `last`. `required`: nothing to
+    /// write (no evaluation yet) is an error, not success.
     pub(super) async fn share_once(
         self: &Arc<Self>,
         epoch: u64,
         last: &mut Option<(u64, serde_json::Value)>,
+        required: bool,
     ) -> Result<(), String> {
         let c = &self.parts.cluster;
+        let _one_writer = self.share_lock.lock().await;
         let me = self.clone();
         let (at, doc) = match tokio::task::spawn_blocking(move || me.shared_doc()).await {
             Ok(Ok(d)) => d,
+            Ok(Err(e)) if required => return Err(e),
+            Err(e) if required => return Err(e.to_string()),
             // Nothing evaluated yet: nothing to share.
             Ok(Err(_)) | Err(_) => return Ok(()),
         };
@@ -221,7 +226,7 @@ impl Engine {
     /// A graceful stop of the holder: once its calls in flight have ended, the state as it is
     /// (deliveries made since the last write included) is written for the successor.
     pub async fn share_final(self: &Arc<Self>, epoch: u64) {
-        match self.share_once(epoch, &mut None).await {
+        match self.share_once(epoch, &mut None, false).await {
             Ok(()) => tracing::info!(epoch, "shared state written for the successor"),
             Err(e) => tracing::warn!(error = %e, "cannot write the shared state at the stop"),
         }

@@ -1,6 +1,7 @@
-//! Silences through the engine: they live in the notifier's memory, behind the evaluation's
+//! Run-time controls through the engine. Silences live in the notifier's memory, behind the evaluation's
 //! lock, so a change lands between two evaluations, is persisted with the notifier, and in an
-//! HA cluster is written to the shared state before the API answers.
+//! HA cluster is written to the shared state before the API answers. Pauses live in the rules'
+//! evaluation state (the scaling group's or the replacement policy's) and travel the same way.
 
 use std::sync::Arc;
 
@@ -10,6 +11,13 @@ use vigil_rules::duration::format_timestamp_ms;
 use super::{firing_alerts, Engine};
 use crate::notify::silence::{self, Refused, Silences};
 use crate::notify::ActiveAlert;
+
+/// Where a change was made: alone, or in the shared state of this epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Acting {
+    Alone,
+    Epoch(u64),
+}
 
 /// How long past now a firing alert's `endsAt` is shown (Prometheus sends four resend delays).
 const ENDS_AFTER_MS: i64 = 4 * 60_000;
@@ -27,11 +35,18 @@ impl Engine {
     pub fn change_silences<R>(
         &self,
         f: impl FnOnce(&mut Silences, i64) -> Result<R, Refused>,
-    ) -> Result<R, Refused> {
+    ) -> Result<(R, Acting), Refused> {
         let now = self.parts.clock.now_ms();
         let mut ev = self.eval.lock().unwrap_or_else(|p| p.into_inner());
+        let acting = self.acting()?;
         let before = ev.notifier.silences.clone();
-        let r = f(&mut ev.notifier.silences, now)?;
+        let r = match f(&mut ev.notifier.silences, now) {
+            Ok(r) => r,
+            Err(e) => {
+                ev.notifier.silences = before;
+                return Err(e);
+            }
+        };
         if let Err(e) = self.parts.db.lock().save_notifier(&ev.notifier.to_json()) {
             ev.notifier.silences = before;
             return Err(Refused::Unavailable(format!(
@@ -40,20 +55,76 @@ impl Engine {
         }
         drop(ev);
         self.parts.cluster.state_changed.notify_one();
-        Ok(r)
+        Ok((r, acting))
+    }
+
+    /// Under the evaluation's lock (which an adoption holds while it replaces the state): the
+    /// epoch whose state a change lands in; alone, `Alone`.
+    fn acting(&self) -> Result<Acting, Refused> {
+        let c = &self.parts.cluster;
+        if !c.clustered() {
+            return Ok(Acting::Alone);
+        }
+        match c.may_act() {
+            Some(e) => Ok(Acting::Epoch(e)),
+            None => Err(Refused::Unavailable(
+                "this node does not act for the cluster now; retry".into(),
+            )),
+        }
+    }
+
+    /// Changes the rules' evaluation state (a pause set or lifted); saved before this returns,
+    /// shown to readers at once, and a cluster's holder is woken to write its shared state.
+    pub fn change_state<R>(
+        &self,
+        f: impl FnOnce(&mut vigil_rules::evaluator::State, i64) -> Result<R, Refused>,
+    ) -> Result<(R, Acting), Refused> {
+        let now = self.parts.clock.now_ms();
+        let mut ev = self.eval.lock().unwrap_or_else(|p| p.into_inner());
+        let acting = self.acting()?;
+        let before = ev.sim.state.clone();
+        let r = match f(&mut ev.sim.state, now) {
+            Ok(r) => r,
+            Err(e) => {
+                ev.sim.state = before;
+                return Err(e);
+            }
+        };
+        let saved = serde_json::to_value(&ev.sim.state)
+            .map_err(|e| e.to_string())
+            .and_then(|j| {
+                self.parts
+                    .db
+                    .lock()
+                    .save_rule_state(&j)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = saved {
+            ev.sim.state = before;
+            return Err(Refused::Unavailable(format!(
+                "the change cannot be saved: {e}"
+            )));
+        }
+        self.view.store(Arc::new(super::View::of(&ev)));
+        drop(ev);
+        self.parts.cluster.state_changed.notify_one();
+        Ok((r, acting))
     }
 
     /// In an HA cluster, writes the shared state now (so a silence the API acknowledges
     /// survives a takeover); alone, nothing to do.
-    pub async fn record_now(self: &Arc<Self>) -> Result<(), String> {
-        let c = &self.parts.cluster;
-        if !c.clustered() {
+    pub async fn record_now(self: &Arc<Self>, acting: Acting) -> Result<(), String> {
+        let Acting::Epoch(epoch) = acting else {
             return Ok(());
+        };
+        // Still the epoch the change was made in: a node that stepped down and took the lease
+        // again since has adopted a state without it.
+        if self.parts.cluster.may_act() != Some(epoch) {
+            return Err(
+                "this node no longer acts for the cluster under the epoch of the change".into(),
+            );
         }
-        let epoch = c
-            .may_act()
-            .ok_or("this node no longer acts for the cluster")?;
-        self.share_once(epoch, &mut None).await
+        self.share_once(epoch, &mut None, true).await
     }
 
     /// Every alert firing now, as Alertmanager's `GET /api/v2/alerts` lists them (`gettableAlert`),

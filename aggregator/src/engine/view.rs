@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use vigil_rules::alerting::{Alert, AlertState};
 use vigil_rules::evaluator::AlertKey;
 use vigil_rules::health::GroupHealth;
+use vigil_rules::pause::Pause;
 use vigil_rules::scaling::Decision;
 
 use super::Evaluation;
@@ -22,6 +23,9 @@ pub struct View {
     pub log: VecDeque<String>,
     /// Each rule group's recent evaluations, by (file, group name).
     pub health: HashMap<(String, String), GroupHealth>,
+    /// Pauses set at run time: scaling by group, replacement by policy.
+    pub scaling_paused: HashMap<String, Pause>,
+    pub replace_paused: HashMap<String, Pause>,
 }
 
 impl View {
@@ -51,6 +55,20 @@ impl View {
             decisions: ev.decisions.clone(),
             log: ev.log.clone(),
             health: ev.sim.health.clone(),
+            scaling_paused: ev
+                .sim
+                .state
+                .groups
+                .iter()
+                .filter_map(|(k, g)| Some((k.clone(), g.paused.clone()?)))
+                .collect(),
+            replace_paused: ev
+                .sim
+                .state
+                .replace
+                .iter()
+                .filter_map(|(k, r)| Some((k.clone(), r.paused.clone()?)))
+                .collect(),
         }
     }
 }

@@ -341,6 +341,8 @@ impl Fleet {
         let mut st = self.state();
         for e in events {
             match e {
+                // A held decision (a paused group) asks for nothing.
+                Event::Scaling(d) if !d.changes() => {}
                 Event::Scaling(d) => {
                     let (lo, hi) = match st.groups.get(&d.asg) {
                         Some((g, _)) => (g.min, g.max),

@@ -187,6 +187,9 @@ pub struct Notification {
     pub firing: Vec<ActiveAlert>,
     /// Resolved alerts with the time they resolved.
     pub resolved: Vec<(ActiveAlert, i64)>,
+    /// Alerts told of before and silenced now, with the time they resolved if they did: only
+    /// an Alertmanager receiver gets them (see `flush`).
+    pub muted_told: Vec<(ActiveAlert, Option<i64>)>,
     pub at: i64,
     /// True when this is a repeat of an unchanged firing group.
     pub repeat: bool,
@@ -284,7 +287,15 @@ impl Notifier {
             let repeat = !firing.is_empty()
                 && g.last_notified_at
                     .is_some_and(|t| now - t >= s.repeat_interval_ms);
-            let has_content = !firing.is_empty() || !resolved.is_empty();
+            // Told of before, muted now: an Alertmanager receiver keeps getting them (with their
+            // end ahead while they fire, the time they resolved once they do), or it would resolve
+            // them by itself and fire them again when the silence ends.
+            let muted_told: Vec<(ActiveAlert, Option<i64>)> = g
+                .last_firing
+                .intersection(&muted)
+                .filter_map(|l| g.alerts.get(l).map(|e| (e.alert.clone(), e.resolved_at)))
+                .collect();
+            let has_content = !firing.is_empty() || !resolved.is_empty() || !muted_told.is_empty();
             if has_content {
                 let notify = (changed && (!firing.is_empty() || !resolved.is_empty())) || repeat;
                 out.push(Notification {
@@ -295,6 +306,7 @@ impl Notifier {
                         .filter_map(|l| g.alerts.get(l).map(|e| e.alert.clone()))
                         .collect(),
                     resolved,
+                    muted_told,
                     at: now,
                     repeat: repeat && !changed,
                     refresh_only: !notify,

@@ -159,6 +159,11 @@ pub fn render(n: &Notification, s: &Settings) -> Vec<Delivery> {
             .iter()
             .map(|a| am_alert(a, ahead))
             .chain(n.resolved.iter().map(|(a, at)| am_alert(a, *at)))
+            .chain(
+                n.muted_told
+                    .iter()
+                    .map(|(a, resolved)| am_alert(a, resolved.unwrap_or(ahead))),
+            )
             .collect();
         // Every peer of an Alertmanager cluster gets every alert; they deduplicate.
         for url in &r.webhook_urls {

@@ -18,6 +18,13 @@ pub const RETENTION_MS: i64 = 120 * 3_600_000;
 /// The most silences kept: each is matched against every alert at every flush.
 pub const MAX_SILENCES: usize = 10_000;
 
+/// The longest matcher value, comment or author kept (each silence travels in the shared state).
+pub const MAX_TEXT: usize = 1024;
+/// The most matchers in one silence.
+pub const MAX_MATCHERS: usize = 64;
+/// The most memory one compiled regex may take.
+const REGEX_BYTES: usize = 1 << 20;
+
 /// One matcher: `name=value`, `name!=value`, `name=~re`, `name!~re` (regexes anchored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Matcher {
@@ -27,7 +34,22 @@ pub struct Matcher {
     pub is_regex: bool,
     #[serde(rename = "isEqual", default = "yes")]
     pub is_equal: bool,
+    /// The regex, compiled once (at the first match after a post or a load).
+    #[serde(skip)]
+    compiled: Compiled,
 }
+
+/// A compiled regex kept beside its matcher; not part of its identity.
+#[derive(Debug, Clone, Default)]
+struct Compiled(std::sync::OnceLock<Option<regex::Regex>>);
+
+impl PartialEq for Compiled {
+    fn eq(&self, _: &Compiled) -> bool {
+        true
+    }
+}
+
+impl Eq for Compiled {}
 
 fn yes() -> bool {
     true
@@ -35,8 +57,18 @@ fn yes() -> bool {
 
 impl Matcher {
     fn regex(&self) -> Result<regex::Regex, String> {
-        regex::Regex::new(&format!("^(?:{})$", self.value))
+        regex::RegexBuilder::new(&format!("^(?:{})$", self.value))
+            .size_limit(REGEX_BYTES)
+            .build()
             .map_err(|e| format!("matcher {}: invalid regular expression: {e}", self.name))
+    }
+
+    /// The compiled regex (None: not a regex, or one that does not compile: matches nothing).
+    fn compiled(&self) -> Option<&regex::Regex> {
+        self.compiled
+            .0
+            .get_or_init(|| self.is_regex.then(|| self.regex().ok()).flatten())
+            .as_ref()
     }
 
     /// Whether `value` (empty when the label is missing) satisfies this matcher.
@@ -84,11 +116,11 @@ impl Silence {
     /// Whether every matcher matches `labels` (a missing label is the empty value).
     pub fn matches(&self, labels: &Labels) -> bool {
         self.matchers.iter().all(|m| {
-            let re = if m.is_regex { m.regex().ok() } else { None };
+            let re = m.compiled();
             if m.is_regex && re.is_none() {
                 return false;
             }
-            m.matches_value(re.as_ref(), labels.get(&m.name).unwrap_or(""))
+            m.matches_value(re, labels.get(&m.name).unwrap_or(""))
         })
     }
 
@@ -155,8 +187,12 @@ impl Silences {
     }
 
     /// Every silence (expired ones within the retention), newest first as amtool lists them.
-    pub fn list(&self) -> Vec<&Silence> {
-        let mut v: Vec<&Silence> = self.by_id.values().collect();
+    pub fn list(&self, now: i64) -> Vec<&Silence> {
+        let mut v: Vec<&Silence> = self
+            .by_id
+            .values()
+            .filter(|s| s.ends_at + RETENTION_MS > now)
+            .collect();
         v.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(a.id.cmp(&b.id)));
         v
     }
@@ -178,18 +214,27 @@ impl Silences {
         if matchers.is_empty() {
             return Err(invalid("at least one matcher is required".into()));
         }
+        if matchers.len() > MAX_MATCHERS {
+            return Err(invalid(format!("more than {MAX_MATCHERS} matchers")));
+        }
         for m in &matchers {
-            if m.name.is_empty() {
-                return Err(invalid("a matcher's label name is empty".into()));
+            if !valid_label_name(&m.name) {
+                return Err(invalid(format!(
+                    "invalid label name {:?}: want [a-zA-Z_][a-zA-Z0-9_]*",
+                    m.name
+                )));
+            }
+            if m.value.len() > MAX_TEXT {
+                return Err(invalid(format!(
+                    "matcher {}: value longer than {MAX_TEXT} bytes",
+                    m.name
+                )));
             }
             if m.is_regex {
                 m.regex().map_err(invalid)?;
             }
         }
-        let matches_empty = |m: &Matcher| {
-            let re = if m.is_regex { m.regex().ok() } else { None };
-            m.matches_value(re.as_ref(), "")
-        };
+        let matches_empty = |m: &Matcher| m.matches_value(m.compiled(), "");
         if matchers.iter().all(matches_empty) {
             return Err(invalid(
                 "at least one matcher must not match the empty string".into(),
@@ -210,6 +255,12 @@ impl Silences {
         }
         starts_at = starts_at.max(now);
         let text = |k: &str| body[k].as_str().unwrap_or("").to_string();
+        for k in ["createdBy", "comment"] {
+            if text(k).len() > MAX_TEXT {
+                return Err(invalid(format!("{k} longer than {MAX_TEXT} bytes")));
+            }
+        }
+        let posted_start = starts_at;
         let mut silence = Silence {
             id: String::new(),
             matchers,
@@ -219,15 +270,28 @@ impl Silences {
             created_by: text("createdBy"),
             comment: text("comment"),
         };
+        self.gc(now);
         let id = body["id"].as_str().filter(|s| !s.is_empty());
+        let in_force = self
+            .by_id
+            .values()
+            .filter(|s| s.state(now) != "expired")
+            .count();
+        if in_force >= MAX_SILENCES && id.is_none_or(|i| !self.by_id.contains_key(i)) {
+            return Err(invalid(format!(
+                "{MAX_SILENCES} silences in force or to come already; expire some first"
+            )));
+        }
         if let Some(id) = id {
             let old = self
                 .by_id
                 .get_mut(id)
                 .ok_or_else(|| Refused::NotFound(format!("silence {id} not found")))?;
+            // As Alertmanager: an active silence is changed in place only when its matchers
+            // stay and its start does not move into the future.
             let in_place = match old.state(now) {
                 "pending" => true,
-                "active" => old.matchers == silence.matchers && old.starts_at <= silence.starts_at,
+                "active" => old.matchers == silence.matchers && posted_start <= now,
                 _ => false,
             };
             if in_place {
@@ -242,12 +306,6 @@ impl Silences {
                 old.ends_at = now;
                 old.updated_at = now;
             }
-        }
-        self.gc(now);
-        if self.by_id.len() >= MAX_SILENCES {
-            return Err(invalid(format!(
-                "{MAX_SILENCES} silences already; expire some first"
-            )));
         }
         silence.id = new_id();
         let id = silence.id.clone();
@@ -280,6 +338,14 @@ impl Silences {
     pub fn gc(&mut self, now: i64) {
         self.by_id.retain(|_, s| s.ends_at + RETENTION_MS > now);
     }
+}
+
+/// Prometheus's label names: `[a-zA-Z_][a-zA-Z0-9_]*`.
+fn valid_label_name(n: &str) -> bool {
+    let mut c = n.chars();
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
 
 /// Parses an API filter matcher as amtool sends it: `name="value"`, `name!~"re"` (quotes
@@ -320,6 +386,7 @@ pub fn parse_filter(text: &str) -> Result<Matcher, String> {
         value,
         is_regex,
         is_equal,
+        compiled: Compiled::default(),
     };
     if m.is_regex {
         m.regex()?;

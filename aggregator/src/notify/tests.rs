@@ -181,6 +181,7 @@ fn renders_sns_within_its_limits_and_slack_blocks() {
         at: 1_000,
         repeat: false,
         refresh_only: false,
+        muted_told: vec![],
     };
     let d = render(&n, &s);
     assert_eq!(d.len(), 2);
@@ -222,6 +223,7 @@ fn long_non_ascii_text_is_cut_on_character_boundaries() {
         at: 0,
         repeat: false,
         refresh_only: false,
+        muted_told: vec![],
     };
     let d = render(&n, &s);
     let Delivery::Slack { body, .. } = &d[1] else {
@@ -245,6 +247,7 @@ fn an_sns_message_too_large_keeps_what_fits_and_says_how_many_more() {
         at: 0,
         repeat: false,
         refresh_only: false,
+        muted_told: vec![],
     };
     let d = render(&n, &s);
     let Delivery::Sns { message, .. } = &d[0] else {
@@ -406,9 +409,67 @@ mod silences {
         s.expire(&later, T0 + 1).expect("expire");
         assert_eq!(s.get(&later).expect("kept").state(T0 + 650_000), "expired");
         // Listed until the retention has passed.
-        assert_eq!(s.list().len(), 3);
+        assert_eq!(s.list(T0 + 1).len(), 3);
+        assert!(
+            s.list(T0 + 700_000 + silence::RETENTION_MS).is_empty(),
+            "past the retention"
+        );
         s.gc(T0 + 700_000 + silence::RETENTION_MS);
-        assert!(s.list().is_empty());
+        assert!(s.list(0).is_empty(), "forgotten");
+    }
+
+    #[test]
+    fn an_alert_silenced_after_it_was_told_keeps_its_place_and_alertmanager_keeps_it() {
+        let mut st = settings();
+        st.receivers[0].webhook_urls = vec!["http://127.0.0.1:1/api/v2/alerts".into()];
+        let mut n = Notifier::default();
+        let (a, b, c) = (
+            alert("Down", "i-1", 0),
+            alert("Down", "i-2", 0),
+            alert("Down", "i-3", 0),
+        );
+        let flush = |n: &mut Notifier, t: i64, firing: &[ActiveAlert]| {
+            n.observe(&st, t, firing);
+            n.flush(&st, t)
+        };
+        flush(&mut n, 0, &[a.clone(), b.clone()]);
+        let got = flush(&mut n, 10_000, &[a.clone(), b.clone()]);
+        assert_eq!(got[0].firing.len(), 2);
+        post(&mut n.silences, down_i1(20_000, 200_000), 20_000).expect("valid");
+        // i-3 starts: told with i-2 only; i-1 neither firing nor resolved in it.
+        let got = flush(&mut n, 70_000, &[a.clone(), b.clone(), c.clone()]);
+        assert!(!got[0].refresh_only);
+        let names: Vec<&str> = got[0]
+            .firing
+            .iter()
+            .filter_map(|x| x.labels.get("instance"))
+            .collect();
+        assert_eq!(names, ["i-2", "i-3"]);
+        assert!(got[0].resolved.is_empty());
+        assert_eq!(got[0].muted_told.len(), 1);
+        // The Alertmanager refresh keeps i-1 firing there (its end ahead); SNS and Slack get
+        // nothing for a refresh.
+        let got = flush(&mut n, 130_000, &[a.clone(), b.clone(), c.clone()]);
+        assert!(got[0].refresh_only);
+        let out = render(&got[0], &st);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let Delivery::Alertmanager { body, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        let i1 = body
+            .as_array()
+            .and_then(|v| v.iter().find(|x| x["labels"]["instance"] == "i-1"))
+            .expect("i-1 refreshed");
+        assert!(
+            i1["endsAt"].as_str().expect("endsAt") > "1970-01-01T00:02:10Z",
+            "{i1}"
+        );
+        // The silence ends while i-1 still fires: nothing new to tell.
+        let got: Vec<_> = flush(&mut n, 250_000, &[a.clone(), b.clone(), c.clone()])
+            .into_iter()
+            .filter(|x| !x.refresh_only)
+            .collect();
+        assert!(got.is_empty(), "{got:?}");
     }
 
     #[test]

@@ -243,6 +243,20 @@ impl Db {
             .filter(|a| !a.is_null()))
     }
 
+    /// Saves the rules' evaluation state outside an evaluation (a pause set or lifted). Before
+    /// the first evaluation there is no snapshot yet: the first one saves it.
+    pub fn save_rule_state(&self, state: &Json) -> Result<(), StateError> {
+        let Some(mut doc) = self.json_row("SELECT state FROM snapshot WHERE id = 1")? else {
+            return Ok(());
+        };
+        doc["state"] = state.clone();
+        self.conn.execute(
+            "UPDATE snapshot SET state = ?1 WHERE id = 1",
+            params![doc.to_string()],
+        )?;
+        Ok(())
+    }
+
     /// Saves the notifier's memory outside an evaluation (a silence changed).
     pub fn save_notifier(&self, n: &Json) -> Result<(), StateError> {
         self.conn.execute(

@@ -40,6 +40,7 @@ fn snapshots_round_trip_through_sqlite() {
         GroupState {
             last_scale_out: Some(5),
             last_scale_in: None,
+            paused: None,
         },
     );
     s.policies.insert(

@@ -1009,3 +1009,127 @@ fn start_without_aws(dir: &std::path::Path, rules: &str, receivers: &str) -> (Ch
     );
     (agg, base)
 }
+
+#[test]
+fn a_paused_group_changes_nothing_at_aws_and_says_what_it_would_do_until_resumed() {
+    let rig = Rig::new("act-pause");
+    rig.aws.create_group("web", 2, 6, 2);
+    // A cooldown of an hour: had the held decision started it, nothing would follow the resume.
+    // A record rule: its group's evaluations tell the test that time passed.
+    let rules = format!(
+        "[[group]]\nname = \"tick\"\n[[group.record]]\nrecord = \"tick\"\nexpr = \"vector(1)\"\n{}",
+        SCALING.replace("scale_out_cooldown = \"2s\"", "scale_out_cooldown = \"1h\"")
+    );
+    rig.configure(&rules, "", "dry_run = false");
+    let agg = rig.start();
+    let base = rig.base.clone();
+    let send = |path: &str, body: &str| {
+        vigil_e2e::http::post(
+            &format!("{base}{path}"),
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .expect("post")
+    };
+    // Refused with the reason: no reason, no such group, an end in the past.
+    let (code, text) = send("/api/v1/scaling/web/pause", r#"{"author": "ops"}"#);
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("reason is required"), "{text}");
+    let (code, text) = send("/api/v1/scaling/nope/pause", r#"{"reason": "x"}"#);
+    assert_eq!(code, 404, "{text}");
+    let (code, text) = send(
+        "/api/v1/scaling/web/pause",
+        r#"{"reason": "x", "until": "2020-01-01T00:00:00Z"}"#,
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("not in the future"), "{text}");
+    // Paused for a deploy.
+    let (code, text) = send(
+        "/api/v1/scaling/web/pause",
+        r#"{"reason": "deploy 42", "author": "ops", "until": "2h"}"#,
+    );
+    assert_eq!(code, 200, "{text}");
+    let scaling = || {
+        let (_, s) = get(&format!("{base}/api/v1/scaling")).expect("scaling");
+        serde_json::from_str::<serde_json::Value>(&s).expect("json")
+    };
+    let s = scaling();
+    assert_eq!(
+        s["data"]["policies"][0]["paused"]["reason"], "deploy 42",
+        "{s}"
+    );
+    assert_eq!(s["data"]["policies"][0]["paused"]["author"], "ops", "{s}");
+    // A spike: the decision is said and held.
+    let load: Vec<String> = (0..4).map(|k| format!("i-load{k}")).collect();
+    let said = push_until(
+        &rig,
+        Duration::from_secs(20),
+        || series("app_cpu", "web", &load, 0.9),
+        || {
+            agg.log_text()
+                .contains("paused: would scale out from 2 to 4")
+        },
+    );
+    assert!(said, "{}", agg.log_text());
+    let (_, decisions) = get(&format!("{base}/api/v1/decisions")).expect("decisions");
+    assert!(
+        decisions.contains("paused: would scale out from 2 to 4"),
+        "{decisions}"
+    );
+    let (_, page) = get(&format!("{base}/")).expect("page");
+    assert!(page.contains("paused by ops since"), "{page}");
+    // Held over several evaluations (judged by the rule evaluations' own clock: the held
+    // decision's time is in the decision log).
+    let held_at = scaling()["data"]["policies"][0]["last_decisions"][0]["time"]
+        .as_str()
+        .map(|t| vigil_config::duration::parse_timestamp_ms(t).expect("time"))
+        .expect("a held decision");
+    let mut seen = 0;
+    let ok = push_until(
+        &rig,
+        Duration::from_secs(20),
+        || series("app_cpu", "web", &load, 0.9),
+        || {
+            // Decisions keep being made: the log's held lines, or the next evaluations.
+            let (_, r) = get(&format!("{base}/api/v1/rules")).expect("rules");
+            let last = serde_json::from_str::<serde_json::Value>(&r)
+                .ok()
+                .and_then(|v| {
+                    v["data"]["groups"][0]["lastEvaluation"]
+                        .as_str()
+                        .and_then(|t| vigil_config::duration::parse_timestamp_ms(t).ok())
+                });
+            seen = last.unwrap_or(seen);
+            seen >= held_at + 4_000
+        },
+    );
+    assert!(
+        ok,
+        "evaluations stopped: {seen} vs {held_at}\n{}",
+        agg.log_text()
+    );
+    assert!(
+        rig.proxy.calls_of("SetDesiredCapacity").is_empty(),
+        "{:?}",
+        rig.proxy.calls_of("SetDesiredCapacity")
+    );
+    assert_eq!(rig.aws.group("web").0, 2);
+    // Resumed: the next decision goes through.
+    let (code, text) = send("/api/v1/scaling/web/resume", "{}");
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("\"was_paused\":true"), "{text}");
+    let ok = push_until(
+        &rig,
+        Duration::from_secs(20),
+        || series("app_cpu", "web", &load, 0.9),
+        || rig.aws.group("web").0 == 4,
+    );
+    assert!(ok, "{}", agg.log_text());
+    assert_eq!(rig.proxy.calls_of("SetDesiredCapacity").len(), 1);
+    assert!(scaling()["data"]["policies"][0]["paused"].is_null());
+    assert!(
+        agg.log_text().contains("paused") && agg.log_text().contains("resumed"),
+        "audit lines: {}",
+        agg.log_text()
+    );
+}
