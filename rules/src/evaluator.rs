@@ -659,6 +659,8 @@ impl Simulation {
                     // Held back or left alone: reported when that changes, not every time.
                     let mut waiting = d.held.clone();
                     waiting.extend(d.skipped.iter().map(|(i, why)| format!("{i}: {why}")));
+                    // Paused: said again when the pause or what it holds changes.
+                    waiting.extend(d.note.iter().filter(|n| n.starts_with("paused:")).cloned());
                     let waiting_changed = self.last_held.get(&p.name) != Some(&waiting);
                     self.last_held.insert(p.name.clone(), waiting.clone());
                     if !d.replace.is_empty()

@@ -103,6 +103,8 @@ pub fn decide_with(
     for i in unhealthy.iter().chain(not_now) {
         st.unhealthy_since.entry(i.clone()).or_insert(now);
     }
+    // A pause past its end is cleared whatever is decided below.
+    crate::pause::in_force(&mut st.paused, now);
     let held_back: std::collections::HashSet<&String> = not_now.iter().collect();
     // An instance replaced within the window is being replaced: do not count it again.
     let pending: Vec<(&String, &i64)> = st

@@ -20,7 +20,7 @@ use vigil_rules::duration::format_timestamp_ms;
 use vigil_rules::pause::Pause;
 
 use super::{forward, guard_admin, query::params, respond, Api, Resp};
-use crate::notify::silence::Refused;
+use crate::notify::silence::{Refused, MAX_TEXT};
 
 /// The routes, behind the admin guard.
 pub fn routes(api: &Arc<Api>) -> Router<Arc<Api>> {
@@ -159,7 +159,15 @@ async fn control(
     } else {
         "replacement policy"
     };
-    if !known {
+    // A pause left on a group or policy the rules no longer name can still be lifted.
+    let view = api.view.load();
+    let stranded = !pause
+        && match what {
+            What::Scaling => view.scaling_paused.contains_key(&name),
+            What::Replace => view.replace_paused.contains_key(&name),
+        };
+    drop(view);
+    if !known && !stranded {
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -173,6 +181,14 @@ async fn control(
     let now = api.clock.now_ms();
     let set = if pause {
         let reason = f.get("reason").map(|r| r.trim()).unwrap_or("");
+        let author = f.get("author").cloned().unwrap_or_default();
+        if reason.len() > MAX_TEXT || author.len() > MAX_TEXT {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                &format!("reason and author take at most {MAX_TEXT} bytes"),
+            );
+        }
         if reason.is_empty() {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -189,7 +205,7 @@ async fn control(
         };
         Some(Pause {
             reason: reason.to_string(),
-            author: f.get("author").cloned().unwrap_or_default(),
+            author,
             since: now,
             until,
         })
@@ -221,6 +237,9 @@ async fn control(
             )
         }
     };
+    if set.is_some() && what == What::Scaling {
+        api.fleet.drop_pending(&name);
+    }
     match &set {
         Some(p) => {
             tracing::info!(target: "vigil::audit", what = noun, name = %name, reason = %p.reason, author = %p.author, until = %p.until.map(format_timestamp_ms).unwrap_or_default(), "paused")

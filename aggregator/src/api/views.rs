@@ -129,6 +129,9 @@ pub(super) fn alerts_json(app: &Api) -> Json {
 pub(super) fn scaling_json(app: &Api) -> Json {
     let rules = app.rules.current();
     let view = app.view.load();
+    // A pause past its end (cleared at the policy's next decision) is not shown as in force.
+    let now = app.clock.now_ms();
+    let in_force = |p: &&vigil_rules::pause::Pause| p.until.is_none_or(|u| now < u);
     let mut out = Vec::new();
     for (asg, ps) in rules.scaling_by_asg() {
         for p in ps {
@@ -152,7 +155,7 @@ pub(super) fn scaling_json(app: &Api) -> Json {
             out.push(json!({"policy": p.name, "group": asg, "min": p.min, "max": p.max, "current": current,
                 "desired": desired, "dry_run": app.cfg.dry_run, "simulated": simulated,
                 "acting": app.cluster.role().as_str() != "follower", "last_decisions": last,
-                "paused": view.scaling_paused.get(asg).map(super::pause::pause_json),
+                "paused": view.scaling_paused.get(asg).filter(|p| in_force(p)).map(super::pause::pause_json),
                 "fleet": app.fleet.group_json(asg)}));
         }
     }
@@ -160,7 +163,7 @@ pub(super) fn scaling_json(app: &Api) -> Json {
         .replace()
         .map(|p| {
             json!({"policy": p.name, "group": p.asg,
-                "paused": view.replace_paused.get(&p.name).map(super::pause::pause_json)})
+                "paused": view.replace_paused.get(&p.name).filter(|p| in_force(p)).map(super::pause::pause_json)})
         })
         .collect();
     json!({"policies": out, "replace": replace})

@@ -65,6 +65,18 @@ impl Engine {
         if !c.clustered() {
             return Ok(Acting::Alone);
         }
+        // Before its first evaluation a holder has no state to write the change with.
+        if self
+            .parts
+            .db
+            .lock()
+            .export()
+            .map_or(true, |x| x.snapshot.is_none())
+        {
+            return Err(Refused::Unavailable(
+                "nothing evaluated yet since this node took the lease; retry in a second".into(),
+            ));
+        }
         match c.may_act() {
             Some(e) => Ok(Acting::Epoch(e)),
             None => Err(Refused::Unavailable(

@@ -257,6 +257,16 @@ impl Fleet {
         self.state().pending.get(asg).map(|p| p.desired)
     }
 
+    /// A pause set on the group: a capacity decided before it and not yet applied (retried
+    /// after a failure, say) is dropped, not applied late. Returns it.
+    pub fn drop_pending(&self, asg: &str) -> Option<u32> {
+        let dropped = self.state().pending.remove(asg).map(|p| p.desired);
+        if let Some(d) = dropped {
+            tracing::warn!(asg = %asg, desired = d, "paused: the capacity decided before the pause and not yet applied is dropped");
+        }
+        dropped
+    }
+
     /// Before an evaluation: the real capacity of each group the rules name (or the capacity
     /// Vigil is applying, or in a dry run would have set), and which instances may be replaced
     /// now. `boot` is each instance's boot time (ms), from its agent. Without `[aws]` nothing

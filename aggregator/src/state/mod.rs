@@ -244,10 +244,12 @@ impl Db {
     }
 
     /// Saves the rules' evaluation state outside an evaluation (a pause set or lifted). Before
-    /// the first evaluation there is no snapshot yet: the first one saves it.
+    /// the first evaluation there is no snapshot to put it in: refused (the caller retries).
     pub fn save_rule_state(&self, state: &Json) -> Result<(), StateError> {
         let Some(mut doc) = self.json_row("SELECT state FROM snapshot WHERE id = 1")? else {
-            return Ok(());
+            return Err(StateError::Json(
+                "nothing evaluated yet; retry after the first evaluation".into(),
+            ));
         };
         doc["state"] = state.clone();
         self.conn.execute(

@@ -1031,6 +1031,23 @@ fn a_paused_group_changes_nothing_at_aws_and_says_what_it_would_do_until_resumed
         )
         .expect("post")
     };
+    // Pauses are taken once the aggregator has evaluated (before, 503: retry).
+    let evaluated = || {
+        let (_, r) = get(&format!("{base}/api/v1/rules")).expect("rules");
+        serde_json::from_str::<serde_json::Value>(&r)
+            .ok()
+            .is_some_and(|v| {
+                v["data"]["groups"][0]["lastEvaluation"]
+                    .as_str()
+                    .is_some_and(|t| !t.starts_with("0001"))
+            })
+    };
+    vigil_e2e::wait_until(
+        Duration::from_secs(30),
+        "the first evaluation",
+        evaluated,
+        || agg.log_text(),
+    );
     // Refused with the reason: no reason, no such group, an end in the past.
     let (code, text) = send("/api/v1/scaling/web/pause", r#"{"author": "ops"}"#);
     assert_eq!(code, 400, "{text}");
@@ -1127,9 +1144,13 @@ fn a_paused_group_changes_nothing_at_aws_and_says_what_it_would_do_until_resumed
     assert!(ok, "{}", agg.log_text());
     assert_eq!(rig.proxy.calls_of("SetDesiredCapacity").len(), 1);
     assert!(scaling()["data"]["policies"][0]["paused"].is_null());
+    let log = agg.log_text();
+    let audited = |what: &str| {
+        log.lines()
+            .any(|l| l.contains("vigil::audit") && l.contains(what))
+    };
     assert!(
-        agg.log_text().contains("paused") && agg.log_text().contains("resumed"),
-        "audit lines: {}",
-        agg.log_text()
+        audited("deploy 42") && audited("resumed"),
+        "audit lines: {log}"
     );
 }

@@ -207,8 +207,8 @@ fn amtool_silences_an_alert_and_its_notice_goes_out_when_the_silence_is_expired(
     );
 }
 
-/// amtool against `base` (standard output; the run must succeed).
-fn amtool_at(base: &str, args: &[&str]) -> String {
+/// amtool against `base` (standard output; the run must succeed, else the logs are shown).
+fn amtool_at(base: &str, args: &[&str], logs: &[&Child]) -> String {
     let out = Command::new("amtool")
         .arg(format!("--alertmanager.url={base}"))
         .args(args)
@@ -216,9 +216,13 @@ fn amtool_at(base: &str, args: &[&str]) -> String {
         .expect("amtool");
     assert!(
         out.status.success(),
-        "amtool {args:?}: {}{}",
+        "amtool {args:?}: {}{}\n{}",
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        logs.iter()
+            .map(|c| c.log_text())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -234,8 +238,14 @@ fn a_silence_set_through_the_follower_lives_in_the_shared_state_and_outlives_the
     let timeout = Duration::from_secs(5 * TTL_S);
     wait_until(timeout, "agg-a to lead", || pair.acting(0), || a.log_text());
     let b = pair.start(1);
+    // A holder takes changes once it has evaluated (it has a state to write them with).
+    let evaluated = |base: &str| {
+        json(&format!("{base}/api/v1/rules"))["data"]["groups"][0]["lastEvaluation"]
+            .as_str()
+            .is_some_and(|t| !t.starts_with("0001"))
+    };
     pair.push_until("agg-b to follow", timeout, 1.0, 0.0, &[&a, &b], || {
-        pair.cluster(1)["role"] == "follower"
+        pair.cluster(1)["role"] == "follower" && evaluated(&pair.nodes[0].base)
     });
     // Set and listed through the follower: both passed on to the holder.
     let (base_a, base_b) = (&pair.nodes[0].base, &pair.nodes[1].base);
@@ -248,14 +258,21 @@ fn a_silence_set_through_the_follower_lives_in_the_shared_state_and_outlives_the
             "--comment=deploy",
             "--duration=1h",
         ],
+        &[&a, &b],
     )
     .trim()
     .to_string();
     assert_eq!(id.len(), 36, "{id}");
     assert!(a.log_text().contains("silence set"), "{}", a.log_text());
     assert!(b.log_text().contains("admin write forwarded to the leader"));
-    assert_eq!(amtool_at(base_b, &["silence", "query", "-q"]).trim(), id);
-    assert_eq!(amtool_at(base_a, &["silence", "query", "-q"]).trim(), id);
+    assert_eq!(
+        amtool_at(base_b, &["silence", "query", "-q"], &[&a, &b]).trim(),
+        id
+    );
+    assert_eq!(
+        amtool_at(base_a, &["silence", "query", "-q"], &[&a, &b]).trim(),
+        id
+    );
     // The alert fires, silenced at the holder.
     let suppressed = |base: &str| {
         json(&format!("{base}/api/v2/alerts"))
@@ -270,7 +287,10 @@ fn a_silence_set_through_the_follower_lives_in_the_shared_state_and_outlives_the
     a.signal("KILL");
     drop(a);
     pair.push_until("agg-b to lead", timeout, 1.0, 1.0, &[&b], || pair.acting(1));
-    assert_eq!(amtool_at(base_b, &["silence", "query", "-q"]).trim(), id);
+    assert_eq!(
+        amtool_at(base_b, &["silence", "query", "-q"], &[&b]).trim(),
+        id
+    );
     pair.push_until(
         "the alert, silenced at agg-b",
         timeout,
@@ -287,7 +307,7 @@ fn a_silence_set_through_the_follower_lives_in_the_shared_state_and_outlives_the
     let mut sns = Vec::new();
     assert_eq!(pair.sns(&mut sns), 0, "{sns:?}\n{}", b.log_text());
     // Expired: the notice goes out, once.
-    amtool_at(base_b, &["silence", "expire", &id]);
+    amtool_at(base_b, &["silence", "expire", &id], &[&b]);
     pair.push_until("the notice", timeout, 1.0, 1.0, &[&b], || {
         pair.sns(&mut sns) >= 1
     });
