@@ -161,6 +161,14 @@ impl<'t, 'i> Obj<'t, 'i> {
         self.table.get(key).is_some()
     }
 
+    /// Whether the key is present and holds a string (for keys that take a word or a number).
+    pub fn is_str(&self, key: &str) -> bool {
+        matches!(
+            self.table.get(key).map(|v| v.get_ref()),
+            Some(DeValue::String(_))
+        )
+    }
+
     fn wrong(&self, doc: &mut Doc<'_>, key: &str, v: &Spanned<DeValue<'_>>, want: &str) {
         doc.error_at(
             v.span().start,

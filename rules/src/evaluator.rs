@@ -11,7 +11,7 @@ use crate::health::{GroupHealth, RuleEvaluation};
 use crate::promql::{Engine, MemStorage, Query, Storage, Value};
 use crate::replace::{self, ReplaceDecision, ReplaceState};
 use crate::rulefile::{Group, Rule, RuleFile, ScalingPolicy};
-use crate::scaling::{self, Decision, GroupState, Observation, PolicyState};
+use crate::scaling::{self, Decision, GroupState, Guards, Observation, PolicyState};
 
 /// Storage that rule evaluation can also write to (recorded series, `ALERTS`).
 pub trait RuleStorage: Storage {
@@ -303,12 +303,89 @@ fn eval_rule(
 /// The value a scaling expression gives at `ts`: one number, or `None` (no data, several series,
 /// or an error — all of which must never scale in).
 pub fn scaling_value(engine: &Engine, storage: &dyn Storage, q: &Query, ts: i64) -> Option<f64> {
-    match engine.instant(storage, q, ts).ok()?.value {
-        Value::Scalar(f) => Some(f),
-        Value::Vector(v) if v.len() == 1 => Some(v[0].f),
-        _ => None,
+    scaling_observation(engine, storage, q, ts).value
+}
+
+/// What a scaling expression gives at `ts`: one finite number; nothing, NaN or ±Inf (no data);
+/// or an error (it failed, or gave several series), which is not "no data".
+pub fn scaling_observation(
+    engine: &Engine,
+    storage: &dyn Storage,
+    q: &Query,
+    ts: i64,
+) -> Observation {
+    let value = match engine.instant(storage, q, ts) {
+        Err(e) => {
+            return Observation {
+                value: None,
+                error: Some(format!("evaluation failed: {e}")),
+            }
+        }
+        Ok(r) => r.value,
+    };
+    match value {
+        Value::Scalar(f) => Observation::value(Some(f).filter(|f| f.is_finite())),
+        Value::Vector(v) if v.len() == 1 => {
+            Observation::value(Some(v[0].f).filter(|f| f.is_finite()))
+        }
+        Value::Vector(v) if v.is_empty() => Observation::value(None),
+        Value::Vector(v) => Observation {
+            value: None,
+            error: Some(format!(
+                "{} series (a scaling expression must give one)",
+                v.len()
+            )),
+        },
+        _ => Observation {
+            value: None,
+            error: Some("not a number".into()),
+        },
     }
-    .filter(|f| f.is_finite())
+}
+
+/// Evaluates the group's guards at `ts`: the first `hold_out_when` / `hold_in_when` that returns
+/// a sample holds its direction. A `hold_in_when` that fails holds scale-in (the safe side); a
+/// `hold_out_when` that fails holds nothing and is said in the decision.
+pub fn eval_guards(
+    engine: &Engine,
+    storage: &dyn Storage,
+    policies: &[&ScalingPolicy],
+    ts: i64,
+) -> Guards {
+    let mut g = Guards::default();
+    for p in policies {
+        for (q, out) in [
+            (&p.controls.hold_out_when, true),
+            (&p.controls.hold_in_when, false),
+        ] {
+            let Some(q) = q else { continue };
+            let key = if out { "hold_out_when" } else { "hold_in_when" };
+            let slot = if out { &mut g.hold_out } else { &mut g.hold_in };
+            match engine.instant(storage, q, ts).map(|r| r.value) {
+                Ok(Value::Vector(v)) if !v.is_empty() => {
+                    if slot.is_none() {
+                        let more = if v.len() > 1 {
+                            format!(" and {} more", v.len() - 1)
+                        } else {
+                            String::new()
+                        };
+                        *slot = Some(format!("{key} of {} returns {}{more}", p.name, v[0].labels));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if out => g.notes.push(format!(
+                    "{key} of {} could not be evaluated ({e}): not held",
+                    p.name
+                )),
+                Err(e) => {
+                    if slot.is_none() {
+                        *slot = Some(format!("{key} of {} could not be evaluated ({e})", p.name));
+                    }
+                }
+            }
+        }
+    }
+    g
 }
 
 /// Evaluates every scaling policy of one group and decides its capacity.
@@ -333,18 +410,11 @@ pub fn eval_scaling(
     let mut inputs: Vec<(&ScalingPolicy, Observation, &mut PolicyState)> = policies
         .iter()
         .zip(owned.iter_mut())
-        .map(|(p, (_, st))| {
-            (
-                *p,
-                Observation {
-                    value: scaling_value(engine, storage, &p.expr, ts),
-                },
-                st,
-            )
-        })
+        .map(|(p, (_, st))| (*p, scaling_observation(engine, storage, &p.expr, ts), st))
         .collect();
+    let guards = eval_guards(engine, storage, policies, ts);
     let group = state.groups.entry(asg.to_string()).or_default();
-    let d = scaling::decide(asg, current, &mut inputs, group, ts);
+    let d = scaling::decide(asg, current, &mut inputs, &guards, group, ts);
     drop(inputs);
     for (name, st) in owned {
         state.policies.insert(name, st);
@@ -459,7 +529,8 @@ pub struct Simulation {
     warned: std::collections::HashSet<String>,
     /// Instances each replace policy held back last time (to report changes only).
     last_held: HashMap<String, Vec<String>>,
-    /// The last "paused: would …" said for each group, said again only when it changes.
+    /// The last held decision said for each group (a pause or a guard), said again only when
+    /// what it says changes.
     last_paused: HashMap<String, String>,
 }
 
@@ -590,8 +661,8 @@ impl Simulation {
                 ts,
             );
             self.capacity.insert(asg.to_string(), d.desired);
-            // A paused group's held decision is said when what it would do changes.
-            let paused = d.held.clone().filter(|h| h.starts_with("paused:"));
+            // A decision held by a pause or a guard is said when what it would do changes.
+            let paused = d.held.clone().filter(|_| d.held_worth_saying());
             let said = match &paused {
                 Some(h) => self.last_paused.insert(asg.to_string(), h.clone()).as_ref() != Some(h),
                 None => {

@@ -254,6 +254,10 @@ pub fn event_json(e: &Event) -> serde_json::Value {
             if let Some(h) = &d.held {
                 j["held"] = json!(h);
             }
+            // Limits and fallbacks that shaped it.
+            if !d.notes.is_empty() {
+                j["notes"] = json!(d.notes);
+            }
             j
         }
         Event::Replace(r) => json!({
@@ -300,6 +304,7 @@ pub fn event_text(e: &Event) -> String {
                 .inputs
                 .iter()
                 .map(|i| format!("{}: {}", i.policy, i.reason))
+                .chain(d.notes.iter().cloned())
                 .collect();
             format!(
                 "{}  scale    {} {} -> {} ({}) by {}: {}",

@@ -108,6 +108,7 @@ pub struct ScalingPolicy {
     pub scale_in_cooldown_ms: i64,
     pub scale_in_stabilization_ms: i64,
     pub interval_ms: Option<i64>,
+    pub controls: crate::controls::Controls,
 }
 
 #[derive(Debug, Clone)]
@@ -193,7 +194,8 @@ fn content_offset(text: &str, span_start: usize) -> usize {
     }
 }
 
-fn parse_expr(
+/// Parses the expression at `path` (the full key path, e.g. `scaling[0].expr`) and checks its type.
+pub(crate) fn parse_expr(
     doc: &mut Doc<'_>,
     s: &At<String>,
     path: &str,
@@ -214,7 +216,7 @@ fn parse_expr(
                 doc.error_at(
                     s.span.start,
                     format!(
-                        "{path}.expr: {what} expression must evaluate to {}, not {}",
+                        "{path}: {what} expression must evaluate to {}, not {}",
                         wanted.join(" or "),
                         name(&vt)
                     ),
@@ -238,7 +240,7 @@ fn parse_expr(
             }
             doc.error_at(
                 raw_offset(doc.text, s.span.start, off),
-                format!("{path}.expr: {}", e.message),
+                format!("{path}: {}", e.message),
             );
             None
         }
@@ -377,7 +379,7 @@ pub fn load(path: &str, text: &str, ctx: &Context) -> Result<RuleFile, Vec<Diagn
                 parse_expr(
                     &mut doc,
                     e,
-                    &rpath,
+                    &format!("{rpath}.expr"),
                     &[ValueType::Vector, ValueType::Scalar],
                     "a record rule's",
                 )
@@ -438,9 +440,15 @@ pub fn load(path: &str, text: &str, ctx: &Context) -> Result<RuleFile, Vec<Diagn
                 }
             }
             let expr = a.req_str(&mut doc, "expr");
-            let q = expr
-                .as_ref()
-                .and_then(|e| parse_expr(&mut doc, e, &apath, &[ValueType::Vector], "an alert's"));
+            let q = expr.as_ref().and_then(|e| {
+                parse_expr(
+                    &mut doc,
+                    e,
+                    &format!("{apath}.expr"),
+                    &[ValueType::Vector],
+                    "an alert's",
+                )
+            });
             let for_ms = a.duration(&mut doc, "for").map_or(0, |d| d.value);
             let keep = a
                 .duration(&mut doc, "keep_firing_for")
@@ -593,7 +601,7 @@ fn read_scaling(
         parse_expr(
             doc,
             e,
-            &path,
+            &format!("{path}.expr"),
             &[ValueType::Vector, ValueType::Scalar],
             "a scaling policy's",
         )
@@ -655,6 +663,13 @@ fn read_scaling(
     } else {
         None
     };
+    let bounds = match (&min, &max) {
+        (Some(lo), Some(hi)) if bounds_ok => u32::try_from(lo.value)
+            .ok()
+            .zip(u32::try_from(hi.value).ok()),
+        _ => None,
+    };
+    let controls = crate::controls::read(doc, s, bounds);
     if !bounds_ok {
         return None;
     }
@@ -669,6 +684,7 @@ fn read_scaling(
         scale_in_cooldown_ms,
         scale_in_stabilization_ms,
         interval_ms,
+        controls: controls?,
     })
 }
 
@@ -761,9 +777,15 @@ fn read_replace(
     let name = unique_name(doc, r, seen, "replace policy");
     let asg = r.req_str(doc, "asg");
     let expr = r.req_str(doc, "expr");
-    let q = expr
-        .as_ref()
-        .and_then(|e| parse_expr(doc, e, &path, &[ValueType::Vector], "a replace policy's"));
+    let q = expr.as_ref().and_then(|e| {
+        parse_expr(
+            doc,
+            e,
+            &format!("{path}.expr"),
+            &[ValueType::Vector],
+            "a replace policy's",
+        )
+    });
     let for_ms = r.duration(doc, "for").map_or(0, |d| d.value);
     let max_fraction = fraction(doc, r, "max_fraction", Some(0.2));
     let window_ms = if r.has("window") {

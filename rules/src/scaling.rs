@@ -6,17 +6,42 @@
 //! over `scale_in_stabilization`. Several policies on one Auto Scaling group combine like AWS
 //! target tracking: scale out if any asks (to the largest ask), scale in only if all agree (to the
 //! largest of their recommendations), and a policy with no data never lets the group scale in.
-//! A decision never leaves `[min, max]` and never comes inside a cooldown.
+//! A decision never leaves `[min, max]` and never comes inside a cooldown. The policies'
+//! controls (`crate::controls`) then apply: a guard holds a direction, a velocity limit caps
+//! the change, and a policy without data for `no_data_for` may fall back to a set capacity.
+//! Every hold and limit is said in the decision.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::rulefile::{ScalingMode, ScalingPolicy};
 
 /// What one policy saw at one evaluation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
-    /// The expression's value; `None` when it returned nothing, several series, NaN or ±Inf.
+    /// The expression's value; `None` when it returned nothing, NaN or ±Inf (no data), or
+    /// could not be evaluated (`error`).
     pub value: Option<f64>,
+    /// Why the expression gave no value when that is not "no data" (an evaluation error, or
+    /// several series): it holds the group but never starts the no-data fallback.
+    pub error: Option<String>,
+}
+
+impl Observation {
+    pub fn value(value: Option<f64>) -> Self {
+        Observation { value, error: None }
+    }
+}
+
+/// What the group's guards (`hold_out_when`, `hold_in_when`) say at one evaluation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Guards {
+    /// Why scale-out is held, if a guard returned a sample.
+    pub hold_out: Option<String>,
+    /// Why scale-in is held: a guard returned a sample or could not be evaluated.
+    pub hold_in: Option<String>,
+    /// Said on the decision: a `hold_out_when` that could not be evaluated (which holds nothing:
+    /// a broken guard must not keep a fleet from growing).
+    pub notes: Vec<String>,
 }
 
 /// A policy's state between evaluations.
@@ -40,6 +65,18 @@ pub struct GroupState {
         serde(default, skip_serializing_if = "Option::is_none")
     )]
     pub paused: Option<crate::pause::Pause>,
+    /// Capacity changes `(time, delta)` within the longest velocity-limit period.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "VecDeque::is_empty")
+    )]
+    pub changes: VecDeque<(i64, i64)>,
+    /// Since when each policy's expression has returned nothing.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "BTreeMap::is_empty")
+    )]
+    pub no_data_since: BTreeMap<String, i64>,
 }
 
 /// One policy's part in a decision.
@@ -69,8 +106,10 @@ pub struct Decision {
     /// The capacity to set; equals `current` when nothing changes.
     pub desired: u32,
     pub direction: Option<Direction>,
-    /// Set when a change was asked for but a cooldown holds it back.
+    /// Set when a change was asked for but a cooldown, a guard or a pause holds it back.
     pub held: Option<String>,
+    /// Limits and fallbacks that shaped the decision, and guards that could not be evaluated.
+    pub notes: Vec<String>,
     /// The policy whose recommendation was chosen, if any.
     pub by: Option<String>,
     pub inputs: Vec<PolicyInput>,
@@ -80,7 +119,18 @@ impl Decision {
     pub fn changes(&self) -> bool {
         self.desired != self.current
     }
+
+    /// Whether a held decision is worth saying (once per change of what it says): a guard or a
+    /// pause holds it, not a cooldown, which runs out by itself.
+    pub fn held_worth_saying(&self) -> bool {
+        self.held
+            .as_deref()
+            .is_some_and(|h| !h.starts_with(COOLDOWN_OUT) && !h.starts_with(COOLDOWN_IN))
+    }
 }
+
+const COOLDOWN_OUT: &str = "scale-out cooldown";
+const COOLDOWN_IN: &str = "scale-in cooldown";
 
 /// One policy's recommendation from its value: the capacity it wants, clamped to `[min, max]`,
 /// with a sentence saying why.
@@ -166,12 +216,16 @@ pub fn decide(
     asg: &str,
     current: u32,
     policies: &mut [(&ScalingPolicy, Observation, &mut PolicyState)],
+    guards: &Guards,
     group: &mut GroupState,
     now: i64,
 ) -> Decision {
     let mut inputs = Vec::with_capacity(policies.len());
     for (p, obs, st) in policies.iter_mut() {
         let value = obs.value.filter(|v| v.is_finite());
+        if value.is_some() {
+            group.no_data_since.remove(&p.name);
+        }
         match value {
             Some(v) => {
                 let (raw, reason) = recommend(p, current, v);
@@ -192,15 +246,26 @@ pub fn decide(
                     reason,
                 });
             }
-            None => inputs.push(PolicyInput {
-                policy: p.name.clone(),
-                value: None,
-                raw: None,
-                recommended: None,
-                reason: "no data: never scales in".into(),
-            }),
+            None => {
+                let (recommended, reason) = match &obs.error {
+                    Some(e) => (None, format!("{e}: holds, never scales in")),
+                    None => no_data(p, group, current, now),
+                };
+                inputs.push(PolicyInput {
+                    policy: p.name.clone(),
+                    value: None,
+                    raw: recommended,
+                    recommended,
+                    reason,
+                });
+            }
         }
     }
+    let names: std::collections::HashSet<&str> =
+        policies.iter().map(|(p, _, _)| p.name.as_str()).collect();
+    group
+        .no_data_since
+        .retain(|k, _| names.contains(k.as_str()));
     // Bounds of the group: the tightest of its policies'.
     let lo = policies.iter().map(|(p, _, _)| p.min).max().unwrap_or(0);
     let hi = policies
@@ -217,6 +282,7 @@ pub fn decide(
         desired: current,
         direction: None,
         held: None,
+        notes: guards.notes.clone(),
         by: None,
         inputs,
     };
@@ -254,13 +320,33 @@ pub fn decide(
             .filter(|l| now.saturating_sub(*l) < cooldown)
         {
             d.held = Some(format!(
-                "scale-out cooldown of {by} until {}",
+                "{COOLDOWN_OUT} of {by} until {}",
                 last.saturating_add(cooldown)
+            ));
+        } else if let Some(g) = &guards.hold_out {
+            d.held = Some(format!(
+                "{g}: would scale out from {current} to {}",
+                r.min(hi)
             ));
         } else {
             d.desired = r.min(hi);
             d.direction = Some(Direction::Out);
             d.by = Some(by);
+            for (p, _, _) in policies.iter() {
+                let Some(v) = &p.controls.max_scale_out else {
+                    continue;
+                };
+                let (lim, why) = crate::controls::out_limit(v, &group.changes, current, now);
+                if d.desired > lim {
+                    d.notes.push(format!(
+                        "max_scale_out of {}: {} limits {} to {lim} ({why})",
+                        p.name,
+                        crate::controls::describe(v),
+                        d.desired
+                    ));
+                    d.desired = lim.max(current);
+                }
+            }
         }
     } else if !d.inputs.is_empty()
         && d.inputs
@@ -294,11 +380,31 @@ pub fn decide(
             })
             .max_by_key(|(_, until)| *until);
         if let Some((name, until)) = blocking {
-            d.held = Some(format!("scale-in cooldown of {name} until {until}"));
+            d.held = Some(format!("{COOLDOWN_IN} of {name} until {until}"));
+        } else if let Some(g) = &guards.hold_in {
+            d.held = Some(format!(
+                "{g}: would scale in from {current} to {}",
+                r.max(lo)
+            ));
         } else {
             d.desired = r.max(lo);
             d.direction = Some(Direction::In);
             d.by = Some(by);
+            for (p, _, _) in policies.iter() {
+                let Some(v) = &p.controls.max_scale_in else {
+                    continue;
+                };
+                let (lim, why) = crate::controls::in_limit(v, &group.changes, current, now);
+                if d.desired < lim {
+                    d.notes.push(format!(
+                        "max_scale_in of {}: {} limits {} to {lim} ({why})",
+                        p.name,
+                        crate::controls::describe(v),
+                        d.desired
+                    ));
+                    d.desired = lim.min(current);
+                }
+            }
         }
     }
     // Paused: said and held, no cooldown started.
@@ -315,6 +421,14 @@ pub fn decide(
     } else {
         crate::pause::in_force(&mut group.paused, now);
     }
+    // What velocity limits count: every change within the longest period of the group's.
+    let keep = policies
+        .iter()
+        .flat_map(|(p, _, _)| [&p.controls.max_scale_out, &p.controls.max_scale_in])
+        .flatten()
+        .map(|v| v.period_ms)
+        .max()
+        .unwrap_or(0);
     if d.desired == current {
         d.direction = None;
     } else {
@@ -323,8 +437,54 @@ pub fn decide(
             Some(Direction::In) => group.last_scale_in = Some(now),
             None => {}
         }
+        if keep > 0 {
+            group
+                .changes
+                .push_back((now, i64::from(d.desired) - i64::from(current)));
+        }
+    }
+    while group
+        .changes
+        .front()
+        .is_some_and(|(t, _)| *t <= now.saturating_sub(keep))
+    {
+        group.changes.pop_front();
     }
     d
+}
+
+/// A policy without data: holds, or after `no_data_for` falls back to its `on_no_data` capacity.
+fn no_data(
+    p: &ScalingPolicy,
+    group: &mut GroupState,
+    current: u32,
+    now: i64,
+) -> (Option<u32>, String) {
+    use crate::controls::NoData;
+    use crate::duration::format_ms;
+    let since = *group.no_data_since.entry(p.name.clone()).or_insert(now);
+    let gone = now.saturating_sub(since);
+    match p.controls.on_no_data {
+        NoData::Hold => (None, "no data: holds, never scales in".into()),
+        NoData::Capacity(c) if gone >= p.controls.no_data_for_ms => {
+            let c = c.clamp(p.min, p.max);
+            (
+                Some(c),
+                format!(
+                    "no data for {}: on_no_data falls back to {c} (from {current})",
+                    format_ms(gone)
+                ),
+            )
+        }
+        NoData::Capacity(c) => (
+            None,
+            format!(
+                "no data for {}: holds (falls back to {c} after {})",
+                format_ms(gone),
+                format_ms(p.controls.no_data_for_ms)
+            ),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -349,6 +509,7 @@ mod tests {
             scale_in_cooldown_ms: 300_000,
             scale_in_stabilization_ms: 300_000,
             interval_ms: None,
+            controls: Default::default(),
         }
     }
 
@@ -363,7 +524,8 @@ mod tests {
         decide(
             "web",
             current,
-            &mut [(p, Observation { value: v }, st)],
+            &mut [(p, Observation::value(v), st)],
+            &Guards::default(),
             g,
             now,
         )
@@ -391,6 +553,114 @@ mod tests {
         let d = decide_one(&p, &mut st, &mut g, 4, Some(0.9), 120_000);
         assert_eq!((d.desired, d.held), (6, None));
         assert!(g.paused.is_none());
+    }
+
+    #[test]
+    fn a_velocity_limit_caps_each_period_and_says_so() {
+        let mut p = target_policy("cpu", 1, 100, 0.5);
+        p.scale_out_cooldown_ms = 0;
+        p.controls.max_scale_out = Some(crate::controls::Velocity {
+            instances: Some(4),
+            percent: Some(100.0),
+            period_ms: 60_000,
+        });
+        let (mut st, mut g) = (PolicyState::default(), GroupState::default());
+        // 2 instances at 4x the target want 8: 2 + max(4, 100% of 2) = 6.
+        let d = decide_one(&p, &mut st, &mut g, 2, Some(2.0), 0);
+        assert_eq!(d.desired, 6, "{d:?}");
+        assert_eq!(
+            d.notes,
+            ["max_scale_out of cpu: 4 instances or 100% per 1m limits 8 to 6 (2 at the start of the last 1m)"]
+        );
+        // Within the same minute the period still starts at 2: nothing more.
+        let d = decide_one(&p, &mut st, &mut g, 6, Some(2.0), 30_000);
+        assert_eq!(d.desired, 6, "{d:?}");
+        // A minute after the first change the period starts at 6: 6 + max(4, 6) = 12.
+        let d = decide_one(&p, &mut st, &mut g, 6, Some(2.0), 60_000);
+        assert_eq!(d.desired, 12, "{d:?}");
+        assert!(g.changes.iter().all(|(t, _)| *t > 0), "old changes pruned");
+    }
+
+    #[test]
+    fn guards_hold_their_direction_only() {
+        let mut p = target_policy("cpu", 1, 20, 0.5);
+        p.scale_in_cooldown_ms = 0;
+        p.scale_in_stabilization_ms = 0;
+        let guards = Guards {
+            hold_out: Some("hold_out_when of cpu returns {db=\"main\"}".into()),
+            hold_in: None,
+            notes: vec![],
+        };
+        let (mut st, mut g) = (PolicyState::default(), GroupState::default());
+        let obs = |v| Observation::value(Some(v));
+        let d = decide("web", 4, &mut [(&p, obs(1.0), &mut st)], &guards, &mut g, 0);
+        assert_eq!(d.desired, 4);
+        assert_eq!(
+            d.held.as_deref(),
+            Some("hold_out_when of cpu returns {db=\"main\"}: would scale out from 4 to 8")
+        );
+        assert!(d.held_worth_saying());
+        assert_eq!(g.last_scale_out, None, "a held decision starts no cooldown");
+        // The guard holds scale-out only: scale-in goes through.
+        let d = decide(
+            "web",
+            4,
+            &mut [(&p, obs(0.1), &mut st)],
+            &guards,
+            &mut g,
+            1_000,
+        );
+        assert_eq!(d.desired, 1, "{d:?}");
+    }
+
+    #[test]
+    fn no_data_holds_then_falls_back_but_an_error_never_does() {
+        let mut p = target_policy("cpu", 2, 20, 0.5);
+        p.scale_in_cooldown_ms = 0;
+        p.controls.on_no_data = crate::controls::NoData::Capacity(6);
+        p.controls.no_data_for_ms = 120_000;
+        let (mut st, mut g) = (PolicyState::default(), GroupState::default());
+        let d = decide_one(&p, &mut st, &mut g, 10, None, 0);
+        assert_eq!(d.desired, 10);
+        assert_eq!(
+            d.inputs[0].reason,
+            "no data for 0s: holds (falls back to 6 after 2m)"
+        );
+        let d = decide_one(&p, &mut st, &mut g, 10, None, 119_000);
+        assert_eq!(d.desired, 10);
+        let d = decide_one(&p, &mut st, &mut g, 10, None, 120_000);
+        assert_eq!((d.desired, d.direction), (6, Some(Direction::In)), "{d:?}");
+        assert_eq!(
+            d.inputs[0].reason,
+            "no data for 2m: on_no_data falls back to 6 (from 10)"
+        );
+        // Data returns: the clock starts again.
+        decide_one(&p, &mut st, &mut g, 6, Some(0.5), 130_000);
+        assert!(g.no_data_since.is_empty());
+        // An evaluation error is not "no data": it holds however long it lasts.
+        for t in [200_000, 400_000, 600_000] {
+            let d = decide(
+                "web",
+                6,
+                &mut [(
+                    &p,
+                    Observation {
+                        value: None,
+                        error: Some("evaluation failed: boom".into()),
+                    },
+                    &mut st,
+                )],
+                &Guards::default(),
+                &mut g,
+                t,
+            );
+            assert_eq!(d.desired, 6, "{d:?}");
+            assert_eq!(
+                d.inputs[0].reason,
+                "evaluation failed: boom: holds, never scales in"
+            );
+        }
+        assert!(g.no_data_since.is_empty());
     }
 
     #[test]
@@ -487,9 +757,10 @@ mod tests {
             "web",
             4,
             &mut [
-                (&a, Observation { value: Some(1.0) }, &mut sa),
-                (&b, Observation { value: Some(10.0) }, &mut sb),
+                (&a, Observation::value(Some(1.0)), &mut sa),
+                (&b, Observation::value(Some(10.0)), &mut sb),
             ],
+            &Guards::default(),
             &mut g,
             0,
         );
@@ -507,9 +778,10 @@ mod tests {
             "web",
             8,
             &mut [
-                (&a, Observation { value: Some(0.1) }, &mut sa),
-                (&b, Observation { value: Some(80.0) }, &mut sb),
+                (&a, Observation::value(Some(0.1)), &mut sa),
+                (&b, Observation::value(Some(80.0)), &mut sb),
             ],
+            &Guards::default(),
             &mut g,
             0,
         );
@@ -523,9 +795,10 @@ mod tests {
             "web",
             8,
             &mut [
-                (&a, Observation { value: Some(0.1) }, &mut sa),
-                (&b, Observation { value: None }, &mut sb),
+                (&a, Observation::value(Some(0.1)), &mut sa),
+                (&b, Observation::value(None), &mut sb),
             ],
+            &Guards::default(),
             &mut g,
             0,
         );
@@ -571,7 +844,7 @@ mod tests {
             let mut last_any: Option<i64> = None;
             for (dt, va, vb) in steps {
                 now += dt;
-                let d = decide("g", current, &mut [(&a, Observation { value: va }, &mut sa), (&b, Observation { value: vb }, &mut sb)], &mut g, now);
+                let d = decide("g", current, &mut [(&a, Observation::value(va), &mut sa), (&b, Observation::value(vb), &mut sb)], &Guards::default(), &mut g, now);
                 // Always inside the bounds (a group found outside them is brought back at once).
                 prop_assert!((min..=max).contains(&d.desired), "left bounds: {d:?}");
                 if (min..=max).contains(&current) {

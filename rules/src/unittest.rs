@@ -4,8 +4,10 @@
 //! intervals from 0 up to each check's `eval_time`. Alert checks compare the *firing* alerts of
 //! one alert name (labels without the implied `alertname`, and annotations); expression checks
 //! compare an instant query's samples. Vigil adds scaling checks (one policy's recommendation for
-//! a given current capacity, with its scale-in stabilization but no cooldowns) and replacement
-//! checks (the instances a policy replaces up to `eval_time` for a given group size).
+//! a given current capacity, with its scale-in stabilization but no cooldowns; or, with `asg`,
+//! the whole group's decisions from `current` at time 0 up to `eval_time`, each applied, with
+//! cooldowns, guards, limits and fallbacks) and replacement checks (the instances a policy
+//! replaces up to `eval_time` for a given group size).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -36,9 +38,17 @@ struct ExprCheck {
 
 struct ScalingCheck {
     eval_time: i64,
-    name: String,
+    /// One policy (`name`) or the whole group (`asg`).
+    target: ScalingTarget,
     current: u32,
     exp_desired: u32,
+    /// Group checks: a text some decision up to `eval_time` says.
+    exp_reason: Option<String>,
+}
+
+enum ScalingTarget {
+    Policy(String),
+    Group(String),
 }
 
 struct ReplaceCheck {
@@ -198,9 +208,33 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
         let mut scaling = Vec::new();
         for mut s in t.tables(&mut doc, "scaling") {
             let eval_time = Some(s.duration(&mut doc, "eval_time").map_or(0, |d| d.value));
-            let name = s.req_str(&mut doc, "name");
+            let target = match (s.has("name"), s.has("asg")) {
+                (true, false) => s
+                    .str(&mut doc, "name")
+                    .map(|n| ScalingTarget::Policy(n.value)),
+                (false, true) => s
+                    .str(&mut doc, "asg")
+                    .map(|n| ScalingTarget::Group(n.value)),
+                _ => {
+                    doc.error_at(
+                        s.span().start,
+                        format!(
+                            "{}: give name (one policy) or asg (the whole group), exactly one of them",
+                            s.path
+                        ),
+                    );
+                    None
+                }
+            };
             let current = s.int(&mut doc, "current");
             let exp = s.int(&mut doc, "exp_desired");
+            let exp_reason = s.str(&mut doc, "exp_reason").map(|r| r.value);
+            if exp_reason.is_some() && matches!(target, Some(ScalingTarget::Policy(_))) {
+                doc.error_at(
+                    s.span().start,
+                    format!("{}.exp_reason: only for a group check (asg)", s.path),
+                );
+            }
             for key in ["current", "exp_desired"] {
                 if !s.has(key) {
                     doc.error_at(
@@ -210,12 +244,13 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
                 }
             }
             s.finish(&mut doc);
-            if let (Some(t), Some(n), Some(c), Some(e)) = (eval_time, name, current, exp) {
+            if let (Some(t), Some(target), Some(c), Some(e)) = (eval_time, target, current, exp) {
                 scaling.push(ScalingCheck {
                     eval_time: t,
-                    name: n.value,
+                    target,
                     current: c.value.clamp(0, i64::from(u32::MAX)) as u32,
                     exp_desired: e.value.clamp(0, i64::from(u32::MAX)) as u32,
+                    exp_reason,
                 });
             }
         }
@@ -596,8 +631,12 @@ fn check_scaling(
     storage: &MemStorage,
     s: &ScalingCheck,
 ) -> Option<String> {
-    let Some(p) = rules.scaling().find(|p| p.name == s.name) else {
-        return Some(format!("    scaling: no policy named {:?}", s.name));
+    let name = match &s.target {
+        ScalingTarget::Policy(n) => n,
+        ScalingTarget::Group(asg) => return check_group(engine, rules, storage, s, asg),
+    };
+    let Some(p) = rules.scaling().find(|p| &p.name == name) else {
+        return Some(format!("    scaling: no policy named {name:?}"));
     };
     let interval = rules.default_interval_ms.max(1);
     let mut st = PolicyState::default();
@@ -623,12 +662,72 @@ fn check_scaling(
     (got != s.exp_desired).then(|| {
         format!(
             "    scaling: {}, time: {}, current: {}\n        exp_desired: {}\n        got: {} ({why})",
-            s.name,
+            name,
             format_ms(s.eval_time),
             s.current,
             s.exp_desired,
             got
         )
+    })
+}
+
+/// A group check: its decisions from `current` at time 0, each applied, up to `eval_time`.
+fn check_group(
+    engine: &Engine,
+    rules: &RuleSet,
+    storage: &MemStorage,
+    s: &ScalingCheck,
+    asg: &str,
+) -> Option<String> {
+    let by_asg = rules.scaling_by_asg();
+    let Some(ps) = by_asg.get(asg) else {
+        return Some(format!("    scaling: no policy scales {asg:?}"));
+    };
+    let interval = rules.asg_interval(ps).max(1);
+    let mut state = State::default();
+    let mut current = s.current;
+    let mut said = Vec::new();
+    let mut ts = 0;
+    while ts <= s.eval_time {
+        let d = evaluator::eval_scaling(engine, asg, ps, &mut state, storage, current, ts);
+        said.push(if d.changes() || d.held.is_some() {
+            crate::replay::event_text(&evaluator::Event::Scaling(d.clone()))
+        } else {
+            // Nothing to hold: what each policy said.
+            let why: Vec<String> = d
+                .inputs
+                .iter()
+                .map(|i| format!("{}: {}", i.policy, i.reason))
+                .chain(d.notes.iter().cloned())
+                .collect();
+            format!(
+                "{}  scale    {asg} stays at {current}: {}",
+                crate::duration::format_timestamp_ms(ts),
+                why.join("; ")
+            )
+        });
+        current = d.desired;
+        ts += interval;
+    }
+    let reason_ok = s
+        .exp_reason
+        .as_ref()
+        .is_none_or(|r| said.iter().any(|l| l.contains(r.as_str())));
+    (current != s.exp_desired || !reason_ok).then(|| {
+        let exp_reason = s
+            .exp_reason
+            .as_ref()
+            .map_or(String::new(), |r| format!(", exp_reason: {r:?}"));
+        let mut out = format!(
+            "    scaling: asg {asg}, time: {}, current: {}\n        exp_desired: {}{exp_reason}\n        got: {current}; decisions:",
+            format_ms(s.eval_time),
+            s.current,
+            s.exp_desired,
+        );
+        for l in said.iter().rev().take(10).rev() {
+            let _ = write!(out, "\n          {l}");
+        }
+        out
     })
 }
 

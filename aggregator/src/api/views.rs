@@ -141,7 +141,7 @@ pub(super) fn scaling_json(app: &Api) -> Json {
                 .rev()
                 .filter(|d| d.asg == asg)
                 .take(10)
-                .map(|d| json!({"time": format_timestamp_ms(d.at), "from": d.current, "to": d.desired, "by": d.by, "held": d.held,
+                .map(|d| json!({"time": format_timestamp_ms(d.at), "from": d.current, "to": d.desired, "by": d.by, "held": d.held, "notes": d.notes,
                     "inputs": d.inputs.iter().map(|i| json!({"policy": i.policy, "value": i.value.map(shortest_g), "recommended": i.recommended, "reason": i.reason})).collect::<Vec<_>>()}))
                 .collect();
             let decided = view.capacity.get(asg).copied();

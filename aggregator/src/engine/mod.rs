@@ -468,9 +468,9 @@ impl Engine {
                     if !d.changes() {
                         tracing::info!(asg = %d.asg, held = d.held.as_deref().unwrap_or(""), "scaling held");
                     } else if acting {
-                        tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, held = ?d.held, "scaling decision");
+                        tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, held = ?d.held, notes = ?d.notes, "scaling decision");
                     } else {
-                        tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, held = ?d.held, "follower: would scale (the leader acts)");
+                        tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, held = ?d.held, notes = ?d.notes, "follower: would scale (the leader acts)");
                     }
                     ev.decisions.push_back(d.clone());
                     while ev.decisions.len() > HISTORY {

@@ -172,6 +172,7 @@ fn scale(from: u32, to: u32) -> Event {
         desired: to,
         direction: None,
         held: None,
+        notes: vec![],
         by: Some("cpu".into()),
         inputs: vec![],
     })

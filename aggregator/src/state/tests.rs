@@ -41,6 +41,8 @@ fn snapshots_round_trip_through_sqlite() {
             last_scale_out: Some(5),
             last_scale_in: None,
             paused: None,
+            changes: [(5, 2)].into(),
+            no_data_since: [("cpu".to_string(), 3)].into(),
         },
     );
     s.policies.insert(
