@@ -389,10 +389,13 @@ pub fn eval_guards(
 }
 
 /// Evaluates every scaling policy of one group and decides its capacity.
+// Every input of a decision, explicitly: this is a pure function of them.
+#[allow(clippy::too_many_arguments)]
 pub fn eval_scaling(
     engine: &Engine,
     asg: &str,
     policies: &[&ScalingPolicy],
+    schedules: &[&crate::schedule::Schedule],
     state: &mut State,
     storage: &dyn Storage,
     current: u32,
@@ -414,7 +417,35 @@ pub fn eval_scaling(
         .collect();
     let guards = eval_guards(engine, storage, policies, ts);
     let group = state.groups.entry(asg.to_string()).or_default();
-    let d = scaling::decide(asg, current, &mut inputs, &guards, group, ts);
+    // A schedule no longer in the rules no longer sets bounds.
+    if group
+        .scheduled
+        .as_ref()
+        .is_some_and(|r| !schedules.iter().any(|s| s.name == r.schedule))
+    {
+        group.scheduled = None;
+    }
+    let ran = crate::schedule::due(schedules, group.schedules_checked, ts);
+    group.schedules_checked = Some(ts);
+    if let Some(r) = &ran {
+        group.scheduled = Some(r.clone());
+    }
+    let mut d = scaling::decide(asg, current, &mut inputs, &guards, group, ts);
+    if let Some(r) = ran {
+        d.notes.insert(
+            0,
+            format!(
+                "schedule {} ran at {}: {}",
+                r.schedule,
+                crate::duration::format_timestamp_ms(r.at),
+                schedules
+                    .iter()
+                    .find(|s| s.name == r.schedule)
+                    .map_or(String::new(), |s| s.describe_bounds())
+            ),
+        );
+        d.scheduled = Some(r);
+    }
     drop(inputs);
     for (name, st) in owned {
         state.policies.insert(name, st);
@@ -464,6 +495,15 @@ impl RuleSet {
 
     pub fn replace(&self) -> impl Iterator<Item = &crate::rulefile::ReplacePolicy> {
         self.files.iter().flat_map(|f| f.replace.iter())
+    }
+
+    /// The schedules of one Auto Scaling group, in file order.
+    pub fn schedules_for(&self, asg: &str) -> Vec<&crate::schedule::Schedule> {
+        self.files
+            .iter()
+            .flat_map(|f| f.schedules.iter())
+            .filter(|s| s.asg == asg)
+            .collect()
     }
 
     /// Scaling policies grouped by Auto Scaling group, in a stable order.
@@ -655,6 +695,7 @@ impl Simulation {
                 &self.engine,
                 asg,
                 &ps,
+                &self.rules.schedules_for(asg),
                 &mut self.state,
                 storage,
                 current,
@@ -670,7 +711,7 @@ impl Simulation {
                     false
                 }
             };
-            if d.changes() || said {
+            if d.changes() || said || d.scheduled.is_some() {
                 events.push(Event::Scaling(d));
             }
         }

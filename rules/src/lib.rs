@@ -22,6 +22,7 @@ pub mod replace;
 pub mod replay;
 pub mod rulefile;
 pub mod scaling;
+pub mod schedule;
 pub mod series;
 pub mod template;
 pub mod unittest;

@@ -16,6 +16,7 @@ pub struct RuleFile {
     pub groups: Vec<Group>,
     pub scaling: Vec<ScalingPolicy>,
     pub replace: Vec<ReplacePolicy>,
+    pub schedules: Vec<crate::schedule::Schedule>,
 }
 
 #[derive(Debug, Clone)]
@@ -339,6 +340,7 @@ pub fn load(path: &str, text: &str, ctx: &Context) -> Result<RuleFile, Vec<Diagn
         groups: vec![],
         scaling: vec![],
         replace: vec![],
+        schedules: vec![],
     };
     let mut ok = true;
 
@@ -518,6 +520,14 @@ pub fn load(path: &str, text: &str, ctx: &Context) -> Result<RuleFile, Vec<Diagn
             ok = false;
         }
         r.finish(&mut doc);
+    }
+    for mut o in top.tables(&mut doc, "schedule") {
+        if let Some(sc) = crate::schedule::read(&mut doc, &mut o) {
+            file.schedules.push(sc);
+        } else {
+            ok = false;
+        }
+        o.finish(&mut doc);
     }
     top.finish(&mut doc);
     let errors = doc.into_errors();
@@ -871,6 +881,25 @@ pub fn load_all(
                 None => {
                     bounds.insert(&p.asg, (p.min, p.max, &p.name, &f.path));
                 }
+            }
+        }
+    }
+    // A schedule bounds Vigil's decisions for a group: it needs a policy that scales it.
+    for f in &out {
+        for sc in &f.schedules {
+            if !out
+                .iter()
+                .any(|g| g.scaling.iter().any(|p| p.asg == sc.asg))
+            {
+                errors.push(Diagnostic {
+                    file: f.path.clone(),
+                    line: 1,
+                    column: 1,
+                    message: format!(
+                        "schedule {:?}: no scaling policy scales {:?}",
+                        sc.name, sc.asg
+                    ),
+                });
             }
         }
     }

@@ -77,6 +77,18 @@ pub struct GroupState {
         serde(default, skip_serializing_if = "BTreeMap::is_empty")
     )]
     pub no_data_since: BTreeMap<String, i64>,
+    /// The bounds the group's last schedule run set, replacing its policies' `[min, max]`.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub scheduled: Option<crate::schedule::ScheduleRun>,
+    /// Up to when schedule runs have been looked for.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub schedules_checked: Option<i64>,
 }
 
 /// One policy's part in a decision.
@@ -110,6 +122,8 @@ pub struct Decision {
     pub held: Option<String>,
     /// Limits and fallbacks that shaped the decision, and guards that could not be evaluated.
     pub notes: Vec<String>,
+    /// A schedule that ran at this evaluation (its bounds apply from now on).
+    pub scheduled: Option<crate::schedule::ScheduleRun>,
     /// The policy whose recommendation was chosen, if any.
     pub by: Option<String>,
     pub inputs: Vec<PolicyInput>,
@@ -135,6 +149,17 @@ const COOLDOWN_IN: &str = "scale-in cooldown";
 /// One policy's recommendation from its value: the capacity it wants, clamped to `[min, max]`,
 /// with a sentence saying why.
 pub fn recommend(p: &ScalingPolicy, current: u32, value: f64) -> (u32, String) {
+    recommend_within(p, current, value, p.min, p.max)
+}
+
+/// [`recommend`] within bounds other than the policy's own (a schedule's).
+pub fn recommend_within(
+    p: &ScalingPolicy,
+    current: u32,
+    value: f64,
+    min: u32,
+    max: u32,
+) -> (u32, String) {
     let v6 = crate::gofmt::g(value, 6);
     let (want, why): (i64, String) = match &p.mode {
         ScalingMode::Target { target, tolerance } => {
@@ -178,9 +203,9 @@ pub fn recommend(p: &ScalingPolicy, current: u32, value: f64) -> (u32, String) {
             }
         }
     };
-    let clamped = want.clamp(i64::from(p.min), i64::from(p.max)) as u32;
+    let clamped = want.clamp(i64::from(min), i64::from(max.max(min))) as u32;
     let why = if i64::from(clamped) != want {
-        format!("{why}, clamped to [{}, {}]", p.min, p.max)
+        format!("{why}, clamped to [{min}, {}]", max.max(min))
     } else {
         why
     };
@@ -220,6 +245,18 @@ pub fn decide(
     group: &mut GroupState,
     now: i64,
 ) -> Decision {
+    // Bounds of the group: the tightest of its policies', or those of the schedule in force.
+    let mut lo = policies.iter().map(|(p, _, _)| p.min).max().unwrap_or(0);
+    let mut hi = policies
+        .iter()
+        .map(|(p, _, _)| p.max)
+        .min()
+        .unwrap_or(u32::MAX)
+        .max(lo);
+    if let Some(r) = &group.scheduled {
+        lo = r.min.unwrap_or(lo);
+        hi = r.max.unwrap_or(hi).max(lo);
+    }
     let mut inputs = Vec::with_capacity(policies.len());
     for (p, obs, st) in policies.iter_mut() {
         let value = obs.value.filter(|v| v.is_finite());
@@ -228,7 +265,7 @@ pub fn decide(
         }
         match value {
             Some(v) => {
-                let (raw, reason) = recommend(p, current, v);
+                let (raw, reason) = recommend_within(p, current, v, lo, hi);
                 let rec = stabilize(p, st, now, raw, current);
                 let reason = if rec != raw {
                     format!(
@@ -249,7 +286,7 @@ pub fn decide(
             None => {
                 let (recommended, reason) = match &obs.error {
                     Some(e) => (None, format!("{e}: holds, never scales in")),
-                    None => no_data(p, group, current, now),
+                    None => no_data(p, group, current, now, (lo, hi)),
                 };
                 inputs.push(PolicyInput {
                     policy: p.name.clone(),
@@ -266,15 +303,6 @@ pub fn decide(
     group
         .no_data_since
         .retain(|k, _| names.contains(k.as_str()));
-    // Bounds of the group: the tightest of its policies'.
-    let lo = policies.iter().map(|(p, _, _)| p.min).max().unwrap_or(0);
-    let hi = policies
-        .iter()
-        .map(|(p, _, _)| p.max)
-        .min()
-        .unwrap_or(u32::MAX)
-        .max(lo);
-
     let mut d = Decision {
         at: now,
         asg: asg.to_string(),
@@ -283,6 +311,7 @@ pub fn decide(
         direction: None,
         held: None,
         notes: guards.notes.clone(),
+        scheduled: None,
         by: None,
         inputs,
     };
@@ -309,7 +338,12 @@ pub fn decide(
         } else {
             Direction::In
         });
-        d.by = Some("bounds".into());
+        // A schedule's bounds are not paused with scaling: they apply as AWS applies a
+        // scheduled action's.
+        d.by = Some(match &group.scheduled {
+            Some(r) => format!("schedule {}", r.schedule),
+            None => "bounds".into(),
+        });
     } else if let Some((r, by)) = out {
         let cooldown = policies
             .iter()
@@ -408,7 +442,8 @@ pub fn decide(
         }
     }
     // Paused: said and held, no cooldown started.
-    if d.desired != current {
+    let scheduled = d.by.as_deref().is_some_and(|b| b.starts_with("schedule "));
+    if d.desired != current && !scheduled {
         if let Some(p) = crate::pause::in_force(&mut group.paused, now) {
             d.held = Some(format!(
                 "paused: would scale {} from {current} to {} {}",
@@ -432,6 +467,13 @@ pub fn decide(
     if d.desired == current {
         d.direction = None;
     } else {
+        if let Some(r) = &group.scheduled {
+            d.notes.push(format!(
+                "bounds [{lo}, {hi}] from schedule {} (ran {})",
+                r.schedule,
+                crate::duration::format_timestamp_ms(r.at)
+            ));
+        }
         match d.direction {
             Some(Direction::Out) => group.last_scale_out = Some(now),
             Some(Direction::In) => group.last_scale_in = Some(now),
@@ -459,6 +501,7 @@ fn no_data(
     group: &mut GroupState,
     current: u32,
     now: i64,
+    (lo, hi): (u32, u32),
 ) -> (Option<u32>, String) {
     use crate::controls::NoData;
     use crate::duration::format_ms;
@@ -467,7 +510,7 @@ fn no_data(
     match p.controls.on_no_data {
         NoData::Hold => (None, "no data: holds, never scales in".into()),
         NoData::Capacity(c) if gone >= p.controls.no_data_for_ms => {
-            let c = c.clamp(p.min, p.max);
+            let c = c.clamp(lo, hi);
             (
                 Some(c),
                 format!(
@@ -661,6 +704,41 @@ mod tests {
             );
         }
         assert!(g.no_data_since.is_empty());
+    }
+
+    #[test]
+    fn a_schedule_sets_the_bounds_even_in_a_pause() {
+        let mut p = target_policy("cpu", 2, 20, 0.5);
+        p.scale_out_cooldown_ms = 0;
+        let (mut st, mut g) = (PolicyState::default(), GroupState::default());
+        g.scheduled = Some(crate::schedule::ScheduleRun {
+            schedule: "peak".into(),
+            at: 0,
+            min: Some(6),
+            max: Some(8),
+        });
+        g.paused = Some(crate::pause::Pause {
+            reason: "deploy".into(),
+            author: "ops".into(),
+            since: 0,
+            until: None,
+        });
+        let d = decide_one(&p, &mut st, &mut g, 2, Some(0.5), 1_000);
+        assert_eq!(
+            (d.desired, d.by.as_deref()),
+            (6, Some("schedule peak")),
+            "{d:?}"
+        );
+        // Inside the scheduled bounds the pause holds; recommendations clamp to them.
+        let d = decide_one(&p, &mut st, &mut g, 6, Some(5.0), 2_000);
+        assert_eq!(d.desired, 6);
+        assert!(
+            d.held
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("paused: would scale out from 6 to 8"),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -689,7 +689,16 @@ fn check_group(
     let mut said = Vec::new();
     let mut ts = 0;
     while ts <= s.eval_time {
-        let d = evaluator::eval_scaling(engine, asg, ps, &mut state, storage, current, ts);
+        let d = evaluator::eval_scaling(
+            engine,
+            asg,
+            ps,
+            &rules.schedules_for(asg),
+            &mut state,
+            storage,
+            current,
+            ts,
+        );
         said.push(if d.changes() || d.held.is_some() {
             crate::replay::event_text(&evaluator::Event::Scaling(d.clone()))
         } else {

@@ -156,6 +156,7 @@ pub(super) fn scaling_json(app: &Api) -> Json {
                 "desired": desired, "dry_run": app.cfg.dry_run, "simulated": simulated,
                 "acting": app.cluster.role().as_str() != "follower", "last_decisions": last,
                 "paused": view.scaling_paused.get(asg).filter(|p| in_force(p)).map(super::pause::pause_json),
+                "scheduled": view.scheduled.get(asg).map(|r| json!({"schedule": r.schedule, "ran": format_timestamp_ms(r.at), "min": r.min, "max": r.max})),
                 "fleet": app.fleet.group_json(asg)}));
         }
     }
@@ -166,7 +167,19 @@ pub(super) fn scaling_json(app: &Api) -> Json {
                 "paused": view.replace_paused.get(&p.name).filter(|p| in_force(p)).map(super::pause::pause_json)})
         })
         .collect();
-    json!({"policies": out, "replace": replace})
+    // Each schedule with its next run (Vigil runs them itself, at their time).
+    let schedules: Vec<Json> = rules
+        .files
+        .iter()
+        .flat_map(|f| f.schedules.iter())
+        .map(|s| {
+            json!({"name": s.name, "group": s.asg, "cron": s.cron_text, "timezone": s.timezone,
+                "min": s.min, "max": s.max,
+                "next_run": s.next_after(now).map(format_timestamp_ms),
+                "in_force": view.scheduled.get(&s.asg).is_some_and(|r| r.schedule == s.name)})
+        })
+        .collect();
+    json!({"policies": out, "replace": replace, "schedules": schedules})
 }
 
 pub(super) fn instances_json(app: &Api) -> Json {

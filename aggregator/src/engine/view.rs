@@ -26,6 +26,8 @@ pub struct View {
     /// Pauses set at run time: scaling by group, replacement by policy.
     pub scaling_paused: HashMap<String, Pause>,
     pub replace_paused: HashMap<String, Pause>,
+    /// The bounds each group's last schedule run set.
+    pub scheduled: HashMap<String, vigil_rules::schedule::ScheduleRun>,
 }
 
 impl View {
@@ -61,6 +63,13 @@ impl View {
                 .groups
                 .iter()
                 .filter_map(|(k, g)| Some((k.clone(), g.paused.clone()?)))
+                .collect(),
+            scheduled: ev
+                .sim
+                .state
+                .groups
+                .iter()
+                .filter_map(|(k, g)| Some((k.clone(), g.scheduled.clone()?)))
                 .collect(),
             replace_paused: ev
                 .sim

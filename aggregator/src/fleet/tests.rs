@@ -173,6 +173,7 @@ fn scale(from: u32, to: u32) -> Event {
         direction: None,
         held: None,
         notes: vec![],
+        scheduled: None,
         by: Some("cpu".into()),
         inputs: vec![],
     })

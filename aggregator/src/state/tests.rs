@@ -43,6 +43,13 @@ fn snapshots_round_trip_through_sqlite() {
             paused: None,
             changes: [(5, 2)].into(),
             no_data_since: [("cpu".to_string(), 3)].into(),
+            scheduled: Some(vigil_rules::schedule::ScheduleRun {
+                schedule: "peak".into(),
+                at: 4,
+                min: Some(6),
+                max: None,
+            }),
+            schedules_checked: Some(5),
         },
     );
     s.policies.insert(
