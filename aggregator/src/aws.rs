@@ -180,6 +180,13 @@ pub trait AutoScaling: Send + Sync {
     ) -> BoxFut<'a, Result<Effect, CallError>>;
     /// SetInstanceHealth Unhealthy with ShouldRespectGracePeriod true.
     fn set_unhealthy<'a>(&'a self, instance: &'a str) -> BoxFut<'a, Result<Effect, CallError>>;
+    /// UpdateAutoScalingGroup with MinSize and/or MaxSize: a schedule's bounds.
+    fn set_bounds<'a>(
+        &'a self,
+        asg: &'a str,
+        min: Option<u32>,
+        max: Option<u32>,
+    ) -> BoxFut<'a, Result<Effect, CallError>>;
     /// Whether the groups can be described at all (not without `[aws]`).
     fn describes(&self) -> bool {
         true
@@ -258,6 +265,17 @@ impl AutoScaling for DryRunAutoScaling {
     fn set_unhealthy<'a>(&'a self, instance: &'a str) -> BoxFut<'a, Result<Effect, CallError>> {
         tracing::info!(instance = %instance, "dry run: would SetInstanceHealth Unhealthy (ShouldRespectGracePeriod true)");
         self.calls.dry_run("SetInstanceHealth");
+        Box::pin(async { Ok(Effect::DryRun) })
+    }
+
+    fn set_bounds<'a>(
+        &'a self,
+        asg: &'a str,
+        min: Option<u32>,
+        max: Option<u32>,
+    ) -> BoxFut<'a, Result<Effect, CallError>> {
+        tracing::info!(asg = %asg, min = ?min, max = ?max, "dry run: would UpdateAutoScalingGroup");
+        self.calls.dry_run("UpdateAutoScalingGroup");
         Box::pin(async { Ok(Effect::DryRun) })
     }
 
@@ -391,6 +409,29 @@ impl AutoScaling for Sdk<aws_sdk_autoscaling::Client> {
             r
         })
     }
+
+    fn set_bounds<'a>(
+        &'a self,
+        asg: &'a str,
+        min: Option<u32>,
+        max: Option<u32>,
+    ) -> BoxFut<'a, Result<Effect, CallError>> {
+        let size = |v: Option<u32>| v.map(|v| v.min(i32::MAX as u32) as i32);
+        Box::pin(async move {
+            let r = self
+                .0
+                .update_auto_scaling_group()
+                .auto_scaling_group_name(asg)
+                .set_min_size(size(min))
+                .set_max_size(size(max))
+                .send()
+                .await
+                .map(|_| Effect::Made)
+                .map_err(|e| err("UpdateAutoScalingGroup", e));
+            self.1.count("UpdateAutoScalingGroup", &r);
+            r
+        })
+    }
 }
 
 impl Sdk<aws_sdk_autoscaling::Client> {
@@ -520,75 +561,5 @@ impl MetricSink for Sdk<aws_sdk_cloudwatch::Client> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    /// The shipped IAM policy allows exactly the calls this module makes.
-    #[test]
-    fn the_iam_policy_allows_exactly_the_calls_made() {
-        let all = include_str!("aws.rs");
-        let source = [
-            &all[..all.find("#[cfg(test)]").expect("a test module")],
-            include_str!("cluster/dynamo.rs"),
-            include_str!("cluster/parts.rs"),
-        ]
-        .concat();
-        let mut made = BTreeSet::new();
-        let mut ops = 0;
-        for (op, actions) in [
-            (
-                "describe_auto_scaling_groups",
-                &["autoscaling:DescribeAutoScalingGroups"][..],
-            ),
-            ("set_desired_capacity", &["autoscaling:SetDesiredCapacity"]),
-            ("set_instance_health", &["autoscaling:SetInstanceHealth"]),
-            ("put_metric_data", &["cloudwatch:PutMetricData"]),
-            ("publish", &["sns:Publish"]),
-            ("get_item", &["dynamodb:GetItem"]),
-            ("put_item", &["dynamodb:PutItem"]),
-            ("update_item", &["dynamodb:UpdateItem"]),
-            ("describe_table", &["dynamodb:DescribeTable"]),
-            ("create_table", &["dynamodb:CreateTable"]),
-            // A transaction needs the rights of each write in it.
-            (
-                "transact_write_items",
-                &["dynamodb:PutItem", "dynamodb:DeleteItem"],
-            ),
-        ] {
-            let k = source.matches(&format!(".{op}()")).count();
-            ops += k;
-            if k > 0 {
-                made.extend(actions.iter().map(|a| a.to_string()));
-            }
-        }
-        // Every call sent is one of those above: any other would need a line there and in the
-        // policy.
-        assert_eq!(
-            source.matches(".send()").count(),
-            ops,
-            "an SDK call the policy may not cover"
-        );
-        let policy: serde_json::Value = serde_json::from_str(include_str!(
-            "../../packaging/iam/vigil-aggregator-policy.json"
-        ))
-        .expect("the policy is JSON");
-        let allowed: BTreeSet<String> = policy["Statement"]
-            .as_array()
-            .expect("statements")
-            .iter()
-            .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
-            .filter_map(|a| a.as_str().map(str::to_string))
-            .collect();
-        assert_eq!(allowed, made);
-        for s in policy["Statement"].as_array().into_iter().flatten() {
-            assert_eq!(s["Effect"], "Allow");
-            let action = s["Action"][0].as_str().unwrap_or("");
-            if action != "autoscaling:DescribeAutoScalingGroups" {
-                assert!(
-                    s["Condition"].is_object() || s["Resource"] != "*",
-                    "{action} must be narrowed by a condition or a resource"
-                );
-            }
-        }
-    }
-}
+#[path = "aws_tests.rs"]
+mod tests;

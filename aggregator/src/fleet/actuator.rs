@@ -36,7 +36,7 @@ impl Fleet {
 
     /// Whether this process may act now ([`super::Fence`]); a dry run changes nothing, so it
     /// always may. Logs when that changes.
-    fn may_act(&self) -> bool {
+    pub(super) fn may_act(&self) -> bool {
         if self.scaler.dry_run() {
             return true;
         }
@@ -67,12 +67,19 @@ impl Fleet {
         for (instance, p) in std::mem::take(&mut st.unhealthy) {
             tracing::info!(asg = %p.asg, instance = %instance, "follower: would SetInstanceHealth Unhealthy (the leader acts)");
         }
+        for (asg, b) in std::mem::take(&mut st.bounds) {
+            tracing::info!(asg = %asg, schedule = %b.schedule, min = ?b.min, max = ?b.max, "follower: would UpdateAutoScalingGroup (the leader acts)");
+        }
         true
     }
 
     /// Applies the pending capacities and health changes that are due.
     pub async fn actuate(&self) {
         if self.follow() {
+            return;
+        }
+        // A schedule's bounds first: a capacity inside them may lie outside the old ones.
+        if !self.apply_bounds().await {
             return;
         }
         let now = self.now_ms();

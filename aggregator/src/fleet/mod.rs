@@ -16,6 +16,7 @@
 //! described and the rules simulate every group.
 
 mod actuator;
+mod bounds;
 #[cfg(test)]
 mod tests;
 
@@ -116,6 +117,8 @@ struct Pending<'a> {
     scale: std::borrow::Cow<'a, BTreeMap<String, PendingScale>>,
     #[serde(default)]
     health: std::borrow::Cow<'a, BTreeMap<String, PendingHealth>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    bounds: std::borrow::Cow<'a, BTreeMap<String, bounds::PendingBounds>>,
 }
 
 /// What Vigil last did to a group, for the API.
@@ -135,6 +138,8 @@ struct State {
     first_seen: HashMap<String, i64>,
     pending: BTreeMap<String, PendingScale>,
     unhealthy: BTreeMap<String, PendingHealth>,
+    /// Group → a schedule's bounds to set at AWS.
+    bounds: BTreeMap<String, bounds::PendingBounds>,
     /// Group → the desired capacity AWS should have as far as Vigil knows (what it set last, or
     /// what it last read): a describe showing another means someone else changed it.
     baseline: HashMap<String, u32>,
@@ -351,12 +356,32 @@ impl Fleet {
         let mut st = self.state();
         for e in events {
             match e {
-                // A held decision (a paused group) asks for nothing.
-                Event::Scaling(d) if !d.changes() => {}
                 Event::Scaling(d) => {
+                    if let Some(r) = &d.scheduled {
+                        st.bounds.insert(
+                            d.asg.clone(),
+                            bounds::PendingBounds {
+                                schedule: r.schedule.clone(),
+                                min: r.min,
+                                max: r.max,
+                                decided_at: now,
+                                attempts: 0,
+                                next_try: now,
+                            },
+                        );
+                    }
+                    // A held decision (a paused group) asks for no capacity.
+                    if !d.changes() {
+                        continue;
+                    }
                     let (lo, hi) = match st.groups.get(&d.asg) {
                         Some((g, _)) => (g.min, g.max),
                         None => (0, u32::MAX),
+                    };
+                    // A schedule's bounds on their way to AWS are the group's already.
+                    let (lo, hi) = match st.bounds.get(&d.asg) {
+                        Some(b) => (b.min.unwrap_or(lo), b.max.unwrap_or(hi)),
+                        None => (lo, hi),
                     };
                     let desired = d.desired.clamp(lo, hi.max(lo));
                     if desired != d.desired {
@@ -404,6 +429,7 @@ impl Fleet {
         serde_json::to_value(Pending {
             scale: std::borrow::Cow::Borrowed(&st.pending),
             health: std::borrow::Cow::Borrowed(&st.unhealthy),
+            bounds: std::borrow::Cow::Borrowed(&st.bounds),
         })
         .unwrap_or(Json::Null)
     }
@@ -414,6 +440,7 @@ impl Fleet {
         let mut st = self.state();
         st.pending = p.scale.into_owned();
         st.unhealthy = p.health.into_owned();
+        st.bounds = p.bounds.into_owned();
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use super::{acknowledged, agent_config, json_lines, sample_times, spawn_agent};
 use crate::http::get;
 use crate::wait_until;
 
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 #[derive(Debug, Default)]
 pub struct Phase {

@@ -1161,3 +1161,108 @@ fn a_paused_group_changes_nothing_at_aws_and_says_what_it_would_do_until_resumed
         "audit lines: {log}"
     );
 }
+
+/// A `[[schedule]]` runs at its time (moto stores scheduled actions but never runs them; Vigil
+/// runs its own): the group's MinSize/MaxSize at AWS with UpdateAutoScalingGroup, then a
+/// capacity inside them. The aggregator's clock (libfaketime on it alone, never the host's)
+/// starts 30 s before a minute boundary (a step once running would be slewed, not followed),
+/// and the schedule names that minute in a time zone half an hour off UTC. The test checks that
+/// the first evaluation came before the run (a schedule is never applied retroactively).
+#[test]
+fn a_schedule_sets_the_groups_bounds_at_aws_at_its_time() {
+    let lib = vigil_e2e::campaign::clock::LIBFAKETIME;
+    assert!(
+        std::path::Path::new(lib).is_file(),
+        "{lib} is missing: scripts/test installs Debian's faketime"
+    );
+    let rig = Rig::new("act-schedule");
+    rig.aws.create_group("web", 2, 6, 2);
+    let real = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64
+    };
+    let boundary = (real() / 60 + 2) * 60;
+    // Asia/Kolkata is UTC+5:30 all year.
+    let local = boundary + 5 * 3600 + 1800;
+    let (minute, hour) = ((local / 60) % 60, (local / 3600) % 24);
+    let rules = format!(
+        "[[group]]\nname = \"tick\"\n[[group.record]]\nrecord = \"tick\"\nexpr = \"vector(1)\"\n{SCALING}\n[[schedule]]\nname = \"office-hours\"\nasg = \"web\"\ncron = \"{minute} {hour} * * *\"\ntimezone = \"Asia/Kolkata\"\nmin = 4\nmax = 8\n"
+    );
+    rig.configure(&rules, "", "dry_run = false");
+    let mut cmd = Command::new(bin("vigil-aggregator"));
+    cmd.arg("--config")
+        .arg(&rig.cfg)
+        .envs(ENV)
+        .env("LD_PRELOAD", lib)
+        .env("FAKETIME", format!("+{}", boundary - 30 - real()))
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let agg = Child::spawn("aggregator", &mut cmd, rig.dir.path());
+    assert!(
+        wait_http(&format!("{}/-/ready", rig.base), Duration::from_secs(30)),
+        "aggregator did not start:\n{}",
+        agg.log_text()
+    );
+    let scaling = || {
+        let (_, s) = get(&format!("{}/api/v1/scaling", rig.base)).expect("scaling");
+        serde_json::from_str::<serde_json::Value>(&s).expect("json")
+    };
+    let next_run = vigil_config::duration::format_timestamp_ms(boundary * 1000);
+    let evaluated = || {
+        let (_, r) = get(&format!("{}/api/v1/rules", rig.base)).expect("rules");
+        serde_json::from_str::<serde_json::Value>(&r)
+            .ok()
+            .is_some_and(|v| {
+                v["data"]["groups"][0]["lastEvaluation"]
+                    .as_str()
+                    .is_some_and(|t| !t.starts_with("0001"))
+            })
+    };
+    vigil_e2e::wait_until(
+        Duration::from_secs(30),
+        "the first evaluation",
+        evaluated,
+        || agg.log_text(),
+    );
+    let s = scaling();
+    assert_eq!(s["data"]["schedules"][0]["next_run"], next_run, "{s}");
+    assert_eq!(s["data"]["schedules"][0]["in_force"], false, "{s}");
+    assert!(rig.proxy.calls_of("UpdateAutoScalingGroup").is_empty());
+    vigil_e2e::wait_until(
+        Duration::from_secs(60),
+        "MinSize 4 at AWS",
+        || rig.aws.group("web").1 == 4,
+        || agg.log_text(),
+    );
+    let calls = rig.proxy.calls_of("UpdateAutoScalingGroup");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(
+        calls[0].body.contains("MinSize=4") && calls[0].body.contains("MaxSize=8"),
+        "{}",
+        calls[0].body
+    );
+    assert_eq!(rig.aws.group("web").2, 8);
+    vigil_e2e::wait_until(
+        Duration::from_secs(30),
+        "the capacity inside the schedule's bounds",
+        || rig.aws.group("web").0 == 4,
+        || agg.log_text(),
+    );
+    // The decision says which schedule ran, and when.
+    let log = agg.log_text();
+    assert!(
+        log.contains(&format!(
+            "schedule office-hours ran at {next_run}: min 4, max 8"
+        )),
+        "{log}"
+    );
+    let s = scaling();
+    let sc = &s["data"]["schedules"][0];
+    assert_eq!(sc["in_force"], true, "{s}");
+    assert_eq!(
+        sc["next_run"],
+        vigil_config::duration::format_timestamp_ms((boundary + 86_400) * 1000),
+        "{s}"
+    );
+}
