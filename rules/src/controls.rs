@@ -35,6 +35,8 @@ pub struct Controls {
     pub hold_in_when: Option<Query>,
     pub on_no_data: NoData,
     pub no_data_for_ms: i64,
+    /// How long a new instance warms: see `crate::warmup`.
+    pub instance_warmup_ms: Option<i64>,
 }
 
 /// The default `no_data_for`.
@@ -177,6 +179,18 @@ pub fn read(
         }
         None => NO_DATA_FOR_MS,
     };
+    let instance_warmup_ms = match s.duration(doc, "instance_warmup") {
+        Some(d) if d.value > 0 => Some(d.value),
+        Some(d) => {
+            doc.error_at(
+                d.span.start,
+                format!("{path}.instance_warmup: must be greater than zero"),
+            );
+            ok = false;
+            None
+        }
+        None => None,
+    };
     ok.then_some(Controls {
         max_scale_out,
         max_scale_in,
@@ -184,6 +198,7 @@ pub fn read(
         hold_in_when,
         on_no_data,
         no_data_for_ms,
+        instance_warmup_ms,
     })
 }
 

@@ -90,6 +90,9 @@ pub struct State {
     pub policies: HashMap<String, PolicyState>,
     pub groups: HashMap<String, GroupState>,
     pub replace: HashMap<String, ReplaceState>,
+    /// When each instance was first seen, for `vigil_instance_warm`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub warmup: crate::warmup::Warmup,
     /// Series each rule (file, group, index) wrote at its last evaluation, to mark the vanished
     /// ones stale.
     #[cfg_attr(feature = "serde", serde(skip))]
@@ -415,7 +418,13 @@ pub fn eval_scaling(
         .zip(owned.iter_mut())
         .map(|(p, (_, st))| (*p, scaling_observation(engine, storage, &p.expr, ts), st))
         .collect();
-    let guards = eval_guards(engine, storage, policies, ts);
+    let mut guards = eval_guards(engine, storage, policies, ts);
+    if policies
+        .iter()
+        .any(|p| p.controls.instance_warmup_ms.is_some())
+    {
+        guards.warming = crate::warmup::warming(engine, storage, asg, ts);
+    }
     let group = state.groups.entry(asg.to_string()).or_default();
     // A schedule no longer in the rules no longer sets bounds.
     if group
@@ -569,6 +578,9 @@ pub struct Simulation {
     warned: std::collections::HashSet<String>,
     /// Instances each replace policy held back last time (to report changes only).
     last_held: HashMap<String, Vec<String>>,
+    /// Whether to publish `vigil_instance_warm` (the aggregator and `replay`; `vigil-rules test`
+    /// takes it from its input series).
+    pub publish_warm: bool,
     /// The last held decision said for each group (a pause or a guard), said again only when
     /// what it says changes.
     last_paused: HashMap<String, String>,
@@ -627,6 +639,7 @@ impl Simulation {
             warned: Default::default(),
             last_held: HashMap::new(),
             last_paused: HashMap::new(),
+            publish_warm: false,
         }
     }
 
@@ -665,6 +678,16 @@ impl Simulation {
         let due = |interval: i64| (ts - origin).rem_euclid(interval.max(1)) == 0;
         let mut events = Vec::new();
         let default = self.rules.default_interval_ms;
+        if self.publish_warm {
+            crate::warmup::publish(
+                &self.engine,
+                storage,
+                &self.rules,
+                fleet,
+                &mut self.state.warmup,
+                ts,
+            );
+        }
         for g in self.rules.groups() {
             if due(g.interval_ms.unwrap_or(default)) {
                 let health = self

@@ -26,3 +26,4 @@ pub mod schedule;
 pub mod series;
 pub mod template;
 pub mod unittest;
+pub mod warmup;

@@ -194,6 +194,8 @@ pub fn run(
         ..EngineOpts::default()
     });
     let mut sim = Simulation::new(std::sync::Arc::new(rules.clone()), engine);
+    // Recorded agents' node_boot_time_seconds (or first samples) give vigil_instance_warm.
+    sim.publish_warm = true;
     for (asg, n) in capacity {
         sim.start_at(asg, *n);
     }

@@ -42,6 +42,8 @@ pub struct Guards {
     /// Said on the decision: a `hold_out_when` that could not be evaluated (which holds nothing:
     /// a broken guard must not keep a fleet from growing).
     pub notes: Vec<String>,
+    /// Instances of the group still warming (`crate::warmup`), when a policy has a warmup.
+    pub warming: u32,
 }
 
 /// A policy's state between evaluations.
@@ -257,6 +259,9 @@ pub fn decide(
         lo = r.min.unwrap_or(lo);
         hi = r.max.unwrap_or(hi).max(lo);
     }
+    // Capacity still warming is not asked for twice: a policy with a warmup counts from the
+    // warm instances, whose metric it reads.
+    let warm = current.saturating_sub(guards.warming);
     let mut inputs = Vec::with_capacity(policies.len());
     for (p, obs, st) in policies.iter_mut() {
         let value = obs.value.filter(|v| v.is_finite());
@@ -265,7 +270,25 @@ pub fn decide(
         }
         match value {
             Some(v) => {
-                let (raw, reason) = recommend_within(p, current, v, lo, hi);
+                let base = if p.controls.instance_warmup_ms.is_some() && guards.warming > 0 {
+                    warm
+                } else {
+                    current
+                };
+                let (raw, reason) = recommend_within(p, base, v, lo, hi);
+                // Counted from the warm instances, a recommendation can only add to the group:
+                // no scale-in while instances warm.
+                let (raw, reason) = if base != current {
+                    (
+                        raw.max(current.clamp(lo, hi)),
+                        format!(
+                            "{reason} ({} of {current} warming: counted from {base})",
+                            guards.warming
+                        ),
+                    )
+                } else {
+                    (raw, reason)
+                };
                 let rec = stabilize(p, st, now, raw, current);
                 let reason = if rec != raw {
                     format!(
@@ -415,6 +438,17 @@ pub fn decide(
             .max_by_key(|(_, until)| *until);
         if let Some((name, until)) = blocking {
             d.held = Some(format!("{COOLDOWN_IN} of {name} until {until}"));
+        } else if guards.warming > 0
+            && policies
+                .iter()
+                .any(|(p, _, _)| p.controls.instance_warmup_ms.is_some())
+        {
+            d.held = Some(format!(
+                "{} instance{} warming: no scale-in (would scale in from {current} to {})",
+                guards.warming,
+                if guards.warming == 1 { "" } else { "s" },
+                r.max(lo)
+            ));
         } else if let Some(g) = &guards.hold_in {
             d.held = Some(format!(
                 "{g}: would scale in from {current} to {}",
@@ -633,6 +667,7 @@ mod tests {
             hold_out: Some("hold_out_when of cpu returns {db=\"main\"}".into()),
             hold_in: None,
             notes: vec![],
+            warming: 0,
         };
         let (mut st, mut g) = (PolicyState::default(), GroupState::default());
         let obs = |v| Observation::value(Some(v));

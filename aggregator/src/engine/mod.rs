@@ -199,6 +199,7 @@ impl Engine {
             ..promql::EngineOpts::default()
         });
         let mut sim = Simulation::new(parts.rules.current(), promql.clone());
+        sim.publish_warm = true;
         let mut warm_until_ms = 0;
         let db = parts.db.lock();
         if let Some(snap) = db.load()? {
