@@ -202,35 +202,50 @@ pub fn read(
     })
 }
 
-/// Changes `(time, delta)` made within `period_ms` before `now`: (added, removed).
-fn moved(changes: &std::collections::VecDeque<(i64, i64)>, now: i64, period_ms: i64) -> (i64, i64) {
-    changes
+/// The capacity the period's limit counts from, per direction: for scale-out, `current` less
+/// what was added within the period; for scale-in, `current` plus what was removed. (Counting a
+/// scale-out against a scale-in would let a group that just grew shrink past its limit.)
+fn period_start(
+    v: &Velocity,
+    changes: &std::collections::VecDeque<(i64, i64)>,
+    current: u32,
+    now: i64,
+    out: bool,
+) -> (i64, String) {
+    let moved: i64 = changes
         .iter()
-        .filter(|(t, _)| *t > now.saturating_sub(period_ms))
-        .fold(
-            (0, 0),
-            |(a, r), (_, d)| {
-                if *d > 0 {
-                    (a + d, r)
-                } else {
-                    (a, r - d)
-                }
-            },
-        )
+        .filter(|(t, d)| *t > now.saturating_sub(v.period_ms) && (*d > 0) == out)
+        .map(|(_, d)| d.abs())
+        .sum();
+    let start = if out {
+        i64::from(current) - moved
+    } else {
+        i64::from(current) + moved
+    }
+    .max(0);
+    (
+        start,
+        format!(
+            "{start} at the start of the last {}",
+            crate::duration::format_ms(v.period_ms)
+        ),
+    )
 }
 
-/// The highest capacity a scale-out may reach now, and how it was found. The capacity at the
-/// period's start is `current` less what was added within it plus what was removed; the limit
-/// is the larger of `start + instances` and `ceil(start × (1 + percent/100))`, and at least
-/// `start + 1` (a percentage of nothing would keep an empty group empty).
+fn capacity(v: i64) -> u32 {
+    v.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// The highest capacity a scale-out may reach now, and how it was found: the larger of
+/// `start + instances` and `ceil(start × (1 + percent/100))`, and at least `start + 1` (a
+/// percentage of nothing would keep an empty group empty).
 pub fn out_limit(
     v: &Velocity,
     changes: &std::collections::VecDeque<(i64, i64)>,
     current: u32,
     now: i64,
 ) -> (u32, String) {
-    let (added, removed) = moved(changes, now, v.period_ms);
-    let start = (i64::from(current) - added + removed).max(0);
+    let (start, why) = period_start(v, changes, current, now, true);
     let by_instances = v.instances.map(|i| start + i64::from(i));
     let by_percent = v
         .percent
@@ -239,16 +254,8 @@ pub fn out_limit(
         .into_iter()
         .chain(by_percent)
         .max()
-        .unwrap_or(start)
-        .max(start + 1);
-    (
-        limit.clamp(0, i64::from(u32::MAX)) as u32,
-        format!(
-            "{} at the start of the last {}",
-            start,
-            crate::duration::format_ms(v.period_ms)
-        ),
-    )
+        .unwrap_or(start);
+    (capacity(limit.max(start + 1)), why)
 }
 
 /// The lowest capacity a scale-in may reach now: the smaller of `start - instances` and
@@ -259,8 +266,7 @@ pub fn in_limit(
     current: u32,
     now: i64,
 ) -> (u32, String) {
-    let (added, removed) = moved(changes, now, v.period_ms);
-    let start = (i64::from(current) - added + removed).max(0);
+    let (start, why) = period_start(v, changes, current, now, false);
     let by_instances = v.instances.map(|i| start - i64::from(i));
     let by_percent = v
         .percent
@@ -270,14 +276,7 @@ pub fn in_limit(
         .chain(by_percent)
         .min()
         .unwrap_or(start);
-    (
-        limit.clamp(0, i64::from(u32::MAX)) as u32,
-        format!(
-            "{} at the start of the last {}",
-            start,
-            crate::duration::format_ms(v.period_ms)
-        ),
-    )
+    (capacity(limit), why)
 }
 
 /// `4 instances or 100%`.
@@ -336,6 +335,15 @@ mod tests {
         let changes: VecDeque<(i64, i64)> = [(10_000, -1)].into();
         assert_eq!(in_limit(&v(Some(1), None), &changes, 9, 20_000).0, 9);
         assert_eq!(in_limit(&v(Some(1), None), &changes, 9, 70_001).0, 8);
+        // Each direction counts its own changes: out 10 -> 20, then in, within one period: the
+        // scale-in counts from 20, not from the 10 the period began with.
+        let changes: VecDeque<(i64, i64)> = [(10_000, 10)].into();
+        assert_eq!(
+            in_limit(&v(Some(1), Some(10.0)), &changes, 20, 20_000).0,
+            18
+        );
+        let changes: VecDeque<(i64, i64)> = [(10_000, -2)].into();
+        assert_eq!(out_limit(&v(Some(4), None), &changes, 18, 20_000).0, 22);
     }
 
     #[test]

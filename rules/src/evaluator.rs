@@ -326,11 +326,20 @@ pub fn scaling_observation(
         }
         Ok(r) => r.value,
     };
-    match value {
-        Value::Scalar(f) => Observation::value(Some(f).filter(|f| f.is_finite())),
-        Value::Vector(v) if v.len() == 1 => {
-            Observation::value(Some(v[0].f).filter(|f| f.is_finite()))
+    // NaN or ±Inf (a division by zero, say) is not "no data": it holds, never falls back.
+    let number = |f: f64| {
+        if f.is_finite() {
+            Observation::value(Some(f))
+        } else {
+            Observation {
+                value: None,
+                error: Some(format!("the value is {}", crate::gofmt::shortest_g(f))),
+            }
         }
+    };
+    match value {
+        Value::Scalar(f) => number(f),
+        Value::Vector(v) if v.len() == 1 => number(v[0].f),
         Value::Vector(v) if v.is_empty() => Observation::value(None),
         Value::Vector(v) => Observation {
             value: None,
@@ -434,10 +443,16 @@ pub fn eval_scaling(
     {
         group.scheduled = None;
     }
-    let ran = crate::schedule::due(schedules, group.schedules_checked, ts);
+    let mut ran = crate::schedule::due(schedules, group.schedules_checked, ts);
     group.schedules_checked = Some(ts);
-    if let Some(r) = &ran {
+    if let Some(r) = &mut ran {
+        // A bound the schedule leaves out stays as the group's last schedule set it (AWS keeps
+        // a MinSize or MaxSize an action does not give).
+        let prev = group.scheduled.take();
+        r.min = r.min.or(prev.as_ref().and_then(|p| p.min));
+        r.max = r.max.or(prev.as_ref().and_then(|p| p.max));
         group.scheduled = Some(r.clone());
+        guards.schedule_ran = true;
     }
     let mut d = scaling::decide(asg, current, &mut inputs, &guards, group, ts);
     if let Some(r) = ran {
@@ -725,8 +740,13 @@ impl Simulation {
                 ts,
             );
             self.capacity.insert(asg.to_string(), d.desired);
-            // A decision held by a pause or a guard is said when what it would do changes.
-            let paused = d.held.clone().filter(|_| d.held_worth_saying());
+            // A decision held by a pause, a guard or a limit is said when its cause or direction
+            // changes (not at every new value of what it would do).
+            let paused = d
+                .held
+                .as_deref()
+                .filter(|_| d.held_worth_saying())
+                .map(|h| h.split(" from ").next().unwrap_or(h).to_string());
             let said = match &paused {
                 Some(h) => self.last_paused.insert(asg.to_string(), h.clone()).as_ref() != Some(h),
                 None => {

@@ -302,12 +302,7 @@ pub fn event_text(e: &Event) -> String {
             d.held.as_deref().unwrap_or("")
         ),
         Event::Scaling(d) => {
-            let why: Vec<String> = d
-                .inputs
-                .iter()
-                .map(|i| format!("{}: {}", i.policy, i.reason))
-                .chain(d.notes.iter().cloned())
-                .collect();
+            let why = d.reasons();
             format!(
                 "{}  scale    {} {} -> {} ({}) by {}: {}",
                 format_timestamp_ms(d.at),

@@ -884,9 +884,19 @@ pub fn load_all(
             }
         }
     }
-    // A schedule bounds Vigil's decisions for a group: it needs a policy that scales it.
+    // A schedule bounds Vigil's decisions for a group: it needs a policy that scales it, and a
+    // name of its own (the decisions and the API say which ran).
+    let mut schedule_names: HashMap<&str, &str> = HashMap::new();
     for f in &out {
         for sc in &f.schedules {
+            if let Some(other) = schedule_names.insert(&sc.name, &f.path) {
+                errors.push(Diagnostic {
+                    file: f.path.clone(),
+                    line: 1,
+                    column: 1,
+                    message: format!("schedule {:?} is also defined in {other}", sc.name),
+                });
+            }
             if !out
                 .iter()
                 .any(|g| g.scaling.iter().any(|p| p.asg == sc.asg))

@@ -44,6 +44,8 @@ pub struct Guards {
     pub notes: Vec<String>,
     /// Instances of the group still warming (`crate::warmup`), when a policy has a warmup.
     pub warming: u32,
+    /// A schedule of the group ran at this evaluation.
+    pub schedule_ran: bool,
 }
 
 /// A policy's state between evaluations.
@@ -134,6 +136,15 @@ pub struct Decision {
 impl Decision {
     pub fn changes(&self) -> bool {
         self.desired != self.current
+    }
+
+    /// Each policy's reason (`policy: reason`), then the notes.
+    pub fn reasons(&self) -> Vec<String> {
+        self.inputs
+            .iter()
+            .map(|i| format!("{}: {}", i.policy, i.reason))
+            .chain(self.notes.iter().cloned())
+            .collect()
     }
 
     /// Whether a held decision is worth saying (once per change of what it says): a guard or a
@@ -308,7 +319,11 @@ pub fn decide(
             }
             None => {
                 let (recommended, reason) = match &obs.error {
-                    Some(e) => (None, format!("{e}: holds, never scales in")),
+                    Some(e) => {
+                        // Not "no data": the no-data clock starts again after it.
+                        group.no_data_since.remove(&p.name);
+                        (None, format!("{e}: holds, never scales in"))
+                    }
                     None => no_data(p, group, current, now, (lo, hi)),
                 };
                 inputs.push(PolicyInput {
@@ -349,10 +364,13 @@ pub fn decide(
         })
         .max_by_key(|(r, _)| *r);
     // Outside the bounds (changed by hand, or bounds edited): bring it back first.
+    // A schedule that ran now moves the group into its bounds and no further, pause or not (as
+    // AWS applies a scheduled action); anything more is decided next time, like any change.
+    let schedule_move = guards.schedule_ran && (current < lo || current > hi);
     if current < lo || current > hi {
         let target = current.clamp(lo, hi);
         let target = match &out {
-            Some((r, _)) if *r > target => (*r).min(hi),
+            Some((r, _)) if *r > target && !schedule_move => (*r).min(hi),
             _ => target,
         };
         d.desired = target;
@@ -361,11 +379,9 @@ pub fn decide(
         } else {
             Direction::In
         });
-        // A schedule's bounds are not paused with scaling: they apply as AWS applies a
-        // scheduled action's.
         d.by = Some(match &group.scheduled {
-            Some(r) => format!("schedule {}", r.schedule),
-            None => "bounds".into(),
+            Some(r) if schedule_move => format!("schedule {}", r.schedule),
+            _ => "bounds".into(),
         });
     } else if let Some((r, by)) = out {
         let cooldown = policies
@@ -403,6 +419,9 @@ pub fn decide(
                     ));
                     d.desired = lim.max(current);
                 }
+            }
+            if d.desired == current {
+                d.held = d.notes.last().cloned();
             }
         }
     } else if !d.inputs.is_empty()
@@ -473,11 +492,13 @@ pub fn decide(
                     d.desired = lim.min(current);
                 }
             }
+            if d.desired == current {
+                d.held = d.notes.last().cloned();
+            }
         }
     }
     // Paused: said and held, no cooldown started.
-    let scheduled = d.by.as_deref().is_some_and(|b| b.starts_with("schedule "));
-    if d.desired != current && !scheduled {
+    if d.desired != current && !schedule_move {
         if let Some(p) = crate::pause::in_force(&mut group.paused, now) {
             d.held = Some(format!(
                 "paused: would scale {} from {current} to {} {}",
@@ -668,6 +689,7 @@ mod tests {
             hold_in: None,
             notes: vec![],
             warming: 0,
+            schedule_ran: false,
         };
         let (mut st, mut g) = (PolicyState::default(), GroupState::default());
         let obs = |v| Observation::value(Some(v));
@@ -758,10 +780,29 @@ mod tests {
             since: 0,
             until: None,
         });
-        let d = decide_one(&p, &mut st, &mut g, 2, Some(0.5), 1_000);
+        // The run brings the group into its bounds, and no further, though a policy wants more.
+        let ran = Guards {
+            schedule_ran: true,
+            ..Guards::default()
+        };
+        let d = decide(
+            "web",
+            2,
+            &mut [(&p, Observation::value(Some(5.0)), &mut st)],
+            &ran,
+            &mut g,
+            1_000,
+        );
         assert_eq!(
             (d.desired, d.by.as_deref()),
             (6, Some("schedule peak")),
+            "{d:?}"
+        );
+        // Later, outside the bounds again (changed by hand): the pause holds.
+        let d = decide_one(&p, &mut st, &mut g, 3, Some(0.5), 1_500);
+        assert_eq!(d.desired, 3, "{d:?}");
+        assert!(
+            d.held.as_deref().unwrap_or("").starts_with("paused:"),
             "{d:?}"
         );
         // Inside the scheduled bounds the pause holds; recommendations clamp to them.

@@ -5,8 +5,8 @@
 //! Cron is the five fields of Unix cron (minute hour day-of-month month day-of-week), with `*`,
 //! lists, ranges, steps, and month and weekday names; when both day fields are restricted, a day
 //! matching either runs (Vixie cron). Times are read in `timezone` (IANA, bundled; UTC by
-//! default). A local time skipped by a daylight-saving change runs just after the change; a local
-//! time that occurs twice runs once, at its first occurrence.
+//! default). A local time skipped by a daylight-saving change runs at the change; a local time
+//! that occurs twice runs once, at its first occurrence.
 
 use jiff::civil::{Date, DateTime, Time};
 use jiff::tz::TimeZone;
@@ -165,9 +165,17 @@ impl Cron {
                 t = t.checked_add(1.minute()).ok()?;
                 continue;
             }
-            // A time in a gap resolves after it; in a fold, to its first occurrence.
-            let at = tz.to_ambiguous_zoned(t).compatible().ok()?;
-            let ms = at.timestamp().as_millisecond();
+            // A time in a gap runs at the change itself (Vixie cron runs skipped jobs then); in a
+            // fold, at its first occurrence.
+            let amb = tz.to_ambiguous_zoned(t);
+            let ms = match amb.offset() {
+                jiff::tz::AmbiguousOffset::Gap { after, .. } => {
+                    // Read with the later offset, the time falls before the change.
+                    let early = after.to_timestamp(t).ok()?;
+                    tz.following(early).next()?.timestamp().as_millisecond()
+                }
+                _ => amb.compatible().ok()?.timestamp().as_millisecond(),
+            };
             if ms > after_ms {
                 return Some(ms);
             }
@@ -222,17 +230,19 @@ pub struct ScheduleRun {
 /// The latest run of any of `schedules` in `(checked, now]` (`[now, now]` when never checked);
 /// on a tie, the schedule listed last.
 pub fn due(schedules: &[&Schedule], checked: Option<i64>, now: i64) -> Option<ScheduleRun> {
-    let after = checked.unwrap_or(now - 1).min(now);
+    // Runs missed in a long outage: the latest of the last 35 days (an every-minute schedule
+    // is then 50,400 runs to walk, not millions).
+    let after = checked
+        .unwrap_or(now - 1)
+        .min(now)
+        .max(now.saturating_sub(35 * 86_400_000));
     let mut best: Option<ScheduleRun> = None;
     for s in schedules {
         let mut last = None;
         let mut r = s.next_after(after);
-        // Bounded: a long outage of an every-minute schedule still ends.
-        let mut n = 0;
         while let Some(t) = r.filter(|t| *t <= now) {
             last = Some(t);
-            n += 1;
-            r = if n > 100_000 { None } else { s.next_after(t) };
+            r = s.next_after(t);
         }
         if let Some(t) = last {
             if best.as_ref().is_none_or(|b| t >= b.at) {
@@ -344,83 +354,148 @@ mod tests {
     }
 
     #[test]
-    fn weekday_mornings_in_paris() {
-        // Friday 2026-12-04 09:00 Paris: the next run is Monday 08:00 Paris, 07:00 UTC.
-        assert_eq!(
-            next("0 8 * * MON-FRI", "Europe/Paris", "2026-12-04T08:00:00Z"),
-            "2026-12-07T07:00:00Z"
-        );
-        // Exactly at a run: the next one, not the same.
-        assert_eq!(
-            next("0 8 * * MON-FRI", "Europe/Paris", "2026-12-07T07:00:00Z"),
-            "2026-12-08T07:00:00Z"
-        );
-        // Summer time: 08:00 Paris is 06:00 UTC.
-        assert_eq!(
-            next("0 8 * * MON-FRI", "Europe/Paris", "2026-07-01T12:00:00Z"),
-            "2026-07-02T06:00:00Z"
-        );
-    }
-
-    #[test]
-    fn fields_lists_ranges_steps_and_names() {
-        assert_eq!(
-            next("*/15 * * * *", "UTC", "2026-01-01T00:07:00Z"),
-            "2026-01-01T00:15:00Z"
-        );
-        assert_eq!(
-            next("5,35 9-17/4 * * *", "UTC", "2026-01-01T09:40:00Z"),
-            "2026-01-01T13:05:00Z"
-        );
-        assert_eq!(
-            next("0 0 1 jan,jul *", "UTC", "2026-02-01T00:00:00Z"),
-            "2026-07-01T00:00:00Z"
-        );
-        // Sunday as 0 or 7.
-        assert_eq!(
-            next("0 0 * * 7", "UTC", "2026-12-01T00:00:00Z"),
-            "2026-12-06T00:00:00Z"
-        );
-        assert_eq!(
-            next("0 0 * * 0", "UTC", "2026-12-01T00:00:00Z"),
-            "2026-12-06T00:00:00Z"
-        );
-        // Both day fields restricted: either matches (the 15th, or any Monday).
-        assert_eq!(
-            next("0 0 15 * MON", "UTC", "2026-12-08T00:00:00Z"),
-            "2026-12-14T00:00:00Z"
-        );
-        assert_eq!(
-            next("0 0 15 * MON", "UTC", "2026-12-14T00:00:00Z"),
-            "2026-12-15T00:00:00Z"
-        );
-        // Leap day.
-        assert_eq!(
-            next("0 12 29 2 *", "UTC", "2026-03-01T00:00:00Z"),
-            "2028-02-29T12:00:00Z"
-        );
+    fn next_runs() {
+        for (cron, tz, after, want, why) in [
+            (
+                "0 8 * * MON-FRI",
+                "Europe/Paris",
+                "2026-12-04T08:00:00Z",
+                "2026-12-07T07:00:00Z",
+                "Friday 09:00 Paris: Monday 08:00",
+            ),
+            (
+                "0 8 * * MON-FRI",
+                "Europe/Paris",
+                "2026-12-07T07:00:00Z",
+                "2026-12-08T07:00:00Z",
+                "exactly at a run: the next one",
+            ),
+            (
+                "0 8 * * MON-FRI",
+                "Europe/Paris",
+                "2026-07-01T12:00:00Z",
+                "2026-07-02T06:00:00Z",
+                "summer time: 08:00 Paris is 06:00 UTC",
+            ),
+            (
+                "*/15 * * * *",
+                "UTC",
+                "2026-01-01T00:07:00Z",
+                "2026-01-01T00:15:00Z",
+                "a step",
+            ),
+            (
+                "5,35 9-17/4 * * *",
+                "UTC",
+                "2026-01-01T09:40:00Z",
+                "2026-01-01T13:05:00Z",
+                "a list and a stepped range",
+            ),
+            (
+                "0 0 1 jan,jul *",
+                "UTC",
+                "2026-02-01T00:00:00Z",
+                "2026-07-01T00:00:00Z",
+                "month names",
+            ),
+            (
+                "0 0 * * 7",
+                "UTC",
+                "2026-12-01T00:00:00Z",
+                "2026-12-06T00:00:00Z",
+                "Sunday as 7",
+            ),
+            (
+                "0 0 * * 0",
+                "UTC",
+                "2026-12-01T00:00:00Z",
+                "2026-12-06T00:00:00Z",
+                "Sunday as 0",
+            ),
+            (
+                "0 0 15 * MON",
+                "UTC",
+                "2026-12-08T00:00:00Z",
+                "2026-12-14T00:00:00Z",
+                "both day fields: a Monday",
+            ),
+            (
+                "0 0 15 * MON",
+                "UTC",
+                "2026-12-14T00:00:00Z",
+                "2026-12-15T00:00:00Z",
+                "both day fields: the 15th",
+            ),
+            (
+                "0 0 */2 * MON",
+                "UTC",
+                "2026-12-01T00:00:00Z",
+                "2026-12-07T00:00:00Z",
+                "a day field starting with * is unrestricted: Mondays only",
+            ),
+            (
+                "0 0 31 * *",
+                "UTC",
+                "2026-11-15T00:00:00Z",
+                "2026-12-31T00:00:00Z",
+                "months without a 31st are skipped",
+            ),
+            (
+                "0 12 29 2 *",
+                "UTC",
+                "2026-03-01T00:00:00Z",
+                "2028-02-29T12:00:00Z",
+                "leap day",
+            ),
+            // 2026-03-29 Paris: 02:00 jumps to 03:00 (01:00Z); 02:30 does not exist and runs at
+            // the change, also when asked from just after it.
+            (
+                "30 2 * * *",
+                "Europe/Paris",
+                "2026-03-28T12:00:00Z",
+                "2026-03-29T01:00:00Z",
+                "a gap runs at the change",
+            ),
+            (
+                "30 2 * * *",
+                "Europe/Paris",
+                "2026-03-29T00:59:50Z",
+                "2026-03-29T01:00:00Z",
+                "from just before it",
+            ),
+            (
+                "30 2 * * *",
+                "Europe/Paris",
+                "2026-03-29T01:00:00Z",
+                "2026-03-30T00:30:00Z",
+                "once",
+            ),
+            // 2026-10-25 Paris: 03:00 falls back to 02:00; 02:30 happens twice and runs once.
+            (
+                "30 2 * * *",
+                "Europe/Paris",
+                "2026-10-24T12:00:00Z",
+                "2026-10-25T00:30:00Z",
+                "a fold runs at its first 02:30",
+            ),
+            (
+                "30 2 * * *",
+                "Europe/Paris",
+                "2026-10-25T00:30:00Z",
+                "2026-10-26T01:30:00Z",
+                "and not at its second",
+            ),
+        ] {
+            assert_eq!(
+                next(cron, tz, after),
+                want,
+                "{cron} in {tz} after {after}: {why}"
+            );
+        }
         assert!(Cron::parse("0 0 30 2 *")
             .unwrap()
             .next_after(&TimeZone::UTC, 0)
             .is_none());
-    }
-
-    #[test]
-    fn daylight_saving_gaps_run_after_the_change_and_folds_run_once() {
-        // 2026-03-29 Paris: 02:00 jumps to 03:00. 02:30 does not exist: it runs at 03:30 CEST.
-        assert_eq!(
-            next("30 2 * * *", "Europe/Paris", "2026-03-28T12:00:00Z"),
-            "2026-03-29T01:30:00Z"
-        );
-        // 2026-10-25 Paris: 03:00 falls back to 02:00. 02:30 happens twice: once, the first.
-        assert_eq!(
-            next("30 2 * * *", "Europe/Paris", "2026-10-24T12:00:00Z"),
-            "2026-10-25T00:30:00Z"
-        );
-        assert_eq!(
-            next("30 2 * * *", "Europe/Paris", "2026-10-25T00:30:00Z"),
-            "2026-10-26T01:30:00Z"
-        );
     }
 
     #[test]

@@ -703,16 +703,10 @@ fn check_group(
             crate::replay::event_text(&evaluator::Event::Scaling(d.clone()))
         } else {
             // Nothing to hold: what each policy said.
-            let why: Vec<String> = d
-                .inputs
-                .iter()
-                .map(|i| format!("{}: {}", i.policy, i.reason))
-                .chain(d.notes.iter().cloned())
-                .collect();
             format!(
                 "{}  scale    {asg} stays at {current}: {}",
                 crate::duration::format_timestamp_ms(ts),
-                why.join("; ")
+                d.reasons().join("; ")
             )
         });
         current = d.desired;

@@ -467,7 +467,7 @@ impl Engine {
                 Event::Scaling(d) => {
                     self.metrics.decision("scaling");
                     if !d.changes() {
-                        tracing::info!(asg = %d.asg, held = d.held.as_deref().unwrap_or(""), "scaling held");
+                        tracing::info!(asg = %d.asg, held = d.held.as_deref().unwrap_or(""), notes = ?d.notes, "scaling held");
                     } else if acting {
                         tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, held = ?d.held, notes = ?d.notes, "scaling decision");
                     } else {

@@ -54,6 +54,12 @@ impl Fleet {
                             g.min = b.min.unwrap_or(g.min);
                             g.max = b.max.unwrap_or(g.max);
                         }
+                        // AWS moves the desired capacity into the new bounds itself: that is
+                        // not a change made outside Vigil.
+                        let (lo, hi) = (b.min.unwrap_or(0), b.max.unwrap_or(u32::MAX));
+                        if let Some(d) = st.baseline.get_mut(&asg) {
+                            *d = (*d).clamp(lo, hi.max(lo));
+                        }
                     }
                     if current {
                         st.bounds.remove(&asg);

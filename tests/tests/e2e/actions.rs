@@ -1165,7 +1165,7 @@ fn a_paused_group_changes_nothing_at_aws_and_says_what_it_would_do_until_resumed
 /// A `[[schedule]]` runs at its time (moto stores scheduled actions but never runs them; Vigil
 /// runs its own): the group's MinSize/MaxSize at AWS with UpdateAutoScalingGroup, then a
 /// capacity inside them. The aggregator's clock (libfaketime on it alone, never the host's)
-/// starts 30 s before a minute boundary (a step once running would be slewed, not followed),
+/// starts 45 s before a minute boundary (a step once running would be slewed, not followed),
 /// and the schedule names that minute in a time zone half an hour off UTC. The test checks that
 /// the first evaluation came before the run (a schedule is never applied retroactively).
 #[test]
@@ -1196,7 +1196,7 @@ fn a_schedule_sets_the_groups_bounds_at_aws_at_its_time() {
         .arg(&rig.cfg)
         .envs(ENV)
         .env("LD_PRELOAD", lib)
-        .env("FAKETIME", format!("+{}", boundary - 30 - real()))
+        .env("FAKETIME", format!("+{}", boundary - 45 - real()))
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
     let agg = Child::spawn("aggregator", &mut cmd, rig.dir.path());
     assert!(
@@ -1235,12 +1235,14 @@ fn a_schedule_sets_the_groups_bounds_at_aws_at_its_time() {
         || rig.aws.group("web").1 == 4,
         || agg.log_text(),
     );
+    // Once (a call the SDK retried after a slow answer may show twice, the same).
     let calls = rig.proxy.calls_of("UpdateAutoScalingGroup");
-    assert_eq!(calls.len(), 1, "{calls:?}");
     assert!(
-        calls[0].body.contains("MinSize=4") && calls[0].body.contains("MaxSize=8"),
-        "{}",
-        calls[0].body
+        !calls.is_empty()
+            && calls
+                .iter()
+                .all(|c| c.body.contains("MinSize=4") && c.body.contains("MaxSize=8")),
+        "{calls:?}"
     );
     assert_eq!(rig.aws.group("web").2, 8);
     vigil_e2e::wait_until(
@@ -1249,8 +1251,10 @@ fn a_schedule_sets_the_groups_bounds_at_aws_at_its_time() {
         || rig.aws.group("web").0 == 4,
         || agg.log_text(),
     );
-    // The decision says which schedule ran, and when.
+    // The decision says which schedule ran, and when; AWS moving the desired capacity into the
+    // new bounds is not taken for a change made outside Vigil.
     let log = agg.log_text();
+    assert!(!log.contains("changed outside Vigil"), "{log}");
     assert!(
         log.contains(&format!(
             "schedule office-hours ran at {next_run}: min 4, max 8"
