@@ -97,6 +97,26 @@ repeat_interval = "1h"
         c
     }
 
+    /// Waits for the first rule group's first evaluation (the rules need a `[[group]]`).
+    fn wait_first_evaluation(&self, agg: &Child) {
+        let evaluated = || {
+            let (_, r) = get(&format!("{}/api/v1/rules", self.base)).expect("rules");
+            serde_json::from_str::<serde_json::Value>(&r)
+                .ok()
+                .is_some_and(|v| {
+                    v["data"]["groups"][0]["lastEvaluation"]
+                        .as_str()
+                        .is_some_and(|t| !t.starts_with("0001"))
+                })
+        };
+        vigil_e2e::wait_until(
+            Duration::from_secs(30),
+            "the first evaluation",
+            evaluated,
+            || agg.log_text(),
+        );
+    }
+
     fn push(&self, series: &[(Labels, f64)]) {
         assert_eq!(push_now(&self.base, series), 204);
     }
@@ -1032,22 +1052,7 @@ fn a_paused_group_changes_nothing_at_aws_and_says_what_it_would_do_until_resumed
         .expect("post")
     };
     // Pauses are taken once the aggregator has evaluated (before, 503: retry).
-    let evaluated = || {
-        let (_, r) = get(&format!("{base}/api/v1/rules")).expect("rules");
-        serde_json::from_str::<serde_json::Value>(&r)
-            .ok()
-            .is_some_and(|v| {
-                v["data"]["groups"][0]["lastEvaluation"]
-                    .as_str()
-                    .is_some_and(|t| !t.starts_with("0001"))
-            })
-    };
-    vigil_e2e::wait_until(
-        Duration::from_secs(30),
-        "the first evaluation",
-        evaluated,
-        || agg.log_text(),
-    );
+    rig.wait_first_evaluation(&agg);
     // Refused with the reason: no reason, no such group, an end in the past.
     let (code, text) = send("/api/v1/scaling/web/pause", r#"{"author": "ops"}"#);
     assert_eq!(code, 400, "{text}");
@@ -1143,7 +1148,14 @@ fn a_paused_group_changes_nothing_at_aws_and_says_what_it_would_do_until_resumed
     );
     assert!(ok, "{}", agg.log_text());
     // One decision, to 4 (a call the SDK retried after a slow answer may show twice: the same
-    // capacity, at least once).
+    // capacity, at least once). The proxy records a call once moto has answered it, which can
+    // be after the change shows in moto: wait for the record.
+    vigil_e2e::wait_until(
+        Duration::from_secs(30),
+        "the SetDesiredCapacity recorded",
+        || !rig.proxy.calls_of("SetDesiredCapacity").is_empty(),
+        || agg.log_text(),
+    );
     let calls = rig.proxy.calls_of("SetDesiredCapacity");
     assert!(
         !calls.is_empty() && calls.iter().all(|c| c.body.contains("DesiredCapacity=4")),
@@ -1209,22 +1221,7 @@ fn a_schedule_sets_the_groups_bounds_at_aws_at_its_time() {
         serde_json::from_str::<serde_json::Value>(&s).expect("json")
     };
     let next_run = vigil_config::duration::format_timestamp_ms(boundary * 1000);
-    let evaluated = || {
-        let (_, r) = get(&format!("{}/api/v1/rules", rig.base)).expect("rules");
-        serde_json::from_str::<serde_json::Value>(&r)
-            .ok()
-            .is_some_and(|v| {
-                v["data"]["groups"][0]["lastEvaluation"]
-                    .as_str()
-                    .is_some_and(|t| !t.starts_with("0001"))
-            })
-    };
-    vigil_e2e::wait_until(
-        Duration::from_secs(30),
-        "the first evaluation",
-        evaluated,
-        || agg.log_text(),
-    );
+    rig.wait_first_evaluation(&agg);
     let s = scaling();
     assert_eq!(s["data"]["schedules"][0]["next_run"], next_run, "{s}");
     assert_eq!(s["data"]["schedules"][0]["in_force"], false, "{s}");
@@ -1235,7 +1232,14 @@ fn a_schedule_sets_the_groups_bounds_at_aws_at_its_time() {
         || rig.aws.group("web").1 == 4,
         || agg.log_text(),
     );
-    // Once (a call the SDK retried after a slow answer may show twice, the same).
+    // Once (a call the SDK retried after a slow answer may show twice, the same). The proxy
+    // records a call once moto has answered it, which can be after the change shows in moto.
+    vigil_e2e::wait_until(
+        Duration::from_secs(30),
+        "the UpdateAutoScalingGroup recorded",
+        || !rig.proxy.calls_of("UpdateAutoScalingGroup").is_empty(),
+        || agg.log_text(),
+    );
     let calls = rig.proxy.calls_of("UpdateAutoScalingGroup");
     assert!(
         !calls.is_empty()
