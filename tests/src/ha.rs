@@ -291,6 +291,9 @@ address = "127.0.0.1:{}"
         let began = Instant::now();
         let end = began + timeout;
         let mut last = began - Duration::from_secs(1);
+        // What the wait saw, not a second look: a condition may hold only for a moment (the
+        // shared state read between two of its writes), and a second read can miss it.
+        let mut met = false;
         wait_until(
             timeout,
             what,
@@ -299,7 +302,8 @@ address = "127.0.0.1:{}"
                     self.push(load, errors);
                     last = Instant::now();
                 }
-                Instant::now() >= end || cond()
+                met = met || cond();
+                met || Instant::now() >= end
             },
             || {
                 logs.iter()
@@ -310,7 +314,7 @@ address = "127.0.0.1:{}"
         );
         println!("{what}: {} ms", began.elapsed().as_millis());
         assert!(
-            cond(),
+            met,
             "waited {timeout:?} for {what}\n{}",
             logs.iter()
                 .map(|c| c.log_text())
