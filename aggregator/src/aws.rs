@@ -119,6 +119,9 @@ pub struct Member {
     pub lifecycle: Lifecycle,
     /// `Healthy` or `Unhealthy`.
     pub health: String,
+    /// The Availability Zone it runs in.
+    pub az: String,
+    pub protected_from_scale_in: bool,
 }
 
 /// An instance's lifecycle state in its group (only `InService` instances count or may be
@@ -187,6 +190,9 @@ pub trait AutoScaling: Send + Sync {
         min: Option<u32>,
         max: Option<u32>,
     ) -> BoxFut<'a, Result<Effect, CallError>>;
+    /// TerminateInstanceInAutoScalingGroup with ShouldDecrementDesiredCapacity true: a scale-in
+    /// that chose its victim.
+    fn terminate<'a>(&'a self, instance: &'a str) -> BoxFut<'a, Result<Effect, CallError>>;
     /// Whether the groups can be described at all (not without `[aws]`).
     fn describes(&self) -> bool {
         true
@@ -220,101 +226,6 @@ pub struct Clients {
     pub autoscaling: Box<dyn AutoScaling>,
     pub sns: Box<dyn Publisher>,
     pub cloudwatch: Box<dyn MetricSink>,
-}
-
-/// Without `[aws]`: nothing is read, every change is logged only.
-pub fn without_aws(calls: &CallMetrics) -> Clients {
-    Clients {
-        autoscaling: Box::new(DryRunAutoScaling {
-            reader: None,
-            calls: calls.clone(),
-        }),
-        sns: Box::new(DryRun(calls.clone())),
-        cloudwatch: Box::new(DryRun(calls.clone())),
-    }
-}
-
-/// A dry run's Auto Scaling: describes through `reader` (the SDK's, when `[aws]` is given),
-/// logs changes.
-struct DryRunAutoScaling {
-    reader: Option<Box<dyn AutoScaling>>,
-    calls: CallMetrics,
-}
-
-impl AutoScaling for DryRunAutoScaling {
-    fn describe<'a>(
-        &'a self,
-        names: &'a [String],
-    ) -> BoxFut<'a, Result<Vec<GroupInfo>, CallError>> {
-        match &self.reader {
-            Some(r) => r.describe(names),
-            None => Box::pin(async { Ok(Vec::new()) }),
-        }
-    }
-
-    fn set_desired<'a>(
-        &'a self,
-        asg: &'a str,
-        desired: u32,
-    ) -> BoxFut<'a, Result<Effect, CallError>> {
-        tracing::info!(asg = %asg, desired, "dry run: would SetDesiredCapacity (HonorCooldown false)");
-        self.calls.dry_run("SetDesiredCapacity");
-        Box::pin(async { Ok(Effect::DryRun) })
-    }
-
-    fn set_unhealthy<'a>(&'a self, instance: &'a str) -> BoxFut<'a, Result<Effect, CallError>> {
-        tracing::info!(instance = %instance, "dry run: would SetInstanceHealth Unhealthy (ShouldRespectGracePeriod true)");
-        self.calls.dry_run("SetInstanceHealth");
-        Box::pin(async { Ok(Effect::DryRun) })
-    }
-
-    fn set_bounds<'a>(
-        &'a self,
-        asg: &'a str,
-        min: Option<u32>,
-        max: Option<u32>,
-    ) -> BoxFut<'a, Result<Effect, CallError>> {
-        tracing::info!(asg = %asg, min = ?min, max = ?max, "dry run: would UpdateAutoScalingGroup");
-        self.calls.dry_run("UpdateAutoScalingGroup");
-        Box::pin(async { Ok(Effect::DryRun) })
-    }
-
-    fn describes(&self) -> bool {
-        self.reader.is_some()
-    }
-
-    fn dry_run(&self) -> bool {
-        true
-    }
-}
-
-/// A dry run's SNS and CloudWatch.
-struct DryRun(CallMetrics);
-
-impl Publisher for DryRun {
-    fn publish<'a>(
-        &'a self,
-        topic_arn: &'a str,
-        subject: &'a str,
-        _message: &'a str,
-        _attributes: &'a BTreeMap<String, String>,
-    ) -> BoxFut<'a, Result<Effect, CallError>> {
-        tracing::info!(topic = %topic_arn, subject = %subject, "dry run: would Publish to SNS");
-        self.0.dry_run("Publish");
-        Box::pin(async { Ok(Effect::DryRun) })
-    }
-}
-
-impl MetricSink for DryRun {
-    fn put<'a>(
-        &'a self,
-        namespace: &'a str,
-        data: &'a [Datum],
-    ) -> BoxFut<'a, Result<Effect, CallError>> {
-        tracing::info!(namespace = %namespace, datums = data.len(), "dry run: would PutMetricData");
-        self.0.dry_run("PutMetricData");
-        Box::pin(async { Ok(Effect::DryRun) })
-    }
 }
 
 /// Builds the clients from the default credential chain (with `[aws] dry_run`, the dry run's,
@@ -432,6 +343,22 @@ impl AutoScaling for Sdk<aws_sdk_autoscaling::Client> {
             r
         })
     }
+
+    fn terminate<'a>(&'a self, instance: &'a str) -> BoxFut<'a, Result<Effect, CallError>> {
+        Box::pin(async move {
+            let r = self
+                .0
+                .terminate_instance_in_auto_scaling_group()
+                .instance_id(instance)
+                .should_decrement_desired_capacity(true)
+                .send()
+                .await
+                .map(|_| Effect::Made)
+                .map_err(|e| err("TerminateInstanceInAutoScalingGroup", e));
+            self.1.count("TerminateInstanceInAutoScalingGroup", &r);
+            r
+        })
+    }
 }
 
 impl Sdk<aws_sdk_autoscaling::Client> {
@@ -463,6 +390,8 @@ impl Sdk<aws_sdk_autoscaling::Client> {
                                 i.lifecycle_state().map_or("", |s| s.as_str()),
                             ),
                             health: i.health_status().unwrap_or_default().to_string(),
+                            az: i.availability_zone().unwrap_or_default().to_string(),
+                            protected_from_scale_in: i.protected_from_scale_in().unwrap_or(false),
                         })
                         .collect(),
                 });
@@ -559,6 +488,11 @@ impl MetricSink for Sdk<aws_sdk_cloudwatch::Client> {
         })
     }
 }
+
+#[path = "aws_dry_run.rs"]
+mod dry_run;
+pub use dry_run::without_aws;
+use dry_run::DryRunAutoScaling;
 
 #[cfg(test)]
 #[path = "aws_tests.rs"]

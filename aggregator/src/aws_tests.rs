@@ -25,6 +25,10 @@ fn the_iam_policy_allows_exactly_the_calls_made() {
             &["autoscaling:UpdateAutoScalingGroup"],
         ),
         ("set_instance_health", &["autoscaling:SetInstanceHealth"]),
+        (
+            "terminate_instance_in_auto_scaling_group",
+            &["autoscaling:TerminateInstanceInAutoScalingGroup"],
+        ),
         ("put_metric_data", &["cloudwatch:PutMetricData"]),
         ("publish", &["sns:Publish"]),
         ("get_item", &["dynamodb:GetItem"]),

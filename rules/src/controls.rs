@@ -37,6 +37,8 @@ pub struct Controls {
     pub no_data_for_ms: i64,
     /// How long a new instance warms: see `crate::warmup`.
     pub instance_warmup_ms: Option<i64>,
+    /// Ranks the instances a scale-in terminates, lowest first: see `crate::victim`.
+    pub scale_in_victim: Option<Query>,
 }
 
 /// The default `no_data_for`.
@@ -112,22 +114,23 @@ pub fn read(
     };
     let max_scale_out = velocity(doc, s, "max_scale_out");
     let max_scale_in = velocity(doc, s, "max_scale_in");
-    let mut guard = |doc: &mut Doc<'_>, s: &mut Obj<'_, '_>, key: &str| {
+    let mut guard = |doc: &mut Doc<'_>, s: &mut Obj<'_, '_>, key: &str, what: &str| {
         let e = s.str(doc, key)?;
         let q = crate::rulefile::parse_expr(
             doc,
             &e,
             &format!("{path}.{key}"),
             &[ValueType::Vector],
-            "a guard's",
+            what,
         );
         if q.is_none() {
             ok = false;
         }
         q
     };
-    let hold_out_when = guard(doc, s, "hold_out_when");
-    let hold_in_when = guard(doc, s, "hold_in_when");
+    let hold_out_when = guard(doc, s, "hold_out_when", "a guard's");
+    let hold_in_when = guard(doc, s, "hold_in_when", "a guard's");
+    let scale_in_victim = guard(doc, s, "scale_in_victim", "the victim ranking's");
     let on_no_data = if !s.has("on_no_data") {
         NoData::Hold
     } else if s.is_str("on_no_data") {
@@ -199,6 +202,7 @@ pub fn read(
         on_no_data,
         no_data_for_ms,
         instance_warmup_ms,
+        scale_in_victim,
     })
 }
 

@@ -55,6 +55,9 @@ pub enum Observed {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observations {
     pub groups: HashMap<String, Observed>,
+    /// Group → where each member runs and whether it may be terminated (for
+    /// `scale_in_victim`); absent for a simulated group.
+    pub placement: HashMap<String, BTreeMap<String, crate::victim::Placement>>,
 }
 
 impl Observations {
@@ -411,6 +414,7 @@ pub fn eval_scaling(
     state: &mut State,
     storage: &dyn Storage,
     current: u32,
+    placement: Option<&BTreeMap<String, crate::victim::Placement>>,
     ts: i64,
 ) -> Decision {
     let mut owned: Vec<(String, PolicyState)> = policies
@@ -428,12 +432,42 @@ pub fn eval_scaling(
         .map(|(p, (_, st))| (*p, scaling_observation(engine, storage, &p.expr, ts), st))
         .collect();
     let mut guards = eval_guards(engine, storage, policies, ts);
-    if policies
+    let victim = policies.iter().find_map(|p| {
+        p.controls
+            .scale_in_victim
+            .as_ref()
+            .map(|q| (p.name.as_str(), q))
+    });
+    let warmup = policies
         .iter()
-        .any(|p| p.controls.instance_warmup_ms.is_some())
-    {
-        guards.warming = crate::warmup::warming(engine, storage, asg, ts);
+        .any(|p| p.controls.instance_warmup_ms.is_some());
+    let warming = if warmup || victim.is_some() {
+        crate::warmup::warming(engine, storage, asg, ts)
+    } else {
+        Default::default()
+    };
+    if warmup {
+        guards.warming = warming.len() as u32;
     }
+    // The instances a scale-in may terminate, and so how far it may go (a described group).
+    let candidates = victim.map(|(name, q)| {
+        let ranks = crate::victim::rank(engine, storage, q, ts).unwrap_or_else(|e| {
+            guards.notes.push(format!(
+                "scale_in_victim of {name} could not be evaluated ({e}): instances chosen by zone alone"
+            ));
+            BTreeMap::new()
+        });
+        let c = crate::victim::Candidates::new(&ranks, placement, &warming);
+        if c.placed {
+            let why = if c.excluded.is_empty() {
+                "no other is in service".to_string()
+            } else {
+                c.excluded.join(", ")
+            };
+            guards.removable = Some((c.len(), why));
+        }
+        c
+    });
     let group = state.groups.entry(asg.to_string()).or_default();
     // A schedule no longer in the rules no longer sets bounds.
     if group
@@ -455,6 +489,15 @@ pub fn eval_scaling(
         guards.schedule_ran = true;
     }
     let mut d = scaling::decide(asg, current, &mut inputs, &guards, group, ts);
+    // A policy's scale-in terminates its victims; moving into the bounds lets AWS choose.
+    let policy_scale_in = d.direction == Some(scaling::Direction::In)
+        && d.desired < current
+        && d.by
+            .as_deref()
+            .is_some_and(|b| policies.iter().any(|p| p.name == b));
+    if let Some(c) = candidates.filter(|_| policy_scale_in) {
+        d.victims = c.choose(current - d.desired);
+    }
     if let Some(r) = ran {
         d.notes.insert(
             0,
@@ -737,6 +780,7 @@ impl Simulation {
                 &mut self.state,
                 storage,
                 current,
+                fleet.placement.get(asg),
                 ts,
             );
             self.capacity.insert(asg.to_string(), d.desired);
@@ -850,6 +894,7 @@ mod tests {
             .collect();
         Observations {
             groups: HashMap::from([("g".to_string(), Observed::Live { capacity, members })]),
+            ..Observations::default()
         }
     }
 
@@ -1031,6 +1076,7 @@ fail_open_fraction = 0.5
         // Unknown: nothing decided, the simulation's record untouched.
         let unknown = Observations {
             groups: HashMap::from([("g".to_string(), Observed::Unknown)]),
+            ..Observations::default()
         };
         assert_eq!(decided(sim.step(&mut storage, 0, 0, &unknown)), None);
         assert_eq!(sim.capacities().get("g"), Some(&1), "the policy's min");
@@ -1045,5 +1091,77 @@ fail_open_fraction = 0.5
             Some((3, 5))
         );
         assert_eq!(sim.capacities().get("g"), Some(&5));
+    }
+
+    #[test]
+    fn a_scale_in_terminates_the_lowest_ranked_instances_zone_by_zone_and_no_more_than_may_go() {
+        // Load 0.25 against a target of 1: 4 instances want 1. in_flight ranks them.
+        let text = "[[scaling]]\nname = \"s\"\nasg = \"g\"\nmin = 1\nmax = 10\nexpr = \"load\"\ntarget = 1\nscale_in_cooldown = \"0s\"\nscale_in_stabilization = \"0s\"\nscale_in_victim = 'sum by (instance) (in_flight)'\n";
+        let mut storage = MemStorage::new();
+        storage.add_series(
+            Labels::from_pairs([("__name__", "load")]),
+            (0..=8).map(|k| Sample::new(k * 15_000, 0.25)),
+        );
+        for (i, v) in [("i-a1", 5.0), ("i-a2", 1.0), ("i-b1", 0.0), ("i-b2", 3.0)] {
+            storage.add_series(
+                Labels::from_pairs([("__name__", "in_flight"), ("instance", i)]),
+                (0..=8).map(|k| Sample::new(k * 15_000, v)),
+            );
+        }
+        let place = |az: &str, protected: bool| crate::victim::Placement {
+            az: az.into(),
+            protected,
+            in_service: true,
+        };
+        let mut fleet = live_g(4, []);
+        fleet.placement.insert(
+            "g".into(),
+            BTreeMap::from([
+                ("i-a1".to_string(), place("a", false)),
+                ("i-a2".to_string(), place("a", false)),
+                ("i-a3".to_string(), place("a", true)),
+                ("i-b1".to_string(), place("b", false)),
+                ("i-b2".to_string(), place("b", false)),
+            ]),
+        );
+        let mut sim = simulation_of(text);
+        let d = sim
+            .step(&mut storage, 0, 0, &fleet)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Scaling(d) => Some(d),
+                _ => None,
+            })
+            .expect("a decision");
+        // Zone a runs 3 (one protected), b 2: a gives its lowest (i-a2), then b (i-b1), then
+        // a again (i-a1). i-b2 could go too, but the decision wants 4 -> 1: three victims.
+        assert_eq!((d.current, d.desired), (4, 1), "{d:?}");
+        let victims: Vec<&str> = d.victims.iter().map(|(i, _)| i.as_str()).collect();
+        assert_eq!(victims, ["i-a2", "i-b1", "i-a1"], "{d:?}");
+        assert!(d.reasons().iter().any(|r| r.starts_with("terminates i-a2: ranked 1 by scale_in_victim, lowest in a (3 instances in service there)")), "{:?}", d.reasons());
+
+        // All but one protected: the scale-in goes no further than the one that may go.
+        let mut sim = simulation_of(text);
+        for p in fleet.placement.get_mut("g").unwrap().values_mut() {
+            p.protected = true;
+        }
+        fleet
+            .placement
+            .get_mut("g")
+            .unwrap()
+            .get_mut("i-b2")
+            .unwrap()
+            .protected = false;
+        let d = sim
+            .step(&mut storage, 0, 0, &fleet)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Scaling(d) => Some(d),
+                _ => None,
+            })
+            .expect("a decision");
+        assert_eq!(d.desired, 3, "{d:?}");
+        assert_eq!(d.victims.len(), 1);
+        assert!(d.notes.iter().any(|n| n.contains("scale_in_victim: 1 instance may be terminated (4 instances protected from scale-in): limits 1 to 3")), "{:?}", d.notes);
     }
 }

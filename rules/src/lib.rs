@@ -26,4 +26,5 @@ pub mod schedule;
 pub mod series;
 pub mod template;
 pub mod unittest;
+pub mod victim;
 pub mod warmup;

@@ -260,6 +260,13 @@ pub fn event_json(e: &Event) -> serde_json::Value {
             if !d.notes.is_empty() {
                 j["notes"] = json!(d.notes);
             }
+            if !d.victims.is_empty() {
+                j["victims"] = json!(d
+                    .victims
+                    .iter()
+                    .map(|(i, why)| json!({"instance": i, "reason": why}))
+                    .collect::<Vec<_>>());
+            }
             j
         }
         Event::Replace(r) => json!({

@@ -46,6 +46,9 @@ pub struct Guards {
     pub warming: u32,
     /// A schedule of the group ran at this evaluation.
     pub schedule_ran: bool,
+    /// With `scale_in_victim` on a described group: how many instances may be terminated, and
+    /// why not more (`crate::victim`).
+    pub removable: Option<(u32, String)>,
 }
 
 /// A policy's state between evaluations.
@@ -131,6 +134,9 @@ pub struct Decision {
     /// The policy whose recommendation was chosen, if any.
     pub by: Option<String>,
     pub inputs: Vec<PolicyInput>,
+    /// With `scale_in_victim`: the instances a scale-in terminates (each with why), rather than
+    /// letting AWS choose; as many as the capacity drops.
+    pub victims: Vec<(String, String)>,
 }
 
 impl Decision {
@@ -138,12 +144,17 @@ impl Decision {
         self.desired != self.current
     }
 
-    /// Each policy's reason (`policy: reason`), then the notes.
+    /// Each policy's reason (`policy: reason`), then the notes, then the victims.
     pub fn reasons(&self) -> Vec<String> {
         self.inputs
             .iter()
             .map(|i| format!("{}: {}", i.policy, i.reason))
             .chain(self.notes.iter().cloned())
+            .chain(
+                self.victims
+                    .iter()
+                    .map(|(i, why)| format!("terminates {i}: {why}")),
+            )
             .collect()
     }
 
@@ -352,6 +363,7 @@ pub fn decide(
         scheduled: None,
         by: None,
         inputs,
+        victims: Vec::new(),
     };
     // Out if any asks: the largest ask.
     let out = d
@@ -490,6 +502,21 @@ pub fn decide(
                         d.desired
                     ));
                     d.desired = lim.min(current);
+                }
+            }
+            if let Some((n, why)) = &guards.removable {
+                let lim = current.saturating_sub(*n);
+                if d.desired < lim {
+                    d.notes.push(format!(
+                        "scale_in_victim: {} may be terminated ({why}): limits {} to {lim}",
+                        if *n == 1 {
+                            "1 instance".to_string()
+                        } else {
+                            format!("{n} instances")
+                        },
+                        d.desired
+                    ));
+                    d.desired = lim;
                 }
             }
             if d.desired == current {
@@ -688,8 +715,7 @@ mod tests {
             hold_out: Some("hold_out_when of cpu returns {db=\"main\"}".into()),
             hold_in: None,
             notes: vec![],
-            warming: 0,
-            schedule_ran: false,
+            ..Guards::default()
         };
         let (mut st, mut g) = (PolicyState::default(), GroupState::default());
         let obs = |v| Observation::value(Some(v));

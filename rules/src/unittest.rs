@@ -697,6 +697,7 @@ fn check_group(
             &mut state,
             storage,
             current,
+            None,
             ts,
         );
         said.push(if d.changes() || d.held.is_some() {

@@ -147,12 +147,13 @@ pub fn publish(
     now.len()
 }
 
-/// How many instances of `asg` are warming at `ts` (`vigil_instance_warm == 0` with its `asg`).
-pub fn warming(engine: &Engine, storage: &dyn Storage, asg: &str, ts: i64) -> u32 {
+/// The instances of `asg` warming at `ts` (`vigil_instance_warm == 0` with its `asg`).
+pub fn warming(engine: &Engine, storage: &dyn Storage, asg: &str, ts: i64) -> BTreeSet<String> {
     vector(engine, storage, &format!("{METRIC} == 0"), ts)
         .iter()
         .filter(|(l, _)| l.get("asg") == Some(asg))
-        .count() as u32
+        .filter_map(|(l, _)| l.get("instance").map(str::to_string))
+        .collect()
 }
 
 #[cfg(test)]
@@ -217,7 +218,7 @@ mod tests {
                 ("i-2".to_string(), "web".to_string(), 0.0)
             ]
         );
-        assert_eq!(warming(&engine, &s, "web", t0), 1);
+        assert_eq!(warming(&engine, &s, "web", t0).len(), 1);
         // Three minutes after its first push, i-2 is warm.
         let t1 = t0 + 180_000;
         s.add(
@@ -226,9 +227,9 @@ mod tests {
         );
         s.add(series("vigil_health_up", "i-2", None), Sample::new(t1, 1.0));
         publish(&engine, &mut s, &rules, &fleet, &mut st, t1 - 10_000);
-        assert_eq!(warming(&engine, &s, "web", t1 - 10_000), 1);
+        assert_eq!(warming(&engine, &s, "web", t1 - 10_000).len(), 1);
         publish(&engine, &mut s, &rules, &fleet, &mut st, t1);
-        assert_eq!(warming(&engine, &s, "web", t1), 0);
+        assert!(warming(&engine, &s, "web", t1).is_empty());
         // i-2 goes away: its series is marked stale, not left to linger.
         let t2 = t1 + 10_000;
         s.add(

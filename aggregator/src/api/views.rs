@@ -142,6 +142,7 @@ pub(super) fn scaling_json(app: &Api) -> Json {
                 .filter(|d| d.asg == asg)
                 .take(10)
                 .map(|d| json!({"time": format_timestamp_ms(d.at), "from": d.current, "to": d.desired, "by": d.by, "held": d.held, "notes": d.notes,
+                    "victims": d.victims.iter().map(|(i, why)| json!({"instance": i, "reason": why})).collect::<Vec<_>>(),
                     "inputs": d.inputs.iter().map(|i| json!({"policy": i.policy, "value": i.value.map(shortest_g), "recommended": i.recommended, "reason": i.reason})).collect::<Vec<_>>()}))
                 .collect();
             let decided = view.capacity.get(asg).copied();

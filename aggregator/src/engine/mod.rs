@@ -469,7 +469,7 @@ impl Engine {
                     if !d.changes() {
                         tracing::info!(asg = %d.asg, held = d.held.as_deref().unwrap_or(""), notes = ?d.notes, "scaling held");
                     } else if acting {
-                        tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, held = ?d.held, notes = ?d.notes, "scaling decision");
+                        tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, held = ?d.held, notes = ?d.notes, victims = ?d.victims, "scaling decision");
                     } else {
                         tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, held = ?d.held, notes = ?d.notes, "follower: would scale (the leader acts)");
                     }

@@ -10,7 +10,7 @@ use crate::aws::{CallError, Effect, Lifecycle};
 use crate::clock::backoff_ms;
 
 /// The entries whose next try is due, copied out (the calls run without the lock).
-fn due_now<T: Clone>(
+pub(super) fn due_now<T: Clone>(
     m: &BTreeMap<String, T>,
     now: i64,
     next_try: impl Fn(&T) -> i64,
@@ -22,7 +22,7 @@ fn due_now<T: Clone>(
 }
 
 impl Fleet {
-    fn set_last(&self, asg: &str, desired: u32, result: String) {
+    pub(super) fn set_last(&self, asg: &str, desired: u32, result: String) {
         let at = self.now_ms();
         self.state().last.insert(
             asg.to_string(),
@@ -70,6 +70,9 @@ impl Fleet {
         for (asg, b) in std::mem::take(&mut st.bounds) {
             tracing::info!(asg = %asg, schedule = %b.schedule, min = ?b.min, max = ?b.max, "follower: would UpdateAutoScalingGroup (the leader acts)");
         }
+        for (instance, t) in std::mem::take(&mut st.terminate) {
+            tracing::info!(asg = %t.asg, instance = %instance, "follower: would TerminateInstanceInAutoScalingGroup (the leader acts)");
+        }
         true
     }
 
@@ -92,6 +95,9 @@ impl Fleet {
                 return;
             }
             self.scale(&asg, p).await;
+        }
+        if !self.apply_terminations().await {
+            return;
         }
         let due = due_now(&self.state().unhealthy, now, |p| p.next_try);
         for (instance, p) in due {

@@ -8,6 +8,8 @@
 //!   min/max, applied with SetDesiredCapacity by the actuator (`actuator.rs`) and retried until
 //!   AWS takes it or a newer decision replaces it. Desired-capacity changes made outside Vigil are
 //!   detected, logged, counted and adopted.
+//! - Scale-in that chose its victims (`scale_in_victim`): TerminateInstanceInAutoScalingGroup
+//!   with ShouldDecrementDesiredCapacity for each (`terminate.rs`), in place of a capacity.
 //! - Replacement: SetInstanceHealth Unhealthy for each instance a decision names (the cap and
 //!   fail-open are the rules crate's), retried while the instance is still in service.
 //!
@@ -17,6 +19,7 @@
 
 mod actuator;
 mod bounds;
+mod terminate;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use vigil_rules::duration::format_timestamp_ms;
 use vigil_rules::evaluator::{Eligibility, Event, Observations, Observed};
+use vigil_rules::victim::Placement;
 
 use crate::aws::{AutoScaling, CallError, GroupInfo, Lifecycle};
 use crate::clock::SharedClock;
@@ -119,6 +123,8 @@ struct Pending<'a> {
     health: std::borrow::Cow<'a, BTreeMap<String, PendingHealth>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     bounds: std::borrow::Cow<'a, BTreeMap<String, bounds::PendingBounds>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    terminate: std::borrow::Cow<'a, BTreeMap<String, terminate::PendingTerminate>>,
 }
 
 /// What Vigil last did to a group, for the API.
@@ -140,6 +146,8 @@ struct State {
     unhealthy: BTreeMap<String, PendingHealth>,
     /// Group → a schedule's bounds to set at AWS.
     bounds: BTreeMap<String, bounds::PendingBounds>,
+    /// Instance → the scale-in victim to terminate.
+    terminate: BTreeMap<String, terminate::PendingTerminate>,
     /// Group → the desired capacity AWS should have as far as Vigil knows (what it set last, or
     /// what it last read): a describe showing another means someone else changed it.
     baseline: HashMap<String, u32>,
@@ -167,6 +175,22 @@ impl State {
         {
             self.pending.remove(asg);
         }
+    }
+
+    /// Removes a victim if it is still the one decided at `decided_at`.
+    fn settle_terminate(&mut self, instance: &str, decided_at: i64) {
+        if self
+            .terminate
+            .get(instance)
+            .is_some_and(|t| t.decided_at == decided_at)
+        {
+            self.terminate.remove(instance);
+        }
+    }
+
+    /// How many of the group's victims are still to be terminated.
+    fn terminating(&self, asg: &str) -> u32 {
+        self.terminate.values().filter(|t| t.asg == asg).count() as u32
     }
 }
 
@@ -311,7 +335,23 @@ impl Fleet {
                 Some(p) => p.desired,
                 None if dry_run => st.simulated.get(asg).copied().unwrap_or(g.desired),
                 None => g.desired,
-            };
+            }
+            .saturating_sub(st.terminating(asg));
+            let placement = g
+                .members
+                .iter()
+                .map(|m| {
+                    let p = Placement {
+                        az: m.az.clone(),
+                        protected: m.protected_from_scale_in,
+                        // A victim on its way out is not in service any more.
+                        in_service: m.lifecycle == Lifecycle::InService
+                            && !st.terminate.contains_key(&m.id),
+                    };
+                    (m.id.clone(), p)
+                })
+                .collect();
+            seen.placement.insert(asg.clone(), placement);
             let members = g
                 .members
                 .iter()
@@ -374,6 +414,28 @@ impl Fleet {
                     if !d.changes() {
                         continue;
                     }
+                    // Each victim's termination lowers AWS's desired capacity by one, after
+                    // those still on their way (the decision counted them as gone already).
+                    if !d.victims.is_empty() && !st.pending.contains_key(&d.asg) {
+                        for (instance, why) in &d.victims {
+                            tracing::info!(asg = %d.asg, instance = %instance, reason = %why, "scale-in victim");
+                            st.terminate.insert(
+                                instance.clone(),
+                                terminate::PendingTerminate {
+                                    asg: d.asg.clone(),
+                                    decided_at: now,
+                                    attempts: 0,
+                                    next_try: now,
+                                },
+                            );
+                        }
+                        continue;
+                    }
+                    if !d.victims.is_empty() {
+                        tracing::warn!(asg = %d.asg, desired = d.desired, "a capacity decided earlier is still being applied: this scale-in sets the capacity and AWS chooses the instances");
+                    }
+                    // A capacity replaces the victims not terminated yet.
+                    st.terminate.retain(|_, t| t.asg != d.asg);
                     let (lo, hi) = match st.groups.get(&d.asg) {
                         Some((g, _)) => (g.min, g.max),
                         None => (0, u32::MAX),
@@ -430,6 +492,7 @@ impl Fleet {
             scale: std::borrow::Cow::Borrowed(&st.pending),
             health: std::borrow::Cow::Borrowed(&st.unhealthy),
             bounds: std::borrow::Cow::Borrowed(&st.bounds),
+            terminate: std::borrow::Cow::Borrowed(&st.terminate),
         })
         .unwrap_or(Json::Null)
     }
@@ -441,6 +504,7 @@ impl Fleet {
         st.pending = p.scale.into_owned();
         st.unhealthy = p.health.into_owned();
         st.bounds = p.bounds.into_owned();
+        st.terminate = p.terminate.into_owned();
         Ok(())
     }
 

@@ -122,6 +122,16 @@ impl AutoScaling for Handle {
         Box::pin(async move { r.map(|()| Effect::Made) })
     }
 
+    fn terminate<'a>(&'a self, instance: &'a str) -> BoxFut<'a, Result<Effect, CallError>> {
+        let r = self.0.call("terminate", format!("terminate {instance}"));
+        if r.is_ok() && !self.0.dry_run {
+            let mut groups = self.0.groups.lock().unwrap();
+            groups[0].members.retain(|m| m.id != instance);
+            groups[0].desired -= 1;
+        }
+        Box::pin(async move { r.map(|()| Effect::Made) })
+    }
+
     fn dry_run(&self) -> bool {
         self.0.dry_run
     }
@@ -134,6 +144,8 @@ fn member(id: &str) -> Member {
         id: id.into(),
         lifecycle: Lifecycle::InService,
         health: "Healthy".into(),
+        az: "az-a".into(),
+        protected_from_scale_in: false,
     }
 }
 
@@ -193,6 +205,7 @@ fn scale(from: u32, to: u32) -> Event {
         scheduled: None,
         by: Some("cpu".into()),
         inputs: vec![],
+        victims: vec![],
     })
 }
 
@@ -541,49 +554,8 @@ fn pending_work_survives_a_restart() {
         .is_err());
 }
 
-#[test]
-fn a_schedules_bounds_are_set_at_aws_before_a_capacity_inside_them_and_survive_a_restart() {
-    let r = rig(false);
-    r.refresh();
-    let mut e = scale(2, 6);
-    if let Event::Scaling(d) = &mut e {
-        d.scheduled = Some(vigil_rules::schedule::ScheduleRun {
-            schedule: "peak".into(),
-            at: T0,
-            min: Some(6),
-            max: Some(30),
-        });
-    }
-    r.fleet.take(std::slice::from_ref(&e), T0);
-    assert_eq!(
-        r.fleet.pending("web"),
-        Some(6),
-        "the schedule's bounds count, not the group's max of 4 at AWS"
-    );
-    // Saved before it is carried out: a restart sets the bounds.
-    let saved = r.fleet.pending_json();
-    assert_eq!(saved["bounds"]["web"]["min"], 6, "{saved}");
-    r.actuate();
-    assert_eq!(
-        r.aws.calls(),
-        [
-            "describe web",
-            "bounds web Some(6) Some(30)",
-            "describe web",
-            "set web 6"
-        ]
-    );
-    assert!(r.fleet.pending_json().get("bounds").is_none());
-    let again = rig(false);
-    again.refresh();
-    again.fleet.restore_pending(&saved).unwrap();
-    again.actuate();
-    assert!(
-        again
-            .aws
-            .calls()
-            .contains(&"bounds web Some(6) Some(30)".to_string()),
-        "{:?}",
-        again.aws.calls()
-    );
-}
+#[path = "bounds_tests.rs"]
+mod bounds;
+
+#[path = "terminate_tests.rs"]
+mod terminate;
