@@ -219,6 +219,57 @@ impl Aws {
         })
     }
 
+    /// Moves the group to `zone` and grows it to `desired`: moto launches the new instances
+    /// there (it places each launch in one of the group's zones), and those already running
+    /// stay where they are.
+    pub fn grow_into(&self, name: &str, zone: &str, desired: i32) {
+        block_on(
+            self.asg
+                .update_auto_scaling_group()
+                .auto_scaling_group_name(name)
+                .availability_zones(zone)
+                .desired_capacity(desired)
+                .send(),
+        )
+        .expect("update auto scaling group");
+    }
+
+    /// Each instance of the group: (id, zone, protected from scale-in).
+    pub fn placement(&self, name: &str) -> Vec<(String, String, bool)> {
+        block_on(async {
+            let r = self
+                .asg
+                .describe_auto_scaling_groups()
+                .auto_scaling_group_names(name)
+                .send()
+                .await
+                .expect("describe");
+            r.auto_scaling_groups()[0]
+                .instances()
+                .iter()
+                .map(|i| {
+                    (
+                        i.instance_id().unwrap_or_default().to_string(),
+                        i.availability_zone().unwrap_or_default().to_string(),
+                        i.protected_from_scale_in().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+    }
+
+    pub fn protect_from_scale_in(&self, name: &str, instance: &str) {
+        block_on(
+            self.asg
+                .set_instance_protection()
+                .auto_scaling_group_name(name)
+                .instance_ids(instance)
+                .protected_from_scale_in(true)
+                .send(),
+        )
+        .expect("set instance protection");
+    }
+
     pub fn set_desired(&self, name: &str, n: i32) {
         block_on(
             self.asg

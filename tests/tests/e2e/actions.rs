@@ -1274,3 +1274,115 @@ fn a_schedule_sets_the_groups_bounds_at_aws_at_its_time() {
         "{s}"
     );
 }
+
+#[test]
+fn scale_in_terminates_the_lowest_ranked_instance_of_each_zone() {
+    let rig = Rig::new("act-victim");
+    // Three instances in us-east-1a, then two in us-east-1b.
+    rig.aws.create_group("web", 1, 6, 3);
+    rig.aws.grow_into("web", "us-east-1b", 5);
+    let placement = rig.aws.placement("web");
+    let zone = |z: &str| -> Vec<String> {
+        let mut v: Vec<String> = placement
+            .iter()
+            .filter(|(_, az, _)| az == z)
+            .map(|(i, _, _)| i.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (zone("us-east-1a"), zone("us-east-1b"));
+    assert_eq!((a.len(), b.len()), (3, 2), "{placement:?}");
+    // In-flight requests: the lowest of a is protected from scale-in, so a gives its second
+    // lowest; then the zones are even and b's lowest (the lowest of all) goes.
+    rig.aws.protect_from_scale_in("web", &a[0]);
+    let in_flight = [
+        (&a[0], 1.0),
+        (&a[1], 4.0),
+        (&a[2], 9.0),
+        (&b[0], 0.0),
+        (&b[1], 7.0),
+    ];
+    let rules = r#"
+[[scaling]]
+name = "web-load"
+asg = "web"
+min = 3
+max = 6
+expr = 'avg(app_load{asg="web"})'
+target = 0.5
+scale_in_cooldown = "1s"
+scale_in_stabilization = "0s"
+scale_in_victim = 'sum by (instance) (in_flight{asg="web"})'
+"#;
+    rig.configure(rules, "", "dry_run = false");
+    let agg = rig.start();
+    let push = || {
+        // The ranking before the load, in case a write is seen in part.
+        let mut s = Vec::new();
+        for (i, v) in in_flight {
+            s.extend(series("in_flight", "web", std::slice::from_ref(i), v));
+        }
+        s.extend(series("app_load", "web", &["i-probe".to_string()], 0.1));
+        s
+    };
+    // Far below target: the policy wants its min of 3, two fewer.
+    let ok = push_until(&rig, Duration::from_secs(60), push, || {
+        rig.proxy
+            .calls_of("TerminateInstanceInAutoScalingGroup")
+            .len()
+            >= 2
+    });
+    assert!(ok, "no two terminations:\n{}", agg.log_text());
+    let calls = rig.proxy.calls_of("TerminateInstanceInAutoScalingGroup");
+    let mut victims: Vec<&str> = [&a[1], &b[0]].into_iter().map(String::as_str).collect();
+    victims.sort();
+    let mut terminated: Vec<&str> = victims
+        .iter()
+        .copied()
+        .filter(|v| {
+            calls
+                .iter()
+                .any(|c| c.body.contains(&format!("InstanceId={v}")))
+        })
+        .collect();
+    terminated.sort();
+    assert_eq!(terminated, victims, "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.body.contains("ShouldDecrementDesiredCapacity=true")),
+        "{calls:?}"
+    );
+    assert!(rig.proxy.calls_of("SetDesiredCapacity").is_empty());
+    // AWS lowered the capacity itself; the zones are balanced; the protected one stays.
+    let (desired, ..) = rig.aws.group("web");
+    assert_eq!(desired, 3);
+    let left = rig.aws.placement("web");
+    let in_zone = |z: &str| left.iter().filter(|(_, az, _)| az == z).count();
+    assert_eq!(
+        (in_zone("us-east-1a"), in_zone("us-east-1b")),
+        (2, 1),
+        "{left:?}"
+    );
+    assert!(left.iter().any(|(i, _, p)| i == &a[0] && *p), "{left:?}");
+    // The decision names its victims and why.
+    let (_, s) = get(&format!("{}/api/v1/scaling", rig.base)).expect("scaling");
+    let v: serde_json::Value = serde_json::from_str(&s).expect("json");
+    let d = &v["data"]["policies"][0]["last_decisions"][0];
+    assert_eq!(
+        (d["from"].as_u64(), d["to"].as_u64()),
+        (Some(5), Some(3)),
+        "{s}"
+    );
+    assert_eq!(d["victims"][0]["instance"], a[1].as_str(), "{s}");
+    assert!(
+        d["victims"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("lowest in us-east-1a (3 instances in service there)")),
+        "{s}"
+    );
+    assert_eq!(d["victims"][1]["instance"], b[0].as_str(), "{s}");
+    let log = agg.log_text();
+    assert!(!log.contains("changed outside Vigil"), "{log}");
+}
