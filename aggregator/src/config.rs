@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use vigil_config::tomlread::{Diagnostic, Doc, Obj};
 
+mod notify;
 mod storage;
 pub use storage::Wal;
 
@@ -120,6 +121,8 @@ pub struct Config {
     pub group_interval_ms: i64,
     pub repeat_interval_ms: i64,
     pub receivers: Vec<Receiver>,
+    /// `[[notify.route]]`, `[[notify.inhibit]]`, `[[notify.time_interval]]`.
+    pub routing: crate::routing::Routing,
     /// Largest remote-write body accepted, decompressed.
     pub max_body_bytes: usize,
     /// `[server] max_connections`: open connections at most (past it new ones wait in the
@@ -192,6 +195,7 @@ impl Default for Config {
             group_interval_ms: 60_000,
             repeat_interval_ms: 4 * 3_600_000,
             receivers: vec![],
+            routing: Default::default(),
             max_body_bytes: 32 << 20,
             max_connections: 4096,
             max_connections_per_ip: 128,
@@ -383,16 +387,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             cw.positive_duration(&mut doc, "flush_interval", c.cloudwatch_flush_ms);
         cw.finish(&mut doc);
     }
-    if let Some(mut n) = top.table(&mut doc, "notify") {
-        if let Some(g) = n.str_list(&mut doc, "group_by") {
-            c.group_by = g.into_iter().map(|s| s.value).collect();
-        }
-        c.group_wait_ms = n.positive_duration(&mut doc, "group_wait", c.group_wait_ms);
-        c.group_interval_ms = n.positive_duration(&mut doc, "group_interval", c.group_interval_ms);
-        c.repeat_interval_ms =
-            n.positive_duration(&mut doc, "repeat_interval", c.repeat_interval_ms);
-        n.finish(&mut doc);
-    }
+    let routed = match top.table(&mut doc, "notify") {
+        Some(n) => notify::read(&mut doc, n, &mut c),
+        None => Vec::new(),
+    };
     if let Some(mut k) = top.table(&mut doc, "cluster") {
         let k_start = k.span().start;
         let mut cl = Cluster {
@@ -549,6 +547,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             });
         }
     }
+    notify::check_receivers(&mut doc, &routed, &c);
     top.finish(&mut doc);
     let errors = doc.into_errors();
     if errors.is_empty() {

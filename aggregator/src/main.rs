@@ -16,8 +16,10 @@ mod cluster;
 mod config;
 mod engine;
 mod fleet;
+mod matcher;
 mod notify;
 mod publish;
+mod routing;
 mod ruleset;
 mod state;
 mod store;
@@ -446,6 +448,7 @@ async fn wire(
                     group_interval_ms: cfg.group_interval_ms,
                     repeat_interval_ms: cfg.repeat_interval_ms,
                     receivers: cfg.receivers.clone(),
+                    routing: cfg.routing.clone(),
                 },
                 stale_after_ms: cfg.stale_after_ms,
                 evaluation_interval_ms: cfg.evaluation_interval_ms,

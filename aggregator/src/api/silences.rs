@@ -219,7 +219,7 @@ async fn alerts(State(api): State<Arc<Api>>, uri: Uri, headers: HeaderMap) -> Re
             .and_then(|v| v.last())
             .is_none_or(|v| !v.eq_ignore_ascii_case("false"))
     };
-    let (active, silenced) = (flag("active"), flag("silenced"));
+    let (active, silenced, inhibited) = (flag("active"), flag("silenced"), flag("inhibited"));
     let filter = match filters(&p) {
         Ok(f) => f,
         Err(e) => return refused(Refused::Invalid(e)),
@@ -236,7 +236,13 @@ async fn alerts(State(api): State<Arc<Api>>, uri: Uri, headers: HeaderMap) -> Re
             .engine
             .alerts_v2()
             .into_iter()
-            .filter(|(_, muted)| if *muted { silenced } else { active })
+            .filter(|(x, muted)| {
+                if !*muted {
+                    return active;
+                }
+                let has = |k: &str| x["status"][k].as_array().is_some_and(|v| !v.is_empty());
+                (has("silencedBy") && silenced) || (has("inhibitedBy") && inhibited)
+            })
             .map(|(x, _)| x)
             .filter(|x| alert_passes(x, &filter))
             .filter(|x| {

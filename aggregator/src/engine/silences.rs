@@ -154,26 +154,40 @@ impl Engine {
             .iter()
             .map(|r| r.name.clone())
             .collect();
+        let s = &self.parts.notify;
+        let firing: Vec<&vigil_wire::Labels> = alerts.iter().map(|a| &a.labels).collect();
         alerts
             .iter()
             .map(|a| {
                 let by = ev.notifier.silences.muting(&a.labels, now);
-                let muted = !by.is_empty();
-                (alert_json(a, &by, &all, now), muted)
+                let inhibited: Vec<String> = s
+                    .routing
+                    .inhibited_by(&a.labels, firing.iter().copied())
+                    .into_iter()
+                    .map(|l| format!("{:016x}", fingerprint(l)))
+                    .collect();
+                let mut receivers: Vec<String> = s
+                    .routing
+                    .targets(&a.labels, &a.receivers, &s.group_by, &all)
+                    .into_iter()
+                    .flat_map(|t| t.receivers)
+                    .collect();
+                receivers.dedup();
+                let muted = !by.is_empty() || !inhibited.is_empty();
+                (alert_json(a, &by, &inhibited, &receivers, now), muted)
             })
             .collect()
     }
 }
 
-fn alert_json(a: &ActiveAlert, silenced_by: &[String], all: &[String], now: i64) -> Json {
-    let receivers: Vec<Json> = if a.receivers.is_empty() {
-        all
-    } else {
-        &a.receivers
-    }
-    .iter()
-    .map(|r| json!({"name": r}))
-    .collect();
+fn alert_json(
+    a: &ActiveAlert,
+    silenced_by: &[String],
+    inhibited_by: &[String],
+    receivers: &[String],
+    now: i64,
+) -> Json {
+    let receivers: Vec<Json> = receivers.iter().map(|r| json!({"name": r})).collect();
     let labels: serde_json::Map<String, Json> = a
         .labels
         .iter()
@@ -189,9 +203,9 @@ fn alert_json(a: &ActiveAlert, silenced_by: &[String], all: &[String], now: i64)
         "receivers": receivers,
         "generatorURL": "",
         "status": {
-            "state": if silenced_by.is_empty() { "active" } else { "suppressed" },
+            "state": if silenced_by.is_empty() && inhibited_by.is_empty() { "active" } else { "suppressed" },
             "silencedBy": silenced_by,
-            "inhibitedBy": [],
+            "inhibitedBy": inhibited_by,
             "mutedBy": [],
         },
     })

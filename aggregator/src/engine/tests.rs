@@ -80,6 +80,7 @@ fn engine_on(dir: &std::path::Path) -> (Engine, state::Shared) {
             group_wait_ms: 1_000,
             group_interval_ms: 2_000,
             repeat_interval_ms: 3_600_000,
+            routing: Default::default(),
             receivers: vec![],
         },
         stale_after_ms: 60_000,

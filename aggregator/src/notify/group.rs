@@ -10,6 +10,7 @@ use vigil_wire::Labels;
 
 use super::silence::Silences;
 use crate::config::Receiver;
+use crate::routing::Routing;
 
 /// An alert that fires now, as the notifier sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +44,8 @@ pub struct Settings {
     pub group_interval_ms: i64,
     pub repeat_interval_ms: i64,
     pub receivers: Vec<Receiver>,
+    /// Routes, inhibition and time intervals (`crate::routing`).
+    pub routing: Routing,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +73,11 @@ struct Group {
     /// The firing alerts of the last notification.
     #[serde(with = "persist::label_set")]
     last_firing: BTreeSet<Labels>,
+    /// The time intervals of the route that made the group (`crate::routing`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    mute: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    active: Vec<String>,
 }
 
 impl Keyed for Group {
@@ -210,31 +218,46 @@ impl Notifier {
     /// more are marked resolved.
     pub fn observe(&mut self, s: &Settings, now: i64, firing: &[ActiveAlert]) {
         let mut seen: BTreeSet<(String, Labels, Labels)> = BTreeSet::new();
+        let all: Vec<String> = s.receivers.iter().map(|r| r.name.clone()).collect();
         for a in firing.iter().chain(self.synthetic.values()) {
-            let key_labels = group_labels(&s.group_by, &a.labels);
-            for r in &s.receivers {
-                if !a.receivers.is_empty() && !a.receivers.contains(&r.name) {
-                    continue;
+            for t in s
+                .routing
+                .targets(&a.labels, &a.receivers, &s.group_by, &all)
+            {
+                let key_labels = group_labels(&t.group_by, &a.labels);
+                for r in &t.receivers {
+                    if !all.contains(r) {
+                        continue;
+                    }
+                    let key = (r.clone(), key_labels.clone(), a.labels.clone());
+                    // Two routes to one receiver and group: one group, the first route's.
+                    if seen.contains(&key) {
+                        continue;
+                    }
+                    let g = self
+                        .groups
+                        .entry((r.clone(), key_labels.clone()))
+                        .or_insert_with(|| Group {
+                            receiver: r.clone(),
+                            labels: key_labels.clone(),
+                            alerts: BTreeMap::new(),
+                            next_flush: now + s.group_wait_ms,
+                            last_notified_at: None,
+                            last_firing: BTreeSet::new(),
+                            mute: Vec::new(),
+                            active: Vec::new(),
+                        });
+                    g.mute.clone_from(&t.mute);
+                    g.active.clone_from(&t.active);
+                    g.alerts.insert(
+                        a.labels.clone(),
+                        Entry {
+                            alert: a.clone(),
+                            resolved_at: None,
+                        },
+                    );
+                    seen.insert(key);
                 }
-                let g = self
-                    .groups
-                    .entry((r.name.clone(), key_labels.clone()))
-                    .or_insert_with(|| Group {
-                        receiver: r.name.clone(),
-                        labels: key_labels.clone(),
-                        alerts: BTreeMap::new(),
-                        next_flush: now + s.group_wait_ms,
-                        last_notified_at: None,
-                        last_firing: BTreeSet::new(),
-                    });
-                g.alerts.insert(
-                    a.labels.clone(),
-                    Entry {
-                        alert: a.clone(),
-                        resolved_at: None,
-                    },
-                );
-                seen.insert((r.name.clone(), key_labels.clone(), a.labels.clone()));
             }
         }
         for ((recv, gl), g) in self.groups.iter_mut() {
@@ -253,16 +276,34 @@ impl Notifier {
         let mut out = Vec::new();
         let mut empty = Vec::new();
         let silences = &self.silences;
+        // Every alert firing now, as inhibition sources (silenced ones included, as in
+        // Alertmanager).
+        let firing_now: BTreeSet<Labels> = self
+            .groups
+            .values()
+            .flat_map(|g| g.alerts.iter())
+            .filter(|(_, e)| e.resolved_at.is_none())
+            .map(|(l, _)| l.clone())
+            .collect();
         for (key, g) in self.groups.iter_mut() {
             if g.next_flush > now {
                 continue;
             }
-            // A muted alert is left out as if it were not there: not notified while it fires,
-            // no resolved notice while muted; told of at the first flush after its silence ends.
+            // Outside its route's time: nothing is sent and nothing forgotten; the first flush
+            // after tells what changed meanwhile.
+            if s.routing.time_muted(&g.mute, &g.active, now).is_some() {
+                g.next_flush = now + s.group_interval_ms;
+                continue;
+            }
+            // A muted alert (silenced or inhibited) is left out as if it were not there: not
+            // notified while it fires, no resolved notice while muted; told of at the first
+            // flush after its silence or its inhibiting alert ends.
             let muted: BTreeSet<Labels> = g
                 .alerts
                 .keys()
-                .filter(|l| silences.mutes(l, now))
+                .filter(|l| {
+                    silences.mutes(l, now) || !s.routing.inhibited_by(l, &firing_now).is_empty()
+                })
                 .cloned()
                 .collect();
             let firing: BTreeSet<Labels> = g

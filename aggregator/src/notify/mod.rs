@@ -13,6 +13,8 @@
 mod group;
 mod outbox;
 mod render;
+#[cfg(test)]
+mod routing_tests;
 pub mod silence;
 #[cfg(test)]
 mod tests;
