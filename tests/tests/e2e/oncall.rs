@@ -313,3 +313,221 @@ fn a_silence_set_through_the_follower_lives_in_the_shared_state_and_outlives_the
     });
     assert_eq!(subjects(&sns), ["[FIRING:1] AppErrors (web)"]);
 }
+
+#[test]
+fn pages_and_tickets_go_to_their_receivers_and_an_inhibited_alert_sends_nothing() {
+    if amtool_missing() {
+        return;
+    }
+    let dir = tempdir("oncall-route");
+    let d = dir.path();
+    let hook = Hook::start();
+    let rules = d.join("rules.toml");
+    std::fs::write(
+        &rules,
+        r#"[[group]]
+name = "fleet"
+[[group.alert]]
+alert = "InstanceDown"
+expr = 'up == 0'
+labels = { severity = "page" }
+[[group.alert]]
+alert = "DiskFull"
+expr = 'disk_used > 0.9'
+labels = { severity = "page" }
+[[group.alert]]
+alert = "DiskSlow"
+expr = 'disk_latency_seconds > 1'
+labels = { severity = "ticket" }
+"#,
+    )
+    .expect("rules");
+    let port = free_port();
+    let cfg = d.join("aggregator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+[storage]
+stale_after = "5s"
+state_dir = "{state}"
+[rules]
+files = ["{rules}"]
+evaluation_interval = "1s"
+[notify]
+group_by = ["alertname", "instance"]
+group_wait = "1s"
+group_interval = "2s"
+
+[[notify.route]]
+matchers = ['severity="page"']
+receivers = ["pager"]
+
+[[notify.route]]
+matchers = ['severity="ticket"']
+receivers = ["tickets"]
+
+# A host that is down explains its disk alerts.
+[[notify.inhibit]]
+source_matchers = ['alertname="InstanceDown"']
+target_matchers = ['alertname=~"Disk.*"']
+equal = ["instance"]
+
+[[receiver]]
+name = "pager"
+webhook_url = "{pager}"
+[[receiver]]
+name = "tickets"
+webhook_url = "{tickets}"
+"#,
+            state = d.join("state").display(),
+            rules = rules.display(),
+            pager = hook.url("/pager"),
+            tickets = hook.url("/tickets"),
+        ),
+    )
+    .expect("config");
+    let agg = Child::spawn(
+        "aggregator",
+        Command::new(bin("vigil-aggregator"))
+            .arg("--config")
+            .arg(&cfg),
+        d,
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_http(&format!("{base}/-/ready"), Duration::from_secs(30)),
+        "{}",
+        agg.log_text()
+    );
+    // i-1 is down (its full disk is the symptom); i-2's disk is full and slow.
+    let push = |up: f64| {
+        let s = |name: &str, instance: &str, v: f64| {
+            (
+                Labels::from_pairs([("__name__", name), ("instance", instance)]),
+                v,
+            )
+        };
+        push_now(
+            &base,
+            &[
+                s("up", "i-1", up),
+                s("disk_used", "i-1", 0.95),
+                s("disk_used", "i-2", 0.95),
+                s("disk_latency_seconds", "i-2", 2.0),
+            ],
+        );
+    };
+    // What each receiver got: (receiver, alertname, instance) of the firing alerts.
+    let sent = || -> Vec<(String, String, String)> {
+        let mut v: Vec<(String, String, String)> = hook
+            .bodies()
+            .iter()
+            .flat_map(|(path, body)| {
+                body.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(move |a| {
+                        let l = |k: &str| a["labels"][k].as_str().unwrap_or("").to_string();
+                        (
+                            path.trim_start_matches('/').to_string(),
+                            l("alertname"),
+                            l("instance"),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let t = |r: &str, a: &str, i: &str| (r.to_string(), a.to_string(), i.to_string());
+    wait_until(
+        Duration::from_secs(30),
+        "the page and the ticket",
+        || {
+            push(0.0);
+            sent().len() >= 3
+        },
+        || agg.log_text(),
+    );
+    // Shown inhibited, with the alert that inhibits it.
+    let alerts = json(&format!("{base}/api/v2/alerts"));
+    let full_i1 = alerts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["labels"]["alertname"] == "DiskFull" && a["labels"]["instance"] == "i-1")
+        .cloned()
+        .expect("DiskFull on i-1");
+    assert_eq!(full_i1["status"]["state"], "suppressed", "{full_i1}");
+    assert_eq!(
+        full_i1["status"]["inhibitedBy"].as_array().map(Vec::len),
+        Some(1),
+        "{full_i1}"
+    );
+    assert_eq!(full_i1["receivers"][0]["name"], "pager", "{full_i1}");
+    let url = format!("--alertmanager.url={base}");
+    let amtool = |args: &[&str]| {
+        let out = Command::new("amtool")
+            .arg(&url)
+            .args(args)
+            .output()
+            .expect("amtool");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // amtool asks for active alerts by default, for the inhibited ones alone with --inhibited.
+    let shown = amtool(&["alert", "query", "alertname=DiskFull"]);
+    assert_eq!(shown.matches("DiskFull").count(), 1, "{shown}");
+    assert!(!shown.contains("suppressed"), "{shown}");
+    let shown = amtool(&["alert", "query", "--inhibited", "alertname=DiskFull"]);
+    assert_eq!(shown.matches("DiskFull").count(), 1, "{shown}");
+    assert!(shown.contains("suppressed"), "{shown}");
+    // Held back over several group intervals, judged by the rule group's evaluations.
+    let started =
+        vigil_config::duration::parse_timestamp_ms(full_i1["startsAt"].as_str().expect("startsAt"))
+            .expect("RFC 3339");
+    let evaluated = || {
+        let r = json(&format!("{base}/api/v1/rules"));
+        r["data"]["groups"][0]["lastEvaluation"]
+            .as_str()
+            .and_then(|t| vigil_config::duration::parse_timestamp_ms(t).ok())
+            .unwrap_or(0)
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "five seconds of evaluations",
+        || {
+            push(0.0);
+            evaluated() >= started + 5_000
+        },
+        || agg.log_text(),
+    );
+    assert_eq!(
+        sent(),
+        [
+            t("pager", "DiskFull", "i-2"),
+            t("pager", "InstanceDown", "i-1"),
+            t("tickets", "DiskSlow", "i-2"),
+        ],
+        "a page and a ticket apart, nothing for the inhibited alert"
+    );
+    // i-1 comes back: its full disk is no longer explained, and is paged.
+    wait_until(
+        Duration::from_secs(30),
+        "the disk alert once the host is up",
+        || {
+            push(1.0);
+            sent().contains(&t("pager", "DiskFull", "i-1"))
+        },
+        || agg.log_text(),
+    );
+    assert!(!sent().contains(&t("tickets", "DiskFull", "i-1")));
+}
