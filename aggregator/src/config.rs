@@ -9,17 +9,8 @@ use vigil_config::tomlread::{Diagnostic, Doc, Obj};
 
 mod notify;
 mod storage;
+pub use notify::{Receiver, Templates};
 pub use storage::Wal;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Receiver {
-    pub name: String,
-    pub sns_topic_arn: Option<String>,
-    pub slack_webhook_url: Option<String>,
-    /// Alertmanager v2 webhooks: `webhook_url`, then every URL of `webhook_urls` (each peer of
-    /// an Alertmanager cluster gets every alert, as Alertmanager's HA guide asks).
-    pub webhook_urls: Vec<String>,
-}
 
 /// Whether `a` is exactly `host:port`: a DNS name, an IPv4 address or a bracketed IPv6 one, and
 /// a port; nothing a URL could read as user info, a path, a query or a fragment (a follower
@@ -123,6 +114,7 @@ pub struct Config {
     pub receivers: Vec<Receiver>,
     /// `[[notify.route]]`, `[[notify.inhibit]]`, `[[notify.time_interval]]`.
     pub routing: crate::routing::Routing,
+    pub templates: Templates,
     /// Largest remote-write body accepted, decompressed.
     pub max_body_bytes: usize,
     /// `[server] max_connections`: open connections at most (past it new ones wait in the
@@ -196,6 +188,7 @@ impl Default for Config {
             repeat_interval_ms: 4 * 3_600_000,
             receivers: vec![],
             routing: Default::default(),
+            templates: Default::default(),
             max_body_bytes: 32 << 20,
             max_connections: 4096,
             max_connections_per_ip: 128,

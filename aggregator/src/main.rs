@@ -449,6 +449,7 @@ async fn wire(
                     repeat_interval_ms: cfg.repeat_interval_ms,
                     receivers: cfg.receivers.clone(),
                     routing: cfg.routing.clone(),
+                    templates: cfg.templates.clone(),
                 },
                 stale_after_ms: cfg.stale_after_ms,
                 evaluation_interval_ms: cfg.evaluation_interval_ms,

@@ -4,10 +4,110 @@
 use std::collections::BTreeMap;
 
 use vigil_config::tomlread::{At, Doc, Obj};
+use vigil_rules::template::{Template, Val};
 
 use super::Config;
 use crate::matcher::{parse_filter, Matcher};
 use crate::routing::{Inhibit, Route, Routing, Span, TimeInterval};
+
+/// A `[[receiver]]`: where notifications go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receiver {
+    pub name: String,
+    pub sns_topic_arn: Option<String>,
+    pub slack_webhook_url: Option<String>,
+    /// Alertmanager v2 webhooks: `webhook_url`, then every URL of `webhook_urls` (each peer of
+    /// an Alertmanager cluster gets every alert, as Alertmanager's HA guide asks).
+    pub webhook_urls: Vec<String>,
+}
+
+/// `[notify.templates]`: Go `text/template`s over Alertmanager's notification data, in place
+/// of Vigil's own subject and text (`notify/render.rs`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Templates {
+    pub sns_subject: Option<Template>,
+    pub sns_message: Option<Template>,
+    pub slack_title: Option<Template>,
+    pub slack_text: Option<Template>,
+    /// `.ExternalURL`: where people reach Vigil.
+    pub external_url: String,
+}
+
+/// A notification as templates see it, to try each template on when it is read: a mistake a
+/// parse cannot see (a field missing inside a `range`) is reported then, not at 3 a.m.
+fn sample() -> Val {
+    let alert = |status: &str, ends: &str| {
+        Val::obj([
+            ("Status", Val::Str(status.into())),
+            (
+                "Labels",
+                Val::strings([("alertname", "Sample"), ("instance", "i-1")]),
+            ),
+            ("Annotations", Val::strings([("summary", "a sample")])),
+            ("StartsAt", Val::Str("2026-01-01T00:00:00Z".into())),
+            ("EndsAt", Val::Str(ends.into())),
+            ("GeneratorURL", Val::Str(String::new())),
+            ("Fingerprint", Val::Str("0000000000000000".into())),
+            ("Value", Val::Num(1.0)),
+        ])
+    };
+    Val::obj([
+        ("Receiver", Val::Str("sample".into())),
+        ("Status", Val::Str("firing".into())),
+        (
+            "Alerts",
+            Val::List(vec![
+                alert("firing", ""),
+                alert("resolved", "2026-01-01T00:05:00Z"),
+            ]),
+        ),
+        ("GroupLabels", Val::strings([("alertname", "Sample")])),
+        ("CommonLabels", Val::strings([("alertname", "Sample")])),
+        ("CommonAnnotations", Val::strings([("summary", "a sample")])),
+        ("ExternalURL", Val::Str(String::new())),
+    ])
+}
+
+fn templates(doc: &mut Doc<'_>, mut t: Obj<'_, '_>) -> Templates {
+    let path = t.path.clone();
+    let mut one = |doc: &mut Doc<'_>, key: &str| -> Option<Template> {
+        let v = t.str(doc, key)?;
+        // Where the template's text starts: after its quotes.
+        let opening = doc.text.get(v.span.start..v.span.start + 3);
+        let quote = if matches!(opening, Some("'''" | "\"\"\"")) {
+            3
+        } else {
+            1
+        };
+        match Template::parse_notification(&v.value) {
+            Ok(tpl) => {
+                if let Err(e) = tpl.render_val(&sample()) {
+                    doc.error_at(v.span.start, format!("{path}.{key}: {e}"));
+                }
+                Some(tpl)
+            }
+            Err(e) => {
+                doc.error_at(
+                    v.span.start + quote + e.offset,
+                    format!("{path}.{key}: {e}"),
+                );
+                None
+            }
+        }
+    };
+    let out = Templates {
+        sns_subject: one(doc, "sns_subject"),
+        sns_message: one(doc, "sns_message"),
+        slack_title: one(doc, "slack_title"),
+        slack_text: one(doc, "slack_text"),
+        external_url: t
+            .str(doc, "external_url")
+            .map(|u| u.value)
+            .unwrap_or_default(),
+    };
+    t.finish(doc);
+    out
+}
 
 /// Receiver names the routes give, checked once every `[[receiver]]` is read.
 pub(super) type Named = Vec<At<String>>;
@@ -83,6 +183,9 @@ pub(super) fn read(doc: &mut Doc<'_>, mut n: Obj<'_, '_>, c: &mut Config) -> Nam
             target,
             equal,
         });
+    }
+    if let Some(t) = n.table(doc, "templates") {
+        c.templates = templates(doc, t);
     }
     n.finish(doc);
     c.routing = routing;

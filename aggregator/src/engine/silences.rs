@@ -164,7 +164,7 @@ impl Engine {
                     .routing
                     .inhibited_by(&a.labels, firing.iter().copied())
                     .into_iter()
-                    .map(|l| format!("{:016x}", fingerprint(l)))
+                    .map(|l| format!("{:016x}", crate::notify::fingerprint(l)))
                     .collect();
                 let mut receivers: Vec<String> = s
                     .routing
@@ -199,7 +199,7 @@ fn alert_json(
         "startsAt": format_timestamp_ms(a.starts_at),
         "endsAt": format_timestamp_ms(now + ENDS_AFTER_MS),
         "updatedAt": format_timestamp_ms(now),
-        "fingerprint": format!("{:016x}", fingerprint(&a.labels)),
+        "fingerprint": format!("{:016x}", crate::notify::fingerprint(&a.labels)),
         "receivers": receivers,
         "generatorURL": "",
         "status": {
@@ -209,25 +209,6 @@ fn alert_json(
             "mutedBy": [],
         },
     })
-}
-
-/// A stable fingerprint of a label set (FNV-1a over names and values, as Prometheus's model
-/// hashes them, separated by 0xff).
-fn fingerprint(labels: &vigil_wire::Labels) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for l in labels.iter() {
-        for b in l
-            .name
-            .bytes()
-            .chain([0xff])
-            .chain(l.value.bytes())
-            .chain([0xff])
-        {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
 }
 
 /// Whether `a` passes amtool's filters (`filter` matchers on its labels).

@@ -81,6 +81,7 @@ fn engine_on(dir: &std::path::Path) -> (Engine, state::Shared) {
             group_interval_ms: 2_000,
             repeat_interval_ms: 3_600_000,
             routing: Default::default(),
+            templates: Default::default(),
             receivers: vec![],
         },
         stale_after_ms: 60_000,

@@ -46,6 +46,8 @@ pub struct Settings {
     pub receivers: Vec<Receiver>,
     /// Routes, inhibition and time intervals (`crate::routing`).
     pub routing: Routing,
+    /// `[notify.templates]`.
+    pub templates: crate::config::Templates,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -28,3 +28,22 @@ pub use render::render;
 fn finite(v: f64) -> serde_json::Value {
     vigil_rules::persist::float::to_json(v)
 }
+
+/// A stable fingerprint of a label set (FNV-1a over names and values, as Prometheus's model
+/// hashes them, separated by 0xff).
+pub fn fingerprint(labels: &vigil_wire::Labels) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for l in labels.iter() {
+        for b in l
+            .name
+            .bytes()
+            .chain([0xff])
+            .chain(l.value.bytes())
+            .chain([0xff])
+        {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}

@@ -7,6 +7,8 @@ use serde_json::{json, Value as Json};
 use vigil_rules::duration::format_timestamp_ms;
 use vigil_wire::Labels;
 
+use vigil_rules::template::{Template, Val};
+
 use super::finite;
 use super::group::{ActiveAlert, Delivery, Notification, Settings};
 use crate::state::labels_json;
@@ -84,6 +86,99 @@ fn alert_json(a: &ActiveAlert, status: &str, ends_at: Option<i64>) -> Json {
     })
 }
 
+/// Labels or annotations as a template's map.
+fn kv<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Val {
+    Val::strings(pairs)
+}
+
+/// A notification as `[notify.templates]` see it: Alertmanager's data (`.Receiver`, `.Status`,
+/// `.Alerts` with `.Firing`/`.Resolved`, `.GroupLabels`, `.CommonLabels`,
+/// `.CommonAnnotations`, `.ExternalURL`), each alert with Vigil's `.Value` besides.
+fn template_data(n: &Notification, s: &Settings, common: &Labels, status: &str) -> Val {
+    let alert = |a: &ActiveAlert, status: &str, ends: Option<i64>| {
+        Val::obj([
+            ("Status", Val::Str(status.into())),
+            ("Labels", kv(a.labels.iter().map(|l| (l.name, l.value)))),
+            (
+                "Annotations",
+                kv(a.annotations.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            ),
+            ("StartsAt", Val::Str(format_timestamp_ms(a.starts_at))),
+            (
+                "EndsAt",
+                Val::Str(ends.map(format_timestamp_ms).unwrap_or_default()),
+            ),
+            ("GeneratorURL", Val::Str(String::new())),
+            (
+                "Fingerprint",
+                Val::Str(format!("{:016x}", super::fingerprint(&a.labels))),
+            ),
+            ("Value", Val::Num(a.value)),
+        ])
+    };
+    let alerts: Vec<&ActiveAlert> = n
+        .firing
+        .iter()
+        .chain(n.resolved.iter().map(|(a, _)| a))
+        .collect();
+    let common_annotations: Vec<(&str, &str)> = alerts
+        .first()
+        .map(|first| {
+            first
+                .annotations
+                .iter()
+                .filter(|(k, v)| alerts.iter().all(|a| a.annotations.get(*k) == Some(*v)))
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Val::obj([
+        ("Receiver", Val::Str(n.receiver.clone())),
+        ("Status", Val::Str(status.into())),
+        (
+            "Alerts",
+            Val::List(
+                n.firing
+                    .iter()
+                    .map(|a| alert(a, "firing", None))
+                    .chain(
+                        n.resolved
+                            .iter()
+                            .map(|(a, at)| alert(a, "resolved", Some(*at))),
+                    )
+                    .collect(),
+            ),
+        ),
+        (
+            "GroupLabels",
+            kv(n.group_labels.iter().map(|l| (l.name, l.value))),
+        ),
+        ("CommonLabels", kv(common.iter().map(|l| (l.name, l.value)))),
+        ("CommonAnnotations", kv(common_annotations.into_iter())),
+        ("ExternalURL", Val::Str(s.templates.external_url.clone())),
+    ])
+}
+
+/// A template's text, or `default` (logged) when it has none or fails on this notification.
+fn templated(
+    t: &Option<Template>,
+    name: &str,
+    data: &std::cell::OnceCell<Val>,
+    make: impl FnOnce() -> Val,
+    default: impl FnOnce() -> String,
+) -> String {
+    let Some(t) = t else {
+        return default();
+    };
+    match t.render_val(data.get_or_init(make)) {
+        Ok(text) => text,
+        Err(e) => {
+            tracing::warn!(template = name, error = %e, "notification template failed; sending Vigil's own text instead");
+            default()
+        }
+    }
+}
+
 /// Renders a notification for every integration of its receiver. `refresh_only`
 /// notifications go to Alertmanager webhooks only.
 pub fn render(n: &Notification, s: &Settings) -> Vec<Delivery> {
@@ -113,17 +208,29 @@ pub fn render(n: &Notification, s: &Settings) -> Vec<Delivery> {
                     .map(|(a, at)| alert_json(a, "resolved", Some(*at))),
             )
             .collect();
+        let data = std::cell::OnceCell::new();
+        let make = || template_data(n, s, &common, status);
+        let t = &s.templates;
         if let Some(topic) = &r.sns_topic_arn {
-            let message = sns_message(json!({
-                "version": "1",
-                "status": status,
-                "receiver": r.name,
-                "repeat": n.repeat,
-                "groupLabels": labels_json(&n.group_labels),
-                "commonLabels": labels_json(&common),
-                "alerts": alerts,
-                "time": format_timestamp_ms(n.at),
-            }));
+            let message = || {
+                sns_message(json!({
+                    "version": "1",
+                    "status": status,
+                    "receiver": r.name,
+                    "repeat": n.repeat,
+                    "groupLabels": labels_json(&n.group_labels),
+                    "commonLabels": labels_json(&common),
+                    "alerts": alerts,
+                    "time": format_timestamp_ms(n.at),
+                }))
+            };
+            let message = match &t.sns_message {
+                Some(_) => cut(
+                    templated(&t.sns_message, "sns_message", &data, make, message),
+                    SNS_MAX_MESSAGE,
+                ),
+                None => message(),
+            };
             let mut attributes = BTreeMap::new();
             let severity = common
                 .get("severity")
@@ -137,7 +244,13 @@ pub fn render(n: &Notification, s: &Settings) -> Vec<Delivery> {
             attributes.insert("status".to_string(), status.to_string());
             out.push(Delivery::Sns {
                 topic_arn: topic.clone(),
-                subject: sns_subject(&title(n)),
+                subject: sns_subject(&templated(
+                    &t.sns_subject,
+                    "sns_subject",
+                    &data,
+                    make,
+                    || title(n),
+                )),
                 message,
                 attributes,
             });
@@ -145,7 +258,13 @@ pub fn render(n: &Notification, s: &Settings) -> Vec<Delivery> {
         if let Some(url) = &r.slack_webhook_url {
             out.push(Delivery::Slack {
                 url: url.clone(),
-                body: slack_body(n),
+                body: slack_body(
+                    n,
+                    &templated(&t.slack_title, "slack_title", &data, make, || title(n)),
+                    t.slack_text
+                        .as_ref()
+                        .map(|_| templated(&t.slack_text, "slack_text", &data, make, String::new)),
+                ),
             });
         }
     }
@@ -219,11 +338,30 @@ fn slack_text(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-fn slack_body(n: &Notification) -> Json {
-    let head = title(n);
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
+    text
+}
+
+/// Slack's message: `head` as its header, then a section per alert, or the `text` a template
+/// made, in one section.
+fn slack_body(n: &Notification, head: &str, text: Option<String>) -> Json {
     let mut blocks = vec![
         json!({"type": "header", "text": {"type": "plain_text", "text": head.chars().take(150).collect::<String>()}}),
     ];
+    if let Some(text) = text {
+        // Slack's limit is 3,000 characters a section.
+        let text: String = text.chars().take(2900).collect();
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": text}}));
+        return json!({"text": head, "blocks": blocks});
+    }
     let lines = n
         .firing
         .iter()

@@ -83,6 +83,7 @@ fn settings() -> Settings {
         repeat_interval_ms: c.repeat_interval_ms,
         receivers: c.receivers,
         routing: c.routing,
+        templates: c.templates,
     }
 }
 
@@ -373,4 +374,97 @@ fn mistakes_name_their_line_and_column() {
         e.contains("give source_matchers and target_matchers"),
         "{e}"
     );
+}
+
+const TEMPLATES: &str = r#"
+[notify.templates]
+external_url = "https://vigil.example"
+sns_subject = '[{{ .Status | toUpper }}{{ if eq .Status "firing" }}:{{ .Alerts.Firing | len }}{{ end }}] {{ .GroupLabels.alertname }}'
+sns_message = '''
+{{ range .Alerts.Firing }}FIRING {{ .Labels.instance }}: {{ .Annotations.summary }}
+{{ end }}{{ range .Alerts.Resolved }}RESOLVED {{ .Labels.instance }}
+{{ end }}{{ .ExternalURL }}'''
+slack_title = '{{ .CommonLabels.alertname }} on {{ len .Alerts }}'
+slack_text = '{{ range .Alerts }}• {{ .Labels.instance }} ({{ .Status }}){{ end }}'
+
+[[receiver]]
+name = "oncall"
+sns_topic_arn = "arn:aws:sns:us-east-1:123456789012:oncall"
+slack_webhook_url = "http://127.0.0.1:1/slack"
+"#;
+
+#[test]
+fn templates_write_the_sns_subject_and_message_and_the_slack_message() {
+    let c = parse("aggregator.toml", TEMPLATES).expect("valid");
+    let s = Settings {
+        group_by: c.group_by,
+        group_wait_ms: c.group_wait_ms,
+        group_interval_ms: c.group_interval_ms,
+        repeat_interval_ms: c.repeat_interval_ms,
+        receivers: c.receivers,
+        routing: c.routing,
+        templates: c.templates,
+    };
+    let mut a = alert(&[("alertname", "Down"), ("instance", "i-1")]);
+    a.annotations.insert("summary".into(), "i-1 is down".into());
+    let b = alert(&[("alertname", "Down"), ("instance", "i-2")]);
+    let n = crate::notify::group::Notification {
+        receiver: "oncall".into(),
+        group_labels: labels(&[("alertname", "Down")]),
+        firing: vec![a],
+        resolved: vec![(b, 60_000)],
+        muted_told: vec![],
+        at: 60_000,
+        repeat: false,
+        refresh_only: false,
+    };
+    let d = crate::notify::render(&n, &s);
+    let crate::notify::Delivery::Sns {
+        subject, message, ..
+    } = &d[0]
+    else {
+        panic!("{d:?}")
+    };
+    assert_eq!(subject, "[FIRING:1] Down");
+    assert_eq!(
+        message,
+        "FIRING i-1: i-1 is down\nRESOLVED i-2\nhttps://vigil.example"
+    );
+    let crate::notify::Delivery::Slack { body, .. } = &d[1] else {
+        panic!("{d:?}")
+    };
+    assert_eq!(body["text"], "Down on 2");
+    assert_eq!(body["blocks"][0]["text"]["text"], "Down on 2");
+    assert_eq!(
+        body["blocks"][1]["text"]["text"],
+        "• i-1 (firing)• i-2 (resolved)"
+    );
+}
+
+#[test]
+fn a_bad_template_names_its_line_and_column_and_one_wrong_inside_a_range_is_caught_too() {
+    let bad = |text: &str| -> String {
+        parse("aggregator.toml", text)
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let e = bad("[notify.templates]\nsns_subject = '{{ .Status }} {{ .Nope }}'\n");
+    assert!(
+        e.contains("aggregator.toml:2:33: notify.templates.sns_subject: template: can't evaluate field Nope"),
+        "{e}"
+    );
+    let e = bad("[notify.templates]\nslack_text = '{{ range .Alerts }}{{ .Lables.x }}{{ end }}'\n");
+    assert!(
+        e.contains(
+            "aggregator.toml:2:14: notify.templates.slack_text: can't evaluate field Lables"
+        ),
+        "{e}"
+    );
+    let e = bad("[notify.templates]\nsns_message = '''\n{{ range .Alerts }}'''\n");
+    assert!(e.contains("unclosed range"), "{e}");
+    let e = bad("[notify.templates]\nsubject = 'x'\n");
+    assert!(e.contains("notify.templates.subject: unknown key"), "{e}");
 }

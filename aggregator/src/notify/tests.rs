@@ -14,6 +14,7 @@ fn settings() -> Settings {
         group_interval_ms: 60_000,
         repeat_interval_ms: 3_600_000,
         routing: Default::default(),
+        templates: Default::default(),
         receivers: vec![Receiver {
             name: "oncall".into(),
             sns_topic_arn: Some("arn:aws:sns:us-east-1:123456789012:oncall".into()),

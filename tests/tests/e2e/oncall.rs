@@ -366,7 +366,11 @@ receivers = ["pager"]
 
 [[notify.route]]
 matchers = ['severity="ticket"']
-receivers = ["tickets"]
+receivers = ["tickets", "chat"]
+
+[notify.templates]
+slack_title = '{{{{ .Alerts | len }}}} ticket{{{{ if gt (len .Alerts) 1 }}}}s{{{{ end }}}}'
+slack_text = '{{{{ range .Alerts.Firing }}}}{{{{ .Labels.alertname }}}} on {{{{ .Labels.instance }}}}{{{{ end }}}}'
 
 # A host that is down explains its disk alerts.
 [[notify.inhibit]]
@@ -380,11 +384,15 @@ webhook_url = "{pager}"
 [[receiver]]
 name = "tickets"
 webhook_url = "{tickets}"
+[[receiver]]
+name = "chat"
+slack_webhook_url = "{chat}"
 "#,
             state = d.join("state").display(),
             rules = rules.display(),
             pager = hook.url("/pager"),
             tickets = hook.url("/tickets"),
+            chat = hook.url("/chat"),
         ),
     )
     .expect("config");
@@ -530,4 +538,17 @@ webhook_url = "{tickets}"
         || agg.log_text(),
     );
     assert!(!sent().contains(&t("tickets", "DiskFull", "i-1")));
+    // The ticket also reached the chat, in the words of [notify.templates].
+    let chat: Vec<serde_json::Value> = hook
+        .bodies()
+        .into_iter()
+        .filter(|(path, _)| path == "/chat")
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(chat.len(), 1, "{chat:?}");
+    assert_eq!(chat[0]["text"], "1 ticket", "{chat:?}");
+    assert_eq!(
+        chat[0]["blocks"][1]["text"]["text"], "DiskSlow on i-2",
+        "{chat:?}"
+    );
 }
