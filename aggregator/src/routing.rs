@@ -184,6 +184,21 @@ impl Routing {
         out
     }
 
+    /// The time intervals that keep a route's groups from sending at `now`: the mute ones that
+    /// hold, or every active one when none holds (Alertmanager's `mutedBy`).
+    pub fn muted_by(&self, mute: &[String], active: &[String], now: i64) -> Vec<String> {
+        let holds = |name: &String| {
+            self.intervals
+                .get(name)
+                .is_some_and(|v| v.iter().any(|t| t.contains(now)))
+        };
+        let mut by: Vec<String> = mute.iter().filter(|n| holds(n)).cloned().collect();
+        if !active.is_empty() && !active.iter().any(holds) {
+            by.extend(active.iter().cloned());
+        }
+        by
+    }
+
     /// Why a route's groups may not send at `now` (a mute interval holds, or no active one
     /// does), if so.
     pub fn time_muted(&self, mute: &[String], active: &[String], now: i64) -> Option<String> {

@@ -236,12 +236,12 @@ async fn alerts(State(api): State<Arc<Api>>, uri: Uri, headers: HeaderMap) -> Re
             .engine
             .alerts_v2()
             .into_iter()
+            // Alertmanager's filter: each flag left false leaves out the alerts it describes.
             .filter(|(x, muted)| {
-                if !*muted {
-                    return active;
-                }
                 let has = |k: &str| x["status"][k].as_array().is_some_and(|v| !v.is_empty());
-                (has("silencedBy") && silenced) || (has("inhibitedBy") && inhibited)
+                !((!silenced && has("silencedBy"))
+                    || (!inhibited && has("inhibitedBy"))
+                    || (!active && !*muted))
             })
             .map(|(x, _)| x)
             .filter(|x| alert_passes(x, &filter))

@@ -166,27 +166,45 @@ impl Engine {
                     .into_iter()
                     .map(|l| format!("{:016x}", crate::notify::fingerprint(l)))
                     .collect();
-                let mut receivers: Vec<String> = s
+                let targets = s
                     .routing
-                    .targets(&a.labels, &a.receivers, &s.group_by, &all)
-                    .into_iter()
-                    .flat_map(|t| t.receivers)
+                    .targets(&a.labels, &a.receivers, &s.group_by, &all);
+                // Muted by time only when every route that takes it is.
+                let timed: Vec<Vec<String>> = targets
+                    .iter()
+                    .map(|t| s.routing.muted_by(&t.mute, &t.active, now))
                     .collect();
+                let mut muted_by: Vec<String> = if timed.iter().all(|m| !m.is_empty()) {
+                    timed.into_iter().flatten().collect()
+                } else {
+                    Vec::new()
+                };
+                muted_by.dedup();
+                let mut receivers: Vec<String> =
+                    targets.into_iter().flat_map(|t| t.receivers).collect();
                 receivers.dedup();
-                let muted = !by.is_empty() || !inhibited.is_empty();
-                (alert_json(a, &by, &inhibited, &receivers, now), muted)
+                let muted = !by.is_empty() || !inhibited.is_empty() || !muted_by.is_empty();
+                let status = Status {
+                    silenced_by: &by,
+                    inhibited_by: &inhibited,
+                    muted_by: &muted_by,
+                };
+                (alert_json(a, &status, &receivers, now), muted)
             })
             .collect()
     }
 }
 
-fn alert_json(
-    a: &ActiveAlert,
-    silenced_by: &[String],
-    inhibited_by: &[String],
-    receivers: &[String],
-    now: i64,
-) -> Json {
+/// Why an alert is suppressed, as Alertmanager's `alertStatus` says it.
+struct Status<'a> {
+    silenced_by: &'a [String],
+    inhibited_by: &'a [String],
+    muted_by: &'a [String],
+}
+
+fn alert_json(a: &ActiveAlert, st: &Status<'_>, receivers: &[String], now: i64) -> Json {
+    let suppressed =
+        !(st.silenced_by.is_empty() && st.inhibited_by.is_empty() && st.muted_by.is_empty());
     let receivers: Vec<Json> = receivers.iter().map(|r| json!({"name": r})).collect();
     let labels: serde_json::Map<String, Json> = a
         .labels
@@ -203,10 +221,10 @@ fn alert_json(
         "receivers": receivers,
         "generatorURL": "",
         "status": {
-            "state": if silenced_by.is_empty() && inhibited_by.is_empty() { "active" } else { "suppressed" },
-            "silencedBy": silenced_by,
-            "inhibitedBy": inhibited_by,
-            "mutedBy": [],
+            "state": if suppressed { "suppressed" } else { "active" },
+            "silencedBy": st.silenced_by,
+            "inhibitedBy": st.inhibited_by,
+            "mutedBy": st.muted_by,
         },
     })
 }

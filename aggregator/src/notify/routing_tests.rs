@@ -242,6 +242,15 @@ fn a_night_mute_as_two_ranges_in_its_location_and_the_weekend() {
     };
     assert!(active("2026-12-02T23:00:00Z"));
     assert!(!active("2026-12-02T12:00:00Z"));
+    // What /api/v2/alerts says mutes it (Alertmanager's mutedBy).
+    let night = ms("2026-12-02T23:00:00Z");
+    let off = ["offhours".to_string()];
+    assert_eq!(s.routing.muted_by(&off, &[], night), off);
+    assert!(s.routing.muted_by(&[], &off, night).is_empty());
+    assert_eq!(
+        s.routing.muted_by(&[], &off, ms("2026-12-02T12:00:00Z")),
+        off
+    );
 }
 
 fn alert(pairs: &[(&str, &str)]) -> ActiveAlert {
