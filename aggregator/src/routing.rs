@@ -12,7 +12,8 @@
 //!   those receivers only.
 //! - **Inhibition**: an alert matching a rule's `target_matchers` sends nothing while another
 //!   firing alert matches its `source_matchers` and has the same values (missing counts as
-//!   empty) for every label in `equal`; an alert never inhibits itself.
+//!   empty) for every label in `equal`; an alert never inhibits itself, and two alerts that
+//!   each match both sides do not inhibit each other.
 //! - **Time intervals**: a route's groups send nothing while one of its
 //!   `mute_time_intervals` holds, or while none of its `active_time_intervals` does; what they
 //!   hold back goes out at the first flush after.
@@ -169,9 +170,13 @@ impl Routing {
             if !matches_all(&r.target, target) {
                 continue;
             }
+            // As Alertmanager: when the target matches the source side too, a source that also
+            // matches the target side does not count (two such alerts would mute each other).
+            let two_sided = matches_all(&r.source, target);
             for s in firing.clone() {
                 if s != target
                     && matches_all(&r.source, s)
+                    && !(two_sided && matches_all(&r.target, s))
                     && r.equal
                         .iter()
                         .all(|l| s.get(l).unwrap_or("") == target.get(l).unwrap_or(""))

@@ -450,7 +450,8 @@ pub fn eval_scaling(
         guards.warming = warming.len() as u32;
     }
     // The instances a scale-in may terminate, and so how far it may go (a described group).
-    let candidates = victim.map(|(name, q)| {
+    let mut aws_chooses = None;
+    let candidates = victim.and_then(|(name, q)| {
         let ranks = crate::victim::rank(engine, storage, q, ts).unwrap_or_else(|e| {
             guards.notes.push(format!(
                 "scale_in_victim of {name} could not be evaluated ({e}): instances chosen by zone alone"
@@ -458,6 +459,15 @@ pub fn eval_scaling(
             BTreeMap::new()
         });
         let c = crate::victim::Candidates::new(&ranks, placement, &warming);
+        if c.placed && c.in_service() != current {
+            // Capacity that is not an instance in service (launching, or failing to): lowering
+            // the desired capacity drops it first; terminating would take serving instances.
+            aws_chooses = Some(format!(
+                "scale_in_victim: {} of {current} in service (the rest launching or leaving): the capacity is set and AWS chooses",
+                c.in_service()
+            ));
+            return None;
+        }
         if c.placed {
             let why = if c.excluded.is_empty() {
                 "no other is in service".to_string()
@@ -466,7 +476,7 @@ pub fn eval_scaling(
             };
             guards.removable = Some((c.len(), why));
         }
-        c
+        Some(c)
     });
     let group = state.groups.entry(asg.to_string()).or_default();
     // A schedule no longer in the rules no longer sets bounds.
@@ -497,6 +507,9 @@ pub fn eval_scaling(
             .is_some_and(|b| policies.iter().any(|p| p.name == b));
     if let Some(c) = candidates.filter(|_| policy_scale_in) {
         d.victims = c.choose(current - d.desired);
+    }
+    if let Some(note) = aws_chooses.filter(|_| policy_scale_in) {
+        d.notes.push(note);
     }
     if let Some(r) = ran {
         d.notes.insert(
@@ -1095,7 +1108,7 @@ fail_open_fraction = 0.5
 
     #[test]
     fn a_scale_in_terminates_the_lowest_ranked_instances_zone_by_zone_and_no_more_than_may_go() {
-        // Load 0.25 against a target of 1: 4 instances want 1. in_flight ranks them.
+        // Load 0.25 against a target of 1: 5 instances want 2. in_flight ranks them.
         let text = "[[scaling]]\nname = \"s\"\nasg = \"g\"\nmin = 1\nmax = 10\nexpr = \"load\"\ntarget = 1\nscale_in_cooldown = \"0s\"\nscale_in_stabilization = \"0s\"\nscale_in_victim = 'sum by (instance) (in_flight)'\n";
         let mut storage = MemStorage::new();
         storage.add_series(
@@ -1113,7 +1126,7 @@ fail_open_fraction = 0.5
             protected,
             in_service: true,
         };
-        let mut fleet = live_g(4, []);
+        let mut fleet = live_g(5, []);
         fleet.placement.insert(
             "g".into(),
             BTreeMap::from([
@@ -1134,8 +1147,8 @@ fail_open_fraction = 0.5
             })
             .expect("a decision");
         // Zone a runs 3 (one protected), b 2: a gives its lowest (i-a2), then b (i-b1), then
-        // a again (i-a1). i-b2 could go too, but the decision wants 4 -> 1: three victims.
-        assert_eq!((d.current, d.desired), (4, 1), "{d:?}");
+        // a again (i-a1): the decision wants 5 -> 2, three victims.
+        assert_eq!((d.current, d.desired), (5, 2), "{d:?}");
         let victims: Vec<&str> = d.victims.iter().map(|(i, _)| i.as_str()).collect();
         assert_eq!(victims, ["i-a2", "i-b1", "i-a1"], "{d:?}");
         assert!(d.reasons().iter().any(|r| r.starts_with("terminates i-a2: ranked 1 by scale_in_victim, lowest in a (3 instances in service there)")), "{:?}", d.reasons());
@@ -1160,8 +1173,29 @@ fail_open_fraction = 0.5
                 _ => None,
             })
             .expect("a decision");
-        assert_eq!(d.desired, 3, "{d:?}");
+        assert_eq!(d.desired, 4, "{d:?}");
         assert_eq!(d.victims.len(), 1);
-        assert!(d.notes.iter().any(|n| n.contains("scale_in_victim: 1 instance may be terminated (4 instances protected from scale-in): limits 1 to 3")), "{:?}", d.notes);
+        assert!(d.notes.iter().any(|n| n.contains("scale_in_victim: 1 instance may be terminated (4 instances protected from scale-in): limits 2 to 4")), "{:?}", d.notes);
+
+        // A sixth unit of capacity still launching: terminating would take serving instances,
+        // so the capacity is set and AWS chooses.
+        let mut sim = simulation_of(text);
+        let mut launching = live_g(6, []);
+        launching.placement = fleet.placement.clone();
+        let d = sim
+            .step(&mut storage, 0, 0, &launching)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Scaling(d) => Some(d),
+                _ => None,
+            })
+            .expect("a decision");
+        assert_eq!((d.current, d.desired), (6, 2), "{d:?}");
+        assert!(d.victims.is_empty(), "{d:?}");
+        assert!(
+            d.notes.iter().any(|n| n.contains("5 of 6 in service")),
+            "{:?}",
+            d.notes
+        );
     }
 }

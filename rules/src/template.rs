@@ -1091,11 +1091,17 @@ fn eval_pipeline(p: &Pipeline, dot: &Val, vars: &Vars) -> Result<Val, String> {
     piped.ok_or_else(|| "empty pipeline".to_string())
 }
 
-fn walk(mut v: Val, fields: &[String]) -> Result<Val, String> {
-    for f in fields {
-        v = v.field(f)?;
+/// Follows `fields` from `v`, copying only what it ends at.
+fn walk(v: &Val, fields: &[String]) -> Result<Val, String> {
+    let Some((first, rest)) = fields.split_first() else {
+        return Ok(v.clone());
+    };
+    match v {
+        // Records and maps are followed by reference; what a field makes (a map's
+        // `.SortedPairs`, a list's `.Firing`) is a new value.
+        Val::Obj(m) | Val::Map(m) if m.contains_key(first) => walk(&m[first], rest),
+        _ => walk(&v.field(first)?, rest),
     }
-    Ok(v)
 }
 
 fn eval_term(t: &Term, dot: &Val, vars: &Vars) -> Result<Val, String> {
@@ -1105,13 +1111,13 @@ fn eval_term(t: &Term, dot: &Val, vars: &Vars) -> Result<Val, String> {
         Term::Bool(b) => Ok(Val::Bool(*b)),
         Term::Sub(p) => eval_pipeline(p, dot, vars),
         Term::Func(f) => Err(format!("{f} used as a value")),
-        Term::Dot(fields) => walk(dot.clone(), fields),
+        Term::Dot(fields) => walk(dot, fields),
         Term::Var(name, fields) => {
             let v = vars
                 .iter()
                 .rev()
                 .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| v)
                 .ok_or_else(|| format!("undefined variable ${name}"))?;
             walk(v, fields).map_err(|e| format!("{e} of ${name}"))
         }
@@ -1125,6 +1131,18 @@ fn eval_command(cmd: &Command, dot: &Val, vars: &Vars, piped: Option<Val>) -> Re
         }
         return eval_term(&cmd.terms[0], dot, vars);
     };
+    // `and` and `or` stop at the first argument that decides, as Go's do since 1.18: a guard
+    // such as `and .Alerts.Firing (index .Alerts.Firing 0)` must not evaluate what it guards.
+    if f == "and" || f == "or" {
+        let mut last = Val::Nil;
+        for t in &cmd.terms[1..] {
+            last = eval_term(t, dot, vars)?;
+            if last.truth() != (f == "and") {
+                return Ok(last);
+            }
+        }
+        return Ok(piped.unwrap_or(last));
+    }
     let mut args = cmd.terms[1..]
         .iter()
         .map(|t| eval_term(t, dot, vars))
@@ -1691,6 +1709,8 @@ mod tests {
             ("{{ if 0 }}a{{ else }}b{{ end }}", "b"),
             ("{{ if and 1 \"x\" }}a{{ else }}b{{ end }}", "a"),
             ("{{ or \"\" \"d\" }}", "d"),
+            ("{{ and 0 (index $labels.Names 9) }}", "0"),
+            ("{{ or 1 (index $labels.Names 9) }}", "1"),
             ("{{ not 0 }}", "true"),
             ("{{ len \"abc\" }}", "3"),
             ("{{ len $labels }}", "2"),

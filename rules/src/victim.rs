@@ -129,6 +129,11 @@ impl Candidates {
         c
     }
 
+    /// How many instances are in service (protected and warming ones included).
+    pub fn in_service(&self) -> u32 {
+        self.in_service.values().sum()
+    }
+
     /// How many instances may be terminated.
     pub fn len(&self) -> u32 {
         self.zones.values().map(|z| z.len() as u32).sum()

@@ -33,9 +33,18 @@ pub struct Templates {
     pub external_url: String,
 }
 
-/// A notification as templates see it, to try each template on when it is read: a mistake a
-/// parse cannot see (a field missing inside a `range`) is reported then, not at 3 a.m.
-fn sample() -> Val {
+/// Notifications as templates see them, to try each template on when it is read: a mistake a
+/// parse cannot see (a field missing inside a `range`, an `index` past the firing alerts of a
+/// resolved notice) is reported then, not at 3 a.m. A firing and resolved one, a firing one, a
+/// resolved one.
+fn samples() -> [Val; 3] {
+    let both = sample(&["firing", "resolved"]);
+    let firing = sample(&["firing"]);
+    let resolved = sample(&["resolved"]);
+    [both, firing, resolved]
+}
+
+fn sample(statuses: &[&str]) -> Val {
     let alert = |status: &str, ends: &str| {
         Val::obj([
             ("Status", Val::Str(status.into())),
@@ -53,13 +62,28 @@ fn sample() -> Val {
     };
     Val::obj([
         ("Receiver", Val::Str("sample".into())),
-        ("Status", Val::Str("firing".into())),
+        (
+            "Status",
+            Val::Str(
+                if statuses.contains(&"firing") {
+                    "firing"
+                } else {
+                    "resolved"
+                }
+                .into(),
+            ),
+        ),
         (
             "Alerts",
-            Val::List(vec![
-                alert("firing", ""),
-                alert("resolved", "2026-01-01T00:05:00Z"),
-            ]),
+            Val::List(
+                statuses
+                    .iter()
+                    .map(|s| match *s {
+                        "firing" => alert("firing", ""),
+                        _ => alert("resolved", "2026-01-01T00:05:00Z"),
+                    })
+                    .collect(),
+            ),
         ),
         ("GroupLabels", Val::strings([("alertname", "Sample")])),
         ("CommonLabels", Val::strings([("alertname", "Sample")])),
@@ -81,8 +105,15 @@ fn templates(doc: &mut Doc<'_>, mut t: Obj<'_, '_>) -> Templates {
         };
         match Template::parse_notification(&v.value) {
             Ok(tpl) => {
-                if let Err(e) = tpl.render_val(&sample()) {
-                    doc.error_at(v.span.start, format!("{path}.{key}: {e}"));
+                let failed = samples()
+                    .iter()
+                    .zip(["firing and resolved", "firing", "resolved"])
+                    .find_map(|(s, what)| tpl.render_val(s).err().map(|e| (e, what)));
+                if let Some((e, what)) = failed {
+                    doc.error_at(
+                        v.span.start,
+                        format!("{path}.{key}: on a {what} notification: {e}"),
+                    );
                 }
                 Some(tpl)
             }
@@ -270,8 +301,10 @@ fn span(text: &str, names: &[&str], first: i32, lo: i32, hi: i32) -> Result<Span
             (v, v)
         }
     };
-    // Days of the month may count from the end: -3:-1, or 25:-1 (compared once resolved).
-    if a > b && !(a > 0 && b < 0) {
+    // Days of the month may count from the end (-1 is the last day): compared as Alertmanager
+    // does, as if the month had 31 days (25:-1 holds, -1:25 and 25:-10 never would).
+    let norm = |v: i32| if v < 0 { 32 + v } else { v };
+    if norm(a) > norm(b) {
         return Err(format!("{text:?}: the start is after the end"));
     }
     Ok((a, b))

@@ -148,6 +148,10 @@ struct State {
     bounds: BTreeMap<String, bounds::PendingBounds>,
     /// Instance → the scale-in victim to terminate.
     terminate: BTreeMap<String, terminate::PendingTerminate>,
+    /// Instance → (group, when) of a victim terminated (or, in a dry run, that would have
+    /// been): not in service any more, whatever a describe that predates it says, until a
+    /// describe shows it gone or leaving (`terminate::TERMINATED_KEPT_MS` at most).
+    terminated: HashMap<String, (String, i64)>,
     /// Group → the desired capacity AWS should have as far as Vigil knows (what it set last, or
     /// what it last read): a describe showing another means someone else changed it.
     baseline: HashMap<String, u32>,
@@ -175,22 +179,6 @@ impl State {
         {
             self.pending.remove(asg);
         }
-    }
-
-    /// Removes a victim if it is still the one decided at `decided_at`.
-    fn settle_terminate(&mut self, instance: &str, decided_at: i64) {
-        if self
-            .terminate
-            .get(instance)
-            .is_some_and(|t| t.decided_at == decided_at)
-        {
-            self.terminate.remove(instance);
-        }
-    }
-
-    /// How many of the group's victims are still to be terminated.
-    fn terminating(&self, asg: &str) -> u32 {
-        self.terminate.values().filter(|t| t.asg == asg).count() as u32
     }
 }
 
@@ -346,7 +334,8 @@ impl Fleet {
                         protected: m.protected_from_scale_in,
                         // A victim on its way out is not in service any more.
                         in_service: m.lifecycle == Lifecycle::InService
-                            && !st.terminate.contains_key(&m.id),
+                            && !st.terminate.contains_key(&m.id)
+                            && !st.terminated.contains_key(&m.id),
                     };
                     (m.id.clone(), p)
                 })
@@ -415,9 +404,19 @@ impl Fleet {
                         continue;
                     }
                     // Each victim's termination lowers AWS's desired capacity by one, after
-                    // those still on their way (the decision counted them as gone already).
+                    // those still on their way (the decision counted them as gone already);
+                    // never below the group's own min.
                     if !d.victims.is_empty() && !st.pending.contains_key(&d.asg) {
-                        for (instance, why) in &d.victims {
+                        let lo = st
+                            .bounds
+                            .get(&d.asg)
+                            .and_then(|b| b.min)
+                            .unwrap_or_else(|| st.groups.get(&d.asg).map_or(0, |(g, _)| g.min));
+                        let allowed = d.current.saturating_sub(lo) as usize;
+                        if d.victims.len() > allowed {
+                            tracing::warn!(asg = %d.asg, victims = d.victims.len(), min = lo, "more victims than the group's min allows: only the first are terminated");
+                        }
+                        for (instance, why) in d.victims.iter().take(allowed) {
                             tracing::info!(asg = %d.asg, instance = %instance, reason = %why, "scale-in victim");
                             st.terminate.insert(
                                 instance.clone(),
@@ -515,6 +514,7 @@ impl Fleet {
             return Ok(());
         }
         let generation = self.state().generation;
+        let started = self.now_ms();
         let groups = self.scaler.describe(names).await?;
         let now = self.now_ms();
         let mut st = self.state();
@@ -554,6 +554,19 @@ impl Fleet {
             .flat_map(|(g, _)| g.members.iter().map(|m| m.id.clone()))
             .collect();
         st.first_seen.retain(|i, _| live.contains(i));
+        // A victim is forgotten once a describe that started after its termination shows it
+        // gone or leaving (not one that overlapped it), or after a while.
+        let in_service: HashSet<String> = st
+            .groups
+            .values()
+            .flat_map(|(g, _)| g.members.iter())
+            .filter(|m| m.lifecycle == Lifecycle::InService)
+            .map(|m| m.id.clone())
+            .collect();
+        st.terminated.retain(|i, (_, at)| {
+            now - *at < terminate::TERMINATED_KEPT_MS
+                && (overlapped || *at > started || in_service.contains(i))
+        });
         Ok(())
     }
 

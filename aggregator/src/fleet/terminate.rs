@@ -6,9 +6,16 @@
 use serde::{Deserialize, Serialize};
 
 use super::actuator::due_now;
-use super::Fleet;
+use super::{Fleet, State};
 use crate::aws::{Effect, Lifecycle};
 use crate::clock::backoff_ms;
+
+/// How long a terminated victim is kept out of service whatever describes say, at most.
+pub(super) const TERMINATED_KEPT_MS: i64 = 10 * 60_000;
+
+/// A victim not terminated within this of its decision (AWS away, a restart) is dropped: the
+/// next evaluation decides from the group as it is then.
+const MAX_AGE_MS: i64 = 10 * 60_000;
 
 /// An instance to terminate, by the group it belongs to. Persisted with the evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,6 +26,24 @@ pub(super) struct PendingTerminate {
     pub attempts: u32,
     #[serde(skip)]
     pub next_try: i64,
+}
+
+impl State {
+    /// Removes a victim if it is still the one decided at `decided_at`.
+    pub(super) fn settle_terminate(&mut self, instance: &str, decided_at: i64) {
+        if self
+            .terminate
+            .get(instance)
+            .is_some_and(|t| t.decided_at == decided_at)
+        {
+            self.terminate.remove(instance);
+        }
+    }
+
+    /// How many of the group's victims are still to be terminated.
+    pub(super) fn terminating(&self, asg: &str) -> u32 {
+        self.terminate.values().filter(|t| t.asg == asg).count() as u32
+    }
 }
 
 impl Fleet {
@@ -33,21 +58,42 @@ impl Fleet {
             if !self.may_act() {
                 return false;
             }
-            let in_service = self.state().groups.get(&t.asg).map(|(g, _)| {
-                g.members
-                    .iter()
-                    .any(|m| m.id == instance && m.lifecycle == Lifecycle::InService)
-            });
-            if in_service == Some(false) {
-                tracing::warn!(asg = %t.asg, instance = %instance, "the instance chosen for scale-in is no longer in service: not terminated (the next evaluation decides from the group as it is)");
-                self.state().settle_terminate(&instance, t.decided_at);
-                continue;
+            {
+                let mut st = self.state();
+                // A newer decision may have replaced it while earlier calls of this pass ran.
+                if st
+                    .terminate
+                    .get(&instance)
+                    .is_none_or(|q| q.decided_at != t.decided_at)
+                {
+                    continue;
+                }
+                if now - t.decided_at > MAX_AGE_MS {
+                    tracing::warn!(asg = %t.asg, instance = %instance, "the scale-in victim was not terminated in time: dropped (the next evaluation decides from the group as it is)");
+                    st.settle_terminate(&instance, t.decided_at);
+                    continue;
+                }
+                // Only from a view of the group: after a restart, once it is described.
+                let Some(in_service) = st.groups.get(&t.asg).map(|(g, _)| {
+                    g.members
+                        .iter()
+                        .any(|m| m.id == instance && m.lifecycle == Lifecycle::InService)
+                }) else {
+                    continue;
+                };
+                if !in_service {
+                    tracing::warn!(asg = %t.asg, instance = %instance, "the instance chosen for scale-in is no longer in service: not terminated (the next evaluation decides from the group as it is)");
+                    st.settle_terminate(&instance, t.decided_at);
+                    continue;
+                }
             }
             let result = self.scaler.terminate(&instance).await;
             let mut st = self.state();
             match result {
                 Ok(effect) => {
                     st.settle_terminate(&instance, t.decided_at);
+                    st.terminated
+                        .insert(instance.clone(), (t.asg.clone(), self.now_ms()));
                     let desired = if effect == Effect::Made {
                         // AWS lowers the desired capacity by one itself: not a change made
                         // outside Vigil, and a describe already on its way may predate it.

@@ -40,6 +40,15 @@ fn victims_are_terminated_and_the_capacity_aws_lowers_is_not_an_outside_change()
     r.actuate();
     assert_eq!(r.aws.calls(), ["describe web", "terminate i-2"]);
     assert_eq!(r.last_result(), "terminated i-2");
+    // A describe that still shows the victim in service (AWS lagging) does not bring it back
+    // as a candidate; once one shows it gone, it is forgotten.
+    r.aws.groups.lock().unwrap()[0].members.push(member("i-2"));
+    r.refresh();
+    let o = r.fleet.observe(&names(), &HashMap::new(), T0);
+    assert!(!o.placement["web"]["i-2"].in_service);
+    r.aws.groups.lock().unwrap()[0]
+        .members
+        .retain(|m| m.id != "i-2");
     r.refresh();
     assert!(
         !metrics(&r.registry).contains("external_capacity_changes_total{asg=\"web\"} 1"),
@@ -67,6 +76,24 @@ fn victims_are_terminated_and_the_capacity_aws_lowers_is_not_an_outside_change()
         .count();
     assert_eq!(terminations, 1, "{:?}", r.aws.calls());
     assert!(r.fleet.pending_json().get("terminate").is_none());
+}
+
+#[test]
+fn victims_wait_for_a_view_of_their_group_and_never_take_it_below_its_min() {
+    // Restored after a restart: nothing is terminated before the group is described.
+    let r = rig(false);
+    r.fleet.take(&[scale_in(2, &["i-2"])], T0);
+    r.actuate();
+    assert!(r.aws.calls().is_empty(), "{:?}", r.aws.calls());
+    r.refresh();
+    r.actuate();
+    assert_eq!(r.aws.calls(), ["describe web", "terminate i-2"]);
+    // The group's min at AWS is 1: of two victims from 2, only the first goes.
+    let r = rig(false);
+    r.refresh();
+    r.fleet.take(&[scale_in(2, &["i-1", "i-2"])], T0);
+    r.actuate();
+    assert_eq!(r.aws.calls(), ["describe web", "terminate i-1"]);
 }
 
 #[test]

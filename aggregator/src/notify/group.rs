@@ -294,6 +294,27 @@ impl Notifier {
             // Outside its route's time: nothing is sent and nothing forgotten; the first flush
             // after tells what changed meanwhile.
             if s.routing.time_muted(&g.mute, &g.active, now).is_some() {
+                // An Alertmanager receiver is still re-sent what it was told of, or it would
+                // resolve those alerts by itself and fire them again after the interval.
+                let told: Vec<ActiveAlert> = g
+                    .last_firing
+                    .iter()
+                    .filter_map(|l| g.alerts.get(l))
+                    .filter(|e| e.resolved_at.is_none())
+                    .map(|e| e.alert.clone())
+                    .collect();
+                if !told.is_empty() {
+                    out.push(Notification {
+                        receiver: g.receiver.clone(),
+                        group_labels: g.labels.clone(),
+                        firing: told,
+                        resolved: Vec::new(),
+                        muted_told: Vec::new(),
+                        at: now,
+                        repeat: false,
+                        refresh_only: true,
+                    });
+                }
                 g.next_flush = now + s.group_interval_ms;
                 continue;
             }

@@ -159,7 +159,31 @@ fn template_data(n: &Notification, s: &Settings, common: &Labels, status: &str) 
     ])
 }
 
-/// A template's text, or `default` (logged) when it has none or fails on this notification.
+/// A template's text; `None` (logged) when it fails on this notification or makes nothing (SNS
+/// and Slack refuse an empty subject, message or block).
+fn try_template(
+    t: &Template,
+    name: &str,
+    data: &std::cell::OnceCell<Val>,
+    make: impl FnOnce() -> Val,
+) -> Option<String> {
+    match t.render_val(data.get_or_init(make)) {
+        Ok(text) if !text.trim().is_empty() => Some(text),
+        Ok(_) => {
+            tracing::warn!(
+                template = name,
+                "notification template made nothing; sending Vigil's own text instead"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(template = name, error = %e, "notification template failed; sending Vigil's own text instead");
+            None
+        }
+    }
+}
+
+/// A template's text, or `default` when it has none or [`try_template`] gives none.
 fn templated(
     t: &Option<Template>,
     name: &str,
@@ -167,16 +191,9 @@ fn templated(
     make: impl FnOnce() -> Val,
     default: impl FnOnce() -> String,
 ) -> String {
-    let Some(t) = t else {
-        return default();
-    };
-    match t.render_val(data.get_or_init(make)) {
-        Ok(text) => text,
-        Err(e) => {
-            tracing::warn!(template = name, error = %e, "notification template failed; sending Vigil's own text instead");
-            default()
-        }
-    }
+    t.as_ref()
+        .and_then(|t| try_template(t, name, data, make))
+        .unwrap_or_else(default)
 }
 
 /// Renders a notification for every integration of its receiver. `refresh_only`
@@ -263,7 +280,7 @@ pub fn render(n: &Notification, s: &Settings) -> Vec<Delivery> {
                     &templated(&t.slack_title, "slack_title", &data, make, || title(n)),
                     t.slack_text
                         .as_ref()
-                        .map(|_| templated(&t.slack_text, "slack_text", &data, make, String::new)),
+                        .and_then(|t| try_template(t, "slack_text", &data, make)),
                 ),
             });
         }

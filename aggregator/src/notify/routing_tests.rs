@@ -208,6 +208,12 @@ fn inhibition_needs_a_firing_source_with_the_equal_labels() {
     assert!(both
         .inhibited_by(&one, std::slice::from_ref(&one))
         .is_empty());
+    // Nor do two alerts that each match both sides inhibit each other (Alertmanager's
+    // two-sided exclusion): a NodeDown from two jobs still pages.
+    let two = labels(&[("a", "1"), ("job", "b")]);
+    let firing = [one.clone(), two.clone()];
+    assert!(both.inhibited_by(&one, &firing).is_empty());
+    assert!(both.inhibited_by(&two, &firing).is_empty());
 }
 
 fn ms(rfc3339: &str) -> i64 {
@@ -468,12 +474,116 @@ fn a_bad_template_names_its_line_and_column_and_one_wrong_inside_a_range_is_caug
     let e = bad("[notify.templates]\nslack_text = '{{ range .Alerts }}{{ .Lables.x }}{{ end }}'\n");
     assert!(
         e.contains(
-            "aggregator.toml:2:14: notify.templates.slack_text: can't evaluate field Lables"
+            "aggregator.toml:2:14: notify.templates.slack_text: on a firing and resolved notification: can't evaluate field Lables"
         ),
         "{e}"
     );
+    // A guard that holds on firing notices and not on resolved ones is caught too.
+    let e = bad("[notify.templates]\nsns_subject = '{{ index .Alerts.Firing 0 }}'\n");
+    assert!(
+        e.contains("on a resolved notification: index out of range"),
+        "{e}"
+    );
+    assert!(parse(
+        "aggregator.toml",
+        "[notify.templates]\nsns_subject = '{{ if .Alerts.Firing }}{{ index .Alerts.Firing 0 }}{{ end }}x'\n"
+    )
+    .is_ok());
     let e = bad("[notify.templates]\nsns_message = '''\n{{ range .Alerts }}'''\n");
     assert!(e.contains("unclosed range"), "{e}");
     let e = bad("[notify.templates]\nsubject = 'x'\n");
     assert!(e.contains("notify.templates.subject: unknown key"), "{e}");
+}
+
+#[test]
+fn days_of_the_month_count_from_the_end_and_months_and_years_hold_as_given() {
+    let c = parse(
+        "aggregator.toml",
+        r#"
+[[notify.time_interval]]
+name = "month-end"
+days_of_month = ["-3:-1"]
+
+[[notify.time_interval]]
+name = "late"
+days_of_month = ["25:-1"]
+
+[[notify.time_interval]]
+name = "q1-2026"
+months = ["january:march"]
+years = ["2026"]
+"#,
+    )
+    .expect("valid");
+    let holds = |name: &str, t: &str| {
+        !c.routing
+            .muted_by(&[name.to_string()], &[], ms(t))
+            .is_empty()
+    };
+    // February 2026 has 28 days, April 30, December 31.
+    assert!(!holds("month-end", "2026-02-25T12:00:00Z"));
+    assert!(holds("month-end", "2026-02-26T12:00:00Z"));
+    assert!(holds("month-end", "2026-02-28T12:00:00Z"));
+    assert!(!holds("month-end", "2026-04-27T12:00:00Z"));
+    assert!(holds("month-end", "2026-04-28T12:00:00Z"));
+    assert!(holds("month-end", "2026-12-29T12:00:00Z"));
+    assert!(!holds("month-end", "2026-12-28T12:00:00Z"));
+    assert!(holds("late", "2026-02-25T00:00:00Z"));
+    assert!(holds("late", "2026-04-30T23:59:00Z"));
+    assert!(!holds("late", "2026-04-24T23:59:00Z"));
+    assert!(holds("q1-2026", "2026-03-31T23:59:00Z"));
+    assert!(!holds("q1-2026", "2026-04-01T00:00:00Z"));
+    assert!(!holds("q1-2026", "2027-02-01T00:00:00Z"));
+    // Ranges that could never hold are refused, as Alertmanager refuses them.
+    for bad in ["-1:25", "25:-10", "0", "32"] {
+        let text = format!("[[notify.time_interval]]\nname = \"x\"\ndays_of_month = [\"{bad}\"]\n");
+        let e = parse("aggregator.toml", &text).unwrap_err();
+        assert!(
+            e[0].to_string().contains("aggregator.toml:3:"),
+            "{bad}: {}",
+            e[0]
+        );
+    }
+}
+
+#[test]
+fn a_template_that_makes_nothing_leaves_vigils_own_text() {
+    let c = parse(
+        "aggregator.toml",
+        "[notify.templates]\nslack_text = '{{ range .Alerts.Firing }}{{ .Labels.instance }}{{ end }}'\nsns_subject = '{{ range .Alerts.Firing }}x{{ end }}'\n[[receiver]]\nname = \"oncall\"\nsns_topic_arn = \"arn:aws:sns:us-east-1:123456789012:oncall\"\nslack_webhook_url = \"http://127.0.0.1:1/slack\"\n",
+    )
+    .expect("valid");
+    let s = Settings {
+        group_by: c.group_by,
+        group_wait_ms: c.group_wait_ms,
+        group_interval_ms: c.group_interval_ms,
+        repeat_interval_ms: c.repeat_interval_ms,
+        receivers: c.receivers,
+        routing: c.routing,
+        templates: c.templates,
+    };
+    // Resolved only: both templates make nothing.
+    let n = crate::notify::group::Notification {
+        receiver: "oncall".into(),
+        group_labels: labels(&[("alertname", "Down")]),
+        firing: vec![],
+        resolved: vec![(alert(&[("alertname", "Down"), ("instance", "i-1")]), 60_000)],
+        muted_told: vec![],
+        at: 60_000,
+        repeat: false,
+        refresh_only: false,
+    };
+    let d = crate::notify::render(&n, &s);
+    let crate::notify::Delivery::Sns { subject, .. } = &d[0] else {
+        panic!("{d:?}")
+    };
+    assert_eq!(subject, "[RESOLVED] Down");
+    let crate::notify::Delivery::Slack { body, .. } = &d[1] else {
+        panic!("{d:?}")
+    };
+    let text = body["blocks"][1]["text"]["text"].as_str().unwrap_or("");
+    assert!(
+        text.contains("resolved"),
+        "Vigil's own block for the alert: {body}"
+    );
 }

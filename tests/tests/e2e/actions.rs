@@ -1348,6 +1348,14 @@ scale_in_victim = 'sum by (instance) (in_flight{asg="web"})'
         .collect();
     terminated.sort();
     assert_eq!(terminated, victims, "{calls:?}");
+    // And no other (a call the SDK retried may show twice, with the same instance).
+    assert!(
+        calls.iter().all(|c| victims
+            .iter()
+            .any(|v| c.body.contains(&format!("InstanceId={v}&"))
+                || c.body.ends_with(&format!("InstanceId={v}")))),
+        "{calls:?}"
+    );
     assert!(
         calls
             .iter()
