@@ -1106,6 +1106,16 @@ fail_open_fraction = 0.5
         assert_eq!(sim.capacities().get("g"), Some(&5));
     }
 
+    fn scaling_decision(events: Vec<Event>) -> Decision {
+        events
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Scaling(d) => Some(d),
+                _ => None,
+            })
+            .expect("a decision")
+    }
+
     #[test]
     fn a_scale_in_terminates_the_lowest_ranked_instances_zone_by_zone_and_no_more_than_may_go() {
         // Load 0.25 against a target of 1: 5 instances want 2. in_flight ranks them.
@@ -1138,14 +1148,7 @@ fail_open_fraction = 0.5
             ]),
         );
         let mut sim = simulation_of(text);
-        let d = sim
-            .step(&mut storage, 0, 0, &fleet)
-            .into_iter()
-            .find_map(|e| match e {
-                Event::Scaling(d) => Some(d),
-                _ => None,
-            })
-            .expect("a decision");
+        let d = scaling_decision(sim.step(&mut storage, 0, 0, &fleet));
         // Zone a runs 3 (one protected), b 2: a gives its lowest (i-a2), then b (i-b1), then
         // a again (i-a1): the decision wants 5 -> 2, three victims.
         assert_eq!((d.current, d.desired), (5, 2), "{d:?}");
@@ -1165,14 +1168,7 @@ fail_open_fraction = 0.5
             .get_mut("i-b2")
             .unwrap()
             .protected = false;
-        let d = sim
-            .step(&mut storage, 0, 0, &fleet)
-            .into_iter()
-            .find_map(|e| match e {
-                Event::Scaling(d) => Some(d),
-                _ => None,
-            })
-            .expect("a decision");
+        let d = scaling_decision(sim.step(&mut storage, 0, 0, &fleet));
         assert_eq!(d.desired, 4, "{d:?}");
         assert_eq!(d.victims.len(), 1);
         assert!(d.notes.iter().any(|n| n.contains("scale_in_victim: 1 instance may be terminated (4 instances protected from scale-in): limits 2 to 4")), "{:?}", d.notes);
@@ -1182,14 +1178,7 @@ fail_open_fraction = 0.5
         let mut sim = simulation_of(text);
         let mut launching = live_g(6, []);
         launching.placement = fleet.placement.clone();
-        let d = sim
-            .step(&mut storage, 0, 0, &launching)
-            .into_iter()
-            .find_map(|e| match e {
-                Event::Scaling(d) => Some(d),
-                _ => None,
-            })
-            .expect("a decision");
+        let d = scaling_decision(sim.step(&mut storage, 0, 0, &launching));
         assert_eq!((d.current, d.desired), (6, 2), "{d:?}");
         assert!(d.victims.is_empty(), "{d:?}");
         assert!(

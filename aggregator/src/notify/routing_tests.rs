@@ -75,7 +75,12 @@ webhook_url = "http://127.0.0.1:1/tickets"
 "#;
 
 fn settings() -> Settings {
-    let c = parse("aggregator.toml", CONFIG).expect("valid");
+    settings_of(CONFIG)
+}
+
+/// The notifier's settings from an `aggregator.toml`.
+fn settings_of(text: &str) -> Settings {
+    let c = parse("aggregator.toml", text).expect("valid");
     Settings {
         group_by: c.group_by,
         group_wait_ms: c.group_wait_ms,
@@ -351,16 +356,18 @@ fn pages_and_tickets_reach_their_receivers_and_an_inhibited_or_muted_alert_waits
     );
 }
 
+/// Every error reading `text` as `aggregator.toml`, one a line.
+fn bad(text: &str) -> String {
+    parse("aggregator.toml", text)
+        .unwrap_err()
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn mistakes_name_their_line_and_column() {
-    let bad = |text: &str| -> String {
-        parse("aggregator.toml", text)
-            .unwrap_err()
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     let e = bad("[[notify.route]]\nreceivers = [\"nobody\"]\n");
     assert!(
         e.contains("aggregator.toml:2:14: unknown receiver \"nobody\""),
@@ -410,16 +417,7 @@ slack_webhook_url = "http://127.0.0.1:1/slack"
 
 #[test]
 fn templates_write_the_sns_subject_and_message_and_the_slack_message() {
-    let c = parse("aggregator.toml", TEMPLATES).expect("valid");
-    let s = Settings {
-        group_by: c.group_by,
-        group_wait_ms: c.group_wait_ms,
-        group_interval_ms: c.group_interval_ms,
-        repeat_interval_ms: c.repeat_interval_ms,
-        receivers: c.receivers,
-        routing: c.routing,
-        templates: c.templates,
-    };
+    let s = settings_of(TEMPLATES);
     let mut a = alert(&[("alertname", "Down"), ("instance", "i-1")]);
     a.annotations.insert("summary".into(), "i-1 is down".into());
     let b = alert(&[("alertname", "Down"), ("instance", "i-2")]);
@@ -458,14 +456,6 @@ fn templates_write_the_sns_subject_and_message_and_the_slack_message() {
 
 #[test]
 fn a_bad_template_names_its_line_and_column_and_one_wrong_inside_a_range_is_caught_too() {
-    let bad = |text: &str| -> String {
-        parse("aggregator.toml", text)
-            .unwrap_err()
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     let e = bad("[notify.templates]\nsns_subject = '{{ .Status }} {{ .Nope }}'\n");
     assert!(
         e.contains("aggregator.toml:2:33: notify.templates.sns_subject: template: can't evaluate field Nope"),
@@ -548,20 +538,9 @@ years = ["2026"]
 
 #[test]
 fn a_template_that_makes_nothing_leaves_vigils_own_text() {
-    let c = parse(
-        "aggregator.toml",
+    let s = settings_of(
         "[notify.templates]\nslack_text = '{{ range .Alerts.Firing }}{{ .Labels.instance }}{{ end }}'\nsns_subject = '{{ range .Alerts.Firing }}x{{ end }}'\n[[receiver]]\nname = \"oncall\"\nsns_topic_arn = \"arn:aws:sns:us-east-1:123456789012:oncall\"\nslack_webhook_url = \"http://127.0.0.1:1/slack\"\n",
-    )
-    .expect("valid");
-    let s = Settings {
-        group_by: c.group_by,
-        group_wait_ms: c.group_wait_ms,
-        group_interval_ms: c.group_interval_ms,
-        repeat_interval_ms: c.repeat_interval_ms,
-        receivers: c.receivers,
-        routing: c.routing,
-        templates: c.templates,
-    };
+    );
     // Resolved only: both templates make nothing.
     let n = crate::notify::group::Notification {
         receiver: "oncall".into(),

@@ -28,6 +28,33 @@ fn json(url: &str) -> serde_json::Value {
     serde_json::from_str(&body).expect("JSON")
 }
 
+/// Starts an aggregator on `cfg` listening on `port`; returns it with its base URL once ready.
+fn start(cfg: &std::path::Path, port: u16, dir: &std::path::Path) -> (Child, String) {
+    let agg = Child::spawn(
+        "aggregator",
+        Command::new(bin("vigil-aggregator"))
+            .arg("--config")
+            .arg(cfg),
+        dir,
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_http(&format!("{base}/-/ready"), Duration::from_secs(30)),
+        "{}",
+        agg.log_text()
+    );
+    (agg, base)
+}
+
+/// When the first rule group was last evaluated (ms; 0 before the first evaluation).
+fn last_evaluation(base: &str) -> i64 {
+    let r = json(&format!("{base}/api/v1/rules"));
+    r["data"]["groups"][0]["lastEvaluation"]
+        .as_str()
+        .and_then(|t| vigil_config::duration::parse_timestamp_ms(t).ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn amtool_silences_an_alert_and_its_notice_goes_out_when_the_silence_is_expired() {
     if amtool_missing() {
@@ -54,19 +81,7 @@ fn amtool_silences_an_alert_and_its_notice_goes_out_when_the_silence_is_expired(
         ),
     )
     .expect("config");
-    let agg = Child::spawn(
-        "aggregator",
-        Command::new(bin("vigil-aggregator"))
-            .arg("--config")
-            .arg(&cfg),
-        d,
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    assert!(
-        wait_http(&format!("{base}/-/ready"), Duration::from_secs(30)),
-        "{}",
-        agg.log_text()
-    );
+    let (agg, base) = start(&cfg, port, d);
     let url = format!("--alertmanager.url={base}");
     let amtool = |args: &[&str]| {
         let out = Command::new("amtool")
@@ -163,19 +178,12 @@ fn amtool_silences_an_alert_and_its_notice_goes_out_when_the_silence_is_expired(
     let started =
         vigil_config::duration::parse_timestamp_ms(a["startsAt"].as_str().expect("startsAt"))
             .expect("RFC 3339");
-    let evaluated = || {
-        let r = json(&format!("{base}/api/v1/rules"));
-        r["data"]["groups"][0]["lastEvaluation"]
-            .as_str()
-            .and_then(|t| vigil_config::duration::parse_timestamp_ms(t).ok())
-            .unwrap_or(0)
-    };
     wait_until(
         Duration::from_secs(30),
         "five seconds of evaluations",
         || {
             push_now(&base, &disk(0.95));
-            evaluated() >= started + 5_000
+            last_evaluation(&base) >= started + 5_000
         },
         || agg.log_text(),
     );
@@ -396,19 +404,7 @@ slack_webhook_url = "{chat}"
         ),
     )
     .expect("config");
-    let agg = Child::spawn(
-        "aggregator",
-        Command::new(bin("vigil-aggregator"))
-            .arg("--config")
-            .arg(&cfg),
-        d,
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    assert!(
-        wait_http(&format!("{base}/-/ready"), Duration::from_secs(30)),
-        "{}",
-        agg.log_text()
-    );
+    let (agg, base) = start(&cfg, port, d);
     // i-1 is down (its full disk is the symptom); i-2's disk is full and slow.
     let push = |up: f64| {
         let s = |name: &str, instance: &str, v: f64| {
@@ -477,20 +473,7 @@ slack_webhook_url = "{chat}"
         "{full_i1}"
     );
     assert_eq!(full_i1["receivers"][0]["name"], "pager", "{full_i1}");
-    let url = format!("--alertmanager.url={base}");
-    let amtool = |args: &[&str]| {
-        let out = Command::new("amtool")
-            .arg(&url)
-            .args(args)
-            .output()
-            .expect("amtool");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let amtool = |args: &[&str]| amtool_at(&base, args, &[&agg]);
     // amtool asks for active alerts by default, for the inhibited ones alone with --inhibited.
     let shown = amtool(&["alert", "query", "alertname=DiskFull"]);
     assert_eq!(shown.matches("DiskFull").count(), 1, "{shown}");
@@ -502,19 +485,12 @@ slack_webhook_url = "{chat}"
     let started =
         vigil_config::duration::parse_timestamp_ms(full_i1["startsAt"].as_str().expect("startsAt"))
             .expect("RFC 3339");
-    let evaluated = || {
-        let r = json(&format!("{base}/api/v1/rules"));
-        r["data"]["groups"][0]["lastEvaluation"]
-            .as_str()
-            .and_then(|t| vigil_config::duration::parse_timestamp_ms(t).ok())
-            .unwrap_or(0)
-    };
     wait_until(
         Duration::from_secs(30),
         "five seconds of evaluations",
         || {
             push(0.0);
-            evaluated() >= started + 5_000
+            last_evaluation(&base) >= started + 5_000
         },
         || agg.log_text(),
     );
