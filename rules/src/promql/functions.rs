@@ -936,9 +936,9 @@ impl Evaluator<'_> {
                 Ok(Value::Vector(v))
             }
             F::HistogramQuantile => self.histogram_quantile(args, t),
+            F::HistogramFraction => self.histogram_fraction(args, t),
             F::HistogramAvg
             | F::HistogramCount
-            | F::HistogramFraction
             | F::HistogramStddev
             | F::HistogramStdvar
             | F::HistogramSum
@@ -949,24 +949,13 @@ impl Evaluator<'_> {
         }
     }
 
-    fn histogram_quantile(&mut self, args: &[Node], t: i64) -> Result<Value, EvalError> {
-        let q = self.eval_scalar(&args[0], t)?;
-        let v = self.eval_vector(&args[1], t)?;
-        if !(0.0..=1.0).contains(&q) {
-            self.annotate(
-                Severity::Warning,
-                format!("quantile value should be between 0 and 1, got {}", q.go()),
-                Some("histogram_quantile"),
-            );
-        }
-        struct Group {
-            labels: Labels,
-            buckets: Vec<(f64, f64)>,
-            name: String,
-        }
-        let mut groups: Vec<Group> = Vec::new();
+    /// Classic histograms in `v`: its series grouped by their labels less `le` (the name kept,
+    /// for delayed name removal), each with its buckets `(upper bound, cumulative count)`. A
+    /// series without a valid `le` is left out with Prometheus's warning.
+    fn classic_histograms(&mut self, v: &[VectorSample]) -> Vec<ClassicHistogram> {
+        let mut groups: Vec<ClassicHistogram> = Vec::new();
         let mut index: std::collections::HashMap<Labels, usize> = std::collections::HashMap::new();
-        for s in &v {
+        for s in v {
             let le = s.labels.get("le").and_then(vigil_wire::text::parse_float);
             let Some(le) = le else {
                 let name = metric_name(&s.labels).to_string();
@@ -985,7 +974,7 @@ impl Evaluator<'_> {
             // by name must not be merged; the final duplicate check reports them.
             let key = s.labels.filter(|l| l.name != "le");
             let gi = *index.entry(key.clone()).or_insert_with(|| {
-                groups.push(Group {
+                groups.push(ClassicHistogram {
                     labels: key,
                     buckets: vec![],
                     name: metric_name(&s.labels).to_string(),
@@ -994,6 +983,40 @@ impl Evaluator<'_> {
             });
             groups[gi].buckets.push((le, s.f));
         }
+        groups
+    }
+
+    /// `histogram_fraction(lower, upper, v)` over classic histograms: the share of observations
+    /// between the bounds, interpolated linearly within a bucket (never within one of infinite
+    /// width), as Prometheus's `BucketFraction`.
+    fn histogram_fraction(&mut self, args: &[Node], t: i64) -> Result<Value, EvalError> {
+        let lower = self.eval_scalar(&args[0], t)?;
+        let upper = self.eval_scalar(&args[1], t)?;
+        let v = self.eval_vector(&args[2], t)?;
+        let out = self
+            .classic_histograms(&v)
+            .into_iter()
+            .map(|mut g| VectorSample {
+                labels: g.labels,
+                t,
+                f: bucket_fraction(lower, upper, &mut g.buckets),
+                drop_name: true,
+            })
+            .collect();
+        Ok(Value::Vector(out))
+    }
+
+    fn histogram_quantile(&mut self, args: &[Node], t: i64) -> Result<Value, EvalError> {
+        let q = self.eval_scalar(&args[0], t)?;
+        let v = self.eval_vector(&args[1], t)?;
+        if !(0.0..=1.0).contains(&q) {
+            self.annotate(
+                Severity::Warning,
+                format!("quantile value should be between 0 and 1, got {}", q.go()),
+                Some("histogram_quantile"),
+            );
+        }
+        let groups = self.classic_histograms(&v);
         let mut out = Vec::with_capacity(groups.len());
         for mut g in groups {
             let (val, forced) = bucket_quantile(q, &mut g.buckets);
@@ -1016,6 +1039,86 @@ impl Evaluator<'_> {
         }
         Ok(Value::Vector(out))
     }
+}
+
+/// One classic histogram: its labels (less `le`), buckets and metric name.
+struct ClassicHistogram {
+    labels: Labels,
+    buckets: Vec<(f64, f64)>,
+    name: String,
+}
+
+/// The share of observations between `lower` and `upper` in classic buckets `(upper bound,
+/// cumulative count)`: Prometheus's `BucketFraction`. The first bucket starts at 0 when its
+/// upper bound is positive, else at -Inf; nothing is interpolated within an infinite bucket.
+fn bucket_fraction(lower: f64, upper: f64, b: &mut [(f64, f64)]) -> f64 {
+    b.sort_by(|x, y| x.0.partial_cmp(&y.0).unwrap_or(std::cmp::Ordering::Equal));
+    if b.last().map(|x| x.0) != Some(f64::INFINITY) {
+        return f64::NAN;
+    }
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(b.len());
+    for &(le, c) in b.iter() {
+        match merged.last_mut() {
+            Some(last) if last.0 == le => last.1 += c,
+            _ => merged.push((le, c)),
+        }
+    }
+    let count = merged[merged.len() - 1].1;
+    if count == 0.0 || lower.is_nan() || upper.is_nan() {
+        return f64::NAN;
+    }
+    if lower >= upper {
+        return 0.0;
+    }
+    let (mut rank, mut lower_rank, mut upper_rank) = (0.0, 0.0, 0.0);
+    let (mut lower_set, mut upper_set) = (false, false);
+    let mut lower_bound = if merged[0].0 <= 0.0 {
+        f64::NEG_INFINITY
+    } else {
+        0.0
+    };
+    for (i, &(upper_bound, c)) in merged.iter().enumerate() {
+        if i > 0 {
+            lower_bound = merged[i - 1].0;
+        }
+        let interpolate = |v: f64| {
+            if lower_bound == f64::NEG_INFINITY {
+                c
+            } else {
+                rank + (c - rank) * (v - lower_bound) / (upper_bound - lower_bound)
+            }
+        };
+        if !lower_set && lower_bound >= lower {
+            lower_rank = rank;
+            lower_set = true;
+        }
+        if !upper_set && lower_bound >= upper {
+            upper_rank = rank;
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        if !lower_set && lower_bound < lower && upper_bound > lower {
+            lower_rank = interpolate(lower);
+            lower_set = true;
+        }
+        if !upper_set && lower_bound < upper && upper_bound > upper {
+            upper_rank = interpolate(upper);
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        rank = c;
+    }
+    if !lower_set || lower_rank > count {
+        lower_rank = count;
+    }
+    if !upper_set || upper_rank > count {
+        upper_rank = count;
+    }
+    (upper_rank - lower_rank) / count
 }
 
 /// Quantile of classic buckets `(upper bound, cumulative count)`; the bool says whether the counts
