@@ -55,10 +55,17 @@ struct KindLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScalingLabels {
+    asg: String,
+    result: &'static str,
+}
+
 #[derive(Clone, Default)]
 struct Metrics {
     rule_evaluation_failures: Counter,
     decisions: Family<KindLabels, Counter>,
+    scaling: Family<ScalingLabels, Counter>,
     series: Gauge,
     chunk_bytes: Gauge,
 }
@@ -86,7 +93,33 @@ impl Metrics {
             "Decisions by kind",
             m.decisions.clone(),
         );
+        r.register(
+            "vigil_aggregator_scaling_decisions",
+            "Scaling decisions by group and result: out, in, held (a pause, guard or limit held a change back), schedule (a schedule ran)",
+            m.scaling.clone(),
+        );
         m
+    }
+
+    fn scaling_decision(&self, d: &Decision) {
+        let count = |result: &'static str| {
+            self.scaling
+                .get_or_create(&ScalingLabels {
+                    asg: d.asg.clone(),
+                    result,
+                })
+                .inc();
+        };
+        if d.desired > d.current {
+            count("out");
+        } else if d.desired < d.current {
+            count("in");
+        } else if d.held.is_some() {
+            count("held");
+        }
+        if d.scheduled.is_some() {
+            count("schedule");
+        }
     }
 
     fn decision(&self, kind: &'static str) {
@@ -466,6 +499,7 @@ impl Engine {
                 }
                 Event::Scaling(d) => {
                     self.metrics.decision("scaling");
+                    self.metrics.scaling_decision(d);
                     if !d.changes() {
                         tracing::info!(asg = %d.asg, held = d.held.as_deref().unwrap_or(""), notes = ?d.notes, "scaling held");
                     } else if acting {

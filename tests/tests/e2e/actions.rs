@@ -201,6 +201,12 @@ fn scales_out_within_seconds_and_in_only_after_stabilization() {
     assert!(latency < Duration::from_secs(3), "{latency:?}");
     assert!(call.body.contains("HonorCooldown=false"), "{}", call.body);
     assert!(call.body.contains("DesiredCapacity=4"), "{}", call.body);
+    assert!(
+        rig.metrics()
+            .contains("vigil_aggregator_scaling_decisions_total{asg=\"web\",result=\"out\"}"),
+        "{}",
+        rig.metrics()
+    );
     assert_eq!(rig.aws.group("web").0, 4);
     // The decision and its causes are in /api/v1/scaling.
     let (_, s) = get(&format!("{}/api/v1/scaling", rig.base)).expect("scaling");
@@ -1093,6 +1099,13 @@ fn a_paused_group_changes_nothing_at_aws_and_says_what_it_would_do_until_resumed
         },
     );
     assert!(said, "{}", agg.log_text());
+    // Counted (before it is logged), for whoever alerts on Vigil itself.
+    assert!(
+        rig.metrics()
+            .contains("vigil_aggregator_scaling_decisions_total{asg=\"web\",result=\"held\"}"),
+        "{}",
+        rig.metrics()
+    );
     let (_, decisions) = get(&format!("{base}/api/v1/decisions")).expect("decisions");
     assert!(
         decisions.contains("paused: would scale out from 2 to 4"),
@@ -1249,6 +1262,13 @@ fn a_schedule_sets_the_groups_bounds_at_aws_at_its_time() {
         "{calls:?}"
     );
     assert_eq!(rig.aws.group("web").2, 8);
+    assert!(
+        rig.metrics().contains(
+            "vigil_aggregator_scaling_decisions_total{asg=\"web\",result=\"schedule\"} 1"
+        ),
+        "{}",
+        rig.metrics()
+    );
     vigil_e2e::wait_until(
         Duration::from_secs(30),
         "the capacity inside the schedule's bounds",
