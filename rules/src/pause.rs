@@ -40,3 +40,64 @@ pub fn in_force(p: &mut Option<Pause>, now: i64) -> Option<&Pause> {
     }
     p.as_ref()
 }
+
+/// What a pause is set on, as the audit log names it.
+pub const SCALING: &str = "scaling group";
+pub const REPLACEMENT: &str = "replacement policy";
+
+/// The pauses in `state` whose `until` has passed at `now`: each ends at its group's or policy's
+/// next evaluation. `(what, name, pause)`.
+pub fn ending(state: &crate::evaluator::State, now: i64) -> Vec<(&'static str, String, Pause)> {
+    let due = |p: &Option<Pause>| p.clone().filter(|p| p.until.is_some_and(|u| now >= u));
+    let mut out: Vec<(&'static str, String, Pause)> = state
+        .groups
+        .iter()
+        .filter_map(|(n, g)| due(&g.paused).map(|p| (SCALING, n.clone(), p)))
+        .chain(
+            state
+                .replace
+                .iter()
+                .filter_map(|(n, r)| due(&r.paused).map(|p| (REPLACEMENT, n.clone(), p))),
+        )
+        .collect();
+    out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    out
+}
+
+/// Whether `pause` is still set on `what` `name` in `state`.
+pub fn still_set(state: &crate::evaluator::State, what: &str, name: &str, pause: &Pause) -> bool {
+    let set = if what == SCALING {
+        state.groups.get(name).and_then(|g| g.paused.as_ref())
+    } else {
+        state.replace.get(name).and_then(|r| r.paused.as_ref())
+    };
+    set == Some(pause)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pause_past_its_end_is_found_and_ends_at_its_evaluation() {
+        let p = Pause {
+            reason: "deploy".into(),
+            author: "ops".into(),
+            since: 0,
+            until: Some(60_000),
+        };
+        let mut st = crate::evaluator::State::default();
+        st.groups.entry("web".into()).or_default().paused = Some(p.clone());
+        st.groups.entry("api".into()).or_default().paused = Some(Pause {
+            until: None,
+            ..p.clone()
+        });
+        assert!(ending(&st, 59_999).is_empty());
+        let e = ending(&st, 60_000);
+        assert_eq!(e, [(SCALING, "web".to_string(), p.clone())]);
+        assert!(still_set(&st, SCALING, "web", &p));
+        let g = st.groups.get_mut("web").unwrap();
+        assert!(in_force(&mut g.paused, 60_000).is_none());
+        assert!(!still_set(&st, SCALING, "web", &p));
+    }
+}

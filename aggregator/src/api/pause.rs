@@ -155,9 +155,9 @@ async fn control(
         What::Replace => rules.replace().any(|p| p.name == name),
     };
     let noun = if what == What::Scaling {
-        "scaling group"
+        vigil_rules::pause::SCALING
     } else {
-        "replacement policy"
+        vigil_rules::pause::REPLACEMENT
     };
     // A pause left on a group or policy the rules no longer name can still be lifted.
     let view = api.view.load();

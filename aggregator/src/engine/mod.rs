@@ -387,7 +387,13 @@ impl Engine {
             now_ms: p.clock.now_ms(),
             tap: if cw.is_empty() { None } else { Some(&mut tap) },
         };
+        let ending = vigil_rules::pause::ending(&ev.sim.state, ts);
         let events = ev.sim.step(&mut sink, 0, ts, &observed);
+        for (what, name, p) in ending {
+            if !vigil_rules::pause::still_set(&ev.sim.state, what, &name, &p) {
+                tracing::info!(target: "vigil::audit", what, name = %name, reason = %p.reason, author = %p.author, until = %p.until.map(format_timestamp_ms).unwrap_or_default(), "pause ended (its until passed)");
+            }
+        }
         p.publisher.queue(points);
         // In a cluster only the holder (with the shared state adopted) acts on its decisions; a
         // follower's are what it would do, and say so in the decision history.

@@ -1185,6 +1185,25 @@ fn a_paused_group_changes_nothing_at_aws_and_says_what_it_would_do_until_resumed
         audited("deploy 42") && audited("resumed"),
         "audit lines: {log}"
     );
+    // A pause with an end lifts itself at its group's first evaluation after it, and says so.
+    let (code, text) = send(
+        "/api/v1/scaling/web/pause",
+        r#"{"reason": "short maintenance", "author": "ops", "until": "2s"}"#,
+    );
+    assert_eq!(code, 200, "{text}");
+    vigil_e2e::wait_until(
+        Duration::from_secs(30),
+        "the pause's end in the audit log",
+        || {
+            agg.log_text().lines().any(|l| {
+                l.contains("vigil::audit")
+                    && l.contains("pause ended (its until passed)")
+                    && l.contains("short maintenance")
+            })
+        },
+        || agg.log_text(),
+    );
+    assert!(scaling()["data"]["policies"][0]["paused"].is_null());
 }
 
 /// A `[[schedule]]` runs at its time (moto stores scheduled actions but never runs them; Vigil
