@@ -18,7 +18,7 @@
 //!   `mute_time_intervals` holds, or while none of its `active_time_intervals` does; what they
 //!   hold back goes out at the first flush after.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use vigil_wire::Labels;
 
@@ -159,34 +159,33 @@ impl Routing {
         out
     }
 
-    /// The firing alerts (of `firing`) that inhibit the alert with `target` labels.
+    /// The firing alerts (of `firing`) that inhibit the alert with `target` labels (one
+    /// question; the notifier asks an [`Inhibitor`] many).
+    #[cfg(test)]
     pub fn inhibited_by<'a>(
         &self,
         target: &Labels,
-        firing: impl IntoIterator<Item = &'a Labels> + Clone,
+        firing: impl IntoIterator<Item = &'a Labels>,
     ) -> Vec<&'a Labels> {
-        let mut out: Vec<&'a Labels> = Vec::new();
-        for r in &self.inhibit {
-            if !matches_all(&r.target, target) {
-                continue;
-            }
-            // As Alertmanager: when the target matches the source side too, a source that also
-            // matches the target side does not count (two such alerts would mute each other).
-            let two_sided = matches_all(&r.source, target);
-            for s in firing.clone() {
-                if s != target
-                    && matches_all(&r.source, s)
-                    && !(two_sided && matches_all(&r.target, s))
-                    && r.equal
-                        .iter()
-                        .all(|l| s.get(l).unwrap_or("") == target.get(l).unwrap_or(""))
-                    && !out.contains(&s)
-                {
-                    out.push(s);
+        self.inhibitor(firing).inhibited_by(target)
+    }
+
+    /// The inhibition sources among `firing`, indexed by each rule's `equal` values: asking it
+    /// about every alert costs one lookup per rule, not a pass over every firing alert.
+    pub fn inhibitor<'a>(&self, firing: impl IntoIterator<Item = &'a Labels>) -> Inhibitor<'_, 'a> {
+        let mut sources: Vec<HashMap<Vec<&'a str>, Vec<&'a Labels>>> =
+            vec![HashMap::new(); self.inhibit.len()];
+        for s in firing {
+            for (r, index) in self.inhibit.iter().zip(sources.iter_mut()) {
+                if matches_all(&r.source, s) {
+                    index.entry(equal_values(&r.equal, s)).or_default().push(s);
                 }
             }
         }
-        out
+        Inhibitor {
+            rules: &self.inhibit,
+            sources,
+        }
     }
 
     /// The time intervals that keep a route's groups from sending at `now`: the mute ones that
@@ -222,6 +221,43 @@ impl Routing {
             ));
         }
         None
+    }
+}
+
+/// The values of the `equal` labels (missing: empty).
+fn equal_values<'a>(equal: &[String], l: &'a Labels) -> Vec<&'a str> {
+    equal.iter().map(|n| l.get(n).unwrap_or("")).collect()
+}
+
+/// Inhibition over one set of firing alerts ([`Routing::inhibitor`]).
+pub struct Inhibitor<'r, 'a> {
+    rules: &'r [Inhibit],
+    /// Per rule: `equal` values → the firing alerts matching its source side.
+    sources: Vec<HashMap<Vec<&'a str>, Vec<&'a Labels>>>,
+}
+
+impl<'a> Inhibitor<'_, 'a> {
+    /// The firing alerts that inhibit the alert with `target` labels: a source of a rule whose
+    /// target side it matches, with the same `equal` values, never itself; when it matches the
+    /// source side too, a source that also matches the target side does not count (as
+    /// Alertmanager: two such alerts would mute each other).
+    pub fn inhibited_by(&self, target: &Labels) -> Vec<&'a Labels> {
+        let mut out: Vec<&'a Labels> = Vec::new();
+        for (r, index) in self.rules.iter().zip(&self.sources) {
+            if !matches_all(&r.target, target) {
+                continue;
+            }
+            let two_sided = matches_all(&r.source, target);
+            let Some(found) = index.get(&equal_values(&r.equal, target)) else {
+                continue;
+            };
+            for s in found {
+                if *s != target && !(two_sided && matches_all(&r.target, s)) && !out.contains(s) {
+                    out.push(s);
+                }
+            }
+        }
+        out
     }
 }
 

@@ -155,14 +155,13 @@ impl Engine {
             .map(|r| r.name.clone())
             .collect();
         let s = &self.parts.notify;
-        let firing: Vec<&vigil_wire::Labels> = alerts.iter().map(|a| &a.labels).collect();
+        let inhibitor = s.routing.inhibitor(alerts.iter().map(|a| &a.labels));
         alerts
             .iter()
             .map(|a| {
                 let by = ev.notifier.silences.muting(&a.labels, now);
-                let inhibited: Vec<String> = s
-                    .routing
-                    .inhibited_by(&a.labels, firing.iter().copied())
+                let inhibited: Vec<String> = inhibitor
+                    .inhibited_by(&a.labels)
                     .into_iter()
                     .map(|l| format!("{:016x}", crate::notify::fingerprint(l)))
                     .collect();

@@ -287,6 +287,7 @@ impl Notifier {
             .filter(|(_, e)| e.resolved_at.is_none())
             .map(|(l, _)| l.clone())
             .collect();
+        let inhibitor = s.routing.inhibitor(&firing_now);
         for (key, g) in self.groups.iter_mut() {
             if g.next_flush > now {
                 continue;
@@ -324,9 +325,7 @@ impl Notifier {
             let muted: BTreeSet<Labels> = g
                 .alerts
                 .keys()
-                .filter(|l| {
-                    silences.mutes(l, now) || !s.routing.inhibited_by(l, &firing_now).is_empty()
-                })
+                .filter(|l| silences.mutes(l, now) || !inhibitor.inhibited_by(l).is_empty())
                 .cloned()
                 .collect();
             let firing: BTreeSet<Labels> = g
