@@ -35,6 +35,7 @@ funcs! {
     DayOfMonth => "day_of_month", DayOfWeek => "day_of_week", DayOfYear => "day_of_year", Deg => "deg",
     Delta => "delta", Deriv => "deriv", DoubleExpSmoothing => "double_exponential_smoothing", Exp => "exp",
     FirstOverTime => "first_over_time", Floor => "floor", HistogramQuantile => "histogram_quantile",
+    HistogramQuantiles => "histogram_quantiles",
     HistogramAvg => "histogram_avg", HistogramCount => "histogram_count", HistogramFraction => "histogram_fraction",
     HistogramStddev => "histogram_stddev", HistogramStdvar => "histogram_stdvar", HistogramSum => "histogram_sum",
     HoltWinters => "holt_winters", Hour => "hour", Idelta => "idelta", Increase => "increase", Info => "info",
@@ -936,6 +937,7 @@ impl Evaluator<'_> {
                 Ok(Value::Vector(v))
             }
             F::HistogramQuantile => self.histogram_quantile(args, t),
+            F::HistogramQuantiles => self.histogram_quantiles(args, t),
             F::HistogramFraction => self.histogram_fraction(args, t),
             F::HistogramAvg
             | F::HistogramCount
@@ -984,6 +986,54 @@ impl Evaluator<'_> {
             groups[gi].buckets.push((le, s.f));
         }
         groups
+    }
+
+    /// `histogram_quantiles(v, "label", q1, …)` (experimental in Prometheus) over classic
+    /// histograms: each histogram's quantiles at once, each a series with `label` set to the
+    /// quantile in OpenMetrics' spelling (`0.0`, `0.25`, `1.0`).
+    fn histogram_quantiles(&mut self, args: &[Node], t: i64) -> Result<Value, EvalError> {
+        let v = self.eval_vector(&args[0], t)?;
+        let label = self.string_arg(&args[1], t)?;
+        let mut qs = Vec::with_capacity(args.len().saturating_sub(2));
+        for a in &args[2..] {
+            let q = self.eval_scalar(a, t)?;
+            if !(0.0..=1.0).contains(&q) {
+                self.annotate(
+                    Severity::Warning,
+                    format!("quantile value should be between 0 and 1, got {}", q.go()),
+                    Some("histogram_quantiles"),
+                );
+            }
+            qs.push(q);
+        }
+        let groups = self.classic_histograms(&v);
+        let mut out = Vec::with_capacity(groups.len() * qs.len());
+        for q in qs {
+            let spelled = open_metrics_float(q);
+            for g in &groups {
+                let mut buckets = g.buckets.clone();
+                let (val, forced) = bucket_quantile(q, &mut buckets);
+                if forced {
+                    self.annotate(
+                        Severity::Info,
+                        format!(
+                            "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {:?}",
+                            g.name
+                        ),
+                        Some(&g.name),
+                    );
+                }
+                let mut b = g.labels.to_builder();
+                b.set(label.as_str(), spelled.as_str());
+                out.push(VectorSample {
+                    labels: b.build(),
+                    t,
+                    f: val,
+                    drop_name: true,
+                });
+            }
+        }
+        Ok(Value::Vector(out))
     }
 
     /// `histogram_fraction(lower, upper, v)` over classic histograms: the share of observations
@@ -1038,6 +1088,23 @@ impl Evaluator<'_> {
             });
         }
         Ok(Value::Vector(out))
+    }
+}
+
+/// A float as OpenMetrics spells a label value (Prometheus's `FormatOpenMetricsFloat`): `1.0`,
+/// `0.25`, `NaN`, `+Inf`.
+fn open_metrics_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "+Inf" } else { "-Inf" }.into();
+    }
+    let s = crate::gofmt::shortest_g(f);
+    if s.contains(['.', 'e']) {
+        s
+    } else {
+        format!("{s}.0")
     }
 }
 
