@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod frame;
+pub mod histogram;
 pub mod labels;
 pub mod remote_write;
 pub mod sample;
