@@ -55,8 +55,9 @@ pub struct Bucket {
     pub index: i32,
 }
 
-/// The upper bound of bucket `index` in exponential `schema`: `base^index`.
+/// The upper bound of bucket `index` in exponential `schema` (-4 to 8): `base^index`.
 pub fn exponential_bound(index: i32, schema: i32) -> f64 {
+    let schema = schema.clamp(-4, 8);
     // 2^(index · 2^-schema), computed as Prometheus does: an exact power of two times a
     // fraction in [0.5, 1) for positive schemas, so bounds at powers of two are exact.
     if schema <= 0 {
@@ -121,7 +122,7 @@ fn build(pairs: &[(i32, f64)], keep_empty: u32) -> (Vec<Span>, Vec<f64>) {
             continue;
         }
         match next {
-            Some(n) if i >= n && i - n <= keep_empty as i32 => {
+            Some(n) if i >= n && i64::from(i) - i64::from(n) <= i64::from(keep_empty) => {
                 let last = spans.last_mut().expect("a span is open");
                 buckets.extend(std::iter::repeat_n(0.0, (i - n) as usize));
                 last.length += (i - n) as u32 + 1;
@@ -136,14 +137,15 @@ fn build(pairs: &[(i32, f64)], keep_empty: u32) -> (Vec<Span>, Vec<f64>) {
             }),
         }
         buckets.push(c);
-        next = Some(i + 1);
+        next = Some(i.saturating_add(1));
     }
     (spans, buckets)
 }
 
 /// The index bucket `index` of `from` falls in at the coarser schema `to`.
 fn target_index(index: i32, from: i32, to: i32) -> i32 {
-    ((index - 1) >> (from - to)) + 1
+    let shift = (from - to).clamp(0, 62) as u32;
+    (((i64::from(index) - 1) >> shift) + 1) as i32
 }
 
 impl FloatHistogram {
@@ -206,7 +208,7 @@ impl FloatHistogram {
     /// a width or a count), positive ones.
     pub fn all_buckets(&self) -> Vec<Bucket> {
         let mut out: Vec<Bucket> = self.negative().into_iter().rev().collect();
-        if !self.is_custom() && (self.zero_threshold != 0.0 || self.zero_count != 0.0) {
+        if !self.is_custom() && self.zero_count > 0.0 {
             out.push(Bucket {
                 lower: -self.zero_threshold,
                 upper: self.zero_threshold,
@@ -238,11 +240,9 @@ impl FloatHistogram {
     /// Whether `other` is the same histogram: the layout exactly (once both are compacted),
     /// the counts and sum within `tolerance` (relative, or absolute near zero).
     pub fn approx_eq(&self, other: &FloatHistogram, tolerance: f64) -> bool {
+        // Prometheus's almost.Equal: relative to the sum of magnitudes, exact at zero.
         let close = |a: f64, b: f64| {
-            (a.is_nan() && b.is_nan())
-                || a == b
-                || (a - b).abs() <= tolerance * a.abs().max(b.abs()).max(1e-300)
-                || (a - b).abs() <= tolerance
+            (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() / (a.abs() + b.abs()) <= tolerance
         };
         let (mut a, mut b) = (self.clone(), other.clone());
         a.compact(0);
@@ -262,8 +262,9 @@ impl FloatHistogram {
             && (!a.is_custom() || a.custom_values == b.custom_values)
     }
 
-    /// Lowers the resolution to `schema` (coarser: smaller), merging buckets.
+    /// Lowers the resolution to `schema` (coarser: smaller, -4 at least), merging buckets.
     pub fn reduce_resolution(&mut self, schema: i32) {
+        let schema = schema.max(-4);
         if self.is_custom() || schema >= self.schema {
             return;
         }
@@ -276,7 +277,7 @@ impl FloatHistogram {
                     _ => pairs.push((t, c)),
                 }
             }
-            build(&pairs, u32::MAX)
+            build(&pairs, 0)
         };
         let (ps, pb) = merge(&self.positive_spans, &self.positive_buckets);
         let (ns, nb) = merge(&self.negative_spans, &self.negative_buckets);
@@ -294,15 +295,21 @@ impl FloatHistogram {
             return;
         }
         let mut threshold = threshold;
-        // A bucket straddling the threshold is taken in whole.
-        for b in self.positive() {
-            if b.lower < threshold && b.upper > threshold {
-                threshold = b.upper;
+        // A populated bucket straddling the threshold is taken in whole, which may make the
+        // threshold straddle another: until none does.
+        loop {
+            let before = threshold;
+            for b in self.positive().into_iter().chain(self.negative()) {
+                let (lo, hi) = (
+                    b.lower.abs().min(b.upper.abs()),
+                    b.lower.abs().max(b.upper.abs()),
+                );
+                if b.count != 0.0 && lo < threshold && hi > threshold {
+                    threshold = hi;
+                }
             }
-        }
-        for b in self.negative() {
-            if b.upper > -threshold && b.lower < -threshold {
-                threshold = -b.lower;
+            if threshold == before {
+                break;
             }
         }
         let mut moved = 0.0;
@@ -320,8 +327,8 @@ impl FloatHistogram {
         };
         let pos = keep(self.positive(), &mut moved);
         let neg = keep(self.negative(), &mut moved);
-        (self.positive_spans, self.positive_buckets) = build(&pos, u32::MAX);
-        (self.negative_spans, self.negative_buckets) = build(&neg, u32::MAX);
+        (self.positive_spans, self.positive_buckets) = build(&pos, 0);
+        (self.negative_spans, self.negative_buckets) = build(&neg, 0);
         self.zero_count += moved;
         self.zero_threshold = threshold;
     }
@@ -367,7 +374,7 @@ impl FloatHistogram {
                     }),
                 }
                 buckets.push(c);
-                next = Some(i + 1);
+                next = Some(i.saturating_add(1));
             }
             (spans, buckets)
         };
@@ -516,6 +523,16 @@ impl FloatHistogram {
                 )
             }
         };
+        if !(-4..=8).contains(&h.schema) && !h.is_custom() {
+            return Err(format!(
+                "schema {}: -4 to 8, or -53 (custom buckets)",
+                h.schema
+            ));
+        }
+        let limit = 1 << 20;
+        if off.abs() > limit || noff.abs() > limit {
+            return Err(format!("offset out of range (at most {limit} either way)"));
+        }
         (h.positive_spans, h.positive_buckets) = side(pos, off);
         (h.negative_spans, h.negative_buckets) = side(neg, noff);
         Ok((h, hint_given))
@@ -554,6 +571,9 @@ mod tests {
         let z = h("{{schema:-53 sum:3 count:3 custom_values:[5 10] buckets:[3]}}");
         assert!(z.is_custom());
         for bad in [
+            "{{schema:9}}",
+            "{{schema:-5}}",
+            "{{offset:2000000000 buckets:[1]}}",
             "{{schema:x}}",
             "{{count:1 count:2}}",
             "{{nope:1}}",
@@ -615,6 +635,19 @@ mod tests {
         assert!(x.approx_eq(&y, 1e-6));
         assert!(!x.approx_eq(&h("{{schema:0 count:3 buckets:[1 0 2]}}"), 1e-6));
         assert!(x.approx_eq(&h("{{schema:0 count:3.0000001 buckets:[1 0 0 2]}}"), 1e-6));
+        // Near zero, relative: 0 and 5e-7 differ.
+        assert!(!h("{{count:0}}").approx_eq(&h("{{count:5e-7}}"), 1e-6));
+        // Resolution reduction joins adjacent buckets into one span.
+        let mut f = h("{{schema:1 count:4 buckets:[1 1 1 1] offset:1}}");
+        f.reduce_resolution(0);
+        assert_eq!(
+            f.positive_spans,
+            [Span {
+                offset: 1,
+                length: 2
+            }]
+        );
+        assert_eq!(f.positive_buckets, [2.0, 2.0]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! The engine is handed its collaborators; it owns the evaluation state and is the only writer
 //! of the view.
 
+mod metrics;
 mod shared;
 mod silences;
 #[cfg(test)]
@@ -21,10 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use vigil_rules::alerting::AlertState;
 use vigil_rules::duration::format_timestamp_ms;
@@ -36,6 +33,7 @@ use vigil_rules::rulefile::{CloudWatchPublish, Rule};
 use vigil_rules::scaling::Decision;
 use vigil_wire::{Labels, Sample};
 
+use metrics::Metrics;
 pub use view::View;
 
 use crate::clock::SharedClock;
@@ -49,83 +47,6 @@ use crate::store::{RuleSink, Store};
 
 /// Decisions kept for the API and the status page.
 pub const HISTORY: usize = 200;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ScalingLabels {
-    asg: String,
-    result: &'static str,
-}
-
-#[derive(Clone, Default)]
-struct Metrics {
-    rule_evaluation_failures: Counter,
-    decisions: Family<KindLabels, Counter>,
-    scaling: Family<ScalingLabels, Counter>,
-    series: Gauge,
-    chunk_bytes: Gauge,
-}
-
-impl Metrics {
-    fn register(r: &mut Registry) -> Metrics {
-        let m = Metrics::default();
-        r.register(
-            "vigil_aggregator_series",
-            "Series in the window",
-            m.series.clone(),
-        );
-        r.register(
-            "vigil_aggregator_chunk_bytes",
-            "Bytes of compressed samples in the window",
-            m.chunk_bytes.clone(),
-        );
-        r.register(
-            "vigil_aggregator_rule_evaluation_failures",
-            "Rule evaluations that failed",
-            m.rule_evaluation_failures.clone(),
-        );
-        r.register(
-            "vigil_aggregator_decisions",
-            "Decisions by kind",
-            m.decisions.clone(),
-        );
-        r.register(
-            "vigil_aggregator_scaling_decisions",
-            "Scaling decisions by group and result: out, in, held (a pause, guard or limit held a change back), schedule (a schedule ran)",
-            m.scaling.clone(),
-        );
-        m
-    }
-
-    fn scaling_decision(&self, d: &Decision) {
-        let count = |result: &'static str| {
-            self.scaling
-                .get_or_create(&ScalingLabels {
-                    asg: d.asg.clone(),
-                    result,
-                })
-                .inc();
-        };
-        if d.desired > d.current {
-            count("out");
-        } else if d.desired < d.current {
-            count("in");
-        } else if d.held.is_some() {
-            count("held");
-        }
-        if d.scheduled.is_some() {
-            count("schedule");
-        }
-    }
-
-    fn decision(&self, kind: &'static str) {
-        self.decisions.get_or_create(&KindLabels { kind }).inc();
-    }
-}
 
 /// The evaluation state, behind the engine's lock.
 pub struct Evaluation {
@@ -387,13 +308,10 @@ impl Engine {
             now_ms: p.clock.now_ms(),
             tap: if cw.is_empty() { None } else { Some(&mut tap) },
         };
-        let ending = vigil_rules::pause::ending(&ev.sim.state, ts);
+        let mut ended = vigil_rules::pause::ending(&ev.sim.state, ts);
         let events = ev.sim.step(&mut sink, 0, ts, &observed);
-        for (what, name, p) in ending {
-            if !vigil_rules::pause::still_set(&ev.sim.state, what, &name, &p) {
-                tracing::info!(target: "vigil::audit", what, name = %name, reason = %p.reason, author = %p.author, until = %p.until.map(format_timestamp_ms).unwrap_or_default(), "pause ended (its until passed)");
-            }
-        }
+        ended
+            .retain(|(what, name, p)| !vigil_rules::pause::still_set(&ev.sim.state, what, name, p));
         p.publisher.queue(points);
         // In a cluster only the holder (with the shared state adopted) acts on its decisions; a
         // follower's are what it would do, and say so in the decision history.
@@ -488,6 +406,10 @@ impl Engine {
                 }
                 if acting {
                     p.cluster.state_changed.notify_one();
+                    // Said once, by the node that acts, once the end is saved.
+                    for (what, name, p) in ended {
+                        tracing::info!(target: "vigil::audit", what, name = %name, reason = %p.reason, author = %p.author, until = %p.until.map(format_timestamp_ms).unwrap_or_default(), "pause ended (its until passed)");
+                    }
                 }
             }
             Err(e) => {
@@ -505,7 +427,9 @@ impl Engine {
                 }
                 Event::Scaling(d) => {
                     self.metrics.decision("scaling");
-                    self.metrics.scaling_decision(d);
+                    if acting {
+                        self.metrics.scaling_decision(d);
+                    }
                     if !d.changes() {
                         tracing::info!(asg = %d.asg, held = d.held.as_deref().unwrap_or(""), notes = ?d.notes, "scaling held");
                     } else if acting {

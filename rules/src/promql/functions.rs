@@ -1100,6 +1100,9 @@ fn open_metrics_float(f: f64) -> String {
     if f.is_infinite() {
         return if f > 0.0 { "+Inf" } else { "-Inf" }.into();
     }
+    if f == 0.0 {
+        return "0.0".into(); // -0 too
+    }
     let s = crate::gofmt::shortest_g(f);
     if s.contains(['.', 'e']) {
         s

@@ -1282,9 +1282,8 @@ fn a_schedule_sets_the_groups_bounds_at_aws_at_its_time() {
     );
     assert_eq!(rig.aws.group("web").2, 8);
     assert!(
-        rig.metrics().contains(
-            "vigil_aggregator_scaling_decisions_total{asg=\"web\",result=\"schedule\"} 1"
-        ),
+        rig.metrics()
+            .contains("vigil_aggregator_schedule_runs_total{asg=\"web\"} 1"),
         "{}",
         rig.metrics()
     );
