@@ -114,11 +114,16 @@ fn flatten(spans: &[Span], buckets: &[f64]) -> Vec<(i32, f64)> {
 /// Spans and buckets from `(index, count)` in increasing index order, leaving out empty buckets
 /// (a gap of up to `keep_empty` empty buckets stays inside a span).
 fn build(pairs: &[(i32, f64)], keep_empty: u32) -> (Vec<Span>, Vec<f64>) {
+    spans_of(pairs, keep_empty, true)
+}
+
+/// [`build`], keeping buckets whose count is zero unless `drop_zeros`.
+fn spans_of(pairs: &[(i32, f64)], keep_empty: u32, drop_zeros: bool) -> (Vec<Span>, Vec<f64>) {
     let mut spans: Vec<Span> = Vec::new();
     let mut buckets = Vec::new();
     let mut next: Option<i32> = None; // the index after the current span's end
     for &(i, c) in pairs {
-        if c == 0.0 {
+        if drop_zeros && c == 0.0 {
             continue;
         }
         match next {
@@ -357,26 +362,7 @@ impl FloatHistogram {
                 *m.entry(i).or_insert(0.0) += sign * c;
             }
             // Buckets that come out empty stay in place as zeros until compacted.
-            let pairs: Vec<(i32, f64)> = m.into_iter().collect();
-            let mut spans: Vec<Span> = Vec::new();
-            let mut buckets = Vec::new();
-            let mut next: Option<i32> = None;
-            for (i, c) in pairs {
-                match next {
-                    Some(n) if i == n => spans.last_mut().expect("open").length += 1,
-                    Some(n) => spans.push(Span {
-                        offset: i - n,
-                        length: 1,
-                    }),
-                    None => spans.push(Span {
-                        offset: i,
-                        length: 1,
-                    }),
-                }
-                buckets.push(c);
-                next = Some(i.saturating_add(1));
-            }
-            (spans, buckets)
+            spans_of(&m.into_iter().collect::<Vec<_>>(), 0, false)
         };
         let (ps, pb) = add(
             flatten(&a.positive_spans, &a.positive_buckets),

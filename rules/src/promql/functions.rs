@@ -988,6 +988,28 @@ impl Evaluator<'_> {
         groups
     }
 
+    /// The `q` quantile of classic buckets, with Prometheus's info when their counts had to be
+    /// forced monotonic (placed at `about` in the query).
+    fn classic_quantile(
+        &mut self,
+        q: f64,
+        buckets: &mut [(f64, f64)],
+        name: &str,
+        about: &str,
+    ) -> f64 {
+        let (val, forced) = bucket_quantile(q, buckets);
+        if forced {
+            self.annotate(
+                Severity::Info,
+                format!(
+                    "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {name:?}"
+                ),
+                Some(about),
+            );
+        }
+        val
+    }
+
     /// `histogram_quantiles(v, "label", q1, …)` (experimental in Prometheus) over classic
     /// histograms: each histogram's quantiles at once, each a series with `label` set to the
     /// quantile in OpenMetrics' spelling (`0.0`, `0.25`, `1.0`).
@@ -1011,18 +1033,7 @@ impl Evaluator<'_> {
         for q in qs {
             let spelled = open_metrics_float(q);
             for g in &groups {
-                let mut buckets = g.buckets.clone();
-                let (val, forced) = bucket_quantile(q, &mut buckets);
-                if forced {
-                    self.annotate(
-                        Severity::Info,
-                        format!(
-                            "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {:?}",
-                            g.name
-                        ),
-                        Some(&g.name),
-                    );
-                }
+                let val = self.classic_quantile(q, &mut g.buckets.clone(), &g.name, &g.name);
                 let mut b = g.labels.to_builder();
                 b.set(label.as_str(), spelled.as_str());
                 out.push(VectorSample {
@@ -1069,17 +1080,7 @@ impl Evaluator<'_> {
         let groups = self.classic_histograms(&v);
         let mut out = Vec::with_capacity(groups.len());
         for mut g in groups {
-            let (val, forced) = bucket_quantile(q, &mut g.buckets);
-            if forced {
-                self.annotate(
-                    Severity::Info,
-                    format!(
-                        "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {:?}",
-                        g.name
-                    ),
-                    Some("histogram_quantile"),
-                );
-            }
+            let val = self.classic_quantile(q, &mut g.buckets, &g.name, "histogram_quantile");
             out.push(VectorSample {
                 labels: g.labels,
                 t,
