@@ -170,10 +170,13 @@ fn one_leader_acts_and_a_kill_9_hands_over_without_repeating_or_losing() {
     );
 
     // Resolve: exactly one resolved notice, from agg-b.
+    // The proxy records agg-b's Publish once moto has answered it, which can be after the
+    // message reached the queue: wait for both before counting.
     pair.push_until("the resolved notice", timeout, 2.7, 0.0, &[&b], || {
-        pair.sns(&mut sns) >= 2
+        pair.sns(&mut sns) >= 2 && pair.count(1, "Publish") >= 1
     });
     let publishes = pair.count(1, "Publish");
+    assert_eq!(publishes, 1, "{}", b.log_text());
     // Further group intervals send nothing more (counted in CloudWatch flushes, one a second).
     let flushes = pair.count(1, "PutMetricData");
     pair.push_until("five more flushes", timeout, 2.7, 0.0, &[&b], || {
