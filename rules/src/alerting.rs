@@ -303,6 +303,7 @@ mod tests {
             labels: Labels::from_pairs([("__name__", "x"), ("job", "api")]),
             t: 0,
             f: v,
+            h: None,
             drop_name: false,
         }]
     }
@@ -380,12 +381,14 @@ mod tests {
                 labels: Labels::from_pairs([("__name__", "a"), ("job", "api")]),
                 t: 0,
                 f: 2.0,
+                h: None,
                 drop_name: false,
             },
             VectorSample {
                 labels: Labels::from_pairs([("__name__", "b"), ("job", "api")]),
                 t: 0,
                 f: 3.0,
+                h: None,
                 drop_name: false,
             },
         ];

@@ -171,6 +171,7 @@ fn vector_of(v: Value, t: i64) -> Vec<crate::promql::VectorSample> {
             labels: Labels::empty(),
             t,
             f,
+            h: None,
             drop_name: false,
         }],
         _ => Vec::new(),

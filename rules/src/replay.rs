@@ -104,7 +104,7 @@ pub fn load_series_file(file: &str, text: &str) -> Result<Data, DataError> {
             match p {
                 Point::Value(v) => storage.add(labels.clone(), Sample::new(ts, *v)),
                 Point::Stale => storage.add(labels.clone(), Sample::new(ts, STALE_NAN)),
-                Point::Omitted | Point::Histogram => continue,
+                Point::Omitted | Point::Histogram(..) => continue,
             }
             end = end.max(ts);
         }

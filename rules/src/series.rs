@@ -2,14 +2,16 @@
 //! `metric{a="b"} 1+2x3 _ stale` — a series descriptor, then values where `a+bxN` expands to
 //! `a, a+b, …, a+N·b`, `_` is a missing sample, `_xN` is N of them, and `stale` a staleness marker.
 
+use vigil_wire::histogram::FloatHistogram;
 use vigil_wire::{Labels, LabelsBuilder};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Point {
     Value(f64),
     Omitted,
     Stale,
-    Histogram,
+    /// A native histogram, and whether the notation gave its counter-reset hint.
+    Histogram(Box<FloatHistogram>, bool),
 }
 
 impl Point {
@@ -208,12 +210,7 @@ pub fn parse_values(s: &str) -> Result<Vec<Point>, String> {
                 }
                 i += 1;
             }
-            let tok = &rest[..end];
-            let n = tok
-                .rsplit_once("}}x")
-                .and_then(|(_, n)| n.parse::<usize>().ok())
-                .map_or(1, |n: usize| n.min(MAX_REPEAT) + 1);
-            out.extend(std::iter::repeat_n(Point::Histogram, n));
+            expand_histograms(&rest[..end], &mut out)?;
             rest = rest[end..].trim_start();
             continue;
         }
@@ -223,6 +220,62 @@ pub fn parse_values(s: &str) -> Result<Vec<Point>, String> {
         expand_token(tok, &mut out)?;
     }
     Ok(out)
+}
+
+/// `{{a}}`, `{{a}}xN` (N+1 copies), `{{a}}+{{b}}xN` (a, a+b, …, a+N·b) or `{{a}}-{{b}}xN`.
+/// Every element carries the hint-given flag of the last histogram written (the increment's).
+fn expand_histograms(tok: &str, out: &mut Vec<Point>) -> Result<(), String> {
+    let close = tok
+        .find("}}")
+        .ok_or_else(|| format!("unclosed histogram {tok:?}"))?
+        + 2;
+    let (base, base_hinted) = FloatHistogram::parse_notation(&tok[..close])?;
+    let rest = &tok[close..];
+    if rest.is_empty() {
+        out.push(Point::Histogram(Box::new(base), base_hinted));
+        return Ok(());
+    }
+    let times = |n: &str| -> Result<usize, String> {
+        let n: usize = n.parse().map_err(|_| format!("bad repeat in {tok:?}"))?;
+        if n > MAX_REPEAT {
+            return Err(format!("repeat count in {tok:?} is above {MAX_REPEAT}"));
+        }
+        Ok(n)
+    };
+    if let Some(n) = rest.strip_prefix('x') {
+        let n = times(n)?;
+        for _ in 0..=n {
+            out.push(Point::Histogram(Box::new(base.clone()), base_hinted));
+        }
+        return Ok(());
+    }
+    let negate = rest.starts_with('-');
+    let inc_text = rest
+        .strip_prefix(['+', '-'])
+        .ok_or_else(|| format!("bad histogram series {tok:?}"))?;
+    let close = inc_text
+        .find("}}")
+        .ok_or_else(|| format!("unclosed histogram {tok:?}"))?
+        + 2;
+    let (inc, hinted) = FloatHistogram::parse_notation(&inc_text[..close])?;
+    let n = times(
+        inc_text[close..]
+            .strip_prefix('x')
+            .ok_or_else(|| format!("expected xN after {tok:?}"))?,
+    )?;
+    let mut cur = base;
+    out.push(Point::Histogram(Box::new(cur.clone()), hinted));
+    for _ in 0..n {
+        if cur.schema > inc.schema {
+            return Err(format!(
+                "error combining histograms: cannot merge from schema {} to {}",
+                inc.schema, cur.schema
+            ));
+        }
+        cur = cur.combine(&inc, negate)?.h;
+        out.push(Point::Histogram(Box::new(cur.clone()), hinted));
+    }
+    Ok(())
 }
 
 fn expand_token(tok: &str, out: &mut Vec<Point>) -> Result<(), String> {

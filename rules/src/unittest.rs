@@ -440,7 +440,7 @@ fn run_case(engine: &Engine, rules: &RuleSet, t: &TestCase, report: &mut Report)
             match p {
                 Point::Value(v) => storage.add(labels.clone(), Sample::new(ts, *v)),
                 Point::Stale => storage.add(labels.clone(), Sample::new(ts, STALE_NAN)),
-                Point::Omitted | Point::Histogram => {}
+                Point::Omitted | Point::Histogram(..) => {}
             }
         }
     }

@@ -11,8 +11,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use vigil_rules::promql::plan::Node;
 use vigil_rules::promql::{self, Engine, EngineOpts, MemStorage, Severity, Value};
+use vigil_wire::histogram::{FloatHistogram, HSample, Span, CUSTOM_BUCKETS_SCHEMA};
 use vigil_wire::{Labels, Sample, STALE_NAN};
 
 use vigil_rules::series::{self, parse_series_desc, parse_values, Point};
@@ -60,8 +60,6 @@ struct Block {
 
 struct Ctx {
     storage: MemStorage,
-    /// Label sets of series that hold native histograms (not loaded into the storage).
-    hist_series: Vec<Labels>,
 }
 
 fn main() {
@@ -138,7 +136,6 @@ fn run_file(name: &str, text: &str, failures: &mut String, unsupported: &mut Str
     let lines: Vec<&str> = text.lines().collect();
     let mut ctx = Ctx {
         storage: MemStorage::new(),
-        hist_series: vec![],
     };
     let mut counts = Counts::default();
     let mut i = 0;
@@ -169,7 +166,6 @@ fn run_file(name: &str, text: &str, failures: &mut String, unsupported: &mut Str
         };
         if t == "clear" {
             ctx.storage.clear();
-            ctx.hist_series.clear();
         } else if let Some(rest) = t
             .strip_prefix("load_with_nhcb ")
             .or_else(|| t.strip_prefix("load "))
@@ -210,53 +206,125 @@ fn run_file(name: &str, text: &str, failures: &mut String, unsupported: &mut Str
 
 fn load(ctx: &mut Ctx, interval: &str, body: &[String], nhcb: bool) {
     let step = parse_duration_ms(interval.trim()).expect("load interval");
+    let mut floats: Vec<(Labels, Vec<(i64, f64)>)> = Vec::new();
     for line in body {
         let (labels, rest) =
             parse_series_desc(line).unwrap_or_else(|e| panic!("bad series {line:?}: {e}"));
         let points = parse_values(rest).unwrap_or_else(|e| panic!("bad values {line:?}: {e}"));
-        let mut has_hist = false;
-        for (k, p) in points.iter().enumerate() {
+        let mut these = Vec::new();
+        for (k, p) in points.into_iter().enumerate() {
             let ts = k as i64 * step;
             match p {
-                Point::Value(v) => ctx.storage.add(labels.clone(), Sample::new(ts, *v)),
+                Point::Value(v) => {
+                    ctx.storage.add(labels.clone(), Sample::new(ts, v));
+                    these.push((ts, v));
+                }
                 Point::Stale => ctx.storage.add(labels.clone(), Sample::new(ts, STALE_NAN)),
-                Point::Histogram => has_hist = true,
+                Point::Histogram(h, _) => ctx
+                    .storage
+                    .add_histogram(labels.clone(), HSample::new(ts, *h)),
                 Point::Omitted => {}
             }
         }
-        if has_hist {
-            ctx.hist_series.push(labels.clone());
-        }
-        if nhcb {
-            // The converted histogram series: the family name without `_bucket` and without `le`.
-            if let Some(n) = labels.metric_name().and_then(|n| n.strip_suffix("_bucket")) {
-                let mut b = labels.to_builder();
-                b.set("__name__", n);
-                b.del("le");
-                ctx.hist_series.push(b.build());
+        floats.push((labels, these));
+    }
+    if nhcb {
+        for (labels, samples) in classic_to_nhcb(&floats) {
+            for (ts, h) in samples {
+                ctx.storage
+                    .add_histogram(labels.clone(), HSample::new(ts, h));
             }
         }
     }
 }
 
-/// Whether any selector in the plan matches a native-histogram series.
-fn reads_histograms(node: &Node, hist: &[Labels]) -> bool {
-    match node {
-        Node::Selector(s) => hist.iter().any(|l| {
-            promql::storage::matches_all(l, &s.matchers)
-                || s.or_matchers
-                    .iter()
-                    .any(|m| promql::storage::matches_all(l, m))
-        }),
-        Node::Number(_) | Node::String(_) => false,
-        Node::Subquery { expr, .. } | Node::Neg(expr) => reads_histograms(expr, hist),
-        Node::Binary { lhs, rhs, .. } => reads_histograms(lhs, hist) || reads_histograms(rhs, hist),
-        Node::Aggregate { expr, param, .. } => {
-            reads_histograms(expr, hist)
-                || param.as_ref().is_some_and(|p| reads_histograms(p, hist))
-        }
-        Node::Call { args, .. } => args.iter().any(|a| reads_histograms(a, hist)),
+/// `load_with_nhcb`: the classic histograms' `_bucket`, `_count` and `_sum` series of one load
+/// also loaded as native histograms with custom buckets (Prometheus's `convertnhcb`), under
+/// the family name without `le`.
+fn classic_to_nhcb(
+    series: &[(Labels, Vec<(i64, f64)>)],
+) -> Vec<(Labels, Vec<(i64, FloatHistogram)>)> {
+    #[derive(Default)]
+    struct Temp {
+        buckets: Vec<(f64, f64)>,
+        count: Option<f64>,
+        sum: f64,
     }
+    let mut fams: std::collections::BTreeMap<Labels, std::collections::BTreeMap<i64, Temp>> =
+        Default::default();
+    for (labels, samples) in series {
+        let name = labels.metric_name().unwrap_or("");
+        let (kind, base) = if let Some(b) = name.strip_suffix("_bucket") {
+            ("bucket", b)
+        } else if let Some(b) = name.strip_suffix("_sum") {
+            ("sum", b)
+        } else if let Some(b) = name.strip_suffix("_count") {
+            ("count", b)
+        } else {
+            continue;
+        };
+        let le = match kind {
+            "bucket" => match labels.get("le").and_then(series::parse_number) {
+                Some(le) if !le.is_nan() => Some(le),
+                _ => continue,
+            },
+            _ => None,
+        };
+        let mut b = labels.to_builder();
+        b.set("__name__", base);
+        b.del("le");
+        let fam = fams.entry(b.build()).or_default();
+        for &(ts, v) in samples {
+            let t = fam.entry(ts).or_default();
+            match (kind, le) {
+                ("bucket", Some(le)) => match t.buckets.iter_mut().find(|x| x.0 == le) {
+                    Some(x) => x.1 = v,
+                    None => t.buckets.push((le, v)),
+                },
+                ("count", _) => t.count = Some(v),
+                _ => t.sum = v,
+            }
+        }
+    }
+    fams.into_iter()
+        .map(|(labels, by_ts)| {
+            let hs = by_ts
+                .into_iter()
+                .map(|(ts, mut t)| {
+                    t.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    let count = t
+                        .count
+                        .unwrap_or_else(|| t.buckets.last().map_or(0.0, |b| b.1));
+                    if t.buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
+                        t.buckets.push((f64::INFINITY, count));
+                    }
+                    let mut prev = 0.0;
+                    let mut h = FloatHistogram {
+                        schema: CUSTOM_BUCKETS_SCHEMA,
+                        count,
+                        sum: t.sum,
+                        ..Default::default()
+                    };
+                    let mut counts = Vec::new();
+                    for (le, c) in &t.buckets {
+                        counts.push(c - prev);
+                        prev = *c;
+                        if le.is_finite() {
+                            h.custom_values.push(*le);
+                        }
+                    }
+                    h.positive_spans = vec![Span {
+                        offset: 0,
+                        length: counts.len() as u32,
+                    }];
+                    h.positive_buckets = counts;
+                    h.compact(0);
+                    (ts, h)
+                })
+                .collect();
+            (labels, hs)
+        })
+        .collect()
 }
 
 /// The experimental features an expression text uses, if any.
@@ -489,13 +557,6 @@ fn run_eval(ctx: &Ctx, block: &Block) -> Outcome {
         Ok(e) => e,
         Err(e) => return Outcome::Fail(format!("cannot read expectations: {e}")),
     };
-    if exp
-        .series
-        .iter()
-        .any(|(_, p)| p.iter().any(|x| matches!(x, Point::Histogram)))
-    {
-        return Outcome::Native("expects a native histogram result".into());
-    }
     let experimental = experimental_feature(&query);
     let fail_or_experimental = |msg: String| match &experimental {
         Some(f) => Outcome::Experimental(format!("{f}: {msg}")),
@@ -517,9 +578,6 @@ fn run_eval(ctx: &Ctx, block: &Block) -> Outcome {
             return fail_or_experimental(format!("parse error: {e}"));
         }
     };
-    if reads_histograms(q.plan(), &ctx.hist_series) {
-        return Outcome::Native("reads a native-histogram series".into());
-    }
     let engine = Engine::new(EngineOpts::default());
     let range_ms = range
         .as_ref()
@@ -597,13 +655,6 @@ fn run_eval(ctx: &Ctx, block: &Block) -> Outcome {
     }
 }
 
-fn fmt_points(p: &[Sample]) -> String {
-    p.iter()
-        .map(|s| format!("{}@{}", s.value, s.timestamp_ms))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn compare(
     v: &Value,
     exp: &Expect,
@@ -627,22 +678,21 @@ fn compare(
             }
         }
         Value::Vector(vec) => {
+            let show = |vec: &[promql::VectorSample]| -> Vec<String> {
+                vec.iter()
+                    .map(|s| format!("{} {}", s.labels, show_value(s.f, s.h.as_deref())))
+                    .collect()
+            };
             if exp.series.len() != vec.len() {
-                let got: Vec<String> = vec
-                    .iter()
-                    .map(|s| format!("{} {}", s.labels, s.f))
-                    .collect();
                 return Err(format!(
-                    "expected {} samples, got {}: {got:?}",
+                    "expected {} samples, got {}: {:?}",
                     exp.series.len(),
-                    vec.len()
+                    vec.len(),
+                    show(vec)
                 ));
             }
             for (i, (labels, pts)) in exp.series.iter().enumerate() {
-                let want = pts
-                    .first()
-                    .and_then(|p| p.value())
-                    .ok_or("expected sample without a value")?;
+                let want = pts.first().ok_or("expected sample without a value")?;
                 let found = if exp.ordered {
                     vec.get(i).filter(|s| &s.labels == labels)
                 } else {
@@ -650,16 +700,17 @@ fn compare(
                 };
                 match found {
                     None => {
-                        let got: Vec<String> = vec
-                            .iter()
-                            .map(|s| format!("{} {}", s.labels, s.f))
-                            .collect();
                         return Err(format!(
-                            "expected {labels} {want} (position {i}), got {got:?}"
+                            "expected {labels} {want:?} (position {i}), got {:?}",
+                            show(vec)
                         ));
                     }
-                    Some(s) if !float_eq(s.f, want) => {
-                        return Err(format!("{labels}: expected {want}, got {}", s.f))
+                    Some(s) if !point_eq(want, s.f, s.h.as_deref()) => {
+                        return Err(format!(
+                            "{labels}: expected {}, got {}",
+                            show_point(want),
+                            show_value(s.f, s.h.as_deref())
+                        ))
                     }
                     _ => {}
                 }
@@ -675,7 +726,7 @@ fn compare(
             if exp.series.len() != m.len() {
                 let got: Vec<String> = m
                     .iter()
-                    .map(|s| format!("{} [{}]", s.labels, fmt_points(&s.points)))
+                    .map(|s| format!("{} [{}]", s.labels, fmt_points(s)))
                     .collect();
                 return Err(format!(
                     "expected {} series, got {}: {got:?}",
@@ -688,26 +739,87 @@ fn compare(
                     let got: Vec<String> = m.iter().map(|s| s.labels.to_string()).collect();
                     return Err(format!("missing series {labels}; got {got:?}"));
                 };
-                let want: Vec<(i64, f64)> = pts
+                let want: Vec<(i64, &Point)> = pts
                     .iter()
                     .enumerate()
-                    .filter_map(|(k, p)| p.value().map(|v| (start + k as i64 * step, v)))
+                    .filter(|(_, p)| !matches!(p, Point::Omitted))
+                    .map(|(k, p)| (start + k as i64 * step, p))
                     .collect();
-                let ok = want.len() == s.points.len()
+                let got = merged(s);
+                let ok = want.len() == got.len()
                     && want
                         .iter()
-                        .zip(&s.points)
-                        .all(|(w, g)| w.0 == g.timestamp_ms && float_eq(w.1, g.value));
+                        .zip(&got)
+                        .all(|(w, g)| w.0 == g.0 && point_eq(w.1, g.1, g.2));
                 if !ok {
-                    let w: Vec<String> = want.iter().map(|(t, v)| format!("{v}@{t}")).collect();
+                    let w: Vec<String> = want
+                        .iter()
+                        .map(|(t, p)| format!("{}@{t}", show_point(p)))
+                        .collect();
                     return Err(format!(
                         "{labels}: expected [{}], got [{}]",
                         w.join(" "),
-                        fmt_points(&s.points)
+                        fmt_points(s)
                     ));
                 }
             }
             Ok(())
         }
+    }
+}
+
+/// A range series' floats and histograms in time order: `(t, f, h)`.
+fn merged(s: &promql::RangeSeries) -> Vec<(i64, f64, Option<&FloatHistogram>)> {
+    let mut out: Vec<(i64, f64, Option<&FloatHistogram>)> = s
+        .points
+        .iter()
+        .map(|p| (p.timestamp_ms, p.value, None))
+        .chain(
+            s.histograms
+                .iter()
+                .map(|h| (h.timestamp_ms, 0.0, Some(&*h.h))),
+        )
+        .collect();
+    out.sort_by_key(|x| x.0);
+    out
+}
+
+fn fmt_points(s: &promql::RangeSeries) -> String {
+    merged(s)
+        .iter()
+        .map(|(t, f, h)| format!("{}@{t}", show_value(*f, *h)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn show_value(f: f64, h: Option<&FloatHistogram>) -> String {
+    match h {
+        Some(h) => format!("{h:?}"),
+        None => f.to_string(),
+    }
+}
+
+fn show_point(p: &Point) -> String {
+    match p {
+        Point::Value(v) => v.to_string(),
+        Point::Histogram(h, _) => format!("{h:?}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Whether a result sample is the expected point: floats as [`float_eq`]; histograms as
+/// Prometheus compares them (layout exactly, counts within 1e-6, custom bounds when expected,
+/// the hint only where the test gave one).
+fn point_eq(want: &Point, f: f64, h: Option<&FloatHistogram>) -> bool {
+    match (want, h) {
+        (Point::Value(v), None) => float_eq(*v, f),
+        (Point::Histogram(w, hinted), Some(h)) => {
+            let mut got = h.clone();
+            if !w.is_custom() {
+                got.custom_values.clone_from(&w.custom_values);
+            }
+            w.approx_eq(&got, 1e-6) && (!hinted || w.hint == h.hint)
+        }
+        _ => false,
     }
 }

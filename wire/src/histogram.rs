@@ -46,6 +46,45 @@ pub struct FloatHistogram {
     pub custom_values: Vec<f64>,
 }
 
+/// One histogram sample of one series (a series' staleness markers stay float samples).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HSample {
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    pub h: std::sync::Arc<FloatHistogram>,
+}
+
+impl HSample {
+    pub fn new(timestamp_ms: i64, h: FloatHistogram) -> Self {
+        HSample {
+            timestamp_ms,
+            h: std::sync::Arc::new(h),
+        }
+    }
+}
+
+/// The outcome of [`FloatHistogram::combine`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Combined {
+    pub h: FloatHistogram,
+    /// One side said reset and the other not_reset (Prometheus warns).
+    pub hint_collision: bool,
+    /// Custom bucket bounds differed and were intersected (Prometheus's info).
+    pub bounds_reconciled: bool,
+}
+
+/// The hint of a sum or difference (Prometheus's `adjustCounterReset`): gauge wins, then
+/// unknown; reset against not_reset is a collision, unknown.
+fn adjust_hint(a: ResetHint, b: ResetHint) -> (ResetHint, bool) {
+    use ResetHint::*;
+    match (a, b) {
+        _ if a == b => (a, false),
+        (Gauge, _) | (_, Gauge) => (Gauge, false),
+        (Unknown, _) | (_, Unknown) => (Unknown, false),
+        _ => (Unknown, true),
+    }
+}
+
 /// One bucket: `(lower, upper]` (or `[lower, upper)` on the negative side), its count and index.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bucket {
@@ -339,23 +378,15 @@ impl FloatHistogram {
     }
 
     /// `self + other` (or `self - other` with `negate`), at the coarser schema and the wider zero
-    /// bucket. Custom buckets combine only with the same bounds.
-    pub fn combine(&self, other: &FloatHistogram, negate: bool) -> Result<FloatHistogram, String> {
+    /// bucket; the result's hint as Prometheus's `adjustCounterReset` gives it. Custom buckets
+    /// with different bounds combine over the bounds both have (`bounds_reconciled`).
+    /// Exponential and custom buckets do not combine.
+    pub fn combine(&self, other: &FloatHistogram, negate: bool) -> Result<Combined, String> {
         if self.is_custom() != other.is_custom() {
             return Err("histograms with exponential and custom buckets cannot be combined".into());
         }
-        if self.is_custom() && self.custom_values != other.custom_values {
-            return Err("histograms with different custom bucket bounds cannot be combined".into());
-        }
         let sign = if negate { -1.0 } else { 1.0 };
-        let (mut a, mut b) = (self.clone(), other.clone());
-        let schema = a.schema.min(b.schema);
-        a.reduce_resolution(schema);
-        b.reduce_resolution(schema);
-        let zt = a.zero_threshold.max(b.zero_threshold);
-        a.widen_zero_bucket(zt);
-        b.widen_zero_bucket(a.zero_threshold.max(zt));
-        a.widen_zero_bucket(b.zero_threshold);
+        let (hint, hint_collision) = adjust_hint(self.hint, other.hint);
         let add = |x: Vec<(i32, f64)>, y: Vec<(i32, f64)>| {
             let mut m: std::collections::BTreeMap<i32, f64> = x.into_iter().collect();
             for (i, c) in y {
@@ -364,6 +395,49 @@ impl FloatHistogram {
             // Buckets that come out empty stay in place as zeros until compacted.
             spans_of(&m.into_iter().collect::<Vec<_>>(), 0, false)
         };
+        if self.is_custom() {
+            let (a, b, bounds_reconciled) = if self.custom_values == other.custom_values {
+                (self.clone(), other.clone(), false)
+            } else {
+                let common: Vec<f64> = self
+                    .custom_values
+                    .iter()
+                    .copied()
+                    .filter(|v| other.custom_values.contains(v))
+                    .collect();
+                (self.onto_bounds(&common), other.onto_bounds(&common), true)
+            };
+            let (ps, pb) = add(
+                flatten(&a.positive_spans, &a.positive_buckets),
+                flatten(&b.positive_spans, &b.positive_buckets),
+            );
+            return Ok(Combined {
+                h: FloatHistogram {
+                    hint,
+                    count: a.count + sign * b.count,
+                    sum: a.sum + sign * b.sum,
+                    positive_spans: ps,
+                    positive_buckets: pb,
+                    ..a
+                },
+                hint_collision,
+                bounds_reconciled,
+            });
+        }
+        let (mut a, mut b) = (self.clone(), other.clone());
+        let schema = a.schema.min(b.schema);
+        a.reduce_resolution(schema);
+        b.reduce_resolution(schema);
+        // Widening one zero bucket may take in a bucket that reaches past the other's: until
+        // both agree.
+        loop {
+            let zt = a.zero_threshold.max(b.zero_threshold);
+            a.widen_zero_bucket(zt);
+            b.widen_zero_bucket(zt);
+            if a.zero_threshold == b.zero_threshold {
+                break;
+            }
+        }
         let (ps, pb) = add(
             flatten(&a.positive_spans, &a.positive_buckets),
             flatten(&b.positive_spans, &b.positive_buckets),
@@ -372,19 +446,68 @@ impl FloatHistogram {
             flatten(&a.negative_spans, &a.negative_buckets),
             flatten(&b.negative_spans, &b.negative_buckets),
         );
-        Ok(FloatHistogram {
-            hint: if negate { ResetHint::Gauge } else { a.hint },
-            schema,
-            zero_threshold: a.zero_threshold,
-            zero_count: a.zero_count + sign * b.zero_count,
-            count: a.count + sign * b.count,
-            sum: a.sum + sign * b.sum,
-            positive_spans: ps,
-            positive_buckets: pb,
-            negative_spans: ns,
-            negative_buckets: nb,
-            custom_values: a.custom_values,
+        Ok(Combined {
+            h: FloatHistogram {
+                hint,
+                schema,
+                zero_threshold: a.zero_threshold,
+                zero_count: a.zero_count + sign * b.zero_count,
+                count: a.count + sign * b.count,
+                sum: a.sum + sign * b.sum,
+                positive_spans: ps,
+                positive_buckets: pb,
+                negative_spans: ns,
+                negative_buckets: nb,
+                custom_values: Vec::new(),
+            },
+            hint_collision,
+            bounds_reconciled: false,
         })
+    }
+
+    /// A custom-bucket histogram re-bucketed onto `bounds` (a subset of its own): each bucket
+    /// goes to the first bound at or above its upper bound, or to +Inf.
+    fn onto_bounds(&self, bounds: &[f64]) -> FloatHistogram {
+        let mut counts = vec![0.0; bounds.len() + 1];
+        for (i, c) in flatten(&self.positive_spans, &self.positive_buckets) {
+            let target = match self.custom_values.get(i.max(0) as usize) {
+                Some(upper) => bounds.partition_point(|b| b < upper),
+                None => bounds.len(),
+            };
+            counts[target] += c;
+        }
+        let pairs: Vec<(i32, f64)> = counts
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (i as i32, c))
+            .collect();
+        let (positive_spans, positive_buckets) = spans_of(&pairs, 0, false);
+        FloatHistogram {
+            positive_spans,
+            positive_buckets,
+            custom_values: bounds.to_vec(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether both are the same histogram exactly (Prometheus's `Equals`): sums compared bit
+    /// for bit where NaN, layout after compaction, every count.
+    pub fn equals(&self, other: &FloatHistogram) -> bool {
+        let (mut a, mut b) = (self.clone(), other.clone());
+        a.compact(0);
+        b.compact(0);
+        let sum_eq = a.sum == b.sum
+            || (a.sum.is_nan() && b.sum.is_nan() && a.sum.to_bits() == b.sum.to_bits());
+        a.schema == b.schema
+            && a.zero_threshold == b.zero_threshold
+            && a.zero_count == b.zero_count
+            && a.count == b.count
+            && sum_eq
+            && a.positive_spans == b.positive_spans
+            && a.negative_spans == b.negative_spans
+            && a.positive_buckets == b.positive_buckets
+            && a.negative_buckets == b.negative_buckets
+            && (!a.is_custom() || a.custom_values == b.custom_values)
     }
 
     /// Whether a counter reset happened between `previous` and this histogram: as its hint says
@@ -396,18 +519,29 @@ impl FloatHistogram {
             ResetHint::NotReset => return false,
             ResetHint::Unknown | ResetHint::Gauge => {}
         }
-        if self.count < previous.count
-            || self.is_custom() != previous.is_custom()
-            || (self.is_custom() && self.custom_values != previous.custom_values)
-            || self.schema > previous.schema
-            || self.zero_threshold < previous.zero_threshold
-        {
+        if self.count < previous.count || self.is_custom() != previous.is_custom() {
+            return true;
+        }
+        if self.is_custom() && self.custom_values != previous.custom_values {
+            // Compared over the bounds both have.
+            let common: Vec<f64> = self
+                .custom_values
+                .iter()
+                .copied()
+                .filter(|v| previous.custom_values.contains(v))
+                .collect();
+            return self
+                .onto_bounds(&common)
+                .detect_reset(&previous.onto_bounds(&common));
+        }
+        if self.schema > previous.schema || self.zero_threshold < previous.zero_threshold {
             return true;
         }
         let mut prev = previous.clone();
         prev.reduce_resolution(self.schema);
         prev.widen_zero_bucket(self.zero_threshold);
-        if self.zero_count < prev.zero_count {
+        // The new threshold inside a populated bucket of the previous histogram.
+        if prev.zero_threshold != self.zero_threshold || self.zero_count < prev.zero_count {
             return true;
         }
         let went_down = |now: Vec<(i32, f64)>, before: Vec<(i32, f64)>| {
@@ -641,7 +775,7 @@ mod tests {
         // Schema 1 buckets 1..4 are (√2^0, √2^1], …: at schema 0 they pair into (1, 2], (2, 4].
         let fine = h("{{schema:1 count:4 sum:6 buckets:[1 1 1 1] offset:1}}");
         let coarse = h("{{schema:0 count:2 sum:3 buckets:[1 1] offset:1}}");
-        let s = fine.combine(&coarse, false).unwrap();
+        let s = fine.combine(&coarse, false).unwrap().h;
         assert_eq!(s.schema, 0);
         assert_eq!((s.count, s.sum), (6.0, 9.0));
         let b: Vec<(f64, f64, f64)> = s
@@ -653,20 +787,35 @@ mod tests {
         // A wider zero bucket swallows the buckets inside it.
         let a = h("{{schema:0 count:3 z_bucket:1 z_bucket_w:0.5 buckets:[2] offset:0}}");
         let w = h("{{schema:0 count:1 z_bucket:1 z_bucket_w:1}}");
-        let s = a.combine(&w, false).unwrap();
+        let s = a.combine(&w, false).unwrap().h;
         assert_eq!((s.zero_threshold, s.zero_count, s.count), (1.0, 4.0, 4.0));
         assert!(s.positive_buckets.iter().all(|c| *c == 0.0));
-        // Subtraction is a gauge; exponential and custom buckets do not mix.
-        let d = coarse.combine(&coarse, true).unwrap();
-        assert_eq!((d.hint, d.count), (ResetHint::Gauge, 0.0));
-        let nhcb = h("{{schema:-53 count:1 custom_values:[1] buckets:[1]}}");
+        // Hints: gauge wins, then unknown; reset against not_reset collides.
+        let d = coarse
+            .combine(&h("{{counter_reset_hint:gauge}}"), true)
+            .unwrap();
+        assert_eq!(
+            (d.h.hint, d.h.count, d.hint_collision),
+            (ResetHint::Gauge, 2.0, false)
+        );
+        let c = h("{{counter_reset_hint:reset}}")
+            .combine(&h("{{counter_reset_hint:not_reset}}"), false)
+            .unwrap();
+        assert_eq!((c.h.hint, c.hint_collision), (ResetHint::Unknown, true));
+        // Exponential and custom buckets do not mix; different custom bounds meet on the
+        // bounds both have.
+        let nhcb = h("{{schema:-53 count:3 custom_values:[1 2 5] buckets:[1 1 1]}}");
         assert!(coarse.combine(&nhcb, false).is_err());
-        assert!(nhcb
+        let r = nhcb
             .combine(
-                &h("{{schema:-53 count:1 custom_values:[2] buckets:[1]}}"),
-                false
+                &h("{{schema:-53 count:2 custom_values:[2 4] buckets:[1 0 1]}}"),
+                false,
             )
-            .is_err());
+            .unwrap();
+        assert!(r.bounds_reconciled);
+        assert_eq!(r.h.custom_values, [2.0]);
+        assert_eq!(r.h.positive_buckets, [3.0, 2.0]);
+        assert_eq!(r.h.count, 5.0);
     }
 
     #[test]

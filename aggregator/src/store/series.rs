@@ -115,9 +115,6 @@ impl Snapshot {
                 out.push(Sample::new(t, vigil_wire::STALE_NAN));
             }
         }
-        SeriesData {
-            labels: self.labels,
-            samples: out,
-        }
+        SeriesData::floats(self.labels, out)
     }
 }

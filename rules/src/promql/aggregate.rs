@@ -249,6 +249,24 @@ impl Evaluator<'_> {
             Some(p) => Some(self.eval(p, t)?),
             None => None,
         };
+        // A bad label name fails before the data is looked at (as in Prometheus).
+        if let (AggOp::CountValues, Some(Value::String(label))) = (op, &param_val) {
+            if !vigil_wire::text::is_valid_label_name(label) {
+                // Quoted as written when written in double quotes: Go quotes the bytes of a
+                // `\x` escape that is not UTF-8 as the escape, which a Rust string cannot hold.
+                let written = self
+                    .query
+                    .split_once("count_values")
+                    .and_then(|(_, r)| r.trim_start().strip_prefix('('))
+                    .and_then(|r| r.split_once(','))
+                    .map(|(lit, _)| lit.trim())
+                    .filter(|lit| lit.starts_with('"') && lit.contains("\\x"));
+                return Err(EvalError::Execution(match written {
+                    Some(lit) => format!("invalid label name {lit}"),
+                    None => format!("invalid label name {label:?}"),
+                }));
+            }
+        }
         let v = self.eval_vector(expr, t)?;
         let scalar_param = || -> f64 {
             match &param_val {
@@ -349,6 +367,7 @@ impl Evaluator<'_> {
                                 labels: key,
                                 t,
                                 f: 1.0,
+                                h: None,
                                 drop_name: false,
                             });
                         }
@@ -426,6 +445,7 @@ impl Evaluator<'_> {
                         labels: g.labels,
                         t,
                         f,
+                        h: None,
                         drop_name: g.drop_name,
                     });
                 }

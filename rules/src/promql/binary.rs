@@ -287,6 +287,7 @@ fn vector_vector(
             labels,
             t,
             f: val,
+            h: None,
             drop_name,
         });
     }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use vigil_wire::histogram::{FloatHistogram, HSample, ResetHint};
 use vigil_wire::{Labels, Sample, METRIC_NAME};
 
 use super::plan::{At, Node, Selector, ValueType};
@@ -44,6 +45,11 @@ pub(crate) struct Evaluator<'a> {
     /// Range queries: per range selector, which of its series' names were checked for the
     /// "might not be a counter" annotation (once per query, not once per step).
     pub(crate) counter_checked: HashMap<usize, Vec<bool>>,
+    /// What the node being evaluated does with its operands when it does not take native
+    /// histograms (for the unsupported error); `None` when it takes them.
+    pub(crate) refuses_hist: Option<&'static str>,
+    /// The function being called (innermost), for its range argument's histogram check.
+    pub(crate) calling: Option<super::functions::Func>,
     /// Range queries: per range selector, which series have no counter reset in all their
     /// loaded samples (`rate` and `increase` then read only each window's ends).
     pub(crate) no_resets: HashMap<usize, Arc<Vec<bool>>>,
@@ -77,6 +83,8 @@ impl<'a> Evaluator<'a> {
             group_ids: Default::default(),
             counter_checked: HashMap::new(),
             no_resets: HashMap::new(),
+            refuses_hist: None,
+            calling: None,
         }
     }
 
@@ -137,7 +145,7 @@ impl<'a> Evaluator<'a> {
                 let data = self
                     .select(s, rlo.saturating_sub(width).saturating_add(1), rhi, budget)
                     .ok_or_else(too_many)?;
-                self.loaded_samples += data.iter().map(|d| d.samples.len()).sum::<usize>();
+                self.loaded_samples += data.iter().map(SeriesData::len).sum::<usize>();
                 if self.loaded_samples > self.opts.max_samples {
                     return Err(too_many());
                 }
@@ -187,29 +195,43 @@ impl<'a> Evaluator<'a> {
             self.storage
                 .select_within(&s.matchers, mint, maxt, budget)?
         } else {
-            let mut all: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+            let mut all: BTreeMap<Labels, SeriesData> = BTreeMap::new();
             for alt in &s.or_matchers {
                 for sd in self.storage.select_within(alt, mint, maxt, budget)? {
-                    all.entry(sd.labels).or_insert(sd.samples);
+                    all.entry(sd.labels.clone()).or_insert(sd);
                 }
             }
-            all.into_iter()
-                .map(|(labels, samples)| SeriesData { labels, samples })
-                .collect()
+            all.into_values().collect()
         };
         if s.range_ms.is_some() {
             // Range windows never contain staleness markers; drop them once here.
             for sd in &mut data {
                 sd.samples.retain(|x| !x.is_stale());
             }
-            data.retain(|sd| !sd.samples.is_empty());
+            data.retain(|sd| !sd.is_empty());
         }
         Some(data)
     }
 
-    /// Evaluates `node` at time `t` (ms).
+    /// Evaluates `node` at time `t` (ms). A native histogram reaching an operation that does
+    /// not handle them yet is refused as unsupported (never read as a float).
     pub(crate) fn eval(&mut self, node: &Node, t: i64) -> Result<Value, EvalError> {
         self.check_deadline("expression evaluation")?;
+        let parent = std::mem::replace(&mut self.refuses_hist, super::hist::refuses(node));
+        let value = self.eval_node(node, t);
+        self.refuses_hist = parent;
+        let value = value?;
+        if let Some(consumer) = parent {
+            if super::hist::holds_histograms(&value) {
+                return Err(EvalError::Unsupported(format!(
+                    "native histograms in {consumer}"
+                )));
+            }
+        }
+        Ok(value)
+    }
+
+    fn eval_node(&mut self, node: &Node, t: i64) -> Result<Value, EvalError> {
         match node {
             Node::Number(v) => Ok(Value::Scalar(*v)),
             Node::String(s) => Ok(Value::String(s.clone())),
@@ -292,17 +314,31 @@ impl<'a> Evaluator<'a> {
         let mut out = Vec::with_capacity(data.len());
         for sd in data.iter() {
             let idx = sd.samples.partition_point(|x| x.timestamp_ms <= reft);
-            if idx == 0 {
-                continue;
-            }
-            let smp = sd.samples[idx - 1];
-            if smp.timestamp_ms <= reft - lookback || smp.is_stale() {
+            let float = idx.checked_sub(1).map(|i| sd.samples[i]);
+            let hidx = sd.histograms.partition_point(|x| x.timestamp_ms <= reft);
+            let hist = hidx.checked_sub(1).map(|i| &sd.histograms[i]);
+            // The newest sample, float or histogram (a staleness marker is a float).
+            let (ts, f, h) = match (float, hist) {
+                (Some(f), Some(h)) if h.timestamp_ms > f.timestamp_ms => {
+                    (h.timestamp_ms, 0.0, Some(h.h.clone()))
+                }
+                (Some(f), _) => {
+                    if f.is_stale() {
+                        continue;
+                    }
+                    (f.timestamp_ms, f.value, None)
+                }
+                (None, Some(h)) => (h.timestamp_ms, 0.0, Some(h.h.clone())),
+                (None, None) => continue,
+            };
+            if ts <= reft - lookback {
                 continue;
             }
             out.push(VectorSample {
                 labels: sd.labels.clone(),
-                t: smp.timestamp_ms,
-                f: smp.value,
+                t: ts,
+                f,
+                h,
                 drop_name: false,
             });
         }
@@ -351,14 +387,17 @@ impl<'a> Evaluator<'a> {
 
     fn matrix_selector(&mut self, s: &Selector, t: i64) -> Vec<RangeSeries> {
         let (data, windows) = self.matrix_windows(s, t);
+        let reft = self.selector_ref_time(s, t);
+        let lo_t = reft - s.range_ms.unwrap_or(0);
         data.iter()
             .zip(windows)
-            .filter(|(_, (lo, hi))| lo < hi)
             .map(|(sd, (lo, hi))| RangeSeries {
                 labels: sd.labels.clone(),
                 points: sd.samples[lo..hi].to_vec(),
+                histograms: hist_window(&sd.histograms, lo_t, reft),
                 drop_name: false,
             })
+            .filter(|r| !r.points.is_empty() || !r.histograms.is_empty())
             .collect()
     }
 
@@ -397,7 +436,10 @@ impl<'a> Evaluator<'a> {
             let value = match self.subquery_cache.get(&(*id, ts)) {
                 Some(v) => v.clone(),
                 None => {
-                    let v = self.eval(expr, ts)?;
+                    let parent = self.refuses_hist.take();
+                    let v = self.eval(expr, ts);
+                    self.refuses_hist = parent;
+                    let v = v?;
                     self.subquery_cache.insert((*id, ts), v.clone());
                     v
                 }
@@ -409,6 +451,7 @@ impl<'a> Evaluator<'a> {
                         .or_insert_with(|| RangeSeries {
                             labels: Labels::empty(),
                             points: vec![],
+                            histograms: Vec::new(),
                             drop_name: false,
                         })
                         .points
@@ -421,10 +464,19 @@ impl<'a> Evaluator<'a> {
                             .or_insert_with(|| RangeSeries {
                                 labels: s.labels.clone(),
                                 points: vec![],
+                                histograms: Vec::new(),
                                 drop_name: s.drop_name,
                             });
                         e.drop_name |= s.drop_name;
-                        e.points.push(Sample::new(ts, s.f));
+                        match s.h {
+                            // The engine's steps say nothing about resets: Prometheus forgets
+                            // reset and not_reset in a subquery's output.
+                            Some(h) => e.histograms.push(HSample {
+                                timestamp_ms: ts,
+                                h: forget_reset_hint(h),
+                            }),
+                            None => e.points.push(Sample::new(ts, s.f)),
+                        }
                     }
                 }
                 other => {
@@ -440,6 +492,28 @@ impl<'a> Evaluator<'a> {
             }
         }
         Ok(series.into_values().collect())
+    }
+}
+
+/// The histograms of `(lo, hi]`.
+pub(crate) fn hist_window(h: &[HSample], lo: i64, hi: i64) -> Vec<HSample> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let a = h.partition_point(|x| x.timestamp_ms <= lo);
+    let b = h.partition_point(|x| x.timestamp_ms <= hi);
+    h[a..b.max(a)].to_vec()
+}
+
+/// `h` with a reset or not_reset hint turned into unknown.
+pub(crate) fn forget_reset_hint(h: Arc<FloatHistogram>) -> Arc<FloatHistogram> {
+    match h.hint {
+        ResetHint::Reset | ResetHint::NotReset => {
+            let mut x = (*h).clone();
+            x.hint = ResetHint::Unknown;
+            Arc::new(x)
+        }
+        _ => h,
     }
 }
 
@@ -501,20 +575,22 @@ pub(crate) fn run_range(ev: &mut Evaluator<'_>, root: &Node) -> Result<Value, Ev
     }
     let (start, end, step) = (ev.start, ev.end, ev.step.max(1));
     ev.preload(root, start, end)?;
-    let mut series: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+    let mut series: BTreeMap<Labels, (Vec<Sample>, Vec<HSample>)> = BTreeMap::new();
     let mut t = start;
     while t <= end {
         match ev.eval(root, t)? {
             Value::Scalar(v) => series
                 .entry(Labels::empty())
                 .or_default()
+                .0
                 .push(Sample::new(t, v)),
             Value::Vector(v) => {
                 for s in finish_vector(v)? {
-                    series
-                        .entry(s.labels)
-                        .or_default()
-                        .push(Sample::new(t, s.f));
+                    let e = series.entry(s.labels).or_default();
+                    match s.h {
+                        Some(h) => e.1.push(HSample { timestamp_ms: t, h }),
+                        None => e.0.push(Sample::new(t, s.f)),
+                    }
                 }
             }
             other => {
@@ -529,9 +605,10 @@ pub(crate) fn run_range(ev: &mut Evaluator<'_>, root: &Node) -> Result<Value, Ev
     Ok(Value::Matrix(
         series
             .into_iter()
-            .map(|(labels, points)| RangeSeries {
+            .map(|(labels, (points, histograms))| RangeSeries {
                 labels,
                 points,
+                histograms,
                 drop_name: false,
             })
             .collect(),

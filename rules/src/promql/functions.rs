@@ -333,7 +333,7 @@ impl Evaluator<'_> {
             Node::Selector(s) if s.range_ms.is_some() => {
                 let (data, windows) = self.matrix_windows(s, t);
                 let end = self.selector_ref_time(s, t);
-                Ok(RangeArg {
+                let arg = RangeArg {
                     data,
                     windows,
                     owned: vec![],
@@ -341,7 +341,9 @@ impl Evaluator<'_> {
                     end,
                     name: s.name.clone(),
                     sel: Some(s.id),
-                })
+                };
+                self.check_range_histograms(&arg)?;
+                Ok(arg)
             }
             Node::Subquery {
                 range_ms,
@@ -360,7 +362,7 @@ impl Evaluator<'_> {
                     }
                     None => t,
                 } - offset_ms;
-                Ok(RangeArg {
+                let arg = RangeArg {
                     data: Arc::default(),
                     windows: vec![],
                     owned,
@@ -368,7 +370,9 @@ impl Evaluator<'_> {
                     end,
                     name: None,
                     sel: None,
-                })
+                };
+                self.check_range_histograms(&arg)?;
+                Ok(arg)
             }
             _ => Err(EvalError::Execution(
                 "expected a range vector argument".into(),
@@ -420,6 +424,7 @@ impl Evaluator<'_> {
                     labels: labels.clone(),
                     t,
                     f: v,
+                    h: None,
                     drop_name: drop || !keep_name,
                 });
             }
@@ -428,6 +433,60 @@ impl Evaluator<'_> {
     }
 
     pub(crate) fn call(&mut self, func: Func, args: &[Node], t: i64) -> Result<Value, EvalError> {
+        let outer = self.calling.replace(func);
+        let v = self.call_func(func, args, t);
+        self.calling = outer;
+        v
+    }
+
+    /// What the function being called does with the histograms in its range argument: refuses
+    /// them, or reads the floats with an info for each window holding both.
+    fn check_range_histograms(&mut self, arg: &RangeArg) -> Result<(), EvalError> {
+        let Some(func) = self.calling else {
+            return Ok(());
+        };
+        let Some(usage) = super::hist::range_use(func) else {
+            return Ok(());
+        };
+        let mut mixed: Vec<String> = Vec::new();
+        let mut any = false;
+        let mut look = |labels: &Labels, floats: usize, hists: usize| {
+            if hists > 0 {
+                any = true;
+                if floats > 0 {
+                    mixed.push(metric_name(labels).to_string());
+                }
+            }
+        };
+        for (sd, &(lo, hi)) in arg.data.iter().zip(&arg.windows) {
+            if !sd.histograms.is_empty() {
+                let n = super::eval::hist_window(&sd.histograms, arg.start, arg.end).len();
+                look(&sd.labels, hi.saturating_sub(lo), n);
+            }
+        }
+        for s in &arg.owned {
+            look(&s.labels, s.points.len(), s.histograms.len());
+        }
+        match usage {
+            super::hist::RangeUse::Floats => {
+                for name in mixed {
+                    self.annotate(
+                        Severity::Info,
+                        format!("ignored histograms in a range containing both floats and histograms for metric name \"{name}\""),
+                        Some(&name),
+                    );
+                }
+                Ok(())
+            }
+            super::hist::RangeUse::NotYet if any => Err(EvalError::Unsupported(format!(
+                "native histograms in {}",
+                func.name()
+            ))),
+            super::hist::RangeUse::NotYet => Ok(()),
+        }
+    }
+
+    fn call_func(&mut self, func: Func, args: &[Node], t: i64) -> Result<Value, EvalError> {
         use Func as F;
         match func {
             F::Abs
@@ -482,6 +541,7 @@ impl Evaluator<'_> {
                     labels: Labels::empty(),
                     t,
                     f: v,
+                    h: None,
                     drop_name: false,
                 }]))
             }
@@ -556,6 +616,7 @@ impl Evaluator<'_> {
                         labels: Labels::empty(),
                         t,
                         f: t as f64 / 1e3,
+                        h: None,
                         drop_name: false,
                     }]
                 } else {
@@ -648,6 +709,7 @@ impl Evaluator<'_> {
                         labels: sd.labels.clone(),
                         t,
                         f: v,
+                        h: None,
                         drop_name: true,
                     });
                 }
@@ -660,6 +722,7 @@ impl Evaluator<'_> {
                             labels: s.labels.clone(),
                             t,
                             f: v,
+                            h: None,
                             drop_name: true,
                         });
                     }
@@ -813,6 +876,7 @@ impl Evaluator<'_> {
                     labels: absent_labels(&args[0]),
                     t,
                     f: 1.0,
+                    h: None,
                     drop_name: false,
                 }]))
             }
@@ -1040,6 +1104,7 @@ impl Evaluator<'_> {
                     labels: b.build(),
                     t,
                     f: val,
+                    h: None,
                     drop_name: true,
                 });
             }
@@ -1061,6 +1126,7 @@ impl Evaluator<'_> {
                 labels: g.labels,
                 t,
                 f: bucket_fraction(lower, upper, &mut g.buckets),
+                h: None,
                 drop_name: true,
             })
             .collect();
@@ -1085,6 +1151,7 @@ impl Evaluator<'_> {
                 labels: g.labels,
                 t,
                 f: val,
+                h: None,
                 drop_name: true,
             });
         }

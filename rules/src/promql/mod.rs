@@ -8,6 +8,7 @@ mod aggregate;
 mod binary;
 mod eval;
 pub mod functions;
+mod hist;
 mod mathx;
 pub mod parse;
 mod parse_pos;

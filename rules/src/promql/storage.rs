@@ -1,16 +1,40 @@
 //! What the engine reads: series selected by label matchers over a time range.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use promql_parser::label::{MatchOp, Matcher};
+use vigil_wire::histogram::{FloatHistogram, HSample, ResetHint};
 use vigil_wire::{Labels, Sample};
 
 /// One selected series: its labels and its samples in the asked range, oldest first. Staleness
-/// markers are included (the engine interprets them).
+/// markers are included (the engine interprets them). Native histograms come beside the floats
+/// (a series may switch between the two); their staleness markers are float samples.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesData {
     pub labels: Labels,
     pub samples: Vec<Sample>,
+    pub histograms: Vec<HSample>,
+}
+
+impl SeriesData {
+    /// A series of floats only.
+    pub fn floats(labels: Labels, samples: Vec<Sample>) -> Self {
+        SeriesData {
+            labels,
+            samples,
+            histograms: Vec::new(),
+        }
+    }
+
+    /// How many samples, floats and histograms.
+    pub fn len(&self) -> usize {
+        self.samples.len() + self.histograms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty() && self.histograms.is_empty()
+    }
 }
 
 /// Storage the engine evaluates over. The aggregator's in-memory window implements it; so does
@@ -32,7 +56,7 @@ pub trait Storage {
         budget: usize,
     ) -> Option<Vec<SeriesData>> {
         let data = self.select(matchers, mint, maxt);
-        (data.iter().map(|d| d.samples.len()).sum::<usize>() <= budget).then_some(data)
+        (data.iter().map(SeriesData::len).sum::<usize>() <= budget).then_some(data)
     }
 }
 
@@ -68,10 +92,77 @@ pub fn partition_point_from_end<T>(slice: &[T], pred: impl Fn(&T) -> bool) -> us
     }
 }
 
+/// The counter-reset hints Prometheus's TSDB gives histograms when it reads them back: it keeps
+/// no per-sample hint, only one per chunk, and cuts a chunk at a reset, a layout change, a
+/// float or a staleness marker in between, or a gauge/counter switch. The first histogram of a
+/// chunk reads `reset` (a chunk cut at a reset), else `unknown`; the others `not_reset`; every
+/// gauge histogram `gauge`. `floats` and `hists` are one series in timestamp order.
+pub fn tsdb_hints(floats: &[Sample], hists: &[HSample]) -> Vec<HSample> {
+    enum Chunk {
+        None,
+        Float,
+        Stale,
+        Gauge,
+        Counter(Arc<FloatHistogram>),
+    }
+    let mut state = Chunk::None;
+    let mut out = Vec::with_capacity(hists.len());
+    let mut f = 0;
+    for hs in hists {
+        while f < floats.len() && floats[f].timestamp_ms < hs.timestamp_ms {
+            let stale = floats[f].is_stale();
+            state = match state {
+                Chunk::Counter(_) | Chunk::Gauge | Chunk::Stale if stale => Chunk::Stale,
+                _ => Chunk::Float,
+            };
+            f += 1;
+        }
+        let h = &hs.h;
+        let hint = match (&state, h.hint) {
+            (_, ResetHint::Gauge) => ResetHint::Gauge,
+            (Chunk::Counter(prev), given) => {
+                if given == ResetHint::Reset || h.count < prev.count {
+                    ResetHint::Reset
+                } else if h.schema != prev.schema || h.zero_threshold != prev.zero_threshold {
+                    ResetHint::Unknown
+                } else if h.is_custom() && h.custom_values != prev.custom_values {
+                    ResetHint::Reset
+                } else {
+                    let mut unhinted = (**h).clone();
+                    unhinted.hint = ResetHint::Unknown;
+                    if unhinted.detect_reset(prev) {
+                        ResetHint::Reset
+                    } else {
+                        ResetHint::NotReset
+                    }
+                }
+            }
+            (Chunk::Gauge, _) => ResetHint::Unknown,
+            (_, ResetHint::Reset) => ResetHint::Reset,
+            _ => ResetHint::Unknown,
+        };
+        state = if h.hint == ResetHint::Gauge {
+            Chunk::Gauge
+        } else {
+            Chunk::Counter(h.clone())
+        };
+        out.push(if hint == h.hint {
+            hs.clone()
+        } else {
+            let mut x = (**h).clone();
+            x.hint = hint;
+            HSample::new(hs.timestamp_ms, x)
+        });
+    }
+    out
+}
+
 /// A simple in-memory storage: a sorted map from label set to samples.
 #[derive(Debug, Default, Clone)]
 pub struct MemStorage {
     series: BTreeMap<Labels, Vec<Sample>>,
+    /// Series holding native histograms: their histogram samples, as written (hints included).
+    hists: BTreeMap<Labels, Vec<HSample>>,
 }
 
 impl MemStorage {
@@ -115,12 +206,27 @@ impl MemStorage {
         }
     }
 
+    /// Adds a native histogram sample (a sample at an existing timestamp replaces the old one).
+    pub fn add_histogram(&mut self, labels: Labels, sample: HSample) {
+        let v = self.hists.entry(labels).or_default();
+        match v.binary_search_by_key(&sample.timestamp_ms, |s| s.timestamp_ms) {
+            Ok(i) => v[i] = sample,
+            Err(i) => v.insert(i, sample),
+        }
+    }
+
     pub fn clear(&mut self) {
         self.series.clear();
+        self.hists.clear();
     }
 
     pub fn series_count(&self) -> usize {
         self.series.len()
+            + self
+                .hists
+                .keys()
+                .filter(|l| !self.series.contains_key(*l))
+                .count()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Labels, &Vec<Sample>)> {
@@ -130,19 +236,43 @@ impl MemStorage {
 
 impl Storage for MemStorage {
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData> {
+        let none: &[Sample] = &[];
+        let hist_only = self
+            .hists
+            .keys()
+            .filter(|l| !self.series.contains_key(*l))
+            .map(|l| (l, none));
         let mut out = Vec::new();
-        for (labels, samples) in &self.series {
+        for (labels, samples) in self
+            .series
+            .iter()
+            .map(|(l, s)| (l, s.as_slice()))
+            .chain(hist_only)
+        {
             if !matches_all(labels, matchers) {
                 continue;
             }
             let hi = partition_point_from_end(samples, |s| s.timestamp_ms <= maxt);
             let lo = partition_point_from_end(&samples[..hi], |s| s.timestamp_ms < mint);
-            if lo < hi {
+            let histograms = match self.hists.get(labels) {
+                Some(h) => {
+                    let h = tsdb_hints(samples, h);
+                    let hhi = h.partition_point(|s| s.timestamp_ms <= maxt);
+                    let hlo = h[..hhi].partition_point(|s| s.timestamp_ms < mint);
+                    h[hlo..hhi].to_vec()
+                }
+                None => Vec::new(),
+            };
+            if lo < hi || !histograms.is_empty() {
                 out.push(SeriesData {
                     labels: labels.clone(),
                     samples: samples[lo..hi].to_vec(),
+                    histograms,
                 });
             }
+        }
+        if !self.hists.is_empty() {
+            out.sort_by(|a, b| a.labels.cmp(&b.labels));
         }
         out
     }

@@ -1,5 +1,8 @@
 //! Values a PromQL expression evaluates to.
 
+use std::sync::Arc;
+
+use vigil_wire::histogram::{FloatHistogram, HSample};
 use vigil_wire::{Labels, Sample};
 
 /// One element of an instant vector.
@@ -9,7 +12,10 @@ pub struct VectorSample {
     /// The sample's own timestamp for a plain selector (what `timestamp()` returns), else the
     /// evaluation time.
     pub t: i64,
+    /// The value (0 when `h` holds a native histogram).
     pub f: f64,
+    /// A native histogram sample instead of a float.
+    pub h: Option<Arc<FloatHistogram>>,
     /// Prometheus 3's delayed name removal: the metric name is still carried (so `label_replace`
     /// and `by (__name__)` can see it) but is dropped when the query finishes.
     pub drop_name: bool,
@@ -20,6 +26,8 @@ pub struct VectorSample {
 pub struct RangeSeries {
     pub labels: Labels,
     pub points: Vec<Sample>,
+    /// Native histogram samples, beside the floats (both in time order).
+    pub histograms: Vec<HSample>,
     pub drop_name: bool,
 }
 
