@@ -7,6 +7,7 @@ use std::sync::Arc;
 use vigil_wire::histogram::{FloatHistogram, HSample, ResetHint};
 use vigil_wire::{Labels, Sample, METRIC_NAME};
 
+use super::hist::HistPolicy;
 use super::plan::{At, Node, Selector, ValueType};
 use super::storage::{SeriesData, Storage};
 use super::value::{Annotation, RangeSeries, Severity, Value, VectorSample};
@@ -45,9 +46,8 @@ pub(crate) struct Evaluator<'a> {
     /// Range queries: per range selector, which of its series' names were checked for the
     /// "might not be a counter" annotation (once per query, not once per step).
     pub(crate) counter_checked: HashMap<usize, Vec<bool>>,
-    /// What the node being evaluated does with its operands when it does not take native
-    /// histograms (for the unsupported error); `None` when it takes them.
-    pub(crate) refuses_hist: Option<&'static str>,
+    /// What the node being evaluated does with native histograms among its operands.
+    pub(crate) hist_policy: HistPolicy,
     /// The function being called (innermost), for its range argument's histogram check.
     pub(crate) calling: Option<super::functions::Func>,
     /// Range queries: per range selector, which series have no counter reset in all their
@@ -83,7 +83,7 @@ impl<'a> Evaluator<'a> {
             group_ids: Default::default(),
             counter_checked: HashMap::new(),
             no_resets: HashMap::new(),
-            refuses_hist: None,
+            hist_policy: HistPolicy::Take,
             calling: None,
         }
     }
@@ -217,15 +217,23 @@ impl<'a> Evaluator<'a> {
     /// not handle them yet is refused as unsupported (never read as a float).
     pub(crate) fn eval(&mut self, node: &Node, t: i64) -> Result<Value, EvalError> {
         self.check_deadline("expression evaluation")?;
-        let parent = std::mem::replace(&mut self.refuses_hist, super::hist::refuses(node));
+        let parent = std::mem::replace(&mut self.hist_policy, super::hist::policy(node));
         let value = self.eval_node(node, t);
-        self.refuses_hist = parent;
-        let value = value?;
-        if let Some(consumer) = parent {
-            if super::hist::holds_histograms(&value) {
-                return Err(EvalError::Unsupported(format!(
-                    "native histograms in {consumer}"
-                )));
+        self.hist_policy = parent;
+        let mut value = value?;
+        match parent {
+            HistPolicy::Take => {}
+            HistPolicy::Drop => {
+                if let Value::Vector(v) = &mut value {
+                    v.retain(|s| s.h.is_none());
+                }
+            }
+            HistPolicy::Refuse(consumer) => {
+                if super::hist::holds_histograms(&value) {
+                    return Err(EvalError::Unsupported(format!(
+                        "native histograms in {consumer}"
+                    )));
+                }
             }
         }
         Ok(value)
@@ -436,9 +444,9 @@ impl<'a> Evaluator<'a> {
             let value = match self.subquery_cache.get(&(*id, ts)) {
                 Some(v) => v.clone(),
                 None => {
-                    let parent = self.refuses_hist.take();
+                    let parent = std::mem::replace(&mut self.hist_policy, HistPolicy::Take);
                     let v = self.eval(expr, ts);
-                    self.refuses_hist = parent;
+                    self.hist_policy = parent;
                     let v = v?;
                     self.subquery_cache.insert((*id, ts), v.clone());
                     v

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use vigil_wire::histogram::{FloatHistogram, HSample};
 use vigil_wire::{Labels, Sample, METRIC_NAME};
 
 use super::eval::{check_unique, metric_name, Evaluator};
@@ -87,6 +88,21 @@ pub(crate) struct RangeArg {
 }
 
 impl RangeArg {
+    /// Every series with a sample in its window: its floats and its histograms.
+    fn for_each_mixed(&self, mut f: impl FnMut(&Labels, bool, &[Sample], &[HSample])) {
+        for (sd, &(lo, hi)) in self.data.iter().zip(&self.windows) {
+            let h = super::eval::hist_window(&sd.histograms, self.start, self.end);
+            if lo < hi || !h.is_empty() {
+                f(&sd.labels, false, &sd.samples[lo..hi], &h);
+            }
+        }
+        for s in &self.owned {
+            if !s.points.is_empty() || !s.histograms.is_empty() {
+                f(&s.labels, s.drop_name, &s.points, &s.histograms);
+            }
+        }
+    }
+
     fn for_each(&self, mut f: impl FnMut(&Labels, bool, &[Sample])) {
         for (sd, &(lo, hi)) in self.data.iter().zip(&self.windows) {
             if lo < hi {
@@ -99,6 +115,22 @@ impl RangeArg {
             }
         }
     }
+}
+
+/// A window's floats and histograms in time order: `(t, Err(float) | Ok(histogram))`.
+fn merge_samples<'a>(
+    p: &[Sample],
+    h: &'a [HSample],
+) -> Vec<(i64, Result<&'a FloatHistogram, f64>)> {
+    let mut out: Vec<(i64, Result<&FloatHistogram, f64>)> = p
+        .iter()
+        .map(|x| (x.timestamp_ms, Err(x.value)))
+        .chain(h.iter().map(|x| (x.timestamp_ms, Ok(&*x.h))))
+        .collect();
+    if !p.is_empty() && !h.is_empty() {
+        out.sort_by_key(|x| x.0);
+    }
+    out
 }
 
 fn math1(f: Func, x: f64) -> f64 {
@@ -408,6 +440,30 @@ impl Evaluator<'_> {
         }
     }
 
+    /// [`Evaluator::over_time`] over floats and histograms: `f` gives a float or a histogram.
+    fn over_time_mixed(
+        &mut self,
+        args: &[Node],
+        t: i64,
+        keep_name: bool,
+        mut f: impl FnMut(&[Sample], &[HSample]) -> Option<(f64, Option<Arc<FloatHistogram>>)>,
+    ) -> Result<Value, EvalError> {
+        let arg = self.range_arg(&args[0], t)?;
+        let mut out = Vec::new();
+        arg.for_each_mixed(|labels, drop, points, hists| {
+            if let Some((v, h)) = f(points, hists) {
+                out.push(VectorSample {
+                    labels: labels.clone(),
+                    t,
+                    f: v,
+                    h,
+                    drop_name: drop || !keep_name,
+                });
+            }
+        });
+        Ok(Value::Vector(out))
+    }
+
     /// Applies `f` to every window of a range argument; `keep_name` keeps the metric name.
     fn over_time(
         &mut self,
@@ -482,7 +538,7 @@ impl Evaluator<'_> {
                 "native histograms in {}",
                 func.name()
             ))),
-            super::hist::RangeUse::NotYet => Ok(()),
+            super::hist::RangeUse::NotYet | super::hist::RangeUse::Both => Ok(()),
         }
     }
 
@@ -554,6 +610,7 @@ impl Evaluator<'_> {
                 let plain = matches!(&args[0], Node::Selector(sel) if sel.range_ms.is_none());
                 let mut v = self.eval_vector(&args[0], t)?;
                 for s in &mut v {
+                    s.h = None;
                     s.f = if plain {
                         s.t as f64 / 1e3
                     } else {
@@ -753,20 +810,33 @@ impl Evaluator<'_> {
                     })
                 })
             }
-            F::Changes | F::Resets => self.over_time(args, t, false, |p| {
+            F::Changes | F::Resets => self.over_time_mixed(args, t, false, |p, h| {
                 let mut n = 0.0;
-                for w in p.windows(2) {
-                    let (a, b) = (w[0].value, w[1].value);
-                    let hit = if func == F::Changes {
-                        !(a == b || (a.is_nan() && b.is_nan()))
-                    } else {
-                        b < a
+                let merged = merge_samples(p, h);
+                for w in merged.windows(2) {
+                    let hit = match (w[0].1, w[1].1) {
+                        (Err(a), Err(b)) => {
+                            if func == F::Changes {
+                                !(a == b || (a.is_nan() && b.is_nan()))
+                            } else {
+                                b < a
+                            }
+                        }
+                        (Ok(a), Ok(b)) => {
+                            if func == F::Changes {
+                                !b.equals(a)
+                            } else {
+                                b.detect_reset(a)
+                            }
+                        }
+                        // A switch between floats and histograms is a change and a reset.
+                        _ => true,
                     };
                     if hit {
                         n += 1.0;
                     }
                 }
-                Some(n)
+                Some((n, None))
             }),
             F::AvgOverTime => self.over_time(args, t, false, |p| {
                 let mut a = AvgAcc::default();
@@ -780,16 +850,27 @@ impl Evaluator<'_> {
                 }
                 Some(s + c)
             }),
-            F::CountOverTime => self.over_time(args, t, false, |p| Some(p.len() as f64)),
-            F::PresentOverTime => self.over_time(args, t, false, |_| Some(1.0)),
-            F::LastOverTime => self.over_time(args, t, true, |p| p.last().map(|x| x.value)),
-            F::FirstOverTime => self.over_time(args, t, true, |p| p.first().map(|x| x.value)),
-            F::TsOfLastOverTime => self.over_time(args, t, false, |p| {
-                p.last().map(|x| x.timestamp_ms as f64 / 1e3)
+            F::CountOverTime => self.over_time_mixed(args, t, false, |p, h| {
+                Some(((p.len() + h.len()) as f64, None))
             }),
-            F::TsOfFirstOverTime => self.over_time(args, t, false, |p| {
-                p.first().map(|x| x.timestamp_ms as f64 / 1e3)
-            }),
+            F::PresentOverTime => self.over_time_mixed(args, t, false, |_, _| Some((1.0, None))),
+            F::LastOverTime | F::FirstOverTime | F::TsOfLastOverTime | F::TsOfFirstOverTime => {
+                let last = matches!(func, F::LastOverTime | F::TsOfLastOverTime);
+                let ts = matches!(func, F::TsOfLastOverTime | F::TsOfFirstOverTime);
+                self.over_time_mixed(args, t, !ts, |p, h| {
+                    let merged = merge_samples(p, h);
+                    let (at, x) = if last {
+                        merged.last()?
+                    } else {
+                        merged.first()?
+                    };
+                    Some(match (ts, x) {
+                        (true, _) => (*at as f64 / 1e3, None),
+                        (false, Err(f)) => (*f, None),
+                        (false, Ok(h)) => (0.0, Some(Arc::new((*h).clone()))),
+                    })
+                })
+            }
             F::MinOverTime | F::MaxOverTime | F::TsOfMinOverTime | F::TsOfMaxOverTime => {
                 let max = matches!(func, F::MaxOverTime | F::TsOfMaxOverTime);
                 let ts = matches!(func, F::TsOfMinOverTime | F::TsOfMaxOverTime);
@@ -866,7 +947,7 @@ impl Evaluator<'_> {
                 } else {
                     let arg = self.range_arg(&args[0], t)?;
                     let mut any = false;
-                    arg.for_each(|_, _, _| any = true);
+                    arg.for_each_mixed(|_, _, _, _| any = true);
                     !any
                 };
                 if !empty {

@@ -7,22 +7,77 @@ use super::functions::Func;
 use super::plan::Node;
 use super::value::Value;
 
-/// What `node` is, for the unsupported error, when it does not take native histograms among
-/// its instant-vector operands; `None` when it takes them (or has no such operands: a range
-/// function's argument is checked by [`range_use`] instead).
-pub(crate) fn refuses(node: &Node) -> Option<&'static str> {
+/// What an operation does with native histograms among its instant-vector operands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HistPolicy {
+    /// Takes them (or has no such operands: a range function's argument is checked by
+    /// [`range_use`] instead).
+    Take,
+    /// Reads floats only and leaves histogram samples out without a word, as Prometheus's
+    /// float functions do.
+    Drop,
+    /// Not evaluated over histograms yet: refused as unsupported, naming the operation.
+    Refuse(&'static str),
+}
+
+/// What `node` does with native histograms in its instant-vector operands.
+pub(crate) fn policy(node: &Node) -> HistPolicy {
+    use Func as F;
     match node {
-        Node::Number(_) | Node::String(_) | Node::Selector(_) | Node::Subquery { .. } => None,
-        Node::Neg(_) => Some("unary minus"),
-        Node::Binary { .. } => Some("a binary operation"),
-        Node::Aggregate { .. } => Some("an aggregation"),
-        Node::Call { func, .. } => {
-            if range_use(*func).is_some() {
-                None
-            } else {
-                Some(func.name())
-            }
+        Node::Number(_) | Node::String(_) | Node::Selector(_) | Node::Subquery { .. } => {
+            HistPolicy::Take
         }
+        Node::Neg(_) => HistPolicy::Refuse("unary minus"),
+        Node::Binary { .. } => HistPolicy::Refuse("a binary operation"),
+        Node::Aggregate { .. } => HistPolicy::Refuse("an aggregation"),
+        Node::Call { func, .. } => match func {
+            _ if range_use(*func).is_some() => HistPolicy::Take,
+            F::Abs
+            | F::Ceil
+            | F::Floor
+            | F::Exp
+            | F::Ln
+            | F::Log2
+            | F::Log10
+            | F::Sqrt
+            | F::Sgn
+            | F::Sin
+            | F::Cos
+            | F::Tan
+            | F::Asin
+            | F::Acos
+            | F::Atan
+            | F::Sinh
+            | F::Cosh
+            | F::Tanh
+            | F::Asinh
+            | F::Acosh
+            | F::Atanh
+            | F::Deg
+            | F::Rad
+            | F::Clamp
+            | F::ClampMin
+            | F::ClampMax
+            | F::Round
+            | F::Scalar
+            | F::Sort
+            | F::SortDesc
+            | F::DaysInMonth
+            | F::DayOfMonth
+            | F::DayOfWeek
+            | F::DayOfYear
+            | F::Hour
+            | F::Minute
+            | F::Month
+            | F::Year => HistPolicy::Drop,
+            F::Timestamp
+            | F::Absent
+            | F::LabelReplace
+            | F::LabelJoin
+            | F::SortByLabel
+            | F::SortByLabelDesc => HistPolicy::Take,
+            _ => HistPolicy::Refuse(func.name()),
+        },
     }
 }
 
@@ -40,6 +95,8 @@ pub(crate) fn holds_histograms(v: &Value) -> bool {
 pub(crate) enum RangeUse {
     /// Reads the floats only; a window holding both gets Prometheus's info.
     Floats,
+    /// Reads both.
+    Both,
     /// Not evaluated over histograms yet: refused as unsupported.
     NotYet,
 }
@@ -60,14 +117,7 @@ pub(crate) fn range_use(f: Func) -> Option<RangeUse> {
         | F::HoltWinters
         | F::TsOfMinOverTime
         | F::TsOfMaxOverTime => RangeUse::Floats,
-        F::Rate
-        | F::Increase
-        | F::Delta
-        | F::Irate
-        | F::Idelta
-        | F::SumOverTime
-        | F::AvgOverTime
-        | F::CountOverTime
+        F::CountOverTime
         | F::LastOverTime
         | F::FirstOverTime
         | F::PresentOverTime
@@ -75,7 +125,14 @@ pub(crate) fn range_use(f: Func) -> Option<RangeUse> {
         | F::Changes
         | F::Resets
         | F::TsOfFirstOverTime
-        | F::TsOfLastOverTime => RangeUse::NotYet,
+        | F::TsOfLastOverTime => RangeUse::Both,
+        F::Rate
+        | F::Increase
+        | F::Delta
+        | F::Irate
+        | F::Idelta
+        | F::SumOverTime
+        | F::AvgOverTime => RangeUse::NotYet,
         _ => return None,
     })
 }
