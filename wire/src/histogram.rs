@@ -490,6 +490,69 @@ impl FloatHistogram {
         }
     }
 
+    /// Every count and the sum multiplied by `factor` (Prometheus's `Mul`; `Div` is the
+    /// reciprocal). A negative factor makes a gauge histogram.
+    pub fn scaled(&self, factor: f64) -> FloatHistogram {
+        let mut h = self.clone();
+        h.count *= factor;
+        h.sum *= factor;
+        h.zero_count *= factor;
+        h.positive_buckets.iter_mut().for_each(|c| *c *= factor);
+        h.negative_buckets.iter_mut().for_each(|c| *c *= factor);
+        if factor < 0.0 {
+            h.hint = ResetHint::Gauge;
+        }
+        h
+    }
+
+    /// Every count and the sum divided by `divisor` (Prometheus's `Div`: a division by zero
+    /// gives infinities or NaN as the float division does).
+    pub fn divided(&self, divisor: f64) -> FloatHistogram {
+        let mut h = self.clone();
+        h.count /= divisor;
+        h.sum /= divisor;
+        h.zero_count /= divisor;
+        h.positive_buckets.iter_mut().for_each(|c| *c /= divisor);
+        h.negative_buckets.iter_mut().for_each(|c| *c /= divisor);
+        if divisor < 0.0 {
+            h.hint = ResetHint::Gauge;
+        }
+        h
+    }
+
+    /// Go's `FloatHistogram.String()`, as `count_values` labels a histogram: `{count:20,
+    /// sum:10, [-2,-1):2, [-0.001,0.001]:2, (0.5,1]:1}` (only populated buckets; numbers as
+    /// `%g` through `fmt_float`).
+    pub fn go_string(&self, fmt_float: impl Fn(f64) -> String) -> String {
+        let mut out = format!("{{count:{}, sum:{}", fmt_float(self.count), fmt_float(self.sum));
+        for b in self.negative().iter().rev().filter(|b| b.count != 0.0) {
+            out += &format!(
+                ", [{},{}):{}",
+                fmt_float(b.lower),
+                fmt_float(b.upper),
+                fmt_float(b.count)
+            );
+        }
+        if self.zero_count != 0.0 {
+            out += &format!(
+                ", [{},{}]:{}",
+                fmt_float(-self.zero_threshold),
+                fmt_float(self.zero_threshold),
+                fmt_float(self.zero_count)
+            );
+        }
+        for b in self.positive().iter().filter(|b| b.count != 0.0) {
+            out += &format!(
+                ", ({},{}]:{}",
+                fmt_float(b.lower),
+                fmt_float(b.upper),
+                fmt_float(b.count)
+            );
+        }
+        out.push('}');
+        out
+    }
+
     /// Whether both are the same histogram exactly (Prometheus's `Equals`): sums compared bit
     /// for bit where NaN, layout after compaction, every count.
     pub fn equals(&self, other: &FloatHistogram) -> bool {

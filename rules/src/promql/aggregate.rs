@@ -267,7 +267,27 @@ impl Evaluator<'_> {
                 }));
             }
         }
-        let v = self.eval_vector(expr, t)?;
+        let mut v = self.eval_vector(expr, t)?;
+        let ignores = match op {
+            AggOp::Topk => Some("topk"),
+            AggOp::Bottomk => Some("bottomk"),
+            AggOp::Min => Some("min"),
+            AggOp::Max => Some("max"),
+            AggOp::Stddev => Some("stddev"),
+            AggOp::Stdvar => Some("stdvar"),
+            AggOp::Quantile => Some("quantile"),
+            _ => None,
+        };
+        if let Some(name) = ignores {
+            if v.iter().any(|s| s.h.is_some()) {
+                v.retain(|s| s.h.is_none());
+                self.annotate(
+                    Severity::Info,
+                    format!("ignored histogram in {name} aggregation"),
+                    None,
+                );
+            }
+        }
         let scalar_param = || -> f64 {
             match &param_val {
                 Some(Value::Scalar(x)) => *x,
@@ -357,7 +377,13 @@ impl Evaluator<'_> {
                 let mut out: Vec<VectorSample> = Vec::new();
                 for s in &v {
                     let mut b = s.labels.to_builder();
-                    b.set(label.clone(), s.f.go());
+                    b.set(
+                        label.clone(),
+                        match &s.h {
+                            Some(h) => h.go_string(crate::gofmt::shortest_g),
+                            None => s.f.go(),
+                        },
+                    );
                     let key = group_labels(&b.build(), Some(&grouping));
                     match index.get(&key) {
                         Some(&i) => out[i].f += 1.0,
@@ -391,6 +417,20 @@ impl Evaluator<'_> {
                 };
                 let mut out = Vec::with_capacity(gs.len());
                 for g in gs {
+                    if matches!(op, AggOp::Sum | AggOp::Avg)
+                        && g.members.iter().any(|&i| v[i].h.is_some())
+                    {
+                        if let Some(h) = self.sum_histograms(op, &g.members, &v) {
+                            out.push(VectorSample {
+                                labels: g.labels,
+                                t,
+                                f: 0.0,
+                                h: Some(std::sync::Arc::new(h)),
+                                drop_name: g.drop_name,
+                            });
+                        }
+                        continue;
+                    }
                     let vals = g.members.iter().map(|&i| v[i].f);
                     let f = match op {
                         AggOp::Sum => {
@@ -450,6 +490,62 @@ impl Evaluator<'_> {
                     });
                 }
                 Ok(Value::Vector(out))
+            }
+        }
+    }
+}
+
+impl Evaluator<'_> {
+    /// `sum` or `avg` of a group holding histograms: `None` (with Prometheus's warning) when it
+    /// also holds floats or mixes exponential and custom buckets.
+    fn sum_histograms(
+        &mut self,
+        op: AggOp,
+        members: &[usize],
+        v: &[VectorSample],
+    ) -> Option<vigil_wire::histogram::FloatHistogram> {
+        if members.iter().any(|&i| v[i].h.is_none()) {
+            self.annotate(
+                Severity::Warning,
+                "encountered a mix of histograms and floats for aggregation".into(),
+                None,
+            );
+            return None;
+        }
+        let hs = members.iter().filter_map(|&i| v[i].h.as_deref());
+        match super::hist::sum_histograms(hs) {
+            Err(k) => {
+                let name = super::eval::metric_name(&v[members[k]].labels).to_string();
+                self.annotate(
+                    Severity::Warning,
+                    format!("vector contains a mix of histograms with exponential and custom buckets schemas for metric name \"{name}\""),
+                    None,
+                );
+                None
+            }
+            Ok(None) => None,
+            Ok(Some(sum)) => {
+                if sum.reconciled {
+                    self.annotate(
+                        Severity::Info,
+                        "mismatched custom buckets were reconciled during aggregation".into(),
+                        None,
+                    );
+                }
+                if sum.collision {
+                    self.annotate(
+                        Severity::Warning,
+                        "conflicting counter resets during histogram aggregation".into(),
+                        None,
+                    );
+                }
+                let mut h = if op == AggOp::Avg {
+                    sum.h.divided(members.len() as f64)
+                } else {
+                    sum.h
+                };
+                h.compact(0);
+                Some(h)
             }
         }
     }

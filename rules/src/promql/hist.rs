@@ -3,6 +3,8 @@
 //! An operation that does not handle histograms yet refuses them as unsupported rather than
 //! reading one as a float; one that Prometheus defines as ignoring them ignores them as it does.
 
+use vigil_wire::histogram::{FloatHistogram, ResetHint};
+
 use super::functions::Func;
 use super::plan::Node;
 use super::value::Value;
@@ -29,7 +31,7 @@ pub(crate) fn policy(node: &Node) -> HistPolicy {
         }
         Node::Neg(_) => HistPolicy::Refuse("unary minus"),
         Node::Binary { .. } => HistPolicy::Refuse("a binary operation"),
-        Node::Aggregate { .. } => HistPolicy::Refuse("an aggregation"),
+        Node::Aggregate { .. } => HistPolicy::Take,
         Node::Call { func, .. } => match func {
             _ if range_use(*func).is_some() => HistPolicy::Take,
             F::Abs
@@ -135,4 +137,48 @@ pub(crate) fn range_use(f: Func) -> Option<RangeUse> {
         | F::AvgOverTime => RangeUse::NotYet,
         _ => return None,
     })
+}
+
+/// The sum of histograms for `sum` and `avg`, with what Prometheus says about it.
+pub(crate) struct HistSum {
+    pub h: FloatHistogram,
+    /// Custom bucket bounds differed and were intersected.
+    pub reconciled: bool,
+    /// One input said reset and another not_reset.
+    pub collision: bool,
+}
+
+/// Adds histograms up; `Err(i)` when input `i` cannot be added to those before it (exponential
+/// and custom buckets mixed).
+pub(crate) fn sum_histograms<'a>(
+    hs: impl IntoIterator<Item = &'a FloatHistogram>,
+) -> Result<Option<HistSum>, usize> {
+    let mut acc: Option<HistSum> = None;
+    let (mut reset, mut not_reset) = (false, false);
+    for (i, h) in hs.into_iter().enumerate() {
+        match h.hint {
+            ResetHint::Reset => reset = true,
+            ResetHint::NotReset => not_reset = true,
+            _ => {}
+        }
+        acc = Some(match acc {
+            None => HistSum {
+                h: h.clone(),
+                reconciled: false,
+                collision: false,
+            },
+            Some(a) => {
+                let c = a.h.combine(h, false).map_err(|_| i)?;
+                HistSum {
+                    h: c.h,
+                    reconciled: a.reconciled || c.bounds_reconciled,
+                    collision: false,
+                }
+            }
+        });
+    }
+    Ok(acc.map(|mut a| {
+        a.collision = reset && not_reset;
+        a
+    }))
 }
