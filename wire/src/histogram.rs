@@ -524,7 +524,11 @@ impl FloatHistogram {
     /// sum:10, [-2,-1):2, [-0.001,0.001]:2, (0.5,1]:1}` (only populated buckets; numbers as
     /// `%g` through `fmt_float`).
     pub fn go_string(&self, fmt_float: impl Fn(f64) -> String) -> String {
-        let mut out = format!("{{count:{}, sum:{}", fmt_float(self.count), fmt_float(self.sum));
+        let mut out = format!(
+            "{{count:{}, sum:{}",
+            fmt_float(self.count),
+            fmt_float(self.sum)
+        );
         for b in self.negative().iter().rev().filter(|b| b.count != 0.0) {
             out += &format!(
                 ", [{},{}):{}",

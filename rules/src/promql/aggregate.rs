@@ -328,14 +328,20 @@ impl Evaluator<'_> {
                     return Err(EvalError::Execution("Ratio value is NaN".into()));
                 }
                 if !(-1.0..=1.0).contains(&r) {
-                    self.annotate(
+                    // At the ratio: the first argument of the first limit_ratio.
+                    let pos = self.query.find("limit_ratio").map_or(0, |i| {
+                        let rest = &self.query[i + "limit_ratio".len()..];
+                        let after = rest.trim_start().strip_prefix('(').unwrap_or(rest);
+                        self.query.len() - after.trim_start().len()
+                    });
+                    self.annotate_at(
                         Severity::Warning,
                         format!(
                             "ratio value should be between -1 and 1, got {}, capping to {}",
                             r.go(),
                             r.clamp(-1.0, 1.0).go()
                         ),
-                        None,
+                        pos,
                     );
                     r = r.clamp(-1.0, 1.0);
                 }

@@ -1,13 +1,97 @@
 //! Binary operators: scalar/scalar, vector/scalar and vector/vector with label matching.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
+use vigil_wire::histogram::{FloatHistogram, ResetHint};
 use vigil_wire::{Labels, METRIC_NAME};
 
 use super::eval::Evaluator;
 use super::plan::{BinOp, Card, Matching, Node};
-use super::value::{Value, VectorSample};
+use super::value::{Severity, Value, VectorSample};
 use super::EvalError;
+
+/// Annotations a binary operation gives, added once it is done.
+type Notes = Vec<(Severity, String)>;
+
+/// One operand: a float, or a histogram.
+type Operand<'a> = (f64, Option<&'a Arc<FloatHistogram>>);
+
+/// The outcome of `op` on two elements, one or both histograms (Prometheus's
+/// `vectorElemBinop`): the value (the bool says whether a comparison holds), or `None` when the
+/// pair gives nothing (with the info or warning in `notes`).
+fn apply_elem(
+    op: BinOp,
+    l: Operand,
+    r: Operand,
+    notes: &mut Notes,
+) -> Option<(f64, Option<Arc<FloatHistogram>>, bool)> {
+    let incompatible = |lt: &str, rt: &str, notes: &mut Notes| {
+        let o = op.symbol();
+        notes.push((
+            Severity::Info,
+            format!(
+                "incompatible sample types encountered for binary operator \"{o}\": {lt} {o} {rt}"
+            ),
+        ));
+        None
+    };
+    let shaped = |mut h: FloatHistogram| {
+        h.compact(0);
+        Some(Arc::new(h))
+    };
+    match (l.1, r.1) {
+        (None, None) => {
+            let (v, keep) = apply(op, l.0, r.0);
+            Some((v, None, keep))
+        }
+        (None, Some(h)) => match op {
+            BinOp::Mul => Some((0.0, shaped(h.scaled(l.0)), true)),
+            _ => incompatible("float", "histogram", notes),
+        },
+        (Some(h), None) => match op {
+            BinOp::Mul => Some((0.0, shaped(h.scaled(r.0)), true)),
+            BinOp::Div => Some((0.0, shaped(h.divided(r.0)), true)),
+            _ => incompatible("histogram", "float", notes),
+        },
+        (Some(a), Some(b)) => match op {
+            BinOp::Add | BinOp::Sub => {
+                let sub = op == BinOp::Sub;
+                let what = if sub { "subtraction" } else { "addition" };
+                let Ok(c) = a.combine(b, sub) else {
+                    notes.push((
+                        Severity::Warning,
+                        format!(
+                            "incompatible bucket layout encountered for binary operator {}",
+                            op.symbol()
+                        ),
+                    ));
+                    return None;
+                };
+                if c.hint_collision {
+                    notes.push((
+                        Severity::Warning,
+                        format!("conflicting counter resets during histogram {what}"),
+                    ));
+                }
+                if c.bounds_reconciled {
+                    notes.push((
+                        Severity::Info,
+                        format!("mismatched custom buckets were reconciled during {what}"),
+                    ));
+                }
+                let mut h = c.h;
+                if sub {
+                    h.hint = ResetHint::Gauge;
+                }
+                Some((0.0, shaped(h), true))
+            }
+            BinOp::Eq => Some((0.0, Some(a.clone()), a.equals(b))),
+            BinOp::Ne => Some((0.0, Some(a.clone()), !a.equals(b))),
+            _ => incompatible("histogram", "histogram", notes),
+        },
+    }
+}
 
 /// Applies `op` to two floats. For comparisons the value is `l` and the bool says whether the
 /// comparison holds.
@@ -64,29 +148,26 @@ impl Evaluator<'_> {
                     v
                 }))
             }
-            (Value::Vector(v), Value::Scalar(s)) => Ok(Value::Vector(vector_scalar(
-                op,
-                v,
-                s,
-                false,
-                return_bool,
-                t,
-            ))),
+            (Value::Vector(v), Value::Scalar(s)) => {
+                let mut notes = Notes::new();
+                let out = vector_scalar(op, v, s, false, return_bool, t, &mut notes);
+                self.annotate_all(notes);
+                Ok(Value::Vector(out))
+            }
             (Value::Scalar(s), Value::Vector(v)) => {
-                Ok(Value::Vector(vector_scalar(op, v, s, true, return_bool, t)))
+                let mut notes = Notes::new();
+                let out = vector_scalar(op, v, s, true, return_bool, t, &mut notes);
+                self.annotate_all(notes);
+                Ok(Value::Vector(out))
             }
             (Value::Vector(a), Value::Vector(b)) => {
                 if op.is_set() {
                     Ok(Value::Vector(set_op(op, a, b, matching)))
                 } else {
-                    Ok(Value::Vector(vector_vector(
-                        op,
-                        a,
-                        b,
-                        matching,
-                        return_bool,
-                        t,
-                    )?))
+                    let mut notes = Notes::new();
+                    let out = vector_vector(op, a, b, matching, return_bool, t, &mut notes)?;
+                    self.annotate_all(notes);
+                    Ok(Value::Vector(out))
                 }
             }
             (a, b) => Err(EvalError::Execution(format!(
@@ -98,6 +179,14 @@ impl Evaluator<'_> {
     }
 }
 
+impl Evaluator<'_> {
+    fn annotate_all(&mut self, notes: Notes) {
+        for (severity, text) in notes {
+            self.annotate(severity, text, None);
+        }
+    }
+}
+
 fn vector_scalar(
     op: BinOp,
     v: Vec<VectorSample>,
@@ -105,21 +194,38 @@ fn vector_scalar(
     swap: bool,
     return_bool: bool,
     t: i64,
+    notes: &mut Notes,
 ) -> Vec<VectorSample> {
     let mut out = Vec::with_capacity(v.len());
     for mut smp in v {
-        let (l, r) = if swap { (s, smp.f) } else { (smp.f, s) };
-        let (mut val, mut keep) = apply(op, l, r);
+        let (mut val, mut h, mut keep) = if smp.h.is_none() {
+            let (l, r) = if swap { (s, smp.f) } else { (smp.f, s) };
+            let (val, keep) = apply(op, l, r);
+            (val, None, keep)
+        } else {
+            let (l, r) = if swap {
+                ((s, None), (smp.f, smp.h.as_ref()))
+            } else {
+                ((smp.f, smp.h.as_ref()), (s, None))
+            };
+            match apply_elem(op, l, r, notes) {
+                Some(x) => x,
+                None => continue,
+            }
+        };
         if op.is_comparison() && swap {
             // The vector element's value is kept even when the scalar is on the left.
-            val = r;
+            val = smp.f;
+            h = smp.h.clone();
         }
         if return_bool {
             val = if keep { 1.0 } else { 0.0 };
+            h = None;
             keep = true;
         }
         if keep {
             smp.f = val;
+            smp.h = h;
             smp.t = t;
             if return_bool || !op.is_comparison() {
                 smp.drop_name = true;
@@ -213,6 +319,7 @@ fn vector_vector(
     m: &Matching,
     return_bool: bool,
     t: i64,
+    notes: &mut Notes,
 ) -> Result<Vec<VectorSample>, EvalError> {
     if lhs.is_empty() || rhs.is_empty() {
         return Ok(Vec::new());
@@ -251,10 +358,10 @@ fn vector_vector(
             continue;
         };
         let os = &one[oi];
-        let (fl, fr) = if one_to_many {
-            (os.f, ms.f)
+        let (l, r) = if one_to_many {
+            ((os.f, os.h.as_ref()), (ms.f, ms.h.as_ref()))
         } else {
-            (ms.f, os.f)
+            ((ms.f, ms.h.as_ref()), (os.f, os.h.as_ref()))
         };
         let labels = result_labels(&ms.labels, &os.labels, m, op);
         match m.card {
@@ -275,9 +382,12 @@ fn vector_vector(
                 }
             }
         }
-        let (mut val, keep) = apply(op, fl, fr);
+        let Some((mut val, mut h, keep)) = apply_elem(op, l, r, notes) else {
+            continue;
+        };
         if return_bool {
             val = if keep { 1.0 } else { 0.0 };
+            h = None;
         } else if !keep {
             continue;
         }
@@ -287,7 +397,7 @@ fn vector_vector(
             labels,
             t,
             f: val,
-            h: None,
+            h,
             drop_name,
         });
     }

@@ -106,11 +106,16 @@ impl<'a> Evaluator<'a> {
     /// Adds an annotation once. `about` is text of the expression it is about, used to find a
     /// position in the query.
     pub(crate) fn annotate(&mut self, severity: Severity, text: String, about: Option<&str>) {
+        let pos = about.and_then(|a| self.query.find(a)).unwrap_or(0);
+        self.annotate_at(severity, text, pos);
+    }
+
+    /// Adds an annotation once, at byte offset `pos` of the query.
+    pub(crate) fn annotate_at(&mut self, severity: Severity, text: String, pos: usize) {
         let prefix = match severity {
             Severity::Warning => "PromQL warning: ",
             Severity::Info => "PromQL info: ",
         };
-        let pos = about.and_then(|a| self.query.find(a)).unwrap_or(0);
         let (line, col) = line_col(self.query, pos);
         let message = format!("{prefix}{text} ({line}:{col})");
         if !self.annotations.iter().any(|a| a.message == message) {
@@ -252,6 +257,9 @@ impl<'a> Evaluator<'a> {
                 Value::Scalar(v) => Value::Scalar(-v),
                 Value::Vector(mut v) => {
                     for s in &mut v {
+                        if let Some(h) = &s.h {
+                            s.h = Some(Arc::new(h.scaled(-1.0)));
+                        }
                         s.f = -s.f;
                         s.drop_name = true;
                         s.t = t;

@@ -29,8 +29,7 @@ pub(crate) fn policy(node: &Node) -> HistPolicy {
         Node::Number(_) | Node::String(_) | Node::Selector(_) | Node::Subquery { .. } => {
             HistPolicy::Take
         }
-        Node::Neg(_) => HistPolicy::Refuse("unary minus"),
-        Node::Binary { .. } => HistPolicy::Refuse("a binary operation"),
+        Node::Neg(_) | Node::Binary { .. } => HistPolicy::Take,
         Node::Aggregate { .. } => HistPolicy::Take,
         Node::Call { func, .. } => match func {
             _ if range_use(*func).is_some() => HistPolicy::Take,
