@@ -3,8 +3,10 @@
 //! total, lists every failure, and fails if any block that is not unsupported fails, or if fewer
 //! than 95% of the blocks that need neither native histograms nor experimental features pass.
 //!
-//! A block is unsupported when its query reads a series that holds native histograms, when it
-//! expects a native histogram, or when it fails and uses an experimental feature (an experimental
+//! Native histograms (`{{…}}` series and `load_with_nhcb`'s converted classic histograms) are
+//! loaded into the storage and compared as Prometheus compares them. A block is unsupported when
+//! the engine refuses something it needs as unsupported (a native histogram where an operation
+//! does not take one), or when it fails and uses an experimental feature (an experimental
 //! function, or syntax the parser flags as such). Blocks using experimental features that pass are
 //! counted as passed.
 

@@ -249,9 +249,19 @@ impl FloatHistogram {
     }
 
     /// Every bucket from the lowest to the highest: negative ones, the zero bucket (when it has
-    /// a width or a count), positive ones.
+    /// a count), positive ones; a bucket reaching into the zero bucket is cut at its threshold
+    /// (as Prometheus's `AllBucketIterator`).
     pub fn all_buckets(&self) -> Vec<Bucket> {
-        let mut out: Vec<Bucket> = self.negative().into_iter().rev().collect();
+        let zt = self.zero_threshold;
+        let clip = |mut b: Bucket| {
+            if b.upper < 0.0 && b.upper > -zt {
+                b.upper = -zt;
+            } else if b.lower > 0.0 && b.lower < zt {
+                b.lower = zt;
+            }
+            b
+        };
+        let mut out: Vec<Bucket> = self.negative().into_iter().rev().map(clip).collect();
         if !self.is_custom() && self.zero_count > 0.0 {
             out.push(Bucket {
                 lower: -self.zero_threshold,
@@ -260,7 +270,7 @@ impl FloatHistogram {
                 index: 0,
             });
         }
-        out.extend(self.positive());
+        out.extend(self.positive().into_iter().map(clip));
         out
     }
 

@@ -1,4 +1,4 @@
-//! PromQL functions over floats.
+//! PromQL functions (over floats, and native histograms where Prometheus defines them).
 
 use std::sync::Arc;
 
@@ -115,6 +115,27 @@ impl RangeArg {
             }
         }
     }
+}
+
+/// The histogram `rate`/`increase`/`delta` of one series' window: nothing (with Prometheus's
+/// warning) when floats and histograms meet in it.
+fn hist_rate(
+    floats: &[Sample],
+    hists: &[HSample],
+    arg: &RangeArg,
+    counter: bool,
+    rate: bool,
+    name: &str,
+    notes: &mut Vec<super::hist::Note>,
+) -> Option<FloatHistogram> {
+    if !floats.is_empty() {
+        notes.push((
+            Severity::Warning,
+            format!("encountered a mix of histograms and floats for metric name {name:?}"),
+        ));
+        return None;
+    }
+    super::hist::extrapolated(hists, arg.start, arg.end, counter, rate, name, notes)
 }
 
 /// A window's floats and histograms in time order: `(t, Err(float) | Ok(histogram))`.
@@ -495,51 +516,37 @@ impl Evaluator<'_> {
         v
     }
 
-    /// What the function being called does with the histograms in its range argument: refuses
-    /// them, or reads the floats with an info for each window holding both.
+    /// Gives Prometheus's info for each window holding both floats and histograms when the
+    /// function being called reads floats only.
     fn check_range_histograms(&mut self, arg: &RangeArg) -> Result<(), EvalError> {
         let Some(func) = self.calling else {
             return Ok(());
         };
-        let Some(usage) = super::hist::range_use(func) else {
+        if super::hist::range_use(func) != Some(super::hist::RangeUse::Floats) {
             return Ok(());
-        };
+        }
         let mut mixed: Vec<String> = Vec::new();
-        let mut any = false;
-        let mut look = |labels: &Labels, floats: usize, hists: usize| {
-            if hists > 0 {
-                any = true;
-                if floats > 0 {
-                    mixed.push(metric_name(labels).to_string());
-                }
-            }
-        };
         for (sd, &(lo, hi)) in arg.data.iter().zip(&arg.windows) {
-            if !sd.histograms.is_empty() {
-                let n = super::eval::hist_window(&sd.histograms, arg.start, arg.end).len();
-                look(&sd.labels, hi.saturating_sub(lo), n);
+            if lo < hi
+                && !sd.histograms.is_empty()
+                && !super::eval::hist_window(&sd.histograms, arg.start, arg.end).is_empty()
+            {
+                mixed.push(metric_name(&sd.labels).to_string());
             }
         }
         for s in &arg.owned {
-            look(&s.labels, s.points.len(), s.histograms.len());
-        }
-        match usage {
-            super::hist::RangeUse::Floats => {
-                for name in mixed {
-                    self.annotate(
-                        Severity::Info,
-                        format!("ignored histograms in a range containing both floats and histograms for metric name \"{name}\""),
-                        Some(&name),
-                    );
-                }
-                Ok(())
+            if !s.points.is_empty() && !s.histograms.is_empty() {
+                mixed.push(metric_name(&s.labels).to_string());
             }
-            super::hist::RangeUse::NotYet if any => Err(EvalError::Unsupported(format!(
-                "native histograms in {}",
-                func.name()
-            ))),
-            super::hist::RangeUse::NotYet | super::hist::RangeUse::Both => Ok(()),
         }
+        for name in mixed {
+            self.annotate(
+                Severity::Info,
+                format!("ignored histograms in a range containing both floats and histograms for metric name {name:?}"),
+                Some(&name),
+            );
+        }
+        Ok(())
     }
 
     fn call_func(&mut self, func: Func, args: &[Node], t: i64) -> Result<Value, EvalError> {
@@ -743,7 +750,28 @@ impl Evaluator<'_> {
                         .clone(),
                     None => Arc::default(),
                 };
+                let mut notes = Vec::new();
+                let rate = func == F::Rate;
                 for (i, (sd, &(lo, hi))) in arg.data.iter().zip(&arg.windows).enumerate() {
+                    if !sd.histograms.is_empty() {
+                        let h = super::eval::hist_window(&sd.histograms, arg.start, arg.end);
+                        if !h.is_empty() {
+                            let name = metric_name(&sd.labels);
+                            let floats = &sd.samples[lo..hi];
+                            if let Some(h) =
+                                hist_rate(floats, &h, &arg, counter, rate, name, &mut notes)
+                            {
+                                out.push(VectorSample {
+                                    labels: sd.labels.clone(),
+                                    t,
+                                    f: 0.0,
+                                    h: Some(Arc::new(h)),
+                                    drop_name: true,
+                                });
+                            }
+                            continue;
+                        }
+                    }
                     if lo >= hi {
                         continue;
                     }
@@ -770,7 +798,31 @@ impl Evaluator<'_> {
                         drop_name: true,
                     });
                 }
-                for s in arg.owned.iter().filter(|s| !s.points.is_empty()) {
+                for s in arg.owned.iter().filter(|s| !s.histograms.is_empty()) {
+                    let name = metric_name(&s.labels);
+                    if let Some(h) = hist_rate(
+                        &s.points,
+                        &s.histograms,
+                        &arg,
+                        counter,
+                        rate,
+                        name,
+                        &mut notes,
+                    ) {
+                        out.push(VectorSample {
+                            labels: s.labels.clone(),
+                            t,
+                            f: 0.0,
+                            h: Some(Arc::new(h)),
+                            drop_name: true,
+                        });
+                    }
+                }
+                for s in arg
+                    .owned
+                    .iter()
+                    .filter(|s| !s.points.is_empty() && s.histograms.is_empty())
+                {
                     if let Some(v) =
                         extrapolated(&s.points, arg.start, arg.end, counter, func == F::Rate)
                     {
@@ -787,6 +839,9 @@ impl Evaluator<'_> {
                 if let Some(id) = arg.sel.filter(|_| self.step > 0) {
                     self.counter_checked.insert(id, checked);
                 }
+                for (severity, text) in notes {
+                    self.annotate(severity, text, arg.name.as_deref());
+                }
                 for n in not_counters {
                     self.annotate(
                         Severity::Info,
@@ -796,8 +851,37 @@ impl Evaluator<'_> {
                 }
                 Ok(Value::Vector(out))
             }
-            F::Irate => self.over_time(args, t, false, |p| instant_delta(p, true)),
-            F::Idelta => self.over_time(args, t, false, |p| instant_delta(p, false)),
+            F::Irate | F::Idelta => {
+                let rate = func == F::Irate;
+                let arg = self.range_arg(&args[0], t)?;
+                let mut notes = Vec::new();
+                let mut out = Vec::new();
+                arg.for_each_mixed(|labels, _, floats, hists| {
+                    let (f, h) = if hists.is_empty() {
+                        match instant_delta(floats, rate) {
+                            Some(f) => (f, None),
+                            None => return,
+                        }
+                    } else {
+                        let name = metric_name(labels);
+                        match super::hist::instant(floats, hists, rate, name, &mut notes) {
+                            Some(h) => (0.0, Some(Arc::new(h))),
+                            None => return,
+                        }
+                    };
+                    out.push(VectorSample {
+                        labels: labels.clone(),
+                        t,
+                        f,
+                        h,
+                        drop_name: true,
+                    });
+                });
+                for (severity, text) in notes {
+                    self.annotate(severity, text, arg.name.as_deref());
+                }
+                Ok(Value::Vector(out))
+            }
             F::Deriv => self.over_time(args, t, false, |p| {
                 (p.len() >= 2).then(|| linear_regression(p, p[0].timestamp_ms).0)
             }),
@@ -838,18 +922,73 @@ impl Evaluator<'_> {
                 }
                 Some((n, None))
             }),
-            F::AvgOverTime => self.over_time(args, t, false, |p| {
-                let mut a = AvgAcc::default();
-                p.iter().for_each(|x| a.add(x.value));
-                Some(a.value())
-            }),
-            F::SumOverTime => self.over_time(args, t, false, |p| {
-                let (mut s, mut c) = (0.0, 0.0);
-                for x in p {
-                    (s, c) = kahan_inc(x.value, s, c);
+            F::AvgOverTime | F::SumOverTime => {
+                let arg = self.range_arg(&args[0], t)?;
+                let mut notes: Vec<super::hist::Note> = Vec::new();
+                let mut out = Vec::new();
+                arg.for_each_mixed(|labels, _, floats, hists| {
+                    let name = metric_name(labels);
+                    let v = if hists.is_empty() {
+                        let (mut s, mut c) = (0.0, 0.0);
+                        let mut avg = AvgAcc::default();
+                        for x in floats {
+                            (s, c) = kahan_inc(x.value, s, c);
+                            avg.add(x.value);
+                        }
+                        let f = if func == F::SumOverTime { s + c } else { avg.value() };
+                        (f, None)
+                    } else if !floats.is_empty() {
+                        notes.push((
+                            Severity::Warning,
+                            format!("encountered a mix of histograms and floats for metric name {name:?}"),
+                        ));
+                        return;
+                    } else {
+                        match super::hist::sum_histograms(hists.iter().map(|h| &*h.h)) {
+                            Err(_) => {
+                                notes.push((
+                                    Severity::Warning,
+                                    format!("vector contains a mix of histograms with exponential and custom buckets schemas for metric name {name:?}"),
+                                ));
+                                return;
+                            }
+                            Ok(None) => return,
+                            Ok(Some(sum)) => {
+                                if sum.collision {
+                                    notes.push((
+                                        Severity::Warning,
+                                        "conflicting counter resets during histogram aggregation".into(),
+                                    ));
+                                }
+                                if sum.reconciled {
+                                    notes.push((
+                                        Severity::Info,
+                                        "mismatched custom buckets were reconciled during aggregation".into(),
+                                    ));
+                                }
+                                let mut h = if func == F::AvgOverTime {
+                                    sum.h.divided(hists.len() as f64)
+                                } else {
+                                    sum.h
+                                };
+                                h.compact(0);
+                                (0.0, Some(Arc::new(h)))
+                            }
+                        }
+                    };
+                    out.push(VectorSample {
+                        labels: labels.clone(),
+                        t,
+                        f: v.0,
+                        h: v.1,
+                        drop_name: true,
+                    });
+                });
+                for (severity, text) in notes {
+                    self.annotate(severity, text, arg.name.as_deref());
                 }
-                Some(s + c)
-            }),
+                Ok(Value::Vector(out))
+            }
             F::CountOverTime => self.over_time_mixed(args, t, false, |p, h| {
                 Some(((p.len() + h.len()) as f64, None))
             }),
@@ -1088,11 +1227,69 @@ impl Evaluator<'_> {
             | F::HistogramCount
             | F::HistogramStddev
             | F::HistogramStdvar
-            | F::HistogramSum
-            | F::Info => Err(EvalError::Unsupported(format!(
+            | F::HistogramSum => {
+                // Native histograms only; float samples give nothing.
+                let v = self.eval_vector(&args[0], t)?;
+                let out = v
+                    .into_iter()
+                    .filter_map(|s| {
+                        let h = s.h?;
+                        let f = match func {
+                            F::HistogramCount => h.count,
+                            F::HistogramSum => h.sum,
+                            F::HistogramAvg => h.sum / h.count,
+                            F::HistogramStdvar => super::hist::variance(&h),
+                            _ => super::hist::variance(&h).sqrt(),
+                        };
+                        Some(VectorSample {
+                            labels: s.labels,
+                            t,
+                            f,
+                            h: None,
+                            drop_name: true,
+                        })
+                    })
+                    .collect();
+                Ok(Value::Vector(out))
+            }
+            F::Info => Err(EvalError::Unsupported(format!(
                 "{}() needs native histograms or metadata, which Vigil does not store",
                 func.name()
             ))),
+        }
+    }
+
+    /// The native histograms of `v` and the classic ones of its floats; a native histogram with
+    /// the labels of a classic one (less `le`) leaves both out, with Prometheus's warning.
+    fn both_histograms(
+        &mut self,
+        v: Vec<VectorSample>,
+    ) -> (Vec<VectorSample>, Vec<ClassicHistogram>) {
+        let (natives, floats): (Vec<VectorSample>, Vec<VectorSample>) =
+            v.into_iter().partition(|s| s.h.is_some());
+        let mut classics = self.classic_histograms(&floats);
+        let mut kept = Vec::with_capacity(natives.len());
+        for n in natives {
+            match classics.iter().position(|c| c.labels == n.labels) {
+                Some(i) => {
+                    let name = metric_name(&n.labels).to_string();
+                    self.annotate(
+                        Severity::Warning,
+                        format!("vector contains a mix of classic and native histograms for metric name {name:?}"),
+                        Some(&name),
+                    );
+                    classics.remove(i);
+                }
+                None => kept.push(n),
+            }
+        }
+        (kept, classics)
+    }
+
+    /// Annotates what the histogram math noted, at the metric name.
+    fn note(&mut self, note: Option<super::hist::Note>, name: &str) {
+        if let Some((severity, text)) = note {
+            self.annotate(severity, text, Some(name));
         }
     }
 
@@ -1173,10 +1370,25 @@ impl Evaluator<'_> {
             }
             qs.push(q);
         }
-        let groups = self.classic_histograms(&v);
-        let mut out = Vec::with_capacity(groups.len() * qs.len());
+        let (natives, groups) = self.both_histograms(v);
+        let mut out = Vec::with_capacity((natives.len() + groups.len()) * qs.len());
         for q in qs {
             let spelled = open_metrics_float(q);
+            for n in &natives {
+                let name = metric_name(&n.labels).to_string();
+                let h = n.h.as_deref().expect("a native histogram");
+                let (val, note) = super::hist::quantile(q, h, &name);
+                self.note(note, &name);
+                let mut b = n.labels.to_builder();
+                b.set(label.as_str(), spelled.as_str());
+                out.push(VectorSample {
+                    labels: b.build(),
+                    t,
+                    f: val,
+                    h: None,
+                    drop_name: true,
+                });
+            }
             for g in &groups {
                 let val = self.classic_quantile(q, &mut g.buckets.clone(), &g.name, &g.name);
                 let mut b = g.labels.to_builder();
@@ -1200,17 +1412,28 @@ impl Evaluator<'_> {
         let lower = self.eval_scalar(&args[0], t)?;
         let upper = self.eval_scalar(&args[1], t)?;
         let v = self.eval_vector(&args[2], t)?;
-        let out = self
-            .classic_histograms(&v)
-            .into_iter()
-            .map(|mut g| VectorSample {
-                labels: g.labels,
+        let (natives, groups) = self.both_histograms(v);
+        let mut out = Vec::with_capacity(natives.len() + groups.len());
+        for n in natives {
+            let name = metric_name(&n.labels).to_string();
+            let h = n.h.as_deref().expect("a native histogram");
+            let (val, note) = super::hist::fraction(lower, upper, h, &name);
+            self.note(note, &name);
+            out.push(VectorSample {
+                labels: n.labels,
                 t,
-                f: bucket_fraction(lower, upper, &mut g.buckets),
+                f: val,
                 h: None,
                 drop_name: true,
-            })
-            .collect();
+            });
+        }
+        out.extend(groups.into_iter().map(|mut g| VectorSample {
+            labels: g.labels,
+            t,
+            f: bucket_fraction(lower, upper, &mut g.buckets),
+            h: None,
+            drop_name: true,
+        }));
         Ok(Value::Vector(out))
     }
 
@@ -1224,8 +1447,21 @@ impl Evaluator<'_> {
                 Some("histogram_quantile"),
             );
         }
-        let groups = self.classic_histograms(&v);
-        let mut out = Vec::with_capacity(groups.len());
+        let (natives, groups) = self.both_histograms(v);
+        let mut out = Vec::with_capacity(natives.len() + groups.len());
+        for n in natives {
+            let name = metric_name(&n.labels).to_string();
+            let h = n.h.as_deref().expect("a native histogram");
+            let (val, note) = super::hist::quantile(q, h, &name);
+            self.note(note, &name);
+            out.push(VectorSample {
+                labels: n.labels,
+                t,
+                f: val,
+                h: None,
+                drop_name: true,
+            });
+        }
         for mut g in groups {
             let val = self.classic_quantile(q, &mut g.buckets, &g.name, "histogram_quantile");
             out.push(VectorSample {

@@ -72,6 +72,14 @@ pub(crate) fn policy(node: &Node) -> HistPolicy {
             | F::Month
             | F::Year => HistPolicy::Drop,
             F::Timestamp
+            | F::HistogramCount
+            | F::HistogramSum
+            | F::HistogramAvg
+            | F::HistogramStddev
+            | F::HistogramStdvar
+            | F::HistogramQuantile
+            | F::HistogramQuantiles
+            | F::HistogramFraction
             | F::Absent
             | F::LabelReplace
             | F::LabelJoin
@@ -98,8 +106,6 @@ pub(crate) enum RangeUse {
     Floats,
     /// Reads both.
     Both,
-    /// Not evaluated over histograms yet: refused as unsupported.
-    NotYet,
 }
 
 /// `None` for a function without a range-vector argument.
@@ -126,14 +132,14 @@ pub(crate) fn range_use(f: Func) -> Option<RangeUse> {
         | F::Changes
         | F::Resets
         | F::TsOfFirstOverTime
-        | F::TsOfLastOverTime => RangeUse::Both,
-        F::Rate
+        | F::TsOfLastOverTime
+        | F::Rate
         | F::Increase
         | F::Delta
         | F::Irate
         | F::Idelta
         | F::SumOverTime
-        | F::AvgOverTime => RangeUse::NotYet,
+        | F::AvgOverTime => RangeUse::Both,
         _ => return None,
     })
 }
@@ -180,4 +186,461 @@ pub(crate) fn sum_histograms<'a>(
         a.collision = reset && not_reset;
         a
     }))
+}
+
+/// A note for the query's annotations: severity and text.
+pub(crate) type Note = (super::value::Severity, String);
+
+/// Bucket bounds cut at zero where the zero bucket spans zero but only one side has buckets
+/// (Prometheus's `HistogramQuantile` and `HistogramFraction`).
+fn zero_clipped(h: &FloatHistogram, b: &mut vigil_wire::histogram::Bucket) {
+    if b.lower <= 0.0 && b.upper >= 0.0 {
+        if h.negative_buckets.is_empty() && !h.positive_buckets.is_empty() {
+            b.lower = 0.0;
+        } else if h.positive_buckets.is_empty() && !h.negative_buckets.is_empty() {
+            b.upper = 0.0;
+        }
+    }
+}
+
+fn with_name(text: &str, name: &str) -> String {
+    if name.is_empty() {
+        text.to_string()
+    } else {
+        format!("{text} for metric name {name:?}")
+    }
+}
+
+/// The `q` quantile of a native histogram (Prometheus's `HistogramQuantile`): the bucket the
+/// rank falls in, found from the low end for q < 0.5 (or a NaN sum) and from the high end
+/// otherwise, interpolated linearly in custom buckets and the zero bucket and exponentially
+/// (linearly in log2) in exponential ones.
+pub(crate) fn quantile(q: f64, h: &FloatHistogram, name: &str) -> (f64, Option<Note>) {
+    use super::value::Severity::Info;
+    if q < 0.0 {
+        return (f64::NEG_INFINITY, None);
+    }
+    if q > 1.0 {
+        return (f64::INFINITY, None);
+    }
+    if h.count == 0.0 || q.is_nan() {
+        return (f64::NAN, None);
+    }
+    let forward = h.sum.is_nan() || q < 0.5;
+    let mut buckets = h.all_buckets();
+    if !forward {
+        buckets.reverse();
+    }
+    let mut rank = if forward {
+        q * h.count
+    } else {
+        (1.0 - q) * h.count
+    };
+    let mut count = 0.0;
+    let mut at = buckets.len();
+    for (i, b) in buckets.iter().enumerate() {
+        if b.count == 0.0 {
+            continue;
+        }
+        count += b.count;
+        at = i;
+        if count >= rank {
+            break;
+        }
+    }
+    let Some(mut bucket) = buckets.get(at).copied() else {
+        return (f64::NAN, None);
+    };
+    if !h.is_custom() && bucket.lower < 0.0 && bucket.upper > 0.0 {
+        zero_clipped(h, &mut bucket);
+    } else if h.is_custom() {
+        if bucket.lower == f64::NEG_INFINITY {
+            if bucket.upper <= 0.0 {
+                return (bucket.upper, None);
+            }
+            bucket.lower = 0.0;
+        } else if bucket.upper == f64::INFINITY {
+            return (bucket.lower, None);
+        }
+    }
+    if count > h.count {
+        count = h.count;
+    }
+    if count < rank {
+        if h.sum.is_nan() {
+            let note = with_name(
+                "input to histogram_quantile has NaN observations, result is NaN",
+                name,
+            );
+            return (f64::NAN, Some((Info, note)));
+        }
+        return (bucket.upper, None);
+    }
+    if forward {
+        rank -= count - bucket.count;
+    } else {
+        rank = count - rank;
+    }
+    let mut note = None;
+    if h.sum.is_nan() {
+        let total: f64 = count + buckets[at + 1..].iter().map(|b| b.count).sum::<f64>();
+        if total < h.count {
+            note = Some((
+                Info,
+                with_name(
+                    "input to histogram_quantile has NaN observations, result is skewed higher",
+                    name,
+                ),
+            ));
+        }
+    }
+    let fraction = rank / bucket.count;
+    if h.is_custom() || (bucket.lower <= 0.0 && bucket.upper >= 0.0) {
+        return (
+            bucket.lower + (bucket.upper - bucket.lower) * fraction,
+            note,
+        );
+    }
+    let log_lower = bucket.lower.abs().log2();
+    let log_upper = bucket.upper.abs().log2();
+    if bucket.lower > 0.0 {
+        (
+            (log_lower + (log_upper - log_lower) * fraction).exp2(),
+            note,
+        )
+    } else {
+        (
+            -(log_upper + (log_lower - log_upper) * (1.0 - fraction)).exp2(),
+            note,
+        )
+    }
+}
+
+/// The share of observations between `lower` and `upper` (Prometheus's `HistogramFraction`),
+/// interpolated as [`quantile`] does; nothing is interpolated within a bucket of infinite width.
+pub(crate) fn fraction(
+    lower: f64,
+    upper: f64,
+    h: &FloatHistogram,
+    name: &str,
+) -> (f64, Option<Note>) {
+    if h.count == 0.0 || lower.is_nan() || upper.is_nan() {
+        return (f64::NAN, None);
+    }
+    if lower >= upper {
+        return (0.0, None);
+    }
+    let buckets = h.all_buckets();
+    let (mut count, mut rank, mut lower_rank, mut upper_rank) = (0.0, 0.0, 0.0, 0.0);
+    let (mut lower_set, mut upper_set) = (false, false);
+    let mut seen = 0;
+    for b in &buckets {
+        seen += 1;
+        let mut b = *b;
+        count += b.count;
+        let zero_bucket = b.lower <= 0.0 && b.upper >= 0.0;
+        if zero_bucket {
+            zero_clipped(h, &mut b);
+        }
+        let linear = h.is_custom() || zero_bucket;
+        let below = |v: f64| -> f64 {
+            if linear {
+                if b.lower == f64::NEG_INFINITY {
+                    return b.count;
+                }
+                rank + b.count * (v - b.lower) / (b.upper - b.lower)
+            } else {
+                let (ll, lu, lv) = (b.lower.abs().log2(), b.upper.abs().log2(), v.abs().log2());
+                let f = if v > 0.0 {
+                    (lv - ll) / (lu - ll)
+                } else {
+                    1.0 - (lv - lu) / (ll - lu)
+                };
+                rank + b.count * f
+            }
+        };
+        if !lower_set && b.lower >= lower {
+            lower_rank = rank;
+            lower_set = true;
+        }
+        if !upper_set && b.lower >= upper {
+            upper_rank = rank;
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        if !lower_set && b.lower < lower && b.upper > lower {
+            lower_rank = below(lower);
+            lower_set = true;
+        }
+        if !upper_set && b.lower < upper && b.upper > upper {
+            upper_rank = below(upper);
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        rank += b.count;
+    }
+    let mut note = None;
+    if h.sum.is_nan() {
+        count += buckets[seen..].iter().map(|b| b.count).sum::<f64>();
+        if count < h.count {
+            note = Some((
+                super::value::Severity::Info,
+                with_name(
+                    "input to histogram_fraction has NaN observations, which are excluded from all fractions",
+                    name,
+                ),
+            ));
+        }
+    } else {
+        count = h.count;
+    }
+    if !lower_set || lower_rank > count {
+        lower_rank = count;
+    }
+    if !upper_set || upper_rank > count {
+        upper_rank = count;
+    }
+    ((upper_rank - lower_rank) / h.count, note)
+}
+
+/// The variance of the observations (Prometheus's `histogramVariance`): each bucket's count at
+/// its representative value (the arithmetic mean of custom bounds, 0 in the zero bucket, the
+/// geometric mean of exponential bounds) against the mean `sum / count`.
+pub(crate) fn variance(h: &FloatHistogram) -> f64 {
+    let mean = h.sum / h.count;
+    let (mut var, mut c) = (0.0, 0.0);
+    for b in h.all_buckets() {
+        if b.count == 0.0 {
+            continue;
+        }
+        let val = if h.is_custom() {
+            (b.upper + b.lower) / 2.0
+        } else if b.lower <= 0.0 && b.upper >= 0.0 {
+            0.0
+        } else {
+            let g = (b.upper * b.lower).sqrt();
+            if b.upper < 0.0 {
+                -g
+            } else {
+                g
+            }
+        };
+        let d = val - mean;
+        (var, c) = super::mathx::kahan_inc(b.count * d * d, var, c);
+    }
+    (var + c) / h.count
+}
+
+fn warn(notes: &mut Vec<Note>, text: String) {
+    notes.push((super::value::Severity::Warning, text));
+}
+
+fn mixed_schemas(name: &str) -> String {
+    format!("vector contains a mix of histograms with exponential and custom buckets schemas for metric name {name:?}")
+}
+
+/// `a + b` or `a - b` for the rate functions: `None` (with the warning) when the layouts do not
+/// combine; reconciled custom bounds get Prometheus's info.
+fn combine_noted(
+    a: &FloatHistogram,
+    b: &FloatHistogram,
+    negate: bool,
+    name: &str,
+    notes: &mut Vec<Note>,
+) -> Option<FloatHistogram> {
+    match a.combine(b, negate) {
+        Err(_) => {
+            warn(notes, mixed_schemas(name));
+            None
+        }
+        Ok(c) => {
+            if c.bounds_reconciled {
+                let what = if negate { "subtraction" } else { "addition" };
+                notes.push((
+                    super::value::Severity::Info,
+                    format!("mismatched custom buckets were reconciled during {what}"),
+                ));
+            }
+            Some(c.h)
+        }
+    }
+}
+
+/// The increase (or, not a counter, the change) of a window of histograms, not extrapolated:
+/// Prometheus's `histogramRate`. The last minus the first at the coarsest schema seen, plus the
+/// histogram before each counter reset; a gauge histogram.
+pub(crate) fn increase(
+    points: &[vigil_wire::histogram::HSample],
+    counter: bool,
+    name: &str,
+    notes: &mut Vec<Note>,
+) -> Option<FloatHistogram> {
+    let not_counter = || format!("this native histogram metric is not a counter: {name:?}");
+    let (first, last) = (&*points[0].h, &*points[points.len() - 1].h);
+    let mut prev = first.clone();
+    let mut custom = prev.is_custom();
+    if counter && (first.hint == ResetHint::Gauge || last.hint == ResetHint::Gauge) {
+        warn(notes, not_counter());
+    }
+    if counter {
+        let second = &*points[1].h;
+        if second.detect_reset(&prev) {
+            prev = FloatHistogram {
+                schema: second.schema,
+                custom_values: second.custom_values.clone(),
+                ..FloatHistogram::default()
+            };
+            custom = second.is_custom();
+        }
+    }
+    if last.is_custom() != custom {
+        warn(notes, mixed_schemas(name));
+        return None;
+    }
+    let mut min_schema = last.schema.min(prev.schema);
+    for p in &points[1..points.len() - 1] {
+        if !counter {
+            continue;
+        }
+        if p.h.hint == ResetHint::Gauge {
+            warn(notes, not_counter());
+        }
+        min_schema = min_schema.min(p.h.schema);
+        if p.h.is_custom() != custom {
+            warn(notes, mixed_schemas(name));
+            return None;
+        }
+    }
+    let mut h = last.clone();
+    h.reduce_resolution(min_schema);
+    let mut h = combine_noted(&h, &prev, true, name, notes)?;
+    if counter {
+        for p in &points[1..] {
+            if p.h.detect_reset(&prev) {
+                h = combine_noted(&h, &prev, false, name, notes)?;
+            }
+            prev = (*p.h).clone();
+        }
+    } else if first.hint != ResetHint::Gauge || last.hint != ResetHint::Gauge {
+        warn(
+            notes,
+            format!("this native histogram metric is not a gauge: {name:?}"),
+        );
+    }
+    h.hint = ResetHint::Gauge;
+    h.compact(0);
+    Some(h)
+}
+
+/// `rate`, `increase` or `delta` of a window of histograms over `(start, end]`: [`increase`]
+/// extrapolated as Prometheus extrapolates floats (towards zero by the count).
+pub(crate) fn extrapolated(
+    points: &[vigil_wire::histogram::HSample],
+    start: i64,
+    end: i64,
+    counter: bool,
+    rate: bool,
+    name: &str,
+    notes: &mut Vec<Note>,
+) -> Option<FloatHistogram> {
+    if points.len() < 2 {
+        return None;
+    }
+    let result = increase(points, counter, name, notes)?;
+    let (first, last) = (&points[0], &points[points.len() - 1]);
+    let mut to_start = (first.timestamp_ms - start) as f64 / 1e3;
+    let mut to_end = (end - last.timestamp_ms) as f64 / 1e3;
+    let sampled = (last.timestamp_ms - first.timestamp_ms) as f64 / 1e3;
+    let avg_step = sampled / (points.len() - 1) as f64;
+    let threshold = avg_step * 1.1;
+    if to_start >= threshold {
+        to_start = avg_step / 2.0;
+    }
+    if counter && result.count > 0.0 && first.h.count >= 0.0 {
+        let to_zero = sampled * (first.h.count / result.count);
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    if to_end >= threshold {
+        to_end = avg_step / 2.0;
+    }
+    let mut factor = if sampled != 0.0 {
+        (sampled + to_start + to_end) / sampled
+    } else {
+        1.0
+    };
+    if rate {
+        factor /= (end - start) as f64 / 1e3;
+    }
+    Some(result.scaled(factor))
+}
+
+/// `irate` or `idelta` of the last two samples of a window when one of them is a histogram
+/// (Prometheus's `instantValue`): `None` when there is nothing to say, or (with the warning)
+/// when a float meets a histogram.
+pub(crate) fn instant(
+    floats: &[vigil_wire::Sample],
+    hists: &[vigil_wire::histogram::HSample],
+    rate: bool,
+    name: &str,
+    notes: &mut Vec<Note>,
+) -> Option<FloatHistogram> {
+    // The last two samples of either kind, oldest first.
+    let mut last: Vec<(i64, Option<&FloatHistogram>)> = floats
+        .iter()
+        .rev()
+        .take(2)
+        .map(|f| (f.timestamp_ms, None))
+        .chain(
+            hists
+                .iter()
+                .rev()
+                .take(2)
+                .map(|h| (h.timestamp_ms, Some(&*h.h))),
+        )
+        .collect();
+    if last.len() < 2 {
+        return None;
+    }
+    last.sort_by_key(|x| std::cmp::Reverse(x.0));
+    let (newer, older) = (last[0], last[1]);
+    let dt = newer.0 - older.0;
+    if dt == 0 {
+        return None;
+    }
+    let (Some(b), Some(a)) = (newer.1, older.1) else {
+        warn(
+            notes,
+            format!("encountered a mix of histograms and floats for metric name {name:?}"),
+        );
+        return None;
+    };
+    if rate && (b.hint == ResetHint::Gauge || a.hint == ResetHint::Gauge) {
+        warn(
+            notes,
+            format!("this native histogram metric is not a counter: {name:?}"),
+        );
+    }
+    if !rate && (b.hint != ResetHint::Gauge || a.hint != ResetHint::Gauge) {
+        warn(
+            notes,
+            format!("this native histogram metric is not a gauge: {name:?}"),
+        );
+    }
+    let mut h = if !rate || !b.detect_reset(a) {
+        combine_noted(b, a, true, name, notes)?
+    } else {
+        b.clone()
+    };
+    h.hint = ResetHint::Gauge;
+    h.compact(0);
+    if rate {
+        h = h.divided(dt as f64 / 1e3);
+    }
+    Some(h)
 }

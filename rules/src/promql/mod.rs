@@ -2,7 +2,8 @@
 //!
 //! Queries are parsed by `promql-parser`, lowered into a plan ([`plan`]), then evaluated: each
 //! selector's data is loaded once per query, range queries are evaluated step by step over it.
-//! Native histograms are out of scope: anything that needs one is refused as unsupported.
+//! Native histograms are evaluated beside floats (module `hist`); an operation that does not take one
+//! refuses it as unsupported rather than reading it as a float.
 
 mod aggregate;
 mod binary;

@@ -97,6 +97,10 @@ pub fn partition_point_from_end<T>(slice: &[T], pred: impl Fn(&T) -> bool) -> us
 /// float or a staleness marker in between, or a gauge/counter switch. The first histogram of a
 /// chunk reads `reset` (a chunk cut at a reset), else `unknown`; the others `not_reset`; every
 /// gauge histogram `gauge`. `floats` and `hists` are one series in timestamp order.
+///
+/// Custom bucket bounds that change between two histograms are judged as `FloatHistogram`'s
+/// reset detection judges them (over the bounds both have) rather than as a reset outright:
+/// Prometheus's own suite expects that (`irate` over `{path="/g"}` in `functions.test`).
 pub fn tsdb_hints(floats: &[Sample], hists: &[HSample]) -> Vec<HSample> {
     enum Chunk {
         None,
@@ -125,8 +129,6 @@ pub fn tsdb_hints(floats: &[Sample], hists: &[HSample]) -> Vec<HSample> {
                     ResetHint::Reset
                 } else if h.schema != prev.schema || h.zero_threshold != prev.zero_threshold {
                     ResetHint::Unknown
-                } else if h.is_custom() && h.custom_values != prev.custom_values {
-                    ResetHint::Reset
                 } else {
                     let mut unhinted = (**h).clone();
                     unhinted.hint = ResetHint::Unknown;
@@ -318,6 +320,36 @@ mod tests {
             .map(|x| (x.timestamp_ms, x.value))
             .collect();
         assert_eq!(ts, [(10, 1.0), (15, 5.0), (20, 3.0), (30, 4.0)]);
+    }
+
+    #[test]
+    fn histograms_read_back_with_the_hints_prometheus_tsdb_gives() {
+        use vigil_wire::histogram::{FloatHistogram, HSample, ResetHint};
+        let h = |t: &str| FloatHistogram::parse_notation(t).unwrap().0;
+        let l = Labels::from_pairs([("__name__", "h")]);
+        let mut s = MemStorage::new();
+        let series = [
+            (0, "{{count:1 sum:1}}"),                           // a new chunk: unknown
+            (10, "{{count:2 sum:2}}"),                          // appended: not_reset
+            (20, "{{count:1 sum:1}}"),                          // fewer: reset
+            (40, "{{count:5 sum:5 counter_reset_hint:reset}}"), // after a stale marker, told
+            (50, "{{count:6 sum:6 schema:1}}"),                 // another schema: unknown
+            (60, "{{count:1 sum:1 counter_reset_hint:gauge}}"), // gauge
+        ];
+        for (t, text) in series {
+            s.add_histogram(l.clone(), HSample::new(t, h(text)));
+        }
+        s.add(l.clone(), Sample::new(30, vigil_wire::STALE_NAN));
+        let got = s.select(&[Matcher::new(MatchOp::Equal, "__name__", "h")], 0, 100);
+        let hints: Vec<ResetHint> = got[0].histograms.iter().map(|x| x.h.hint).collect();
+        use ResetHint::*;
+        assert_eq!(hints, [Unknown, NotReset, Reset, Reset, Unknown, Gauge]);
+        assert_eq!(
+            got[0].samples.len(),
+            1,
+            "the staleness marker stays a float"
+        );
+        assert_eq!(s.series_count(), 1);
     }
 
     #[test]

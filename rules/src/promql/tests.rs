@@ -109,13 +109,25 @@ fn rate_on_a_gauge_name_gets_an_info_annotation_with_its_position() {
 }
 
 #[test]
-fn native_histogram_functions_are_refused_not_guessed() {
-    let s = storage(1);
-    let q = parse("histogram_count(req_total)").unwrap();
-    assert!(matches!(
-        Engine::default().instant(&s, &q, 0),
-        Err(EvalError::Unsupported(_))
-    ));
+fn native_histogram_functions_read_histograms_and_never_guess_from_floats() {
+    let mut s = storage(1);
+    let h = vigil_wire::histogram::FloatHistogram::parse_notation(
+        "{{schema:0 count:4 sum:10 buckets:[1 3]}}",
+    )
+    .unwrap()
+    .0;
+    s.add_histogram(
+        Labels::from_pairs([("__name__", "latency"), ("job", "api")]),
+        vigil_wire::histogram::HSample::new(0, h),
+    );
+    let v = vector(&s, "histogram_count({__name__=~\"latency|req_total\"})", 0);
+    assert_eq!(v, [(Labels::from_pairs([("job", "api")]), 4.0)]);
+    let v = vector(&s, "histogram_avg(latency)", 0);
+    assert_eq!(v[0].1, 2.5);
+    // The median of 4 observations, 1 in (0.5, 1] and 3 in (1, 2]: exponential interpolation
+    // in the second bucket.
+    let v = vector(&s, "histogram_quantile(0.5, latency)", 0);
+    assert!((v[0].1 - 2f64.powf(1.0 / 3.0)).abs() < 1e-12, "{v:?}");
 }
 
 #[test]

@@ -111,7 +111,6 @@ fn one_leader_acts_and_a_kill_9_hands_over_without_repeating_or_losing() {
         pair.deliveries_recorded()
     });
     let killed = Instant::now();
-    let last_renewal = *lease_writes(&pair.nodes[0]).last().expect("agg-a renewed");
     a.signal("KILL");
     drop(a);
     // Until agg-b takes the lease, an admin write reaching it finds the holder gone: 503 naming
@@ -127,6 +126,8 @@ fn one_leader_acts_and_a_kill_9_hands_over_without_repeating_or_losing() {
         );
     }
     pair.push_until("agg-b to lead", timeout, 1.8, 1.0, &[&b], || pair.acting(1));
+    // Read now, not at the kill: a renewal in flight then is recorded once moto answers it.
+    let last_renewal = *lease_writes(&pair.nodes[0]).last().expect("agg-a renewed");
     let took = *lease_writes(&pair.nodes[1])
         .first()
         .expect("agg-b took the lease");
@@ -220,14 +221,18 @@ fn a_leader_frozen_past_its_lease_wakes_up_as_a_follower_and_sends_nothing() {
         pair.deliveries_recorded()
     });
     a.signal("STOP");
-    let stopped = Instant::now();
     pair.push_until("agg-b to lead", timeout, 1.0, 1.0, &[&b], || pair.acting(1));
     pair.push_until("agg-b to scale out", timeout, 1.8, 1.0, &[&b], || {
         pair.count(1, "SetDesiredCapacity") >= 1 && pair.aws.group("web").0 == 4
     });
     let before = pair.effects(0).len();
+    // Nothing of agg-a's reached AWS once agg-b held the lease (a call written just before
+    // the SIGSTOP may arrive just after it: that is not acting without the lease).
+    let b_took = *lease_writes(&pair.nodes[1])
+        .first()
+        .expect("agg-b took the lease");
     assert!(
-        pair.effects(0).iter().all(|c| c.at < stopped),
+        pair.effects(0).iter().all(|c| c.at < b_took),
         "agg-a acted while stopped"
     );
 
@@ -290,7 +295,19 @@ fn a_leader_frozen_past_its_lease_wakes_up_as_a_follower_and_sends_nothing() {
     );
     let took = stopped.elapsed();
     println!("takeover after a graceful stop: {} ms", took.as_millis());
-    assert!(took < Duration::from_secs(TTL_S), "{took:?}");
+    // Taken because agg-b released it, not because it expired: the holder agg-a found was
+    // nobody (a lease that ran out would still name agg-b). Judged by the event rather than
+    // by time, which a slow moto stretches.
+    let log = a.log_text();
+    let taken = log
+        .lines()
+        .rfind(|l| l.contains("lease taken"))
+        .unwrap_or_default();
+    assert!(
+        // (`previous="none"`, field names coloured in the text log)
+        taken.contains("previous") && taken.contains("\"none\""),
+        "{taken}\n{log}"
+    );
     let flushes = pair.count(0, "PutMetricData");
     pair.push_until("five flushes by agg-a", timeout, 1.8, 1.0, &[&a], || {
         pair.count(0, "PutMetricData") >= flushes + 5
