@@ -16,11 +16,17 @@ use crate::scaling::{self, Decision, GroupState, Guards, Observation, PolicyStat
 /// Storage that rule evaluation can also write to (recorded series, `ALERTS`).
 pub trait RuleStorage: Storage {
     fn append(&mut self, labels: Labels, sample: Sample);
+    /// A recording rule's native histogram.
+    fn append_histogram(&mut self, labels: Labels, sample: vigil_wire::histogram::HSample);
 }
 
 impl RuleStorage for MemStorage {
     fn append(&mut self, labels: Labels, sample: Sample) {
         self.add(labels, sample);
+    }
+
+    fn append_histogram(&mut self, labels: Labels, sample: vigil_wire::histogram::HSample) {
+        self.add_histogram(labels, sample);
     }
 }
 
@@ -239,6 +245,7 @@ fn eval_rule(
 ) -> usize {
     let res = engine.instant(storage, rule.query(), ts);
     let mut written: Vec<(Labels, Sample)> = Vec::new();
+    let mut written_h: Vec<(Labels, vigil_wire::histogram::HSample)> = Vec::new();
     match (rule, res) {
         (_, Err(e)) => {
             events.push(Event::RuleError {
@@ -267,7 +274,16 @@ fn eval_rule(
                     failed = true;
                     break;
                 }
-                written.push((l, Sample::new(ts, s.f)));
+                match s.h {
+                    Some(h) => written_h.push((
+                        l,
+                        vigil_wire::histogram::HSample {
+                            timestamp_ms: ts,
+                            h,
+                        },
+                    )),
+                    None => written.push((l, Sample::new(ts, s.f))),
+                }
             }
             if failed {
                 // Like any failed evaluation: nothing written, nothing marked stale.
@@ -293,13 +309,20 @@ fn eval_rule(
             }
         }
     }
-    let now: BTreeSet<Labels> = written.iter().map(|(l, _)| l.clone()).collect();
+    let now: BTreeSet<Labels> = written
+        .iter()
+        .map(|(l, _)| l.clone())
+        .chain(written_h.iter().map(|(l, _)| l.clone()))
+        .collect();
     let prev = state
         .written
         .insert((group.file.clone(), group.name.clone(), idx), now.clone())
         .unwrap_or_default();
     for (l, s) in written {
         storage.append(l, s);
+    }
+    for (l, h) in written_h {
+        storage.append_histogram(l, h);
     }
     for gone in prev.difference(&now) {
         storage.append(gone.clone(), Sample::new(ts, STALE_NAN));

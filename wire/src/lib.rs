@@ -9,6 +9,7 @@ pub mod frame;
 pub mod histogram;
 pub mod labels;
 pub mod remote_write;
+pub mod rw_histogram;
 pub mod sample;
 pub mod text;
 

@@ -2,11 +2,14 @@
 //!
 //! The messages are declared with `prost` derives rather than generated from `.proto` files so the
 //! build needs no `protoc`. Field numbers follow `prompb/remote.proto` and `prompb/types.proto`;
-//! fields this crate does not model (native histograms, exemplar details) are skipped on decode.
+//! native histograms are `prometheus.Histogram` ([`crate::rw_histogram`]); fields this crate does
+//! not model (exemplar details) are skipped on decode.
 
 use prost::Message;
 
+use crate::histogram::HSample;
 use crate::labels::{Labels, LabelsBuilder};
+use crate::rw_histogram::Histogram;
 use crate::sample::Sample;
 
 /// `prometheus.WriteRequest`.
@@ -27,6 +30,8 @@ pub struct TimeSeries {
     pub samples: Vec<ProtoSample>,
     #[prost(message, repeated, tag = "3")]
     pub exemplars: Vec<Exemplar>,
+    #[prost(message, repeated, tag = "4")]
+    pub histograms: Vec<Histogram>,
 }
 
 /// `prometheus.Label`.
@@ -155,10 +160,12 @@ pub fn encode_snappy_from<'a>(
         .unwrap_or_else(|e| panic!("snappy refuses a {} byte body: {e}", out.len()))
 }
 
-/// One series of a request as [`scan`] sees it: label pairs and samples borrowed from the body.
+/// One series of a request as [`scan`] sees it: label pairs borrowed from the body, its samples
+/// and its native histograms (checked, see [`Histogram::to_float`]).
 pub struct SeriesRef<'a> {
     pub labels: Vec<(&'a str, &'a str)>,
     pub samples: Vec<Sample>,
+    pub histograms: Vec<HSample>,
 }
 
 fn varint(b: &[u8], pos: &mut usize) -> Result<u64, String> {
@@ -217,6 +224,7 @@ pub fn scan<'a>(
     let mut series = SeriesRef {
         labels: Vec::with_capacity(16),
         samples: Vec::with_capacity(4),
+        histograms: Vec::new(),
     };
     while pos < body.len() {
         let (num, wire, ts, _) = field(body, &mut pos)?;
@@ -225,6 +233,7 @@ pub fn scan<'a>(
         }
         series.labels.clear();
         series.samples.clear();
+        series.histograms.clear();
         let mut p = 0;
         while p < ts.len() {
             let (n, w, bytes, _) = field(ts, &mut p)?;
@@ -258,6 +267,14 @@ pub fn scan<'a>(
                         }
                     }
                     series.samples.push(Sample::new(t, value));
+                }
+                (4, 2) => {
+                    let h = Histogram::decode(bytes)
+                        .map_err(|e| format!("series {index}: histogram: {e}"))?;
+                    let fh = h
+                        .to_float()
+                        .map_err(|e| format!("series {index}: histogram: {e}"))?;
+                    series.histograms.push(HSample::new(h.timestamp, fh));
                 }
                 _ => {}
             }
@@ -299,6 +316,7 @@ impl TimeSeries {
                 })
                 .collect(),
             exemplars: Vec::new(),
+            histograms: Vec::new(),
         }
     }
 
@@ -437,6 +455,38 @@ mod tests {
         // A label value that is not UTF-8.
         let bad = [0x0a, 0x08, 0x0a, 0x06, 0x0a, 0x01, b'a', 0x12, 0x01, 0xff];
         assert!(scan(&bad, |_, _| Ok(())).unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn scan_reads_native_histograms_and_refuses_malformed_ones() {
+        let l = Labels::from_pairs([("__name__", "latency")]);
+        let fh = crate::histogram::FloatHistogram::parse_notation(
+            "{{schema:0 count:3 sum:4 buckets:[1 2]}}",
+        )
+        .unwrap()
+        .0;
+        let mut ts = TimeSeries::new(&l, &[]);
+        ts.histograms.push(Histogram::from_float(&fh, 7_000));
+        let req = WriteRequest {
+            timeseries: vec![ts.clone()],
+            metadata: vec![],
+        };
+        let raw = decompress(&req.encode_snappy(), 1 << 20).unwrap();
+        let mut got = Vec::new();
+        scan(&raw, |_, s| {
+            got.extend(s.histograms.iter().cloned());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, [HSample::new(7_000, fh)]);
+        ts.histograms[0].positive_counts.push(1.0);
+        let bad = WriteRequest {
+            timeseries: vec![ts],
+            metadata: vec![],
+        };
+        let raw = decompress(&bad.encode_snappy(), 1 << 20).unwrap();
+        let e = scan(&raw, |_, _| Ok(())).unwrap_err();
+        assert!(e.contains("series 0: histogram: positive spans"), "{e}");
     }
 
     #[test]

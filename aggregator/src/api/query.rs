@@ -13,6 +13,7 @@ use vigil_rules::duration::{parse_ms, parse_timestamp_ms};
 use vigil_rules::gofmt::shortest_g;
 use vigil_rules::promql::value::{RangeSeries, VectorSample};
 use vigil_rules::promql::{self, EvalError, Value};
+use vigil_wire::histogram::FloatHistogram;
 use vigil_wire::{Labels, Sample};
 
 use super::{json_err, json_ok, respond, Api, Resp};
@@ -82,26 +83,90 @@ impl Serialize for PointsOut<'_> {
     }
 }
 
-#[derive(Serialize)]
-struct InstantOut<'a> {
-    metric: LabelsOut<'a>,
-    value: Point,
+/// A native histogram as Prometheus's API writes one: `{"count": "…", "sum": "…", "buckets":
+/// [[boundary rule, "lower", "upper", "count"], …]}`, populated buckets only, the rule 0 for
+/// `(lower, upper]`, 1 for `[lower, upper)` (negative buckets), 3 for the zero bucket.
+struct HistOut<'a>(&'a FloatHistogram);
+
+impl Serialize for HistOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let h = self.0;
+        let negatives = h.negative().len();
+        let zero = !h.is_custom() && h.zero_count > 0.0;
+        let buckets: Vec<(u8, String, String, String)> = h
+            .all_buckets()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| b.count != 0.0)
+            .map(|(i, b)| {
+                let rule = if i < negatives {
+                    1
+                } else if zero && i == negatives {
+                    3
+                } else {
+                    0
+                };
+                (
+                    rule,
+                    shortest_g(b.lower),
+                    shortest_g(b.upper),
+                    shortest_g(b.count),
+                )
+            })
+            .collect();
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("count", &shortest_g(h.count))?;
+        m.serialize_entry("sum", &shortest_g(h.sum))?;
+        if !buckets.is_empty() {
+            m.serialize_entry("buckets", &buckets)?;
+        }
+        m.end()
+    }
 }
 
-#[derive(Serialize)]
-struct SeriesOut<'a> {
-    metric: LabelsOut<'a>,
-    values: PointsOut<'a>,
+/// One element of a vector: `"value": [seconds, "value"]` or `"histogram": [seconds, {…}]`.
+struct InstantOut<'a>(&'a VectorSample, i64);
+
+impl Serialize for InstantOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("metric", &LabelsOut(&self.0.labels))?;
+        match &self.0.h {
+            Some(h) => m.serialize_entry("histogram", &(self.1 as f64 / 1000.0, HistOut(h)))?,
+            None => m.serialize_entry("value", &Point(self.1, self.0.f))?,
+        }
+        m.end()
+    }
+}
+
+/// One series of a matrix: `"values"` and/or `"histograms"`, whichever it has.
+struct SeriesOut<'a>(&'a RangeSeries);
+
+impl Serialize for SeriesOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let x = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("metric", &LabelsOut(&x.labels))?;
+        if !x.points.is_empty() || x.histograms.is_empty() {
+            m.serialize_entry("values", &PointsOut(&x.points))?;
+        }
+        if !x.histograms.is_empty() {
+            let hs: Vec<(f64, HistOut)> = x
+                .histograms
+                .iter()
+                .map(|h| (h.timestamp_ms as f64 / 1000.0, HistOut(&h.h)))
+                .collect();
+            m.serialize_entry("histograms", &hs)?;
+        }
+        m.end()
+    }
 }
 
 struct VectorOut<'a>(&'a [VectorSample], i64);
 
 impl Serialize for VectorOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|x| InstantOut {
-            metric: LabelsOut(&x.labels),
-            value: Point(self.1, x.f),
-        }))
+        s.collect_seq(self.0.iter().map(|x| InstantOut(x, self.1)))
     }
 }
 
@@ -109,10 +174,7 @@ struct MatrixOut<'a>(&'a [RangeSeries]);
 
 impl Serialize for MatrixOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|x| SeriesOut {
-            metric: LabelsOut(&x.labels),
-            values: PointsOut(&x.points),
-        }))
+        s.collect_seq(self.0.iter().map(SeriesOut))
     }
 }
 

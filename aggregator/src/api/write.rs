@@ -383,7 +383,21 @@ impl Ingest {
         {
             let _ = remote_write::scan(raw, |i, s| {
                 let start = if i == 0 { 0 } else { ends[i - 1] };
-                match batch.append(&encoded[start..ends[i]], &s.samples, now) {
+                let series = &encoded[start..ends[i]];
+                let mut outcome = batch.append(series, &s.samples, now);
+                if !s.histograms.is_empty() && outcome.is_ok() {
+                    let floats = outcome.as_ref().ok().copied().unwrap_or_default();
+                    outcome = batch
+                        .append_histograms(series, &s.histograms, now)
+                        .map(|h| crate::store::AppendStats {
+                            accepted: floats.accepted + h.accepted,
+                            out_of_order: floats.out_of_order + h.out_of_order,
+                            too_old: floats.too_old + h.too_old,
+                            duplicates: floats.duplicates + h.duplicates,
+                            too_new: floats.too_new + h.too_new,
+                        });
+                }
+                match outcome {
                     Ok(st) => {
                         accepted += st.accepted;
                         dropped[0] += st.out_of_order;
@@ -395,7 +409,7 @@ impl Ingest {
                     Err(e) => {
                         // Over the series limit: this series is refused, the rest of the request
                         // is still stored (one new series must not block an agent's whole batch).
-                        dropped[4] += s.samples.len();
+                        dropped[4] += s.samples.len() + s.histograms.len();
                         too_many = Some(e);
                         Ok(())
                     }

@@ -38,7 +38,9 @@ use super::chunk::{Chunk, ClosedChunks, Fields};
 use super::wal::{self, Kind};
 use super::{Inner, Series, Store};
 
-const MAGIC: &[u8; 8] = b"VIGILCK1";
+/// Version 2 adds each series' native histograms; version 1 files (none) still load.
+const MAGIC: &[u8; 8] = b"VIGILCK2";
+const MAGIC_V1: &[u8; 8] = b"VIGILCK1";
 const TRAILER: &[u8; 8] = b"VIGILEND";
 /// Largest block read back (a slice of series is a few megabytes at most).
 const MAX_BLOCK: u32 = 1 << 30;
@@ -201,6 +203,15 @@ impl Store {
                 let _ = remote_write::scan(&raw, |_, s| {
                     if vigil_wire::encode_sorted(scratch, s.labels.iter().copied()).is_ok() {
                         let _ = self.append_locked(g, scratch, &s.samples, rec.now_ms, true);
+                        if !s.histograms.is_empty() {
+                            let _ = self.append_hist_locked(
+                                g,
+                                scratch,
+                                &s.histograms,
+                                rec.now_ms,
+                                true,
+                            );
+                        }
                     }
                     Ok(())
                 });
@@ -212,6 +223,13 @@ impl Store {
                     }
                 }
             }
+            Kind::InternalHistogram => {
+                if let Some((encoded, h)) = wal::decode_internal_histogram(rec.payload) {
+                    if Labels::from_encoded_checked(encoded).is_some() {
+                        let _ = self.append_hist_locked(g, encoded, &[h], rec.now_ms, false);
+                    }
+                }
+            }
             Kind::Stale => {
                 let Some((encoded, _)) = wal::decode_internal(rec.payload) else {
                     return;
@@ -219,7 +237,7 @@ impl Store {
                 let hash = g.hasher.hash_one(encoded);
                 if let Some(id) = g.find(hash, encoded) {
                     if let Some(s) = g.series[id].as_mut() {
-                        if s.last.is_some_and(|l| l.timestamp_ms < rec.now_ms) {
+                        if s.newest_t().is_some_and(|t| t < rec.now_ms) {
                             s.stale_at = Some(rec.now_ms);
                         }
                     }
@@ -232,6 +250,7 @@ impl Store {
         let mut f = BufReader::with_capacity(1 << 20, File::open(path)?);
         let mut blocks = 0u64;
         let mut ended = false;
+        let mut version = 2;
         let damage = loop {
             let body = match frame::read(&mut f, MAX_BLOCK)? {
                 None => break (!ended).then(|| "the file ends before its trailer".to_string()),
@@ -240,7 +259,9 @@ impl Store {
             };
             blocks += 1;
             if blocks == 1 {
-                if !body.starts_with(MAGIC) {
+                if body.starts_with(MAGIC_V1) {
+                    version = 1;
+                } else if !body.starts_with(MAGIC) {
                     break Some("not a checkpoint of the window".into());
                 }
                 continue;
@@ -249,7 +270,7 @@ impl Store {
                 ended = true;
                 continue;
             }
-            if let Err(why) = self.load_block(g, &body) {
+            if let Err(why) = self.load_block(g, &body, version) {
                 break Some(why);
             }
         };
@@ -261,17 +282,17 @@ impl Store {
         Ok(())
     }
 
-    fn load_block(&self, g: &mut Inner, body: &[u8]) -> Result<(), String> {
+    fn load_block(&self, g: &mut Inner, body: &[u8], version: u8) -> Result<(), String> {
         let mut f = Fields(body);
         let n = u32::from_le_bytes(f.take().ok_or("block cut short")?);
         for i in 0..n {
-            let s = read_series(&mut f).ok_or_else(|| format!("series {i} of the block"))?;
+            let s =
+                read_series(&mut f, version).ok_or_else(|| format!("series {i} of the block"))?;
             let hash = g.hasher.hash_one(s.labels.encoded());
             if g.find(hash, s.labels.encoded()).is_some() {
                 continue;
             }
-            g.samples += s.closed.iter().map(|c| c.len()).sum::<usize>()
-                + s.head.as_ref().map_or(0, Chunk::len);
+            g.samples += s.len();
             g.insert(hash, s);
         }
         Ok(())
@@ -403,9 +424,16 @@ fn write_series(o: &mut Vec<u8>, s: &Series) {
         }
         None => o.push(0),
     }
+    match &s.hists {
+        Some(h) => {
+            o.push(1);
+            h.save(o);
+        }
+        None => o.push(0),
+    }
 }
 
-fn read_series(f: &mut Fields<'_>) -> Option<Series> {
+fn read_series(f: &mut Fields<'_>, version: u8) -> Option<Series> {
     let len = u32::from_le_bytes(f.take()?) as usize;
     let labels = Labels::from_encoded_checked(std::str::from_utf8(f.bytes(len)?).ok()?)?;
     let last_push_ms = i64::from_le_bytes(f.take()?);
@@ -421,6 +449,13 @@ fn read_series(f: &mut Fields<'_>) -> Option<Series> {
         0 => None,
         _ => Some(Chunk::restore(&mut f.0)?),
     };
+    let hists = match version {
+        1 => None,
+        _ => match f.take::<1>()? {
+            [0] => None,
+            _ => Some(Box::new(super::hist::Hists::restore(f)?)),
+        },
+    };
     // An append compares with `last`: a series that has samples must have one.
     if last.is_none() && (!closed.is_empty() || head.as_ref().is_some_and(|h| h.len() > 0)) {
         return None;
@@ -432,5 +467,6 @@ fn read_series(f: &mut Fields<'_>) -> Option<Series> {
         last,
         last_push_ms,
         stale_at,
+        hists,
     })
 }

@@ -10,6 +10,7 @@
 
 pub mod checkpoint;
 pub mod chunk;
+mod hist;
 mod index;
 mod series;
 pub mod wal;
@@ -210,34 +211,9 @@ impl Store {
         let mut st = AppendStats::default();
         let newest = now_ms.saturating_add(MAX_FUTURE_MS);
         let oldest = now_ms.saturating_sub(self.retention_ms);
-        let hash = g.hasher.hash_one(encoded);
-        let id = match g.find(hash, encoded) {
-            Some(id) => id,
-            // A series is created only with a sample it will keep.
-            None if !samples
-                .iter()
-                .any(|s| s.timestamp_ms >= oldest && s.timestamp_ms <= newest) =>
-            {
-                st.too_old = samples.iter().filter(|s| s.timestamp_ms < oldest).count();
-                st.too_new = samples.len() - st.too_old;
-                return Ok(st);
-            }
-            None => {
-                // A start restores what was acknowledged whatever the limit; compaction and
-                // ingest's refusals bring the window back under it.
-                if g.by_labels.len() >= self.max_series && !g.restoring {
-                    return Err(TooManySeries(self.max_series));
-                }
-                let s = Series {
-                    labels: Labels::from_encoded(encoded),
-                    closed: Default::default(),
-                    head: None,
-                    last: None,
-                    last_push_ms: if pushed { now_ms } else { INTERNAL },
-                    stale_at: None,
-                };
-                g.insert(hash, s)
-            }
+        let times = samples.iter().map(|s| s.timestamp_ms);
+        let Some(id) = self.find_or_create(g, encoded, times, now_ms, pushed, &mut st)? else {
+            return Ok(st);
         };
         let mut added = 0;
         if let Some(s) = g.series[id].as_mut() {
@@ -253,6 +229,15 @@ impl Store {
                 if smp.timestamp_ms > newest {
                     // A clock far ahead would otherwise block every real sample after it.
                     st.too_new += 1;
+                    continue;
+                }
+                // A histogram at or after it: out of order whatever the value.
+                if s.hists
+                    .as_ref()
+                    .and_then(|h| h.last_t())
+                    .is_some_and(|t| t >= smp.timestamp_ms)
+                {
+                    st.out_of_order += 1;
                     continue;
                 }
                 match s.last {
@@ -282,6 +267,46 @@ impl Store {
         Ok(st)
     }
 
+    /// The id of the series `encoded`, created if one of `times` is one it will keep (else
+    /// `None`, the samples counted as too old or too new in `st`).
+    fn find_or_create(
+        &self,
+        g: &mut Inner,
+        encoded: &str,
+        times: impl Iterator<Item = i64> + Clone,
+        now_ms: i64,
+        pushed: bool,
+        st: &mut AppendStats,
+    ) -> Result<Option<usize>, TooManySeries> {
+        let newest = now_ms.saturating_add(MAX_FUTURE_MS);
+        let oldest = now_ms.saturating_sub(self.retention_ms);
+        let hash = g.hasher.hash_one(encoded);
+        if let Some(id) = g.find(hash, encoded) {
+            return Ok(Some(id));
+        }
+        // A series is created only with a sample it will keep.
+        if !times.clone().any(|t| t >= oldest && t <= newest) {
+            st.too_old = times.clone().filter(|t| *t < oldest).count();
+            st.too_new = times.count() - st.too_old;
+            return Ok(None);
+        }
+        // A start restores what was acknowledged whatever the limit; compaction and ingest's
+        // refusals bring the window back under it.
+        if g.by_labels.len() >= self.max_series && !g.restoring {
+            return Err(TooManySeries(self.max_series));
+        }
+        let s = Series {
+            labels: Labels::from_encoded(encoded),
+            closed: Default::default(),
+            head: None,
+            last: None,
+            last_push_ms: if pushed { now_ms } else { INTERNAL },
+            stale_at: None,
+            hists: None,
+        };
+        Ok(Some(g.insert(hash, s)))
+    }
+
     /// Drops samples older than the retention and series left empty, a slice of series per turn
     /// of the lock (see [`SELECT_SLICE`]); returns the heap bytes the chunks hold afterwards.
     pub fn compact(&self, now_ms: i64) -> usize {
@@ -294,6 +319,12 @@ impl Store {
                 if let Some(s) = g.series[id].as_mut() {
                     // Whole chunks go once their newest sample is past the retention.
                     removed += s.closed.drop_older_than(oldest);
+                    if let Some(h) = s.hists.as_mut() {
+                        removed += h.drop_older_than(oldest);
+                        if h.is_empty() {
+                            s.hists = None;
+                        }
+                    }
                     if s.closed.is_empty()
                         && s.head
                             .as_ref()
@@ -304,7 +335,7 @@ impl Store {
                     if s.is_empty() {
                         emptied.push(id);
                     }
-                    bytes += s.closed.bytes() + s.head.as_ref().map_or(0, |h| h.bytes());
+                    bytes += s.bytes();
                 }
             }
             g.samples -= removed;
@@ -358,11 +389,14 @@ impl Store {
         self.each_slice(|g, range| {
             let Inner { series, log, .. } = g;
             for s in series[range].iter_mut().flatten() {
-                let Some(last) = s.last else { continue };
+                let Some(newest) = s.newest_t() else { continue };
+                let ended = s
+                    .last
+                    .is_some_and(|l| l.timestamp_ms == newest && vigil_wire::is_stale_nan(l.value));
                 if s.stale_at.is_some()
                     || s.last_push_ms > now_ms.saturating_sub(stale_after_ms)
-                    || vigil_wire::is_stale_nan(last.value)
-                    || last.timestamp_ms >= now_ms
+                    || ended
+                    || newest >= now_ms
                 {
                     continue;
                 }
@@ -470,6 +504,17 @@ impl Batch<'_> {
         self.store
             .append_locked(&mut self.g, encoded, samples, now_ms, true)
     }
+
+    /// Appends native histograms to the series whose canonical label encoding is `encoded`.
+    pub fn append_histograms(
+        &mut self,
+        encoded: &str,
+        hists: &[vigil_wire::histogram::HSample],
+        now_ms: i64,
+    ) -> Result<AppendStats, TooManySeries> {
+        self.store
+            .append_hist_locked(&mut self.g, encoded, hists, now_ms, true)
+    }
 }
 
 /// The store as rule evaluation writes to it (recorded series, `ALERTS`).
@@ -505,6 +550,12 @@ impl RuleStorage for RuleSink<'_> {
             tap(&labels, sample);
         }
         if let Err(e) = self.store.append(&labels, [sample], self.now_ms) {
+            tracing::warn!(series = %labels, error = %e, "recorded series dropped");
+        }
+    }
+
+    fn append_histogram(&mut self, labels: Labels, sample: vigil_wire::histogram::HSample) {
+        if let Err(e) = self.store.append_histogram(&labels, &sample, self.now_ms) {
             tracing::warn!(series = %labels, error = %e, "recorded series dropped");
         }
     }

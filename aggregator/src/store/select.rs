@@ -81,11 +81,11 @@ impl Storage for Store {
         let mut out = Vec::with_capacity(snapshots.len());
         for s in snapshots {
             let d = s.decode(mint, maxt);
-            loaded += d.samples.len();
+            loaded += d.len();
             if loaded > budget {
                 return None;
             }
-            if !d.samples.is_empty() {
+            if !d.is_empty() {
                 out.push(d);
             }
         }

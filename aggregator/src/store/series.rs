@@ -3,7 +3,7 @@
 use vigil_rules::promql::SeriesData;
 use vigil_wire::{Labels, Sample};
 
-use super::chunk;
+use super::{chunk, hist};
 
 pub(super) struct Series {
     pub(super) labels: Labels,
@@ -21,9 +21,33 @@ pub(super) struct Series {
     /// out of the chunks so that samples an agent replays from its spool after an outage, older
     /// than this, are still stored; a push clears it.
     pub(super) stale_at: Option<i64>,
+    /// Native histograms, for the series that have them (a staleness marker of one is a float
+    /// sample among `closed`/`head`).
+    pub(super) hists: Option<Box<hist::Hists>>,
 }
 
 impl Series {
+    /// The newest timestamp held, float or histogram.
+    pub(super) fn newest_t(&self) -> Option<i64> {
+        let f = self.last.map(|l| l.timestamp_ms);
+        let h = self.hists.as_ref().and_then(|h| h.last_t());
+        f.max(h)
+    }
+
+    /// Samples held, floats and histograms.
+    pub(super) fn len(&self) -> usize {
+        self.closed.iter().map(|c| c.len()).sum::<usize>()
+            + self.head.as_ref().map_or(0, |h| h.len())
+            + self.hists.as_ref().map_or(0, |h| h.len())
+    }
+
+    /// Heap bytes the samples take.
+    pub(super) fn bytes(&self) -> usize {
+        self.closed.bytes()
+            + self.head.as_ref().map_or(0, |h| h.bytes())
+            + self.hists.as_ref().map_or(0, |h| h.bytes())
+    }
+
     pub(super) fn push(&mut self, s: Sample) {
         let head = self.head.get_or_insert_with(chunk::Chunk::default);
         head.push(s);
@@ -37,7 +61,9 @@ impl Series {
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.closed.is_empty() && self.head.as_ref().is_none_or(|h| h.len() == 0)
+        self.closed.is_empty()
+            && self.head.as_ref().is_none_or(|h| h.len() == 0)
+            && self.hists.as_ref().is_none_or(|h| h.is_empty())
     }
 
     /// Samples certainly in `[mint, maxt]`: those of the chunks that lie wholly inside it (a
@@ -55,7 +81,11 @@ impl Series {
             .as_ref()
             .filter(|h| h.len() > 0 && inside(h.first_t(), h.last_t()))
             .map_or(0, |h| h.len());
-        closed + head
+        let hists = self
+            .hists
+            .as_ref()
+            .map_or(0, |h| h.surely_within(mint, maxt));
+        closed + head + hists
     }
 
     /// What a reader needs to decode the series' samples in `[mint, maxt]` after the store's
@@ -75,7 +105,12 @@ impl Series {
             .filter(|h| h.len() > 0 && overlaps(h.first_t(), h.last_t()))
             .cloned();
         let stale_at = self.stale_at.filter(|t| (mint..=maxt).contains(t));
-        if closed.is_none() && head.is_none() && stale_at.is_none() {
+        let hists = self
+            .hists
+            .as_ref()
+            .map(|h| h.overlapping(mint, maxt))
+            .unwrap_or_default();
+        if closed.is_none() && head.is_none() && stale_at.is_none() && hists.is_empty() {
             return None;
         }
         Some(Snapshot {
@@ -83,6 +118,7 @@ impl Series {
             closed,
             head,
             stale_at,
+            hists,
         })
     }
 }
@@ -93,6 +129,7 @@ pub(super) struct Snapshot {
     pub(super) closed: Option<chunk::ClosedChunks>,
     pub(super) head: Option<chunk::Chunk>,
     pub(super) stale_at: Option<i64>,
+    pub(super) hists: Vec<hist::HChunk>,
 }
 
 impl Snapshot {
@@ -110,11 +147,25 @@ impl Snapshot {
         if let Some(h) = &self.head {
             out.extend(h.iter().filter(in_range));
         }
+        let hists = hist::decode_range(&self.hists, mint, maxt);
         if let Some(t) = self.stale_at {
-            if out.last().is_none_or(|l| l.timestamp_ms < t) {
+            let newest = out
+                .last()
+                .map(|l| l.timestamp_ms)
+                .max(hists.last().map(|h| h.timestamp_ms));
+            if newest.is_none_or(|n| n < t) {
                 out.push(Sample::new(t, vigil_wire::STALE_NAN));
             }
         }
-        SeriesData::floats(self.labels, out)
+        if hists.is_empty() {
+            return SeriesData::floats(self.labels, out);
+        }
+        // The counter-reset hints Prometheus's TSDB would read back.
+        let histograms = vigil_rules::promql::storage::tsdb_hints(&out, &hists);
+        SeriesData {
+            labels: self.labels,
+            samples: out,
+            histograms,
+        }
     }
 }

@@ -40,6 +40,9 @@ pub enum Kind {
     Internal = 2,
     /// A series marked stale at the record's time (its instance stopped pushing): labels only.
     Stale = 3,
+    /// One native histogram written by the aggregator (a recording rule's): see
+    /// [`encode_internal_histogram`].
+    InternalHistogram = 4,
 }
 
 /// One record read back.
@@ -58,6 +61,7 @@ impl<'a> Record<'a> {
             1 => Kind::Write,
             2 => Kind::Internal,
             3 => Kind::Stale,
+            4 => Kind::InternalHistogram,
             _ => return None,
         };
         Some(Record {
@@ -378,6 +382,26 @@ pub fn encode_internal(out: &mut Vec<u8>, encoded: &str, samples: &[vigil_wire::
         out.extend_from_slice(&s.timestamp_ms.to_le_bytes());
         out.extend_from_slice(&s.value.to_bits().to_le_bytes());
     }
+}
+
+/// The payload of an [`Kind::InternalHistogram`] record: the labels as [`encode_internal`]
+/// writes them, then the histogram as remote-write's message (its timestamp inside).
+pub fn encode_internal_histogram(
+    out: &mut Vec<u8>,
+    encoded: &str,
+    h: &vigil_wire::histogram::HSample,
+) {
+    out.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+    out.extend_from_slice(encoded.as_bytes());
+    vigil_wire::rw_histogram::encode(h, out);
+}
+
+/// Reads back [`encode_internal_histogram`]'s record; `None` when damaged.
+pub fn decode_internal_histogram(payload: &[u8]) -> Option<(&str, vigil_wire::histogram::HSample)> {
+    let mut f = super::chunk::Fields(payload);
+    let len = u32::from_le_bytes(f.take()?) as usize;
+    let encoded = std::str::from_utf8(f.bytes(len)?).ok()?;
+    Some((encoded, vigil_wire::rw_histogram::decode(f.0).ok()?))
 }
 
 /// Reads back [`encode_internal`]'s record; `None` when damaged.

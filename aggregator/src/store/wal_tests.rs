@@ -297,3 +297,102 @@ fn the_log_begins_a_new_segment_past_64_mib_and_replays_across_them_in_order() {
     assert_eq!((r.segments, r.records, r.corrupt, next), (2, 70, 0, 2));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Native histograms through ingest, the log, a checkpoint and a restart, as floats are.
+#[test]
+fn native_histograms_survive_a_kill_and_read_back_with_tsdb_hints() {
+    use vigil_wire::histogram::{FloatHistogram, HSample, ResetHint};
+    use vigil_wire::rw_histogram::Histogram;
+    let h = |t: &str| FloatHistogram::parse_notation(t).unwrap().0;
+    let d = dir("hist");
+    let a = Store::new(3_600_000, 1000);
+    a.open_log(&d, false, 1 << 20).unwrap();
+    let l = Labels::from_pairs([("__name__", "latency"), ("instance", "i-1")]);
+    let push_h = |s: &Store, t: i64, x: &FloatHistogram| {
+        let mut ts = TimeSeries::new(&l, &[]);
+        ts.histograms.push(Histogram::from_float(x, t));
+        let body = WriteRequest {
+            timeseries: vec![ts],
+            metadata: vec![],
+        }
+        .encode_snappy();
+        let raw = vigil_wire::remote_write::decompress(&body, 1 << 20).unwrap();
+        let mut b = s.batch();
+        b.log(t, &body).unwrap();
+        let mut st = AppendStats::default();
+        vigil_wire::remote_write::scan(&raw, |_, s| {
+            st = b.append_histograms(l.encoded(), &s.histograms, t).unwrap();
+            Ok(())
+        })
+        .unwrap();
+        st
+    };
+    for k in 0..200i64 {
+        let t = NOW + k * 15_000;
+        let x = h(&format!(
+            "{{{{schema:0 count:{} sum:{} buckets:[{} {}]}}}}",
+            3 * k,
+            k,
+            k,
+            2 * k
+        ));
+        assert_eq!(push_h(&a, t, &x).accepted, 1);
+        if k == 120 {
+            a.checkpoint().unwrap();
+        }
+    }
+    // The same again: a duplicate; an older one: out of order; a float at the same time too.
+    let last_t = NOW + 199 * 15_000;
+    let again = h("{{schema:0 count:597 sum:199 buckets:[199 398]}}");
+    assert_eq!(push_h(&a, last_t, &again).duplicates, 1);
+    assert_eq!(push_h(&a, last_t - 1, &again).out_of_order, 1);
+    let mut b = a.batch();
+    let st = b
+        .append(l.encoded(), &[Sample::new(last_t, 1.0)], last_t)
+        .unwrap();
+    assert_eq!(st.out_of_order, 1);
+    drop(b);
+    // A recording rule's histogram, and a staleness marker sent as a histogram.
+    let rec = Labels::from_pairs([("__name__", "job:latency:sum")]);
+    a.append_histogram(&rec, &HSample::new(last_t, again.clone()), last_t)
+        .unwrap();
+    a.flush_log();
+    let mut stale = h("{{}}");
+    stale.sum = vigil_wire::STALE_NAN;
+    assert_eq!(push_h(&a, last_t + 15_000, &stale).accepted, 1);
+    let all = [Matcher::new(MatchOp::NotEqual, "__name__", "")];
+    let before = a.select(&all, i64::MIN, i64::MAX);
+    drop(a);
+    let b = Store::new(3_600_000, 1000);
+    let r = b.open_log(&d, false, 1 << 20).unwrap();
+    assert_eq!(r.log.corrupt, 0);
+    let after = b.select(&all, i64::MIN, i64::MAX);
+    // (Debug text: a staleness marker is a NaN, unequal to itself.)
+    // Debug text (a staleness marker is a NaN, unequal to itself), in label order.
+    let text = |v: &[SeriesData]| -> Vec<String> {
+        let mut t: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+        t.sort();
+        t
+    };
+    assert!(text(&after) == text(&before), "the window changed");
+    let got = after.iter().find(|s| s.labels == l).unwrap();
+    assert_eq!(got.histograms.len(), 200);
+    assert_eq!(got.histograms[199].h.count, 597.0);
+    assert!(got.samples[0].is_stale(), "the marker is a float");
+    // Read back as Prometheus's TSDB would: unknown, then not_reset.
+    assert_eq!(got.histograms[0].h.hint, ResetHint::Unknown);
+    assert!(got.histograms[1..]
+        .iter()
+        .all(|x| x.h.hint == ResetHint::NotReset));
+    assert_eq!(b.sample_count(), 200 + 1 + 1);
+    // Queried through PromQL.
+    let q = vigil_rules::promql::parse("histogram_count(rate(latency[1m]))").unwrap();
+    let res = vigil_rules::promql::Engine::default()
+        .instant(&b, &q, last_t)
+        .unwrap();
+    match res.value {
+        vigil_rules::promql::Value::Vector(v) => assert!((v[0].f - 0.2).abs() < 1e-9, "{v:?}"),
+        other => panic!("{other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

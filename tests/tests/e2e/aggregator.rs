@@ -191,6 +191,7 @@ fn bad_writes_are_refused_and_the_aggregator_keeps_serving() {
             }],
             samples: vec![],
             exemplars: vec![],
+            histograms: vec![],
         }],
         metadata: vec![],
     }
@@ -234,6 +235,7 @@ fn bad_writes_are_refused_and_the_aggregator_keeps_serving() {
             ],
             samples: vec![],
             exemplars: vec![],
+            histograms: vec![],
         }],
         metadata: vec![],
     }
