@@ -38,6 +38,9 @@ pub struct ScrapeTarget {
     pub timeout_ms: u64,
     /// Scrapes returning more series than this are dropped whole.
     pub series_limit: usize,
+    /// Ask for the protobuf exposition first (it carries native histograms), as Prometheus
+    /// does with native histograms on; else the text formats only.
+    pub native_histograms: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -280,12 +283,16 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             }
             None => 50_000,
         };
+        let native_histograms = s
+            .bool(&mut doc, "native_histograms")
+            .is_none_or(|b| b.value);
         s.finish(&mut doc);
         if let Some(url) = u {
             c.scrape.push(ScrapeTarget {
                 url,
                 timeout_ms,
                 series_limit,
+                native_histograms,
             });
         }
     }

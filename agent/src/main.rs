@@ -63,6 +63,8 @@ struct Round {
     /// The round's timestamp (every sample collected by the agent itself carries it).
     ts: i64,
     samples: Vec<(Labels, Sample)>,
+    /// Native histograms scraped from the application.
+    histograms: Vec<(Labels, vigil_wire::histogram::HSample)>,
     families: Vec<FamilyMeta>,
 }
 
@@ -213,6 +215,7 @@ impl Collector {
         let (mut metrics, mut families) = (Vec::new(), Vec::new());
         let mut out_cache = std::mem::take(&mut self.host_labels);
         let mut scraped: Vec<(Labels, Sample)> = Vec::new();
+        let mut histograms = Vec::new();
         {
             let mut out = collect::Out {
                 metrics: &mut metrics,
@@ -255,9 +258,10 @@ impl Collector {
                 out.push(
                     "vigil_scrape_samples_scraped",
                     &[("target", &url)],
-                    r.samples.len() as f64,
+                    (r.samples.len() + r.histograms.len()) as f64,
                 );
                 scraped.extend(r.samples);
+                histograms.extend(r.histograms);
             }
             for t in &self.cfg.health {
                 let p = health::probe(&self.http, t).await;
@@ -325,6 +329,7 @@ impl Collector {
         Round {
             ts,
             samples,
+            histograms,
             families,
         }
     }
@@ -368,6 +373,13 @@ async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), Strin
             })
             .collect();
         print!("{}", vigil_wire::text::write(&samples, &round.families));
+        // The text format has no native histograms: each as a comment, in PromQL's notation.
+        for (l, h) in &round.histograms {
+            println!(
+                "# native histogram {l} {}",
+                h.h.go_string(|v| format!("{v}"))
+            );
+        }
         return Ok(());
     }
     tracing::info!(instance = %id.instance, source = id.source, asg = ?id.asg, az = ?id.az, "identity");
@@ -468,7 +480,7 @@ async fn run(cfg: Config, explicit_config: bool, once: bool) -> Result<(), Strin
                     let k = match bodies.iter().position(|(n, _)| n == max) {
                         Some(k) => k,
                         None => {
-                            bodies.push((*max, push::encode(&round.samples, *max, round.ts)));
+                            bodies.push((*max, push::encode(&round.samples, &round.histograms, *max, round.ts)));
                             bodies.len() - 1
                         }
                     };

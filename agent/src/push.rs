@@ -13,6 +13,8 @@ use hyper::{Method, StatusCode};
 use tokio::sync::mpsc;
 use vigil_wire::{Labels, Sample};
 
+use vigil_wire::histogram::HSample;
+
 use crate::http::Http;
 use crate::spool::Spool;
 use crate::telemetry::TargetMetrics;
@@ -27,10 +29,17 @@ pub struct Batch {
 }
 
 /// Encodes samples into remote-write bodies of at most `max_samples` samples each (one round has
-/// each series once, so every sample is its own `TimeSeries`).
-pub fn encode(samples: &[(Labels, Sample)], max_samples: usize, round_ms: i64) -> Vec<Batch> {
-    samples
-        .chunks(max_samples.max(1))
+/// each series once, so every sample is its own `TimeSeries`); native histograms follow, each
+/// counted as a sample.
+pub fn encode(
+    samples: &[(Labels, Sample)],
+    histograms: &[(Labels, HSample)],
+    max_samples: usize,
+    round_ms: i64,
+) -> Vec<Batch> {
+    let max = max_samples.max(1);
+    let mut out: Vec<Batch> = samples
+        .chunks(max)
         .map(|chunk| Batch {
             body: Bytes::from(vigil_wire::remote_write::encode_snappy_from(
                 chunk.iter().map(|(l, s)| (l, std::slice::from_ref(s))),
@@ -38,7 +47,16 @@ pub fn encode(samples: &[(Labels, Sample)], max_samples: usize, round_ms: i64) -
             samples: chunk.len(),
             round_ms,
         })
-        .collect()
+        .collect();
+    out.extend(histograms.chunks(max).map(|chunk| Batch {
+        body: Bytes::from(vigil_wire::remote_write::encode_snappy_mixed(
+            std::iter::empty(),
+            chunk.iter().map(|(l, h)| (l, h)),
+        )),
+        samples: chunk.len(),
+        round_ms,
+    }));
+    out
 }
 
 #[derive(Debug)]
@@ -390,7 +408,7 @@ mod tests {
                 ]
             })
             .collect();
-        let batches = encode(&samples, 4, 0);
+        let batches = encode(&samples, &[], 4, 0);
         assert_eq!(batches.len(), 3);
         assert_eq!(batches.iter().map(|b| b.samples).sum::<usize>(), 10);
         let req = vigil_wire::remote_write::WriteRequest::decode_snappy(&batches[0].body, 1 << 20)

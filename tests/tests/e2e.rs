@@ -24,3 +24,6 @@ mod campaigns;
 
 #[path = "e2e/oncall.rs"]
 mod oncall;
+
+#[path = "e2e/histograms.rs"]
+mod histograms;

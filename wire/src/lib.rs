@@ -5,6 +5,7 @@
 //! the aggregator and the rules engine all build on it.
 
 pub mod clock;
+pub mod exposition_pb;
 pub mod frame;
 pub mod histogram;
 pub mod labels;

@@ -120,6 +120,15 @@ impl WriteRequest {
 pub fn encode_snappy_from<'a>(
     items: impl IntoIterator<Item = (&'a Labels, &'a [Sample])>,
 ) -> Vec<u8> {
+    encode_snappy_mixed(items, std::iter::empty())
+}
+
+/// [`encode_snappy_from`] with native histograms too: each `(labels, histogram)` becomes a
+/// `TimeSeries` of its own after the float ones.
+pub fn encode_snappy_mixed<'a>(
+    items: impl IntoIterator<Item = (&'a Labels, &'a [Sample])>,
+    histograms: impl IntoIterator<Item = (&'a Labels, &'a HSample)>,
+) -> Vec<u8> {
     fn varint(buf: &mut Vec<u8>, mut v: u64) {
         while v >= 0x80 {
             buf.push((v as u8) | 0x80);
@@ -154,6 +163,13 @@ pub fn encode_snappy_from<'a>(
             ld(&mut ts, 0x12, &inner);
         }
         ld(&mut out, 0x0a, &ts);
+    }
+    for (labels, h) in histograms {
+        let mut series = TimeSeries::new(labels, &[]);
+        series
+            .histograms
+            .push(Histogram::from_float(&h.h, h.timestamp_ms));
+        ld(&mut out, 0x0a, &series.encode_to_vec());
     }
     snap::raw::Encoder::new()
         .compress_vec(&out)

@@ -177,6 +177,19 @@ impl Histogram {
                 return Err(format!("{side} bucket count {c}"));
             }
         }
+        if integer {
+            // As Prometheus checks integer histograms: the buckets hold every observation
+            // (at most all of them when some were NaN).
+            let total: f64 = h.zero_count
+                + h.positive_buckets.iter().sum::<f64>()
+                + h.negative_buckets.iter().sum::<f64>();
+            if total > h.count || (!h.sum.is_nan() && total != h.count) {
+                return Err(format!(
+                    "{total} observations found in buckets, but the count is {}",
+                    h.count
+                ));
+            }
+        }
         if h.count.is_nan() || h.count < 0.0 || h.zero_count.is_nan() || h.zero_count < 0.0 {
             return Err(format!(
                 "count {} and zero count {} must be non-negative",

@@ -65,12 +65,25 @@ impl Serialize for LabelsOut<'_> {
     }
 }
 
+/// A timestamp in seconds as Prometheus writes it: `1700000000`, or `1700000000.123`.
+struct Secs(i64);
+
+impl Serialize for Secs {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 % 1000 == 0 {
+            s.serialize_i64(self.0 / 1000)
+        } else {
+            s.serialize_f64(self.0 as f64 / 1000.0)
+        }
+    }
+}
+
 /// `[seconds, "value"]`.
 struct Point(i64, f64);
 
 impl Serialize for Point {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (self.0 as f64 / 1000.0, shortest_g(self.1)).serialize(s)
+        (Secs(self.0), shortest_g(self.1)).serialize(s)
     }
 }
 
@@ -132,7 +145,7 @@ impl Serialize for InstantOut<'_> {
         let mut m = s.serialize_map(Some(2))?;
         m.serialize_entry("metric", &LabelsOut(&self.0.labels))?;
         match &self.0.h {
-            Some(h) => m.serialize_entry("histogram", &(self.1 as f64 / 1000.0, HistOut(h)))?,
+            Some(h) => m.serialize_entry("histogram", &(Secs(self.1), HistOut(h)))?,
             None => m.serialize_entry("value", &Point(self.1, self.0.f))?,
         }
         m.end()
@@ -151,10 +164,10 @@ impl Serialize for SeriesOut<'_> {
             m.serialize_entry("values", &PointsOut(&x.points))?;
         }
         if !x.histograms.is_empty() {
-            let hs: Vec<(f64, HistOut)> = x
+            let hs: Vec<(Secs, HistOut)> = x
                 .histograms
                 .iter()
-                .map(|h| (h.timestamp_ms as f64 / 1000.0, HistOut(&h.h)))
+                .map(|h| (Secs(h.timestamp_ms), HistOut(&h.h)))
                 .collect();
             m.serialize_entry("histograms", &hs)?;
         }
@@ -193,7 +206,7 @@ impl Serialize for ValueOut<'_> {
                 m.serialize_entry("resultType", "scalar")?;
             }
             Value::String(x) => {
-                m.serialize_entry("result", &(t as f64 / 1000.0, x))?;
+                m.serialize_entry("result", &(Secs(t), x))?;
                 m.serialize_entry("resultType", "string")?;
             }
             Value::Vector(v) => {
