@@ -39,7 +39,7 @@ pub struct ScrapeTarget {
     /// Scrapes returning more series than this are dropped whole.
     pub series_limit: usize,
     /// Ask for the protobuf exposition first (it carries native histograms), as Prometheus
-    /// does with native histograms on; else the text formats only.
+    /// does with native histograms on; else (the default) the text formats only.
     pub native_histograms: bool,
 }
 
@@ -285,7 +285,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         };
         let native_histograms = s
             .bool(&mut doc, "native_histograms")
-            .is_none_or(|b| b.value);
+            .is_some_and(|b| b.value);
         s.finish(&mut doc);
         if let Some(url) = u {
             c.scrape.push(ScrapeTarget {

@@ -366,6 +366,11 @@ pub fn scaling_observation(
     };
     match value {
         Value::Scalar(f) => number(f),
+        // A native histogram is not a number to scale on (never read as 0).
+        Value::Vector(v) if v.len() == 1 && v[0].h.is_some() => Observation {
+            value: None,
+            error: Some("the value is a native histogram, not a number".into()),
+        },
         Value::Vector(v) if v.len() == 1 => number(v[0].f),
         Value::Vector(v) if v.is_empty() => Observation::value(None),
         Value::Vector(v) => Observation {

@@ -104,7 +104,11 @@ pub fn load_series_file(file: &str, text: &str) -> Result<Data, DataError> {
             match p {
                 Point::Value(v) => storage.add(labels.clone(), Sample::new(ts, *v)),
                 Point::Stale => storage.add(labels.clone(), Sample::new(ts, STALE_NAN)),
-                Point::Omitted | Point::Histogram(..) => continue,
+                Point::Histogram(h, _) => storage.add_histogram(
+                    labels.clone(),
+                    vigil_wire::histogram::HSample::new(ts, (**h).clone()),
+                ),
+                Point::Omitted => continue,
             }
             end = end.max(ts);
         }
@@ -155,6 +159,17 @@ pub fn load_dump(file: &str, bytes: &[u8]) -> Result<Data, DataError> {
                 start = start.min(s.timestamp_ms);
                 end = end.max(s.timestamp_ms);
                 storage.add(labels.clone(), s);
+            }
+            for h in &ts.histograms {
+                let fh = h
+                    .to_float()
+                    .map_err(|e| err(format!("frame {frame}, series {i}: histogram: {e}")))?;
+                start = start.min(h.timestamp);
+                end = end.max(h.timestamp);
+                storage.add_histogram(
+                    labels.clone(),
+                    vigil_wire::histogram::HSample::new(h.timestamp, fh),
+                );
             }
         }
         pos += 4 + len;

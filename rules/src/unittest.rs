@@ -440,7 +440,11 @@ fn run_case(engine: &Engine, rules: &RuleSet, t: &TestCase, report: &mut Report)
             match p {
                 Point::Value(v) => storage.add(labels.clone(), Sample::new(ts, *v)),
                 Point::Stale => storage.add(labels.clone(), Sample::new(ts, STALE_NAN)),
-                Point::Omitted | Point::Histogram(..) => {}
+                Point::Histogram(h, _) => storage.add_histogram(
+                    labels.clone(),
+                    vigil_wire::histogram::HSample::new(ts, (**h).clone()),
+                ),
+                Point::Omitted => {}
             }
         }
     }
@@ -575,6 +579,14 @@ fn check_at(
         };
         let got: Vec<(Labels, f64)> = match engine.instant(storage, &q, at) {
             Ok(r) => match r.value {
+                Value::Vector(v) if v.iter().any(|s| s.h.is_some()) => {
+                    failures.push(format!(
+                        "    expr: {:?}, time: {}, err: the result holds native histograms; expected samples are numbers (compare histogram_count, histogram_sum, histogram_quantile of it)",
+                        e.expr,
+                        format_ms(at)
+                    ));
+                    continue;
+                }
                 Value::Vector(v) => v.into_iter().map(|s| (s.labels, s.f)).collect(),
                 Value::Scalar(f) => vec![(Labels::empty(), f)],
                 other => {

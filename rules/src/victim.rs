@@ -40,6 +40,12 @@ pub fn rank(
                 s.labels
             ));
         };
+        if s.h.is_some() {
+            return Err(format!(
+                "result {} is a native histogram: scale_in_victim must give numbers",
+                s.labels
+            ));
+        }
         out.insert(i.to_string(), s.f);
     }
     Ok(out)

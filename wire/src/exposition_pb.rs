@@ -10,7 +10,7 @@
 
 use prost::Message;
 
-use crate::histogram::{FloatHistogram, HSample, ResetHint, Span};
+use crate::histogram::{FloatHistogram, HSample};
 use crate::labels::{Labels, LabelsBuilder};
 use crate::sample::Sample;
 
@@ -138,15 +138,6 @@ pub struct Scraped {
     pub histograms: Vec<(Labels, HSample)>,
 }
 
-fn spans(s: &[BucketSpan]) -> Vec<Span> {
-    s.iter()
-        .map(|s| Span {
-            offset: s.offset,
-            length: s.length,
-        })
-        .collect()
-}
-
 /// Whether the histogram carries a native one (a client library marks an empty native
 /// histogram with a span of no buckets).
 fn is_native(h: &Histogram) -> bool {
@@ -173,37 +164,39 @@ fn counts(deltas: &[i64], floats: &[f64]) -> Result<Vec<f64>, String> {
         .collect()
 }
 
-/// The native histogram of a message, checked as a received one is.
+/// The native histogram of a message, checked as a received one is (integer ones too: their
+/// buckets must hold their count).
 pub fn native(h: &Histogram, gauge: bool) -> Result<FloatHistogram, String> {
+    use crate::rw_histogram::{BucketSpan as Span2, Count, Histogram as Rw, ZeroCount};
     let float = h.sample_count_float > 0.0 || h.zero_count_float > 0.0;
-    let fh = FloatHistogram {
-        hint: if gauge {
-            ResetHint::Gauge
-        } else {
-            ResetHint::Unknown
-        },
+    let spans2 = |s: &[BucketSpan]| -> Vec<Span2> {
+        s.iter()
+            .map(|s| Span2 {
+                offset: s.offset,
+                length: s.length,
+            })
+            .collect()
+    };
+    let mut msg = Rw {
+        sum: h.sample_sum,
         schema: h.schema,
         zero_threshold: h.zero_threshold,
-        zero_count: if float {
-            h.zero_count_float
-        } else {
-            h.zero_count as f64
-        },
-        count: if float {
-            h.sample_count_float
-        } else {
-            h.sample_count as f64
-        },
-        sum: h.sample_sum,
-        positive_spans: spans(&h.positive_span),
-        positive_buckets: counts(&h.positive_delta, &h.positive_count)?,
-        negative_spans: spans(&h.negative_span),
-        negative_buckets: counts(&h.negative_delta, &h.negative_count)?,
-        custom_values: Vec::new(),
+        negative_spans: spans2(&h.negative_span),
+        positive_spans: spans2(&h.positive_span),
+        reset_hint: if gauge { 3 } else { 0 },
+        ..Default::default()
     };
-    // The same checks as remote-write's.
-    let mut msg = crate::rw_histogram::Histogram::from_float(&fh, 0);
-    msg.reset_hint = if gauge { 3 } else { 0 };
+    if float {
+        msg.count = Some(Count::Float(h.sample_count_float));
+        msg.zero_count = Some(ZeroCount::Float(h.zero_count_float));
+        msg.positive_counts = counts(&h.positive_delta, &h.positive_count)?;
+        msg.negative_counts = counts(&h.negative_delta, &h.negative_count)?;
+    } else {
+        msg.count = Some(Count::Int(h.sample_count));
+        msg.zero_count = Some(ZeroCount::Int(h.zero_count));
+        msg.positive_deltas = h.positive_delta.clone();
+        msg.negative_deltas = h.negative_delta.clone();
+    }
     msg.to_float()
 }
 
@@ -299,15 +292,10 @@ fn add_family(mf: &MetricFamily, now_ms: i64, out: &mut Scraped) -> Result<(), S
     Ok(())
 }
 
-/// A float as OpenMetrics writes a label value (`1.0`, `0.25`, `+Inf`), as Prometheus spells
-/// the `le` and `quantile` labels it makes from this format.
+/// A float as a label value, spelled as the text formats' bodies usually spell it (`1`,
+/// `0.25`, `+Inf`): switching a target between the formats keeps its series' identities.
 fn open_metrics_float(v: f64) -> String {
-    let s = crate::text::format_float(v);
-    if v.is_finite() && !s.contains(['.', 'e', 'E']) {
-        format!("{s}.0")
-    } else {
-        s
-    }
+    crate::text::format_float(v)
 }
 
 /// Whether a `Content-Type` is the protobuf exposition.
@@ -342,7 +330,7 @@ mod tests {
                     value: "api".into(),
                 }],
                 histogram: Some(Histogram {
-                    sample_count: 7,
+                    sample_count: 8,
                     sample_sum: 3.5,
                     schema: 3,
                     zero_threshold: 1e-4,
@@ -412,8 +400,8 @@ mod tests {
             names,
             [
                 "jobs_total 3 99",
-                "size_bytes_bucket{le=\"1.0\"} 1 1000",
-                "size_bytes_bucket{le=\"5.0\"} 3 1000",
+                "size_bytes_bucket{le=\"1\"} 1 1000",
+                "size_bytes_bucket{le=\"5\"} 3 1000",
                 "size_bytes_bucket{le=\"+Inf\"} 4 1000",
                 "size_bytes_sum 10 1000",
                 "size_bytes_count 4 1000",
@@ -422,7 +410,15 @@ mod tests {
         let (l, h) = &got.histograms[0];
         assert_eq!(l.to_string(), "rpc_seconds{service=\"api\"}");
         assert_eq!(h.h.positive_buckets, [2.0, 3.0, 1.0]);
-        assert_eq!((h.h.count, h.h.zero_count, h.h.schema), (7.0, 1.0, 3));
+        assert_eq!((h.h.count, h.h.zero_count, h.h.schema), (8.0, 1.0, 3));
+        // An integer histogram whose buckets do not hold its count is refused.
+        let mut bad = native_family();
+        if let Some(h) = bad.metric[0].histogram.as_mut() {
+            h.sample_count = 5;
+        }
+        assert!(parse(&encode(&[bad]), 0)
+            .unwrap_err()
+            .contains("observations"));
         assert!(is_protobuf(CONTENT_TYPE));
         // Cut short: a clear error, nothing half-read kept.
         assert!(parse(&body[..body.len() - 2], 0).is_err());

@@ -556,8 +556,14 @@ impl FloatHistogram {
             );
         }
         for b in self.positive().iter().filter(|b| b.count != 0.0) {
+            // A custom histogram's first bucket includes its lower bound.
+            let open = if self.is_custom() && b.index == 0 {
+                '['
+            } else {
+                '('
+            };
             out += &format!(
-                ", ({},{}]:{}",
+                ", {open}{},{}]:{}",
                 fmt_float(b.lower),
                 fmt_float(b.upper),
                 fmt_float(b.count)

@@ -65,6 +65,9 @@ pub struct BucketSpan {
     pub length: u32,
 }
 
+/// The largest bucket index accepted (bounds are infinite long before it at any schema).
+const MAX_INDEX: i64 = 1 << 20;
+
 /// The most buckets one histogram may carry on one side (Prometheus's default
 /// `native_histogram_bucket_limit` is unlimited; a bound keeps a hostile body small in memory).
 pub const MAX_BUCKETS: usize = 1 << 16;
@@ -173,8 +176,30 @@ impl Histogram {
                     "{side} span with a negative offset after the first"
                 ));
             }
-            if let Some(c) = b.iter().find(|c| c.is_nan() || **c < 0.0) {
+            // NaN passes, as in Prometheus (observations that were NaN); negative does not.
+            if let Some(c) = b.iter().find(|c| **c < 0.0) {
                 return Err(format!("{side} bucket count {c}"));
+            }
+            if s.len() > MAX_BUCKETS + 1 {
+                return Err(format!(
+                    "{} {side} spans, limit {}",
+                    s.len(),
+                    MAX_BUCKETS + 1
+                ));
+            }
+            // Indices past where bounds are finite (or past i32) are nonsense, not data.
+            let mut index = 0i64;
+            for (k, sp) in s.iter().enumerate() {
+                index = if k == 0 {
+                    i64::from(sp.offset)
+                } else {
+                    index + i64::from(sp.offset)
+                };
+                let end = index + i64::from(sp.length);
+                if index.abs() > MAX_INDEX || end.abs() > MAX_INDEX {
+                    return Err(format!("{side} bucket index {index} out of range"));
+                }
+                index = end;
             }
         }
         if integer {
@@ -190,7 +215,7 @@ impl Histogram {
                 ));
             }
         }
-        if h.count.is_nan() || h.count < 0.0 || h.zero_count.is_nan() || h.zero_count < 0.0 {
+        if h.count < 0.0 || h.zero_count < 0.0 {
             return Err(format!(
                 "count {} and zero count {} must be non-negative",
                 h.count, h.zero_count
@@ -252,6 +277,11 @@ impl Histogram {
             custom_values: h.custom_values.clone(),
         }
     }
+}
+
+/// Whether a histogram would be accepted from remote-write (see [`Histogram::to_float`]).
+pub fn validate(h: &FloatHistogram) -> Result<(), String> {
+    Histogram::from_float(h, 0).to_float().map(|_| ())
 }
 
 /// A histogram sample as the message's bytes (for logs that keep one).
@@ -322,7 +352,7 @@ mod tests {
                 ..ok.clone()
             },
             Histogram {
-                count: Some(Count::Float(f64::NAN)),
+                count: Some(Count::Float(-1.0)),
                 ..ok.clone()
             },
             Histogram {

@@ -112,9 +112,11 @@ impl Serialize for HistOut<'_> {
             .enumerate()
             .filter(|(_, b)| b.count != 0.0)
             .map(|(i, b)| {
+                // Prometheus's bounds: negative buckets [lower, upper), positive ones
+                // (lower, upper], the zero bucket and a custom histogram's first bucket closed.
                 let rule = if i < negatives {
                     1
-                } else if zero && i == negatives {
+                } else if (zero && i == negatives) || (h.is_custom() && b.index == 0) {
                     3
                 } else {
                     0
@@ -405,5 +407,38 @@ pub(super) fn labels(app: &Api, p: &HashMap<String, Vec<String>>, name: Option<&
             json_ok(json!(out))
         }
         Err(e) => json_err(StatusCode::BAD_REQUEST, "bad_data", &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_written_as_prometheus_writes_them() {
+        let h = |t: &str| FloatHistogram::parse_notation(t).expect(t).0;
+        let exp = h(
+            "{{schema:0 count:5 sum:4 z_bucket:1 z_bucket_w:0.001 buckets:[2 0 1] n_buckets:[1]}}",
+        );
+        let got = serde_json::to_string(&HistOut(&exp)).expect("json");
+        assert_eq!(
+            got,
+            r#"{"count":"5","sum":"4","buckets":[[1,"-1","-0.5","1"],[3,"-0.001","0.001","1"],[0,"0.5","1","2"],[0,"2","4","1"]]}"#
+        );
+        // Custom buckets: the first one is closed on both sides.
+        let nhcb = h("{{schema:-53 count:3 sum:2 custom_values:[1 5] buckets:[1 2]}}");
+        let got = serde_json::to_string(&HistOut(&nhcb)).expect("json");
+        assert_eq!(
+            got,
+            r#"{"count":"3","sum":"2","buckets":[[3,"-Inf","1","1"],[0,"1","5","2"]]}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Secs(1_700_000_000_000)).unwrap(),
+            "1700000000"
+        );
+        assert_eq!(
+            serde_json::to_string(&Secs(1_700_000_000_250)).unwrap(),
+            "1700000000.25"
+        );
     }
 }

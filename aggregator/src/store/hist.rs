@@ -386,6 +386,12 @@ impl super::Store {
         h: &HSample,
         now_ms: i64,
     ) -> Result<super::AppendStats, super::TooManySeries> {
+        // Checked as a received one is (and as the log's replay will): a recorded `delta` or
+        // difference with a negative bucket is refused now, not lost at the next start.
+        if let Err(e) = vigil_wire::rw_histogram::validate(&h.h) {
+            tracing::warn!(series = %labels, error = %e, "recorded native histogram refused");
+            return Ok(super::AppendStats::default());
+        }
         let mut g = self.lock();
         if let Some(log) = g.log.as_mut() {
             log.add(super::wal::Kind::InternalHistogram, now_ms, |out| {
@@ -449,7 +455,7 @@ impl super::Store {
                 } else {
                     let held = s.hists.as_ref().and_then(|x| x.last.as_ref());
                     if let Some(last) = held.filter(|l| l.timestamp_ms == t) {
-                        if last.h == h.h {
+                        if last.h.equals(&h.h) {
                             st.duplicates += 1;
                         } else {
                             st.out_of_order += 1;

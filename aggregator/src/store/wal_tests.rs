@@ -356,6 +356,13 @@ fn native_histograms_survive_a_kill_and_read_back_with_tsdb_hints() {
     let rec = Labels::from_pairs([("__name__", "job:latency:sum")]);
     a.append_histogram(&rec, &HSample::new(last_t, again.clone()), last_t)
         .unwrap();
+    // One with a negative bucket (a recorded delta, say) is refused now, as it would be at
+    // replay, rather than kept until the next start.
+    let negative = h("{{schema:0 count:1 buckets:[2 -1]}}");
+    let st = a
+        .append_histogram(&rec, &HSample::new(last_t + 1, negative), last_t)
+        .unwrap();
+    assert_eq!(st.accepted, 0);
     a.flush_log();
     let mut stale = h("{{}}");
     stale.sum = vigil_wire::STALE_NAN;

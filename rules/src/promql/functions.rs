@@ -857,7 +857,13 @@ impl Evaluator<'_> {
                 let mut notes = Vec::new();
                 let mut out = Vec::new();
                 arg.for_each_mixed(|labels, _, floats, hists| {
-                    let (f, h) = if hists.is_empty() {
+                    // The last two samples both floats: the float answer, histograms before
+                    // them or not.
+                    let floats_last = floats.len() >= 2
+                        && hists
+                            .last()
+                            .is_none_or(|h| h.timestamp_ms < floats[floats.len() - 2].timestamp_ms);
+                    let (f, h) = if floats_last || hists.is_empty() {
                         match instant_delta(floats, rate) {
                             Some(f) => (f, None),
                             None => return,

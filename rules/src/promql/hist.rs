@@ -613,12 +613,17 @@ pub(crate) fn instant(
     if dt == 0 {
         return None;
     }
-    let (Some(b), Some(a)) = (newer.1, older.1) else {
-        warn(
-            notes,
-            format!("encountered a mix of histograms and floats for metric name {name:?}"),
-        );
-        return None;
+    let (b, a) = match (newer.1, older.1) {
+        (Some(b), Some(a)) => (b, a),
+        // The last two are floats: the float answer (histograms before them do not count).
+        (None, None) => return None,
+        _ => {
+            warn(
+                notes,
+                format!("encountered a mix of histograms and floats for metric name {name:?}"),
+            );
+            return None;
+        }
     };
     if rate && (b.hint == ResetHint::Gauge || a.hint == ResetHint::Gauge) {
         warn(

@@ -27,9 +27,15 @@ impl SeriesData {
         }
     }
 
-    /// How many samples, floats and histograms.
+    /// How many samples this counts as against a query's budget: one a float, one plus one a
+    /// bucket a histogram (a histogram of thousands of buckets is not one float's worth).
     pub fn len(&self) -> usize {
-        self.samples.len() + self.histograms.len()
+        self.samples.len()
+            + self
+                .histograms
+                .iter()
+                .map(|h| 1 + h.h.positive_buckets.len() + h.h.negative_buckets.len())
+                .sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {

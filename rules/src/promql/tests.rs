@@ -336,3 +336,39 @@ fn count_values_counts_each_distinct_value_under_its_label() {
         ]
     );
 }
+
+#[test]
+fn irate_over_floats_after_histograms_is_the_float_answer() {
+    // A series that switched from histograms to floats: the last two samples are floats.
+    let mut s = MemStorage::new();
+    let l = Labels::from_pairs([("__name__", "x_total")]);
+    let h = vigil_wire::histogram::FloatHistogram::parse_notation("{{count:1 sum:1}}")
+        .unwrap()
+        .0;
+    s.add_histogram(l.clone(), vigil_wire::histogram::HSample::new(0, h));
+    s.add(l.clone(), Sample::new(10_000, 5.0));
+    s.add(l.clone(), Sample::new(20_000, 7.0));
+    let q = parse("irate(x_total[1m])").unwrap();
+    let r = Engine::default().instant(&s, &q, 20_000).unwrap();
+    assert!(r.annotations.is_empty(), "{:?}", r.annotations);
+    match r.value {
+        Value::Vector(v) => assert_eq!((v.len(), v[0].f), (1, 0.2)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_scaling_expression_giving_a_histogram_is_an_error_not_zero() {
+    let mut s = MemStorage::new();
+    let h = vigil_wire::histogram::FloatHistogram::parse_notation("{{count:4 sum:2}}")
+        .unwrap()
+        .0;
+    s.add_histogram(
+        Labels::from_pairs([("__name__", "latency")]),
+        vigil_wire::histogram::HSample::new(0, h),
+    );
+    let q = parse("sum(latency)").unwrap();
+    let o = crate::evaluator::scaling_observation(&Engine::default(), &s, &q, 0);
+    assert_eq!(o.value, None);
+    assert!(o.error.unwrap().contains("native histogram"));
+}

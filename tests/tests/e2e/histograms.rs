@@ -249,7 +249,7 @@ fn native_histograms_from_prometheus_and_the_agent_answer_as_prometheus_does() {
     std::fs::write(
         d.join("agent.toml"),
         format!(
-            "[agent]\ninterval = \"1s\"\nhost_metrics = false\n[identity]\nsource = \"static\"\ninstance = \"i-hist\"\n[[scrape]]\nurl = \"http://127.0.0.1:{app}/metrics\"\n[push]\nurl = \"{agg}/api/v1/write\"\n[buffer]\ndir = \"{}\"\n[listen]\naddress = \"127.0.0.1:{}\"\n",
+            "[agent]\ninterval = \"1s\"\nhost_metrics = false\n[identity]\nsource = \"static\"\ninstance = \"i-hist\"\n[[scrape]]\nurl = \"http://127.0.0.1:{app}/metrics\"\nnative_histograms = true\n[push]\nurl = \"{agg}/api/v1/write\"\n[buffer]\ndir = \"{}\"\n[listen]\naddress = \"127.0.0.1:{}\"\n",
             d.join("spool").display(),
             free_port()
         ),
