@@ -164,31 +164,20 @@ impl Scraper {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if exposition_pb::is_protobuf(ct) {
-            return match self.parse_protobuf(raw, now_ms) {
-                Ok((samples, histograms, oversized)) => ScrapeResult {
-                    samples,
-                    histograms,
-                    oversized,
-                    up: true,
-                    duration: started.elapsed(),
-                    limit_exceeded: false,
-                    error: None,
-                },
-                Err((limit, e)) => ScrapeResult {
-                    limit_exceeded: limit,
-                    ..fail(e)
-                },
+        let parsed = if exposition_pb::is_protobuf(ct) {
+            self.parse_protobuf(raw, now_ms)
+        } else {
+            let format = Format::from_content_type(ct);
+            let Ok(body) = std::str::from_utf8(raw) else {
+                return fail("body is not UTF-8".into());
             };
-        }
-        let format = Format::from_content_type(ct);
-        let Ok(body) = std::str::from_utf8(raw) else {
-            return fail("body is not UTF-8".into());
+            self.parse(body, format, now_ms)
+                .map(|(samples, oversized)| (samples, vec![], oversized))
         };
-        match self.parse(body, format, now_ms) {
-            Ok((samples, oversized)) => ScrapeResult {
+        match parsed {
+            Ok((samples, histograms, oversized)) => ScrapeResult {
                 samples,
-                histograms: vec![],
+                histograms,
                 oversized,
                 up: true,
                 duration: started.elapsed(),
@@ -196,13 +185,8 @@ impl Scraper {
                 error: None,
             },
             Err((limit, e)) => ScrapeResult {
-                samples: vec![],
-                histograms: vec![],
-                oversized: 0,
-                up: false,
-                duration: started.elapsed(),
                 limit_exceeded: limit,
-                error: Some(e),
+                ..fail(e)
             },
         }
     }

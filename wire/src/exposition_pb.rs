@@ -60,13 +60,8 @@ pub struct Bucket {
     pub cumulative_count_float: f64,
 }
 
-#[derive(Clone, Copy, PartialEq, Message)]
-pub struct BucketSpan {
-    #[prost(sint32, tag = "1")]
-    pub offset: i32,
-    #[prost(uint32, tag = "2")]
-    pub length: u32,
-}
+/// `BucketSpan`: the same message as remote-write's.
+pub use crate::rw_histogram::BucketSpan;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Histogram {
@@ -167,22 +162,14 @@ fn counts(deltas: &[i64], floats: &[f64]) -> Result<Vec<f64>, String> {
 /// The native histogram of a message, checked as a received one is (integer ones too: their
 /// buckets must hold their count).
 pub fn native(h: &Histogram, gauge: bool) -> Result<FloatHistogram, String> {
-    use crate::rw_histogram::{BucketSpan as Span2, Count, Histogram as Rw, ZeroCount};
+    use crate::rw_histogram::{Count, Histogram as Rw, ZeroCount};
     let float = h.sample_count_float > 0.0 || h.zero_count_float > 0.0;
-    let spans2 = |s: &[BucketSpan]| -> Vec<Span2> {
-        s.iter()
-            .map(|s| Span2 {
-                offset: s.offset,
-                length: s.length,
-            })
-            .collect()
-    };
     let mut msg = Rw {
         sum: h.sample_sum,
         schema: h.schema,
         zero_threshold: h.zero_threshold,
-        negative_spans: spans2(&h.negative_span),
-        positive_spans: spans2(&h.positive_span),
+        negative_spans: h.negative_span.clone(),
+        positive_spans: h.positive_span.clone(),
         reset_hint: if gauge { 3 } else { 0 },
         ..Default::default()
     };

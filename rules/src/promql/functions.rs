@@ -56,6 +56,37 @@ funcs! {
 }
 
 impl Func {
+    /// The functions that map each float to another (`abs`, `ln`, `sin`, `deg`, …).
+    pub(crate) fn is_math(self) -> bool {
+        use Func as F;
+        matches!(
+            self,
+            F::Abs
+                | F::Ceil
+                | F::Floor
+                | F::Exp
+                | F::Ln
+                | F::Log2
+                | F::Log10
+                | F::Sqrt
+                | F::Sgn
+                | F::Sin
+                | F::Cos
+                | F::Tan
+                | F::Asin
+                | F::Acos
+                | F::Atan
+                | F::Sinh
+                | F::Cosh
+                | F::Tanh
+                | F::Asinh
+                | F::Acosh
+                | F::Atanh
+                | F::Deg
+                | F::Rad
+        )
+    }
+
     pub fn return_type(self) -> ValueType {
         match self {
             Func::Pi
@@ -282,27 +313,12 @@ fn extrapolated_scan(
             prev = p.value;
         }
     }
-    let mut to_start = (first.timestamp_ms - start) as f64 / 1e3;
-    let mut to_end = (end - last.timestamp_ms) as f64 / 1e3;
-    let sampled = (last.timestamp_ms - first.timestamp_ms) as f64 / 1e3;
-    let avg_step = sampled / (points.len() - 1) as f64;
-    let threshold = avg_step * 1.1;
-    if to_start >= threshold {
-        to_start = avg_step / 2.0;
-    }
-    if counter && result > 0.0 && first.value >= 0.0 {
-        let to_zero = sampled * (first.value / result);
-        if to_zero < to_start {
-            to_start = to_zero;
-        }
-    }
-    if to_end >= threshold {
-        to_end = avg_step / 2.0;
-    }
-    let mut factor = (sampled + to_start + to_end) / sampled;
-    if rate {
-        factor /= (end - start) as f64 / 1e3;
-    }
+    let factor = super::mathx::extrapolation_factor(
+        (first.timestamp_ms, last.timestamp_ms, points.len()),
+        (start, end),
+        counter.then_some((first.value, result)),
+        rate,
+    );
     Some(result * factor)
 }
 
@@ -552,29 +568,7 @@ impl Evaluator<'_> {
     fn call_func(&mut self, func: Func, args: &[Node], t: i64) -> Result<Value, EvalError> {
         use Func as F;
         match func {
-            F::Abs
-            | F::Ceil
-            | F::Floor
-            | F::Exp
-            | F::Ln
-            | F::Log2
-            | F::Log10
-            | F::Sqrt
-            | F::Sgn
-            | F::Sin
-            | F::Cos
-            | F::Tan
-            | F::Asin
-            | F::Acos
-            | F::Atan
-            | F::Sinh
-            | F::Cosh
-            | F::Tanh
-            | F::Asinh
-            | F::Acosh
-            | F::Atanh
-            | F::Deg
-            | F::Rad => {
+            f if f.is_math() => {
                 let mut v = self.eval_vector(&args[0], t)?;
                 for s in &mut v {
                     s.f = math1(func, s.f);
@@ -1259,7 +1253,12 @@ impl Evaluator<'_> {
                 Ok(Value::Vector(out))
             }
             F::Info => Err(EvalError::Unsupported(format!(
-                "{}() needs native histograms or metadata, which Vigil does not store",
+                "{}() needs metadata, which Vigil does not store",
+                func.name()
+            ))),
+            // The math functions, all taken by the first arm.
+            _ => Err(EvalError::Execution(format!(
+                "{}() is not evaluated here",
                 func.name()
             ))),
         }
@@ -1290,6 +1289,31 @@ impl Evaluator<'_> {
             }
         }
         (kept, classics)
+    }
+
+    /// `f` of each native histogram (its labels kept, its name to be dropped), what it noted
+    /// annotated.
+    fn of_natives(
+        &mut self,
+        natives: Vec<VectorSample>,
+        t: i64,
+        f: impl Fn(&FloatHistogram, &str) -> (f64, Option<super::hist::Note>),
+    ) -> Vec<VectorSample> {
+        let mut out = Vec::with_capacity(natives.len());
+        for n in natives {
+            let name = metric_name(&n.labels).to_string();
+            let Some(h) = n.h.as_deref() else { continue };
+            let (val, note) = f(h, &name);
+            self.note(note, &name);
+            out.push(VectorSample {
+                labels: n.labels,
+                t,
+                f: val,
+                h: None,
+                drop_name: true,
+            });
+        }
+        out
     }
 
     /// Annotates what the histogram math noted, at the metric name.
@@ -1380,32 +1404,27 @@ impl Evaluator<'_> {
         let mut out = Vec::with_capacity((natives.len() + groups.len()) * qs.len());
         for q in qs {
             let spelled = open_metrics_float(q);
+            let sample = |labels: &Labels, f: f64| {
+                let mut b = labels.to_builder();
+                b.set(label.as_str(), spelled.as_str());
+                VectorSample {
+                    labels: b.build(),
+                    t,
+                    f,
+                    h: None,
+                    drop_name: true,
+                }
+            };
             for n in &natives {
                 let name = metric_name(&n.labels).to_string();
                 let h = n.h.as_deref().expect("a native histogram");
                 let (val, note) = super::hist::quantile(q, h, &name);
                 self.note(note, &name);
-                let mut b = n.labels.to_builder();
-                b.set(label.as_str(), spelled.as_str());
-                out.push(VectorSample {
-                    labels: b.build(),
-                    t,
-                    f: val,
-                    h: None,
-                    drop_name: true,
-                });
+                out.push(sample(&n.labels, val));
             }
             for g in &groups {
                 let val = self.classic_quantile(q, &mut g.buckets.clone(), &g.name, &g.name);
-                let mut b = g.labels.to_builder();
-                b.set(label.as_str(), spelled.as_str());
-                out.push(VectorSample {
-                    labels: b.build(),
-                    t,
-                    f: val,
-                    h: None,
-                    drop_name: true,
-                });
+                out.push(sample(&g.labels, val));
             }
         }
         Ok(Value::Vector(out))
@@ -1419,20 +1438,9 @@ impl Evaluator<'_> {
         let upper = self.eval_scalar(&args[1], t)?;
         let v = self.eval_vector(&args[2], t)?;
         let (natives, groups) = self.both_histograms(v);
-        let mut out = Vec::with_capacity(natives.len() + groups.len());
-        for n in natives {
-            let name = metric_name(&n.labels).to_string();
-            let h = n.h.as_deref().expect("a native histogram");
-            let (val, note) = super::hist::fraction(lower, upper, h, &name);
-            self.note(note, &name);
-            out.push(VectorSample {
-                labels: n.labels,
-                t,
-                f: val,
-                h: None,
-                drop_name: true,
-            });
-        }
+        let mut out = self.of_natives(natives, t, |h, name| {
+            super::hist::fraction(lower, upper, h, name)
+        });
         out.extend(groups.into_iter().map(|mut g| VectorSample {
             labels: g.labels,
             t,
@@ -1454,20 +1462,7 @@ impl Evaluator<'_> {
             );
         }
         let (natives, groups) = self.both_histograms(v);
-        let mut out = Vec::with_capacity(natives.len() + groups.len());
-        for n in natives {
-            let name = metric_name(&n.labels).to_string();
-            let h = n.h.as_deref().expect("a native histogram");
-            let (val, note) = super::hist::quantile(q, h, &name);
-            self.note(note, &name);
-            out.push(VectorSample {
-                labels: n.labels,
-                t,
-                f: val,
-                h: None,
-                drop_name: true,
-            });
-        }
+        let mut out = self.of_natives(natives, t, |h, name| super::hist::quantile(q, h, name));
         for mut g in groups {
             let val = self.classic_quantile(q, &mut g.buckets, &g.name, "histogram_quantile");
             out.push(VectorSample {

@@ -33,30 +33,8 @@ pub(crate) fn policy(node: &Node) -> HistPolicy {
         Node::Aggregate { .. } => HistPolicy::Take,
         Node::Call { func, .. } => match func {
             _ if range_use(*func).is_some() => HistPolicy::Take,
-            F::Abs
-            | F::Ceil
-            | F::Floor
-            | F::Exp
-            | F::Ln
-            | F::Log2
-            | F::Log10
-            | F::Sqrt
-            | F::Sgn
-            | F::Sin
-            | F::Cos
-            | F::Tan
-            | F::Asin
-            | F::Acos
-            | F::Atan
-            | F::Sinh
-            | F::Cosh
-            | F::Tanh
-            | F::Asinh
-            | F::Acosh
-            | F::Atanh
-            | F::Deg
-            | F::Rad
-            | F::Clamp
+            _ if func.is_math() => HistPolicy::Drop,
+            F::Clamp
             | F::ClampMin
             | F::ClampMax
             | F::Round
@@ -552,31 +530,12 @@ pub(crate) fn extrapolated(
     }
     let result = increase(points, counter, name, notes)?;
     let (first, last) = (&points[0], &points[points.len() - 1]);
-    let mut to_start = (first.timestamp_ms - start) as f64 / 1e3;
-    let mut to_end = (end - last.timestamp_ms) as f64 / 1e3;
-    let sampled = (last.timestamp_ms - first.timestamp_ms) as f64 / 1e3;
-    let avg_step = sampled / (points.len() - 1) as f64;
-    let threshold = avg_step * 1.1;
-    if to_start >= threshold {
-        to_start = avg_step / 2.0;
-    }
-    if counter && result.count > 0.0 && first.h.count >= 0.0 {
-        let to_zero = sampled * (first.h.count / result.count);
-        if to_zero < to_start {
-            to_start = to_zero;
-        }
-    }
-    if to_end >= threshold {
-        to_end = avg_step / 2.0;
-    }
-    let mut factor = if sampled != 0.0 {
-        (sampled + to_start + to_end) / sampled
-    } else {
-        1.0
-    };
-    if rate {
-        factor /= (end - start) as f64 / 1e3;
-    }
+    let factor = super::mathx::extrapolation_factor(
+        (first.timestamp_ms, last.timestamp_ms, points.len()),
+        (start, end),
+        counter.then_some((first.h.count, result.count)),
+        rate,
+    );
     Some(result.scaled(factor))
 }
 

@@ -92,6 +92,46 @@ pub(crate) fn quantile(q: f64, xs: &mut [f64]) -> f64 {
     xs[lower as usize] * (1.0 - weight) + xs[upper as usize] * weight
 }
 
+/// Prometheus's extrapolation of a window's increase to its whole range `(start, end]`
+/// (`extrapolatedRate`): the `(first, last, count)` of its samples' times; for a counter, its
+/// first value and increase, so that the start is not extrapolated below zero; per second when
+/// `rate`. The increase is multiplied by what this returns.
+pub(crate) fn extrapolation_factor(
+    (first_t, last_t, n): (i64, i64, usize),
+    (start, end): (i64, i64),
+    counter: Option<(f64, f64)>,
+    rate: bool,
+) -> f64 {
+    let mut to_start = (first_t - start) as f64 / 1e3;
+    let mut to_end = (end - last_t) as f64 / 1e3;
+    let sampled = (last_t - first_t) as f64 / 1e3;
+    let avg_step = sampled / n.saturating_sub(1).max(1) as f64;
+    let threshold = avg_step * 1.1;
+    if to_start >= threshold {
+        to_start = avg_step / 2.0;
+    }
+    if let Some((first, increase)) = counter {
+        if increase > 0.0 && first >= 0.0 {
+            let to_zero = sampled * (first / increase);
+            if to_zero < to_start {
+                to_start = to_zero;
+            }
+        }
+    }
+    if to_end >= threshold {
+        to_end = avg_step / 2.0;
+    }
+    let mut factor = if sampled != 0.0 {
+        (sampled + to_start + to_end) / sampled
+    } else {
+        1.0
+    };
+    if rate {
+        factor /= (end - start) as f64 / 1e3;
+    }
+    factor
+}
+
 /// Go's `math.Max`/`math.Min`: NaN wins, and -0 < +0.
 pub(crate) fn go_max(a: f64, b: f64) -> f64 {
     if a.is_nan() || b.is_nan() {
