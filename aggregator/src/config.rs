@@ -94,6 +94,8 @@ pub struct Config {
     /// Rule file paths or globs (`*` in the file name).
     pub rule_files: Vec<String>,
     pub evaluation_interval_ms: i64,
+    /// `[rules] query_offset`: how far in the past groups without their own are evaluated.
+    pub query_offset_ms: i64,
     pub region: String,
     pub endpoint_url: Option<String>,
     /// Whether `[aws]` is given: without it there are no AWS clients at all (capacities are
@@ -174,6 +176,7 @@ impl Default for Config {
             cluster: None,
             rule_files: vec![],
             evaluation_interval_ms: 10_000,
+            query_offset_ms: 0,
             region: "us-east-1".into(),
             endpoint_url: None,
             aws_configured: false,
@@ -329,6 +332,9 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
             .collect();
         c.evaluation_interval_ms =
             r.positive_duration(&mut doc, "evaluation_interval", c.evaluation_interval_ms);
+        c.query_offset_ms = r
+            .non_negative_duration(&mut doc, "query_offset")
+            .unwrap_or(0);
         r.finish(&mut doc);
     }
     if let Some(mut a) = top.table(&mut doc, "aws") {

@@ -42,7 +42,7 @@ pub fn load_rules(cfg: &Config) -> Result<RuleSet, LoadError> {
     let ctx = Context {
         receivers: Some(cfg.receivers.iter().map(|r| r.name.clone()).collect()),
     };
-    let files = rulefile::load_all(&sources, &ctx).map_err(|errs| {
+    let mut files = rulefile::load_all(&sources, &ctx).map_err(|errs| {
         LoadError(
             errs.iter()
                 .map(|e| e.to_string())
@@ -50,6 +50,10 @@ pub fn load_rules(cfg: &Config) -> Result<RuleSet, LoadError> {
                 .join("\n"),
         )
     })?;
+    // `[rules] query_offset` for the groups that set none.
+    for g in files.iter_mut().flat_map(|f| f.groups.iter_mut()) {
+        g.query_offset_ms.get_or_insert(cfg.query_offset_ms);
+    }
     Ok(RuleSet {
         files,
         default_interval_ms: cfg.evaluation_interval_ms,

@@ -268,6 +268,19 @@ impl<'t, 'i> Obj<'t, 'i> {
 
     /// A duration that must be greater than zero; `default` when absent (or refused, with the
     /// problem reported at its position).
+    /// A duration that may be zero but not negative (an error names it otherwise).
+    pub fn non_negative_duration(&mut self, doc: &mut Doc<'_>, key: &str) -> Option<i64> {
+        let d = self.duration(doc, key)?;
+        if d.value < 0 {
+            doc.error_at(
+                d.span.start,
+                format!("{}: must not be negative", self.key_path(key)),
+            );
+            return None;
+        }
+        Some(d.value)
+    }
+
     pub fn positive_duration(&mut self, doc: &mut Doc<'_>, key: &str, default: i64) -> i64 {
         match self.duration(doc, key) {
             Some(d) if d.value > 0 => d.value,

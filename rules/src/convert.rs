@@ -1,9 +1,8 @@
-//! `vigil-rules convert`: a Prometheus rule file (YAML) as Vigil's TOML. Groups keep their name
-//! and interval; recording and alerting rules keep `expr`, `for`, `keep_firing_for`, `labels`
+//! `vigil-rules convert`: a Prometheus rule file (YAML) as Vigil's TOML. Groups keep their name,
+//! interval and query_offset; recording and alerting rules keep `expr`, `for`, `keep_firing_for`, `labels`
 //! and `annotations` as they are (PromQL and Go templates are the same language in both). Whole
 //! comment lines are kept before the group or rule they precede; a comment at the end of a
-//! line is lost (it says so). What Vigil has no counterpart for (`limit`, `query_offset`, group
-//! `labels`) is an error naming its line and column, never dropped silently.
+//! line is lost (it says so). What Vigil has no counterpart for (`limit`, group `labels`) is an error naming its line and column, never dropped silently.
 
 use std::fmt::Write as _;
 
@@ -205,7 +204,7 @@ impl Converter<'_> {
         let mut rules = None;
         for (k, v) in entries {
             match k.as_str() {
-                "name" | "interval" => {
+                "name" | "interval" | "query_offset" => {
                     let s = self.scalar(v, k)?.to_string();
                     let _ = writeln!(self.out, "{k} = {}", toml_str(&s));
                 }

@@ -243,7 +243,10 @@ fn eval_rule(
     external_labels: &Labels,
     events: &mut Vec<Event>,
 ) -> usize {
-    let res = engine.instant(storage, rule.query(), ts);
+    // Evaluated `query_offset` in the past, and written at that time (as Prometheus does);
+    // an alert's `for` and its times are judged by the evaluation's own clock.
+    let qt = ts - group.query_offset_ms.unwrap_or(0);
+    let res = engine.instant(storage, rule.query(), qt);
     let mut written: Vec<(Labels, Sample)> = Vec::new();
     let mut written_h: Vec<(Labels, vigil_wire::histogram::HSample)> = Vec::new();
     match (rule, res) {
@@ -258,7 +261,7 @@ fn eval_rule(
         (Rule::Record(r), Ok(res)) => {
             let mut seen = BTreeSet::new();
             let mut failed = false;
-            for s in vector_of(res.value, ts) {
+            for s in vector_of(res.value, qt) {
                 let mut b = s.labels.to_builder();
                 b.set(METRIC_NAME, r.record.clone());
                 for (k, v) in &r.labels {
@@ -278,11 +281,11 @@ fn eval_rule(
                     Some(h) => written_h.push((
                         l,
                         vigil_wire::histogram::HSample {
-                            timestamp_ms: ts,
+                            timestamp_ms: qt,
                             h,
                         },
                     )),
-                    None => written.push((l, Sample::new(ts, s.f))),
+                    None => written.push((l, Sample::new(qt, s.f))),
                 }
             }
             if failed {
@@ -293,10 +296,14 @@ fn eval_rule(
         (Rule::Alert(a), Ok(res)) => {
             let key = alert_key(group, a);
             let st = state.alerts.entry(key).or_default();
-            match alerting::evaluate(a, st, &vector_of(res.value, ts), ts, external_labels) {
+            match alerting::evaluate(a, st, &vector_of(res.value, qt), ts, external_labels) {
                 Ok(out) => {
                     events.extend(out.transitions.into_iter().map(Event::Alert));
                     written = out.series;
+                    // `ALERTS` and `ALERTS_FOR_STATE` at the time the rule looked at.
+                    for (_, s) in &mut written {
+                        s.timestamp_ms = qt;
+                    }
                 }
                 Err(e) => {
                     events.push(Event::RuleError {
@@ -325,7 +332,7 @@ fn eval_rule(
         storage.append_histogram(l, h);
     }
     for gone in prev.difference(&now) {
-        storage.append(gone.clone(), Sample::new(ts, STALE_NAN));
+        storage.append(gone.clone(), Sample::new(qt, STALE_NAN));
     }
     now.len()
 }
@@ -998,6 +1005,65 @@ labels = { severity = "critical" }
                 ("warning".to_string(), 60_000),
                 ("critical".to_string(), 180_000)
             ]
+        );
+    }
+
+    #[test]
+    fn a_group_with_a_query_offset_evaluates_and_records_that_far_back() {
+        let text = r#"
+[[group]]
+name = "late"
+query_offset = "1m"
+[[group.record]]
+record = "job:up:sum"
+expr = "sum(up)"
+[[group.alert]]
+alert = "Down"
+expr = "up == 0"
+for = "2m"
+"#;
+        let mut storage = MemStorage::new();
+        // Up until 3m, down from then on.
+        storage.add_series(
+            Labels::from_pairs([("__name__", "up"), ("instance", "a")]),
+            (0..=10).map(|k| Sample::new(k * 60_000, if k < 3 { 1.0 } else { 0.0 })),
+        );
+        let mut sim = simulation_of(text);
+        let mut fired = None;
+        for k in 0..=10 {
+            for e in sim.step(&mut storage, 0, k * 60_000, Observations::none()) {
+                if let Event::Alert(t) = e {
+                    if t.to == crate::alerting::AlertState::Firing && fired.is_none() {
+                        fired = Some(k);
+                    }
+                }
+            }
+        }
+        // Seen down at 4m (looking at 3m), firing 2m after that by the evaluation's clock.
+        assert_eq!(fired, Some(6));
+        let rec = storage.select(
+            &[crate::promql::storage::Matcher::new(
+                crate::promql::storage::MatchOp::Equal,
+                "__name__",
+                "job:up:sum",
+            )],
+            0,
+            i64::MAX,
+        );
+        let pts: Vec<(i64, f64)> = rec[0]
+            .samples
+            .iter()
+            .map(|s| (s.timestamp_ms, s.value))
+            .collect();
+        // Written at the time it looked at: the first at 1m (for 1m of data), none at 0.
+        assert_eq!(pts[0], (0, 1.0));
+        assert_eq!(pts[3], (180_000, 0.0));
+        assert_eq!(pts.last().copied(), Some((540_000, 0.0)));
+        let bad = "[[group]]\nname = \"g\"\nquery_offset = \"-1m\"\n";
+        let e = load_all(&[("r.toml".into(), bad.into())], &Context::default()).unwrap_err();
+        assert!(
+            e[0].message.starts_with("group[0].query_offset") && e[0].line == 3,
+            "{e:?}"
         );
     }
 

@@ -26,6 +26,9 @@ pub struct Group {
     pub name: String,
     /// Evaluation interval; `None` means the global `rules.evaluation_interval`.
     pub interval_ms: Option<i64>,
+    /// How far in the past the group's rules are evaluated (Prometheus's `query_offset`, for
+    /// data that arrives late); `None` means the global `[rules] query_offset` (0 unless set).
+    pub query_offset_ms: Option<i64>,
     /// Rules in the order they appear in the file (records feed later rules).
     pub rules: Vec<Rule>,
 }
@@ -363,6 +366,7 @@ pub fn load(path: &str, text: &str, ctx: &Context) -> Result<RuleFile, Vec<Diagn
         } else {
             None
         };
+        let query_offset = g.non_negative_duration(&mut doc, "query_offset");
         let mut rules: Vec<(usize, Option<Rule>)> = Vec::new();
         for mut r in g.tables(&mut doc, "record") {
             let rpath = r.path.clone();
@@ -496,6 +500,7 @@ pub fn load(path: &str, text: &str, ctx: &Context) -> Result<RuleFile, Vec<Diagn
                 file: path.to_string(),
                 name: n.value,
                 interval_ms: interval,
+                query_offset_ms: query_offset,
                 rules: rules.into_iter().filter_map(|(_, r)| r).collect(),
             });
         } else {

@@ -73,6 +73,20 @@ fn connection_limits() {
 }
 
 #[test]
+fn a_query_offset_for_the_rules() {
+    let c = parse("a.toml", "[rules]\nquery_offset = \"30s\"\n").unwrap();
+    assert_eq!(c.query_offset_ms, 30_000);
+    assert_eq!(parse("a.toml", "").unwrap().query_offset_ms, 0);
+    let e = parse("a.toml", "[rules]\nquery_offset = \"-1s\"\n").unwrap_err();
+    assert!(
+        e[0].to_string()
+            .starts_with("a.toml:2:16: rules.query_offset"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
 fn query_limits() {
     let c = parse(
         "a.toml",

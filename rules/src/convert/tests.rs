@@ -7,6 +7,7 @@ groups:
   # Recording first
   - name: web
     interval: 30s
+    query_offset: 1m
     rules:
       - record: job:http_requests:rate5m
         expr: sum by (job) (rate(http_requests_total[5m]))
@@ -34,7 +35,7 @@ fn a_prometheus_rule_file_converts_with_its_comments_and_loads() {
     let toml = rule_file("web.yml", YAML).unwrap();
     for want in [
         "# Web tier rules\n",
-        "# Recording first\n[[group]]\nname = 'web'\ninterval = '30s'\n",
+        "# Recording first\n[[group]]\nname = 'web'\ninterval = '30s'\nquery_offset = '1m'\n",
         "[[group.record]]\nrecord = 'job:http_requests:rate5m'\nexpr = 'sum by (job) (rate(http_requests_total[5m]))'\n",
         "# Page when errors pass 5%\n[[group.alert]]\nalert = 'HighErrorRate'\n",
         "for = '10m'\nkeep_firing_for = '5m'\n",
@@ -47,6 +48,7 @@ fn a_prometheus_rule_file_converts_with_its_comments_and_loads() {
         .unwrap_or_else(|e| panic!("{e:?}\n{toml}"));
     assert_eq!(f.groups.len(), 2);
     assert_eq!(f.groups[0].rules.len(), 2);
+    assert_eq!(f.groups[0].query_offset_ms, Some(60_000));
 }
 
 #[test]
