@@ -1041,15 +1041,17 @@ for = "2m"
         }
         // Seen down at 4m (looking at 3m), firing 2m after that by the evaluation's clock.
         assert_eq!(fired, Some(6));
-        let rec = storage.select(
-            &[crate::promql::storage::Matcher::new(
-                crate::promql::storage::MatchOp::Equal,
-                "__name__",
-                "job:up:sum",
-            )],
-            0,
-            i64::MAX,
-        );
+        let rec = storage
+            .select(
+                &[crate::promql::storage::Matcher::new(
+                    crate::promql::storage::MatchOp::Equal,
+                    "__name__",
+                    "job:up:sum",
+                )],
+                0,
+                i64::MAX,
+            )
+            .unwrap();
         let pts: Vec<(i64, f64)> = rec[0]
             .samples
             .iter()

@@ -263,6 +263,11 @@ fn eval_error(e: EvalError) -> Resp {
         ),
         EvalError::Execution(m) => json_err(StatusCode::UNPROCESSABLE_ENTITY, "execution", m),
         EvalError::Timeout(_) => timeout_err(&e.to_string()),
+        EvalError::Storage(_) => json_err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
     }
 }
 

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use vigil_rules::evaluator::RuleStorage;
-use vigil_rules::promql::storage::Matcher;
+use vigil_rules::promql::storage::{Matcher, StorageError};
 use vigil_rules::promql::{SeriesData, Storage};
 use vigil_wire::{Labels, Sample};
 
@@ -429,7 +429,7 @@ impl Store {
 
     /// Label sets matching the matchers with a sample in `[mint, maxt]`.
     pub fn series(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
-        self.select(matchers, mint, maxt)
+        self.read(matchers, mint, maxt)
             .into_iter()
             .map(|s| s.labels)
             .collect()
@@ -529,7 +529,12 @@ pub struct RuleSink<'a> {
 }
 
 impl Storage for RuleSink<'_> {
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData> {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<SeriesData>, StorageError> {
         self.store.select(matchers, mint, maxt)
     }
 
@@ -539,7 +544,7 @@ impl Storage for RuleSink<'_> {
         mint: i64,
         maxt: i64,
         budget: usize,
-    ) -> Option<Vec<SeriesData>> {
+    ) -> Result<Option<Vec<SeriesData>>, StorageError> {
         self.store.select_within(matchers, mint, maxt, budget)
     }
 }

@@ -2,6 +2,7 @@
 //! decoded outside it, counting against the query's sample budget as it goes.
 
 use parking_lot::MutexGuard;
+use vigil_rules::promql::storage::StorageError;
 use vigil_rules::promql::storage::{matches_all, Matcher};
 use vigil_rules::promql::{SeriesData, Storage};
 
@@ -9,21 +10,45 @@ use super::series::Snapshot;
 use super::{index, Inner, Store, SELECT_SLICE};
 
 impl Storage for Store {
+    /// The window is in memory: it always answers.
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<SeriesData>, StorageError> {
+        Ok(self.read(matchers, mint, maxt))
+    }
+
+    fn select_within(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+    ) -> Result<Option<Vec<SeriesData>>, StorageError> {
+        Ok(self.read_within(matchers, mint, maxt, budget))
+    }
+}
+
+impl Store {
+    /// Every series matching `matchers` with its samples in `[mint, maxt]`.
+    pub fn read(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData> {
+        self.read_within(matchers, mint, maxt, usize::MAX)
+            .unwrap_or_default()
+    }
+
     /// Finds the candidate series, then takes what decoding needs a slice at a time under the
     /// lock (label and chunk references, a copy of each head chunk, matchers checked there), and
     /// decodes with the lock released: ingest and other readers go on meanwhile. A series
     /// created between two slices may be missed, as by a selection made a moment earlier; an id
     /// freed and reused meanwhile is checked against the matchers like any other.
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData> {
-        self.select_within(matchers, mint, maxt, usize::MAX)
-            .unwrap_or_default()
-    }
-
+    ///
     /// Counts as it goes: under the lock, the samples of chunks wholly in the range (from their
-    /// headers) stop the selection once they pass `budget`; decoding stops there too. A query
-    /// of death over a window of millions of series is refused having loaded at most its budget,
-    /// instead of decoding the whole window first.
-    fn select_within(
+    /// headers) stop the selection once they pass `budget` (`None`); decoding stops there too.
+    /// A query of death over a window of millions of series is refused having loaded at most
+    /// its budget, instead of decoding the whole window first.
+    pub fn read_within(
         &self,
         matchers: &[Matcher],
         mint: i64,

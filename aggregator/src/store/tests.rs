@@ -32,7 +32,7 @@ fn out_of_order_and_old_samples_are_dropped_and_counted() {
         (st.accepted, st.out_of_order, st.duplicates, st.too_old),
         (0, 2, 1, 1)
     );
-    let got = s.select(
+    let got = s.read(
         &[Matcher::new(MatchOp::Equal, "__name__", "up")],
         0,
         200_000,
@@ -188,18 +188,18 @@ fn a_selection_past_its_budget_stops_and_one_within_it_is_whole() {
         s.append(&l("m", &j.to_string()), samples, 300_000).unwrap();
     }
     let all = [Matcher::new(MatchOp::Equal, "__name__", "m")];
-    let whole = s.select(&all, 0, 300_000);
+    let whole = s.read(&all, 0, 300_000);
     assert_eq!(whole.iter().map(|d| d.samples.len()).sum::<usize>(), 30_000);
     let within = s
-        .select_within(&all, 0, 300_000, 30_000)
+        .read_within(&all, 0, 300_000, 30_000)
         .expect("within its budget");
     assert_eq!(within.len(), whole.len());
-    assert!(s.select_within(&all, 0, 300_000, 29_999).is_none());
+    assert!(s.read_within(&all, 0, 300_000, 29_999).is_none());
     // A range that cuts every chunk: counted when decoded.
     assert_eq!(
-        s.select_within(&all, 50_500, 60_000, 1_000)
+        s.read_within(&all, 50_500, 60_000, 1_000)
             .map(|d| d.iter().map(|d| d.samples.len()).sum::<usize>()),
         Some(1_000)
     );
-    assert!(s.select_within(&all, 50_500, 60_000, 999).is_none());
+    assert!(s.read_within(&all, 50_500, 60_000, 999).is_none());
 }

@@ -37,7 +37,7 @@ fn lab(i: usize) -> Labels {
 fn dump(s: &Store) -> Vec<(String, Vec<(i64, u64)>)> {
     let all = [Matcher::new(MatchOp::NotEqual, "__name__", "")];
     let mut v: Vec<_> = s
-        .select(&all, i64::MIN, i64::MAX)
+        .read(&all, i64::MIN, i64::MAX)
         .into_iter()
         .map(|d| {
             (
@@ -368,12 +368,12 @@ fn native_histograms_survive_a_kill_and_read_back_with_tsdb_hints() {
     stale.sum = vigil_wire::STALE_NAN;
     assert_eq!(push_h(&a, last_t + 15_000, &stale).accepted, 1);
     let all = [Matcher::new(MatchOp::NotEqual, "__name__", "")];
-    let before = a.select(&all, i64::MIN, i64::MAX);
+    let before = a.read(&all, i64::MIN, i64::MAX);
     drop(a);
     let b = Store::new(3_600_000, 1000);
     let r = b.open_log(&d, false, 1 << 20).unwrap();
     assert_eq!(r.log.corrupt, 0);
-    let after = b.select(&all, i64::MIN, i64::MAX);
+    let after = b.read(&all, i64::MIN, i64::MAX);
     // (Debug text: a staleness marker is a NaN, unequal to itself.)
     // Debug text (a staleness marker is a NaN, unequal to itself), in label order.
     let text = |v: &[SeriesData]| -> Vec<String> {

@@ -9,7 +9,7 @@ use vigil_wire::{Labels, Sample, METRIC_NAME};
 
 use super::hist::HistPolicy;
 use super::plan::{At, Node, Selector, ValueType};
-use super::storage::{SeriesData, Storage};
+use super::storage::{SeriesData, Storage, StorageError};
 use super::value::{Annotation, RangeSeries, Severity, Value, VectorSample};
 use super::{EngineOpts, EvalError};
 
@@ -149,6 +149,7 @@ impl<'a> Evaluator<'a> {
                 let budget = self.opts.max_samples.saturating_sub(self.loaded_samples);
                 let data = self
                     .select(s, rlo.saturating_sub(width).saturating_add(1), rhi, budget)
+                    .map_err(|e| EvalError::Storage(e.0))?
                     .ok_or_else(too_many)?;
                 self.loaded_samples += data.iter().map(SeriesData::len).sum::<usize>();
                 if self.loaded_samples > self.opts.max_samples {
@@ -195,14 +196,28 @@ impl<'a> Evaluator<'a> {
 
     /// The selector's series in `[mint, maxt]`; `None` past `budget` samples (each alternative
     /// of an `or` selector gets the whole budget: the union is counted after).
-    fn select(&self, s: &Selector, mint: i64, maxt: i64, budget: usize) -> Option<Vec<SeriesData>> {
+    fn select(
+        &self,
+        s: &Selector,
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+    ) -> Result<Option<Vec<SeriesData>>, StorageError> {
         let mut data = if s.or_matchers.is_empty() {
-            self.storage
+            match self
+                .storage
                 .select_within(&s.matchers, mint, maxt, budget)?
+            {
+                Some(d) => d,
+                None => return Ok(None),
+            }
         } else {
             let mut all: BTreeMap<Labels, SeriesData> = BTreeMap::new();
             for alt in &s.or_matchers {
-                for sd in self.storage.select_within(alt, mint, maxt, budget)? {
+                let Some(part) = self.storage.select_within(alt, mint, maxt, budget)? else {
+                    return Ok(None);
+                };
+                for sd in part {
                     all.entry(sd.labels.clone()).or_insert(sd);
                 }
             }
@@ -215,7 +230,7 @@ impl<'a> Evaluator<'a> {
             }
             data.retain(|sd| !sd.is_empty());
         }
-        Some(data)
+        Ok(Some(data))
     }
 
     /// Evaluates `node` at time `t` (ms). A native histogram reaching an operation that does

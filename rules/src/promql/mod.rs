@@ -14,11 +14,12 @@ mod mathx;
 pub mod parse;
 mod parse_pos;
 pub mod plan;
+pub mod reach;
 pub mod storage;
 pub mod value;
 
 pub use parse::{parse, ParseError, Query};
-pub use storage::{MemStorage, SeriesData, Storage};
+pub use storage::{MemStorage, SeriesData, Storage, StorageError};
 pub use value::{Annotation, QueryResult, RangeSeries, Severity, Value, VectorSample};
 
 /// Why an evaluation failed.
@@ -36,6 +37,10 @@ pub enum EvalError {
     /// The query ran past its deadline (Prometheus's `timeout`); the phase it was in.
     #[error("query timed out in {0}")]
     Timeout(&'static str),
+    /// The storage could not answer (a remote engine down or in error); Prometheus's
+    /// `errStorage`, answered as `internal`. Never read as an empty result.
+    #[error("storage: {0}")]
+    Storage(String),
 }
 
 /// Engine settings.

@@ -43,13 +43,25 @@ impl SeriesData {
     }
 }
 
-/// Storage the engine evaluates over. The aggregator's in-memory window implements it; so does
-/// [`MemStorage`] for tests, rule unit tests and backtests.
+/// A store that could not answer: an engine that is down, slow past its deadline, or that
+/// answered an error. Evaluation fails with it (rule health shows the message); it is never
+/// read as "no series".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StorageError(pub String);
+
+/// Storage the engine evaluates over. The aggregator's in-memory window implements it; so do
+/// [`MemStorage`] for tests, rule unit tests and backtests, and readers of a remote engine.
 pub trait Storage {
     /// Every series matching all `matchers`, with its samples whose timestamps lie in
     /// `[mint, maxt]` (milliseconds, both inclusive). Series with no sample in the range may be
     /// left out.
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData>;
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<SeriesData>, StorageError>;
 
     /// As [`Storage::select`], but `None` as soon as more than `budget` samples would be
     /// loaded. A store that can count before it decodes overrides this, so that a query over
@@ -60,9 +72,9 @@ pub trait Storage {
         mint: i64,
         maxt: i64,
         budget: usize,
-    ) -> Option<Vec<SeriesData>> {
-        let data = self.select(matchers, mint, maxt);
-        (data.iter().map(SeriesData::len).sum::<usize>() <= budget).then_some(data)
+    ) -> Result<Option<Vec<SeriesData>>, StorageError> {
+        let data = self.select(matchers, mint, maxt)?;
+        Ok((data.iter().map(SeriesData::len).sum::<usize>() <= budget).then_some(data))
     }
 }
 
@@ -243,7 +255,12 @@ impl MemStorage {
 }
 
 impl Storage for MemStorage {
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData> {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<SeriesData>, StorageError> {
         let none: &[Sample] = &[];
         let hist_only = self
             .hists
@@ -282,7 +299,7 @@ impl Storage for MemStorage {
         if !self.hists.is_empty() {
             out.sort_by(|a, b| a.labels.cmp(&b.labels));
         }
-        out
+        Ok(out)
     }
 }
 
@@ -319,7 +336,9 @@ mod tests {
                 Sample::new(15, 5.0),
             ],
         );
-        let got = s.select(&[Matcher::new(MatchOp::Equal, "__name__", "m")], 0, 100);
+        let got = s
+            .select(&[Matcher::new(MatchOp::Equal, "__name__", "m")], 0, 100)
+            .unwrap();
         let ts: Vec<(i64, f64)> = got[0]
             .samples
             .iter()
@@ -346,7 +365,9 @@ mod tests {
             s.add_histogram(l.clone(), HSample::new(t, h(text)));
         }
         s.add(l.clone(), Sample::new(30, vigil_wire::STALE_NAN));
-        let got = s.select(&[Matcher::new(MatchOp::Equal, "__name__", "h")], 0, 100);
+        let got = s
+            .select(&[Matcher::new(MatchOp::Equal, "__name__", "h")], 0, 100)
+            .unwrap();
         let hints: Vec<ResetHint> = got[0].histograms.iter().map(|x| x.h.hint).collect();
         use ResetHint::*;
         assert_eq!(hints, [Unknown, NotReset, Reset, Reset, Unknown, Gauge]);
@@ -368,13 +389,14 @@ mod tests {
             );
         }
         let m = [Matcher::new(MatchOp::NotEqual, "job", "a")];
-        let got = s.select(&m, 10, 30);
+        let got = s.select(&m, 10, 30).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].labels.get("job"), Some("b"));
         assert_eq!(got[0].samples.len(), 3);
         // An absent label matches as the empty string.
         assert_eq!(
             s.select(&[Matcher::new(MatchOp::Equal, "zone", "")], 0, 100)
+                .unwrap()
                 .len(),
             2
         );
