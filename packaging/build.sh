@@ -22,7 +22,7 @@ for tool in help2man buildah; do
   command -v "$tool" >/dev/null 2>&1 || { echo "packaging/build.sh: $tool is missing (apt-get install $tool)" >&2; exit 1; }
 done
 
-cargo build --release --locked -p vigil-agent -p vigil-aggregator -p vigil-rules
+cargo build --release --locked -p vigil-agent -p vigil-aggregator -p vigil-rules-cli
 
 # Man pages from each binary's own --help and --version.
 for bin in vigil-agent vigil-aggregator vigil-rules; do

@@ -11,6 +11,8 @@ use vigil_rules::evaluator::RuleSet;
 use vigil_rules::rulefile::{self, Context};
 use vigil_rules::{replay, unittest};
 
+mod history;
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum OutputFormat {
     Text,
@@ -69,15 +71,35 @@ enum Command {
         #[arg(long = "rules", required = true)]
         rules: Vec<PathBuf>,
         /// Recorded data: a series file (.toml) or a remote-write dump.
-        #[arg(long)]
-        data: PathBuf,
+        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+        data: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "auto")]
         data_format: DataFormat,
+        /// History from a Prometheus-compatible query API instead (VictoriaMetrics, Prometheus,
+        /// Mimir, Thanos, Amazon Managed Service for Prometheus): its base URL.
+        #[arg(long, value_name = "URL", requires_all = ["start", "end"])]
+        from: Option<String>,
+        /// With --from: the first evaluation (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        start: Option<String>,
+        /// With --from: the last evaluation (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        end: Option<String>,
+        /// With --from: a header sent with every request, `Name: value` (repeatable), such as
+        /// a tenant's `X-Scope-OrgID: web`.
+        #[arg(long, value_name = "NAME: VALUE")]
+        header: Vec<String>,
+        /// With --from: a file holding a bearer token, sent as `Authorization: Bearer ...`.
+        #[arg(long, value_name = "FILE")]
+        bearer_token_file: Option<PathBuf>,
+        /// With --from: the longest window one request asks for.
+        #[arg(long, default_value = "1h")]
+        chunk: String,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
         /// Interval for groups and policies that set none.
-        #[arg(long, default_value = "10s")]
+        #[arg(long, visible_alias = "step", default_value = "10s")]
         evaluation_interval: String,
         /// Starting capacity of an Auto Scaling group, `ASG=N` (repeatable).
         #[arg(long, value_name = "ASG=N")]
@@ -178,10 +200,15 @@ fn test(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// Where a replay's samples come from.
+enum Source<'a> {
+    File(&'a Path, DataFormat),
+    History(history::Request<'a>),
+}
+
 fn run_replay(
     rules: &[PathBuf],
-    data: &Path,
-    data_format: DataFormat,
+    source: Source<'_>,
     format: OutputFormat,
     interval: &str,
     capacity: &[String],
@@ -215,18 +242,25 @@ fn run_replay(
             .with_context(|| format!("--capacity {c:?}: N must be a whole number"))?;
         cap.insert(asg.to_string(), n);
     }
-    let name = data.display().to_string();
-    let series = match data_format {
-        DataFormat::Series => true,
-        DataFormat::RemoteWrite => false,
-        DataFormat::Auto => data.extension().is_some_and(|e| e == "toml"),
-    };
-    let mut loaded = if series {
-        let text = std::fs::read_to_string(data).with_context(|| format!("cannot read {name}"))?;
-        replay::load_series_file(&name, &text)?
-    } else {
-        let bytes = std::fs::read(data).with_context(|| format!("cannot read {name}"))?;
-        replay::load_dump(&name, &bytes)?
+    let (name, mut loaded) = match source {
+        Source::File(data, data_format) => {
+            let name = data.display().to_string();
+            let series = match data_format {
+                DataFormat::Series => true,
+                DataFormat::RemoteWrite => false,
+                DataFormat::Auto => data.extension().is_some_and(|e| e == "toml"),
+            };
+            let loaded = if series {
+                let text =
+                    std::fs::read_to_string(data).with_context(|| format!("cannot read {name}"))?;
+                replay::load_series_file(&name, &text)?
+            } else {
+                let bytes = std::fs::read(data).with_context(|| format!("cannot read {name}"))?;
+                replay::load_dump(&name, &bytes)?
+            };
+            (name, loaded)
+        }
+        Source::History(req) => (req.url.to_string(), history::fetch(&req, &set)?),
     };
     let events =
         replay::run(&set, &mut loaded, &cap).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
@@ -255,17 +289,31 @@ fn main() -> ExitCode {
             rules,
             data,
             data_format,
+            from,
+            start,
+            end,
+            header,
+            bearer_token_file,
+            chunk,
             format,
             evaluation_interval,
             capacity,
-        } => run_replay(
-            rules,
-            data,
-            *data_format,
-            *format,
-            evaluation_interval,
-            capacity,
-        ),
+        } => {
+            let source = match (data, from) {
+                (Some(d), _) => Ok(Source::File(d, *data_format)),
+                (None, Some(url)) => history::Request::new(
+                    url,
+                    start.as_deref(),
+                    end.as_deref(),
+                    header,
+                    bearer_token_file.as_deref(),
+                    chunk,
+                )
+                .map(Source::History),
+                (None, None) => Err(anyhow::anyhow!("--data or --from is required")),
+            };
+            source.and_then(|s| run_replay(rules, s, *format, evaluation_interval, capacity))
+        }
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

@@ -14,7 +14,7 @@
 //! its policies) and every decision is applied at once, so cooldowns and stabilization behave as
 //! they would in production.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 use vigil_wire::remote_write::WriteRequest;
@@ -22,7 +22,9 @@ use vigil_wire::{Labels, Sample, STALE_NAN};
 
 use crate::duration::format_timestamp_ms;
 use crate::evaluator::{Event, Observations, RuleSet, Simulation};
-use crate::promql::{Engine, EngineOpts, MemStorage};
+use crate::promql::reach::{self, Read};
+use crate::promql::{Engine, EngineOpts, MemStorage, Query};
+use crate::rulefile::Rule;
 use crate::scaling::Direction;
 use crate::series::{parse_series_desc, parse_values, Point};
 use crate::tomlread::{Diagnostic, Doc, Obj};
@@ -192,6 +194,53 @@ pub fn dump_frame(req: &WriteRequest) -> Vec<u8> {
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
     out
+}
+
+/// What replaying `rules` over `[start, end]` reads from storage (every rule's, policy's and
+/// guard's expression, and what warmup reads), and the metric names the replay writes itself:
+/// recorded series, `ALERTS`, `ALERTS_FOR_STATE` and `vigil_instance_warm`. A backtest on
+/// history leaves the engine's copies of those out (they would be read beside the replay's
+/// own), so the rules under test compute them afresh.
+pub fn reads(rules: &RuleSet, start: i64, end: i64) -> (Vec<Read>, BTreeSet<String>) {
+    let lookback = EngineOpts::default().lookback_delta_ms;
+    let mut out = Vec::new();
+    let mut written: BTreeSet<String> = ["ALERTS", "ALERTS_FOR_STATE", crate::warmup::METRIC]
+        .map(String::from)
+        .into();
+    for g in rules.groups() {
+        let offset = g.query_offset_ms.unwrap_or(0);
+        for r in &g.rules {
+            out.extend(reach::reads(
+                r.query(),
+                start - offset,
+                end - offset,
+                lookback,
+            ));
+            if let Rule::Record(rec) = r {
+                written.insert(rec.record.clone());
+            }
+        }
+    }
+    let mut queries: Vec<&Query> = Vec::new();
+    for p in rules.scaling() {
+        queries.push(&p.expr);
+        queries.extend(&p.controls.hold_out_when);
+        queries.extend(&p.controls.hold_in_when);
+        queries.extend(&p.controls.scale_in_victim);
+    }
+    queries.extend(rules.replace().map(|p| &p.expr));
+    let warm: Vec<Query> = if crate::warmup::any(rules) {
+        [crate::warmup::BOOT_TIMES, crate::warmup::PRESENT]
+            .iter()
+            .filter_map(|q| crate::promql::parse(q).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for q in queries.into_iter().chain(&warm) {
+        out.extend(reach::reads(q, start, end, lookback));
+    }
+    (out, written)
 }
 
 /// Evaluations one replay may make (a stray sample decades away from the rest would otherwise

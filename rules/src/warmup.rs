@@ -17,6 +17,15 @@ use crate::promql::{Engine, Storage, Value};
 
 pub const METRIC: &str = "vigil_instance_warm";
 
+/// What publishing reads: each instance's boot time, and the instances that push.
+pub const BOOT_TIMES: &str = "max by (instance) (node_boot_time_seconds)";
+pub const PRESENT: &str = r#"group by (instance, asg) ({__name__=~"node_boot_time_seconds|vigil_health_up|up", instance!=""})"#;
+
+/// Whether any policy of `rules` has an `instance_warmup` (publishing is then on).
+pub fn any(rules: &RuleSet) -> bool {
+    !warmups(rules).is_empty()
+}
+
 /// How long an instance Vigil no longer sees is remembered (a brief gap in its pushes must not
 /// make it cold again).
 const FORGET_MS: i64 = 15 * 60_000;
@@ -85,21 +94,11 @@ pub fn publish(
             }
         }
     }
-    let boot: BTreeMap<String, f64> = vector(
-        engine,
-        &*storage,
-        "max by (instance) (node_boot_time_seconds)",
-        ts,
-    )
-    .into_iter()
-    .filter_map(|(l, v)| Some((l.get("instance")?.to_string(), v)))
-    .collect();
-    let present = vector(
-        engine,
-        &*storage,
-        r#"group by (instance, asg) ({__name__=~"node_boot_time_seconds|vigil_health_up|up", instance!=""})"#,
-        ts,
-    );
+    let boot: BTreeMap<String, f64> = vector(engine, &*storage, BOOT_TIMES, ts)
+        .into_iter()
+        .filter_map(|(l, v)| Some((l.get("instance")?.to_string(), v)))
+        .collect();
+    let present = vector(engine, &*storage, PRESENT, ts);
     let mut now: BTreeMap<String, Option<String>> = BTreeMap::new();
     for (l, _) in present {
         let Some(i) = l.get("instance") else { continue };

@@ -27,3 +27,6 @@ mod oncall;
 
 #[path = "e2e/histograms.rs"]
 mod histograms;
+
+#[path = "e2e/history.rs"]
+mod history;

@@ -1,0 +1,150 @@
+//! `vigil-rules replay --from URL`: the history a backtest reads, fetched from a
+//! Prometheus-compatible query API as raw samples before the replay starts.
+//!
+//! Only what the rules read is fetched: each selector of every rule, policy and guard over the
+//! widest window its evaluations between `--start` and `--end` look at (ranges, lookback,
+//! offsets, subqueries), in chunks of `--chunk`, with progress on stderr. Series the replay
+//! writes itself (recorded series, `ALERTS`, `vigil_instance_warm`) are left out: the rules
+//! under test compute them afresh, as the aggregator would have. The replay then runs exactly
+//! as on `--data`.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use vigil_remote::read::Chunk;
+use vigil_remote::{selector_text, QueryApi};
+use vigil_rules::duration::{format_timestamp_ms, parse_ms, parse_timestamp_ms};
+use vigil_rules::evaluator::RuleSet;
+use vigil_rules::promql::storage::Matcher;
+use vigil_rules::promql::MemStorage;
+use vigil_rules::replay::{self, Data};
+
+/// One request may take this long (an hour of a large selection, from a loaded engine).
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What `--from` and its flags ask for.
+pub struct Request<'a> {
+    pub url: &'a str,
+    start: i64,
+    end: i64,
+    headers: Vec<(String, String)>,
+    chunk_ms: i64,
+}
+
+impl<'a> Request<'a> {
+    pub fn new(
+        url: &'a str,
+        start: Option<&str>,
+        end: Option<&str>,
+        header: &[String],
+        bearer_token_file: Option<&Path>,
+        chunk: &str,
+    ) -> anyhow::Result<Request<'a>> {
+        let time = |flag: &str, v: Option<&str>| -> anyhow::Result<i64> {
+            let v = v.with_context(|| format!("--from needs {flag}"))?;
+            parse_timestamp_ms(v).map_err(|e| anyhow::anyhow!("{flag} {v:?}: {e}"))
+        };
+        let (start, end) = (time("--start", start)?, time("--end", end)?);
+        if end < start {
+            bail!(
+                "--end ({}) is before --start ({})",
+                format_timestamp_ms(end),
+                format_timestamp_ms(start)
+            );
+        }
+        let mut headers = Vec::new();
+        for h in header {
+            let (k, v) = h
+                .split_once(':')
+                .with_context(|| format!("--header {h:?}: expected `Name: value`"))?;
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        if let Some(f) = bearer_token_file {
+            let token = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            headers.push(("authorization".into(), format!("Bearer {}", token.trim())));
+        }
+        let chunk_ms = parse_ms(chunk).map_err(|e| anyhow::anyhow!("--chunk {chunk:?}: {e}"))?;
+        if chunk_ms <= 0 {
+            bail!("--chunk must be greater than zero");
+        }
+        Ok(Request {
+            url,
+            start,
+            end,
+            headers,
+            chunk_ms,
+        })
+    }
+}
+
+/// Fetches what replaying `rules` over the request's range reads.
+pub fn fetch(req: &Request<'_>, rules: &RuleSet) -> anyhow::Result<Data> {
+    let api = QueryApi::new(req.url, req.headers.clone(), TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("--from {e}"))?
+        .with_chunk_ms(req.chunk_ms);
+    let (reads, written) = replay::reads(rules, req.start, req.end);
+    // One selection per distinct selector, over the union of its windows.
+    let mut selections: BTreeMap<String, (Vec<Matcher>, i64, i64)> = BTreeMap::new();
+    for r in reads {
+        for alt in r.alternatives {
+            let e = selections
+                .entry(selector_text(&alt))
+                .or_insert((alt, r.mint, r.maxt));
+            e.1 = e.1.min(r.mint);
+            e.2 = e.2.max(r.maxt);
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the HTTP client")?;
+    let mut storage = MemStorage::new();
+    let mut skipped = 0usize;
+    let mut stderr = std::io::stderr();
+    for (text, (matchers, mint, maxt)) in &selections {
+        let mut report = |c: Chunk| {
+            let _ = writeln!(
+                stderr,
+                "vigil-rules: {text} {} .. {} ({}/{}): {} series, {} samples",
+                format_timestamp_ms(c.from + 1),
+                format_timestamp_ms(c.to),
+                c.index,
+                c.of,
+                c.series,
+                c.samples
+            );
+        };
+        let data = rt
+            .block_on(api.select(matchers, *mint, *maxt, &mut report))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for sd in data {
+            if sd.labels.metric_name().is_some_and(|n| written.contains(n)) {
+                skipped += 1;
+                continue;
+            }
+            storage.add_series(sd.labels, sd.samples);
+        }
+    }
+    let samples: usize = storage.iter().map(|(_, s)| s.len()).sum();
+    let _ = writeln!(
+        stderr,
+        "vigil-rules: {}: {} selections, {} series, {samples} samples{}",
+        api.base(),
+        selections.len(),
+        storage.series_count(),
+        if skipped > 0 {
+            format!(", {skipped} series the rules write themselves left out")
+        } else {
+            String::new()
+        }
+    );
+    Ok(Data {
+        storage,
+        start: req.start,
+        end: req.end,
+    })
+}
