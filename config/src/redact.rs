@@ -34,9 +34,16 @@ fn secret_key(key: &str) -> bool {
         return false;
     }
     key.contains("webhook_url")
-        || ["token", "password", "secret", "api_key", "access_key"]
-            .iter()
-            .any(|w| key.contains(w))
+        || [
+            "token",
+            "password",
+            "secret",
+            "api_key",
+            "access_key",
+            "authorization",
+        ]
+        .iter()
+        .any(|w| key.contains(w))
 }
 
 /// The text of a TOML configuration with every secret value replaced by `"<secret>"`: the

@@ -156,6 +156,14 @@ impl<'t, 'i> Obj<'t, 'i> {
         self.table.get(key)
     }
 
+    /// Reports `key`, when present, as an error with `why` at its value (a key this build
+    /// knows of but does not serve: refused, never ignored).
+    pub fn refuse(&mut self, doc: &mut Doc<'_>, key: &str, why: &str) {
+        if let Some(v) = self.raw(key) {
+            doc.error_at(v.span().start, format!("{}: {why}", self.key_path(key)));
+        }
+    }
+
     /// Whether the key is present.
     pub fn has(&self, key: &str) -> bool {
         self.table.get(key).is_some()

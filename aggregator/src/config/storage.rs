@@ -27,6 +27,61 @@ impl Default for Wal {
     }
 }
 
+/// `[storage] backend = "remote"` and `[storage.remote]`: rules (and the query API) read the
+/// window from an existing Prometheus-compatible engine, beside what the aggregator holds itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remote {
+    /// The engine's query API base (`http://vm:8428`, a Mimir's `.../prometheus`).
+    pub query_url: String,
+    /// Sent with every request: a tenant's `X-Scope-OrgID`, an `Authorization`.
+    pub headers: Vec<(String, String)>,
+    /// `bearer_token_file`: read at start, sent as `Authorization: Bearer ...`.
+    pub bearer_token_file: Option<PathBuf>,
+    /// One request's time limit (`query_timeout`, default 10s).
+    pub timeout_ms: i64,
+}
+
+/// Keys of `[storage.remote]` the SPEC names that this build does not serve yet: refused with a
+/// reason rather than accepted and ignored.
+const NOT_YET: [(&str, &str); 4] = [
+    ("write_url", "forwarding to the engine is not built yet: let the agents (or vmagent) write to the engine"),
+    ("queue_dir", "forwarding to the engine is not built yet"),
+    ("queue_max_bytes", "forwarding to the engine is not built yet"),
+    ("sigv4", "SigV4 signing is not built yet: use a signing proxy and query_url"),
+];
+
+fn parse_remote(doc: &mut Doc<'_>, mut r: Obj<'_, '_>) -> Option<Remote> {
+    for (key, why) in NOT_YET {
+        r.refuse(doc, key, why);
+    }
+    let query_url = r.req_str(doc, "query_url");
+    if let Some(u) = &query_url {
+        if !(u.value.starts_with("http://") || u.value.starts_with("https://")) {
+            doc.error_at(
+                u.span.start,
+                "storage.remote.query_url: expected an http:// or https:// URL",
+            );
+        }
+    }
+    let headers = r
+        .str_map(doc, "headers")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.value))
+        .collect();
+    let bearer_token_file = r
+        .str(doc, "bearer_token_file")
+        .map(|f| PathBuf::from(f.value));
+    let timeout_ms = r.positive_duration(doc, "query_timeout", 10_000);
+    r.finish(doc);
+    Some(Remote {
+        query_url: query_url?.value,
+        headers,
+        bearer_token_file,
+        timeout_ms,
+    })
+}
+
 pub(super) fn parse(doc: &mut Doc<'_>, mut s: Obj<'_, '_>, c: &mut Config) {
     c.retention_ms = s.positive_duration(doc, "retention", c.retention_ms);
     c.stale_after_ms = s.positive_duration(doc, "stale_after", c.stale_after_ms);
@@ -41,5 +96,35 @@ pub(super) fn parse(doc: &mut Doc<'_>, mut s: Obj<'_, '_>, c: &mut Config) {
     }
     c.wal.checkpoint_interval_ms =
         s.positive_duration(doc, "checkpoint_interval", c.wal.checkpoint_interval_ms);
+    let backend = s.str(doc, "backend");
+    let remote = s.table(doc, "remote").and_then(|r| parse_remote(doc, r));
+    match backend.as_ref().map(|b| b.value.as_str()) {
+        None | Some("memory") => {
+            if remote.is_some() {
+                let at = s.span().start;
+                doc.error_at(
+                    at,
+                    "[storage.remote] is set but storage.backend is not \"remote\"",
+                );
+            }
+        }
+        Some("remote") => {
+            if remote.is_none() {
+                let at = backend.as_ref().map_or(0, |b| b.span.start);
+                doc.error_at(
+                    at,
+                    "storage.backend = \"remote\" needs [storage.remote] with query_url",
+                );
+            }
+            c.remote = remote;
+        }
+        Some(other) => {
+            let at = backend.as_ref().map_or(0, |b| b.span.start);
+            doc.error_at(
+                at,
+                format!("storage.backend: expected \"memory\" or \"remote\", not {other:?}"),
+            );
+        }
+    }
     s.finish(doc);
 }
