@@ -19,6 +19,7 @@ mod fleet;
 mod matcher;
 mod notify;
 mod publish;
+mod remote;
 mod routing;
 mod ruleset;
 mod state;
@@ -385,6 +386,14 @@ async fn wire(
         )
         .await?;
     }
+    let remote = match &cfg.remote {
+        Some(r) => {
+            let remote = remote::Remote::connect(r)?;
+            tracing::info!(query_url = %vigil_config::redact::url(&r.query_url), "storage: rules and the query API read the engine (backend = \"remote\")");
+            Some(Arc::new(remote))
+        }
+        None => None,
+    };
     let db = state::Shared::new(db);
     // Alone, or one of an HA cluster on a DynamoDB lease: the cluster decides who acts.
     let cluster = Arc::new(match &cfg.cluster {
@@ -435,6 +444,7 @@ async fn wire(
         engine::Engine::new(
             engine::Parts {
                 store: store.clone(),
+                remote: remote.clone(),
                 rules: rules.clone(),
                 fleet: fleet.clone(),
                 publisher: publisher.clone(),
@@ -479,6 +489,7 @@ async fn wire(
     let query_pool = api::QueryPool::new(cfg.query_max_concurrency, api::QUERY_NICE)
         .map_err(|e| format!("cannot start the query threads: {e}"))?;
     let api = Arc::new(api::Api {
+        remote,
         query_pool,
         query_slots: Arc::new(tokio::sync::Semaphore::new(cfg.query_max_concurrency)),
         query_engine,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::Method;
 use serde::Deserialize;
-use vigil_config::http::Http;
+use vigil_config::http::{Http, Response};
 use vigil_rules::promql::storage::{MatchOp, Matcher, StorageError};
 use vigil_rules::promql::SeriesData;
 use vigil_wire::{Labels, Sample};
@@ -130,6 +130,27 @@ impl QueryApi {
                 SeriesData::floats(labels, samples)
             })
             .collect())
+    }
+
+    /// Passes an API request on to the engine as it came (`/api/v1/query?...`, or a form
+    /// body), with the configured headers; the engine's answer, whatever its status.
+    pub async fn pass(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<Response, String> {
+        let url = format!("{}{path_and_query}", self.base);
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Some(ct) = content_type {
+            headers.push(("content-type", ct));
+        }
+        headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.http
+            .request(method, &url, &headers, body, self.timeout, MAX_BODY)
+            .await
+            .map_err(|e| format!("{}: {e}", self.base))
     }
 
     /// The raw samples of `(a, b]` (and, from Prometheus 2.x, at `a` too).

@@ -48,13 +48,19 @@ pub struct Warmup {
     written: BTreeSet<Labels>,
 }
 
-fn vector(engine: &Engine, storage: &dyn Storage, expr: &str, ts: i64) -> Vec<(Labels, f64)> {
-    let Ok(q) = crate::promql::parse(expr) else {
-        return Vec::new();
-    };
+/// The query's samples; `None` when it failed (a remote engine down): nothing is known then,
+/// which is not "no instance".
+fn vector(
+    engine: &Engine,
+    storage: &dyn Storage,
+    expr: &str,
+    ts: i64,
+) -> Option<Vec<(Labels, f64)>> {
+    let q = crate::promql::parse(expr).ok()?;
     match engine.instant(storage, &q, ts).map(|r| r.value) {
-        Ok(Value::Vector(v)) => v.into_iter().map(|s| (s.labels, s.f)).collect(),
-        _ => Vec::new(),
+        Ok(Value::Vector(v)) => Some(v.into_iter().map(|s| (s.labels, s.f)).collect()),
+        Ok(_) => Some(Vec::new()),
+        Err(_) => None,
     }
 }
 
@@ -94,11 +100,17 @@ pub fn publish(
             }
         }
     }
-    let boot: BTreeMap<String, f64> = vector(engine, &*storage, BOOT_TIMES, ts)
+    // A failed read publishes nothing and keeps what is known (no instance turns cold or stale).
+    let (Some(boot), Some(present)) = (
+        vector(engine, &*storage, BOOT_TIMES, ts),
+        vector(engine, &*storage, PRESENT, ts),
+    ) else {
+        return 0;
+    };
+    let boot: BTreeMap<String, f64> = boot
         .into_iter()
         .filter_map(|(l, v)| Some((l.get("instance")?.to_string(), v)))
         .collect();
-    let present = vector(engine, &*storage, PRESENT, ts);
     let mut now: BTreeMap<String, Option<String>> = BTreeMap::new();
     for (l, _) in present {
         let Some(i) = l.get("instance") else { continue };
@@ -149,6 +161,7 @@ pub fn publish(
 /// The instances of `asg` warming at `ts` (`vigil_instance_warm == 0` with its `asg`).
 pub fn warming(engine: &Engine, storage: &dyn Storage, asg: &str, ts: i64) -> BTreeSet<String> {
     vector(engine, storage, &format!("{METRIC} == 0"), ts)
+        .unwrap_or_default()
         .iter()
         .filter(|(l, _)| l.get("asg") == Some(asg))
         .filter_map(|(l, _)| l.get("instance").map(str::to_string))
@@ -199,6 +212,7 @@ mod tests {
         let mut st = Warmup::default();
         let warm = |s: &MemStorage, t: i64| -> Vec<(String, String, f64)> {
             vector(&engine, s, METRIC, t)
+                .unwrap()
                 .into_iter()
                 .map(|(l, v)| {
                     (
@@ -255,5 +269,64 @@ mod tests {
             publish(&engine, &mut s, &plain, &fleet, &mut Warmup::default(), t2),
             0
         );
+    }
+
+    /// A store that cannot answer (a remote engine down) and records what is written.
+    struct Down(Vec<(Labels, Sample)>);
+
+    impl Storage for Down {
+        fn select(
+            &self,
+            _: &[crate::promql::storage::Matcher],
+            _: i64,
+            _: i64,
+        ) -> Result<Vec<crate::promql::SeriesData>, crate::promql::StorageError> {
+            Err(crate::promql::StorageError("engine down".into()))
+        }
+    }
+
+    impl RuleStorage for Down {
+        fn append(&mut self, labels: Labels, sample: Sample) {
+            self.0.push((labels, sample));
+        }
+        fn append_histogram(&mut self, _: Labels, _: vigil_wire::histogram::HSample) {}
+    }
+
+    #[test]
+    fn a_failed_read_publishes_nothing_and_forgets_nothing() {
+        let rules = RuleSet {
+            files: crate::rulefile::load_all(
+                &[(
+                    "w.toml".into(),
+                    "[[scaling]]\nname = \"p\"\nasg = \"web\"\nmin = 1\nmax = 4\nexpr = 'm'\ntarget = 1\ninstance_warmup = \"2m\"\n".into(),
+                )],
+                &crate::rulefile::Context::default(),
+            )
+            .unwrap(),
+            default_interval_ms: 10_000,
+        };
+        let engine = Engine::new(crate::promql::EngineOpts::default());
+        let mut st = Warmup::default();
+        let mut s = MemStorage::new();
+        s.add(series("up", "i-1", Some("web")), Sample::new(0, 1.0));
+        assert_eq!(
+            publish(&engine, &mut s, &rules, Observations::none(), &mut st, 0),
+            1
+        );
+        let before = (st.seen.clone(), st.written.clone());
+        let mut down = Down(Vec::new());
+        assert_eq!(
+            publish(
+                &engine,
+                &mut down,
+                &rules,
+                Observations::none(),
+                &mut st,
+                60_000
+            ),
+            0
+        );
+        assert!(down.0.is_empty(), "wrote {:?}", down.0);
+        assert_eq!((st.seen.clone(), st.written.clone()), before);
     }
 }

@@ -30,3 +30,6 @@ mod histograms;
 
 #[path = "e2e/history.rs"]
 mod history;
+
+#[path = "e2e/remote.rs"]
+mod remote;

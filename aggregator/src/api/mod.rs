@@ -31,6 +31,7 @@ use crate::store::Store;
 
 pub mod auth;
 mod forward;
+mod passthrough;
 mod pause;
 mod pool;
 mod query;
@@ -51,6 +52,8 @@ pub struct Api {
     pub cfg: Config,
     pub clock: SharedClock,
     pub store: Arc<Store>,
+    /// `[storage] backend = "remote"`: the engine the data routes pass through to.
+    pub remote: Option<Arc<crate::remote::Remote>>,
     pub rules: Arc<Rules>,
     pub engine: Arc<Engine>,
     /// The evaluation as readers see it (see [`View`]).
@@ -128,15 +131,7 @@ pub fn router(api: Arc<Api>) -> Router {
     let admin_routes = Router::new()
         .route("/-/reload", post(reload).put(reload))
         .route_layer(middleware::from_fn_with_state(api.clone(), guard_admin));
-    let query_routes = Router::new()
-        .route("/api/v1/query", get(instant).post(instant))
-        .route("/api/v1/query_range", get(range).post(range))
-        .route("/api/v1/series", get(series_h).post(series_h))
-        .route("/api/v1/labels", get(label_names).post(label_names))
-        .route(
-            "/api/v1/label/{name}/values",
-            get(label_values).post(label_values),
-        )
+    let query_routes = passthrough::data_routes(&api)
         .route("/api/v1/rules", get(read(|a| json_ok(rules_json(a)))))
         .route("/api/v1/alerts", get(read(|a| json_ok(alerts_json(a)))))
         .route("/api/v1/scaling", get(read(|a| json_ok(scaling_json(a)))))

@@ -61,6 +61,8 @@ pub struct Evaluation {
 /// What the engine is handed.
 pub struct Parts {
     pub store: Arc<Store>,
+    /// `[storage] backend = "remote"`: the engine rules read beside the window.
+    pub remote: Option<Arc<crate::remote::Remote>>,
     pub rules: Arc<Rules>,
     pub fleet: Arc<Fleet>,
     pub publisher: Arc<Publisher>,
@@ -305,6 +307,7 @@ impl Engine {
         };
         let mut sink = RuleSink {
             store: &p.store,
+            beside: p.remote.as_deref().map(|r| r as &dyn promql::Storage),
             now_ms: p.clock.now_ms(),
             tap: if cw.is_empty() { None } else { Some(&mut tap) },
         };

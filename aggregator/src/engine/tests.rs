@@ -48,6 +48,7 @@ fn engine_on(dir: &std::path::Path) -> (Engine, state::Shared) {
     let cfg = crate::config::Config::default();
     let cluster = Arc::new(crate::cluster::Cluster::single(clock.clone(), &mut r));
     let parts = Parts {
+        remote: None,
         store: Arc::new(Store::new(3_600_000, 1000)),
         rules: Arc::new(Rules::new(cfg.clone(), rules, &mut r)),
         fleet: Arc::new(Fleet::new(

@@ -523,6 +523,8 @@ pub type Tap<'a> = &'a mut dyn FnMut(&Labels, Sample);
 
 pub struct RuleSink<'a> {
     pub store: &'a Store,
+    /// Read beside the window (`[storage] backend = "remote"`: the engine), merged with it.
+    pub beside: Option<&'a dyn Storage>,
     pub now_ms: i64,
     /// Sees every recorded sample (CloudWatch publishing takes its rules' samples here).
     pub tap: Option<Tap<'a>>,
@@ -535,7 +537,8 @@ impl Storage for RuleSink<'_> {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<SeriesData>, StorageError> {
-        self.store.select(matchers, mint, maxt)
+        self.select_within(matchers, mint, maxt, usize::MAX)
+            .map(Option::unwrap_or_default)
     }
 
     fn select_within(
@@ -545,7 +548,17 @@ impl Storage for RuleSink<'_> {
         maxt: i64,
         budget: usize,
     ) -> Result<Option<Vec<SeriesData>>, StorageError> {
-        self.store.select_within(matchers, mint, maxt, budget)
+        match self.beside {
+            None => self.store.select_within(matchers, mint, maxt, budget),
+            Some(other) => {
+                let theirs = other.select(matchers, mint, maxt)?;
+                let Some(ours) = self.store.read_within(matchers, mint, maxt, budget) else {
+                    return Ok(None);
+                };
+                let all = select::merge(theirs, ours);
+                Ok((all.iter().map(SeriesData::len).sum::<usize>() <= budget).then_some(all))
+            }
+        }
     }
 }
 

@@ -117,3 +117,49 @@ impl Store {
         Some(out)
     }
 }
+
+/// Two stores' selections as one: series by their labels, a series in both with its samples
+/// merged in time order (`ours` wins a timestamp both hold: the window has what was pushed to
+/// this aggregator and what its rules recorded, staleness markers included, which a query API
+/// does not return).
+pub fn merge(theirs: Vec<SeriesData>, ours: Vec<SeriesData>) -> Vec<SeriesData> {
+    let mut by: std::collections::BTreeMap<vigil_wire::Labels, SeriesData> =
+        theirs.into_iter().map(|s| (s.labels.clone(), s)).collect();
+    for o in ours {
+        match by.get_mut(&o.labels) {
+            None => {
+                by.insert(o.labels.clone(), o);
+            }
+            Some(t) => {
+                let mut samples = Vec::with_capacity(t.samples.len() + o.samples.len());
+                let (mut a, mut b) = (t.samples.iter().peekable(), o.samples.iter().peekable());
+                loop {
+                    match (a.peek(), b.peek()) {
+                        (Some(x), Some(y)) if x.timestamp_ms < y.timestamp_ms => {
+                            samples.push(**x);
+                            a.next();
+                        }
+                        (Some(x), Some(y)) if x.timestamp_ms == y.timestamp_ms => {
+                            samples.push(**y);
+                            a.next();
+                            b.next();
+                        }
+                        (_, Some(y)) => {
+                            samples.push(**y);
+                            b.next();
+                        }
+                        (Some(x), None) => {
+                            samples.push(**x);
+                            a.next();
+                        }
+                        (None, None) => break,
+                    }
+                }
+                t.samples = samples;
+                t.histograms.extend(o.histograms);
+                t.histograms.sort_by_key(|h| h.timestamp_ms);
+            }
+        }
+    }
+    by.into_values().collect()
+}
