@@ -260,7 +260,14 @@ impl Engine {
         let Ok(q) = promql::parse("max by (instance) (node_boot_time_seconds)") else {
             return HashMap::new();
         };
-        let Ok(res) = self.promql.instant(&*self.parts.store, &q, now) else {
+        // The window and, in remote mode, the engine (where agents may write directly).
+        let read = RuleSink {
+            store: &self.parts.store,
+            beside: self.parts.remote.as_deref().map(|r| r as &dyn promql::Storage),
+            now_ms: now,
+            tap: None,
+        };
+        let Ok(res) = self.promql.instant(&read, &q, now) else {
             return HashMap::new();
         };
         match res.value {
