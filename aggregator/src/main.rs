@@ -185,7 +185,7 @@ fn main() -> ExitCode {
     };
     let res: Result<(), String> = rt.block_on(async move {
         let wired = wire(cfg, shown, rules, db, &state_dir).await?;
-        let Wired { api, engine, fleet, publisher, outbox, rules, cluster } = wired;
+        let Wired { api, engine, fleet, publisher, outbox, rules, cluster, forwarder } = wired;
         let store = api.store.clone();
         let listen = api.cfg.listen;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -220,6 +220,9 @@ fn main() -> ExitCode {
         tokio::spawn(engine.clone().run_cluster());
         if api.cfg.wal.enabled {
             tokio::spawn(checkpoints(store.clone(), api.cfg.wal.checkpoint_interval_ms));
+        }
+        if let Some(f) = forwarder {
+            tokio::spawn(f.run());
         }
         api.ready.store(true, Ordering::SeqCst);
         loop {
@@ -336,6 +339,8 @@ struct Wired {
     outbox: Arc<notify::Outbox>,
     rules: Arc<ruleset::Rules>,
     cluster: Arc<cluster::Cluster>,
+    /// `[storage.remote] write_url`: sends the window's log on to the engine.
+    forwarder: Option<remote::Forwarder>,
 }
 
 /// The fleet's fence in an HA cluster: the lease holder, within its deadline, acts.
@@ -377,14 +382,24 @@ async fn wire(
     let rules = Arc::new(ruleset::Rules::new(cfg.clone(), rules, &mut registry));
     let store = Arc::new(store::Store::new(cfg.retention_ms, cfg.max_series));
     store.register_log_metrics(&mut registry);
+    // The window's log; with forwarding, also its queue (`queue_dir`).
+    let log_dir = match cfg.remote.as_ref().and_then(|r| r.queue_dir.clone()) {
+        Some(d) => d,
+        None => state_dir.join("wal"),
+    };
+    let forwarder = match cfg.remote.as_ref().filter(|r| r.write_url.is_some()) {
+        Some(r) => {
+            // Segments not yet forwarded outlive the checkpoint that replaying skips.
+            let from = remote::saved_position(&log_dir).0;
+            store.keep_log_from.store(from, Ordering::Relaxed);
+            let max_body = cfg.max_body_bytes;
+            let f = remote::Forwarder::new(r, &log_dir, max_body, store.clone(), &mut registry)?;
+            Some(f)
+        }
+        None => None,
+    };
     if cfg.wal.enabled {
-        restore_window(
-            &store,
-            &state_dir.join("wal"),
-            cfg.wal.fsync,
-            cfg.max_body_bytes,
-        )
-        .await?;
+        restore_window(&store, &log_dir, cfg.wal.fsync, cfg.max_body_bytes).await?;
     }
     let remote = match &cfg.remote {
         Some(r) => {
@@ -521,5 +536,6 @@ async fn wire(
         outbox,
         rules,
         cluster,
+        forwarder,
     })
 }

@@ -39,16 +39,23 @@ pub struct Remote {
     pub bearer_token_file: Option<PathBuf>,
     /// One request's time limit (`query_timeout`, default 10s).
     pub timeout_ms: i64,
+    /// `write_url`: everything ingested (and recorded) is forwarded there with remote-write 1.0.
+    pub write_url: Option<String>,
+    /// `queue_dir`: where the window's log lives, which is the forwarding queue (default
+    /// `<state_dir>/wal`).
+    pub queue_dir: Option<PathBuf>,
+    /// `queue_max_bytes`: past this much unsent log, the oldest is dropped (default 1GiB).
+    pub queue_max_bytes: u64,
+    /// `shards`: concurrent senders (series keep their order: each goes to one shard).
+    pub shards: usize,
 }
 
 /// Keys of `[storage.remote]` the SPEC names that this build does not serve yet: refused with a
 /// reason rather than accepted and ignored.
-const NOT_YET: [(&str, &str); 4] = [
-    ("write_url", "forwarding to the engine is not built yet: let the agents (or vmagent) write to the engine"),
-    ("queue_dir", "forwarding to the engine is not built yet"),
-    ("queue_max_bytes", "forwarding to the engine is not built yet"),
-    ("sigv4", "SigV4 signing is not built yet: use a signing proxy and query_url"),
-];
+const NOT_YET: [(&str, &str); 1] = [(
+    "sigv4",
+    "SigV4 signing is not built yet: use a signing proxy and query_url",
+)];
 
 fn parse_remote(doc: &mut Doc<'_>, mut r: Obj<'_, '_>) -> Option<Remote> {
     for (key, why) in NOT_YET {
@@ -73,12 +80,45 @@ fn parse_remote(doc: &mut Doc<'_>, mut r: Obj<'_, '_>) -> Option<Remote> {
         .str(doc, "bearer_token_file")
         .map(|f| PathBuf::from(f.value));
     let timeout_ms = r.positive_duration(doc, "query_timeout", 10_000);
+    let write_url = r.str(doc, "write_url").map(|u| {
+        if !(u.value.starts_with("http://") || u.value.starts_with("https://")) {
+            doc.error_at(
+                u.span.start,
+                "storage.remote.write_url: expected an http:// or https:// URL",
+            );
+        }
+        u.value
+    });
+    let queue_dir = r.str(doc, "queue_dir").map(|d| PathBuf::from(d.value));
+    let mut queue_max_bytes = 1 << 30;
+    if let Some(q) = r.str(doc, "queue_max_bytes") {
+        match vigil_config::size::parse_bytes(&q.value) {
+            Ok(n) if n >= 1 << 20 => queue_max_bytes = n,
+            Ok(_) => doc.error_at(
+                q.span.start,
+                "storage.remote.queue_max_bytes: at least 1MiB",
+            ),
+            Err(e) => doc.error_at(q.span.start, format!("storage.remote.queue_max_bytes: {e}")),
+        }
+    }
+    let mut shards = 4;
+    if let Some(n) = r.int(doc, "shards") {
+        if (1..=64).contains(&n.value) {
+            shards = n.value as usize;
+        } else {
+            doc.error_at(n.span.start, "storage.remote.shards: 1 to 64");
+        }
+    }
     r.finish(doc);
     Some(Remote {
         query_url: query_url?.value,
         headers,
         bearer_token_file,
         timeout_ms,
+        write_url,
+        queue_dir,
+        queue_max_bytes,
+        shards,
     })
 }
 
@@ -109,6 +149,10 @@ pub(super) fn parse(doc: &mut Doc<'_>, mut s: Obj<'_, '_>, c: &mut Config) {
             }
         }
         Some("remote") => {
+            if remote.as_ref().is_some_and(|r| r.write_url.is_some()) && !c.wal.enabled {
+                let at = backend.as_ref().map_or(0, |b| b.span.start);
+                doc.error_at(at, "storage.remote.write_url forwards from the window's log: it needs [storage] wal = true");
+            }
             if remote.is_none() {
                 let at = backend.as_ref().map_or(0, |b| b.span.start);
                 doc.error_at(

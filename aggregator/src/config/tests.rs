@@ -296,7 +296,32 @@ fn remote_storage() {
             headers: vec![("X-Scope-OrgID".into(), "web".into())],
             bearer_token_file: Some("/etc/vigil/engine-token".into()),
             timeout_ms: 5_000,
+            write_url: None,
+            queue_dir: None,
+            queue_max_bytes: 1 << 30,
+            shards: 4,
         })
+    );
+    let c = parse(
+        "a.toml",
+        "[storage]\nbackend = \"remote\"\n[storage.remote]\nquery_url = \"http://vm:8428\"\nwrite_url = \"http://vm:8428/api/v1/write\"\nqueue_dir = \"/var/lib/vigil/remote-queue\"\nqueue_max_bytes = \"2GiB\"\nshards = 8\n",
+    )
+    .unwrap()
+    .remote
+    .unwrap();
+    assert_eq!(
+        (
+            c.write_url.as_deref(),
+            c.queue_dir,
+            c.queue_max_bytes,
+            c.shards
+        ),
+        (
+            Some("http://vm:8428/api/v1/write"),
+            Some("/var/lib/vigil/remote-queue".into()),
+            2 << 30,
+            8
+        )
     );
     assert_eq!(
         parse("a.toml", "[storage]\nbackend = \"memory\"\n")
@@ -326,21 +351,25 @@ fn remote_storage() {
         e[0].contains("[storage.remote] is set but storage.backend is not \"remote\""),
         "{e:?}"
     );
-    // The SPEC's keys this build does not serve are refused where they stand, with the reason.
-    let e = errs("[storage]\nbackend = \"remote\"\n[storage.remote]\nquery_url = \"vm:8428\"\nwrite_url = \"http://vm:8428/api/v1/write\"\nsigv4 = { region = \"us-east-1\" }\n");
+    // Sizes and counts are checked; the SPEC's keys this build does not serve are refused
+    // where they stand, with the reason.
+    let e = errs("[storage]\nbackend = \"remote\"\n[storage.remote]\nquery_url = \"vm:8428\"\nqueue_max_bytes = \"1KiB\"\nsigv4 = { region = \"us-east-1\" }\n");
     assert_eq!(e.len(), 3, "{e:?}");
     assert!(
         e[0].starts_with("a.toml:4:13: storage.remote.query_url: expected an http://"),
         "{e:?}"
     );
     assert!(
-        e[1].starts_with(
-            "a.toml:5:13: storage.remote.write_url: forwarding to the engine is not built yet"
-        ),
+        e[1].starts_with("a.toml:5:19: storage.remote.queue_max_bytes: at least 1MiB"),
         "{e:?}"
     );
     assert!(
         e[2].starts_with("a.toml:6:9: storage.remote.sigv4: SigV4 signing is not built yet"),
+        "{e:?}"
+    );
+    let e = errs("[storage]\nbackend = \"remote\"\nwal = false\n[storage.remote]\nquery_url = \"http://vm:8428\"\nwrite_url = \"http://vm:8428/api/v1/write\"\n");
+    assert!(
+        e[0].contains("write_url forwards from the window's log: it needs [storage] wal = true"),
         "{e:?}"
     );
 }

@@ -263,7 +263,11 @@ impl Engine {
         // The window and, in remote mode, the engine (where agents may write directly).
         let read = RuleSink {
             store: &self.parts.store,
-            beside: self.parts.remote.as_deref().map(|r| r as &dyn promql::Storage),
+            beside: self
+                .parts
+                .remote
+                .as_deref()
+                .map(|r| r as &dyn promql::Storage),
             now_ms: now,
             tap: None,
         };

@@ -169,7 +169,8 @@ impl Store {
         // A record was accepted under the limit of its day: a lower one now must not drop it.
         let max_body = max_body.max(32 << 20);
         let mut latest = i64::MIN;
-        let replayed = wal::replay(dir, from, |rec| {
+        let keep = self.keep_log_from.load(Ordering::Relaxed);
+        let replayed = wal::replay(dir, from, keep, |rec| {
             latest = latest.max(rec.now_ms);
             self.apply(&mut g, &rec, &mut scratch, max_body);
         });
@@ -324,7 +325,8 @@ impl Store {
         for n in checkpoints(&dir)?.into_iter().filter(|&n| n < seg) {
             fs::remove_file(checkpoint_path(&dir, n))?;
         }
-        wal::remove_before(&dir, seg)?;
+        // Segments the forwarder has not sent yet stay.
+        wal::remove_before(&dir, seg.min(self.keep_log_from.load(Ordering::Relaxed)))?;
         let m = &self.log_metrics;
         m.checkpoint_seconds.set(started.elapsed().as_secs_f64());
         m.checkpoint_bytes.set(size as i64);

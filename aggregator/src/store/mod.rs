@@ -137,6 +137,8 @@ pub const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
 pub struct Store {
     inner: Mutex<Inner>,
     log_metrics: checkpoint::LogMetrics,
+    /// The oldest log segment someone still reads (the forwarder): kept past checkpoints.
+    pub keep_log_from: std::sync::atomic::AtomicU64,
     pub retention_ms: i64,
     pub max_series: usize,
 }
@@ -151,6 +153,7 @@ impl Store {
         Store {
             inner: Mutex::new(Inner::default()),
             log_metrics: Default::default(),
+            keep_log_from: std::sync::atomic::AtomicU64::new(u64::MAX),
             retention_ms,
             // Series ids are `u32` in the index.
             max_series: max_series.min(index::Id::MAX as usize),

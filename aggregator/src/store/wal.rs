@@ -54,7 +54,7 @@ pub struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    fn parse(body: &'a [u8]) -> Option<Record<'a>> {
+    pub fn parse(body: &'a [u8]) -> Option<Record<'a>> {
         let (&kind, rest) = body.split_first()?;
         let (now, payload) = rest.split_first_chunk::<8>()?;
         let kind = match kind {
@@ -72,7 +72,7 @@ impl<'a> Record<'a> {
     }
 }
 
-fn segment_path(dir: &Path, n: u64) -> PathBuf {
+pub fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:08}.wal"))
 }
 
@@ -302,6 +302,102 @@ impl Log {
     }
 }
 
+/// A reader of the log from a position on (the forwarder's): whole records, in order, as they
+/// are written. A record half-written at the end of the newest segment is not read until it is
+/// whole; a segment is left once a later one exists and it has nothing more (the writer fills
+/// a segment before it begins the next), and a torn record in a segment left behind ends that
+/// segment, counted.
+pub struct Tail {
+    dir: PathBuf,
+    seg: u64,
+    offset: u64,
+    reader: Option<io::BufReader<File>>,
+    /// Torn or corrupt records skipped (with the rest of their segment).
+    pub skipped: u64,
+}
+
+impl Tail {
+    pub fn new(dir: &Path, seg: u64, offset: u64) -> Tail {
+        Tail {
+            dir: dir.to_path_buf(),
+            seg,
+            offset,
+            reader: None,
+            skipped: 0,
+        }
+    }
+
+    /// Where the next record starts: segment and byte offset.
+    pub fn position(&self) -> (u64, u64) {
+        (self.seg, self.offset)
+    }
+
+    /// Moves to the start of the segment after the current one (dropping the rest of it).
+    pub fn skip_segment(&mut self) -> io::Result<bool> {
+        match segments(&self.dir)?.into_iter().find(|&n| n > self.seg) {
+            Some(n) => {
+                (self.seg, self.offset, self.reader) = (n, 0, None);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The next whole record's body; `None` when none is written yet.
+    pub fn next(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let mut later_seen = false;
+        loop {
+            if self.reader.is_none() {
+                let path = segment_path(&self.dir, self.seg);
+                match File::open(&path) {
+                    Ok(mut f) => {
+                        io::Seek::seek(&mut f, io::SeekFrom::Start(self.offset))?;
+                        self.reader = Some(io::BufReader::with_capacity(1 << 20, f));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        // Deleted below us (or not begun): on to the next that exists.
+                        if !self.skip_segment()? {
+                            return Ok(None);
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let r = self.reader.as_mut().expect("opened");
+            let torn = match frame::read(r, MAX_RECORD)? {
+                Some(Ok(body)) => {
+                    self.offset += (frame::HEADER + body.len()) as u64;
+                    return Ok(Some(body));
+                }
+                Some(Err(_)) => true,
+                None => false,
+            };
+            // The end of what is written: read again from the last whole record next time.
+            self.reader = None;
+            let later = segments(&self.dir)?.into_iter().any(|n| n > self.seg);
+            if !later {
+                return Ok(None);
+            }
+            if !later_seen {
+                // A later segment exists, so this one is complete: one more read sees it all.
+                later_seen = true;
+                continue;
+            }
+            if torn {
+                self.skipped += 1;
+                tracing::warn!(
+                    segment = self.seg,
+                    offset = self.offset,
+                    "window log: a torn or corrupt record ends this segment for the forwarder"
+                );
+            }
+            later_seen = false;
+            self.skip_segment()?;
+        }
+    }
+}
+
 /// Deletes the segments below `seg` in `dir` (a checkpoint now holds what they held).
 pub fn remove_before(dir: &Path, seg: u64) -> io::Result<()> {
     for n in segments(dir)?.into_iter().filter(|&n| n < seg) {
@@ -322,12 +418,14 @@ pub struct Replayed {
 }
 
 /// Reads every segment numbered `from` or higher in `dir`, oldest first, and hands each record
-/// to `apply`; deletes older segments (a checkpoint holds them). A torn or corrupt frame is
-/// cut off its segment with everything after it, and counted. Returns what was read and the
-/// number the next segment takes.
+/// to `apply`; deletes older segments (a checkpoint holds them) below `keep_from` (those at or
+/// above it still wait to be forwarded). A torn or corrupt frame is cut off its segment with
+/// everything after it, and counted. Returns what was read and the number the next segment
+/// takes.
 pub fn replay(
     dir: &Path,
     from: u64,
+    keep_from: u64,
     mut apply: impl FnMut(Record<'_>),
 ) -> io::Result<(Replayed, u64)> {
     let mut r = Replayed::default();
@@ -335,7 +433,9 @@ pub fn replay(
     for n in segments(dir)? {
         let path = segment_path(dir, n);
         if n < from {
-            fs::remove_file(&path)?;
+            if n < keep_from {
+                fs::remove_file(&path)?;
+            }
             continue;
         }
         next = n + 1;

@@ -285,7 +285,7 @@ fn the_log_begins_a_new_segment_past_64_mib_and_replays_across_them_in_order() {
         "{first}"
     );
     let mut seen = Vec::new();
-    let (r, next) = wal::replay(&d, 0, |rec| {
+    let (r, next) = wal::replay(&d, 0, u64::MAX, |rec| {
         let n = u32::from_le_bytes(rec.payload[..4].try_into().unwrap());
         assert_eq!(rec.payload.len(), 4 + (1 << 20));
         assert!(rec.payload[4..].iter().all(|&b| b == (n % 251) as u8));
@@ -401,5 +401,67 @@ fn native_histograms_survive_a_kill_and_read_back_with_tsdb_hints() {
         vigil_rules::promql::Value::Vector(v) => assert!((v[0].f - 0.2).abs() < 1e-9, "{v:?}"),
         other => panic!("{other:?}"),
     }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_tail_reads_whole_records_in_order_across_segments() {
+    let d = dir("tail");
+    std::fs::create_dir_all(&d).unwrap();
+    let mut log = wal::Log::create(&d, 1, false).unwrap();
+    let add = |log: &mut wal::Log, i: u8| {
+        log.add(wal::Kind::Internal, i64::from(i), |out| out.push(i));
+        log.commit().unwrap();
+    };
+    let read_all = |t: &mut wal::Tail| -> Vec<i64> {
+        std::iter::from_fn(|| t.next().unwrap())
+            .map(|b| wal::Record::parse(&b).unwrap().now_ms)
+            .collect()
+    };
+    add(&mut log, 1);
+    add(&mut log, 2);
+    let mut t = wal::Tail::new(&d, 1, 0);
+    assert_eq!(read_all(&mut t), [1, 2]);
+    assert_eq!(read_all(&mut t), Vec::<i64>::new());
+    // Half a record at the end of the newest segment is not read until it is whole.
+    let mut rec = Vec::new();
+    vigil_wire::frame::put_with(&mut rec, |out| {
+        out.push(wal::Kind::Internal as u8);
+        out.extend_from_slice(&3i64.to_le_bytes());
+    });
+    let seg1 = wal::segment_path(&d, 1);
+    let append = |bytes: &[u8]| {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&seg1)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    };
+    append(&rec[..5]);
+    assert_eq!(read_all(&mut t), Vec::<i64>::new());
+    append(&rec[5..]);
+    assert_eq!(read_all(&mut t), [3]);
+    // A later segment: the tail finishes this one first (written before the next began).
+    let mut log2 = wal::Log::create(&d, 2, false).unwrap();
+    add(&mut log2, 4);
+    assert_eq!(read_all(&mut t), [4]);
+    assert_eq!(t.position().0, 2);
+    // A torn record in a segment left behind ends that segment, counted.
+    let mut log3 = wal::Log::create(&d, 3, false).unwrap();
+    add(&mut log3, 6);
+    let seg2 = wal::segment_path(&d, 2);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&seg2)
+            .unwrap();
+        f.write_all(&rec[..5]).unwrap();
+    }
+    assert_eq!(read_all(&mut t), [6]);
+    assert_eq!(t.skipped, 1);
+    drop((log, log2, log3));
     let _ = std::fs::remove_dir_all(&d);
 }

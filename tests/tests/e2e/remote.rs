@@ -373,3 +373,122 @@ fn the_agent_writes_into_victoriametrics_and_vmagent_into_the_aggregator() {
         || vmagent.log_text(),
     );
 }
+
+fn vm_count(vm_url: &str, expr: &str) -> Option<f64> {
+    let q = encode_component(expr);
+    let (code, body) = get(&format!("{vm_url}/api/v1/query?query={q}")).ok()?;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+fn metric(agg: &str, name: &str) -> Option<f64> {
+    let (code, body) = get(&format!("{agg}/metrics")).ok()?;
+    (code == 200).then_some(())?;
+    vigil_e2e::http::metric_value(&body, name)
+}
+
+#[test]
+fn forwarding_holds_what_was_acknowledged_through_an_engine_outage_and_a_kill_9() {
+    let d = tempdir("forward");
+    let vm_port = free_port();
+    let vm_url = format!("http://127.0.0.1:{vm_port}");
+    let vm_args = [
+        format!("-storageDataPath={}", d.path().join("vm").display()),
+        format!("-httpListenAddr=127.0.0.1:{vm_port}"),
+        "-search.disableCache".into(),
+        "-search.latencyOffset=1s".into(),
+        // A sample sent twice (a restart resends what it had not confirmed) is one sample.
+        "-dedup.minScrapeInterval=1ms".into(),
+    ];
+    let mut vm = Child::spawn(
+        "victoria-metrics",
+        Command::new(peer("victoria-metrics")).args(&vm_args),
+        d.path(),
+    );
+    assert!(wait_http(
+        &format!("{vm_url}/health"),
+        Duration::from_secs(60)
+    ));
+    let storage = format!(
+        "backend = \"remote\"\n[storage.remote]\nquery_url = \"{vm_url}\"\nwrite_url = \"{vm_url}/api/v1/write\"\nshards = 2"
+    );
+    let (agg, agg_url) = aggregator(d.path(), "forwarder", &storage);
+    let series: Vec<Labels> = (0..50)
+        .map(|i| Labels::from_pairs([("__name__", "fwd_test"), ("s", &i.to_string())]))
+        .collect();
+    let mut acked = 0usize;
+    let t0 = now_ms() - 30_000;
+    let mut push = |agg_url: &str, k: usize| {
+        let mut batch: Vec<(Labels, f64)> = series.iter().map(|l| (l.clone(), k as f64)).collect();
+        acked += batch.len();
+        // What the rules record from (load:avg).
+        batch.push((
+            Labels::from_pairs([("__name__", "app_load"), ("instance", "i-a")]),
+            0.5,
+        ));
+        assert_eq!(push_at(agg_url, &batch, t0 + k as i64 * 100), 204);
+    };
+    let count = |vm_url: &str| vm_count(vm_url, "sum(count_over_time(fwd_test[10m]))");
+    for k in 0..20 {
+        push(&agg_url, k);
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the first 1000 samples in VictoriaMetrics",
+        || count(&vm_url) == Some(1000.0),
+        || format!("{:?}\n{}", count(&vm_url), agg.log_text()),
+    );
+
+    // The engine down (stopped: a kill -9 would lose VictoriaMetrics' own unflushed second):
+    // the aggregator still acknowledges (the log holds them) and retries.
+    vm.signal("TERM");
+    assert!(vm.wait_exit(Duration::from_secs(30)));
+    for k in 20..40 {
+        push(&agg_url, k);
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "retries and samples pending",
+        || {
+            metric(&agg_url, "vigil_aggregator_remote_write_retries_total").is_some_and(|r| r > 0.0)
+                && metric(&agg_url, "vigil_aggregator_remote_write_pending_bytes")
+                    .is_some_and(|p| p > 0.0)
+        },
+        || agg.log_text(),
+    );
+    // kill -9 meanwhile: what was acknowledged is in the log, and the position on disk.
+    agg.signal("KILL");
+    let mut agg = agg;
+    assert!(agg.wait_exit(Duration::from_secs(30)));
+    drop(agg);
+    let (agg, agg_url) = aggregator(d.path(), "forwarder", &storage);
+    let _vm = Child::spawn(
+        "victoria-metrics-again",
+        Command::new(peer("victoria-metrics")).args(&vm_args),
+        d.path(),
+    );
+    wait_until(
+        Duration::from_secs(120),
+        "every acknowledged sample in VictoriaMetrics once it is back",
+        || count(&vm_url) == Some(acked as f64),
+        || format!("{:?} of {acked}\n{}", count(&vm_url), agg.log_text()),
+    );
+    // The rules' own series go there as well.
+    wait_until(
+        Duration::from_secs(60),
+        "the recorded series in VictoriaMetrics",
+        || vm_count(&vm_url, "count(count_over_time(load:avg[10m]))") == Some(1.0),
+        || agg.log_text(),
+    );
+    assert_eq!(
+        metric(
+            &agg_url,
+            "vigil_aggregator_remote_write_samples_dropped_total"
+        ),
+        Some(0.0)
+    );
+    let _ = agg_url;
+}

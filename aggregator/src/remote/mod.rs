@@ -16,6 +16,20 @@ use vigil_rules::promql::{SeriesData, Storage};
 
 use crate::config;
 
+mod send;
+pub use send::{saved_position, Forwarder};
+
+/// The headers every request to the engine carries: the configured ones and the bearer token.
+pub fn headers(cfg: &config::Remote) -> Result<Vec<(String, String)>, String> {
+    let mut headers = cfg.headers.clone();
+    if let Some(f) = &cfg.bearer_token_file {
+        let token = std::fs::read_to_string(f)
+            .map_err(|e| format!("storage.remote.bearer_token_file {}: {e}", f.display()))?;
+        headers.push(("authorization".into(), format!("Bearer {}", token.trim())));
+    }
+    Ok(headers)
+}
+
 pub struct Remote {
     api: QueryApi,
     /// The runtime the requests run on: selections come from blocking threads (evaluation,

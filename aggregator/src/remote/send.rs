@@ -1,0 +1,438 @@
+//! Forwarding (`[storage.remote] write_url`): everything the window's log holds, remote-write
+//! requests as they came, the series the rules recorded and the staleness markers of series
+//! no longer pushed, is sent on to the engine with remote-write 1.0.
+//!
+//! The log is the queue (no second copy on disk): a request is acknowledged once it is in the
+//! log, and the forwarder reads the log from its saved position (`forward.position` beside
+//! the segments). Segments it has not sent stay past checkpoints; past `queue_max_bytes` of
+//! unsent log the oldest is dropped, counted and logged. A restart (or a `kill -9`) resumes
+//! from the saved position: what was acknowledged is sent, some of it perhaps twice, which an
+//! engine takes as the same sample.
+//!
+//! Each round reads up to `shards` × 2,000 samples, splits them by series over `shards`
+//! concurrent requests (a series always to the same shard, so its samples stay in order) and
+//! saves the position once every shard's request is done: answered 2xx, or refused with a 4xx
+//! other than 429, which would be refused again (dropped, counted as failed, logged). A 5xx, a
+//! 429 or no answer is retried with exponential backoff from 100 ms to 5 s, or after the
+//! `Retry-After` the engine gives.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use vigil_config::http::Http;
+use vigil_wire::remote_write::{TimeSeries, WriteRequest};
+use vigil_wire::rw_histogram::Histogram;
+use vigil_wire::{Labels, Sample, STALE_NAN};
+
+use crate::store::wal::{self, Kind, Record, Tail};
+use crate::store::Store;
+
+/// Samples one request carries at most (a histogram counts as one), as Prometheus's
+/// `max_samples_per_send`.
+const PER_SEND: usize = 2_000;
+const POSITION_FILE: &str = "forward.position";
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an idle forwarder looks for new records.
+const IDLE: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Default)]
+struct Metrics {
+    pending_bytes: Gauge,
+    sent: Counter,
+    failed: Counter,
+    dropped: Counter,
+    retries: Counter,
+    shards: Gauge,
+    position_segment: Gauge,
+}
+
+/// What every shard's request needs.
+struct Shared {
+    url: String,
+    headers: Vec<(String, String)>,
+    http: Http,
+    metrics: Metrics,
+    /// A retrying shard gives up past this much unsent log (the oldest is dropped).
+    max_bytes: u64,
+    /// The log, and the position saved last: what is pending is measured from there.
+    dir: PathBuf,
+    committed: std::sync::Mutex<(u64, u64)>,
+}
+
+pub struct Forwarder {
+    dir: PathBuf,
+    shards: usize,
+    max_body: usize,
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+}
+
+/// Where forwarding resumes in the log at `dir`: segment and byte offset (the start of the
+/// log when nothing was saved).
+pub fn saved_position(dir: &Path) -> (u64, u64) {
+    std::fs::read_to_string(dir.join(POSITION_FILE))
+        .ok()
+        .and_then(|t| {
+            let (s, o) = t.trim().split_once(' ')?;
+            Some((s.parse().ok()?, o.parse().ok()?))
+        })
+        .unwrap_or((0, 0))
+}
+
+fn save_position(dir: &Path, (seg, offset): (u64, u64)) -> std::io::Result<()> {
+    // Written after the requests it covers were answered: a lost update only means sending
+    // again, so no fsync; the rename keeps the file whole.
+    let tmp = dir.join("forward.position.tmp");
+    std::fs::write(&tmp, format!("{seg} {offset}\n"))?;
+    std::fs::rename(tmp, dir.join(POSITION_FILE))
+}
+
+impl Forwarder {
+    /// Forwards the log in `dir` to `cfg.write_url` (with the configured headers and token).
+    pub fn new(
+        cfg: &crate::config::Remote,
+        dir: &Path,
+        max_body: usize,
+        store: Arc<Store>,
+        registry: &mut Registry,
+    ) -> Result<Forwarder, String> {
+        let url = cfg
+            .write_url
+            .clone()
+            .ok_or("storage.remote: no write_url")?;
+        let headers = super::headers(cfg)?;
+        let (shards, max_bytes) = (cfg.shards, cfg.queue_max_bytes);
+        let http = Http::new().map_err(|e| e.to_string())?;
+        let metrics = Metrics::default();
+        let r = registry.sub_registry_with_prefix("vigil_aggregator_remote_write");
+        r.register(
+            "pending_bytes",
+            "Bytes of the window's log not yet forwarded to the engine",
+            metrics.pending_bytes.clone(),
+        );
+        r.register(
+            "samples_sent",
+            "Samples the engine accepted (a histogram counts as one)",
+            metrics.sent.clone(),
+        );
+        r.register(
+            "samples_failed",
+            "Samples the engine refused with a 4xx other than 429 (not retried)",
+            metrics.failed.clone(),
+        );
+        r.register(
+            "samples_dropped",
+            "Samples dropped unsent: past queue_max_bytes, oldest first",
+            metrics.dropped.clone(),
+        );
+        r.register(
+            "retries",
+            "Requests retried after a 5xx, a 429 or no answer",
+            metrics.retries.clone(),
+        );
+        r.register("shards", "Concurrent senders", metrics.shards.clone());
+        r.register(
+            "position_segment",
+            "The log segment forwarding reads",
+            metrics.position_segment.clone(),
+        );
+        metrics.shards.set(shards as i64);
+        Ok(Forwarder {
+            dir: dir.to_path_buf(),
+            shards,
+            max_body,
+            store,
+            shared: Arc::new(Shared {
+                url,
+                headers,
+                http,
+                metrics,
+                max_bytes,
+                dir: dir.to_path_buf(),
+                committed: std::sync::Mutex::new(saved_position(dir)),
+            }),
+        })
+    }
+
+    /// Forwards until the process ends.
+    pub async fn run(self) {
+        let (seg, offset) = saved_position(&self.dir);
+        tracing::info!(url = %vigil_config::redact::url(&self.shared.url), segment = seg, offset, shards = self.shards, "forwarding the window's log to the engine");
+        let mut tail = Some(Tail::new(&self.dir, seg, offset));
+        let mut saved = (seg, offset);
+        loop {
+            let t = tail.take().expect("tail");
+            let dir = self.dir.clone();
+            let (shards, max_body, max_bytes) = (self.shards, self.max_body, self.shared.max_bytes);
+            let read = tokio::task::spawn_blocking(move || {
+                let mut t = t;
+                let dropped = enforce_bound(&dir, &mut t, max_bytes);
+                let batch = read_batch(&mut t, shards, max_body);
+                (t, dropped, batch)
+            })
+            .await;
+            let Ok((t, dropped, batch)) = read else {
+                return;
+            };
+            tail = Some(t);
+            self.shared.metrics.dropped.inc_by(dropped);
+            self.shared.measure();
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "forwarding: reading the window's log failed; retrying");
+                    tokio::time::sleep(MAX_BACKOFF).await;
+                    continue;
+                }
+            };
+            if batch.iter().all(Vec::is_empty) {
+                let here = tail.as_ref().expect("tail").position();
+                if here != saved {
+                    self.commit(here, &mut saved);
+                }
+                tokio::time::sleep(IDLE).await;
+                continue;
+            }
+            let mut set = tokio::task::JoinSet::new();
+            for series in batch.into_iter().filter(|s| !s.is_empty()) {
+                let shared = self.shared.clone();
+                set.spawn(async move { shared.send(series).await });
+            }
+            while set.join_next().await.is_some() {}
+            let here = tail.as_ref().expect("tail").position();
+            self.commit(here, &mut saved);
+        }
+    }
+
+    fn commit(&self, here: (u64, u64), saved: &mut (u64, u64)) {
+        if let Err(e) = save_position(&self.dir, here) {
+            tracing::warn!(error = %e, "forwarding: cannot save the position (a restart sends some samples again)");
+        }
+        *saved = here;
+        *self
+            .shared
+            .committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = here;
+        self.shared.measure();
+        self.store.keep_log_from.store(here.0, Ordering::Relaxed);
+        self.shared.metrics.position_segment.set(here.0 as i64);
+    }
+}
+
+impl Shared {
+    /// Measures the log not yet sent (from the saved position), for the gauge and the bound.
+    fn measure(&self) -> u64 {
+        let at = *self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = pending_bytes(&self.dir, at);
+        self.metrics.pending_bytes.set(pending as i64);
+        pending
+    }
+
+    /// Sends one shard's series until the engine takes them, refuses them for good, or the
+    /// queue is past its bound (the oldest, these, are dropped then).
+    async fn send(&self, series: Vec<TimeSeries>) {
+        let samples: usize = series.iter().map(count).sum();
+        let body = Bytes::from(
+            WriteRequest {
+                timeseries: series,
+                metadata: Vec::new(),
+            }
+            .encode_snappy(),
+        );
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("content-encoding", "snappy"),
+            ("content-type", "application/x-protobuf"),
+            ("x-prometheus-remote-write-version", "0.1.0"),
+            (
+                "user-agent",
+                concat!("vigil-aggregator/", env!("CARGO_PKG_VERSION")),
+            ),
+        ];
+        headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut backoff = MIN_BACKOFF;
+        let mut logged = false;
+        loop {
+            let wait = match self
+                .http
+                .request(
+                    Method::POST,
+                    &self.url,
+                    &headers,
+                    body.clone(),
+                    SEND_TIMEOUT,
+                    1 << 20,
+                )
+                .await
+            {
+                Ok(r) if r.status.is_success() => {
+                    self.metrics.sent.inc_by(samples as u64);
+                    if logged {
+                        tracing::info!("forwarding: the engine takes samples again");
+                    }
+                    return;
+                }
+                Ok(r)
+                    if r.status == StatusCode::TOO_MANY_REQUESTS || r.status.is_server_error() =>
+                {
+                    if !logged {
+                        tracing::warn!(status = r.status.as_u16(), answer = %String::from_utf8_lossy(&r.body[..r.body.len().min(200)]).trim(), "forwarding: the engine refused for now; retrying");
+                        logged = true;
+                    }
+                    retry_after(&r.headers).unwrap_or(backoff)
+                }
+                Ok(r) => {
+                    self.metrics.failed.inc_by(samples as u64);
+                    tracing::error!(status = r.status.as_u16(), samples, answer = %String::from_utf8_lossy(&r.body[..r.body.len().min(300)]).trim(), "forwarding: the engine refused samples for good; dropped");
+                    return;
+                }
+                Err(e) => {
+                    if !logged {
+                        tracing::warn!(error = %e, "forwarding: the engine cannot be reached; retrying (the log keeps everything up to queue_max_bytes)");
+                        logged = true;
+                    }
+                    backoff
+                }
+            };
+            if self.measure() > self.max_bytes {
+                self.metrics.dropped.inc_by(samples as u64);
+                tracing::warn!(
+                    samples,
+                    max_bytes = self.max_bytes,
+                    "forwarding: queue past queue_max_bytes; the oldest samples dropped"
+                );
+                return;
+            }
+            self.metrics.retries.inc();
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by remote-write receivers).
+fn retry_after(h: &hyper::HeaderMap) -> Option<Duration> {
+    let secs: u64 = h.get("retry-after")?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs.min(300)))
+}
+
+fn count(ts: &TimeSeries) -> usize {
+    ts.samples.len() + ts.histograms.len()
+}
+
+fn shard_of(ts: &TimeSeries, shards: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for l in &ts.labels {
+        l.name.hash(&mut h);
+        l.value.hash(&mut h);
+    }
+    (h.finish() % shards as u64) as usize
+}
+
+/// Reads whole records until about `shards` × [`PER_SEND`] samples, split by series.
+fn read_batch(
+    tail: &mut Tail,
+    shards: usize,
+    max_body: usize,
+) -> std::io::Result<Vec<Vec<TimeSeries>>> {
+    let mut out: Vec<Vec<TimeSeries>> = vec![Vec::new(); shards];
+    let mut total = 0;
+    while total < shards * PER_SEND {
+        let Some(body) = tail.next()? else { break };
+        for ts in series_of(&body, max_body) {
+            total += count(&ts);
+            out[shard_of(&ts, shards)].push(ts);
+        }
+    }
+    Ok(out)
+}
+
+/// The series one log record holds, as remote-write sends them.
+fn series_of(body: &[u8], max_body: usize) -> Vec<TimeSeries> {
+    let Some(rec) = Record::parse(body) else {
+        return Vec::new();
+    };
+    let labelled = |payload: &[u8]| {
+        wal::decode_internal(payload)
+            .and_then(|(enc, samples)| Some((Labels::from_encoded_checked(enc)?, samples)))
+    };
+    match rec.kind {
+        // Accepted under the limit of its day: decoded under at least the default's.
+        Kind::Write => WriteRequest::decode_snappy(rec.payload, max_body.max(32 << 20))
+            .map(|r| r.timeseries)
+            .unwrap_or_default(),
+        Kind::Internal => labelled(rec.payload)
+            .map(|(l, s)| vec![TimeSeries::new(&l, &s)])
+            .unwrap_or_default(),
+        Kind::Stale => labelled(rec.payload)
+            .map(|(l, _)| vec![TimeSeries::new(&l, &[Sample::new(rec.now_ms, STALE_NAN)])])
+            .unwrap_or_default(),
+        Kind::InternalHistogram => wal::decode_internal_histogram(rec.payload)
+            .and_then(|(enc, h)| {
+                let mut ts = TimeSeries::new(&Labels::from_encoded_checked(enc)?, &[]);
+                ts.histograms
+                    .push(Histogram::from_float(&h.h, h.timestamp_ms));
+                Some(vec![ts])
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// Bytes of the log from `position` on.
+fn pending_bytes(dir: &Path, (seg, offset): (u64, u64)) -> u64 {
+    let Ok(segs) = wal::segments(dir) else {
+        return 0;
+    };
+    segs.into_iter()
+        .filter(|&n| n >= seg)
+        .map(|n| {
+            let size = std::fs::metadata(wal::segment_path(dir, n)).map_or(0, |m| m.len());
+            if n == seg {
+                size.saturating_sub(offset)
+            } else {
+                size
+            }
+        })
+        .sum()
+}
+
+/// Past `max_bytes` of unsent log, drops whole segments, oldest first (never the one being
+/// written); returns the samples dropped.
+fn enforce_bound(dir: &Path, tail: &mut Tail, max_bytes: u64) -> u64 {
+    let mut dropped = 0;
+    while pending_bytes(dir, tail.position()) > max_bytes {
+        let seg = tail.position().0;
+        // Count what goes: the rest of this segment's records.
+        let mut n = 0u64;
+        let mut probe = Tail::new(dir, seg, tail.position().1);
+        while probe.position().0 == seg {
+            match probe.next() {
+                Ok(Some(body)) if probe.position().0 == seg => {
+                    n += series_of(&body, 64 << 20).iter().map(count).sum::<usize>() as u64
+                }
+                _ => break,
+            }
+        }
+        if !tail.skip_segment().unwrap_or(false) {
+            break;
+        }
+        dropped += n;
+        tracing::warn!(
+            segment = seg,
+            samples = n,
+            max_bytes,
+            "forwarding: queue past queue_max_bytes; the oldest segment dropped unsent"
+        );
+    }
+    dropped
+}
