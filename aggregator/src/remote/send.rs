@@ -436,3 +436,95 @@ fn enforce_bound(dir: &Path, tail: &mut Tail, max_bytes: u64) -> u64 {
     }
     dropped
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vigil-send-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn internal(log: &mut wal::Log, name: &str, samples: &[Sample]) {
+        let l = Labels::from_pairs([("__name__", name)]);
+        log.add(Kind::Internal, 1_000, |out| {
+            wal::encode_internal(out, l.encoded(), samples)
+        });
+        log.commit().unwrap();
+    }
+
+    #[test]
+    fn every_kind_of_record_is_sent_as_remote_write_series() {
+        let l = Labels::from_pairs([("__name__", "m"), ("i", "1")]);
+        let body = WriteRequest {
+            timeseries: vec![TimeSeries::new(&l, &[Sample::new(5, 1.5)])],
+            metadata: vec![],
+        }
+        .encode_snappy();
+        let rec = |kind: Kind, now: i64, payload: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = vec![kind as u8];
+            out.extend_from_slice(&now.to_le_bytes());
+            payload(&mut out);
+            out
+        };
+        let write = series_of(
+            &rec(Kind::Write, 9, &|o| o.extend_from_slice(&body)),
+            1 << 20,
+        );
+        assert_eq!(write, vec![TimeSeries::new(&l, &[Sample::new(5, 1.5)])]);
+        let int = series_of(
+            &rec(Kind::Internal, 9, &|o| {
+                wal::encode_internal(o, l.encoded(), &[Sample::new(7, 2.0)])
+            }),
+            1 << 20,
+        );
+        assert_eq!(int, vec![TimeSeries::new(&l, &[Sample::new(7, 2.0)])]);
+        // A staleness marker at the time the aggregator marked the series.
+        let stale = series_of(
+            &rec(Kind::Stale, 9, &|o| {
+                wal::encode_internal(o, l.encoded(), &[])
+            }),
+            1 << 20,
+        );
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].samples.len(), 1);
+        assert_eq!(stale[0].samples[0].timestamp, 9);
+        assert!(Sample::new(9, stale[0].samples[0].value).is_stale());
+        assert!(series_of(&[42, 0, 0], 1 << 20).is_empty());
+    }
+
+    #[test]
+    fn past_the_bound_whole_older_segments_go_counted_never_the_newest() {
+        let d = dir("bound");
+        let samples: Vec<Sample> = (0..100).map(|t| Sample::new(t, 1.0)).collect();
+        for seg in 1..=3 {
+            let mut log = wal::Log::create(&d, seg, false).unwrap();
+            internal(&mut log, "a", &samples);
+            internal(&mut log, "b", &samples[..10]);
+        }
+        let seg_size = std::fs::metadata(wal::segment_path(&d, 1)).unwrap().len();
+        let mut tail = Tail::new(&d, 1, 0);
+        assert_eq!(pending_bytes(&d, tail.position()), 3 * seg_size);
+        // Under the bound: nothing goes.
+        assert_eq!(enforce_bound(&d, &mut tail, 3 * seg_size), 0);
+        assert_eq!(tail.position(), (1, 0));
+        // One segment over: the oldest goes, with its 110 samples.
+        assert_eq!(enforce_bound(&d, &mut tail, 2 * seg_size), 110);
+        assert_eq!(tail.position(), (2, 0));
+        // Far over: every segment but the newest (the one written to).
+        assert_eq!(enforce_bound(&d, &mut tail, 1), 110);
+        assert_eq!(tail.position(), (3, 0));
+        let batch = read_batch(&mut tail, 2, 1 << 20).unwrap();
+        assert_eq!(batch.iter().flatten().map(count).sum::<usize>(), 110);
+        // A series stays on one shard.
+        for s in &batch {
+            let names: std::collections::BTreeSet<_> =
+                s.iter().map(|t| t.labels[0].value.clone()).collect();
+            assert!(names.len() <= 2);
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
