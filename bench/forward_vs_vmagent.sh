@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Forwarding to an engine: the aggregator in remote mode (`[storage.remote] write_url`) next to
+# vmagent (Debian's 1.79), each taking the same remote-write payloads and forwarding them to the
+# same VictoriaMetrics single-node. SERIES series (default 20,000) x SAMPLES rounds (default 60),
+# 2,000 series per request over 2 connections (rwbench, the same end timestamp for both).
+#
+# Throughput: samples over the time from the first request sent until VictoriaMetrics has
+# counted them all (its vm_rows_inserted_total{type="promremotewrite"}); CPU: the forwarder's
+# user+system seconds over the same span, per million samples (ingest included for both:
+# the aggregator also logs and stores what it receives, vmagent queues it). Prints both and the
+# ratios.
+#
+#   bench/forward_vs_vmagent.sh
+#   SERIES=100000 SAMPLES=120 bench/forward_vs_vmagent.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SERIES=${SERIES:-20000}
+SAMPLES=${SAMPLES:-60}
+for b in victoria-metrics vmagent; do
+  command -v "$b" >/dev/null || { echo "bench: $b is missing (apt-get install victoria-metrics)" >&2; exit 1; }
+done
+cargo build --release -q -p vigil-aggregator
+cargo build --release -q -p vigil-e2e --bin rwbench
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_ready() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; echo "bench: $1 not ready" >&2; exit 1; }
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # clock ticks, user + system
+tick=$(getconf CLK_TCK)
+rows() { curl -sf "http://127.0.0.1:$VM/metrics" | awk '/^vm_rows_inserted_total\{type="promremotewrite"\}/ {print $2}'; }
+now_ns() { date +%s%N; }
+total=$((SERIES * SAMPLES))
+end_ms=$(( $(date +%s) * 1000 ))
+
+VM=$(port)
+victoria-metrics -storageDataPath="$work/vm" -httpListenAddr="127.0.0.1:$VM" -loggerLevel=ERROR >"$work/vm.log" 2>&1 & pids+=($!)
+wait_ready "http://127.0.0.1:$VM/health"
+
+# Runs rwbench against $1, waits until VictoriaMetrics counted every sample, prints
+# "seconds cpu_seconds" for the process $2.
+measure() {
+  local url=$1 pid=$2 before c0 t0 t1 c1
+  before=$(rows); before=${before:-0}
+  c0=$(cpu "$pid"); t0=$(now_ns)
+  target/release/rwbench "$url" "$SERIES" "$SAMPLES" 2000 2 "$end_ms" >/dev/null
+  for _ in $(seq 1 6000); do
+    r=$(rows); r=${r:-0}
+    awk -v r="$r" -v b="$before" -v n="$total" 'BEGIN { exit !(r - b >= n) }' && break
+    sleep 0.05
+  done
+  t1=$(now_ns); c1=$(cpu "$pid")
+  awk -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" -v hz="$tick" 'BEGIN { printf "%.3f %.3f\n", (t1 - t0) / 1e9, (c1 - c0) / hz }'
+}
+
+AGG=$(port)
+cat >"$work/agg.toml" <<TOML
+[server]
+listen = "127.0.0.1:$AGG"
+max_series = 5000000
+[storage]
+retention = "10m"
+state_dir = "$work/agg-state"
+backend = "remote"
+[storage.remote]
+query_url = "http://127.0.0.1:$VM"
+write_url = "http://127.0.0.1:$VM/api/v1/write"
+TOML
+target/release/vigil-aggregator --config "$work/agg.toml" >"$work/agg.log" 2>&1 & AGG_PID=$!; pids+=($AGG_PID)
+wait_ready "http://127.0.0.1:$AGG/-/ready"
+read -r a_secs a_cpu < <(measure "http://127.0.0.1:$AGG/api/v1/write" $AGG_PID)
+kill $AGG_PID; wait $AGG_PID 2>/dev/null || true
+
+VMA=$(port)
+vmagent -httpListenAddr="127.0.0.1:$VMA" -remoteWrite.url="http://127.0.0.1:$VM/api/v1/write" \
+  -remoteWrite.tmpDataPath="$work/vmagent" -loggerLevel=ERROR >"$work/vmagent.log" 2>&1 & VMA_PID=$!; pids+=($VMA_PID)
+wait_ready "http://127.0.0.1:$VMA/health"
+read -r v_secs v_cpu < <(measure "http://127.0.0.1:$VMA/api/v1/write" $VMA_PID)
+
+awk -v n="$total" -v as="$a_secs" -v ac="$a_cpu" -v vs="$v_secs" -v vc="$v_cpu" 'BEGIN {
+  ar = n / as; vr = n / vs; ap = ac / (n / 1e6); vp = vc / (n / 1e6);
+  printf "%-18s %14s %18s\n", "", "samples/s", "cpu s / M samples";
+  printf "%-18s %14.0f %18.2f\n", "vigil-aggregator", ar, ap;
+  printf "%-18s %14.0f %18.2f\n", "vmagent 1.79", vr, vp;
+  printf "ratio aggregator/vmagent: throughput %.2fx, cpu per sample %.2fx\n", ar / vr, ap / vp;
+  printf "(%d samples sent to each, forwarded to the same VictoriaMetrics)\n", n }'
