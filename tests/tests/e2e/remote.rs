@@ -118,28 +118,50 @@ fn rule_error(agg: &str) -> Option<String> {
     })
 }
 
+/// Debian's VictoriaMetrics on a free port, its data in `d/vm`: no result cache, and a 1 s
+/// latency offset (production keeps its 30 s and sets `query_offset` to match,
+/// docs/operations.md; the tests shorten both); `extra` flags beside those.
+struct Vm {
+    child: Child,
+    url: String,
+    args: Vec<String>,
+}
+
+impl Vm {
+    fn start(d: &std::path::Path, extra: &[&str]) -> Vm {
+        let port = free_port();
+        let mut args = vec![
+            format!("-storageDataPath={}", d.join("vm").display()),
+            format!("-httpListenAddr=127.0.0.1:{port}"),
+            "-search.disableCache".into(),
+            "-search.latencyOffset=1s".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let child = Child::spawn(
+            "victoria-metrics",
+            Command::new(peer("victoria-metrics")).args(&args),
+            d,
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        assert!(wait_http(&format!("{url}/health"), Duration::from_secs(60)));
+        Vm { child, url, args }
+    }
+
+    /// The same engine started again (same port, same data) once stopped.
+    fn again(&self, d: &std::path::Path) -> Child {
+        Child::spawn(
+            "victoria-metrics-again",
+            Command::new(peer("victoria-metrics")).args(&self.args),
+            d,
+        )
+    }
+}
+
 #[test]
 fn remote_mode_decides_as_the_window_does_and_answers_as_the_engine() {
     let d = tempdir("remote");
-    let vm_port = free_port();
-    let vm_url = format!("http://127.0.0.1:{vm_port}");
-    let vm_args = [
-        format!("-storageDataPath={}", d.path().join("vm").display()),
-        format!("-httpListenAddr=127.0.0.1:{vm_port}"),
-        "-search.disableCache".into(),
-        // Production keeps VictoriaMetrics' 30 s and sets query_offset to match
-        // (docs/operations.md); the test shortens both.
-        "-search.latencyOffset=1s".into(),
-    ];
-    let mut vm = Child::spawn(
-        "victoria-metrics",
-        Command::new(peer("victoria-metrics")).args(&vm_args),
-        d.path(),
-    );
-    assert!(wait_http(
-        &format!("{vm_url}/health"),
-        Duration::from_secs(60)
-    ));
+    let mut vm = Vm::start(d.path(), &[]);
+    let vm_url = vm.url.clone();
     let (memory, mem_url) = aggregator(d.path(), "memory", "");
     let (remote, rem_url) = aggregator(
         d.path(),
@@ -240,8 +262,8 @@ fn remote_mode_decides_as_the_window_does_and_answers_as_the_engine() {
     // The engine down: the rules report its error, and no decision is made on it (on_no_data
     // would set 2 after 2 s of no data: an error is not "no data").
     let before = decisions(&rem_url);
-    vm.signal("KILL");
-    assert!(vm.wait_exit(Duration::from_secs(30)));
+    vm.child.signal("KILL");
+    assert!(vm.child.wait_exit(Duration::from_secs(30)));
     wait_until(
         Duration::from_secs(60),
         "the engine's error in rule health",
@@ -274,11 +296,7 @@ fn remote_mode_decides_as_the_window_does_and_answers_as_the_engine() {
     assert!(body.contains("storage:"), "{body}");
 
     // Back: the errors end.
-    let _vm = Child::spawn(
-        "victoria-metrics-again",
-        Command::new(peer("victoria-metrics")).args(&vm_args),
-        d.path(),
-    );
+    let _vm = vm.again(d.path());
     wait_until(
         Duration::from_secs(90),
         "rule health clear once the engine is back",
@@ -292,22 +310,11 @@ fn remote_mode_decides_as_the_window_does_and_answers_as_the_engine() {
 #[test]
 fn the_agent_writes_into_victoriametrics_and_vmagent_into_the_aggregator() {
     let d = tempdir("engines");
-    let vm_port = free_port();
-    let vm_url = format!("http://127.0.0.1:{vm_port}");
-    let _vm = Child::spawn(
-        "victoria-metrics",
-        Command::new(peer("victoria-metrics")).args([
-            format!("-storageDataPath={}", d.path().join("vm").display()),
-            format!("-httpListenAddr=127.0.0.1:{vm_port}"),
-            "-search.disableCache".into(),
-            "-search.latencyOffset=1s".into(),
-        ]),
-        d.path(),
+    let vm = Vm::start(d.path(), &[]);
+    let (vm_url, vm_port) = (
+        vm.url.clone(),
+        vm.url.rsplit(':').next().expect("port").to_string(),
     );
-    assert!(wait_http(
-        &format!("{vm_url}/health"),
-        Duration::from_secs(60)
-    ));
 
     // Vigil's agent, its one push target VictoriaMetrics' remote-write endpoint.
     let agent_port = free_port();
@@ -393,25 +400,9 @@ fn metric(agg: &str, name: &str) -> Option<f64> {
 #[test]
 fn forwarding_holds_what_was_acknowledged_through_an_engine_outage_and_a_kill_9() {
     let d = tempdir("forward");
-    let vm_port = free_port();
-    let vm_url = format!("http://127.0.0.1:{vm_port}");
-    let vm_args = [
-        format!("-storageDataPath={}", d.path().join("vm").display()),
-        format!("-httpListenAddr=127.0.0.1:{vm_port}"),
-        "-search.disableCache".into(),
-        "-search.latencyOffset=1s".into(),
-        // A sample sent twice (a restart resends what it had not confirmed) is one sample.
-        "-dedup.minScrapeInterval=1ms".into(),
-    ];
-    let mut vm = Child::spawn(
-        "victoria-metrics",
-        Command::new(peer("victoria-metrics")).args(&vm_args),
-        d.path(),
-    );
-    assert!(wait_http(
-        &format!("{vm_url}/health"),
-        Duration::from_secs(60)
-    ));
+    // A sample sent twice (a restart resends what it had not confirmed) is one sample.
+    let mut vm = Vm::start(d.path(), &["-dedup.minScrapeInterval=1ms"]);
+    let vm_url = vm.url.clone();
     let storage = format!(
         "backend = \"remote\"\n[storage.remote]\nquery_url = \"{vm_url}\"\nwrite_url = \"{vm_url}/api/v1/write\"\nshards = 2"
     );
@@ -444,8 +435,8 @@ fn forwarding_holds_what_was_acknowledged_through_an_engine_outage_and_a_kill_9(
 
     // The engine down (stopped: a kill -9 would lose VictoriaMetrics' own unflushed second):
     // the aggregator still acknowledges (the log holds them) and retries.
-    vm.signal("TERM");
-    assert!(vm.wait_exit(Duration::from_secs(30)));
+    vm.child.signal("TERM");
+    assert!(vm.child.wait_exit(Duration::from_secs(30)));
     for k in 20..40 {
         push(&agg_url, k);
     }
@@ -465,11 +456,7 @@ fn forwarding_holds_what_was_acknowledged_through_an_engine_outage_and_a_kill_9(
     assert!(agg.wait_exit(Duration::from_secs(30)));
     drop(agg);
     let (agg, agg_url) = aggregator(d.path(), "forwarder", &storage);
-    let _vm = Child::spawn(
-        "victoria-metrics-again",
-        Command::new(peer("victoria-metrics")).args(&vm_args),
-        d.path(),
-    );
+    let _vm = vm.again(d.path());
     wait_until(
         Duration::from_secs(120),
         "every acknowledged sample in VictoriaMetrics once it is back",
