@@ -90,13 +90,14 @@ pub enum DecodeError {
 }
 
 impl WriteRequest {
+    /// The protobuf encoding, uncompressed (requests concatenate: their series add up).
+    pub fn encode_raw(&self) -> Vec<u8> {
+        self.encode_to_vec()
+    }
+
     /// Encodes to protobuf and compresses with snappy's block format, ready for the HTTP body.
     pub fn encode_snappy(&self) -> Vec<u8> {
-        let raw = self.encode_to_vec();
-        // Compressing a Vec we own cannot fail except for inputs over 2^32-1 bytes.
-        snap::raw::Encoder::new()
-            .compress_vec(&raw)
-            .unwrap_or_else(|e| panic!("snappy refuses a {} byte body: {e}", raw.len()))
+        compress(&self.encode_to_vec())
     }
 
     /// Decompresses and decodes an HTTP body, refusing any body that would decompress to more than
@@ -182,6 +183,70 @@ pub struct SeriesRef<'a> {
     pub labels: Vec<(&'a str, &'a str)>,
     pub samples: Vec<Sample>,
     pub histograms: Vec<HSample>,
+}
+
+/// Compresses a request body (snappy's block format), as remote-write sends it.
+pub fn compress(raw: &[u8]) -> Vec<u8> {
+    // Compressing fails only for inputs over 2^32-1 bytes, far past any request.
+    snap::raw::Encoder::new()
+        .compress_vec(raw)
+        .unwrap_or_else(|e| panic!("snappy refuses a {} byte body: {e}", raw.len()))
+}
+
+/// One `TimeSeries` of a decompressed `WriteRequest`, undecoded: what forwarding passes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawSeries<'a> {
+    /// The message's bytes (without its field key and length).
+    pub bytes: &'a [u8],
+    /// Float samples and histograms it holds.
+    pub samples: usize,
+    /// A hash of its label fields' bytes: the same series, encoded the same way, hashes the
+    /// same (senders write a series' labels in one order).
+    pub label_hash: u64,
+}
+
+impl RawSeries<'_> {
+    /// Appends the series to `out` as a `WriteRequest`'s field: `out` stays a request body.
+    pub fn append_to(&self, out: &mut Vec<u8>) {
+        out.push(0x0a);
+        let mut n = self.bytes.len() as u64;
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out.extend_from_slice(self.bytes);
+    }
+}
+
+/// The series of a decompressed `WriteRequest`, undecoded, in order (metadata and unknown
+/// fields skipped).
+pub fn raw_series<'a>(body: &'a [u8], mut f: impl FnMut(RawSeries<'a>)) -> Result<(), String> {
+    use std::hash::Hasher;
+    let mut pos = 0;
+    while pos < body.len() {
+        let (num, wire, ts, _) = field(body, &mut pos)?;
+        if num != 1 || wire != 2 {
+            continue;
+        }
+        let (mut p, mut samples) = (0, 0);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        while p < ts.len() {
+            let start = p;
+            let (n, w, _, _) = field(ts, &mut p)?;
+            match (n, w) {
+                (1, 2) => h.write(&ts[start..p]),
+                (2, 2) | (4, 2) => samples += 1,
+                _ => {}
+            }
+        }
+        f(RawSeries {
+            bytes: ts,
+            samples,
+            label_hash: h.finish(),
+        });
+    }
+    Ok(())
 }
 
 fn varint(b: &[u8], pos: &mut usize) -> Result<u64, String> {
@@ -370,6 +435,42 @@ impl TimeSeries {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn raw_series_pass_on_unchanged_and_group_by_labels() {
+        let a = Labels::from_pairs([("__name__", "m"), ("i", "a")]);
+        let b = Labels::from_pairs([("__name__", "m"), ("i", "b")]);
+        let req = WriteRequest {
+            timeseries: vec![
+                TimeSeries::new(&a, &[Sample::new(1, 1.0), Sample::new(2, 2.0)]),
+                TimeSeries::new(&b, &[Sample::new(1, 5.0)]),
+                TimeSeries::new(&a, &[Sample::new(3, 3.0)]),
+            ],
+            metadata: vec![],
+        };
+        let body = req.encode_raw();
+        let mut got = Vec::new();
+        raw_series(&body, |r| got.push(r)).unwrap();
+        assert_eq!(got.iter().map(|r| r.samples).collect::<Vec<_>>(), [2, 1, 1]);
+        assert_eq!(got[0].label_hash, got[2].label_hash);
+        assert_ne!(got[0].label_hash, got[1].label_hash);
+        let mut out = Vec::new();
+        for r in &got {
+            r.append_to(&mut out);
+        }
+        assert_eq!(out, body);
+        // A long series: its length takes more than one varint byte.
+        let many: Vec<Sample> = (0..100).map(|t| Sample::new(t, t as f64)).collect();
+        let big = WriteRequest {
+            timeseries: vec![TimeSeries::new(&a, &many)],
+            metadata: vec![],
+        }
+        .encode_raw();
+        let mut out = Vec::new();
+        raw_series(&big, |r| r.append_to(&mut out)).unwrap();
+        assert_eq!(out, big);
+        assert!(raw_series(&body[..body.len() - 1], |_| {}).is_err());
+    }
+
     use super::*;
     use crate::sample::{is_stale_nan, STALE_NAN};
 

@@ -16,7 +16,6 @@
 //! 429 or no answer is retried with exponential backoff from 100 ms to 5 s, or after the
 //! `Retry-After` the engine gives.
 
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,7 +27,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use vigil_config::http::Http;
-use vigil_wire::remote_write::{TimeSeries, WriteRequest};
+use vigil_wire::remote_write::{self, RawSeries, TimeSeries, WriteRequest};
 use vigil_wire::rw_histogram::Histogram;
 use vigil_wire::{Labels, Sample, STALE_NAN};
 
@@ -195,7 +194,7 @@ impl Forwarder {
                     continue;
                 }
             };
-            if batch.iter().all(Vec::is_empty) {
+            if batch.iter().all(|b| b.samples == 0) {
                 let here = tail.as_ref().expect("tail").position();
                 if here != saved {
                     self.commit(here, &mut saved);
@@ -204,9 +203,9 @@ impl Forwarder {
                 continue;
             }
             let mut set = tokio::task::JoinSet::new();
-            for series in batch.into_iter().filter(|s| !s.is_empty()) {
+            for shard in batch.into_iter().filter(|s| s.samples > 0) {
                 let shared = self.shared.clone();
-                set.spawn(async move { shared.send(series).await });
+                set.spawn(async move { shared.send(shard).await });
             }
             while set.join_next().await.is_some() {}
             let here = tail.as_ref().expect("tail").position();
@@ -241,15 +240,9 @@ impl Shared {
 
     /// Sends one shard's series until the engine takes them, refuses them for good, or the
     /// queue is past its bound (the oldest, these, are dropped then).
-    async fn send(&self, series: Vec<TimeSeries>) {
-        let samples: usize = series.iter().map(count).sum();
-        let body = Bytes::from(
-            WriteRequest {
-                timeseries: series,
-                metadata: Vec::new(),
-            }
-            .encode_snappy(),
-        );
+    async fn send(&self, shard: Shard) {
+        let samples = shard.samples;
+        let body = Bytes::from(remote_write::compress(&shard.body));
         let mut headers: Vec<(&str, &str)> = vec![
             ("content-encoding", "snappy"),
             ("content-type", "application/x-protobuf"),
@@ -326,66 +319,71 @@ fn retry_after(h: &hyper::HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(secs.min(300)))
 }
 
-fn count(ts: &TimeSeries) -> usize {
-    ts.samples.len() + ts.histograms.len()
+/// One shard's request: a `WriteRequest` body (uncompressed) built of whole series.
+#[derive(Default)]
+struct Shard {
+    body: Vec<u8>,
+    samples: usize,
 }
 
-fn shard_of(ts: &TimeSeries, shards: usize) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for l in &ts.labels {
-        l.name.hash(&mut h);
-        l.value.hash(&mut h);
-    }
-    (h.finish() % shards as u64) as usize
-}
-
-/// Reads whole records until about `shards` × [`PER_SEND`] samples, split by series.
-fn read_batch(
-    tail: &mut Tail,
-    shards: usize,
-    max_body: usize,
-) -> std::io::Result<Vec<Vec<TimeSeries>>> {
-    let mut out: Vec<Vec<TimeSeries>> = vec![Vec::new(); shards];
+/// Reads whole records until about `shards` × [`PER_SEND`] samples, split by series. A
+/// remote-write request's series are passed on as they came, undecoded.
+fn read_batch(tail: &mut Tail, shards: usize, max_body: usize) -> std::io::Result<Vec<Shard>> {
+    let mut out: Vec<Shard> = (0..shards).map(|_| Shard::default()).collect();
     let mut total = 0;
     while total < shards * PER_SEND {
         let Some(body) = tail.next()? else { break };
-        for ts in series_of(&body, max_body) {
-            total += count(&ts);
-            out[shard_of(&ts, shards)].push(ts);
-        }
+        total += series_of(&body, max_body, &mut |r| {
+            let s = &mut out[(r.label_hash % shards as u64) as usize];
+            r.append_to(&mut s.body);
+            s.samples += r.samples;
+        });
     }
     Ok(out)
 }
 
-/// The series one log record holds, as remote-write sends them.
-fn series_of(body: &[u8], max_body: usize) -> Vec<TimeSeries> {
+/// Hands each series of one log record to `f`, as remote-write sends it; returns the samples.
+fn series_of(body: &[u8], max_body: usize, f: &mut dyn FnMut(RawSeries<'_>)) -> usize {
     let Some(rec) = Record::parse(body) else {
-        return Vec::new();
+        return 0;
     };
     let labelled = |payload: &[u8]| {
         wal::decode_internal(payload)
             .and_then(|(enc, samples)| Some((Labels::from_encoded_checked(enc)?, samples)))
     };
-    match rec.kind {
+    let one = |ts: TimeSeries| {
+        WriteRequest {
+            timeseries: vec![ts],
+            metadata: Vec::new(),
+        }
+        .encode_raw()
+    };
+    let raw: Vec<u8> = match rec.kind {
         // Accepted under the limit of its day: decoded under at least the default's.
-        Kind::Write => WriteRequest::decode_snappy(rec.payload, max_body.max(32 << 20))
-            .map(|r| r.timeseries)
-            .unwrap_or_default(),
+        Kind::Write => {
+            remote_write::decompress(rec.payload, max_body.max(32 << 20)).unwrap_or_default()
+        }
         Kind::Internal => labelled(rec.payload)
-            .map(|(l, s)| vec![TimeSeries::new(&l, &s)])
+            .map(|(l, s)| one(TimeSeries::new(&l, &s)))
             .unwrap_or_default(),
         Kind::Stale => labelled(rec.payload)
-            .map(|(l, _)| vec![TimeSeries::new(&l, &[Sample::new(rec.now_ms, STALE_NAN)])])
+            .map(|(l, _)| one(TimeSeries::new(&l, &[Sample::new(rec.now_ms, STALE_NAN)])))
             .unwrap_or_default(),
         Kind::InternalHistogram => wal::decode_internal_histogram(rec.payload)
             .and_then(|(enc, h)| {
                 let mut ts = TimeSeries::new(&Labels::from_encoded_checked(enc)?, &[]);
                 ts.histograms
                     .push(Histogram::from_float(&h.h, h.timestamp_ms));
-                Some(vec![ts])
+                Some(one(ts))
             })
             .unwrap_or_default(),
-    }
+    };
+    let mut n = 0;
+    let _ = remote_write::raw_series(&raw, |r| {
+        n += r.samples;
+        f(r);
+    });
+    n
 }
 
 /// Bytes of the log from `position` on.
@@ -418,7 +416,7 @@ fn enforce_bound(dir: &Path, tail: &mut Tail, max_bytes: u64) -> u64 {
         while probe.position().0 == seg {
             match probe.next() {
                 Ok(Some(body)) if probe.position().0 == seg => {
-                    n += series_of(&body, 64 << 20).iter().map(count).sum::<usize>() as u64
+                    n += series_of(&body, 64 << 20, &mut |_| {}) as u64
                 }
                 _ => break,
             }
@@ -470,30 +468,34 @@ mod tests {
             payload(&mut out);
             out
         };
-        let write = series_of(
-            &rec(Kind::Write, 9, &|o| o.extend_from_slice(&body)),
-            1 << 20,
-        );
+        // The series of one record, as the engine decodes what is sent.
+        let sent = |record: &[u8]| -> Vec<TimeSeries> {
+            let mut raw = Vec::new();
+            let n = series_of(record, 1 << 20, &mut |r| r.append_to(&mut raw));
+            let req = WriteRequest::decode_snappy(&remote_write::compress(&raw), 1 << 20).unwrap();
+            let count: usize = req
+                .timeseries
+                .iter()
+                .map(|t| t.samples.len() + t.histograms.len())
+                .sum();
+            assert_eq!(n, count);
+            req.timeseries
+        };
+        let write = sent(&rec(Kind::Write, 9, &|o| o.extend_from_slice(&body)));
         assert_eq!(write, vec![TimeSeries::new(&l, &[Sample::new(5, 1.5)])]);
-        let int = series_of(
-            &rec(Kind::Internal, 9, &|o| {
-                wal::encode_internal(o, l.encoded(), &[Sample::new(7, 2.0)])
-            }),
-            1 << 20,
-        );
+        let int = sent(&rec(Kind::Internal, 9, &|o| {
+            wal::encode_internal(o, l.encoded(), &[Sample::new(7, 2.0)])
+        }));
         assert_eq!(int, vec![TimeSeries::new(&l, &[Sample::new(7, 2.0)])]);
         // A staleness marker at the time the aggregator marked the series.
-        let stale = series_of(
-            &rec(Kind::Stale, 9, &|o| {
-                wal::encode_internal(o, l.encoded(), &[])
-            }),
-            1 << 20,
-        );
+        let stale = sent(&rec(Kind::Stale, 9, &|o| {
+            wal::encode_internal(o, l.encoded(), &[])
+        }));
         assert_eq!(stale.len(), 1);
         assert_eq!(stale[0].samples.len(), 1);
         assert_eq!(stale[0].samples[0].timestamp, 9);
         assert!(Sample::new(9, stale[0].samples[0].value).is_stale());
-        assert!(series_of(&[42, 0, 0], 1 << 20).is_empty());
+        assert!(sent(&[42, 0, 0]).is_empty());
     }
 
     #[test]
@@ -518,13 +520,18 @@ mod tests {
         assert_eq!(enforce_bound(&d, &mut tail, 1), 110);
         assert_eq!(tail.position(), (3, 0));
         let batch = read_batch(&mut tail, 2, 1 << 20).unwrap();
-        assert_eq!(batch.iter().flatten().map(count).sum::<usize>(), 110);
-        // A series stays on one shard.
-        for s in &batch {
-            let names: std::collections::BTreeSet<_> =
-                s.iter().map(|t| t.labels[0].value.clone()).collect();
-            assert!(names.len() <= 2);
-        }
+        assert_eq!(batch.iter().map(|s| s.samples).sum::<usize>(), 110);
+        // A series stays on one shard: each name is on exactly one.
+        let names = |s: &Shard| -> std::collections::BTreeSet<String> {
+            WriteRequest::decode_snappy(&remote_write::compress(&s.body), 1 << 20)
+                .unwrap()
+                .timeseries
+                .iter()
+                .map(|t| t.labels[0].value.clone())
+                .collect()
+        };
+        let (x, y) = (names(&batch[0]), names(&batch[1]));
+        assert!(x.is_disjoint(&y) && x.len() + y.len() == 2, "{x:?} {y:?}");
         let _ = std::fs::remove_dir_all(&d);
     }
 }
