@@ -24,7 +24,7 @@ use vigil_wire::{Labels, Sample};
 
 /// Length of one request's window: an hour of a 15 s series is 240 samples.
 pub const DEFAULT_CHUNK_MS: i64 = 3_600_000;
-/// The largest answer read (an hour of tens of thousands of series).
+/// The largest answer read by default (an hour of tens of thousands of series).
 const MAX_BODY: usize = 512 << 20;
 
 /// One chunk fetched, for progress reports.
@@ -47,6 +47,7 @@ pub struct QueryApi {
     headers: Vec<(String, String)>,
     timeout: Duration,
     chunk_ms: i64,
+    max_body: usize,
 }
 
 impl QueryApi {
@@ -72,12 +73,19 @@ impl QueryApi {
             headers,
             timeout,
             chunk_ms: DEFAULT_CHUNK_MS,
+            max_body: MAX_BODY,
         })
     }
 
     /// Sets the longest window one request covers.
     pub fn with_chunk_ms(mut self, ms: i64) -> QueryApi {
         self.chunk_ms = ms.max(1);
+        self
+    }
+
+    /// Sets the largest answer read (an answer over it is an error, not a truncation).
+    pub fn with_max_body(mut self, bytes: usize) -> QueryApi {
+        self.max_body = bytes;
         self
     }
 
@@ -148,7 +156,7 @@ impl QueryApi {
         }
         headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         self.http
-            .request(method, &url, &headers, body, self.timeout, MAX_BODY)
+            .request(method, &url, &headers, body, self.timeout, self.max_body)
             .await
             .map_err(|e| format!("{}: {e}", self.base))
     }
@@ -161,9 +169,13 @@ impl QueryApi {
         b: i64,
     ) -> Result<Vec<(Labels, Vec<Sample>)>, StorageError> {
         let query = format!("{selector}[{}ms]", b - a);
+        // A partial answer (a storage node of a cluster down) would read as missing data: asked
+        // for never (Thanos, VictoriaMetrics cluster), and refused when given all the same.
         let form = form_urlencoded::Serializer::new(String::new())
             .append_pair("query", &query)
             .append_pair("time", &seconds(b))
+            .append_pair("partial_response", "false")
+            .append_pair("deny_partial_response", "1")
             .finish();
         let url = format!("{}/api/v1/query", self.base);
         let mut headers: Vec<(&str, &str)> =
@@ -178,7 +190,7 @@ impl QueryApi {
                 &headers,
                 Bytes::from(form),
                 self.timeout,
-                MAX_BODY,
+                self.max_body,
             )
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -249,6 +261,11 @@ struct Answer {
     error_type: Option<String>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    warnings: Vec<String>,
+    /// VictoriaMetrics cluster: some storage node did not answer.
+    #[serde(default, rename = "isPartial")]
+    is_partial: bool,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +304,15 @@ fn parse_matrix(status: u16, body: &[u8]) -> Result<Vec<(Labels, Vec<Sample>)>, 
             "HTTP {status}: {}: {}",
             answer.error_type.as_deref().unwrap_or("error"),
             answer.error.as_deref().unwrap_or("(no message)")
+        ));
+    }
+    if answer.is_partial {
+        return Err("a partial answer (isPartial: a storage node did not answer)".into());
+    }
+    if !answer.warnings.is_empty() {
+        return Err(format!(
+            "an answer with warnings (it may be partial): {}",
+            answer.warnings.join("; ")
         ));
     }
     let data = answer.data.ok_or("an answer without data")?;
@@ -376,6 +402,18 @@ mod tests {
         assert_eq!(e, "HTTP 422: execution: too many samples");
         let e = parse_matrix(502, b"<html>bad gateway</html>").unwrap_err();
         assert_eq!(e, "HTTP 502: <html>bad gateway</html>");
+        let e = parse_matrix(
+            200,
+            br#"{"status":"success","isPartial":true,"data":{"resultType":"matrix","result":[]}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("partial"), "{e}");
+        let e = parse_matrix(
+            200,
+            br#"{"status":"success","warnings":["store b unavailable"],"data":{"resultType":"matrix","result":[]}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("store b unavailable"), "{e}");
         let e = parse_matrix(
             200,
             br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,

@@ -81,21 +81,39 @@ impl<'a> Request<'a> {
     }
 }
 
+/// Time windows `[mint, maxt]` (ms).
+type Windows = Vec<(i64, i64)>;
+
 /// Fetches what replaying `rules` over the request's range reads.
 pub fn fetch(req: &Request<'_>, rules: &RuleSet) -> anyhow::Result<Data> {
     let api = QueryApi::new(req.url, req.headers.clone(), TIMEOUT)
         .map_err(|e| anyhow::anyhow!("--from {e}"))?
         .with_chunk_ms(req.chunk_ms);
     let (reads, written) = replay::reads(rules, req.start, req.end);
-    // One selection per distinct selector, over the union of its windows.
-    let mut selections: BTreeMap<String, (Vec<Matcher>, i64, i64)> = BTreeMap::new();
+    // One selection per distinct selector and window; windows of one selector that overlap
+    // or touch are fetched as one (`x` and `x offset 1w` stay two).
+    let mut windows: BTreeMap<String, (Vec<Matcher>, Windows)> = BTreeMap::new();
     for r in reads {
         for alt in r.alternatives {
-            let e = selections
+            windows
                 .entry(selector_text(&alt))
-                .or_insert((alt, r.mint, r.maxt));
-            e.1 = e.1.min(r.mint);
-            e.2 = e.2.max(r.maxt);
+                .or_insert_with(|| (alt, Vec::new()))
+                .1
+                .push((r.mint, r.maxt));
+        }
+    }
+    let mut selections: Vec<(String, Vec<Matcher>, i64, i64)> = Vec::new();
+    for (text, (matchers, mut w)) in windows {
+        w.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::new();
+        for (lo, hi) in w {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        for (lo, hi) in merged {
+            selections.push((text.clone(), matchers.clone(), lo, hi));
         }
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -105,7 +123,7 @@ pub fn fetch(req: &Request<'_>, rules: &RuleSet) -> anyhow::Result<Data> {
     let mut storage = MemStorage::new();
     let mut skipped = 0usize;
     let mut stderr = std::io::stderr();
-    for (text, (matchers, mint, maxt)) in &selections {
+    for (text, matchers, mint, maxt) in &selections {
         let mut report = |c: Chunk| {
             let _ = writeln!(
                 stderr,

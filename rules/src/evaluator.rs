@@ -478,7 +478,13 @@ pub fn eval_scaling(
         .iter()
         .any(|p| p.controls.instance_warmup_ms.is_some());
     let warming = if warmup || victim.is_some() {
-        crate::warmup::warming(engine, storage, asg, ts)
+        crate::warmup::warming(engine, storage, asg, ts).unwrap_or_else(|e| {
+            // Which instances warm is unknown: none may be taken for cold, so no scale-in.
+            guards.hold_in.get_or_insert_with(|| {
+                format!("instance warmup could not be read ({e}): no scale-in")
+            });
+            Default::default()
+        })
     } else {
         Default::default()
     };

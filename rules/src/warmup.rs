@@ -158,14 +158,27 @@ pub fn publish(
     now.len()
 }
 
-/// The instances of `asg` warming at `ts` (`vigil_instance_warm == 0` with its `asg`).
-pub fn warming(engine: &Engine, storage: &dyn Storage, asg: &str, ts: i64) -> BTreeSet<String> {
-    vector(engine, storage, &format!("{METRIC} == 0"), ts)
-        .unwrap_or_default()
-        .iter()
-        .filter(|(l, _)| l.get("asg") == Some(asg))
-        .filter_map(|(l, _)| l.get("instance").map(str::to_string))
-        .collect()
+/// The instances of `asg` warming at `ts` (`vigil_instance_warm == 0` with its `asg`); an
+/// error when the store could not answer (nothing is known then: not "none warming").
+pub fn warming(
+    engine: &Engine,
+    storage: &dyn Storage,
+    asg: &str,
+    ts: i64,
+) -> Result<BTreeSet<String>, String> {
+    let q = crate::promql::parse(&format!("{METRIC} == 0")).map_err(|e| e.to_string())?;
+    let v = match engine
+        .instant(storage, &q, ts)
+        .map_err(|e| e.to_string())?
+        .value
+    {
+        Value::Vector(v) => v,
+        _ => Vec::new(),
+    };
+    Ok(v.iter()
+        .filter(|s| s.labels.get("asg") == Some(asg))
+        .filter_map(|s| s.labels.get("instance").map(str::to_string))
+        .collect())
 }
 
 #[cfg(test)]
@@ -231,7 +244,7 @@ mod tests {
                 ("i-2".to_string(), "web".to_string(), 0.0)
             ]
         );
-        assert_eq!(warming(&engine, &s, "web", t0).len(), 1);
+        assert_eq!(warming(&engine, &s, "web", t0).unwrap().len(), 1);
         // Three minutes after its first push, i-2 is warm.
         let t1 = t0 + 180_000;
         s.add(
@@ -240,9 +253,9 @@ mod tests {
         );
         s.add(series("vigil_health_up", "i-2", None), Sample::new(t1, 1.0));
         publish(&engine, &mut s, &rules, &fleet, &mut st, t1 - 10_000);
-        assert_eq!(warming(&engine, &s, "web", t1 - 10_000).len(), 1);
+        assert_eq!(warming(&engine, &s, "web", t1 - 10_000).unwrap().len(), 1);
         publish(&engine, &mut s, &rules, &fleet, &mut st, t1);
-        assert!(warming(&engine, &s, "web", t1).is_empty());
+        assert!(warming(&engine, &s, "web", t1).unwrap().is_empty());
         // i-2 goes away: its series is marked stale, not left to linger.
         let t2 = t1 + 10_000;
         s.add(
@@ -328,5 +341,7 @@ mod tests {
         );
         assert!(down.0.is_empty(), "wrote {:?}", down.0);
         assert_eq!((st.seen.clone(), st.written.clone()), before);
+        // Which instances warm is unknown, not "none" (the scaling decision then holds scale-in).
+        assert!(warming(&engine, &down, "web", 60_000).is_err());
     }
 }

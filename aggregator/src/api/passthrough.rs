@@ -46,6 +46,10 @@ async fn pass(
     let Some(remote) = &api.remote else {
         return json_err(StatusCode::NOT_FOUND, "not_found", "no engine");
     };
+    // Within `[query] max_concurrency` as local queries are: each may buffer a large answer.
+    let Ok(_slot) = api.query_slots.clone().acquire_owned().await else {
+        return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopping\n");
+    };
     let ctype = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let pq = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     match remote.api().pass(method, pq, body, ctype).await {

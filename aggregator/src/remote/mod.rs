@@ -30,8 +30,18 @@ pub fn headers(cfg: &config::Remote) -> Result<Vec<(String, String)>, String> {
     Ok(headers)
 }
 
+/// The largest answer one selection reads: a rule's window over tens of thousands of series.
+/// An answer over it fails the evaluation (its message in rule health) rather than the process.
+const MAX_ANSWER: usize = 64 << 20;
+/// After a failed read, how long the following ones fail at once with its error, so that an
+/// engine that does not answer costs one timeout per evaluation, not one per selector.
+const HOLD_OFF: Duration = Duration::from_secs(5);
+
 pub struct Remote {
     api: QueryApi,
+    /// The last failure, and until when it stands for every read.
+    failed: std::sync::Mutex<Option<(std::time::Instant, StorageError)>>,
+    timeout: Duration,
     /// The runtime the requests run on: selections come from blocking threads (evaluation,
     /// queries) and wait there.
     handle: tokio::runtime::Handle,
@@ -51,9 +61,12 @@ impl Remote {
             headers,
             Duration::from_millis(cfg.timeout_ms as u64),
         )
-        .map_err(|e| format!("storage.remote.query_url: {e}"))?;
+        .map_err(|e| format!("storage.remote.query_url: {e}"))?
+        .with_max_body(MAX_ANSWER);
         Ok(Remote {
             api,
+            failed: std::sync::Mutex::new(None),
+            timeout: Duration::from_millis(cfg.timeout_ms as u64),
             handle: tokio::runtime::Handle::current(),
         })
     }
@@ -71,7 +84,22 @@ impl Storage for Remote {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<SeriesData>, StorageError> {
-        self.handle
-            .block_on(self.api.select(matchers, mint, maxt, &mut |_| {}))
+        let now = std::time::Instant::now();
+        if let Some((until, e)) = &*self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            if now < *until {
+                return Err(e.clone());
+            }
+        }
+        let got = self
+            .handle
+            .block_on(self.api.select(matchers, mint, maxt, &mut |_| {}));
+        if let Err(e) = &got {
+            let hold = HOLD_OFF.min(self.timeout);
+            *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+                std::time::Instant::now() + hold,
+                StorageError(format!("{} (reads held off for {}s)", e.0, hold.as_secs())),
+            ));
+        }
+        got
     }
 }

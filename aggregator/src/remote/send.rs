@@ -53,6 +53,7 @@ struct Metrics {
     retries: Counter,
     shards: Gauge,
     position_segment: Gauge,
+    corrupt: Counter,
 }
 
 /// What every shard's request needs.
@@ -77,15 +78,33 @@ pub struct Forwarder {
 }
 
 /// Where forwarding resumes in the log at `dir`: segment and byte offset (the start of the
-/// log when nothing was saved).
+/// log when nothing was saved, or when what was saved points past the log: segments deleted
+/// or restored by hand would otherwise leave the forwarder waiting for a segment that never
+/// comes).
 pub fn saved_position(dir: &Path) -> (u64, u64) {
-    std::fs::read_to_string(dir.join(POSITION_FILE))
+    let Some((seg, offset)) = std::fs::read_to_string(dir.join(POSITION_FILE))
         .ok()
         .and_then(|t| {
             let (s, o) = t.trim().split_once(' ')?;
-            Some((s.parse().ok()?, o.parse().ok()?))
+            Some((s.parse::<u64>().ok()?, o.parse::<u64>().ok()?))
         })
-        .unwrap_or((0, 0))
+    else {
+        return (0, 0);
+    };
+    let newest = wal::segments(dir).ok().and_then(|v| v.last().copied());
+    let size = std::fs::metadata(wal::segment_path(dir, seg)).map(|m| m.len());
+    let past = match (newest, size) {
+        (None, _) => seg > 0 || offset > 0,
+        (Some(n), _) if seg > n => true,
+        (_, Ok(len)) => offset > len,
+        // The segment is gone (sent and removed): the next one that exists is read.
+        (_, Err(_)) => offset > 0 && seg == newest.unwrap_or(0),
+    };
+    if past {
+        tracing::warn!(segment = seg, offset, newest_segment = ?newest, "forwarding: the saved position is past the log (segments removed or restored?); forwarding from the oldest segment");
+        return (0, 0);
+    }
+    (seg, offset)
 }
 
 fn save_position(dir: &Path, (seg, offset): (u64, u64)) -> std::io::Result<()> {
@@ -141,6 +160,11 @@ impl Forwarder {
         );
         r.register("shards", "Concurrent senders", metrics.shards.clone());
         r.register(
+            "corrupt_records",
+            "Torn or corrupt log records the forwarder skipped (with the rest of their segment)",
+            metrics.corrupt.clone(),
+        );
+        r.register(
             "position_segment",
             "The log segment forwarding reads",
             metrics.position_segment.clone(),
@@ -169,6 +193,7 @@ impl Forwarder {
         tracing::info!(url = %vigil_config::redact::url(&self.shared.url), segment = seg, offset, shards = self.shards, "forwarding the window's log to the engine");
         let mut tail = Some(Tail::new(&self.dir, seg, offset));
         let mut saved = (seg, offset);
+        let mut seen_skipped = 0;
         loop {
             let t = tail.take().expect("tail");
             let dir = self.dir.clone();
@@ -180,10 +205,25 @@ impl Forwarder {
                 (t, dropped, batch)
             })
             .await;
-            let Ok((t, dropped, batch)) = read else {
-                return;
+            let (t, dropped, batch) = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    // Never a silent stop (the log would grow past every checkpoint): start
+                    // again from what was confirmed.
+                    tracing::error!(error = %e, "forwarding: reading the log failed; resuming from the saved position");
+                    tail = Some(Tail::new(&self.dir, saved.0, saved.1));
+                    seen_skipped = 0;
+                    tokio::time::sleep(MAX_BACKOFF).await;
+                    continue;
+                }
             };
+            let skipped = t.skipped;
             tail = Some(t);
+            self.shared
+                .metrics
+                .corrupt
+                .inc_by(skipped.saturating_sub(seen_skipped));
+            seen_skipped = skipped;
             self.shared.metrics.dropped.inc_by(dropped);
             self.shared.measure();
             let batch = match batch {
@@ -194,7 +234,7 @@ impl Forwarder {
                     continue;
                 }
             };
-            if batch.iter().all(|b| b.samples == 0) {
+            if batch.iter().all(|b| b.requests.is_empty()) {
                 let here = tail.as_ref().expect("tail").position();
                 if here != saved {
                     self.commit(here, &mut saved);
@@ -203,9 +243,13 @@ impl Forwarder {
                 continue;
             }
             let mut set = tokio::task::JoinSet::new();
-            for shard in batch.into_iter().filter(|s| s.samples > 0) {
+            for shard in batch.into_iter().filter(|s| !s.requests.is_empty()) {
                 let shared = self.shared.clone();
-                set.spawn(async move { shared.send(shard).await });
+                set.spawn(async move {
+                    for r in shard.requests {
+                        shared.send(r.body, r.samples).await;
+                    }
+                });
             }
             while set.join_next().await.is_some() {}
             let here = tail.as_ref().expect("tail").position();
@@ -240,9 +284,16 @@ impl Shared {
 
     /// Sends one shard's series until the engine takes them, refuses them for good, or the
     /// queue is past its bound (the oldest, these, are dropped then).
-    async fn send(&self, shard: Shard) {
-        let samples = shard.samples;
-        let body = Bytes::from(remote_write::compress(&shard.body));
+    fn send(
+        &self,
+        raw: Vec<u8>,
+        samples: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.send_once(raw, samples))
+    }
+
+    async fn send_once(&self, raw: Vec<u8>, samples: usize) {
+        let body = Bytes::from(remote_write::compress(&raw));
         let mut headers: Vec<(&str, &str)> = vec![
             ("content-encoding", "snappy"),
             ("content-type", "application/x-protobuf"),
@@ -284,6 +335,15 @@ impl Shared {
                     }
                     retry_after(&r.headers).unwrap_or(backoff)
                 }
+                Ok(r) if matches!(r.status.as_u16(), 400 | 413) && halves(&raw).is_some() => {
+                    // One bad sample (out of order for a Prometheus receiver, a series over a
+                    // limit) refuses the whole request: halve it, so only that series is lost.
+                    if let Some([a, b]) = halves(&raw) {
+                        self.send(a.body, a.samples).await;
+                        self.send(b.body, b.samples).await;
+                    }
+                    return;
+                }
                 Ok(r) => {
                     self.metrics.failed.inc_by(samples as u64);
                     tracing::error!(status = r.status.as_u16(), samples, answer = %String::from_utf8_lossy(&r.body[..r.body.len().min(300)]).trim(), "forwarding: the engine refused samples for good; dropped");
@@ -319,11 +379,37 @@ fn retry_after(h: &hyper::HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(secs.min(300)))
 }
 
-/// One shard's request: a `WriteRequest` body (uncompressed) built of whole series.
+/// One request: a `WriteRequest` body (uncompressed) built of whole series.
 #[derive(Default)]
-struct Shard {
+struct Request {
     body: Vec<u8>,
     samples: usize,
+}
+
+/// One shard's requests, sent in order.
+#[derive(Default)]
+struct Shard {
+    requests: Vec<Request>,
+}
+
+impl Shard {
+    /// Adds a series to the last request, or to a new one past [`PER_SEND`] samples.
+    fn add(&mut self, r: &RawSeries<'_>) {
+        match self.requests.last_mut() {
+            Some(last) if last.samples + r.samples <= PER_SEND => {
+                r.append_to(&mut last.body);
+                last.samples += r.samples;
+            }
+            _ => {
+                let mut body = Vec::new();
+                r.append_to(&mut body);
+                self.requests.push(Request {
+                    body,
+                    samples: r.samples,
+                });
+            }
+        }
+    }
 }
 
 /// Reads whole records until about `shards` × [`PER_SEND`] samples, split by series. A
@@ -334,12 +420,29 @@ fn read_batch(tail: &mut Tail, shards: usize, max_body: usize) -> std::io::Resul
     while total < shards * PER_SEND {
         let Some(body) = tail.next()? else { break };
         total += series_of(&body, max_body, &mut |r| {
-            let s = &mut out[(r.label_hash % shards as u64) as usize];
-            r.append_to(&mut s.body);
-            s.samples += r.samples;
+            out[(r.label_hash % shards as u64) as usize].add(&r);
         });
     }
     Ok(out)
+}
+
+/// A request body's series in two halves (`None` for a single series).
+fn halves(raw: &[u8]) -> Option<[Request; 2]> {
+    let mut all = Vec::new();
+    remote_write::raw_series(raw, |r| all.push(r)).ok()?;
+    if all.len() < 2 {
+        return None;
+    }
+    let mid = all.len() / 2;
+    let half = |part: &[RawSeries<'_>]| {
+        let mut q = Request::default();
+        for r in part {
+            r.append_to(&mut q.body);
+            q.samples += r.samples;
+        }
+        q
+    };
+    Some([half(&all[..mid]), half(&all[mid..])])
 }
 
 /// Hands each series of one log record to `f`, as remote-write sends it; returns the samples.
@@ -520,18 +623,54 @@ mod tests {
         assert_eq!(enforce_bound(&d, &mut tail, 1), 110);
         assert_eq!(tail.position(), (3, 0));
         let batch = read_batch(&mut tail, 2, 1 << 20).unwrap();
-        assert_eq!(batch.iter().map(|s| s.samples).sum::<usize>(), 110);
+        let samples = |s: &Shard| s.requests.iter().map(|r| r.samples).sum::<usize>();
+        assert_eq!(batch.iter().map(samples).sum::<usize>(), 110);
         // A series stays on one shard: each name is on exactly one.
         let names = |s: &Shard| -> std::collections::BTreeSet<String> {
-            WriteRequest::decode_snappy(&remote_write::compress(&s.body), 1 << 20)
-                .unwrap()
-                .timeseries
+            s.requests
                 .iter()
+                .flat_map(|r| {
+                    WriteRequest::decode_snappy(&remote_write::compress(&r.body), 1 << 20)
+                        .unwrap()
+                        .timeseries
+                })
                 .map(|t| t.labels[0].value.clone())
                 .collect()
         };
         let (x, y) = (names(&batch[0]), names(&batch[1]));
         assert!(x.is_disjoint(&y) && x.len() + y.len() == 2, "{x:?} {y:?}");
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn requests_hold_at_most_per_send_samples_and_halve_down_to_one_series() {
+        let mut raw = Vec::new();
+        let series: Vec<TimeSeries> = (0..5)
+            .map(|i| {
+                let l = Labels::from_pairs([("__name__", "m"), ("i", &i.to_string())]);
+                let s: Vec<Sample> = (0..900).map(|t| Sample::new(t, 1.0)).collect();
+                TimeSeries::new(&l, &s)
+            })
+            .collect();
+        for ts in &series {
+            raw.extend(
+                WriteRequest {
+                    timeseries: vec![ts.clone()],
+                    metadata: vec![],
+                }
+                .encode_raw(),
+            );
+        }
+        let mut shard = Shard::default();
+        remote_write::raw_series(&raw, |r| shard.add(&r)).unwrap();
+        // 900 + 900 fit in 2,000; a third does not.
+        let sizes: Vec<usize> = shard.requests.iter().map(|r| r.samples).collect();
+        assert_eq!(sizes, [1800, 1800, 900]);
+        let [a, b] = halves(&raw).unwrap();
+        assert_eq!((a.samples, b.samples), (1800, 2700));
+        let mut again = a.body.clone();
+        again.extend_from_slice(&b.body);
+        assert_eq!(again, raw);
+        assert!(halves(&shard.requests[2].body).is_none());
     }
 }

@@ -455,8 +455,9 @@ fn forwarding_holds_what_was_acknowledged_through_an_engine_outage_and_a_kill_9(
     let mut agg = agg;
     assert!(agg.wait_exit(Duration::from_secs(30)));
     drop(agg);
-    let (agg, agg_url) = aggregator(d.path(), "forwarder", &storage);
+    // The engine first: its port is its own again before the aggregator takes a free one.
     let _vm = vm.again(d.path());
+    let (agg, agg_url) = aggregator(d.path(), "forwarder", &storage);
     wait_until(
         Duration::from_secs(120),
         "every acknowledged sample in VictoriaMetrics once it is back",
