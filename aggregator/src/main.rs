@@ -393,7 +393,15 @@ async fn wire(
             let from = remote::saved_position(&log_dir).0;
             store.keep_log_from.store(from, Ordering::Relaxed);
             let max_body = cfg.max_body_bytes;
-            let f = remote::Forwarder::new(r, &log_dir, max_body, store.clone(), &mut registry)?;
+            let signer = remote::signer(r, &cfg.region).await?;
+            let f = remote::Forwarder::new(
+                r,
+                signer,
+                &log_dir,
+                max_body,
+                store.clone(),
+                &mut registry,
+            )?;
             Some(f)
         }
         None => None,
@@ -403,7 +411,8 @@ async fn wire(
     }
     let remote = match &cfg.remote {
         Some(r) => {
-            let remote = remote::Remote::connect(r)?;
+            let signer = remote::signer(r, &cfg.region).await?;
+            let remote = remote::Remote::connect(r, signer)?;
             tracing::info!(query_url = %vigil_config::redact::url(&r.query_url), "storage: rules and the query API read the engine (backend = \"remote\")");
             Some(Arc::new(remote))
         }

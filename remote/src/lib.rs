@@ -8,5 +8,7 @@
 //! aggregator's remote mode read through here.
 
 pub mod read;
+pub mod sign;
 
 pub use read::{selector_text, QueryApi};
+pub use sign::{SigV4, Signer};

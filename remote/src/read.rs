@@ -12,6 +12,7 @@
 //! its own data through its API).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +22,8 @@ use vigil_config::http::{Http, Response};
 use vigil_rules::promql::storage::{MatchOp, Matcher, StorageError};
 use vigil_rules::promql::SeriesData;
 use vigil_wire::{Labels, Sample};
+
+use crate::sign::Signer;
 
 /// Length of one request's window: an hour of a 15 s series is 240 samples.
 pub const DEFAULT_CHUNK_MS: i64 = 3_600_000;
@@ -48,6 +51,7 @@ pub struct QueryApi {
     timeout: Duration,
     chunk_ms: i64,
     max_body: usize,
+    signer: Option<Arc<dyn Signer>>,
 }
 
 impl QueryApi {
@@ -74,6 +78,7 @@ impl QueryApi {
             timeout,
             chunk_ms: DEFAULT_CHUNK_MS,
             max_body: MAX_BODY,
+            signer: None,
         })
     }
 
@@ -81,6 +86,36 @@ impl QueryApi {
     pub fn with_chunk_ms(mut self, ms: i64) -> QueryApi {
         self.chunk_ms = ms.max(1);
         self
+    }
+
+    /// Signs every request (SigV4 for Amazon Managed Service for Prometheus).
+    pub fn with_signer(mut self, signer: Arc<dyn Signer>) -> QueryApi {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Sends one request with the configured headers, signed when a signer is set.
+    async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<Response, String> {
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Some(ct) = content_type {
+            headers.push(("content-type", ct));
+        }
+        headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let signed = match &self.signer {
+            Some(s) => s.sign(method.as_str(), url, &headers, &body).await?,
+            None => Vec::new(),
+        };
+        headers.extend(signed.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.http
+            .request(method, url, &headers, body, self.timeout, self.max_body)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Sets the largest answer read (an answer over it is an error, not a truncation).
@@ -150,13 +185,7 @@ impl QueryApi {
         content_type: Option<&str>,
     ) -> Result<Response, String> {
         let url = format!("{}{path_and_query}", self.base);
-        let mut headers: Vec<(&str, &str)> = Vec::new();
-        if let Some(ct) = content_type {
-            headers.push(("content-type", ct));
-        }
-        headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        self.http
-            .request(method, &url, &headers, body, self.timeout, self.max_body)
+        self.request(method, &url, content_type, body)
             .await
             .map_err(|e| format!("{}: {e}", self.base))
     }
@@ -178,22 +207,16 @@ impl QueryApi {
             .append_pair("deny_partial_response", "1")
             .finish();
         let url = format!("{}/api/v1/query", self.base);
-        let mut headers: Vec<(&str, &str)> =
-            vec![("content-type", "application/x-www-form-urlencoded")];
-        headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let fail = |what: String| StorageError(format!("{url}: {query} at {}: {what}", seconds(b)));
         let resp = self
-            .http
             .request(
                 Method::POST,
                 &url,
-                &headers,
+                Some("application/x-www-form-urlencoded"),
                 Bytes::from(form),
-                self.timeout,
-                self.max_body,
             )
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(fail)?;
         parse_matrix(resp.status.as_u16(), &resp.body).map_err(fail)
     }
 }

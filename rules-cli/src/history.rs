@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use vigil_remote::read::Chunk;
-use vigil_remote::{selector_text, QueryApi};
+use vigil_remote::{selector_text, QueryApi, SigV4};
 use vigil_rules::duration::{format_timestamp_ms, parse_ms, parse_timestamp_ms};
 use vigil_rules::evaluator::RuleSet;
 use vigil_rules::promql::storage::Matcher;
@@ -31,6 +31,8 @@ pub struct Request<'a> {
     start: i64,
     end: i64,
     headers: Vec<(String, String)>,
+    /// SigV4 region and service.
+    sigv4: Option<(&'a str, &'a str)>,
     chunk_ms: i64,
 }
 
@@ -41,6 +43,7 @@ impl<'a> Request<'a> {
         end: Option<&str>,
         header: &[String],
         bearer_token_file: Option<&Path>,
+        sigv4: Option<(&'a str, &'a str)>,
         chunk: &str,
     ) -> anyhow::Result<Request<'a>> {
         let time = |flag: &str, v: Option<&str>| -> anyhow::Result<i64> {
@@ -76,6 +79,7 @@ impl<'a> Request<'a> {
             start,
             end,
             headers,
+            sigv4,
             chunk_ms,
         })
     }
@@ -86,9 +90,19 @@ type Windows = Vec<(i64, i64)>;
 
 /// Fetches what replaying `rules` over the request's range reads.
 pub fn fetch(req: &Request<'_>, rules: &RuleSet) -> anyhow::Result<Data> {
-    let api = QueryApi::new(req.url, req.headers.clone(), TIMEOUT)
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the HTTP client")?;
+    let mut api = QueryApi::new(req.url, req.headers.clone(), TIMEOUT)
         .map_err(|e| anyhow::anyhow!("--from {e}"))?
         .with_chunk_ms(req.chunk_ms);
+    if let Some((region, service)) = req.sigv4 {
+        let signer = rt
+            .block_on(SigV4::from_env(region, service))
+            .map_err(|e| anyhow::anyhow!("--sigv4-region {region}: {e}"))?;
+        api = api.with_signer(std::sync::Arc::new(signer));
+    }
     let (reads, written) = replay::reads(rules, req.start, req.end);
     // One selection per distinct selector and window; windows of one selector that overlap
     // or touch are fetched as one (`x` and `x offset 1w` stay two).
@@ -116,10 +130,6 @@ pub fn fetch(req: &Request<'_>, rules: &RuleSet) -> anyhow::Result<Data> {
             selections.push((text.clone(), matchers.clone(), lo, hi));
         }
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the HTTP client")?;
     let mut storage = MemStorage::new();
     let mut skipped = 0usize;
     let mut stderr = std::io::stderr();

@@ -39,6 +39,8 @@ struct Args {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per run: the size of the largest variant (replay's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Validate rule files; print one `FILE:LINE:COL: message` line per problem.
     Check {
@@ -92,6 +94,13 @@ enum Command {
         /// With --from: a file holding a bearer token, sent as `Authorization: Bearer ...`.
         #[arg(long, value_name = "FILE")]
         bearer_token_file: Option<PathBuf>,
+        /// With --from: sign requests with SigV4 in this region (Amazon Managed Service for
+        /// Prometheus), with the AWS SDK's default credential chain.
+        #[arg(long, value_name = "REGION")]
+        sigv4_region: Option<String>,
+        /// With --sigv4-region: the service signed for.
+        #[arg(long, default_value = "aps")]
+        sigv4_service: String,
         /// With --from: the longest window one request asks for.
         #[arg(long, default_value = "1h")]
         chunk: String,
@@ -294,6 +303,8 @@ fn main() -> ExitCode {
             end,
             header,
             bearer_token_file,
+            sigv4_region,
+            sigv4_service,
             chunk,
             format,
             evaluation_interval,
@@ -307,6 +318,7 @@ fn main() -> ExitCode {
                     end.as_deref(),
                     header,
                     bearer_token_file.as_deref(),
+                    sigv4_region.as_deref().map(|r| (r, sigv4_service.as_str())),
                     chunk,
                 )
                 .map(Source::History),

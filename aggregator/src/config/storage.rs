@@ -37,6 +37,8 @@ pub struct Remote {
     pub headers: Vec<(String, String)>,
     /// `bearer_token_file`: read at start, sent as `Authorization: Bearer ...`.
     pub bearer_token_file: Option<PathBuf>,
+    /// `basic_auth = { username, password_file }`: sent as `Authorization: Basic ...`.
+    pub basic_auth: Option<(String, PathBuf)>,
     /// One request's time limit (`query_timeout`, default 10s).
     pub timeout_ms: i64,
     /// `write_url`: everything ingested (and recorded) is forwarded there with remote-write 1.0.
@@ -48,19 +50,18 @@ pub struct Remote {
     pub queue_max_bytes: u64,
     /// `shards`: concurrent senders (series keep their order: each goes to one shard).
     pub shards: usize,
+    /// `sigv4 = { region, service }`: sign requests (Amazon Managed Service for Prometheus);
+    /// the region defaults to `[aws] region`, the service to `aps`.
+    pub sigv4: Option<SigV4>,
 }
 
-/// Keys of `[storage.remote]` the SPEC names that this build does not serve yet: refused with a
-/// reason rather than accepted and ignored.
-const NOT_YET: [(&str, &str); 1] = [(
-    "sigv4",
-    "SigV4 signing is not built yet: use a signing proxy and query_url",
-)];
+#[derive(Debug, Clone, PartialEq)]
+pub struct SigV4 {
+    pub region: Option<String>,
+    pub service: String,
+}
 
 fn parse_remote(doc: &mut Doc<'_>, mut r: Obj<'_, '_>) -> Option<Remote> {
-    for (key, why) in NOT_YET {
-        r.refuse(doc, key, why);
-    }
     let query_url = r.req_str(doc, "query_url");
     if let Some(u) = &query_url {
         if !(u.value.starts_with("http://") || u.value.starts_with("https://")) {
@@ -79,6 +80,19 @@ fn parse_remote(doc: &mut Doc<'_>, mut r: Obj<'_, '_>) -> Option<Remote> {
     let bearer_token_file = r
         .str(doc, "bearer_token_file")
         .map(|f| PathBuf::from(f.value));
+    let basic_auth = r.table(doc, "basic_auth").and_then(|mut t| {
+        let user = t.req_str(doc, "username");
+        let file = t.req_str(doc, "password_file");
+        t.finish(doc);
+        Some((user?.value, PathBuf::from(file?.value)))
+    });
+    if let (Some(_), Some(_)) = (&bearer_token_file, &basic_auth) {
+        let at = r.span().start;
+        doc.error_at(
+            at,
+            "storage.remote: bearer_token_file and basic_auth exclude each other",
+        );
+    }
     let timeout_ms = r.positive_duration(doc, "query_timeout", 10_000);
     let write_url = r.str(doc, "write_url").map(|u| {
         if !(u.value.starts_with("http://") || u.value.starts_with("https://")) {
@@ -109,16 +123,24 @@ fn parse_remote(doc: &mut Doc<'_>, mut r: Obj<'_, '_>) -> Option<Remote> {
             doc.error_at(n.span.start, "storage.remote.shards: 1 to 64");
         }
     }
+    let sigv4 = r.table(doc, "sigv4").map(|mut t| {
+        let region = t.str(doc, "region").map(|v| v.value);
+        let service = t.str(doc, "service").map_or("aps".to_string(), |v| v.value);
+        t.finish(doc);
+        SigV4 { region, service }
+    });
     r.finish(doc);
     Some(Remote {
         query_url: query_url?.value,
         headers,
         bearer_token_file,
+        basic_auth,
         timeout_ms,
         write_url,
         queue_dir,
         queue_max_bytes,
         shards,
+        sigv4,
     })
 }
 

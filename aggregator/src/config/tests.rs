@@ -295,11 +295,13 @@ fn remote_storage() {
             query_url: "http://vm:8428".into(),
             headers: vec![("X-Scope-OrgID".into(), "web".into())],
             bearer_token_file: Some("/etc/vigil/engine-token".into()),
+            basic_auth: None,
             timeout_ms: 5_000,
             write_url: None,
             queue_dir: None,
             queue_max_bytes: 1 << 30,
             shards: 4,
+            sigv4: None,
         })
     );
     let c = parse(
@@ -351,9 +353,8 @@ fn remote_storage() {
         e[0].contains("[storage.remote] is set but storage.backend is not \"remote\""),
         "{e:?}"
     );
-    // Sizes and counts are checked; the SPEC's keys this build does not serve are refused
-    // where they stand, with the reason.
-    let e = errs("[storage]\nbackend = \"remote\"\n[storage.remote]\nquery_url = \"vm:8428\"\nqueue_max_bytes = \"1KiB\"\nsigv4 = { region = \"us-east-1\" }\n");
+    // Sizes and keys are checked.
+    let e = errs("[storage]\nbackend = \"remote\"\n[storage.remote]\nquery_url = \"vm:8428\"\nqueue_max_bytes = \"1KiB\"\nsigv4 = { region = \"us-east-1\", servce = \"aps\" }\n");
     assert_eq!(e.len(), 3, "{e:?}");
     assert!(
         e[0].starts_with("a.toml:4:13: storage.remote.query_url: expected an http://"),
@@ -364,8 +365,20 @@ fn remote_storage() {
         "{e:?}"
     );
     assert!(
-        e[2].starts_with("a.toml:6:9: storage.remote.sigv4: SigV4 signing is not built yet"),
+        e[2].starts_with("a.toml:6:33: storage.remote.sigv4.servce: unknown key"),
         "{e:?}"
+    );
+    let c = parse(
+        "a.toml",
+        "[storage]\nbackend = \"remote\"\n[storage.remote]\nquery_url = \"http://aps\"\nsigv4 = { region = \"eu-west-1\" }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.remote.unwrap().sigv4,
+        Some(storage::SigV4 {
+            region: Some("eu-west-1".into()),
+            service: "aps".into()
+        })
     );
     let e = errs("[storage]\nbackend = \"remote\"\nwal = false\n[storage.remote]\nquery_url = \"http://vm:8428\"\nwrite_url = \"http://vm:8428/api/v1/write\"\n");
     assert!(

@@ -10,7 +10,9 @@
 
 use std::time::Duration;
 
-use vigil_remote::QueryApi;
+use std::sync::Arc;
+
+use vigil_remote::{QueryApi, SigV4, Signer};
 use vigil_rules::promql::storage::{Matcher, StorageError};
 use vigil_rules::promql::{SeriesData, Storage};
 
@@ -27,7 +29,39 @@ pub fn headers(cfg: &config::Remote) -> Result<Vec<(String, String)>, String> {
             .map_err(|e| format!("storage.remote.bearer_token_file {}: {e}", f.display()))?;
         headers.push(("authorization".into(), format!("Bearer {}", token.trim())));
     }
+    if let Some((user, f)) = &cfg.basic_auth {
+        let password = std::fs::read_to_string(f).map_err(|e| {
+            format!(
+                "storage.remote.basic_auth.password_file {}: {e}",
+                f.display()
+            )
+        })?;
+        let pair = format!("{user}:{}", password.trim_end_matches(['\r', '\n']));
+        headers.push((
+            "authorization".into(),
+            format!("Basic {}", base64(pair.as_bytes())),
+        ));
+    }
     Ok(headers)
+}
+
+/// Standard base64 with padding (RFC 4648), for basic auth.
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The largest answer one selection reads: a rule's window over tens of thousands of series.
@@ -36,6 +70,21 @@ const MAX_ANSWER: usize = 64 << 20;
 /// After a failed read, how long the following ones fail at once with its error, so that an
 /// engine that does not answer costs one timeout per evaluation, not one per selector.
 const HOLD_OFF: Duration = Duration::from_secs(5);
+
+/// The signer of every request to the engine, when `sigv4` is set: SigV4 with the SDK's default
+/// credential chain, in `sigv4.region` (else `default_region`, `[aws] region`).
+pub async fn signer(
+    cfg: &config::Remote,
+    default_region: &str,
+) -> Result<Option<Arc<dyn Signer>>, String> {
+    let Some(s) = &cfg.sigv4 else {
+        return Ok(None);
+    };
+    let region = s.region.as_deref().unwrap_or(default_region);
+    let signer = SigV4::from_env(region, &s.service).await?;
+    tracing::info!(region, service = %s.service, "storage: requests to the engine are SigV4-signed");
+    Ok(Some(Arc::new(signer)))
+}
 
 pub struct Remote {
     api: QueryApi,
@@ -49,7 +98,10 @@ pub struct Remote {
 
 impl Remote {
     /// Called from within the runtime.
-    pub fn connect(cfg: &config::Remote) -> Result<Remote, String> {
+    pub fn connect(
+        cfg: &config::Remote,
+        signer: Option<Arc<dyn Signer>>,
+    ) -> Result<Remote, String> {
         let mut headers = cfg.headers.clone();
         if let Some(f) = &cfg.bearer_token_file {
             let token = std::fs::read_to_string(f)
@@ -63,6 +115,10 @@ impl Remote {
         )
         .map_err(|e| format!("storage.remote.query_url: {e}"))?
         .with_max_body(MAX_ANSWER);
+        let api = match signer {
+            Some(s) => api.with_signer(s),
+            None => api,
+        };
         Ok(Remote {
             api,
             failed: std::sync::Mutex::new(None),
@@ -101,5 +157,24 @@ impl Storage for Remote {
             ));
         }
         got
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_as_rfc_4648_writes_it() {
+        // RFC 4648, section 10.
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(super::base64(plain.as_bytes()), encoded);
+        }
     }
 }

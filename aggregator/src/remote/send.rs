@@ -64,6 +64,8 @@ struct Shared {
     metrics: Metrics,
     /// A retrying shard gives up past this much unsent log (the oldest is dropped).
     max_bytes: u64,
+    /// Signs each attempt (SigV4), when set.
+    signer: Option<Arc<dyn vigil_remote::Signer>>,
     /// The log, and the position saved last: what is pending is measured from there.
     dir: PathBuf,
     committed: std::sync::Mutex<(u64, u64)>,
@@ -119,6 +121,7 @@ impl Forwarder {
     /// Forwards the log in `dir` to `cfg.write_url` (with the configured headers and token).
     pub fn new(
         cfg: &crate::config::Remote,
+        signer: Option<Arc<dyn vigil_remote::Signer>>,
         dir: &Path,
         max_body: usize,
         store: Arc<Store>,
@@ -181,6 +184,7 @@ impl Forwarder {
                 http,
                 metrics,
                 max_bytes,
+                signer,
                 dir: dir.to_path_buf(),
                 committed: std::sync::Mutex::new(saved_position(dir)),
             }),
@@ -307,18 +311,30 @@ impl Shared {
         let mut backoff = MIN_BACKOFF;
         let mut logged = false;
         loop {
-            let wait = match self
-                .http
-                .request(
-                    Method::POST,
-                    &self.url,
-                    &headers,
-                    body.clone(),
-                    SEND_TIMEOUT,
-                    1 << 20,
-                )
-                .await
-            {
+            // A signature holds for minutes only: made again for every attempt.
+            let signed = match &self.signer {
+                Some(s) => s.sign("POST", &self.url, &headers, &body).await,
+                None => Ok(Vec::new()),
+            };
+            let sent = match signed {
+                Ok(signed) => {
+                    let mut all = headers.clone();
+                    all.extend(signed.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                    self.http
+                        .request(
+                            Method::POST,
+                            &self.url,
+                            &all,
+                            body.clone(),
+                            SEND_TIMEOUT,
+                            1 << 20,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e),
+            };
+            let wait = match sent {
                 Ok(r) if r.status.is_success() => {
                     self.metrics.sent.inc_by(samples as u64);
                     if logged {
@@ -539,138 +555,5 @@ fn enforce_bound(dir: &Path, tail: &mut Tail, max_bytes: u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("vigil-send-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn internal(log: &mut wal::Log, name: &str, samples: &[Sample]) {
-        let l = Labels::from_pairs([("__name__", name)]);
-        log.add(Kind::Internal, 1_000, |out| {
-            wal::encode_internal(out, l.encoded(), samples)
-        });
-        log.commit().unwrap();
-    }
-
-    #[test]
-    fn every_kind_of_record_is_sent_as_remote_write_series() {
-        let l = Labels::from_pairs([("__name__", "m"), ("i", "1")]);
-        let body = WriteRequest {
-            timeseries: vec![TimeSeries::new(&l, &[Sample::new(5, 1.5)])],
-            metadata: vec![],
-        }
-        .encode_snappy();
-        let rec = |kind: Kind, now: i64, payload: &dyn Fn(&mut Vec<u8>)| {
-            let mut out = vec![kind as u8];
-            out.extend_from_slice(&now.to_le_bytes());
-            payload(&mut out);
-            out
-        };
-        // The series of one record, as the engine decodes what is sent.
-        let sent = |record: &[u8]| -> Vec<TimeSeries> {
-            let mut raw = Vec::new();
-            let n = series_of(record, 1 << 20, &mut |r| r.append_to(&mut raw));
-            let req = WriteRequest::decode_snappy(&remote_write::compress(&raw), 1 << 20).unwrap();
-            let count: usize = req
-                .timeseries
-                .iter()
-                .map(|t| t.samples.len() + t.histograms.len())
-                .sum();
-            assert_eq!(n, count);
-            req.timeseries
-        };
-        let write = sent(&rec(Kind::Write, 9, &|o| o.extend_from_slice(&body)));
-        assert_eq!(write, vec![TimeSeries::new(&l, &[Sample::new(5, 1.5)])]);
-        let int = sent(&rec(Kind::Internal, 9, &|o| {
-            wal::encode_internal(o, l.encoded(), &[Sample::new(7, 2.0)])
-        }));
-        assert_eq!(int, vec![TimeSeries::new(&l, &[Sample::new(7, 2.0)])]);
-        // A staleness marker at the time the aggregator marked the series.
-        let stale = sent(&rec(Kind::Stale, 9, &|o| {
-            wal::encode_internal(o, l.encoded(), &[])
-        }));
-        assert_eq!(stale.len(), 1);
-        assert_eq!(stale[0].samples.len(), 1);
-        assert_eq!(stale[0].samples[0].timestamp, 9);
-        assert!(Sample::new(9, stale[0].samples[0].value).is_stale());
-        assert!(sent(&[42, 0, 0]).is_empty());
-    }
-
-    #[test]
-    fn past_the_bound_whole_older_segments_go_counted_never_the_newest() {
-        let d = dir("bound");
-        let samples: Vec<Sample> = (0..100).map(|t| Sample::new(t, 1.0)).collect();
-        for seg in 1..=3 {
-            let mut log = wal::Log::create(&d, seg, false).unwrap();
-            internal(&mut log, "a", &samples);
-            internal(&mut log, "b", &samples[..10]);
-        }
-        let seg_size = std::fs::metadata(wal::segment_path(&d, 1)).unwrap().len();
-        let mut tail = Tail::new(&d, 1, 0);
-        assert_eq!(pending_bytes(&d, tail.position()), 3 * seg_size);
-        // Under the bound: nothing goes.
-        assert_eq!(enforce_bound(&d, &mut tail, 3 * seg_size), 0);
-        assert_eq!(tail.position(), (1, 0));
-        // One segment over: the oldest goes, with its 110 samples.
-        assert_eq!(enforce_bound(&d, &mut tail, 2 * seg_size), 110);
-        assert_eq!(tail.position(), (2, 0));
-        // Far over: every segment but the newest (the one written to).
-        assert_eq!(enforce_bound(&d, &mut tail, 1), 110);
-        assert_eq!(tail.position(), (3, 0));
-        let batch = read_batch(&mut tail, 2, 1 << 20).unwrap();
-        let samples = |s: &Shard| s.requests.iter().map(|r| r.samples).sum::<usize>();
-        assert_eq!(batch.iter().map(samples).sum::<usize>(), 110);
-        // A series stays on one shard: each name is on exactly one.
-        let names = |s: &Shard| -> std::collections::BTreeSet<String> {
-            s.requests
-                .iter()
-                .flat_map(|r| {
-                    WriteRequest::decode_snappy(&remote_write::compress(&r.body), 1 << 20)
-                        .unwrap()
-                        .timeseries
-                })
-                .map(|t| t.labels[0].value.clone())
-                .collect()
-        };
-        let (x, y) = (names(&batch[0]), names(&batch[1]));
-        assert!(x.is_disjoint(&y) && x.len() + y.len() == 2, "{x:?} {y:?}");
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn requests_hold_at_most_per_send_samples_and_halve_down_to_one_series() {
-        let mut raw = Vec::new();
-        let series: Vec<TimeSeries> = (0..5)
-            .map(|i| {
-                let l = Labels::from_pairs([("__name__", "m"), ("i", &i.to_string())]);
-                let s: Vec<Sample> = (0..900).map(|t| Sample::new(t, 1.0)).collect();
-                TimeSeries::new(&l, &s)
-            })
-            .collect();
-        for ts in &series {
-            raw.extend(
-                WriteRequest {
-                    timeseries: vec![ts.clone()],
-                    metadata: vec![],
-                }
-                .encode_raw(),
-            );
-        }
-        let mut shard = Shard::default();
-        remote_write::raw_series(&raw, |r| shard.add(&r)).unwrap();
-        // 900 + 900 fit in 2,000; a third does not.
-        let sizes: Vec<usize> = shard.requests.iter().map(|r| r.samples).collect();
-        assert_eq!(sizes, [1800, 1800, 900]);
-        let [a, b] = halves(&raw).unwrap();
-        assert_eq!((a.samples, b.samples), (1800, 2700));
-        let mut again = a.body.clone();
-        again.extend_from_slice(&b.body);
-        assert_eq!(again, raw);
-        assert!(halves(&shard.requests[2].body).is_none());
-    }
-}
+#[path = "send_tests.rs"]
+mod tests;

@@ -44,6 +44,15 @@ no_data_for = "2s"
 "#;
 
 fn aggregator(d: &std::path::Path, name: &str, storage: &str) -> (Child, String) {
+    aggregator_with(d, name, storage, &[])
+}
+
+fn aggregator_with(
+    d: &std::path::Path,
+    name: &str,
+    storage: &str,
+    env: &[(&str, &str)],
+) -> (Child, String) {
     let port = free_port();
     let dir = d.join(name);
     std::fs::create_dir_all(&dir).expect("dir");
@@ -61,7 +70,8 @@ fn aggregator(d: &std::path::Path, name: &str, storage: &str) -> (Child, String)
         name,
         Command::new(bin("vigil-aggregator"))
             .arg("--config")
-            .arg(dir.join("aggregator.toml")),
+            .arg(dir.join("aggregator.toml"))
+            .envs(env.iter().copied()),
         d,
     );
     let url = format!("http://127.0.0.1:{port}");
@@ -479,4 +489,81 @@ fn forwarding_holds_what_was_acknowledged_through_an_engine_outage_and_a_kill_9(
         Some(0.0)
     );
     let _ = agg_url;
+}
+
+#[test]
+fn forwarding_and_reads_are_sigv4_signed_as_botocore_checks() {
+    let d = tempdir("sigv4");
+    let port = free_port();
+    // botocore's own signer checks every request (remote/tests/sigv4_verify.py).
+    let _verifier = Child::spawn(
+        "sigv4-verifier",
+        Command::new("python3").args([
+            vigil_e2e::procs::root()
+                .join("remote/tests/sigv4_verify.py")
+                .display()
+                .to_string(),
+            "AKIDVIGILE2E".into(),
+            "vigil/e2e/secret".into(),
+            "eu-west-1".into(),
+            "aps".into(),
+            port.to_string(),
+        ]),
+        d.path(),
+    );
+    let url = format!("http://127.0.0.1:{port}/workspaces/ws-e2e");
+    wait_until(
+        Duration::from_secs(60),
+        "the botocore verifier",
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        String::new,
+    );
+    let storage = format!(
+        "backend = \"remote\"\n[storage.remote]\nquery_url = \"{url}\"\nwrite_url = \"{url}/api/v1/remote_write\"\nsigv4 = {{ region = \"eu-west-1\" }}"
+    );
+    let (agg, agg_url) = aggregator_with(
+        d.path(),
+        "signed",
+        &storage,
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIDVIGILE2E"),
+            ("AWS_SECRET_ACCESS_KEY", "vigil/e2e/secret"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    let l = Labels::from_pairs([("__name__", "app_load"), ("instance", "i-a")]);
+    for k in 0..5 {
+        assert_eq!(
+            push_at(&agg_url, &[(l.clone(), 0.5)], now_ms() - 1_000 + k),
+            204
+        );
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "signed samples taken by the verifier",
+        || {
+            metric(&agg_url, "vigil_aggregator_remote_write_samples_sent_total")
+                .is_some_and(|n| n >= 5.0)
+        },
+        || agg.log_text(),
+    );
+    assert_eq!(
+        metric(
+            &agg_url,
+            "vigil_aggregator_remote_write_samples_failed_total"
+        ),
+        Some(0.0),
+        "{}",
+        agg.log_text()
+    );
+    // The rules' reads were signed too: evaluations without an error.
+    wait_until(
+        Duration::from_secs(60),
+        "a signed evaluation",
+        || {
+            let v = json(&format!("{agg_url}/api/v1/rules"));
+            v["data"]["groups"][0]["rules"][0]["health"].as_str() == Some("ok")
+        },
+        || format!("{:?}\n{}", rule_error(&agg_url), agg.log_text()),
+    );
 }
