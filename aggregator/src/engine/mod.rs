@@ -231,7 +231,8 @@ impl Engine {
 
     /// Instance liveness from push arrival: `vigil_instance_up{instance,asg,az,pod,namespace}`
     /// is 1 while the instance pushed within `stale_after`, else 0; the series of silent
-    /// instances are marked stale.
+    /// instances are marked stale. In remote mode, also for instances that write only to the
+    /// engine (see [`Engine::engine_pushes`]).
     fn liveness(&self, ts: i64) {
         let p = &self.parts;
         let now = p.clock.now_ms();
@@ -243,15 +244,64 @@ impl Engine {
                 "series marked stale: not pushed to"
             );
         }
-        for (_, labels, last_push) in p.store.instances() {
-            let mut b = labels.to_builder();
-            b.set(vigil_wire::METRIC_NAME, "vigil_instance_up");
-            let up = if now - last_push <= p.stale_after_ms {
-                1.0
-            } else {
-                0.0
-            };
-            let _ = p.store.append(&b.build(), [Sample::new(ts, up)], now);
+        let mut seen = std::collections::HashSet::new();
+        for (instance, labels, last_push) in p.store.instances() {
+            self.instance_up(&labels, last_push, ts, now);
+            seen.insert(instance);
+        }
+        // In remote mode, agents may write to the engine only: their newest
+        // `node_boot_time_seconds` (written at every push) stands for their last push.
+        if p.remote.is_some() {
+            for (labels, last) in self.engine_pushes(now) {
+                if labels.get("instance").is_some_and(|i| !seen.contains(i)) {
+                    self.instance_up(&labels, last, ts, now);
+                }
+            }
+        }
+    }
+
+    fn instance_up(&self, labels: &Labels, last_push: i64, ts: i64, now: i64) {
+        let mut b = labels.to_builder();
+        b.set(vigil_wire::METRIC_NAME, "vigil_instance_up");
+        let up = if now - last_push <= self.parts.stale_after_ms {
+            1.0
+        } else {
+            0.0
+        };
+        let _ = self
+            .parts
+            .store
+            .append(&b.build(), [Sample::new(ts, up)], now);
+    }
+
+    /// Each instance that wrote to the engine in the last 15 minutes: its identity labels and
+    /// the time of its newest `node_boot_time_seconds`. Nothing when the engine cannot answer
+    /// (no instance is called down for the engine's fault).
+    fn engine_pushes(&self, now: i64) -> Vec<(Labels, i64)> {
+        const Q: &str = "max by (instance, asg, az, pod, namespace) (ts_of_last_over_time(node_boot_time_seconds{instance!=\"\"}[15m]))";
+        let Ok(q) = promql::parse(Q) else {
+            return Vec::new();
+        };
+        let read = RuleSink {
+            store: &self.parts.store,
+            beside: self
+                .parts
+                .remote
+                .as_deref()
+                .map(|r| r as &dyn promql::Storage),
+            now_ms: now,
+            tap: None,
+        };
+        match self.promql.instant(&read, &q, now).map(|r| r.value) {
+            Ok(promql::Value::Vector(v)) => v
+                .into_iter()
+                .map(|s| (s.labels, (s.f * 1000.0) as i64))
+                .collect(),
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::debug!(error = %e, "liveness: the engine's instances cannot be read");
+                Vec::new()
+            }
         }
     }
 

@@ -354,6 +354,36 @@ fn the_agent_writes_into_victoriametrics_and_vmagent_into_the_aggregator() {
         || agent.log_text(),
     );
 
+    // Liveness of an agent that writes only to the engine: a remote-mode aggregator (which
+    // forwards its own series there) calls it up by its newest node_boot_time_seconds, then
+    // down once it stops.
+    let storage = format!(
+        "stale_after = \"5s\"\nbackend = \"remote\"\n[storage.remote]\nquery_url = \"{vm_url}\"\nwrite_url = \"{vm_url}/api/v1/write\""
+    );
+    let (live, _) = aggregator(d.path(), "liveness", &storage);
+    let up = || {
+        vm_count(
+            &vm_url,
+            r#"max(last_over_time(vigil_instance_up{instance="i-agent"}[10s]))"#,
+        )
+    };
+    wait_until(
+        Duration::from_secs(90),
+        "vigil_instance_up 1 for the agent that writes to the engine",
+        || up() == Some(1.0),
+        || format!("{:?}\n{}", up(), live.log_text()),
+    );
+    let mut agent = agent;
+    agent.signal("KILL");
+    assert!(agent.wait_exit(Duration::from_secs(30)));
+    wait_until(
+        Duration::from_secs(90),
+        "vigil_instance_up 0 once the agent stopped",
+        || up() == Some(0.0),
+        || format!("{:?}\n{}", up(), live.log_text()),
+    );
+    drop(live);
+
     // vmagent scrapes VictoriaMetrics' own metrics and writes them into an aggregator.
     let (_agg, agg_url) = aggregator(d.path(), "aggregator", "");
     std::fs::write(
