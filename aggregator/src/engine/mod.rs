@@ -274,14 +274,10 @@ impl Engine {
             .append(&b.build(), [Sample::new(ts, up)], now);
     }
 
-    /// Each instance that wrote to the engine in the last 15 minutes: its identity labels and
-    /// the time of its newest `node_boot_time_seconds`. Nothing when the engine cannot answer
-    /// (no instance is called down for the engine's fault).
-    fn engine_pushes(&self, now: i64) -> Vec<(Labels, i64)> {
-        const Q: &str = "max by (instance, asg, az, pod, namespace) (ts_of_last_over_time(node_boot_time_seconds{instance!=\"\"}[15m]))";
-        let Ok(q) = promql::parse(Q) else {
-            return Vec::new();
-        };
+    /// An instant query at `now` over what rules read (the window and, in remote mode, the
+    /// engine, where agents may write directly): its samples, or why not.
+    fn vector(&self, query: &str, now: i64) -> Result<Vec<promql::VectorSample>, String> {
+        let q = promql::parse(query).map_err(|e| e.to_string())?;
         let read = RuleSink {
             store: &self.parts.store,
             beside: self
@@ -293,11 +289,22 @@ impl Engine {
             tap: None,
         };
         match self.promql.instant(&read, &q, now).map(|r| r.value) {
-            Ok(promql::Value::Vector(v)) => v
+            Ok(promql::Value::Vector(v)) => Ok(v),
+            Ok(_) => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Each instance that wrote to the engine in the last 15 minutes: its identity labels and
+    /// the time of its newest `node_boot_time_seconds`. Nothing when the engine cannot answer
+    /// (no instance is called down for the engine's fault).
+    fn engine_pushes(&self, now: i64) -> Vec<(Labels, i64)> {
+        const Q: &str = "max by (instance, asg, az, pod, namespace) (ts_of_last_over_time(node_boot_time_seconds{instance!=\"\"}[15m]))";
+        match self.vector(Q, now) {
+            Ok(v) => v
                 .into_iter()
                 .map(|s| (s.labels, (s.f * 1000.0) as i64))
                 .collect(),
-            Ok(_) => Vec::new(),
             Err(e) => {
                 tracing::debug!(error = %e, "liveness: the engine's instances cannot be read");
                 Vec::new()
@@ -307,32 +314,11 @@ impl Engine {
 
     /// Each instance's boot time (ms) from the agent's `node_boot_time_seconds`.
     fn boot_times(&self, now: i64) -> HashMap<String, i64> {
-        let Ok(q) = promql::parse("max by (instance) (node_boot_time_seconds)") else {
-            return HashMap::new();
-        };
-        // The window and, in remote mode, the engine (where agents may write directly).
-        let read = RuleSink {
-            store: &self.parts.store,
-            beside: self
-                .parts
-                .remote
-                .as_deref()
-                .map(|r| r as &dyn promql::Storage),
-            now_ms: now,
-            tap: None,
-        };
-        let Ok(res) = self.promql.instant(&read, &q, now) else {
-            return HashMap::new();
-        };
-        match res.value {
-            promql::Value::Vector(v) => v
-                .iter()
-                .filter_map(|s| {
-                    Some((s.labels.get("instance")?.to_string(), (s.f * 1000.0) as i64))
-                })
-                .collect(),
-            _ => HashMap::new(),
-        }
+        self.vector("max by (instance) (node_boot_time_seconds)", now)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| Some((s.labels.get("instance")?.to_string(), (s.f * 1000.0) as i64)))
+            .collect()
     }
 
     /// Runs one evaluation at `ts` (aligned to the tick) and hands on what it decided.
