@@ -10,5 +10,5 @@
 pub mod read;
 pub mod sign;
 
-pub use read::{selector_text, QueryApi};
+pub use read::{selector_text, InstantError, QueryApi};
 pub use sign::{SigV4, Signer};

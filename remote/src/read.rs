@@ -20,7 +20,8 @@ use hyper::Method;
 use serde::Deserialize;
 use vigil_config::http::{Http, Response};
 use vigil_rules::promql::storage::{MatchOp, Matcher, StorageError};
-use vigil_rules::promql::SeriesData;
+use vigil_rules::promql::{SeriesData, Value, VectorSample};
+use vigil_wire::histogram::{exponential_bound, FloatHistogram, HSample, Span};
 use vigil_wire::{Labels, Sample};
 
 use crate::sign::Signer;
@@ -140,21 +141,30 @@ impl QueryApi {
     ) -> Result<Vec<SeriesData>, StorageError> {
         let selector = selector_text(matchers);
         let windows = chunks(mint, maxt, self.chunk_ms);
-        let mut all: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+        let mut all: BTreeMap<Labels, (Vec<Sample>, Vec<HSample>)> = BTreeMap::new();
         for (i, &(a, b)) in windows.iter().enumerate() {
             let got = self.window(&selector, a, b).await?;
             let (mut series, mut samples) = (0, 0);
-            for (labels, values) in got {
-                let kept: Vec<Sample> = values
+            for got in got {
+                let within = |t: i64| t > a && t <= b;
+                let floats: Vec<Sample> = got
+                    .samples
                     .into_iter()
-                    .filter(|s| s.timestamp_ms > a && s.timestamp_ms <= b)
+                    .filter(|s| within(s.timestamp_ms))
                     .collect();
-                if kept.is_empty() {
+                let hists: Vec<HSample> = got
+                    .histograms
+                    .into_iter()
+                    .filter(|h| within(h.timestamp_ms))
+                    .collect();
+                if floats.is_empty() && hists.is_empty() {
                     continue;
                 }
                 series += 1;
-                samples += kept.len();
-                all.entry(labels).or_default().extend(kept);
+                samples += floats.len() + hists.len();
+                let e = all.entry(got.labels).or_default();
+                e.0.extend(floats);
+                e.1.extend(hists);
             }
             progress(Chunk {
                 index: i + 1,
@@ -167,10 +177,16 @@ impl QueryApi {
         }
         Ok(all
             .into_iter()
-            .map(|(labels, mut samples)| {
+            .map(|(labels, (mut samples, mut histograms))| {
                 samples.sort_by_key(|s| s.timestamp_ms);
                 samples.dedup_by_key(|s| s.timestamp_ms);
-                SeriesData::floats(labels, samples)
+                histograms.sort_by_key(|h| h.timestamp_ms);
+                histograms.dedup_by_key(|h| h.timestamp_ms);
+                SeriesData {
+                    labels,
+                    samples,
+                    histograms,
+                }
             })
             .collect())
     }
@@ -196,7 +212,7 @@ impl QueryApi {
         selector: &str,
         a: i64,
         b: i64,
-    ) -> Result<Vec<(Labels, Vec<Sample>)>, StorageError> {
+    ) -> Result<Vec<SeriesData>, StorageError> {
         let query = format!("{selector}[{}ms]", b - a);
         // A partial answer (a storage node of a cluster down) would read as missing data: asked
         // for never (Thanos, VictoriaMetrics cluster), and refused when given all the same.
@@ -296,7 +312,7 @@ struct Data {
     #[serde(rename = "resultType")]
     result_type: String,
     #[serde(default)]
-    result: Vec<Series>,
+    result: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -306,61 +322,315 @@ struct Series {
     #[serde(default)]
     values: Vec<(f64, String)>,
     #[serde(default)]
-    histograms: Option<serde_json::Value>,
+    histograms: Vec<(f64, serde_json::Value)>,
 }
 
-/// An answer of the query API: a matrix's series, or why not.
-fn parse_matrix(status: u16, body: &[u8]) -> Result<Vec<(Labels, Vec<Sample>)>, String> {
+#[derive(Deserialize)]
+struct Element {
+    #[serde(default)]
+    metric: BTreeMap<String, String>,
+    #[serde(default)]
+    value: Option<(f64, String)>,
+    #[serde(default)]
+    histogram: Option<(f64, serde_json::Value)>,
+}
+
+/// Why an instant query has no answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InstantError {
+    /// The engine did not answer, or not readably (down, timed out, 5xx, a partial answer).
+    Unreachable(String),
+    /// The engine answered that the query fails (`bad_data`, `execution`, 4xx): the query's
+    /// fault, not the engine's.
+    Failed(String),
+}
+
+impl std::fmt::Display for InstantError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InstantError::Unreachable(e) | InstantError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+impl QueryApi {
+    /// Evaluates `query` at `t` (ms) in the engine itself: its whole answer (a vector's samples
+    /// stamped `t`, as Prometheus's own instant queries are).
+    pub async fn instant(&self, query: &str, t: i64) -> Result<Value, InstantError> {
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("query", query)
+            .append_pair("time", &seconds(t))
+            .append_pair("partial_response", "false")
+            .append_pair("deny_partial_response", "1")
+            .finish();
+        let url = format!("{}/api/v1/query", self.base);
+        let resp = self
+            .request(
+                Method::POST,
+                &url,
+                Some("application/x-www-form-urlencoded"),
+                Bytes::from(form),
+            )
+            .await
+            .map_err(|e| InstantError::Unreachable(format!("{url}: {e}")))?;
+        parse_instant(resp.status.as_u16(), &resp.body, t).map_err(|e| match e {
+            InstantError::Unreachable(m) => InstantError::Unreachable(format!("{url}: {m}")),
+            InstantError::Failed(m) => InstantError::Failed(format!("{url}: {m}")),
+        })
+    }
+
+    /// Whether the engine evaluates PromQL as Prometheus does, asked the way only the answer
+    /// tells: `1` is a scalar in PromQL (Prometheus, Mimir, Thanos, Amazon Managed Service for
+    /// Prometheus), a one-sample vector in MetricsQL (VictoriaMetrics).
+    pub async fn speaks_promql(&self) -> Result<bool, InstantError> {
+        let now = vigil_wire::clock::wall_ms();
+        match self.instant("1", now).await? {
+            Value::Scalar(_) => Ok(true),
+            _ => Ok(false),
+        }
+    }
+}
+
+/// The answer's data, once its status, partialness and warnings are checked; `annotations`:
+/// whether PromQL's own notes (`PromQL info: …`, `PromQL warning: …`) are let through.
+fn checked(status: u16, body: &[u8], annotations: bool) -> Result<Data, InstantError> {
     let answer: Answer = match serde_json::from_slice(body) {
         Ok(a) => a,
         Err(e) => {
             let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
-            return Err(if (200..300).contains(&status) {
+            return Err(InstantError::Unreachable(if (200..300).contains(&status) {
                 format!("unreadable answer ({e}): {text}")
             } else {
                 format!("HTTP {status}: {}", text.trim())
-            });
+            }));
         }
     };
     if answer.status != "success" {
-        return Err(format!(
+        let what = format!(
             "HTTP {status}: {}: {}",
             answer.error_type.as_deref().unwrap_or("error"),
             answer.error.as_deref().unwrap_or("(no message)")
-        ));
+        );
+        // Prometheus answers a query's own fault with 400 or 422, an engine's with 5xx (503
+        // while it starts, 500 on a storage error).
+        return Err(if (400..500).contains(&status) {
+            InstantError::Failed(what)
+        } else {
+            InstantError::Unreachable(what)
+        });
     }
     if answer.is_partial {
-        return Err("a partial answer (isPartial: a storage node did not answer)".into());
-    }
-    if !answer.warnings.is_empty() {
-        return Err(format!(
-            "an answer with warnings (it may be partial): {}",
-            answer.warnings.join("; ")
+        return Err(InstantError::Unreachable(
+            "a partial answer (isPartial: a storage node did not answer)".into(),
         ));
     }
-    let data = answer.data.ok_or("an answer without data")?;
+    let warnings: Vec<&String> = answer
+        .warnings
+        .iter()
+        .filter(|w| !(annotations && w.starts_with("PromQL ")))
+        .collect();
+    if !warnings.is_empty() {
+        let joined: Vec<&str> = warnings.iter().map(|w| w.as_str()).collect();
+        return Err(InstantError::Unreachable(format!(
+            "an answer with warnings (it may be partial): {}",
+            joined.join("; ")
+        )));
+    }
+    answer
+        .data
+        .ok_or_else(|| InstantError::Unreachable("an answer without data".into()))
+}
+
+/// An answer of the query API: a matrix's series, or why not.
+fn parse_matrix(status: u16, body: &[u8]) -> Result<Vec<SeriesData>, String> {
+    let data = checked(status, body, false).map_err(|e| e.to_string())?;
     if data.result_type != "matrix" {
         return Err(format!(
             "a {} where a matrix of raw samples was asked for",
             data.result_type
         ));
     }
-    let mut out = Vec::with_capacity(data.result.len());
-    for s in data.result {
+    let result: Vec<Series> =
+        serde_json::from_value(data.result).map_err(|e| format!("unreadable matrix: {e}"))?;
+    let mut out = Vec::with_capacity(result.len());
+    for s in result {
         let labels = Labels::from_pairs(s.metric.iter());
-        if s.histograms.is_some() {
-            return Err(format!(
-                "{labels} holds native histograms, which are not read through the query API yet"
-            ));
-        }
         let mut samples = Vec::with_capacity(s.values.len());
         for (t, v) in s.values {
             let value = parse_value(&v).ok_or_else(|| format!("{labels}: value {v:?}"))?;
-            samples.push(Sample::new((t * 1000.0).round() as i64, value));
+            samples.push(Sample::new(ms(t), value));
         }
-        out.push((labels, samples));
+        let mut histograms = Vec::with_capacity(s.histograms.len());
+        for (t, h) in &s.histograms {
+            let h = parse_histogram(h).map_err(|e| format!("{labels}: histogram: {e}"))?;
+            histograms.push(HSample::new(ms(*t), h));
+        }
+        out.push(SeriesData {
+            labels,
+            samples,
+            histograms,
+        });
     }
     Ok(out)
+}
+
+/// An instant query's answer: a vector (floats and native histograms), a scalar or a string.
+fn parse_instant(status: u16, body: &[u8], t: i64) -> Result<Value, InstantError> {
+    let data = checked(status, body, true)?;
+    let bad =
+        |e: String| InstantError::Unreachable(format!("unreadable {}: {e}", data.result_type));
+    match data.result_type.as_str() {
+        "vector" => {
+            let result: Vec<Element> =
+                serde_json::from_value(data.result.clone()).map_err(|e| bad(e.to_string()))?;
+            let mut out = Vec::with_capacity(result.len());
+            for e in result {
+                let labels = Labels::from_pairs(e.metric.iter());
+                let (f, h) = match (e.value, e.histogram) {
+                    (Some((_, v)), None) => (
+                        parse_value(&v).ok_or_else(|| bad(format!("{labels}: value {v:?}")))?,
+                        None,
+                    ),
+                    (None, Some((_, h))) => (
+                        0.0,
+                        Some(Arc::new(
+                            parse_histogram(&h)
+                                .map_err(|e| bad(format!("{labels}: histogram: {e}")))?,
+                        )),
+                    ),
+                    _ => return Err(bad(format!("{labels}: neither a value nor a histogram"))),
+                };
+                out.push(VectorSample {
+                    labels,
+                    t,
+                    f,
+                    h,
+                    drop_name: false,
+                });
+            }
+            Ok(Value::Vector(out))
+        }
+        "scalar" | "string" => {
+            let (_, v): (f64, String) =
+                serde_json::from_value(data.result.clone()).map_err(|e| bad(e.to_string()))?;
+            if data.result_type == "string" {
+                return Ok(Value::String(v));
+            }
+            parse_value(&v)
+                .map(Value::Scalar)
+                .ok_or_else(|| bad(format!("value {v:?}")))
+        }
+        other => Err(InstantError::Failed(format!(
+            "a {other} where an instant vector or a scalar was asked for"
+        ))),
+    }
+}
+
+/// The API's seconds (`1700000000.123`) as milliseconds.
+fn ms(t: f64) -> i64 {
+    (t * 1000.0).round() as i64
+}
+
+/// The default zero threshold of Prometheus's clients (2^-128): the one assumed when an answer
+/// shows no zero bucket (the API leaves empty buckets out, the zero bucket with them).
+const DEFAULT_ZERO_THRESHOLD: f64 = 2.938_735_877_055_719e-39;
+
+/// A native histogram as the query API writes it: `{"count", "sum", "buckets": [[boundary rule,
+/// "lower", "upper", "count"], …]}`, populated buckets only. The schema is read back from the
+/// buckets' bounds (each a power of `2^(2^-schema)`), the zero threshold from the zero bucket.
+/// What the API does not carry is assumed: a histogram without a bucket has the finest schema
+/// (so that it never coarsens a sum), no zero bucket means the clients' default threshold, and
+/// the counter-reset hint is unknown (resets are detected from the counts, as Prometheus does
+/// for a chunk's first histogram).
+pub fn parse_histogram(v: &serde_json::Value) -> Result<FloatHistogram, String> {
+    let num = |v: &serde_json::Value, what: &str| -> Result<f64, String> {
+        v.as_str()
+            .and_then(parse_value)
+            .ok_or_else(|| format!("{what}: {v}"))
+    };
+    let mut h = FloatHistogram {
+        count: num(&v["count"], "count")?,
+        sum: num(&v["sum"], "sum")?,
+        zero_threshold: DEFAULT_ZERO_THRESHOLD,
+        schema: 8,
+        ..Default::default()
+    };
+    let buckets = match &v["buckets"] {
+        serde_json::Value::Null => &Vec::new(),
+        serde_json::Value::Array(b) => b,
+        other => return Err(format!("buckets: {other}")),
+    };
+    // (upper bound's magnitude, magnitude of the lower one, count, positive)
+    let mut regular: Vec<(f64, f64, f64, bool)> = Vec::new();
+    for b in buckets {
+        let parts = b.as_array().filter(|p| p.len() == 4);
+        let Some(p) = parts else {
+            return Err(format!("bucket {b}"));
+        };
+        let (lower, upper, count) = (
+            num(&p[1], "lower")?,
+            num(&p[2], "upper")?,
+            num(&p[3], "count")?,
+        );
+        if lower <= 0.0 && upper >= 0.0 {
+            h.zero_threshold = upper;
+            h.zero_count = count;
+        } else if lower > 0.0 {
+            regular.push((upper, lower, count, true));
+        } else {
+            regular.push((-lower, -upper, count, false));
+        }
+    }
+    if let Some(&(upper, lower, _, _)) = regular.first() {
+        // upper / lower = 2^(2^-schema)
+        let schema = -(upper / lower).log2().log2().round();
+        if !(-4.0..=8.0).contains(&schema) {
+            return Err(format!(
+                "bucket ({lower}, {upper}] is not one of an exponential schema (custom buckets are not read)"
+            ));
+        }
+        h.schema = schema as i32;
+    }
+    let mut pos: Vec<(i32, f64)> = Vec::new();
+    let mut neg: Vec<(i32, f64)> = Vec::new();
+    for (upper, lower, count, positive) in regular {
+        let index = (upper.log2() * f64::from(1u32 << (h.schema + 4)) / 16.0).round() as i32;
+        let want = exponential_bound(index, h.schema);
+        let below = exponential_bound(index - 1, h.schema);
+        if (want - upper).abs() > upper * 1e-9 || (below - lower).abs() > lower * 1e-9 {
+            return Err(format!(
+                "bucket ({lower}, {upper}] is not one of an exponential schema (custom buckets are not read)"
+            ));
+        }
+        if positive {
+            pos.push((index, count));
+        } else {
+            neg.push((index, count));
+        }
+    }
+    (h.positive_spans, h.positive_buckets) = spans(pos);
+    (h.negative_spans, h.negative_buckets) = spans(neg);
+    Ok(h)
+}
+
+/// Buckets by index as spans and counts.
+fn spans(mut buckets: Vec<(i32, f64)>) -> (Vec<Span>, Vec<f64>) {
+    buckets.sort_by_key(|b| b.0);
+    let mut spans: Vec<Span> = Vec::new();
+    let mut counts = Vec::with_capacity(buckets.len());
+    let mut next = 0i32; // the index after the last bucket placed
+    for (i, (index, count)) in buckets.into_iter().enumerate() {
+        match spans.last_mut() {
+            Some(s) if index == next => s.length += 1,
+            _ => spans.push(Span {
+                offset: if i == 0 { index } else { index - next },
+                length: 1,
+            }),
+        }
+        counts.push(count);
+        next = index + 1;
+    }
+    (spans, counts)
 }
 
 /// A sample value as the API writes it: Go's `strconv.FormatFloat`, with `NaN`, `+Inf`, `-Inf`.
@@ -409,13 +679,13 @@ mod tests {
             {"metric":{"__name__":"up","job":"a"},"values":[[1700000000.123,"1"],[1700000015,"NaN"],[1700000030.5,"+Inf"]]}]}}"#;
         let got = parse_matrix(200, body).unwrap();
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].0.to_string(), r#"up{job="a"}"#);
-        let ts: Vec<i64> = got[0].1.iter().map(|s| s.timestamp_ms).collect();
+        assert_eq!(got[0].labels.to_string(), r#"up{job="a"}"#);
+        let ts: Vec<i64> = got[0].samples.iter().map(|s| s.timestamp_ms).collect();
         assert_eq!(
             ts,
             vec![1_700_000_000_123, 1_700_000_015_000, 1_700_000_030_500]
         );
-        assert!(got[0].1[1].value.is_nan() && got[0].1[2].value == f64::INFINITY);
+        assert!(got[0].samples[1].value.is_nan() && got[0].samples[2].value == f64::INFINITY);
 
         let e = parse_matrix(
             422,
@@ -448,6 +718,101 @@ mod tests {
             br#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"__name__":"h"},"histograms":[[1,{}]]}]}}"#,
         )
         .unwrap_err();
-        assert!(e.contains("native histograms"), "{e}");
+        assert!(e.contains("count"), "{e}");
+    }
+
+    #[test]
+    fn histograms_read_back_as_prometheus_wrote_them() {
+        use vigil_wire::histogram::FloatHistogram;
+        // The histogram of Prometheus's own JSON tests (web/api/v1), and one of schema 3 with
+        // a gap, negative buckets and a zero bucket: each written as Prometheus's API writes
+        // it (populated buckets, bounds and boundary rules), then read back.
+        for notation in [
+            "{{schema:0 count:10 sum:20 z_bucket:3 z_bucket_w:0.001 buckets:[1 2] n_buckets:[4]}}",
+            "{{schema:3 count:46 sum:23.75 z_bucket:2 z_bucket_w:0.001 offset:-4 buckets:[3 5 4 5 9 6 9] n_buckets:[1 2]}}",
+            // No zero bucket shown: the clients' default threshold is assumed.
+            "{{schema:-2 count:3 sum:1e6 z_bucket_w:2.938735877055719e-39 offset:3 buckets:[1 0 0 2]}}",
+        ] {
+            let (want, _) = FloatHistogram::parse_notation(notation).expect("notation");
+            let mut buckets = Vec::new();
+            for b in want.all_buckets() {
+                if b.count == 0.0 {
+                    continue;
+                }
+                let rule = if b.lower < 0.0 && b.upper > 0.0 {
+                    3
+                } else if b.upper <= 0.0 {
+                    1
+                } else {
+                    0
+                };
+                buckets.push(serde_json::json!([
+                    rule,
+                    b.lower.to_string(),
+                    b.upper.to_string(),
+                    b.count.to_string()
+                ]));
+            }
+            let json = serde_json::json!({
+                "count": want.count.to_string(),
+                "sum": want.sum.to_string(),
+                "buckets": buckets,
+            });
+            let mut got = parse_histogram(&json).unwrap_or_else(|e| panic!("{notation}: {e}"));
+            let mut want = want;
+            want.compact(0);
+            got.compact(0);
+            assert!(got.equals(&want), "{notation}\n{got:?}\n{want:?}");
+        }
+        // Custom bounds (not a power of an exponential base) are refused, not misread.
+        let e = parse_histogram(&serde_json::json!({"count": "1", "sum": "1",
+            "buckets": [[0, "1", "3", "1"]]}))
+        .unwrap_err();
+        assert!(e.contains("custom"), "{e}");
+    }
+
+    #[test]
+    fn instant_answers() {
+        let v = parse_instant(
+            200,
+            br#"{"status":"success","warnings":["PromQL info: metric might not be a counter"],"data":{"resultType":"vector","result":[
+                {"metric":{"job":"a"},"value":[1700000000,"0.5"]},
+                {"metric":{"job":"b"},"histogram":[1700000000,{"count":"2","sum":"3","buckets":[[0,"1","2","2"]]}]}]}}"#,
+            1_700_000_000_000,
+        )
+        .unwrap();
+        let Value::Vector(v) = v else { panic!("{v:?}") };
+        assert_eq!(v.len(), 2);
+        assert_eq!(
+            (v[0].labels.to_string().as_str(), v[0].f),
+            (r#"{job="a"}"#, 0.5)
+        );
+        assert_eq!(v[1].h.as_ref().map(|h| h.count), Some(2.0));
+        assert_eq!(
+            parse_instant(
+                200,
+                br#"{"status":"success","data":{"resultType":"scalar","result":[1,"+Inf"]}}"#,
+                1
+            ),
+            Ok(Value::Scalar(f64::INFINITY))
+        );
+        // A query's fault is the query's; a storage warning or a 5xx is the engine's.
+        let e = parse_instant(
+            422,
+            br#"{"status":"error","errorType":"execution","error":"many-to-many matching not allowed"}"#,
+            1,
+        );
+        assert!(
+            matches!(e, Err(InstantError::Failed(ref m)) if m.contains("many-to-many")),
+            "{e:?}"
+        );
+        let e = parse_instant(
+            200,
+            br#"{"status":"success","warnings":["store b unavailable"],"data":{"resultType":"scalar","result":[1,"1"]}}"#,
+            1,
+        );
+        assert!(matches!(e, Err(InstantError::Unreachable(_))), "{e:?}");
+        let e = parse_instant(503, b"starting", 1);
+        assert!(matches!(e, Err(InstantError::Unreachable(_))), "{e:?}");
     }
 }

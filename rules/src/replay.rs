@@ -204,9 +204,6 @@ pub fn dump_frame(req: &WriteRequest) -> Vec<u8> {
 pub fn reads(rules: &RuleSet, start: i64, end: i64) -> (Vec<Read>, BTreeSet<String>) {
     let lookback = EngineOpts::default().lookback_delta_ms;
     let mut out = Vec::new();
-    let mut written: BTreeSet<String> = ["ALERTS", "ALERTS_FOR_STATE", crate::warmup::METRIC]
-        .map(String::from)
-        .into();
     for g in rules.groups() {
         let offset = g.query_offset_ms.unwrap_or(0);
         for r in &g.rules {
@@ -216,9 +213,6 @@ pub fn reads(rules: &RuleSet, start: i64, end: i64) -> (Vec<Read>, BTreeSet<Stri
                 end - offset,
                 lookback,
             ));
-            if let Rule::Record(rec) = r {
-                written.insert(rec.record.clone());
-            }
         }
     }
     let mut queries: Vec<&Query> = Vec::new();
@@ -240,7 +234,23 @@ pub fn reads(rules: &RuleSet, start: i64, end: i64) -> (Vec<Read>, BTreeSet<Stri
     for q in queries.into_iter().chain(&warm) {
         out.extend(reach::reads(q, start, end, lookback));
     }
-    (out, written)
+    (out, written(rules))
+}
+
+/// The metric names evaluating `rules` writes: recorded series, `ALERTS`, `ALERTS_FOR_STATE`
+/// and `vigil_instance_warm`.
+pub fn written(rules: &RuleSet) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = ["ALERTS", "ALERTS_FOR_STATE", crate::warmup::METRIC]
+        .map(String::from)
+        .into();
+    for g in rules.groups() {
+        for r in &g.rules {
+            if let Rule::Record(rec) = r {
+                names.insert(rec.record.clone());
+            }
+        }
+    }
+    names
 }
 
 /// Evaluations one replay may make (a stray sample decades away from the rest would otherwise

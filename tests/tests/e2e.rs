@@ -33,3 +33,6 @@ mod history;
 
 #[path = "e2e/remote.rs"]
 mod remote;
+
+#[path = "e2e/engine.rs"]
+mod engine;

@@ -53,6 +53,11 @@ pub struct Remote {
     /// `sigv4 = { region, service }`: sign requests (Amazon Managed Service for Prometheus);
     /// the region defaults to `[aws] region`, the service to `aps`.
     pub sigv4: Option<SigV4>,
+    /// `evaluation = "engine"`: rule, scaling and replacement expressions are sent whole to the
+    /// engine's query API (for engines that evaluate PromQL exactly: Prometheus, Mimir, Thanos,
+    /// Amazon Managed Service for Prometheus), except those reading what the rules write
+    /// themselves. Default `"samples"`: Vigil's engine over the raw samples.
+    pub whole_expressions: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +134,19 @@ fn parse_remote(doc: &mut Doc<'_>, mut r: Obj<'_, '_>) -> Option<Remote> {
         t.finish(doc);
         SigV4 { region, service }
     });
+    let mut whole_expressions = false;
+    if let Some(e) = r.str(doc, "evaluation") {
+        match e.value.as_str() {
+            "samples" => {}
+            "engine" => whole_expressions = true,
+            other => doc.error_at(
+                e.span.start,
+                format!(
+                    "storage.remote.evaluation: expected \"samples\" or \"engine\", not {other:?}"
+                ),
+            ),
+        }
+    }
     r.finish(doc);
     Some(Remote {
         query_url: query_url?.value,
@@ -141,6 +159,7 @@ fn parse_remote(doc: &mut Doc<'_>, mut r: Obj<'_, '_>) -> Option<Remote> {
         queue_max_bytes,
         shards,
         sigv4,
+        whole_expressions,
     })
 }
 

@@ -302,6 +302,7 @@ fn remote_storage() {
             queue_max_bytes: 1 << 30,
             shards: 4,
             sigv4: None,
+            whole_expressions: false,
         })
     );
     let c = parse(
@@ -338,6 +339,23 @@ fn remote_storage() {
             .map(|e| e.to_string())
             .collect()
     };
+    let whole = |v: &str| {
+        parse(
+            "a.toml",
+            &format!("[storage]\nbackend = \"remote\"\n[storage.remote]\nquery_url = \"http://prometheus:9090\"\nevaluation = \"{v}\"\n"),
+        )
+        .map(|c| c.remote.unwrap().whole_expressions)
+        .map_err(|e| e[0].to_string())
+    };
+    assert_eq!(whole("engine"), Ok(true));
+    assert_eq!(whole("samples"), Ok(false));
+    assert!(
+        whole("metricsql").is_err_and(|e| e.starts_with(
+            "a.toml:5:14: storage.remote.evaluation: expected \"samples\" or \"engine\""
+        )),
+        "{:?}",
+        whole("metricsql")
+    );
     let e = errs("[storage]\nbackend = \"disk\"\n");
     assert!(
         e[0].starts_with("a.toml:2:11: storage.backend: expected \"memory\" or \"remote\""),

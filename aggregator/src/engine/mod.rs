@@ -48,6 +48,9 @@ use crate::store::{RuleSink, Store};
 /// Decisions kept for the API and the status page.
 pub const HISTORY: usize = 200;
 
+/// Written for each instance that pushes: 1 while its pushes arrive, 0 once `stale_after` passed.
+const INSTANCE_UP: &str = "vigil_instance_up";
+
 /// The evaluation state, behind the engine's lock.
 pub struct Evaluation {
     pub sim: Simulation,
@@ -262,7 +265,7 @@ impl Engine {
 
     fn instance_up(&self, labels: &Labels, last_push: i64, ts: i64, now: i64) {
         let mut b = labels.to_builder();
-        b.set(vigil_wire::METRIC_NAME, "vigil_instance_up");
+        b.set(vigil_wire::METRIC_NAME, INSTANCE_UP);
         let up = if now - last_push <= self.parts.stale_after_ms {
             1.0
         } else {
@@ -285,6 +288,7 @@ impl Engine {
                 .remote
                 .as_deref()
                 .map(|r| r as &dyn promql::Storage),
+            whole_unless: None,
             now_ms: now,
             tap: None,
         };
@@ -352,9 +356,14 @@ impl Engine {
         } else {
             Observations::default()
         };
+        // What the rules and the aggregator write is read as samples: the window holds it
+        // before the engine does (and holds `vigil_instance_up` alone when nothing forwards).
+        let mut written = vigil_rules::replay::written(&rules);
+        written.insert(INSTANCE_UP.to_string());
         let mut sink = RuleSink {
             store: &p.store,
             beside: p.remote.as_deref().map(|r| r as &dyn promql::Storage),
+            whole_unless: p.remote.as_ref().map(|_| &written),
             now_ms: p.clock.now_ms(),
             tap: if cw.is_empty() { None } else { Some(&mut tap) },
         };

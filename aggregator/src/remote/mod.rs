@@ -4,7 +4,10 @@
 //! Rules read the engine's raw samples (range selectors through its query API, `vigil-remote`)
 //! merged with what the aggregator holds itself (pushes it received, its recorded series and
 //! `ALERTS`, staleness markers), and Vigil's own engine evaluates them: decisions do not depend
-//! on the engine's dialect. An engine that fails to answer fails the evaluation (rule health
+//! on the engine's dialect; with `evaluation = "engine"`, expressions go whole to an engine that
+//! evaluates PromQL itself (checked: a MetricsQL engine is refused), except those reading what
+//! the rules write (they read samples, so that a series recorded a moment ago is seen). An
+//! engine that fails to answer fails the evaluation (rule health
 //! shows its message; no scaling decision is made on it, `on_no_data` does not apply). The
 //! query API (`/api/v1/query*`, series, labels) is the engine's own answer, passed through.
 
@@ -12,9 +15,9 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use vigil_remote::{QueryApi, SigV4, Signer};
+use vigil_remote::{InstantError, QueryApi, SigV4, Signer};
 use vigil_rules::promql::storage::{Matcher, StorageError};
-use vigil_rules::promql::{SeriesData, Storage};
+use vigil_rules::promql::{EvalError, Query, SeriesData, Storage, Value};
 
 use crate::config;
 
@@ -94,6 +97,11 @@ pub struct Remote {
     /// The runtime the requests run on: selections come from blocking threads (evaluation,
     /// queries) and wait there.
     handle: tokio::runtime::Handle,
+    /// `evaluation = "engine"`: whole expressions go to the engine.
+    whole: bool,
+    /// Whether the engine speaks PromQL, once it has said (asked before the first whole
+    /// expression is sent).
+    promql: std::sync::Mutex<Option<bool>>,
 }
 
 impl Remote {
@@ -102,15 +110,9 @@ impl Remote {
         cfg: &config::Remote,
         signer: Option<Arc<dyn Signer>>,
     ) -> Result<Remote, String> {
-        let mut headers = cfg.headers.clone();
-        if let Some(f) = &cfg.bearer_token_file {
-            let token = std::fs::read_to_string(f)
-                .map_err(|e| format!("storage.remote.bearer_token_file {}: {e}", f.display()))?;
-            headers.push(("authorization".into(), format!("Bearer {}", token.trim())));
-        }
         let api = QueryApi::new(
             &cfg.query_url,
-            headers,
+            headers(cfg)?,
             Duration::from_millis(cfg.timeout_ms as u64),
         )
         .map_err(|e| format!("storage.remote.query_url: {e}"))?
@@ -124,7 +126,63 @@ impl Remote {
             failed: std::sync::Mutex::new(None),
             timeout: Duration::from_millis(cfg.timeout_ms as u64),
             handle: tokio::runtime::Handle::current(),
+            whole: cfg.whole_expressions,
+            promql: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The error reads stand on after a recent failure.
+    fn held_off(&self) -> Option<StorageError> {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        let (until, e) = failed.as_ref()?;
+        (std::time::Instant::now() < *until).then(|| e.clone())
+    }
+
+    /// Fails the reads of the next few seconds with `e` (see [`HOLD_OFF`]).
+    fn hold_off(&self, e: &str) {
+        let hold = HOLD_OFF.min(self.timeout);
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+            std::time::Instant::now() + hold,
+            StorageError(format!("{e} (reads held off for {}s)", hold.as_secs())),
+        ));
+    }
+
+    /// `query` evaluated whole by the engine at `t`, once it has shown that it speaks PromQL.
+    fn whole_expression(&self, query: &str, t: i64) -> Result<Value, EvalError> {
+        if let Some(e) = self.held_off() {
+            return Err(EvalError::Storage(e.0));
+        }
+        let known = *self.promql.lock().unwrap_or_else(|p| p.into_inner());
+        let speaks = match known {
+            Some(b) => b,
+            None => match self.handle.block_on(self.api.speaks_promql()) {
+                Ok(b) => {
+                    if !b {
+                        tracing::error!(query_url = %vigil_config::redact::url(self.api.base()), "storage.remote.evaluation = \"engine\": the engine answers MetricsQL, not PromQL; no expression is sent to it (set evaluation = \"samples\")");
+                    }
+                    *self.promql.lock().unwrap_or_else(|p| p.into_inner()) = Some(b);
+                    b
+                }
+                Err(e) => {
+                    self.hold_off(&e.to_string());
+                    return Err(EvalError::Storage(e.to_string()));
+                }
+            },
+        };
+        if !speaks {
+            return Err(EvalError::Storage(format!(
+                "{} answers `1` with a vector: it speaks MetricsQL (VictoriaMetrics), whose rate and lookback differ from PromQL's; evaluation = \"engine\" needs Prometheus, Mimir, Thanos or Amazon Managed Service for Prometheus (set evaluation = \"samples\")",
+                self.api.base()
+            )));
+        }
+        match self.handle.block_on(self.api.instant(query, t)) {
+            Ok(v) => Ok(v),
+            Err(InstantError::Failed(e)) => Err(EvalError::Execution(e)),
+            Err(InstantError::Unreachable(e)) => {
+                self.hold_off(&e);
+                Err(EvalError::Storage(e))
+            }
+        }
     }
 
     pub fn api(&self) -> &QueryApi {
@@ -140,23 +198,21 @@ impl Storage for Remote {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<SeriesData>, StorageError> {
-        let now = std::time::Instant::now();
-        if let Some((until, e)) = &*self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
-            if now < *until {
-                return Err(e.clone());
-            }
+        if let Some(e) = self.held_off() {
+            return Err(e);
         }
         let got = self
             .handle
             .block_on(self.api.select(matchers, mint, maxt, &mut |_| {}));
         if let Err(e) = &got {
-            let hold = HOLD_OFF.min(self.timeout);
-            *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some((
-                std::time::Instant::now() + hold,
-                StorageError(format!("{} (reads held off for {}s)", e.0, hold.as_secs())),
-            ));
+            self.hold_off(&e.0);
         }
         got
+    }
+
+    /// With `evaluation = "engine"`, the engine's own answer (blocking as `select` does).
+    fn evaluate(&self, query: &Query, t: i64) -> Option<Result<Value, EvalError>> {
+        self.whole.then(|| self.whole_expression(query.text(), t))
     }
 }
 

@@ -21,9 +21,7 @@ use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
-use vigil_rules::evaluator::RuleStorage;
-use vigil_rules::promql::storage::{Matcher, StorageError};
-use vigil_rules::promql::{SeriesData, Storage};
+use vigil_rules::promql::storage::Matcher;
 use vigil_wire::{Labels, Sample};
 
 /// `last_push_ms` of series written by the aggregator itself.
@@ -520,68 +518,6 @@ impl Batch<'_> {
     }
 }
 
-/// The store as rule evaluation writes to it (recorded series, `ALERTS`).
-/// Sees every recorded sample.
-pub type Tap<'a> = &'a mut dyn FnMut(&Labels, Sample);
-
-pub struct RuleSink<'a> {
-    pub store: &'a Store,
-    /// Read beside the window (`[storage] backend = "remote"`: the engine), merged with it.
-    pub beside: Option<&'a dyn Storage>,
-    pub now_ms: i64,
-    /// Sees every recorded sample (CloudWatch publishing takes its rules' samples here).
-    pub tap: Option<Tap<'a>>,
-}
-
-impl Storage for RuleSink<'_> {
-    fn select(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-    ) -> Result<Vec<SeriesData>, StorageError> {
-        self.select_within(matchers, mint, maxt, usize::MAX)
-            .map(Option::unwrap_or_default)
-    }
-
-    fn select_within(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        budget: usize,
-    ) -> Result<Option<Vec<SeriesData>>, StorageError> {
-        match self.beside {
-            None => self.store.select_within(matchers, mint, maxt, budget),
-            Some(other) => {
-                let theirs = other.select(matchers, mint, maxt)?;
-                let Some(ours) = self.store.read_within(matchers, mint, maxt, budget) else {
-                    return Ok(None);
-                };
-                let all = select::merge(theirs, ours);
-                Ok((all.iter().map(SeriesData::len).sum::<usize>() <= budget).then_some(all))
-            }
-        }
-    }
-}
-
-impl RuleStorage for RuleSink<'_> {
-    fn append(&mut self, labels: Labels, sample: Sample) {
-        if let Some(tap) = self.tap.as_mut() {
-            tap(&labels, sample);
-        }
-        if let Err(e) = self.store.append(&labels, [sample], self.now_ms) {
-            tracing::warn!(series = %labels, error = %e, "recorded series dropped");
-        }
-    }
-
-    fn append_histogram(&mut self, labels: Labels, sample: vigil_wire::histogram::HSample) {
-        if let Err(e) = self.store.append_histogram(&labels, &sample, self.now_ms) {
-            tracing::warn!(series = %labels, error = %e, "recorded series dropped");
-        }
-    }
-}
-
 /// Series a selection snapshots (or a walk visits) per turn of the lock. Each turn ends with a
 /// fair unlock, which hands the lock to a waiting thread (ingest) rather than letting the walker
 /// take it straight back: a selection over every series of a large fleet keeps a push waiting for
@@ -590,6 +526,8 @@ impl RuleStorage for RuleSink<'_> {
 const SELECT_SLICE: usize = 512;
 
 mod select;
+mod sink;
+pub use sink::RuleSink;
 
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 use super::*;
 use std::path::PathBuf;
 use vigil_rules::promql::storage::MatchOp;
+use vigil_rules::promql::SeriesData;
 use vigil_wire::remote_write::{TimeSeries, WriteRequest};
 
 fn dir(name: &str) -> PathBuf {

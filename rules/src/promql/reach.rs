@@ -24,6 +24,19 @@ pub fn reads(query: &Query, lo: i64, hi: i64, lookback_ms: i64) -> Vec<Read> {
     out
 }
 
+/// Whether `query` may read a series named in `names`: a selector of one of them, or one that
+/// names no metric exactly (`{job="a"}`, `{__name__=~"x.*"}`), which may select any.
+pub fn may_read(query: &Query, names: &std::collections::BTreeSet<String>) -> bool {
+    reads(query, 0, 0, 0).iter().any(|r| {
+        r.alternatives.iter().any(|ms| {
+            let exact = ms.iter().find(|m| {
+                m.name == vigil_wire::METRIC_NAME && matches!(m.op, super::storage::MatchOp::Equal)
+            });
+            exact.is_none_or(|m| names.contains(&m.value))
+        })
+    })
+}
+
 /// The instants `[lo, hi]` moved by `offset`, or pinned by `at` (an instant query's `start()`
 /// and `end()` are its own time: they span the range like no modifier).
 fn shift(at: Option<At>, offset: i64, lo: i64, hi: i64) -> (i64, i64) {
@@ -102,6 +115,20 @@ mod tests {
                 (names, r.mint, r.maxt)
             })
             .collect()
+    }
+
+    #[test]
+    fn what_may_read_written_names() {
+        let names: std::collections::BTreeSet<String> =
+            ["load:avg", "ALERTS"].map(String::from).into();
+        let may = |q: &str| may_read(&parse(q).unwrap(), &names);
+        assert!(!may("sum(rate(http_requests_total[5m])) > 1"));
+        assert!(!may("time()"));
+        assert!(may("load:avg > 0.8"));
+        assert!(may("max_over_time(ALERTS{alertstate=\"firing\"}[5m:1m])"));
+        assert!(may("up * on (job) group_left {job=\"a\"}"));
+        assert!(may("{__name__=~\"load:.*\"}"));
+        assert!(!may("{__name__=\"up\", job=\"a\"}"));
     }
 
     #[test]

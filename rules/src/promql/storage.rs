@@ -76,6 +76,16 @@ pub trait Storage {
         let data = self.select(matchers, mint, maxt)?;
         Ok((data.iter().map(SeriesData::len).sum::<usize>() <= budget).then_some(data))
     }
+
+    /// A store that is itself a PromQL engine may evaluate a whole instant query at `t`: its
+    /// answer, or `None` to have it evaluated over [`Storage::select`] (the default).
+    fn evaluate(
+        &self,
+        _query: &super::Query,
+        _t: i64,
+    ) -> Option<Result<super::Value, super::EvalError>> {
+        None
+    }
 }
 
 /// Whether `labels` satisfy every matcher (an absent label matches as the empty string).

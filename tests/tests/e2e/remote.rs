@@ -53,10 +53,22 @@ fn aggregator_with(
     storage: &str,
     env: &[(&str, &str)],
 ) -> (Child, String) {
+    aggregator_on(d, name, storage, RULES, env)
+}
+
+/// An aggregator evaluating `rules` every second 5 s in the past, `storage` its `[storage]`
+/// lines after `state_dir`.
+pub(crate) fn aggregator_on(
+    d: &std::path::Path,
+    name: &str,
+    storage: &str,
+    rules: &str,
+    env: &[(&str, &str)],
+) -> (Child, String) {
     let port = free_port();
     let dir = d.join(name);
     std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(dir.join("rules.toml"), RULES).expect("rules");
+    std::fs::write(dir.join("rules.toml"), rules).expect("rules");
     std::fs::write(
         dir.join("aggregator.toml"),
         format!(
@@ -83,14 +95,14 @@ fn aggregator_with(
     (child, url)
 }
 
-fn json(url: &str) -> serde_json::Value {
+pub(crate) fn json(url: &str) -> serde_json::Value {
     let (code, body) = get(url).unwrap_or((0, String::new()));
     assert_eq!(code, 200, "{url}: {body}");
     serde_json::from_str(&body).expect("json")
 }
 
 /// The decision log, oldest first, without times: `scaling 1->2 out`, `alert Hot inactive->pending`.
-fn decisions(agg: &str) -> Vec<String> {
+pub(crate) fn decisions(agg: &str) -> Vec<String> {
     let v = json(&format!("{agg}/api/v1/decisions"));
     let mut out: Vec<String> = v["data"]
         .as_array()
@@ -116,7 +128,7 @@ fn decisions(agg: &str) -> Vec<String> {
     out
 }
 
-fn rule_error(agg: &str) -> Option<String> {
+pub(crate) fn rule_error(agg: &str) -> Option<String> {
     let v = json(&format!("{agg}/api/v1/rules"));
     v["data"]["groups"].as_array()?.iter().find_map(|g| {
         g["rules"].as_array()?.iter().find_map(|r| {
@@ -131,14 +143,14 @@ fn rule_error(agg: &str) -> Option<String> {
 /// Debian's VictoriaMetrics on a free port, its data in `d/vm`: no result cache, and a 1 s
 /// latency offset (production keeps its 30 s and sets `query_offset` to match,
 /// docs/operations.md; the tests shorten both); `extra` flags beside those.
-struct Vm {
-    child: Child,
-    url: String,
+pub(crate) struct Vm {
+    pub(crate) child: Child,
+    pub(crate) url: String,
     args: Vec<String>,
 }
 
 impl Vm {
-    fn start(d: &std::path::Path, extra: &[&str]) -> Vm {
+    pub(crate) fn start(d: &std::path::Path, extra: &[&str]) -> Vm {
         let port = free_port();
         let mut args = vec![
             format!("-storageDataPath={}", d.join("vm").display()),
