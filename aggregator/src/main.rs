@@ -544,7 +544,10 @@ async fn wire(
         publisher,
         outbox,
         rules,
+        forwarder: forwarder.map(|f| {
+            let c = cluster.clone();
+            f.acting_when(move || c.holds_state())
+        }),
         cluster,
-        forwarder,
     })
 }

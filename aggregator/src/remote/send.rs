@@ -50,6 +50,7 @@ struct Metrics {
     sent: Counter,
     failed: Counter,
     dropped: Counter,
+    left_out: Counter,
     retries: Counter,
     shards: Gauge,
     position_segment: Gauge,
@@ -77,6 +78,8 @@ pub struct Forwarder {
     max_body: usize,
     store: Arc<Store>,
     shared: Arc<Shared>,
+    /// Whether this node's own series go to the engine now (in a cluster, the acting node's).
+    acting: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// Where forwarding resumes in the log at `dir`: segment and byte offset (the start of the
@@ -157,6 +160,11 @@ impl Forwarder {
             metrics.dropped.clone(),
         );
         r.register(
+            "samples_left_to_holder",
+            "Samples this node wrote itself (recorded series, ALERTS, liveness) not forwarded while another node of the cluster acts: the acting node's go",
+            metrics.left_out.clone(),
+        );
+        r.register(
             "retries",
             "Requests retried after a 5xx, a 429 or no answer",
             metrics.retries.clone(),
@@ -178,6 +186,7 @@ impl Forwarder {
             shards,
             max_body,
             store,
+            acting: Arc::new(|| true),
             shared: Arc::new(Shared {
                 url,
                 headers,
@@ -191,21 +200,32 @@ impl Forwarder {
         })
     }
 
+    /// In a cluster: forwards the series this node writes itself (recorded series, `ALERTS`,
+    /// `vigil_instance_up`) only while `acting` says this node acts, so that the engine holds
+    /// one node's, those its decisions were made on; what agents push is forwarded by every
+    /// node that received it (identical copies).
+    pub fn acting_when(mut self, acting: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.acting = Arc::new(acting);
+        self
+    }
+
     /// Forwards until the process ends.
     pub async fn run(self) {
         let (seg, offset) = saved_position(&self.dir);
         tracing::info!(url = %vigil_config::redact::url(&self.shared.url), segment = seg, offset, shards = self.shards, "forwarding the window's log to the engine");
-        let mut tail = Some(Tail::new(&self.dir, seg, offset));
+        let committed = self.store.log_committed.clone();
+        let mut tail = Some(Tail::new(&self.dir, seg, offset).bounded(committed.clone()));
         let mut saved = (seg, offset);
         let mut seen_skipped = 0;
         loop {
             let t = tail.take().expect("tail");
             let dir = self.dir.clone();
             let (shards, max_body, max_bytes) = (self.shards, self.max_body, self.shared.max_bytes);
+            let own = (self.acting)();
             let read = tokio::task::spawn_blocking(move || {
                 let mut t = t;
                 let dropped = enforce_bound(&dir, &mut t, max_bytes);
-                let batch = read_batch(&mut t, shards, max_body);
+                let batch = read_batch(&mut t, shards, max_body, own);
                 (t, dropped, batch)
             })
             .await;
@@ -215,7 +235,7 @@ impl Forwarder {
                     // Never a silent stop (the log would grow past every checkpoint): start
                     // again from what was confirmed.
                     tracing::error!(error = %e, "forwarding: reading the log failed; resuming from the saved position");
-                    tail = Some(Tail::new(&self.dir, saved.0, saved.1));
+                    tail = Some(Tail::new(&self.dir, saved.0, saved.1).bounded(committed.clone()));
                     seen_skipped = 0;
                     tokio::time::sleep(MAX_BACKOFF).await;
                     continue;
@@ -231,7 +251,10 @@ impl Forwarder {
             self.shared.metrics.dropped.inc_by(dropped);
             self.shared.measure();
             let batch = match batch {
-                Ok(b) => b,
+                Ok((b, left_out)) => {
+                    self.shared.metrics.left_out.inc_by(left_out);
+                    b
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "forwarding: reading the window's log failed; retrying");
                     tokio::time::sleep(MAX_BACKOFF).await;
@@ -429,17 +452,29 @@ impl Shard {
 }
 
 /// Reads whole records until about `shards` × [`PER_SEND`] samples, split by series. A
-/// remote-write request's series are passed on as they came, undecoded.
-fn read_batch(tail: &mut Tail, shards: usize, max_body: usize) -> std::io::Result<Vec<Shard>> {
+/// remote-write request's series are passed on as they came, undecoded; the aggregator's own
+/// (recorded series, `ALERTS`, liveness) only when `own`, else counted (the second value).
+fn read_batch(
+    tail: &mut Tail,
+    shards: usize,
+    max_body: usize,
+    own: bool,
+) -> std::io::Result<(Vec<Shard>, u64)> {
     let mut out: Vec<Shard> = (0..shards).map(|_| Shard::default()).collect();
-    let mut total = 0;
+    let (mut total, mut left_out) = (0, 0);
     while total < shards * PER_SEND {
         let Some(body) = tail.next()? else { break };
+        let ours = Record::parse(&body)
+            .is_some_and(|r| matches!(r.kind, Kind::Internal | Kind::InternalHistogram));
+        if ours && !own {
+            left_out += series_of(&body, max_body, &mut |_| {}) as u64;
+            continue;
+        }
         total += series_of(&body, max_body, &mut |r| {
             out[(r.label_hash % shards as u64) as usize].add(&r);
         });
     }
-    Ok(out)
+    Ok((out, left_out))
 }
 
 /// A request body's series in two halves (`None` for a single series).

@@ -82,8 +82,18 @@ fn past_the_bound_whole_older_segments_go_counted_never_the_newest() {
     // Far over: every segment but the newest (the one written to).
     assert_eq!(enforce_bound(&d, &mut tail, 1), 110);
     assert_eq!(tail.position(), (3, 0));
-    let batch = read_batch(&mut tail, 2, 1 << 20).unwrap();
     let samples = |s: &Shard| s.requests.iter().map(|r| r.samples).sum::<usize>();
+    // A node that does not act leaves its own series (these records are all its own) to the
+    // acting node: read past, counted, not sent.
+    let mut follower = Tail::new(&d, 3, 0);
+    let (batch, left_out) = read_batch(&mut follower, 2, 1 << 20, false).unwrap();
+    assert_eq!(
+        (batch.iter().map(samples).sum::<usize>(), left_out),
+        (0, 110)
+    );
+    assert_eq!(follower.position(), (3, seg_size));
+    let (batch, left_out) = read_batch(&mut tail, 2, 1 << 20, true).unwrap();
+    assert_eq!(left_out, 0);
     assert_eq!(batch.iter().map(samples).sum::<usize>(), 110);
     // A series stays on one shard: each name is on exactly one.
     let names = |s: &Shard| -> std::collections::BTreeSet<String> {

@@ -177,7 +177,11 @@ impl Store {
         g.restoring = false;
         let (log, next) = replayed?;
         restored.log = log;
-        g.log = Some(wal::Log::create(dir, next.max(1), fsync)?.holding(lock));
+        g.log = Some(
+            wal::Log::create(dir, next.max(1), fsync)?
+                .holding(lock)
+                .publishing(self.log_committed.clone()),
+        );
         drop(g);
         // What had aged out (or been compacted away before the crash) goes now; a window still
         // over `max_series` makes ingest refuse new series until it is back under.

@@ -137,6 +137,8 @@ pub struct Store {
     log_metrics: checkpoint::LogMetrics,
     /// The oldest log segment someone still reads (the forwarder): kept past checkpoints.
     pub keep_log_from: std::sync::atomic::AtomicU64,
+    /// How far the log is written whole (the forwarder reads no further).
+    pub log_committed: wal::Committed,
     pub retention_ms: i64,
     pub max_series: usize,
 }
@@ -152,6 +154,7 @@ impl Store {
             inner: Mutex::new(Inner::default()),
             log_metrics: Default::default(),
             keep_log_from: std::sync::atomic::AtomicU64::new(u64::MAX),
+            log_committed: wal::Committed::default(),
             retention_ms,
             // Series ids are `u32` in the index.
             max_series: max_series.min(index::Id::MAX as usize),

@@ -133,6 +133,24 @@ impl PendingSync {
     }
 }
 
+/// How far the log is written whole: its newest segment and that segment's length, once a
+/// log is open. A [`Tail`] bounded by it reads no further, so it never takes a record from a
+/// write that fails half-way (a full disk) and is cut off the segment again.
+#[derive(Clone, Default)]
+pub struct Committed(Arc<parking_lot::Mutex<Option<(u64, u64)>>>);
+
+impl Committed {
+    fn set(&self, seg: u64, len: u64) {
+        *self.0.lock() = Some((seg, len));
+    }
+
+    /// The length of segment `seg` that is written whole, when it is the one being written;
+    /// `None` for a segment the writer has left (complete) or before a log is open.
+    pub fn length_of(&self, seg: u64) -> Option<u64> {
+        self.0.lock().filter(|&(s, _)| s == seg).map(|(_, len)| len)
+    }
+}
+
 /// The log being written.
 pub struct Log {
     dir: PathBuf,
@@ -150,6 +168,7 @@ pub struct Log {
     poisoned: bool,
     /// The directory's lock, held as long as the log is written.
     lock: Option<DirLock>,
+    committed: Committed,
 }
 
 impl Log {
@@ -177,7 +196,14 @@ impl Log {
             since_cut: 0,
             poisoned: false,
             lock: None,
+            committed: Committed::default(),
         })
+    }
+
+    /// The log, saying through `committed` how far it is written whole from now on.
+    pub fn publishing(self, committed: Committed) -> Log {
+        committed.set(self.seg, self.written);
+        Log { committed, ..self }
     }
 
     /// The log, keeping `lock` for as long as it lives.
@@ -262,6 +288,7 @@ impl Log {
             self.buf.shrink_to(BUFFER_BYTES);
         }
         self.written += len;
+        self.committed.set(self.seg, self.written);
         self.since_cut += len;
         if self.written >= SEGMENT_BYTES {
             // Kept on the current segment when the next cannot be made (disk full): retried
@@ -283,8 +310,10 @@ impl Log {
             buf: std::mem::take(&mut self.buf),
             since_cut: since,
             lock: self.lock.take(),
+            committed: self.committed.clone(),
             ..next
         };
+        self.committed.set(self.seg, 0);
         Ok(())
     }
 
@@ -314,6 +343,7 @@ pub struct Tail {
     reader: Option<io::BufReader<File>>,
     /// Torn or corrupt records skipped (with the rest of their segment).
     pub skipped: u64,
+    committed: Committed,
 }
 
 impl Tail {
@@ -324,7 +354,13 @@ impl Tail {
             offset,
             reader: None,
             skipped: 0,
+            committed: Committed::default(),
         }
+    }
+
+    /// Reads the segment being written no further than `committed` says it is written whole.
+    pub fn bounded(self, committed: Committed) -> Tail {
+        Tail { committed, ..self }
     }
 
     /// Where the next record starts: segment and byte offset.
@@ -364,8 +400,14 @@ impl Tail {
                     Err(e) => return Err(e),
                 }
             }
+            let limit = self
+                .committed
+                .length_of(self.seg)
+                .map_or(u64::MAX, |len| len.saturating_sub(self.offset));
             let r = self.reader.as_mut().expect("opened");
-            let torn = match frame::read(r, MAX_RECORD)? {
+            // Past the limit is a write under way (or failing): not read, and the reader is
+            // dropped below, so bytes it buffered from there are never used.
+            let torn = match frame::read(&mut io::Read::take(r, limit), MAX_RECORD)? {
                 Some(Ok(body)) => {
                     self.offset += (frame::HEADER + body.len()) as u64;
                     return Ok(Some(body));
