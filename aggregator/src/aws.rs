@@ -221,11 +221,14 @@ pub trait MetricSink: Send + Sync {
     ) -> BoxFut<'a, Result<Effect, CallError>>;
 }
 
-/// The three clients, built once: the SDK's, or the dry run's.
+/// The clients, built once: the SDK's, or the dry run's.
 pub struct Clients {
     pub autoscaling: Box<dyn AutoScaling>,
     pub sns: Box<dyn Publisher>,
     pub cloudwatch: Box<dyn MetricSink>,
+    /// CloudWatch read (`[[import.cloudwatch]]`): with `[aws]`, dry run or not (reading changes
+    /// nothing).
+    pub metrics: Option<std::sync::Arc<dyn MetricReader>>,
 }
 
 /// Builds the clients from the default credential chain (with `[aws] dry_run`, the dry run's,
@@ -249,19 +252,24 @@ pub async fn connect(cfg: &Config, calls: &CallMetrics) -> Clients {
     }
     let sdk = loader.load().await;
     let autoscaling = Box::new(Sdk(aws_sdk_autoscaling::Client::new(&sdk), calls.clone()));
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&sdk);
+    let metrics: Option<std::sync::Arc<dyn MetricReader>> =
+        Some(std::sync::Arc::new(Sdk(cloudwatch.clone(), calls.clone())));
     if cfg.dry_run {
         return Clients {
             autoscaling: Box::new(DryRunAutoScaling {
                 reader: Some(autoscaling),
                 calls: calls.clone(),
             }),
+            metrics,
             ..without_aws(calls)
         };
     }
     Clients {
         autoscaling,
         sns: Box::new(Sdk(aws_sdk_sns::Client::new(&sdk), calls.clone())),
-        cloudwatch: Box::new(Sdk(aws_sdk_cloudwatch::Client::new(&sdk), calls.clone())),
+        cloudwatch: Box::new(Sdk(cloudwatch, calls.clone())),
+        metrics,
     }
 }
 
@@ -488,6 +496,12 @@ impl MetricSink for Sdk<aws_sdk_cloudwatch::Client> {
         })
     }
 }
+
+#[path = "aws_metrics.rs"]
+mod metrics;
+#[cfg(test)]
+pub use metrics::Points;
+pub use metrics::{Dimensions, MetricQuery, MetricReader, MAX_QUERIES};
 
 #[path = "aws_dry_run.rs"]
 mod dry_run;

@@ -17,6 +17,7 @@ pub fn without_aws(calls: &CallMetrics) -> Clients {
         }),
         sns: Box::new(DryRun(calls.clone())),
         cloudwatch: Box::new(DryRun(calls.clone())),
+        metrics: None,
     }
 }
 

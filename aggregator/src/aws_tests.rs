@@ -1,4 +1,4 @@
-//! The shipped IAM policy against the calls `aws.rs` makes.
+//! The shipped IAM policy against the calls `aws.rs` (and `aws_metrics.rs`) make.
 
 use std::collections::BTreeSet;
 
@@ -8,6 +8,7 @@ fn the_iam_policy_allows_exactly_the_calls_made() {
     let all = include_str!("aws.rs");
     let source = [
         &all[..all.find("#[cfg(test)]").expect("a test module")],
+        include_str!("aws_metrics.rs"),
         include_str!("cluster/dynamo.rs"),
         include_str!("cluster/parts.rs"),
     ]
@@ -30,6 +31,8 @@ fn the_iam_policy_allows_exactly_the_calls_made() {
             &["autoscaling:TerminateInstanceInAutoScalingGroup"],
         ),
         ("put_metric_data", &["cloudwatch:PutMetricData"]),
+        ("get_metric_data", &["cloudwatch:GetMetricData"]),
+        ("list_metrics", &["cloudwatch:ListMetrics"]),
         ("publish", &["sns:Publish"]),
         ("get_item", &["dynamodb:GetItem"]),
         ("put_item", &["dynamodb:PutItem"]),
@@ -70,7 +73,13 @@ fn the_iam_policy_allows_exactly_the_calls_made() {
     for s in policy["Statement"].as_array().into_iter().flatten() {
         assert_eq!(s["Effect"], "Allow");
         let action = s["Action"][0].as_str().unwrap_or("");
-        if action != "autoscaling:DescribeAutoScalingGroups" {
+        // Reads that take no resource-level permission or condition key.
+        if ![
+            "autoscaling:DescribeAutoScalingGroups",
+            "cloudwatch:GetMetricData",
+        ]
+        .contains(&action)
+        {
             assert!(
                 s["Condition"].is_object() || s["Resource"] != "*",
                 "{action} must be narrowed by a condition or a resource"

@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use vigil_config::tomlread::{Diagnostic, Doc, Obj};
 
 mod cluster;
+mod import;
 mod notify;
 mod storage;
 pub use cluster::Cluster;
+pub use import::{label_name, CloudWatchImport};
 pub use notify::{Receiver, Templates};
 pub use storage::{Remote, Wal};
 
@@ -83,6 +85,8 @@ pub struct Config {
     pub aws_call_timeout_ms: i64,
     pub cloudwatch_namespace: String,
     pub cloudwatch_flush_ms: i64,
+    /// `[[import.cloudwatch]]`: CloudWatch metrics polled into the window.
+    pub cloudwatch_imports: Vec<CloudWatchImport>,
     pub group_by: Vec<String>,
     pub group_wait_ms: i64,
     pub group_interval_ms: i64,
@@ -160,6 +164,7 @@ impl Default for Config {
             aws_call_timeout_ms: 30_000,
             cloudwatch_namespace: "Vigil".into(),
             cloudwatch_flush_ms: 60_000,
+            cloudwatch_imports: vec![],
             group_by: vec!["alertname".into(), "asg".into()],
             group_wait_ms: 10_000,
             group_interval_ms: 60_000,
@@ -367,6 +372,16 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     };
     if let Some(k) = top.table(&mut doc, "cluster") {
         cluster::parse(&mut doc, k, &mut c, &explicit_aws_timeouts);
+    }
+    if let Some(i) = top.table(&mut doc, "import") {
+        let at = i.span().start;
+        import::parse(&mut doc, i, &mut c);
+        if !c.cloudwatch_imports.is_empty() && !c.aws_configured {
+            doc.error_at(
+                at,
+                "[[import.cloudwatch]] reads CloudWatch: it needs [aws] (region, credentials)",
+            );
+        }
     }
     for mut r in top.tables(&mut doc, "receiver") {
         let path = r.path.clone();

@@ -16,6 +16,7 @@ mod cluster;
 mod config;
 mod engine;
 mod fleet;
+mod import;
 mod matcher;
 mod notify;
 mod publish;
@@ -185,7 +186,7 @@ fn main() -> ExitCode {
     };
     let res: Result<(), String> = rt.block_on(async move {
         let wired = wire(cfg, shown, rules, db, &state_dir).await?;
-        let Wired { api, engine, fleet, publisher, outbox, rules, cluster, forwarder } = wired;
+        let Wired { api, engine, fleet, publisher, outbox, rules, cluster, forwarder, cloudwatch } = wired;
         let store = api.store.clone();
         let listen = api.cfg.listen;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -223,6 +224,9 @@ fn main() -> ExitCode {
         }
         if let Some(f) = forwarder {
             tokio::spawn(f.run());
+        }
+        if let Some(c) = cloudwatch {
+            tokio::spawn(c.run());
         }
         api.ready.store(true, Ordering::SeqCst);
         loop {
@@ -341,6 +345,8 @@ struct Wired {
     cluster: Arc<cluster::Cluster>,
     /// `[storage.remote] write_url`: sends the window's log on to the engine.
     forwarder: Option<remote::Forwarder>,
+    /// `[[import.cloudwatch]]`: polls CloudWatch into the window.
+    cloudwatch: Option<import::CloudWatch>,
 }
 
 /// The fleet's fence in an HA cluster: the lease holder, within its deadline, acts.
@@ -379,6 +385,10 @@ async fn wire(
         aws::without_aws(&calls)
     };
     let tick_ms = rules.tick_ms();
+    let cloudwatch = match (&clients.metrics, cfg.cloudwatch_imports.is_empty()) {
+        (Some(reader), false) => Some((reader.clone(), cfg.cloudwatch_imports.clone())),
+        _ => None,
+    };
     let rules = Arc::new(ruleset::Rules::new(cfg.clone(), rules, &mut registry));
     let store = Arc::new(store::Store::new(cfg.retention_ms, cfg.max_series));
     store.register_log_metrics(&mut registry);
@@ -512,6 +522,9 @@ async fn wire(
     });
     let query_pool = api::QueryPool::new(cfg.query_max_concurrency, api::QUERY_NICE)
         .map_err(|e| format!("cannot start the query threads: {e}"))?;
+    let cloudwatch = cloudwatch.map(|(reader, imports)| {
+        import::CloudWatch::new(imports, reader, store.clone(), clock.clone(), &mut registry)
+    });
     let api = Arc::new(api::Api {
         remote,
         query_pool,
@@ -544,6 +557,7 @@ async fn wire(
         publisher,
         outbox,
         rules,
+        cloudwatch,
         forwarder: forwarder.map(|f| {
             let c = cluster.clone();
             f.acting_when(move || c.holds_state())

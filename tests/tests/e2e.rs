@@ -36,3 +36,6 @@ mod remote;
 
 #[path = "e2e/engine.rs"]
 mod engine;
+
+#[path = "e2e/tier.rs"]
+mod tier;

@@ -404,3 +404,69 @@ fn remote_storage() {
         "{e:?}"
     );
 }
+
+#[test]
+fn cloudwatch_imports_are_read_and_bad_ones_refused_where_they_are() {
+    let c = parse(
+        "a.toml",
+        "[aws]\nregion = \"us-east-1\"\n[[import.cloudwatch]]\nnamespace = \"AWS/ApplicationELB\"\nmetric = \"RequestCountPerTarget\"\ndimensions = { TargetGroup = \"targetgroup/web/0123456789abcdef\" }\nstatistics = [\"Sum\"]\nperiod = \"60s\"\ndelay = \"120s\"\n[[import.cloudwatch]]\nnamespace = \"CWAgent\"\nmetric = \"mem_used_percent\"\ndimensions = { AutoScalingGroupName = \"*\" }\nperiod = \"10s\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.cloudwatch_imports.len(), 2);
+    let a = &c.cloudwatch_imports[0];
+    assert_eq!(
+        (a.period_ms, a.delay_ms, a.statistics.clone()),
+        (60_000, 120_000, vec!["Sum".to_string()])
+    );
+    assert_eq!(
+        a.series_name("Sum"),
+        "aws_applicationelb_request_count_per_target_sum"
+    );
+    let b = &c.cloudwatch_imports[1];
+    assert_eq!(
+        (b.period_ms, b.statistics.clone()),
+        (10_000, vec!["Average".to_string()])
+    );
+    let errs = |text: &str| -> Vec<String> {
+        parse("a.toml", text)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    };
+    let e = errs("[aws]\n[[import.cloudwatch]]\nnamespace = \"AWS/\"\nmetric = \"CPUUtilization\"\ndimensions = \"DBInstanceIdentifier=db-1\"\nperiod = \"90s\"\nstatistics = [\"Median\"]\n");
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "a.toml:3:13: import.cloudwatch[0].namespace: \"AWS/\" is not a CloudWatch namespace"
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with(
+            "a.toml:5:14: import.cloudwatch[0].dimensions: expected a table of strings"
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e[2].starts_with("a.toml:6:10: import.cloudwatch[0].period: a multiple of 60s"),
+        "{e:?}"
+    );
+    assert!(
+        e[3].starts_with("a.toml:7:15: import.cloudwatch[0].statistics: \"Median\""),
+        "{e:?}"
+    );
+    // AWS namespaces have no high-resolution periods; imports need [aws].
+    let e = errs("[aws]\n[[import.cloudwatch]]\nnamespace = \"AWS/RDS\"\nmetric = \"CPUUtilization\"\nperiod = \"10s\"\n");
+    assert!(
+        e[0].starts_with("a.toml:5:10: import.cloudwatch[0].period"),
+        "{e:?}"
+    );
+    let e = errs("[[import.cloudwatch]]\nnamespace = \"AWS/RDS\"\nmetric = \"CPUUtilization\"\n");
+    assert!(e[0].contains("needs [aws]"), "{e:?}");
+    let e = errs("[aws]\n[import]\ntarget_health = 1\n");
+    assert!(
+        e[0].starts_with("a.toml:3:1: import.target_health: unknown key"),
+        "{e:?}"
+    );
+}
