@@ -3,7 +3,8 @@
 
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{
-    Dimension, DimensionFilter, Metric, MetricDataQuery, MetricStat, ScanBy,
+    Dimension, DimensionFilter, Metric, MetricDataQuery, MetricStat, RecentlyActive, ScanBy,
+    StatusCode,
 };
 
 use super::{err, BoxFut, CallError, Sdk};
@@ -126,6 +127,27 @@ impl Sdk<aws_sdk_cloudwatch::Client> {
                 .await
                 .map_err(|e| err("GetMetricData", e))?;
             for r in resp.metric_data_results() {
+                // A query CloudWatch could not answer is a failure, not "no datapoints" (which
+                // would move the window on and leave a gap for good).
+                if let Some(code @ (StatusCode::Forbidden | StatusCode::InternalError)) =
+                    r.status_code()
+                {
+                    let said: Vec<&str> = r.messages().iter().filter_map(|m| m.value()).collect();
+                    return Err(CallError {
+                        call: "GetMetricData",
+                        message: format!(
+                            "{}: {}{}",
+                            r.id().unwrap_or("?"),
+                            code.as_str(),
+                            if said.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({})", said.join("; "))
+                            }
+                        ),
+                        permanent: false,
+                    });
+                }
                 let Some(i) = r
                     .id()
                     .and_then(|id| id.strip_prefix('q'))
@@ -179,6 +201,9 @@ impl Sdk<aws_sdk_cloudwatch::Client> {
                 .namespace(namespace)
                 .metric_name(metric)
                 .set_dimensions(Some(filters.clone()))
+                // Metrics with data in the last 3 hours: not a deleted target group's, which
+                // ListMetrics keeps for two weeks (each would be a metric requested, and billed).
+                .recently_active(RecentlyActive::Pt3H)
                 .set_next_token(token.take())
                 .send()
                 .await

@@ -422,7 +422,15 @@ async fn wire(
     let remote = match &cfg.remote {
         Some(r) => {
             let signer = remote::signer(r, &cfg.region).await?;
-            let remote = remote::Remote::connect(r, signer)?;
+            let imported: Vec<String> = cfg
+                .cloudwatch_imports
+                .iter()
+                .flat_map(|i| i.statistics.iter().map(|s| i.series_name(s)))
+                .collect();
+            let remote = remote::Remote::connect(r, signer)?.written_here(imported);
+            if r.whole_expressions && r.write_url.is_none() {
+                tracing::warn!("storage.remote.evaluation = \"engine\" without write_url: what agents push to the aggregator is not forwarded, so whole expressions only see what reaches the engine another way (agents writing to it directly)");
+            }
             tracing::info!(query_url = %vigil_config::redact::url(&r.query_url), "storage: rules and the query API read the engine (backend = \"remote\")");
             Some(Arc::new(remote))
         }

@@ -411,9 +411,14 @@ fn checked(status: u16, body: &[u8], annotations: bool) -> Result<Data, InstantE
             answer.error_type.as_deref().unwrap_or("error"),
             answer.error.as_deref().unwrap_or("(no message)")
         );
-        // Prometheus answers a query's own fault with 400 or 422, an engine's with 5xx (503
-        // while it starts, 500 on a storage error).
-        return Err(if (400..500).contains(&status) {
+        // Prometheus answers a query's own fault with 400 (bad_data) or 422 (execution); the
+        // rest is the engine's (5xx, 503 while it starts) or the way to it (401/403: the
+        // credentials, 429: a tenant's limits, 408/499: time), held off as unreachable.
+        let engines = matches!(
+            answer.error_type.as_deref(),
+            Some("timeout" | "canceled" | "unavailable" | "internal")
+        );
+        return Err(if (status == 400 || status == 422) && !engines {
             InstantError::Failed(what)
         } else {
             InstantError::Unreachable(what)
@@ -460,10 +465,37 @@ fn parse_matrix(status: u16, body: &[u8]) -> Result<Vec<SeriesData>, String> {
             let value = parse_value(&v).ok_or_else(|| format!("{labels}: value {v:?}"))?;
             samples.push(Sample::new(ms(t), value));
         }
-        let mut histograms = Vec::with_capacity(s.histograms.len());
+        let mut parsed = Vec::with_capacity(s.histograms.len());
         for (t, h) in &s.histograms {
-            let h = parse_histogram(h).map_err(|e| format!("{labels}: histogram: {e}"))?;
-            histograms.push(HSample::new(ms(*t), h));
+            let (h, shown) =
+                parse_histogram_shown(h).map_err(|e| format!("{labels}: histogram: {e}"))?;
+            parsed.push((ms(*t), h, shown));
+        }
+        // A sample that showed no zero bucket (or no bucket) has the series' threshold (or
+        // schema) as its neighbours show it: the one before, else the first after. Assumed
+        // defaults would read as a layout change, which is a counter reset.
+        let known = |i: usize, pick: &dyn Fn(&(i64, FloatHistogram, Shown)) -> bool| {
+            parsed[..i]
+                .iter()
+                .rev()
+                .find(|x| pick(x))
+                .or_else(|| parsed[i..].iter().find(|x| pick(x)))
+                .map(|x| (x.1.zero_threshold, x.1.schema))
+        };
+        let mut histograms = Vec::with_capacity(parsed.len());
+        for (i, (t, h, shown)) in parsed.iter().enumerate() {
+            let (t, mut h, shown) = (*t, h.clone(), *shown);
+            if !shown.zero {
+                if let Some((zt, _)) = known(i, &|x| x.2.zero) {
+                    h.zero_threshold = zt;
+                }
+            }
+            if !shown.schema {
+                if let Some((_, schema)) = known(i, &|x| x.2.schema) {
+                    h.schema = schema;
+                }
+            }
+            histograms.push(HSample::new(t, h));
         }
         out.push(SeriesData {
             labels,
@@ -543,6 +575,19 @@ const DEFAULT_ZERO_THRESHOLD: f64 = 2.938_735_877_055_719e-39;
 /// the counter-reset hint is unknown (resets are detected from the counts, as Prometheus does
 /// for a chunk's first histogram).
 pub fn parse_histogram(v: &serde_json::Value) -> Result<FloatHistogram, String> {
+    parse_histogram_shown(v).map(|(h, _)| h)
+}
+
+/// What an answer showed of a histogram's layout: a zero bucket (its threshold), and regular
+/// buckets (its schema). What it did not show is taken from the series' other samples.
+#[derive(Clone, Copy, Default)]
+struct Shown {
+    zero: bool,
+    schema: bool,
+}
+
+fn parse_histogram_shown(v: &serde_json::Value) -> Result<(FloatHistogram, Shown), String> {
+    let mut shown = Shown::default();
     let num = |v: &serde_json::Value, what: &str| -> Result<f64, String> {
         v.as_str()
             .and_then(parse_value)
@@ -572,9 +617,18 @@ pub fn parse_histogram(v: &serde_json::Value) -> Result<FloatHistogram, String> 
             num(&p[2], "upper")?,
             num(&p[3], "count")?,
         );
+        let rule = p[0].as_u64();
         if lower <= 0.0 && upper >= 0.0 {
+            // The zero bucket: closed, symmetric, finite. Anything else spanning zero is a
+            // custom bucket (its first is (-Inf, b]).
+            if rule != Some(3) || lower != -upper || !upper.is_finite() {
+                return Err(format!(
+                    "bucket ({lower}, {upper}] is not one of an exponential schema (custom buckets are not read)"
+                ));
+            }
             h.zero_threshold = upper;
             h.zero_count = count;
+            shown.zero = true;
         } else if lower > 0.0 {
             regular.push((upper, lower, count, true));
         } else {
@@ -590,6 +644,7 @@ pub fn parse_histogram(v: &serde_json::Value) -> Result<FloatHistogram, String> 
             ));
         }
         h.schema = schema as i32;
+        shown.schema = true;
     }
     let mut pos: Vec<(i32, f64)> = Vec::new();
     let mut neg: Vec<(i32, f64)> = Vec::new();
@@ -610,7 +665,7 @@ pub fn parse_histogram(v: &serde_json::Value) -> Result<FloatHistogram, String> 
     }
     (h.positive_spans, h.positive_buckets) = spans(pos);
     (h.negative_spans, h.negative_buckets) = spans(neg);
-    Ok(h)
+    Ok((h, shown))
 }
 
 /// Buckets by index as spans and counts.
@@ -772,6 +827,25 @@ mod tests {
     }
 
     #[test]
+    fn a_series_layout_comes_from_its_other_samples() {
+        // The first sample shows no bucket at all: its zero threshold and schema are the
+        // second's, so the two read as one layout (no counter reset between them).
+        let body = br#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"__name__":"h"},"histograms":[
+            [1,{"count":"0","sum":"0"}],
+            [2,{"count":"3","sum":"1","buckets":[[3,"-0.001","0.001","1"],[0,"0.5","0.5946035575013605","2"]]}]]}]}}"#;
+        let got = parse_matrix(200, body).unwrap();
+        let h = &got[0].histograms;
+        assert_eq!((h[0].h.zero_threshold, h[0].h.schema), (0.001, 2));
+        assert_eq!((h[1].h.zero_threshold, h[1].h.schema), (0.001, 2));
+        assert!(!h[1].h.detect_reset(&h[0].h));
+        // A custom bucket spanning zero is not taken for the zero bucket.
+        let e = parse_histogram(&serde_json::json!({"count": "1", "sum": "1",
+            "buckets": [[0, "-Inf", "0.5", "1"]]}))
+        .unwrap_err();
+        assert!(e.contains("custom"), "{e}");
+    }
+
+    #[test]
     fn instant_answers() {
         let v = parse_instant(
             200,
@@ -814,5 +888,17 @@ mod tests {
         assert!(matches!(e, Err(InstantError::Unreachable(_))), "{e:?}");
         let e = parse_instant(503, b"starting", 1);
         assert!(matches!(e, Err(InstantError::Unreachable(_))), "{e:?}");
+        // A tenant's limit or credentials are the way to the engine, not the query.
+        for status in [401, 403, 429] {
+            let e = parse_instant(
+                status,
+                br#"{"status":"error","errorType":"bad_data","error":"no"}"#,
+                1,
+            );
+            assert!(
+                matches!(e, Err(InstantError::Unreachable(_))),
+                "{status}: {e:?}"
+            );
+        }
     }
 }

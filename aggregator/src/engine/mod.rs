@@ -360,6 +360,9 @@ impl Engine {
         // before the engine does (and holds `vigil_instance_up` alone when nothing forwards).
         let mut written = vigil_rules::replay::written(&rules);
         written.insert(INSTANCE_UP.to_string());
+        if let Some(r) = &p.remote {
+            written.extend(r.local_names().iter().cloned());
+        }
         let mut sink = RuleSink {
             store: &p.store,
             beside: p.remote.as_deref().map(|r| r as &dyn promql::Storage),

@@ -37,6 +37,8 @@ const MAX_CATCH_UP_MS: i64 = 3_600_000;
 const MIN_RETRY: Duration = Duration::from_secs(5);
 const MAX_RETRY: Duration = Duration::from_secs(300);
 const MONTH_MS: f64 = 30.0 * 86_400_000.0;
+/// How far back a plain selector looks (PromQL's default lookback).
+const LOOKBACK_MS: i64 = 300_000;
 
 #[derive(Clone, Default)]
 struct Metrics {
@@ -56,6 +58,8 @@ struct State {
     /// After a failure: not before this (wall ms), and the wait that led there.
     retry_at: i64,
     retry: Duration,
+    /// Metrics this import requests in 30 days, as last known.
+    per_month: f64,
 }
 
 pub struct CloudWatch {
@@ -79,6 +83,11 @@ impl CloudWatch {
         clock: SharedClock,
         registry: &mut Registry,
     ) -> CloudWatch {
+        for imp in &imports {
+            if imp.period_ms + imp.delay_ms > LOOKBACK_MS {
+                tracing::warn!(namespace = %imp.namespace, metric = %imp.metric, period_ms = imp.period_ms, delay_ms = imp.delay_ms, "CloudWatch import: its newest sample can be period + delay old, past the 5m lookback: a plain selector sees nothing for part of each period; read it with last_over_time(...[{}s])", (imp.period_ms + imp.delay_ms) / 1000 + 60);
+            }
+        }
         let metrics = Metrics::default();
         let r = registry.sub_registry_with_prefix("vigil_aggregator_cloudwatch");
         r.register(
@@ -148,6 +157,10 @@ impl CloudWatch {
         for (i, imp) in self.imports.iter().enumerate() {
             let end = period_end(now, imp);
             let st = &mut states[i];
+            if st.retry_at > now {
+                per_month += st.per_month;
+                continue;
+            }
             let sets = match self.dimension_sets(imp, st, now).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -155,11 +168,9 @@ impl CloudWatch {
                     continue;
                 }
             };
-            per_month +=
+            st.per_month =
                 (sets.len() * imp.statistics.len()) as f64 * MONTH_MS / imp.period_ms as f64;
-            if st.retry_at > now {
-                continue;
-            }
+            per_month += st.per_month;
             let backfill = (10 * imp.period_ms).max(600_000);
             let start = st
                 .next_start
@@ -243,12 +254,21 @@ impl CloudWatch {
             .iter()
             .map(|(k, v)| (k.clone(), (v != "*").then(|| v.clone())))
             .collect();
-        let sets = self
-            .reader
-            .list(&imp.namespace, &imp.metric, &filter)
-            .await?;
-        st.listed = Some((now, sets.clone()));
-        Ok(sets)
+        match self.reader.list(&imp.namespace, &imp.metric, &filter).await {
+            Ok(sets) => {
+                st.listed = Some((now, sets.clone()));
+                Ok(sets)
+            }
+            // A refresh that fails keeps the last answer (retried at the next poll).
+            Err(e) => match &st.listed {
+                Some((_, sets)) => {
+                    self.metrics.failures.inc();
+                    tracing::warn!(namespace = %imp.namespace, metric = %imp.metric, error = %e, "CloudWatch import: ListMetrics failed; the dimensions listed last are read");
+                    Ok(sets.clone())
+                }
+                None => Err(e),
+            },
+        }
     }
 
     fn failed(&self, st: &mut State, now: i64, e: &CallError, imp: &CloudWatchImport) {
@@ -278,8 +298,8 @@ impl CloudWatch {
             .iter()
             .map(|&(t, v)| Sample::new(t + imp.period_ms, v));
         match self.store.append(&labels, samples, now) {
-            Ok(_) => {
-                self.metrics.samples.inc_by(points.len() as u64);
+            Ok(stats) => {
+                self.metrics.samples.inc_by(stats.accepted as u64);
             }
             Err(e) => tracing::warn!(series = %labels, error = %e, "CloudWatch samples dropped"),
         }

@@ -21,6 +21,7 @@ use vigil_rules::promql::{EvalError, Query, SeriesData, Storage, Value};
 
 use crate::config;
 
+mod roles;
 mod send;
 pub use send::{saved_position, Forwarder};
 
@@ -102,6 +103,9 @@ pub struct Remote {
     /// Whether the engine speaks PromQL, once it has said (asked before the first whole
     /// expression is sent).
     promql: std::sync::Mutex<Option<bool>>,
+    /// Series names the aggregator writes into its window itself beyond the rules' (imports):
+    /// expressions reading them are evaluated over samples, never sent whole.
+    written_here: Vec<String>,
 }
 
 impl Remote {
@@ -128,7 +132,18 @@ impl Remote {
             handle: tokio::runtime::Handle::current(),
             whole: cfg.whole_expressions,
             promql: std::sync::Mutex::new(None),
+            written_here: Vec::new(),
         })
+    }
+
+    /// Names the aggregator writes itself (imports), read as samples in whole-expression mode.
+    pub fn written_here(mut self, names: Vec<String>) -> Remote {
+        self.written_here = names;
+        self
+    }
+
+    pub fn local_names(&self) -> &[String] {
+        &self.written_here
     }
 
     /// The error reads stand on after a recent failure.

@@ -83,16 +83,19 @@ fn past_the_bound_whole_older_segments_go_counted_never_the_newest() {
     assert_eq!(enforce_bound(&d, &mut tail, 1), 110);
     assert_eq!(tail.position(), (3, 0));
     let samples = |s: &Shard| s.requests.iter().map(|r| r.samples).sum::<usize>();
-    // A node that does not act leaves its own series (these records are all its own) to the
-    // acting node: read past, counted, not sent.
+    // A node that did not act when these records were written (at 1,000 ms; it follows from
+    // 500 ms on) leaves its own series (these are all its own) to the acting node: read past,
+    // counted, not sent.
+    let mut following = crate::remote::roles::Roles::default();
+    following.note(&dir("roles"), 500, false);
     let mut follower = Tail::new(&d, 3, 0);
-    let (batch, left_out) = read_batch(&mut follower, 2, 1 << 20, false).unwrap();
+    let (batch, left_out) = read_batch(&mut follower, 2, 1 << 20, &following).unwrap();
     assert_eq!(
         (batch.iter().map(samples).sum::<usize>(), left_out),
         (0, 110)
     );
     assert_eq!(follower.position(), (3, seg_size));
-    let (batch, left_out) = read_batch(&mut tail, 2, 1 << 20, true).unwrap();
+    let (batch, left_out) = read_batch(&mut tail, 2, 1 << 20, &Default::default()).unwrap();
     assert_eq!(left_out, 0);
     assert_eq!(batch.iter().map(samples).sum::<usize>(), 110);
     // A series stays on one shard: each name is on exactly one.

@@ -533,6 +533,8 @@ mod sink;
 pub use sink::RuleSink;
 
 #[cfg(test)]
+mod tail_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod wal_tests;

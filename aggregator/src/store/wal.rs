@@ -15,6 +15,7 @@
 //!   nothing half-written stays, and the sender keeps it to retry.
 //! - Replay cuts a torn or corrupt frame and the rest of its segment, and counts it.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -137,17 +138,44 @@ impl PendingSync {
 /// log is open. A [`Tail`] bounded by it reads no further, so it never takes a record from a
 /// write that fails half-way (a full disk) and is cut off the segment again.
 #[derive(Clone, Default)]
-pub struct Committed(Arc<parking_lot::Mutex<Option<(u64, u64)>>>);
+pub struct Committed(Arc<parking_lot::Mutex<CommittedInner>>);
+
+#[derive(Default)]
+struct CommittedInner {
+    /// The segment being written and its length written whole.
+    current: Option<(u64, u64)>,
+    /// The final lengths of the last segments this process left (a failed write may have left
+    /// bytes past them that could not be cut off).
+    left: BTreeMap<u64, u64>,
+}
+
+/// Segments whose final length is remembered.
+const LEFT_KEPT: usize = 64;
 
 impl Committed {
     fn set(&self, seg: u64, len: u64) {
-        *self.0.lock() = Some((seg, len));
+        self.0.lock().current = Some((seg, len));
     }
 
-    /// The length of segment `seg` that is written whole, when it is the one being written;
-    /// `None` for a segment the writer has left (complete) or before a log is open.
+    /// Segment `seg` ends at `len`; `next` is the one written from now on.
+    fn leave(&self, seg: u64, len: u64, next: u64) {
+        let mut c = self.0.lock();
+        c.left.insert(seg, len);
+        while c.left.len() > LEFT_KEPT {
+            c.left.pop_first();
+        }
+        c.current = Some((next, 0));
+    }
+
+    /// How much of segment `seg` is written whole: the one being written so far, or one this
+    /// process left in full; `None` for a segment from before (read to its end) or before a
+    /// log is open.
     pub fn length_of(&self, seg: u64) -> Option<u64> {
-        self.0.lock().filter(|&(s, _)| s == seg).map(|(_, len)| len)
+        let c = self.0.lock();
+        match c.current {
+            Some((s, len)) if s == seg => Some(len),
+            _ => c.left.get(&seg).copied(),
+        }
     }
 }
 
@@ -306,6 +334,7 @@ impl Log {
             self.file.sync_all()?;
         }
         let since = self.since_cut;
+        let (left, len) = (self.seg, self.written);
         *self = Log {
             buf: std::mem::take(&mut self.buf),
             since_cut: since,
@@ -313,7 +342,7 @@ impl Log {
             committed: self.committed.clone(),
             ..next
         };
-        self.committed.set(self.seg, 0);
+        self.committed.leave(left, len, self.seg);
         Ok(())
     }
 
@@ -331,114 +360,9 @@ impl Log {
     }
 }
 
-/// A reader of the log from a position on (the forwarder's): whole records, in order, as they
-/// are written. A record half-written at the end of the newest segment is not read until it is
-/// whole; a segment is left once a later one exists and it has nothing more (the writer fills
-/// a segment before it begins the next), and a torn record in a segment left behind ends that
-/// segment, counted.
-pub struct Tail {
-    dir: PathBuf,
-    seg: u64,
-    offset: u64,
-    reader: Option<io::BufReader<File>>,
-    /// Torn or corrupt records skipped (with the rest of their segment).
-    pub skipped: u64,
-    committed: Committed,
-}
-
-impl Tail {
-    pub fn new(dir: &Path, seg: u64, offset: u64) -> Tail {
-        Tail {
-            dir: dir.to_path_buf(),
-            seg,
-            offset,
-            reader: None,
-            skipped: 0,
-            committed: Committed::default(),
-        }
-    }
-
-    /// Reads the segment being written no further than `committed` says it is written whole.
-    pub fn bounded(self, committed: Committed) -> Tail {
-        Tail { committed, ..self }
-    }
-
-    /// Where the next record starts: segment and byte offset.
-    pub fn position(&self) -> (u64, u64) {
-        (self.seg, self.offset)
-    }
-
-    /// Moves to the start of the segment after the current one (dropping the rest of it).
-    pub fn skip_segment(&mut self) -> io::Result<bool> {
-        match segments(&self.dir)?.into_iter().find(|&n| n > self.seg) {
-            Some(n) => {
-                (self.seg, self.offset, self.reader) = (n, 0, None);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    /// The next whole record's body; `None` when none is written yet.
-    pub fn next(&mut self) -> io::Result<Option<Vec<u8>>> {
-        let mut later_seen = false;
-        loop {
-            if self.reader.is_none() {
-                let path = segment_path(&self.dir, self.seg);
-                match File::open(&path) {
-                    Ok(mut f) => {
-                        io::Seek::seek(&mut f, io::SeekFrom::Start(self.offset))?;
-                        self.reader = Some(io::BufReader::with_capacity(1 << 20, f));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        // Deleted below us (or not begun): on to the next that exists.
-                        if !self.skip_segment()? {
-                            return Ok(None);
-                        }
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            let limit = self
-                .committed
-                .length_of(self.seg)
-                .map_or(u64::MAX, |len| len.saturating_sub(self.offset));
-            let r = self.reader.as_mut().expect("opened");
-            // Past the limit is a write under way (or failing): not read, and the reader is
-            // dropped below, so bytes it buffered from there are never used.
-            let torn = match frame::read(&mut io::Read::take(r, limit), MAX_RECORD)? {
-                Some(Ok(body)) => {
-                    self.offset += (frame::HEADER + body.len()) as u64;
-                    return Ok(Some(body));
-                }
-                Some(Err(_)) => true,
-                None => false,
-            };
-            // The end of what is written: read again from the last whole record next time.
-            self.reader = None;
-            let later = segments(&self.dir)?.into_iter().any(|n| n > self.seg);
-            if !later {
-                return Ok(None);
-            }
-            if !later_seen {
-                // A later segment exists, so this one is complete: one more read sees it all.
-                later_seen = true;
-                continue;
-            }
-            if torn {
-                self.skipped += 1;
-                tracing::warn!(
-                    segment = self.seg,
-                    offset = self.offset,
-                    "window log: a torn or corrupt record ends this segment for the forwarder"
-                );
-            }
-            later_seen = false;
-            self.skip_segment()?;
-        }
-    }
-}
+#[path = "tail.rs"]
+mod tail;
+pub use tail::Tail;
 
 /// Deletes the segments below `seg` in `dir` (a checkpoint now holds what they held).
 pub fn remove_before(dir: &Path, seg: u64) -> io::Result<()> {
