@@ -420,7 +420,15 @@ pub fn eval_guards(
                         } else {
                             String::new()
                         };
-                        *slot = Some(format!("{key} of {} returns {}{more}", p.name, v[0].labels));
+                        // The guard's value beside its labels: what held, and by how much.
+                        let value = match &v[0].h {
+                            Some(_) => "a native histogram".to_string(),
+                            None => crate::gofmt::shortest_g(v[0].f),
+                        };
+                        *slot = Some(format!(
+                            "{key} of {} returns {} = {value}{more}",
+                            p.name, v[0].labels
+                        ));
                     }
                 }
                 Ok(_) => {}
@@ -736,6 +744,76 @@ pub fn fail_open_alert(
     }
 }
 
+/// The alert an `az_aware` replace policy raises while one AZ fails open (`started`: its
+/// unhealthy and total instances; `None`: it ended).
+pub fn zone_fail_open_alert(
+    p: &crate::rulefile::ReplacePolicy,
+    d: &replace::ReplaceDecision,
+    az: &str,
+    started: Option<(usize, usize)>,
+) -> Transition {
+    let shown = if az.is_empty() { "an unknown AZ" } else { az };
+    let labels = Labels::from_pairs([
+        ("alertname", "VigilReplacementFailOpen"),
+        ("asg", p.asg.as_str()),
+        ("az", az),
+        ("policy", p.name.as_str()),
+        ("severity", "page"),
+    ]);
+    let mut annotations = BTreeMap::new();
+    let (n, total) = started.unwrap_or((0, 1));
+    annotations.insert(
+        "summary".to_string(),
+        format!(
+            "{n} of {total} instances of {} in {shown} unhealthy: replacing nothing in {shown} (an AZ impairment is not a reason to churn its instances); the other AZs are still served",
+            p.asg
+        ),
+    );
+    let (from, to) = if started.is_some() {
+        (alerting::AlertState::Inactive, alerting::AlertState::Firing)
+    } else {
+        (alerting::AlertState::Firing, alerting::AlertState::Inactive)
+    };
+    Transition {
+        at: d.at,
+        rule: "VigilReplacementFailOpen".into(),
+        labels,
+        annotations,
+        from,
+        to,
+        value: n as f64 / total.max(1) as f64,
+        active_at: d.at,
+    }
+}
+
+/// Where a simulated group's instances run, as the agents' `az` labels say (instance → AZ).
+pub fn zones_from_data(
+    engine: &Engine,
+    storage: &dyn Storage,
+    asg: &str,
+    ts: i64,
+) -> BTreeMap<String, String> {
+    let quoted = asg.replace('\\', "\\\\").replace('"', "\\\"");
+    let q = format!(
+        r#"group by (instance, az) ({{__name__=~"node_boot_time_seconds|vigil_health_up|up", asg="{quoted}", instance!="", az!=""}})"#
+    );
+    let Ok(q) = crate::promql::parse(&q) else {
+        return BTreeMap::new();
+    };
+    match engine.instant(storage, &q, ts).map(|r| r.value) {
+        Ok(Value::Vector(v)) => v
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    s.labels.get("instance")?.to_string(),
+                    s.labels.get("az")?.to_string(),
+                ))
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
 impl Simulation {
     pub fn new(rules: std::sync::Arc<RuleSet>, engine: Engine) -> Self {
         let mut capacity = BTreeMap::new();
@@ -904,11 +982,30 @@ impl Simulation {
                             }
                         });
                     }
+                    // az_aware: each member's AZ, as the group's describe gives it (else as the
+                    // agents' `az` labels say).
+                    let zones: Option<BTreeMap<String, String>> =
+                        p.az_aware.then(|| match fleet.placement.get(&p.asg) {
+                            Some(pl) => pl.iter().map(|(i, x)| (i.clone(), x.az.clone())).collect(),
+                            None => zones_from_data(&self.engine, storage, &p.asg, ts),
+                        });
                     let st = self.state.replace.entry(p.name.clone()).or_default();
-                    let mut d = replace::decide_with(p, st, &sick, &counted, size, ts);
+                    let mut d =
+                        replace::decide_in_zones(p, st, &sick, &counted, size, zones.as_ref(), ts);
                     d.skipped = skipped;
                     if d.fail_open_started || d.fail_open_ended {
                         events.push(Event::Alert(fail_open_alert(p, &d)));
+                    }
+                    for (az, n, total) in &d.zone_fail_open_started {
+                        events.push(Event::Alert(zone_fail_open_alert(
+                            p,
+                            &d,
+                            az,
+                            Some((*n, *total)),
+                        )));
+                    }
+                    for az in &d.zone_fail_open_ended {
+                        events.push(Event::Alert(zone_fail_open_alert(p, &d, az, None)));
                     }
                     // Held back or left alone: reported when that changes, not every time.
                     let mut waiting = d.held.clone();
@@ -920,6 +1017,8 @@ impl Simulation {
                     if !d.replace.is_empty()
                         || d.fail_open_started
                         || d.fail_open_ended
+                        || !d.zone_fail_open_started.is_empty()
+                        || !d.zone_fail_open_ended.is_empty()
                         || (waiting_changed && !waiting.is_empty())
                     {
                         events.push(Event::Replace(d));

@@ -6,8 +6,14 @@
 //! `fail_open_fraction` of the group is unhealthy at once, nothing is replaced and an alert is
 //! raised instead — the cause is likely shared (a database, a bad deploy) and replacing would only
 //! add churn.
+//!
+//! With `az_aware`, the same two limits also hold per Availability Zone: an AZ where at least
+//! `fail_open_fraction` of its instances are unhealthy has nothing replaced (an AZ impairment is
+//! not a reason to churn its instances) and is paged by name while the other AZs go on being
+//! served, and at most `floor(max_fraction × the AZ's size)` of an AZ's instances are replaced in
+//! any `window`, beside the group's cap. The group-wide fail-open still holds above them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::rulefile::ReplacePolicy;
 
@@ -30,6 +36,19 @@ pub struct ReplaceState {
         serde(default, skip_serializing_if = "Option::is_none")
     )]
     pub paused: Option<crate::pause::Pause>,
+    /// `az_aware`: the AZs failing open now (each paged once per episode).
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "BTreeSet::is_empty")
+    )]
+    pub zones_failing_open: BTreeSet<String>,
+    /// `az_aware`: the replacements within the window with their AZ, oldest first: (time,
+    /// instance, AZ), for the per-AZ cap (an instance may be replaced again after it recovered).
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "VecDeque::is_empty")
+    )]
+    pub replaced_zone: VecDeque<(i64, String, String)>,
 }
 
 /// One evaluation's outcome.
@@ -53,6 +72,10 @@ pub struct ReplaceDecision {
     pub fail_open_ended: bool,
     /// Why nothing or less was done, for logs and the API.
     pub note: Option<String>,
+    /// `az_aware`: AZs that started or stopped failing open at this evaluation, each with its
+    /// unhealthy and total instances.
+    pub zone_fail_open_started: Vec<(String, usize, usize)>,
+    pub zone_fail_open_ended: Vec<String>,
 }
 
 /// How many replacements the policy allows per window for a group of `group_size`.
@@ -82,6 +105,28 @@ pub fn decide_with(
     group_size: u32,
     now: i64,
 ) -> ReplaceDecision {
+    decide_in_zones(p, st, unhealthy, not_now, group_size, None, now)
+}
+
+/// How many of an AZ's instances the policy allows per window.
+pub fn zone_cap(p: &ReplacePolicy, zone_size: usize) -> usize {
+    (p.max_fraction * zone_size as f64).floor() as usize
+}
+
+/// Like [`decide_with`], with each member's AZ (`zones`: instance → AZ, every member of the
+/// group) for an `az_aware` policy. Without `zones`, or for a policy that is not `az_aware`, the
+/// group-wide limits only. An unhealthy instance whose AZ is unknown counts in an AZ of its own,
+/// `""`.
+pub fn decide_in_zones(
+    p: &ReplacePolicy,
+    st: &mut ReplaceState,
+    unhealthy: &[String],
+    not_now: &[String],
+    group_size: u32,
+    zones: Option<&BTreeMap<String, String>>,
+    now: i64,
+) -> ReplaceDecision {
+    let zones = zones.filter(|_| p.az_aware);
     let mut d = ReplaceDecision {
         at: now,
         policy: p.name.clone(),
@@ -95,6 +140,13 @@ pub fn decide_with(
         .is_some_and(|(t, _)| *t <= now.saturating_sub(p.window_ms))
     {
         st.replaced.pop_front();
+    }
+    while st
+        .replaced_zone
+        .front()
+        .is_some_and(|(t, _, _)| *t <= now.saturating_sub(p.window_ms))
+    {
+        st.replaced_zone.pop_front();
     }
     // Track since when each instance is unhealthy; forget the ones that recovered or are gone.
     let sick: std::collections::HashSet<&String> = unhealthy.iter().chain(not_now).collect();
@@ -135,6 +187,52 @@ pub fn decide_with(
         d.fail_open_ended = true;
         st.failing_open = false;
     }
+    // Per AZ: its size, its unhealthy share, and whether it fails open.
+    let zone_of = |i: &str| -> String { zones.and_then(|z| z.get(i)).cloned().unwrap_or_default() };
+    let mut failing_zones: BTreeSet<String> = BTreeSet::new();
+    if let Some(z) = zones {
+        let mut size: BTreeMap<String, usize> = BTreeMap::new();
+        for az in z.values() {
+            *size.entry(az.clone()).or_default() += 1;
+        }
+        let mut sick: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, _) in &pending {
+            *sick.entry(zone_of(i)).or_default() += 1;
+        }
+        for (az, n) in &sick {
+            let total = size.get(az).copied().unwrap_or(0).max(*n);
+            if *n as f64 / total as f64 >= p.fail_open_fraction {
+                failing_zones.insert(az.clone());
+                if !st.zones_failing_open.contains(az) {
+                    d.zone_fail_open_started.push((az.clone(), *n, total));
+                }
+            }
+        }
+        d.zone_fail_open_ended = st
+            .zones_failing_open
+            .difference(&failing_zones)
+            .cloned()
+            .collect();
+        st.zones_failing_open = failing_zones.clone();
+        if !failing_zones.is_empty() {
+            let names: Vec<String> = failing_zones
+                .iter()
+                .map(|az| {
+                    format!(
+                        "{} ({} of {})",
+                        if az.is_empty() { "unknown AZ" } else { az },
+                        sick[az],
+                        size.get(az).copied().unwrap_or(0).max(sick[az])
+                    )
+                })
+                .collect();
+            d.note = Some(format!(
+                "failing open in {}: at least fail_open_fraction {:.0}% of the AZ unhealthy, nothing replaced there (an AZ impairment); other AZs served",
+                names.join(", "),
+                p.fail_open_fraction * 100.0
+            ));
+        }
+    }
     let mut eligible: Vec<(i64, String)> = pending
         .iter()
         .filter(|(i, since)| !held_back.contains(i) && now.saturating_sub(**since) >= p.for_ms)
@@ -156,24 +254,63 @@ pub fn decide_with(
         }
         return d;
     }
-    let allowed = cap(p, group_size).saturating_sub(st.replaced.len());
-    for (k, (since, inst)) in eligible.into_iter().enumerate() {
-        if k < allowed {
-            let why = format!("unhealthy for {}ms (for {}ms)", now - since, p.for_ms);
-            st.replaced.push_back((now, inst.clone()));
-            st.done.insert(inst.clone(), now);
-            d.replace.push((inst, why));
-        } else {
-            d.held.push(inst);
+    let mut allowed = cap(p, group_size).saturating_sub(st.replaced.len());
+    // Per AZ: what its cap leaves in this window.
+    let mut zone_left: BTreeMap<String, usize> = BTreeMap::new();
+    if let Some(z) = zones {
+        let mut size: BTreeMap<String, usize> = BTreeMap::new();
+        for az in z.values() {
+            *size.entry(az.clone()).or_default() += 1;
+        }
+        for (az, n) in size {
+            let used = st.replaced_zone.iter().filter(|(_, _, a)| *a == az).count();
+            zone_left.insert(az.clone(), zone_cap(p, n).saturating_sub(used));
         }
     }
-    if !d.held.is_empty() {
-        d.note = Some(format!(
-            "cap of {} per {}ms for a group of {group_size} reached; {} held",
+    let mut zone_held = 0;
+    for (since, inst) in eligible {
+        let az = zone_of(&inst);
+        if zones.is_some() {
+            if failing_zones.contains(&az) {
+                d.held.push(inst);
+                zone_held += 1;
+                continue;
+            }
+            let left = zone_left.entry(az.clone()).or_default();
+            if *left == 0 || allowed == 0 {
+                d.held.push(inst);
+                continue;
+            }
+            *left -= 1;
+        } else if allowed == 0 {
+            d.held.push(inst);
+            continue;
+        }
+        allowed -= 1;
+        let why = format!("unhealthy for {}ms (for {}ms)", now - since, p.for_ms);
+        st.replaced.push_back((now, inst.clone()));
+        if zones.is_some() {
+            st.replaced_zone.push_back((now, inst.clone(), az));
+        }
+        st.done.insert(inst.clone(), now);
+        d.replace.push((inst, why));
+    }
+    let capped = d.held.len() - zone_held;
+    if capped > 0 {
+        let per_zone = if zones.is_some() {
+            " (or of its AZ's, max_fraction of the AZ's instances)"
+        } else {
+            ""
+        };
+        let cap_note = format!(
+            "cap of {} per {}ms for a group of {group_size}{per_zone} reached; {capped} held",
             cap(p, group_size),
             p.window_ms,
-            d.held.len()
-        ));
+        );
+        d.note = Some(match d.note.take() {
+            Some(n) => format!("{n}; {cap_note}"),
+            None => cap_note,
+        });
     }
     d
 }
@@ -194,6 +331,7 @@ mod tests {
             window_ms: 600_000,
             fail_open_fraction: 0.5,
             interval_ms: None,
+            az_aware: false,
         }
     }
 
@@ -274,7 +412,162 @@ mod tests {
         assert_eq!(d.held, ids(&["a"]));
     }
 
+    fn nine_in_three_zones() -> BTreeMap<String, String> {
+        ["a", "b", "c"]
+            .iter()
+            .flat_map(|z| (1..=3).map(move |k| (format!("{z}{k}"), format!("us-east-1{z}"))))
+            .collect()
+    }
+
+    #[test]
+    fn an_az_failing_open_is_left_alone_and_the_others_served() {
+        let mut p = policy();
+        (p.az_aware, p.for_ms, p.max_fraction) = (true, 0, 0.34);
+        let zones = nine_in_three_zones();
+        let mut st = ReplaceState::default();
+        // Two of us-east-1a's three are sick (67% ≥ 50%), one of us-east-1b's: the group is
+        // at 33%, under its own fail-open.
+        let d = decide_in_zones(
+            &p,
+            &mut st,
+            &ids(&["a1", "a2", "b1"]),
+            &[],
+            9,
+            Some(&zones),
+            0,
+        );
+        let replaced: Vec<&str> = d.replace.iter().map(|(i, _)| i.as_str()).collect();
+        assert_eq!(replaced, ["b1"]);
+        assert_eq!(d.held, ids(&["a1", "a2"]));
+        assert_eq!(d.zone_fail_open_started, [("us-east-1a".to_string(), 2, 3)]);
+        assert!(!d.fail_open_started);
+        assert!(
+            d.note
+                .as_deref()
+                .is_some_and(|n| n.contains("us-east-1a (2 of 3)")),
+            "{:?}",
+            d.note
+        );
+        // Still failing: paged once. b2 now sick too: us-east-1b's cap (floor(0.34 × 3) = 1)
+        // is spent by b1 within the window, though the group's (3) is not.
+        let d = decide_in_zones(
+            &p,
+            &mut st,
+            &ids(&["a1", "a2", "b1", "b2"]),
+            &[],
+            9,
+            Some(&zones),
+            60_000,
+        );
+        assert!(d.replace.is_empty() && d.zone_fail_open_started.is_empty());
+        assert_eq!(d.held, ids(&["a1", "a2", "b2"]));
+        assert!(
+            d.note.as_deref().is_some_and(|n| n.contains("cap of 3")),
+            "{:?}",
+            d.note
+        );
+        // us-east-1a recovers to one sick of three: it ends failing open and its instance is
+        // replaced under its own cap.
+        let d = decide_in_zones(
+            &p,
+            &mut st,
+            &ids(&["a1", "b1"]),
+            &[],
+            9,
+            Some(&zones),
+            120_000,
+        );
+        assert_eq!(d.zone_fail_open_ended, ["us-east-1a"]);
+        assert_eq!(
+            d.replace
+                .iter()
+                .map(|(i, _)| i.as_str())
+                .collect::<Vec<_>>(),
+            ["a1"]
+        );
+        // The group-wide fail-open still holds above the AZs.
+        let mut st = ReplaceState::default();
+        let d = decide_in_zones(
+            &p,
+            &mut st,
+            &ids(&["a1", "a2", "b1", "b2", "c1"]),
+            &[],
+            9,
+            Some(&zones),
+            0,
+        );
+        assert!(d.fail_open_started && d.replace.is_empty());
+        // Not az_aware: the zones change nothing.
+        p.az_aware = false;
+        let mut st = ReplaceState::default();
+        let d = decide_in_zones(
+            &p,
+            &mut st,
+            &ids(&["a1", "a2", "b1"]),
+            &[],
+            9,
+            Some(&zones),
+            0,
+        );
+        assert_eq!(d.replace.len(), 3);
+    }
+
     proptest! {
+        /// With `az_aware`, per AZ: nothing replaced in an AZ while at least
+        /// `fail_open_fraction` of its instances are unhealthy, and never more than
+        /// `floor(max_fraction × its size)` of it in any window; the group's own limits hold
+        /// too. Checked against the test's own account.
+        #[test]
+        fn per_zone_caps_and_fail_open_hold(
+            assignment in proptest::collection::vec(0u8..3, 1..30),
+            maxf in 0.05f64..1.0,
+            fo in 0.05f64..=1.0,
+            steps in proptest::collection::vec((1i64..200_000, proptest::collection::vec(0u8..30, 0..20)), 1..60),
+        ) {
+            let mut p = policy();
+            p.az_aware = true;
+            p.max_fraction = maxf;
+            p.fail_open_fraction = fo.max(maxf);
+            let size = assignment.len() as u32;
+            let zones: BTreeMap<String, String> = assignment
+                .iter()
+                .enumerate()
+                .map(|(k, z)| (format!("i-{k}"), format!("az-{z}")))
+                .collect();
+            let zone_size = |z: &str| zones.values().filter(|v| *v == z).count();
+            let mut st = ReplaceState::default();
+            let mut now = 0;
+            let mut log: Vec<(i64, String)> = Vec::new();
+            let mut replaced: BTreeSet<String> = Default::default();
+            for (dt, sick) in steps {
+                now += dt;
+                let sick: Vec<String> = sick.iter().filter(|i| u32::from(**i) < size).map(|i| format!("i-{i}")).collect::<BTreeSet<_>>().into_iter().collect();
+                replaced.retain(|i| sick.contains(i));
+                let counted: Vec<&String> = sick.iter().filter(|i| !replaced.contains(*i)).collect();
+                let d = decide_in_zones(&p, &mut st, &sick, &[], size, Some(&zones), now);
+                if counted.len() as f64 / f64::from(size) >= p.fail_open_fraction {
+                    prop_assert!(d.replace.is_empty());
+                }
+                for (i, _) in &d.replace {
+                    let z = &zones[i];
+                    let in_zone = counted.iter().filter(|c| &zones[c.as_str()] == z).count();
+                    prop_assert!(
+                        (in_zone as f64 / zone_size(z) as f64) < p.fail_open_fraction,
+                        "{i} replaced while {in_zone} of {} in {z} are sick", zone_size(z)
+                    );
+                    prop_assert!(!replaced.contains(i), "{i} replaced twice");
+                    log.push((now, i.clone()));
+                    replaced.insert(i.clone());
+                }
+                let window: Vec<&String> = log.iter().filter(|(t, _)| *t > now - p.window_ms).map(|(_, i)| i).collect();
+                prop_assert!(window.len() <= cap(&p, size));
+                for z in zones.values().collect::<BTreeSet<_>>() {
+                    let n = window.iter().filter(|i| &zones[i.as_str()] == z).count();
+                    prop_assert!(n <= zone_cap(&p, zone_size(z)), "{n} replaced in {z} within a window");
+                }
+            }
+        }
+
         /// Replacements within any window never exceed the cap, nothing is replaced before `for`,
         /// and nothing at all while at least `fail_open_fraction` of the group is unhealthy.
         #[test]

@@ -125,6 +125,8 @@ pub struct ReplacePolicy {
     pub window_ms: i64,
     pub fail_open_fraction: f64,
     pub interval_ms: Option<i64>,
+    /// `az_aware = true`: fail-open and `max_fraction` also per Availability Zone.
+    pub az_aware: bool,
 }
 
 /// What validation needs from outside the file.
@@ -809,6 +811,7 @@ fn read_replace(
         Some(600_000)
     };
     let fail_open_fraction = fraction(doc, r, "fail_open_fraction", Some(0.5));
+    let az_aware = r.bool(doc, "az_aware").is_some_and(|b| b.value);
     let interval_ms = if r.has("interval") {
         positive_duration(doc, r, "interval")
     } else {
@@ -829,6 +832,7 @@ fn read_replace(
         window_ms: window_ms?,
         fail_open_fraction: fail_open_fraction?,
         interval_ms,
+        az_aware,
     })
 }
 

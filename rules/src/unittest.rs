@@ -57,6 +57,8 @@ struct ReplaceCheck {
     group_size: u32,
     exp_replaced: Vec<String>,
     exp_fail_open: Option<bool>,
+    /// `az_aware`: the AZs failing open at `eval_time` (`None`: not checked).
+    exp_fail_open_zones: Option<Vec<String>>,
 }
 
 struct TestCase {
@@ -267,6 +269,9 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
             }
             let exp = r.str_list(&mut doc, "exp_replaced").unwrap_or_default();
             let fail_open = r.bool(&mut doc, "exp_fail_open").map(|b| b.value);
+            let zones = r
+                .str_list(&mut doc, "exp_fail_open_zones")
+                .map(|v| v.into_iter().map(|s| s.value).collect());
             r.finish(&mut doc);
             if let (Some(t), Some(n), Some(sz)) = (eval_time, name, size) {
                 replace.push(ReplaceCheck {
@@ -275,6 +280,7 @@ fn parse_file(path: &str, text: &str) -> Result<TestFile, Vec<Diagnostic>> {
                     group_size: sz.value.clamp(0, i64::from(u32::MAX)) as u32,
                     exp_replaced: exp.into_iter().map(|s| s.value).collect(),
                     exp_fail_open: fail_open,
+                    exp_fail_open_zones: zones,
                 });
             }
         }
@@ -767,7 +773,11 @@ fn check_replace(
             Ok(s) => s,
             Err(e) => return Some(format!("    replace: {}: {e}", r.name)),
         };
-        let d = replace::decide(p, &mut st, &sick, r.group_size, ts);
+        // az_aware: the zones are the input series' `az` labels.
+        let zones = p
+            .az_aware
+            .then(|| evaluator::zones_from_data(engine, storage, &p.asg, ts));
+        let d = replace::decide_in_zones(p, &mut st, &sick, &[], r.group_size, zones.as_ref(), ts);
         replaced.extend(d.replace.into_iter().map(|(i, _)| i));
         fail_open = st.failing_open;
         ts += interval;
@@ -777,13 +787,21 @@ fn check_replace(
     exp.sort();
     replaced.sort();
     let fo_ok = r.exp_fail_open.is_none_or(|f| f == fail_open);
-    (replaced != exp || !fo_ok).then(|| {
+    let zones: Vec<String> = st.zones_failing_open.iter().cloned().collect();
+    let zones_ok = r.exp_fail_open_zones.as_ref().is_none_or(|z| {
+        let mut z = z.clone();
+        z.sort();
+        z == zones
+    });
+    (replaced != exp || !fo_ok || !zones_ok).then(|| {
         format!(
-            "    replace: {}, time: {}, group_size: {}\n        exp_replaced: {exp:?}{}\n        got: {replaced:?}, failing open: {fail_open}",
+            "    replace: {}, time: {}, group_size: {}\n        exp_replaced: {exp:?}{}{}\n        got: {replaced:?}, failing open: {fail_open}{}",
             r.name,
             format_ms(r.eval_time),
             r.group_size,
-            r.exp_fail_open.map(|f| format!(", exp_fail_open: {f}")).unwrap_or_default()
+            r.exp_fail_open.map(|f| format!(", exp_fail_open: {f}")).unwrap_or_default(),
+            r.exp_fail_open_zones.as_ref().map(|z| format!(", exp_fail_open_zones: {z:?}")).unwrap_or_default(),
+            if p.az_aware { format!(", zones failing open: {zones:?}") } else { String::new() }
         )
     })
 }

@@ -222,6 +222,7 @@ fn replace(instance: &str) -> Event {
         fail_open_started: false,
         fail_open_ended: false,
         note: None,
+        ..Default::default()
     })
 }
 

@@ -1463,3 +1463,105 @@ scale_in_victim = 'sum by (instance) (in_flight{asg="web"})'
     let log = agg.log_text();
     assert!(!log.contains("changed outside Vigil"), "{log}");
 }
+
+#[test]
+fn an_impaired_zone_is_left_alone_paged_by_name_and_a_lone_failure_elsewhere_replaced() {
+    let rig = Rig::new("act-zones");
+    // Three instances in each of three zones (moto launches a batch in one of the group's
+    // zones: the group is moved from zone to zone as it grows).
+    rig.aws.create_group("web", 3, 9, 3);
+    rig.aws.grow_into("web", "us-east-1b", 6);
+    rig.aws.grow_into("web", "us-east-1c", 9);
+    let placement = rig.aws.placement("web");
+    let zone = |z: &str| -> Vec<String> {
+        let mut v: Vec<String> = placement
+            .iter()
+            .filter(|(_, az, _)| az == z)
+            .map(|(i, _, _)| i.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b, c) = (zone("us-east-1a"), zone("us-east-1b"), zone("us-east-1c"));
+    assert_eq!((a.len(), b.len(), c.len()), (3, 3, 3), "{placement:?}");
+    let hook = Hook::start();
+    rig.configure(
+        r#"
+[[replace]]
+name = "web-unhealthy"
+asg = "web"
+expr = 'vigil_health_up{asg="web"} == 0'
+for = "2s"
+max_fraction = 0.34
+window = "10m"
+fail_open_fraction = 0.5
+az_aware = true
+"#,
+        &format!(
+            "[[receiver]]\nname = \"oncall\"\nslack_webhook_url = \"{}\"\n",
+            vigil_e2e::secret(hook.url("/slack"))
+        ),
+        "dry_run = false",
+    );
+    let agg = rig.start();
+    // Two of us-east-1a's three fail (an impaired zone), and one of us-east-1b's: 3 of 9 is
+    // under the group's fail-open.
+    let sick: Vec<&String> = vec![&a[0], &a[1], &b[0]];
+    let health = || -> Vec<(Labels, f64)> {
+        placement
+            .iter()
+            .map(|(i, _, _)| {
+                (
+                    Labels::from_pairs([
+                        ("__name__", "vigil_health_up"),
+                        ("asg", "web"),
+                        ("instance", i.as_str()),
+                    ]),
+                    if sick.contains(&i) { 0.0 } else { 1.0 },
+                )
+            })
+            .collect()
+    };
+    let unhealthy = |rig: &Rig| -> Vec<String> {
+        rig.aws
+            .group("web")
+            .3
+            .into_iter()
+            .filter(|m| m.2 == "Unhealthy")
+            .map(|m| m.0)
+            .collect()
+    };
+    let paged = || {
+        hook.bodies().iter().any(|(_, b)| {
+            let t = b.to_string();
+            t.contains("VigilReplacementFailOpen") && t.contains("us-east-1a")
+        })
+    };
+    let ok = push_until(&rig, Duration::from_secs(60), health, || {
+        !unhealthy(&rig).is_empty() && paged()
+    });
+    assert!(
+        ok,
+        "{:?}\n{:?}\n{}",
+        get(&format!("{}/api/v1/decisions", rig.base)),
+        hook.bodies(),
+        agg.log_text()
+    );
+    // More evaluations: still only us-east-1b's instance, never us-east-1a's.
+    for _ in 0..4 {
+        rig.push(&health());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(unhealthy(&rig), [b[0].clone()]);
+    assert_eq!(rig.proxy.calls_of("SetInstanceHealth").len(), 1);
+    let page = hook
+        .bodies()
+        .iter()
+        .map(|(_, b)| b.to_string())
+        .find(|t| t.contains("VigilReplacementFailOpen"))
+        .unwrap_or_default();
+    assert!(
+        page.contains("2 of 3 instances of web in us-east-1a unhealthy"),
+        "{page}"
+    );
+}
