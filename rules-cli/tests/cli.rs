@@ -221,6 +221,52 @@ fn replay_lists_the_incident_in_time_order() {
 }
 
 #[test]
+fn the_tier_incident_shows_the_guards_and_the_impaired_zone() {
+    let (code, out, err) = run(bin()
+        .args(["replay", "--capacity", "web-asg=9", "--rules"])
+        .arg(root().join("examples/rules/tier.toml"))
+        .arg("--data")
+        .arg(root().join("examples/data/tier-incident.toml")));
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let find = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{out}"))
+    };
+    // The saturated database holds the scale-out, saying by how much; then it is made.
+    let held_out = find("held at 9: hold_out_when of web-alb returns aws_rds_cpuutilization_average{dbinstance_identifier=\"web-db\"} = 95: would scale out from 9 to 17");
+    let out_at = find("web-asg 9 -> 17 (out) by web-alb");
+    assert!(lines[held_out].starts_with("2026-12-01T12:05:00Z") && held_out < out_at);
+    assert!(
+        lines[out_at].starts_with("2026-12-01T12:12:00Z"),
+        "{}",
+        lines[out_at]
+    );
+    // The impaired zone: paged by name, nothing replaced there; the lone failure elsewhere is.
+    let paged = find("VigilReplacementFailOpen\", asg=\"web-asg\", az=\"us-east-1a\"");
+    assert!(
+        lines[paged].contains("inactive -> firing"),
+        "{}",
+        lines[paged]
+    );
+    let replaced = find("replace  web-asg i-b1");
+    assert!(lines[replaced].contains("held: i-a1, i-a2 (failing open in us-east-1a (2 of 3)"));
+    assert!(!out.contains("replace  web-asg i-a"), "{out}");
+    find("fail-open-ended web-asg in us-east-1a by web-unhealthy");
+    // Traffic falls while requests fail: no scale-in until the errors stop.
+    let held_in = find("hold_in_when of web-alb returns {} = 0.1: would scale in from 30 to");
+    let in_at = find("(in) by");
+    assert!(held_in < in_at, "{out}");
+    assert!(
+        lines[in_at].as_bytes() >= b"2026-12-01T12:35:00Z".as_slice(),
+        "{}",
+        lines[in_at]
+    );
+}
+
+#[test]
 fn replay_refuses_bad_data_with_a_reason() {
     let dir = std::env::temp_dir().join(format!("vigil-rules-replay-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp dir");

@@ -357,6 +357,8 @@ pub fn event_json(e: &Event) -> serde_json::Value {
             "asg": r.asg, "policy": r.policy, "group_size": r.group_size, "unhealthy": r.unhealthy,
             "instances": r.replace.iter().map(|(i, why)| json!({"instance": i, "reason": why})).collect::<Vec<_>>(),
             "held": r.held, "skipped": r.skipped, "note": r.note,
+            "zones_fail_open_started": r.zone_fail_open_started.iter().map(|(az, n, total)| json!({"az": az, "unhealthy": n, "instances": total})).collect::<Vec<_>>(),
+            "zones_fail_open_ended": r.zone_fail_open_ended,
         }),
         Event::RuleError { at, rule, error } => json!({
             "time": format_timestamp_ms(*at), "time_ms": at, "kind": "error", "rule": rule, "error": error,
@@ -410,6 +412,17 @@ pub fn event_text(e: &Event) -> String {
             r.unhealthy,
             r.group_size
         ),
+        Event::Replace(r)
+            if r.replace.is_empty() && r.held.is_empty() && !r.zone_fail_open_ended.is_empty() =>
+        {
+            format!(
+                "{}  fail-open-ended {} in {} by {}",
+                format_timestamp_ms(r.at),
+                r.asg,
+                r.zone_fail_open_ended.join(", "),
+                r.policy
+            )
+        }
         Event::Replace(r) if r.replace.is_empty() => format!(
             "{}  held     {} {} by {}: {}",
             format_timestamp_ms(r.at),
@@ -424,10 +437,10 @@ pub fn event_text(e: &Event) -> String {
                 .iter()
                 .map(|(i, why)| format!("{i} ({why})"))
                 .collect();
-            let held = if r.held.is_empty() {
-                String::new()
-            } else {
-                format!("; held by the cap: {}", r.held.join(", "))
+            let held = match (&r.held[..], &r.note) {
+                ([], _) => String::new(),
+                (h, Some(note)) => format!("; held: {} ({note})", h.join(", ")),
+                (h, None) => format!("; held by the cap: {}", h.join(", ")),
             };
             format!(
                 "{}  replace  {} {} by {}{held}",

@@ -4,6 +4,27 @@ use std::path::PathBuf;
 
 use super::*;
 
+/// One internal record's frame, its time `i`, as the log writes it.
+fn frame(i: u8) -> Vec<u8> {
+    let mut rec = Vec::new();
+    vigil_wire::frame::put_with(&mut rec, |out| {
+        out.push(wal::Kind::Internal as u8);
+        out.extend_from_slice(&i64::from(i).to_le_bytes());
+    });
+    rec
+}
+
+/// Appends raw bytes to a segment, behind the log's back (a write under way).
+fn append(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+}
+
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vigil-tail-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -18,14 +39,6 @@ fn a_bounded_tail_never_reads_a_write_that_is_cut_off_again() {
     let mut log = wal::Log::create(&d, 1, false)
         .unwrap()
         .publishing(committed.clone());
-    let frame = |i: u8| {
-        let mut rec = Vec::new();
-        vigil_wire::frame::put_with(&mut rec, |out| {
-            out.push(wal::Kind::Internal as u8);
-            out.extend_from_slice(&i64::from(i).to_le_bytes());
-        });
-        rec
-    };
     let read_all = |t: &mut wal::Tail| -> Vec<i64> {
         std::iter::from_fn(|| t.next().unwrap())
             .map(|b| wal::Record::parse(&b).unwrap().now_ms)
@@ -41,15 +54,8 @@ fn a_bounded_tail_never_reads_a_write_that_is_cut_off_again() {
     // segment back (as `Log` does when the rest of its write fails on a full disk).
     let seg1 = wal::segment_path(&d, 1);
     let len = std::fs::metadata(&seg1).unwrap().len();
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&seg1)
-            .unwrap();
-        f.write_all(&frame(9)).unwrap();
-        f.write_all(&frame(9)[..3]).unwrap();
-    }
+    append(&seg1, &frame(9));
+    append(&seg1, &frame(9)[..3]);
     assert_eq!(committed.length_of(1), Some(len));
     assert_eq!(
         read_all(&mut bounded),
@@ -89,20 +95,6 @@ fn a_bounded_tail_buffers_nothing_past_the_commit_and_knows_where_left_segments_
         .unwrap()
         .publishing(committed.clone());
     let seg1 = wal::segment_path(&d, 1);
-    let raw_frame = |i: u8| {
-        let mut rec = Vec::new();
-        vigil_wire::frame::put_with(&mut rec, |out| {
-            out.push(wal::Kind::Internal as u8);
-            out.extend_from_slice(&i64::from(i).to_le_bytes());
-        });
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&seg1)
-            .unwrap()
-            .write_all(&rec)
-            .unwrap();
-    };
     let next = |t: &mut wal::Tail| {
         t.next()
             .unwrap()
@@ -114,7 +106,7 @@ fn a_bounded_tail_buffers_nothing_past_the_commit_and_knows_where_left_segments_
     let len = std::fs::metadata(&seg1).unwrap().len();
     // A write under way lands past the commit while the tail holds its reader open (one
     // record read, one to go)...
-    raw_frame(9);
+    append(&seg1, &frame(9));
     let mut t = wal::Tail::new(&d, 1, 0).bounded(committed.clone());
     assert_eq!(next(&mut t), Some(1));
     // ...then fails, is cut off, and other records take its place.
@@ -135,7 +127,7 @@ fn a_bounded_tail_buffers_nothing_past_the_commit_and_knows_where_left_segments_
     assert_eq!(next(&mut t), None);
     // A failed write that could not be cut off stays past the end of a segment the writer
     // left: the tail stops at the segment's final length and goes on, counting nothing torn.
-    raw_frame(8);
+    append(&seg1, &frame(8));
     log.cut().unwrap();
     log.add(wal::Kind::Internal, 4, |_| {});
     log.commit().unwrap();
