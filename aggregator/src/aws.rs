@@ -229,6 +229,8 @@ pub struct Clients {
     /// CloudWatch read (`[[import.cloudwatch]]`): with `[aws]`, dry run or not (reading changes
     /// nothing).
     pub metrics: Option<std::sync::Arc<dyn MetricReader>>,
+    /// Target health (`[[import.target_health]]`): with `[aws]`, dry run or not.
+    pub target_health: Option<std::sync::Arc<dyn TargetHealthReader>>,
 }
 
 /// Builds the clients from the default credential chain (with `[aws] dry_run`, the dry run's,
@@ -255,6 +257,11 @@ pub async fn connect(cfg: &Config, calls: &CallMetrics) -> Clients {
     let cloudwatch = aws_sdk_cloudwatch::Client::new(&sdk);
     let metrics: Option<std::sync::Arc<dyn MetricReader>> =
         Some(std::sync::Arc::new(Sdk(cloudwatch.clone(), calls.clone())));
+    let target_health: Option<std::sync::Arc<dyn TargetHealthReader>> =
+        Some(std::sync::Arc::new(Sdk(
+            aws_sdk_elasticloadbalancingv2::Client::new(&sdk),
+            calls.clone(),
+        )));
     if cfg.dry_run {
         return Clients {
             autoscaling: Box::new(DryRunAutoScaling {
@@ -262,6 +269,7 @@ pub async fn connect(cfg: &Config, calls: &CallMetrics) -> Clients {
                 calls: calls.clone(),
             }),
             metrics,
+            target_health,
             ..without_aws(calls)
         };
     }
@@ -270,6 +278,7 @@ pub async fn connect(cfg: &Config, calls: &CallMetrics) -> Clients {
         sns: Box::new(Sdk(aws_sdk_sns::Client::new(&sdk), calls.clone())),
         cloudwatch: Box::new(Sdk(cloudwatch, calls.clone())),
         metrics,
+        target_health,
     }
 }
 
@@ -501,7 +510,9 @@ impl MetricSink for Sdk<aws_sdk_cloudwatch::Client> {
 mod metrics;
 #[cfg(test)]
 pub use metrics::Points;
-pub use metrics::{Dimensions, MetricQuery, MetricReader, MAX_QUERIES};
+pub use metrics::{
+    Dimensions, MetricQuery, MetricReader, TargetHealth, TargetHealthReader, MAX_QUERIES,
+};
 
 #[path = "aws_dry_run.rs"]
 mod dry_run;

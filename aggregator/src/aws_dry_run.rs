@@ -18,6 +18,7 @@ pub fn without_aws(calls: &CallMetrics) -> Clients {
         sns: Box::new(DryRun(calls.clone())),
         cloudwatch: Box::new(DryRun(calls.clone())),
         metrics: None,
+        target_health: None,
     }
 }
 

@@ -233,3 +233,66 @@ impl Sdk<aws_sdk_cloudwatch::Client> {
         Ok(out)
     }
 }
+
+/// One target of a target group as DescribeTargetHealth tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetHealth {
+    /// The instance id (or IP address) registered.
+    pub id: String,
+    /// `healthy`, `unhealthy`, `initial`, `draining`, `unused`, `unavailable`.
+    pub state: String,
+    /// `Target.FailedHealthChecks`, ... (empty when healthy).
+    pub reason: String,
+    /// Set only for an IP target outside the load balancer's VPC (`all`) or in a zone;
+    /// instance targets carry none.
+    pub az: Option<String>,
+}
+
+pub trait TargetHealthReader: Send + Sync {
+    /// DescribeTargetHealth of one target group: every registered target.
+    fn describe<'a>(&'a self, arn: &'a str) -> BoxFut<'a, Result<Vec<TargetHealth>, CallError>>;
+}
+
+impl TargetHealthReader for Sdk<aws_sdk_elasticloadbalancingv2::Client> {
+    fn describe<'a>(&'a self, arn: &'a str) -> BoxFut<'a, Result<Vec<TargetHealth>, CallError>> {
+        Box::pin(async move {
+            let r = self
+                .0
+                .describe_target_health()
+                .target_group_arn(arn)
+                .send()
+                .await
+                .map_err(|e| err("DescribeTargetHealth", e))
+                .map(|resp| {
+                    resp.target_health_descriptions()
+                        .iter()
+                        .map(|d| {
+                            let h = d.target_health();
+                            TargetHealth {
+                                id: d
+                                    .target()
+                                    .and_then(|t| t.id())
+                                    .unwrap_or_default()
+                                    .to_string(),
+                                state: h
+                                    .and_then(|h| h.state())
+                                    .map(|s| s.as_str().to_string())
+                                    .unwrap_or_default(),
+                                reason: h
+                                    .and_then(|h| h.reason())
+                                    .map(|r| r.as_str().to_string())
+                                    .unwrap_or_default(),
+                                az: d
+                                    .target()
+                                    .and_then(|t| t.availability_zone())
+                                    .filter(|z| *z != "all")
+                                    .map(str::to_string),
+                            }
+                        })
+                        .collect()
+                });
+            self.1.count("DescribeTargetHealth", &r);
+            r
+        })
+    }
+}

@@ -33,6 +33,10 @@ fn the_iam_policy_allows_exactly_the_calls_made() {
         ("put_metric_data", &["cloudwatch:PutMetricData"]),
         ("get_metric_data", &["cloudwatch:GetMetricData"]),
         ("list_metrics", &["cloudwatch:ListMetrics"]),
+        (
+            "describe_target_health",
+            &["elasticloadbalancing:DescribeTargetHealth"],
+        ),
         ("publish", &["sns:Publish"]),
         ("get_item", &["dynamodb:GetItem"]),
         ("put_item", &["dynamodb:PutItem"]),
@@ -77,6 +81,7 @@ fn the_iam_policy_allows_exactly_the_calls_made() {
         if ![
             "autoscaling:DescribeAutoScalingGroups",
             "cloudwatch:GetMetricData",
+            "elasticloadbalancing:DescribeTargetHealth",
         ]
         .contains(&action)
         {

@@ -12,7 +12,7 @@ mod import;
 mod notify;
 mod storage;
 pub use cluster::Cluster;
-pub use import::{label_name, CloudWatchImport};
+pub use import::{label_name, CloudWatchImport, TargetHealthImport};
 pub use notify::{Receiver, Templates};
 pub use storage::{Remote, Wal};
 
@@ -87,6 +87,8 @@ pub struct Config {
     pub cloudwatch_flush_ms: i64,
     /// `[[import.cloudwatch]]`: CloudWatch metrics polled into the window.
     pub cloudwatch_imports: Vec<CloudWatchImport>,
+    /// `[[import.target_health]]`: load balancer target health polled into the window.
+    pub target_health_imports: Vec<TargetHealthImport>,
     pub group_by: Vec<String>,
     pub group_wait_ms: i64,
     pub group_interval_ms: i64,
@@ -165,6 +167,7 @@ impl Default for Config {
             cloudwatch_namespace: "Vigil".into(),
             cloudwatch_flush_ms: 60_000,
             cloudwatch_imports: vec![],
+            target_health_imports: vec![],
             group_by: vec!["alertname".into(), "asg".into()],
             group_wait_ms: 10_000,
             group_interval_ms: 60_000,
@@ -376,10 +379,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
     if let Some(i) = top.table(&mut doc, "import") {
         let at = i.span().start;
         import::parse(&mut doc, i, &mut c);
-        if !c.cloudwatch_imports.is_empty() && !c.aws_configured {
+        let imports = c.cloudwatch_imports.len() + c.target_health_imports.len();
+        if imports > 0 && !c.aws_configured {
             doc.error_at(
                 at,
-                "[[import.cloudwatch]] reads CloudWatch: it needs [aws] (region, credentials)",
+                "[[import.cloudwatch]] and [[import.target_health]] read AWS: they need [aws] (region, credentials)",
             );
         }
     }

@@ -186,7 +186,7 @@ fn main() -> ExitCode {
     };
     let res: Result<(), String> = rt.block_on(async move {
         let wired = wire(cfg, shown, rules, db, &state_dir).await?;
-        let Wired { api, engine, fleet, publisher, outbox, rules, cluster, forwarder, cloudwatch } = wired;
+        let Wired { api, engine, fleet, publisher, outbox, rules, cluster, forwarder, cloudwatch, target_health } = wired;
         let store = api.store.clone();
         let listen = api.cfg.listen;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -227,6 +227,9 @@ fn main() -> ExitCode {
         }
         if let Some(c) = cloudwatch {
             tokio::spawn(c.run());
+        }
+        if let Some(t) = target_health {
+            tokio::spawn(t.run());
         }
         api.ready.store(true, Ordering::SeqCst);
         loop {
@@ -347,6 +350,8 @@ struct Wired {
     forwarder: Option<remote::Forwarder>,
     /// `[[import.cloudwatch]]`: polls CloudWatch into the window.
     cloudwatch: Option<import::CloudWatch>,
+    /// `[[import.target_health]]`: polls the load balancer's target health.
+    target_health: Option<import::target_health::TargetHealthPoller>,
 }
 
 /// The fleet's fence in an HA cluster: the lease holder, within its deadline, acts.
@@ -387,6 +392,10 @@ async fn wire(
     let tick_ms = rules.tick_ms();
     let cloudwatch = match (&clients.metrics, cfg.cloudwatch_imports.is_empty()) {
         (Some(reader), false) => Some((reader.clone(), cfg.cloudwatch_imports.clone())),
+        _ => None,
+    };
+    let target_health = match (&clients.target_health, cfg.target_health_imports.is_empty()) {
+        (Some(reader), false) => Some((reader.clone(), cfg.target_health_imports.clone())),
         _ => None,
     };
     let rules = Arc::new(ruleset::Rules::new(cfg.clone(), rules, &mut registry));
@@ -533,6 +542,16 @@ async fn wire(
     let cloudwatch = cloudwatch.map(|(reader, imports)| {
         import::CloudWatch::new(imports, reader, store.clone(), clock.clone(), &mut registry)
     });
+    let target_health = target_health.map(|(reader, imports)| {
+        let f = fleet.clone();
+        import::target_health::TargetHealthPoller::new(
+            imports,
+            reader,
+            store.clone(),
+            clock.clone(),
+            Arc::new(move || f.zones()),
+        )
+    });
     let api = Arc::new(api::Api {
         remote,
         query_pool,
@@ -566,6 +585,7 @@ async fn wire(
         outbox,
         rules,
         cloudwatch,
+        target_health,
         forwarder: forwarder.map(|f| {
             let c = cluster.clone();
             f.acting_when(move || c.holds_state())

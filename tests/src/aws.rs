@@ -72,6 +72,8 @@ pub struct Aws {
     pub sqs: aws_sdk_sqs::Client,
     pub cw: aws_sdk_cloudwatch::Client,
     pub ddb: aws_sdk_dynamodb::Client,
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
+    endpoint: String,
 }
 
 impl Aws {
@@ -90,7 +92,44 @@ impl Aws {
             sqs: aws_sdk_sqs::Client::new(&conf),
             cw: aws_sdk_cloudwatch::Client::new(&conf),
             ddb: aws_sdk_dynamodb::Client::new(&conf),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(&conf),
+            endpoint: endpoint.to_string(),
         }
+    }
+
+    /// One EC2 Query API call to moto, as a form (no EC2 SDK: it costs minutes and gigabytes
+    /// to build); the answer's XML.
+    pub fn ec2(&self, params: &[(&str, &str)]) -> String {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("Version", "2016-11-15");
+        for (k, v) in params {
+            form.append_pair(k, v);
+        }
+        let (code, body) = crate::http::post(
+            &format!("{}/", self.endpoint),
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                // moto routes by the credential scope's service.
+                (
+                    "Authorization",
+                    "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0",
+                ),
+            ],
+            form.finish().as_bytes(),
+        )
+        .expect("ec2 call");
+        assert_eq!(code, 200, "{params:?}: {body}");
+        body
+    }
+
+    /// The default VPC moto creates in the region.
+    pub fn default_vpc(&self) -> String {
+        let xml = self.ec2(&[("Action", "DescribeVpcs")]);
+        xml.split("<vpcId>")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .expect("a VPC")
+            .to_string()
     }
 
     /// Deletes the DynamoDB item keyed `name` (as an operator's mistake or a restore might).

@@ -227,11 +227,62 @@ fn parse_one(doc: &mut Doc<'_>, mut t: Obj<'_, '_>) -> Option<CloudWatchImport> 
     })
 }
 
-/// `[import]`: its `[[import.cloudwatch]]` entries.
+/// One `[[import.target_health]]`: a target group whose targets' health is read with
+/// DescribeTargetHealth every `interval`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetHealthImport {
+    pub target_group_arn: String,
+    pub interval_ms: i64,
+}
+
+impl TargetHealthImport {
+    /// The `target_group` label: the ARN's `targetgroup/<name>/<id>`, as CloudWatch's
+    /// `TargetGroup` dimension writes it.
+    pub fn label(&self) -> &str {
+        self.target_group_arn
+            .find(":targetgroup/")
+            .map_or(&self.target_group_arn[..], |i| {
+                &self.target_group_arn[i + 1..]
+            })
+    }
+}
+
+fn parse_target_health(doc: &mut Doc<'_>, mut t: Obj<'_, '_>) -> Option<TargetHealthImport> {
+    let path = t.path.clone();
+    let arn = t.req_str(doc, "target_group_arn");
+    if let Some(a) = &arn {
+        let parts: Vec<&str> = a.value.split(':').collect();
+        let ok = parts.len() == 6
+            && parts[0] == "arn"
+            && parts[1].starts_with("aws")
+            && parts[2] == "elasticloadbalancing"
+            && parts[5].starts_with("targetgroup/")
+            && parts[5].split('/').count() == 3;
+        if !ok {
+            doc.error_at(
+                a.span.start,
+                format!("{path}.target_group_arn: not a target group ARN (arn:aws:elasticloadbalancing:<region>:<account>:targetgroup/<name>/<id>): {:?}", a.value),
+            );
+        }
+    }
+    let interval_ms = t.positive_duration(doc, "interval", 15_000);
+    t.finish(doc);
+    Some(TargetHealthImport {
+        target_group_arn: arn?.value,
+        interval_ms,
+    })
+}
+
+/// `[import]`: its `[[import.cloudwatch]]` and `[[import.target_health]]` entries.
 pub(super) fn parse(doc: &mut Doc<'_>, mut i: Obj<'_, '_>, c: &mut Config) {
     for t in i.tables(doc, "cloudwatch") {
         if let Some(imp) = parse_one(doc, t) {
             c.cloudwatch_imports.push(imp);
+        }
+    }
+    for t in i.tables(doc, "target_health") {
+        if let Some(imp) = parse_target_health(doc, t) {
+            c.target_health_imports.push(imp);
         }
     }
     i.finish(doc);

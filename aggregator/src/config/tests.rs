@@ -463,10 +463,24 @@ fn cloudwatch_imports_are_read_and_bad_ones_refused_where_they_are() {
         "{e:?}"
     );
     let e = errs("[[import.cloudwatch]]\nnamespace = \"AWS/RDS\"\nmetric = \"CPUUtilization\"\n");
-    assert!(e[0].contains("needs [aws]"), "{e:?}");
+    assert!(e[0].contains("need [aws]"), "{e:?}");
     let e = errs("[aws]\n[import]\ntarget_health = 1\n");
     assert!(
-        e[0].starts_with("a.toml:3:1: import.target_health: unknown key"),
+        e[0].starts_with("a.toml:3:17: import.target_health: expected an array of tables"),
+        "{e:?}"
+    );
+    let c = parse("a.toml", "[aws]\n[[import.target_health]]\ntarget_group_arn = \"arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef\"\n").unwrap();
+    assert_eq!(c.target_health_imports[0].interval_ms, 15_000);
+    assert_eq!(
+        c.target_health_imports[0].label(),
+        "targetgroup/web/0123456789abcdef"
+    );
+    let e = errs("[aws]\n[[import.target_health]]\ntarget_group_arn = \"arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/web/1\"\ninterval = \"0s\"\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "a.toml:3:20: import.target_health[0].target_group_arn: not a target group ARN"
+        ),
         "{e:?}"
     );
 }

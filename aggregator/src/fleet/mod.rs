@@ -252,6 +252,15 @@ impl Fleet {
         self
     }
 
+    /// Each member's AZ, as its group's last describe said (instance → AZ).
+    pub fn zones(&self) -> HashMap<String, String> {
+        self.state()
+            .groups
+            .values()
+            .flat_map(|(g, _)| g.members.iter().map(|m| (m.id.clone(), m.az.clone())))
+            .collect()
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

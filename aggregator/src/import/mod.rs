@@ -306,5 +306,7 @@ impl CloudWatch {
     }
 }
 
+pub mod target_health;
+
 #[cfg(test)]
 mod tests;

@@ -251,3 +251,176 @@ statistics = ["Sum"]
         Some(5.0 * 43_200.0)
     );
 }
+
+#[test]
+fn target_health_per_instance_and_a_replacement_on_two_signals() {
+    let d = tempdir("tier-targets");
+    let moto = Moto::start(d.path());
+    let aws = Aws::new(&moto.url());
+    aws.create_group("web", 3, 3, 3);
+    let ids: Vec<String> = {
+        let mut v: Vec<String> = aws.group("web").3.into_iter().map(|m| m.0).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids.len(), 3);
+    let vpc = aws.default_vpc();
+    let arn = block_on(async {
+        use aws_sdk_elasticloadbalancingv2::types::{
+            ProtocolEnum, TargetDescription, TargetTypeEnum,
+        };
+        let tg = aws
+            .elb
+            .create_target_group()
+            .name("web")
+            .protocol(ProtocolEnum::Http)
+            .port(80)
+            .vpc_id(&vpc)
+            .target_type(TargetTypeEnum::Instance)
+            .send()
+            .await
+            .expect("create target group");
+        let arn = tg.target_groups()[0]
+            .target_group_arn()
+            .expect("arn")
+            .to_string();
+        let mut reg = aws.elb.register_targets().target_group_arn(&arn);
+        for i in &ids {
+            reg = reg.targets(TargetDescription::builder().id(i).port(80).build());
+        }
+        reg.send().await.expect("register targets");
+        arn
+    });
+    // The load balancer sees ids[0] as gone (moto: a stopped instance is "unused",
+    // Target.InvalidState); the agents' probes fail on ids[0] and ids[1].
+    aws.ec2(&[("Action", "StopInstances"), ("InstanceId.1", &ids[0])]);
+
+    let port = free_port();
+    let agg = format!("http://127.0.0.1:{port}");
+    std::fs::write(
+        d.path().join("rules.toml"),
+        r#"
+[[replace]]
+name = "web-unhealthy"
+asg = "web"
+# Both signals: the agent's probe and the load balancer agree.
+expr = 'vigil_health_up{asg="web"} == 0 and on (instance) vigil_lb_target_healthy == 0'
+for = "1s"
+# No cap that could hide a second replacement: on one signal both probes' instances would go.
+max_fraction = 1.0
+fail_open_fraction = 1.0
+"#,
+    )
+    .expect("rules");
+    std::fs::write(
+        d.path().join("aggregator.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nstate_dir = \"{}\"\n[rules]\nfiles = [\"{}\"]\nevaluation_interval = \"1s\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\ndry_run = false\n[[import.target_health]]\ntarget_group_arn = \"{arn}\"\ninterval = \"1s\"\n",
+            d.path().join("state").display(),
+            d.path().join("rules.toml").display(),
+            moto.url(),
+        ),
+    )
+    .expect("config");
+    let child = Child::spawn(
+        "aggregator",
+        Command::new(bin("vigil-aggregator"))
+            .arg("--config")
+            .arg(d.path().join("aggregator.toml"))
+            .envs(ENV),
+        d.path(),
+    );
+    assert!(
+        wait_http(&format!("{agg}/-/ready"), Duration::from_secs(60)),
+        "{}",
+        child.log_text()
+    );
+    // Per instance, with its zone from the group's describe.
+    let healthy = || -> Vec<(String, String, String)> {
+        let (_, body) =
+            get(&format!("{agg}/api/v1/query?query=vigil_lb_target_healthy")).expect("query");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let mut out: Vec<(String, String, String)> = v["data"]["result"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| {
+                        (
+                            s["metric"]["instance"].as_str().unwrap_or("").to_string(),
+                            s["metric"]["az"].as_str().unwrap_or("").to_string(),
+                            s["value"][1].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    };
+    let want: Vec<(String, String, String)> = ids
+        .iter()
+        .enumerate()
+        .map(|(k, i)| {
+            (
+                i.clone(),
+                "us-east-1a".to_string(),
+                if k == 0 { "0" } else { "1" }.to_string(),
+            )
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(60),
+        "target health per instance, with its zone",
+        || healthy() == want,
+        || format!("{:?}\n{}", healthy(), child.log_text()),
+    );
+    let (_, state) = get(&format!(
+        "{agg}/api/v1/query?query={}",
+        encode_component(&format!("vigil_lb_target_state{{instance=\"{}\"}}", ids[0]))
+    ))
+    .expect("query");
+    assert!(
+        state.contains("\"state\":\"unused\"") && state.contains("Target.InvalidState"),
+        "{state}"
+    );
+    // Two probes fail; only the instance the load balancer also calls sick is replaced.
+    let unhealthy = || -> Vec<String> {
+        aws.group("web")
+            .3
+            .into_iter()
+            .filter(|m| m.2 == "Unhealthy")
+            .map(|m| m.0)
+            .collect()
+    };
+    let push = || {
+        let series: Vec<(vigil_wire::Labels, f64)> = ids
+            .iter()
+            .enumerate()
+            .map(|(k, i)| {
+                (
+                    vigil_wire::Labels::from_pairs([
+                        ("__name__", "vigil_health_up"),
+                        ("asg", "web"),
+                        ("instance", i.as_str()),
+                    ]),
+                    if k < 2 { 0.0 } else { 1.0 },
+                )
+            })
+            .collect();
+        vigil_e2e::http::push_now(&agg, &series);
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the instance both signals call sick marked Unhealthy",
+        || {
+            push();
+            !unhealthy().is_empty()
+        },
+        || child.log_text(),
+    );
+    for _ in 0..3 {
+        push();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(unhealthy(), [ids[0].clone()], "{}", child.log_text());
+}
