@@ -3,8 +3,8 @@
 //! 0 otherwise) and `vigil_lb_target_state{target_group, instance, az, state, reason}` (1 for
 //! the current state; the series of a state left, or of a target deregistered, is marked stale
 //! at once rather than lingering for the lookback). DescribeTargetHealth gives no AZ for an
-//! instance target: it comes from the Auto Scaling groups' describe, else it is left out (a rule
-//! joins on `instance` with the agents' `az`).
+//! instance target: it comes from the Auto Scaling groups' describe, else from the `az` label
+//! the instance's agent pushes (its `vigil_instance_up`), else it is left out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -78,7 +78,15 @@ impl TargetHealthPoller {
             }
         };
         let now = self.clock.now_ms();
-        let zones = (self.zones)();
+        let mut zones = (self.zones)();
+        if targets
+            .iter()
+            .any(|t| t.az.is_none() && !zones.contains_key(&t.id))
+        {
+            for (i, az) in self.agents_zones(now) {
+                zones.entry(i).or_insert(az);
+            }
+        }
         let mut seen = BTreeMap::new();
         for t in &targets {
             let (healthy, state) = series(imp.label(), t, &zones);
@@ -102,6 +110,27 @@ impl TargetHealthPoller {
             }
         }
         *written = seen;
+    }
+
+    /// Instance → the `az` its agent pushes with (`vigil_instance_up` of the last 5 minutes).
+    fn agents_zones(&self, now: i64) -> HashMap<String, String> {
+        use vigil_rules::promql::storage::{MatchOp, Matcher};
+        self.store
+            .read(
+                &[Matcher::new(
+                    MatchOp::Equal,
+                    METRIC_NAME,
+                    "vigil_instance_up",
+                )],
+                now - 300_000,
+                now,
+            )
+            .into_iter()
+            .filter_map(|s| {
+                let az = s.labels.get("az").filter(|z| !z.is_empty())?.to_string();
+                Some((s.labels.get("instance")?.to_string(), az))
+            })
+            .collect()
     }
 
     fn write(&self, labels: &Labels, now: i64, value: f64) {
@@ -187,6 +216,15 @@ mod tests {
             clock.clone(),
             Arc::new(|| HashMap::from([("i-1".to_string(), "us-east-1a".to_string())])),
         );
+        // i-2 is in no group: its agent says where it runs.
+        let up = Labels::from_pairs([
+            (METRIC_NAME, "vigil_instance_up"),
+            ("instance", "i-2"),
+            ("az", "us-east-1b"),
+        ]);
+        store
+            .append(&up, [Sample::new(999_000, 1.0)], 1_000_000)
+            .unwrap();
         let mut written = BTreeMap::new();
         p.poll(0, &mut written).await;
         let read = |name: &str| -> Vec<(String, Vec<f64>)> {
@@ -213,7 +251,7 @@ mod tests {
                     vec![1.0]
                 ),
                 (
-                    r#"vigil_lb_target_healthy{instance="i-2", target_group="targetgroup/web/0a"}"#.to_string(),
+                    r#"vigil_lb_target_healthy{az="us-east-1b", instance="i-2", target_group="targetgroup/web/0a"}"#.to_string(),
                     vec![0.0]
                 ),
             ]
