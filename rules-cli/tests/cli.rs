@@ -267,6 +267,107 @@ fn the_tier_incident_shows_the_guards_and_the_impaired_zone() {
 }
 
 #[test]
+fn the_api_morning_shows_every_scaling_control() {
+    let args = |format: &str| {
+        let mut c = bin();
+        c.args([
+            "replay",
+            "--format",
+            format,
+            "--capacity",
+            "api-asg=2",
+            "--rules",
+        ])
+        .arg(root().join("examples/rules/api.toml"))
+        .arg("--data")
+        .arg(root().join("examples/data/api-morning.toml"));
+        c
+    };
+    let (code, out, err) = run(&mut args("text"));
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let at = |time: &str, needle: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(time) && l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} at {time} in\n{out}"))
+    };
+    // Metrics gone from 06:52:10: 2 minutes after the last rate could be taken, the fallback.
+    at(
+        "2026-12-07T06:54:50Z",
+        "api-asg 2 -> 6 (out) by api-rps: api-rps: no data for 2m: on_no_data falls back to 6 (from 2)",
+    );
+    // 08:00 in Paris, a Monday in winter: the schedule runs and keeps the 6.
+    at(
+        "2026-12-07T07:00:00Z",
+        "api-asg stays 6: api-rps: value 91.6667 within 0.1 of target 100; schedule api-weekday-peak ran at 2026-12-07T07:00:00Z: min 6, max 40",
+    );
+    // The burst: counted from the warm instances (the 5 launched are not asked for twice), at
+    // most doubled per minute, then the 30 it needs, and never more.
+    at("2026-12-07T07:10:10Z", "api-asg 6 -> 11 (out)");
+    at(
+        "2026-12-07T07:11:10Z",
+        "api-asg 11 -> 22 (out) by api-rps: api-rps: value 500 vs target 100: ceil(6 × 500 / 100) = 30 (5 of 11 warming: counted from 6); max_scale_out of api-rps: 4 instances or 100% per 1m limits 30 to 22 (11 at the start of the last 1m)",
+    );
+    at(
+        "2026-12-07T07:12:10Z",
+        "api-asg 22 -> 30 (out) by api-rps: api-rps: value 500 vs target 100: ceil(6 × 500 / 100) = 30 (16 of 22 warming: counted from 6)",
+    );
+    let scaled: Vec<&&str> = lines.iter().filter(|l| l.contains(" -> ")).collect();
+    assert_eq!(scaled.len(), 7, "{out}");
+    // Nothing scales in before traffic falls at 07:25 (warming, then the floor).
+    let first_in = lines.iter().position(|l| l.contains("(in) by")).unwrap();
+    assert!(
+        lines[first_in].starts_with("2026-12-07T07:26:00Z"),
+        "{}",
+        lines[first_in]
+    );
+    // Then 10% per 5 minutes, by the victim expression, zone by zone.
+    at("2026-12-07T07:26:00Z", "api-asg 30 -> 27 (in)");
+    at("2026-12-07T07:31:00Z", "api-asg 27 -> 24 (in)");
+    at("2026-12-07T07:36:00Z", "api-asg 24 -> 21 (in)");
+    let (code, json, err) = run(&mut args("json"));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let victims: Vec<Vec<(String, String)>> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["victims"].as_array())
+        .map(|vs| {
+            vs.iter()
+                .map(|x| {
+                    let why = x["reason"].as_str().unwrap();
+                    let zone = why.split("lowest in ").nth(1).unwrap_or("?");
+                    (
+                        x["instance"].as_str().unwrap().to_string(),
+                        zone.split(' ').next().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(victims.len(), 3, "{victims:?}");
+    // The first: the instance with the fewest requests in flight in each of the three zones.
+    assert_eq!(
+        victims[0],
+        [
+            ("i-13".to_string(), "us-east-1a".to_string()),
+            ("i-29".to_string(), "us-east-1b".to_string()),
+            ("i-9".to_string(), "us-east-1c".to_string()),
+        ]
+    );
+    for round in &victims {
+        let zones: std::collections::BTreeSet<&String> = round.iter().map(|(_, z)| z).collect();
+        assert_eq!(zones.len(), 3, "one per zone: {round:?}");
+    }
+    // A terminated instance is never chosen again, though its recorded data goes on.
+    let all: std::collections::BTreeSet<&String> =
+        victims.iter().flatten().map(|(i, _)| i).collect();
+    assert_eq!(all.len(), 9, "{victims:?}");
+}
+
+#[test]
 fn replay_refuses_bad_data_with_a_reason() {
     let dir = std::env::temp_dir().join(format!("vigil-rules-replay-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp dir");

@@ -508,7 +508,20 @@ pub fn eval_scaling(
             ));
             BTreeMap::new()
         });
-        let c = crate::victim::Candidates::new(&ranks, placement, &warming);
+        let c = match placement {
+            Some(members) => crate::victim::Candidates::new(&ranks, members, &warming),
+            None => {
+                // Simulated: what this simulation terminated is gone, though its recorded
+                // data goes on (forgotten once it stops pushing).
+                let gone = &mut state.groups.entry(asg.to_string()).or_default().simulated_gone;
+                gone.retain(|i| ranks.contains_key(i));
+                let mut ranks = ranks.clone();
+                ranks.retain(|i, _| !gone.contains(i));
+                let mut zones = zones_from_data(engine, storage, asg, ts);
+                zones.retain(|i, _| !gone.contains(i));
+                crate::victim::Candidates::simulated(&ranks, &zones, &warming)
+            }
+        };
         if c.placed && c.in_service() != current {
             // Capacity that is not an instance in service (launching, or failing to): lowering
             // the desired capacity drops it first; terminating would take serving instances.
@@ -557,6 +570,11 @@ pub fn eval_scaling(
             .is_some_and(|b| policies.iter().any(|p| p.name == b));
     if let Some(c) = candidates.filter(|_| policy_scale_in) {
         d.victims = c.choose(current - d.desired);
+        if placement.is_none() {
+            group
+                .simulated_gone
+                .extend(d.victims.iter().map(|(i, _)| i.clone()));
+        }
     }
     if let Some(note) = aws_chooses.filter(|_| policy_scale_in) {
         d.notes.push(note);

@@ -377,13 +377,22 @@ pub fn event_text(e: &Event) -> String {
             t.to.as_str(),
             crate::gofmt::shortest_g(t.value)
         ),
-        Event::Scaling(d) if !d.changes() => format!(
-            "{}  scale    {} held at {}: {}",
-            format_timestamp_ms(d.at),
-            d.asg,
-            d.current,
-            d.held.as_deref().unwrap_or("")
-        ),
+        Event::Scaling(d) if !d.changes() => match &d.held {
+            Some(held) => format!(
+                "{}  scale    {} held at {}: {held}",
+                format_timestamp_ms(d.at),
+                d.asg,
+                d.current,
+            ),
+            // Said although nothing changed: a schedule ran.
+            None => format!(
+                "{}  scale    {} stays {}: {}",
+                format_timestamp_ms(d.at),
+                d.asg,
+                d.current,
+                d.reasons().join("; ")
+            ),
+        },
         Event::Scaling(d) => {
             let why = d.reasons();
             format!(

@@ -11,7 +11,7 @@
 //! the change, and a policy without data for `no_data_for` may fall back to a set capacity.
 //! Every hold and limit is said in the decision.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::rulefile::{ScalingMode, ScalingPolicy};
 
@@ -72,7 +72,7 @@ pub struct GroupState {
         serde(default, skip_serializing_if = "Option::is_none")
     )]
     pub paused: Option<crate::pause::Pause>,
-    /// Capacity changes `(time, delta)` within the longest velocity-limit period.
+    /// Capacity changes `(time, delta)` within the longest velocity-limit period or warmup.
     #[cfg_attr(
         feature = "serde",
         serde(default, skip_serializing_if = "VecDeque::is_empty")
@@ -96,6 +96,13 @@ pub struct GroupState {
         serde(default, skip_serializing_if = "Option::is_none")
     )]
     pub schedules_checked: Option<i64>,
+    /// Simulated (no placement): the victims this simulation terminated, never chosen again
+    /// while their recorded data goes on.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "BTreeSet::is_empty")
+    )]
+    pub simulated_gone: BTreeSet<String>,
 }
 
 /// One policy's part in a decision.
@@ -195,7 +202,14 @@ pub fn recommend_within(
                 )
             } else {
                 let base = f64::from(current.max(1));
-                let want = (base * ratio).ceil();
+                // A product a rounding error above a whole number is that number (11 × 3000/11
+                // / 100 is 30.000000000000004 in binary floating point, not a reason for 31).
+                let exact = base * ratio;
+                let want = if (exact - exact.round()).abs() <= 1e-9 * exact.abs().max(1.0) {
+                    exact.round()
+                } else {
+                    exact.ceil()
+                };
                 let want = if want.is_finite() {
                     want.clamp(0.0, f64::from(u32::MAX)) as i64
                 } else {
@@ -282,8 +296,26 @@ pub fn decide(
         hi = r.max.unwrap_or(hi).max(lo);
     }
     // Capacity still warming is not asked for twice: a policy with a warmup counts from the
-    // warm instances, whose metric it reads.
-    let warm = current.saturating_sub(guards.warming);
+    // warm instances, whose metric it reads. Warming is the larger of the instances that push
+    // but are not yet warm and the capacity this group added within the warmup (launched
+    // instances whose agents do not push yet are warming too, as AWS counts them).
+    let warmup_ms = policies
+        .iter()
+        .filter_map(|(p, _, _)| p.controls.instance_warmup_ms)
+        .max();
+    let launched: i64 = warmup_ms.map_or(0, |w| {
+        group
+            .changes
+            .iter()
+            .filter(|(t, d)| *t > now.saturating_sub(w) && *d > 0)
+            .map(|(_, d)| *d)
+            .sum()
+    });
+    let warming = guards
+        .warming
+        .max(u32::try_from(launched).unwrap_or(u32::MAX))
+        .min(current);
+    let warm = current - warming;
     let mut inputs = Vec::with_capacity(policies.len());
     for (p, obs, st) in policies.iter_mut() {
         let value = obs.value.filter(|v| v.is_finite());
@@ -292,7 +324,7 @@ pub fn decide(
         }
         match value {
             Some(v) => {
-                let base = if p.controls.instance_warmup_ms.is_some() && guards.warming > 0 {
+                let base = if p.controls.instance_warmup_ms.is_some() && warming > 0 {
                     warm
                 } else {
                     current
@@ -303,10 +335,7 @@ pub fn decide(
                 let (raw, reason) = if base != current {
                     (
                         raw.max(current.clamp(lo, hi)),
-                        format!(
-                            "{reason} ({} of {current} warming: counted from {base})",
-                            guards.warming
-                        ),
+                        format!("{reason} ({warming} of {current} warming: counted from {base})"),
                     )
                 } else {
                     (raw, reason)
@@ -314,8 +343,8 @@ pub fn decide(
                 let rec = stabilize(p, st, now, raw, current);
                 let reason = if rec != raw {
                     format!(
-                        "{reason}; stabilized to {rec} (highest over {}ms)",
-                        p.scale_in_stabilization_ms
+                        "{reason}; stabilized to {rec} (highest over the last {})",
+                        crate::duration::format_ms(p.scale_in_stabilization_ms)
                     )
                 } else {
                     reason
@@ -469,15 +498,11 @@ pub fn decide(
             .max_by_key(|(_, until)| *until);
         if let Some((name, until)) = blocking {
             d.held = Some(format!("{COOLDOWN_IN} of {name} until {until}"));
-        } else if guards.warming > 0
-            && policies
-                .iter()
-                .any(|(p, _, _)| p.controls.instance_warmup_ms.is_some())
-        {
+        } else if warming > 0 && warmup_ms.is_some() {
             d.held = Some(format!(
                 "{} instance{} warming: no scale-in (would scale in from {current} to {})",
-                guards.warming,
-                if guards.warming == 1 { "" } else { "s" },
+                warming,
+                if warming == 1 { "" } else { "s" },
                 r.max(lo)
             ));
         } else if let Some(g) = &guards.hold_in {
@@ -538,12 +563,13 @@ pub fn decide(
     } else {
         crate::pause::in_force(&mut group.paused, now);
     }
-    // What velocity limits count: every change within the longest period of the group's.
+    // What velocity limits and warmup count: every change within the longest of their periods.
     let keep = policies
         .iter()
         .flat_map(|(p, _, _)| [&p.controls.max_scale_out, &p.controls.max_scale_in])
         .flatten()
         .map(|v| v.period_ms)
+        .chain(warmup_ms)
         .max()
         .unwrap_or(0);
     if d.desired == current {
@@ -737,6 +763,47 @@ mod tests {
             1_000,
         );
         assert_eq!(d.desired, 1, "{d:?}");
+    }
+
+    #[test]
+    fn a_product_a_rounding_error_above_a_whole_number_is_not_rounded_up() {
+        let p = target_policy("rps", 1, 100, 100.0);
+        // 3,000 requests/s over 11 instances, 11 of them: 30 exactly (not 31).
+        let (want, why) = recommend(&p, 11, 3000.0 / 11.0);
+        assert_eq!(want, 30, "{why}");
+        // Just above a whole number for real still asks for one more.
+        assert_eq!(recommend(&p, 10, 300.1).0, 31);
+    }
+
+    #[test]
+    fn capacity_launched_within_the_warmup_is_warming_before_its_agents_push() {
+        let mut p = target_policy("rps", 1, 100, 100.0);
+        p.controls.instance_warmup_ms = Some(180_000);
+        let (mut st, mut g) = (PolicyState::default(), GroupState::default());
+        // 6 warm instances at 500 each: 30.
+        let d = decide_one(&p, &mut st, &mut g, 6, Some(500.0), 0);
+        assert_eq!(d.desired, 30);
+        // A minute on, the 24 launched do not push yet: the metric is still the 6 warm ones'
+        // (500 each), and nothing more is asked for.
+        let d = decide_one(&p, &mut st, &mut g, 30, Some(500.0), 60_000);
+        assert_eq!(d.desired, 30, "{:?}", d.reasons());
+        assert!(
+            d.reasons()[0].contains("(24 of 30 warming: counted from 6)"),
+            "{:?}",
+            d.reasons()
+        );
+        // Nor does the group scale in while they warm.
+        let d = decide_one(&p, &mut st, &mut g, 30, Some(10.0), 120_000);
+        assert_eq!(d.desired, 30);
+        assert!(
+            d.reasons()[0].contains("(24 of 30 warming: counted from 6)"),
+            "{:?}",
+            d.reasons()
+        );
+        // Past the warmup they count as warm.
+        let d = decide_one(&p, &mut st, &mut g, 30, Some(100.0), 181_000);
+        assert_eq!(d.desired, 30);
+        assert!(!d.reasons()[0].contains("warming"), "{:?}", d.reasons());
     }
 
     #[test]

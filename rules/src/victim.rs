@@ -6,8 +6,10 @@
 //! not in service is never chosen; an instance the expression does not rank comes after the
 //! ranked ones of its zone.
 //!
-//! With the fleet described, a scale-in never removes more instances than may be chosen; on a
-//! simulated group (`vigil-rules test`, `replay`, no `[aws]`) the ranking alone names them.
+//! With the fleet described, a scale-in never removes more instances than may be chosen. On a
+//! simulated group (`vigil-rules test`, `replay`, no `[aws]`) the ranked instances are the
+//! candidates, placed in zones by their agents' `az` labels when they carry one, and an
+//! instance the simulation has terminated is not chosen again while its recorded data goes on.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -75,52 +77,71 @@ fn plural(n: usize, what: &str) -> String {
 }
 
 impl Candidates {
-    /// The candidates of a group: its members by `placement` (None: simulated, the ranked
-    /// instances only), less protected, warming and not-in-service ones.
+    /// The candidates of a described group: its members by `placement`, less protected,
+    /// warming and not-in-service ones.
     pub fn new(
         ranks: &BTreeMap<String, f64>,
-        placement: Option<&BTreeMap<String, Placement>>,
+        placement: &BTreeMap<String, Placement>,
         warming: &BTreeSet<String>,
     ) -> Candidates {
         let mut c = Candidates {
-            placed: placement.is_some(),
+            placed: true,
             ..Candidates::default()
         };
         let (mut protected, mut warm, mut out_of_service) = (0, 0, 0);
-        match placement {
-            Some(members) => {
-                for (id, p) in members {
-                    if !p.in_service {
-                        out_of_service += 1;
-                        continue;
-                    }
-                    *c.in_service.entry(p.az.clone()).or_default() += 1;
-                    if p.protected {
-                        protected += 1;
-                    } else if warming.contains(id) {
-                        warm += 1;
-                    } else {
-                        c.zones
-                            .entry(p.az.clone())
-                            .or_default()
-                            .push((id.clone(), ranks.get(id).copied()));
-                    }
-                }
+        for (id, p) in placement {
+            if !p.in_service {
+                out_of_service += 1;
+                continue;
             }
-            None => {
-                for (id, v) in ranks {
-                    if warming.contains(id) {
-                        warm += 1;
-                    } else {
-                        c.zones
-                            .entry(String::new())
-                            .or_default()
-                            .push((id.clone(), Some(*v)));
-                    }
-                }
+            *c.in_service.entry(p.az.clone()).or_default() += 1;
+            if p.protected {
+                protected += 1;
+            } else if warming.contains(id) {
+                warm += 1;
+            } else {
+                c.zones
+                    .entry(p.az.clone())
+                    .or_default()
+                    .push((id.clone(), ranks.get(id).copied()));
             }
         }
-        for z in c.zones.values_mut() {
+        c.finish(protected, warm, out_of_service)
+    }
+
+    /// The candidates of a simulated group (`vigil-rules test`, `replay`, no `[aws]`): the
+    /// ranked instances less warming ones, each in the zone its agent's `az` label names
+    /// (`zones`: instance → AZ, of every instance that pushes), so that victims still come
+    /// zone by zone when the data says where instances run.
+    pub fn simulated(
+        ranks: &BTreeMap<String, f64>,
+        zones: &BTreeMap<String, String>,
+        warming: &BTreeSet<String>,
+    ) -> Candidates {
+        let mut c = Candidates::default();
+        let zone = |id: &String| zones.get(id).cloned().unwrap_or_default();
+        for id in zones
+            .keys()
+            .chain(ranks.keys().filter(|i| !zones.contains_key(*i)))
+        {
+            *c.in_service.entry(zone(id)).or_default() += 1;
+        }
+        let mut warm = 0;
+        for (id, v) in ranks {
+            if warming.contains(id) {
+                warm += 1;
+            } else {
+                c.zones
+                    .entry(zone(id))
+                    .or_default()
+                    .push((id.clone(), Some(*v)));
+            }
+        }
+        c.finish(0, warm, 0)
+    }
+
+    fn finish(mut self, protected: usize, warm: usize, out_of_service: usize) -> Candidates {
+        for z in self.zones.values_mut() {
             z.sort_by(order);
         }
         for (n, what) in [
@@ -129,10 +150,11 @@ impl Candidates {
             (out_of_service, "not in service"),
         ] {
             if n > 0 {
-                c.excluded.push(format!("{} {what}", plural(n, "instance")));
+                self.excluded
+                    .push(format!("{} {what}", plural(n, "instance")));
             }
         }
-        c
+        self
     }
 
     /// How many instances are in service (protected and warming ones included).
@@ -177,6 +199,11 @@ impl Candidates {
             let why = if self.placed {
                 format!(
                     "{ranked}, lowest in {zone} ({} in service there)",
+                    plural(count as usize, "instance")
+                )
+            } else if !zone.is_empty() {
+                format!(
+                    "{ranked}, lowest in {zone} ({} there by the agents' az labels: simulated)",
                     plural(count as usize, "instance")
                 )
             } else {
@@ -237,7 +264,7 @@ mod tests {
             ("i-b1", 1.0),
             ("i-b2", 7.0),
         ]);
-        let c = Candidates::new(&r, Some(&p), &BTreeSet::new());
+        let c = Candidates::new(&r, &p, &BTreeSet::new());
         assert_eq!(c.len(), 5);
         let v = c.choose(3);
         assert_eq!(ids(&v), ["i-a2", "i-b1", "i-a1"]);
@@ -260,7 +287,7 @@ mod tests {
         ]);
         let r = ranks(&[("i-1", 0.0), ("i-2", 1.0), ("i-3", 0.0), ("i-4", 0.5)]);
         let warming = BTreeSet::from(["i-4".to_string()]);
-        let c = Candidates::new(&r, Some(&p), &warming);
+        let c = Candidates::new(&r, &p, &warming);
         assert_eq!(c.len(), 1);
         assert_eq!(
             c.excluded,
@@ -281,7 +308,7 @@ mod tests {
             ("i-3", "a", false, true),
         ]);
         let r = ranks(&[("i-2", f64::NAN), ("i-3", 4.0)]);
-        let v = Candidates::new(&r, Some(&p), &BTreeSet::new()).choose(3);
+        let v = Candidates::new(&r, &p, &BTreeSet::new()).choose(3);
         assert_eq!(ids(&v), ["i-3", "i-1", "i-2"]);
         assert!(v[1].1.starts_with("not ranked"), "{}", v[1].1);
     }
@@ -289,10 +316,36 @@ mod tests {
     #[test]
     fn simulated_groups_follow_the_ranking_alone() {
         let r = ranks(&[("i-1", 3.0), ("i-2", 1.0), ("i-3", 2.0)]);
-        let c = Candidates::new(&r, None, &BTreeSet::from(["i-2".to_string()]));
+        let c = Candidates::simulated(&r, &BTreeMap::new(), &BTreeSet::from(["i-2".to_string()]));
         assert!(!c.placed);
         let v = c.choose(1);
         assert_eq!(ids(&v), ["i-3"]);
         assert!(v[0].1.contains("placement unknown"), "{}", v[0].1);
+    }
+
+    #[test]
+    fn simulated_groups_balance_by_the_agents_az_labels() {
+        // a: 3 instances pushing, b: 2 (one unranked). The lowest overall (i-b1) waits until
+        // the zones are even; an instance without an az label counts in a zone of its own.
+        let zones: BTreeMap<String, String> = [
+            ("i-a1", "a"),
+            ("i-a2", "a"),
+            ("i-a3", "a"),
+            ("i-b1", "b"),
+            ("i-b2", "b"),
+        ]
+        .iter()
+        .map(|(i, z)| (i.to_string(), z.to_string()))
+        .collect();
+        let r = ranks(&[("i-a1", 5.0), ("i-a2", 2.0), ("i-a3", 9.0), ("i-b1", 1.0)]);
+        let c = Candidates::simulated(&r, &zones, &BTreeSet::new());
+        assert!(!c.placed);
+        let v = c.choose(3);
+        assert_eq!(ids(&v), ["i-a2", "i-b1", "i-a1"]);
+        assert!(
+            v[0].1.contains("ranked 2 by scale_in_victim, lowest in a (3 instances there by the agents' az labels: simulated)"),
+            "{}",
+            v[0].1
+        );
     }
 }
