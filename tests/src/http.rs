@@ -1,4 +1,4 @@
-//! A minimal blocking HTTP/1.1 client for tests (GET and POST on 127.0.0.1).
+//! A minimal blocking HTTP/1.1 client for tests (on 127.0.0.1).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -78,7 +78,17 @@ pub fn get(url: &str) -> std::io::Result<(u16, String)> {
 }
 
 pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, String)> {
-    let (c, b) = exchange(url, "POST", headers, body)?;
+    request("POST", url, headers, body)
+}
+
+/// Any method, with headers (a `DELETE` with a token, say).
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let (c, b) = exchange(url, method, headers, body)?;
     Ok((c, String::from_utf8_lossy(&b).into_owned()))
 }
 

@@ -506,6 +506,12 @@ impl Engine {
                 }
                 Event::Replace(r) => {
                     self.metrics.decision("replace");
+                    let what = match (r.replace.is_empty(), acting) {
+                        (true, _) => "replacement held",
+                        (false, true) => "replacement decision",
+                        (false, false) => "follower: would replace (the leader acts)",
+                    };
+                    tracing::info!(policy = %r.policy, asg = %r.asg, replace = ?r.replace, held = ?r.held, note = r.note.as_deref().unwrap_or(""), "{what}");
                     ev.replacements.push_back(r.clone());
                     while ev.replacements.len() > HISTORY {
                         ev.replacements.pop_front();

@@ -1248,6 +1248,190 @@ fn a_paused_group_changes_nothing_at_aws_and_says_what_it_would_do_until_resumed
     assert!(scaling()["data"]["policies"][0]["paused"].is_null());
 }
 
+/// Silences and pauses are admin writes (the admin token and nothing else), and both live
+/// through a restart of a single node (its SQLite state): a paused replacement policy keeps
+/// deciding, says what it would replace and marks nothing at AWS; the silenced alert stays
+/// suppressed. Expiring the silence lets its notice out; resuming lets the replacement through.
+#[test]
+fn silences_and_pauses_need_the_admin_token_and_outlive_a_restart() {
+    const ADMIN: &str = "adm-3e9c-pauses-and-silences";
+    vigil_e2e::secret(ADMIN);
+    let rig = Rig::new("act-admin-restart");
+    rig.aws.create_group("app", 4, 4, 4);
+    let hook = Hook::start();
+    rig.configure(
+        r#"
+[[group]]
+name = "disk"
+[[group.alert]]
+alert = "DiskFull"
+expr = 'disk_used > 0.9'
+labels = { severity = "page" }
+
+[[replace]]
+name = "app-unhealthy"
+asg = "app"
+expr = 'vigil_health_up{asg="app"} == 0'
+for = "1s"
+max_fraction = 0.5
+"#,
+        &format!(
+            "[[receiver]]\nname = \"hook\"\nwebhook_url = \"{}\"\n",
+            hook.url("/api/v2/alerts")
+        ),
+        "dry_run = false",
+    );
+    let token = rig.dir.path().join("admin");
+    std::fs::write(&token, format!("{ADMIN}\n")).expect("token");
+    let cfg = std::fs::read_to_string(&rig.cfg).expect("config").replacen(
+        "[server]\n",
+        &format!("[server]\nadmin_token_file = \"{}\"\n", token.display()),
+        1,
+    );
+    std::fs::write(&rig.cfg, cfg).expect("config");
+    let mut agg = rig.start();
+    rig.wait_first_evaluation(&agg);
+    let base = rig.base.clone();
+    let bearer = format!("Bearer {ADMIN}");
+    let send = |method: &str, path: &str, body: &str, token: Option<&str>| {
+        let mut h = vec![("content-type", "application/json")];
+        if let Some(t) = token {
+            h.push(("authorization", t));
+        }
+        vigil_e2e::http::request(method, &format!("{base}{path}"), &h, body.as_bytes())
+            .expect("request")
+    };
+    let silence = r#"{"matchers":[{"name":"alertname","value":"DiskFull","isRegex":false,"isEqual":true}],
+        "startsAt":"2026-01-01T00:00:00Z","endsAt":"2099-01-01T00:00:00Z","createdBy":"ops","comment":"disk swap"}"#;
+    let pause = r#"{"reason": "AMI rollout", "author": "ops"}"#;
+    let writes = [
+        ("POST", "/api/v2/silences", silence),
+        ("POST", "/api/v1/replace/app-unhealthy/pause", pause),
+    ];
+    // Without the token, or with a wrong one: 401, and nothing is set.
+    for (method, path, body) in writes {
+        for t in [None, Some("Bearer nope")] {
+            let (code, text) = send(method, path, body, t);
+            assert_eq!(code, 401, "{method} {path} with {t:?}: {text}");
+        }
+    }
+    let silences = || {
+        let (_, s) = get(&format!("{base}/api/v2/silences")).expect("silences");
+        serde_json::from_str::<serde_json::Value>(&s).expect("json")
+    };
+    let replace_paused = || {
+        let (_, s) = get(&format!("{base}/api/v1/scaling")).expect("scaling");
+        serde_json::from_str::<serde_json::Value>(&s).expect("json")["data"]["replace"][0]["paused"]
+            .clone()
+    };
+    assert_eq!(silences(), serde_json::json!([]));
+    assert!(replace_paused().is_null());
+    // With it: set, and audited.
+    let (code, text) = send(writes[0].0, writes[0].1, writes[0].2, Some(&bearer));
+    assert_eq!(code, 200, "{text}");
+    let id = serde_json::from_str::<serde_json::Value>(&text).expect("json")["silenceID"]
+        .as_str()
+        .expect("silenceID")
+        .to_string();
+    let (code, text) = send(writes[1].0, writes[1].1, writes[1].2, Some(&bearer));
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(replace_paused()["reason"], "AMI rollout");
+
+    // An instance fails its probe and the disk fills: the replacement is only said, the alert
+    // only shown suppressed.
+    let ids: Vec<String> = rig.aws.group("app").3.into_iter().map(|m| m.0).collect();
+    let sick = ids[0].clone();
+    let load = || {
+        let mut s: Vec<(Labels, f64)> = ids
+            .iter()
+            .map(|i| {
+                (
+                    Labels::from_pairs([
+                        ("__name__", "vigil_health_up"),
+                        ("asg", "app"),
+                        ("instance", i.as_str()),
+                    ]),
+                    if *i == sick { 0.0 } else { 1.0 },
+                )
+            })
+            .collect();
+        s.push((
+            Labels::from_pairs([("__name__", "disk_used"), ("instance", "i-1")]),
+            0.95,
+        ));
+        s
+    };
+    let would = format!("paused: would replace {sick}");
+    let suppressed = || {
+        get(&format!("{base}/api/v2/alerts"))
+            .ok()
+            .and_then(|(_, a)| serde_json::from_str::<serde_json::Value>(&a).ok())
+            .and_then(|a| a.as_array().and_then(|a| a.first().cloned()))
+            .is_some_and(|a| {
+                a["status"]["state"] == "suppressed"
+                    && a["status"]["silencedBy"] == serde_json::json!([id])
+            })
+    };
+    let ok = push_until(&rig, Duration::from_secs(30), load, || {
+        suppressed() && agg.log_text().contains(&would)
+    });
+    assert!(ok, "{}", agg.log_text());
+
+    // Restarted: the silence and the pause are read back from the state.
+    agg.signal("TERM");
+    assert!(agg.wait_exit(Duration::from_secs(30)), "{}", agg.log_text());
+    drop(agg);
+    let agg = rig.start();
+    let s = silences();
+    assert_eq!(s[0]["id"], id.as_str(), "{s}");
+    assert_eq!(s[0]["status"]["state"], "active", "{s}");
+    assert_eq!(s[0]["comment"], "disk swap", "{s}");
+    let p = replace_paused();
+    assert_eq!(
+        (p["reason"].as_str(), p["author"].as_str()),
+        (Some("AMI rollout"), Some("ops"))
+    );
+    let ok = push_until(&rig, Duration::from_secs(30), load, || {
+        suppressed() && agg.log_text().contains(&would)
+    });
+    assert!(ok, "after the restart:\n{}", agg.log_text());
+    assert!(
+        rig.proxy.calls_of("SetInstanceHealth").is_empty(),
+        "{:?}",
+        rig.proxy.calls_of("SetInstanceHealth")
+    );
+    assert!(hook.bodies().is_empty(), "{:?}", hook.bodies());
+
+    // Expiring needs the token too; then the notice goes out (the alert still fires).
+    let expire = format!("/api/v2/silence/{id}");
+    assert_eq!(send("DELETE", &expire, "", None).0, 401);
+    let (code, text) = send("DELETE", &expire, "", Some(&bearer));
+    assert_eq!(code, 200, "{text}");
+    let ok = push_until(&rig, Duration::from_secs(30), load, || {
+        hook.bodies()
+            .iter()
+            .any(|(_, b)| b.to_string().contains("DiskFull"))
+    });
+    assert!(ok, "{:?}\n{}", hook.bodies(), agg.log_text());
+    // Resuming needs the token; then the replacement goes through.
+    let resume = "/api/v1/replace/app-unhealthy/resume";
+    assert_eq!(send("POST", resume, "{}", None).0, 401);
+    let (code, text) = send("POST", resume, "{}", Some(&bearer));
+    assert_eq!(code, 200, "{text}");
+    let ok = push_until(&rig, Duration::from_secs(30), load, || {
+        !rig.proxy.calls_of("SetInstanceHealth").is_empty()
+    });
+    assert!(ok, "{}", agg.log_text());
+    let calls = rig.proxy.calls_of("SetInstanceHealth");
+    assert!(calls.iter().all(|c| c.body.contains(&sick)), "{calls:?}");
+    let log = agg.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("vigil::audit") && l.contains("admin_token_file")),
+        "{log}"
+    );
+}
+
 /// A `[[schedule]]` runs at its time (moto stores scheduled actions but never runs them; Vigil
 /// runs its own): the group's MinSize/MaxSize at AWS with UpdateAutoScalingGroup, then a
 /// capacity inside them. The aggregator's clock (libfaketime on it alone, never the host's)
