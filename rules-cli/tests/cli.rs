@@ -300,7 +300,7 @@ fn the_api_morning_shows_every_scaling_control() {
     // 08:00 in Paris, a Monday in winter: the schedule runs and keeps the 6.
     at(
         "2026-12-07T07:00:00Z",
-        "api-asg stays 6: api-rps: value 91.6667 within 0.1 of target 100; schedule api-weekday-peak ran at 2026-12-07T07:00:00Z: min 6, max 40",
+        "api-asg stays at 6: api-rps: value 91.6667 within 0.1 of target 100; schedule api-weekday-peak ran at 2026-12-07T07:00:00Z: min 6, max 40",
     );
     // The burst: counted from the warm instances (the 5 launched are not asked for twice), at
     // most doubled per minute, then the 30 it needs, and never more.
@@ -313,7 +313,10 @@ fn the_api_morning_shows_every_scaling_control() {
         "2026-12-07T07:12:10Z",
         "api-asg 22 -> 30 (out) by api-rps: api-rps: value 500 vs target 100: ceil(6 × 500 / 100) = 30 (16 of 22 warming: counted from 6)",
     );
-    let scaled: Vec<&&str> = lines.iter().filter(|l| l.contains(" -> ")).collect();
+    let scaled: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("  scale    ") && l.contains(" -> "))
+        .collect();
     assert_eq!(scaled.len(), 7, "{out}");
     // Nothing scales in before traffic falls at 07:25 (warming, then the floor).
     let first_in = lines.iter().position(|l| l.contains("(in) by")).unwrap();

@@ -236,6 +236,23 @@ fn period_start(
     )
 }
 
+/// Whether `x` is a rounding error away from a whole number (10 × 1.1 is 11.000000000000002
+/// and 11 × 3000/11 / 100 is 30.000000000000004 in binary floating point).
+fn whole(x: f64) -> Option<f64> {
+    let r = x.round();
+    ((x - r).abs() <= 1e-9 * x.abs().max(1.0)).then_some(r)
+}
+
+/// `x` rounded up, a product that is a whole number but for a rounding error being that number.
+pub fn ceil_whole(x: f64) -> f64 {
+    whole(x).unwrap_or(x.ceil())
+}
+
+/// `x` rounded down, likewise.
+pub fn floor_whole(x: f64) -> f64 {
+    whole(x).unwrap_or(x.floor())
+}
+
 fn capacity(v: i64) -> u32 {
     v.clamp(0, i64::from(u32::MAX)) as u32
 }
@@ -253,7 +270,7 @@ pub fn out_limit(
     let by_instances = v.instances.map(|i| start + i64::from(i));
     let by_percent = v
         .percent
-        .map(|p| (start as f64 * (1.0 + p / 100.0)).ceil() as i64);
+        .map(|p| ceil_whole(start as f64 * (1.0 + p / 100.0)) as i64);
     let limit = by_instances
         .into_iter()
         .chain(by_percent)
@@ -274,7 +291,7 @@ pub fn in_limit(
     let by_instances = v.instances.map(|i| start - i64::from(i));
     let by_percent = v
         .percent
-        .map(|p| (start as f64 * (1.0 - p / 100.0)).floor() as i64);
+        .map(|p| floor_whole(start as f64 * (1.0 - p / 100.0)) as i64);
     let limit = by_instances
         .into_iter()
         .chain(by_percent)
@@ -325,6 +342,19 @@ mod tests {
         assert_eq!(in_limit(&v(None, Some(10.0)), &none, 15, 0).0, 13);
         assert_eq!(out_limit(&v(None, Some(10.0)), &none, 15, 0).0, 17);
         assert_eq!(out_limit(&v(None, Some(50.0)), &none, 0, 0).0, 1);
+    }
+
+    #[test]
+    fn a_percentage_that_gives_a_whole_number_is_not_rounded_past_it() {
+        let none = VecDeque::new();
+        // 50 × 1.1 is 55.00000000000001 and 10 × 0.2 is 1.9999999999999996 in floating point.
+        assert_eq!(out_limit(&v(None, Some(10.0)), &none, 50, 0).0, 55);
+        assert_eq!(out_limit(&v(None, Some(12.0)), &none, 25, 0).0, 28);
+        assert_eq!(in_limit(&v(None, Some(80.0)), &none, 10, 0).0, 2);
+        assert_eq!(in_limit(&v(None, Some(80.0)), &none, 15, 0).0, 3);
+        // Not whole for real: still rounded outwards.
+        assert_eq!(out_limit(&v(None, Some(10.0)), &none, 51, 0).0, 57);
+        assert_eq!(in_limit(&v(None, Some(10.0)), &none, 51, 0).0, 45);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::promql::{Engine, MemStorage, Query, Storage, Value};
 use crate::replace::{self, ReplaceDecision, ReplaceState};
 use crate::rulefile::{Group, Rule, RuleFile, ScalingPolicy};
 use crate::scaling::{self, Decision, GroupState, Guards, Observation, PolicyState};
+use crate::victim::Where;
 
 /// Storage that rule evaluation can also write to (recorded series, `ALERTS`).
 pub trait RuleStorage: Storage {
@@ -458,7 +459,7 @@ pub fn eval_scaling(
     state: &mut State,
     storage: &dyn Storage,
     current: u32,
-    placement: Option<&BTreeMap<String, crate::victim::Placement>>,
+    placement: Where<'_>,
     ts: i64,
 ) -> Decision {
     let mut owned: Vec<(String, PolicyState)> = policies
@@ -496,25 +497,41 @@ pub fn eval_scaling(
     } else {
         Default::default()
     };
+    let (warming, warm) = warming;
     if warmup {
         guards.warming = warming.len() as u32;
+        guards.warm = warm;
     }
     // The instances a scale-in may terminate, and so how far it may go (a described group).
     let mut aws_chooses = None;
+    let mut ranked = 0;
+    let gone = &mut state
+        .groups
+        .entry(asg.to_string())
+        .or_default()
+        .simulated_gone;
+    if !matches!(placement, Where::Simulated) {
+        gone.clear();
+    }
     let candidates = victim.and_then(|(name, q)| {
-        let ranks = crate::victim::rank(engine, storage, q, ts).unwrap_or_else(|e| {
-            guards.notes.push(format!(
-                "scale_in_victim of {name} could not be evaluated ({e}): instances chosen by zone alone"
-            ));
-            BTreeMap::new()
-        });
+        let ranks = match crate::victim::rank(engine, storage, q, ts) {
+            Ok(r) => {
+                // An instance the simulation terminated is forgotten once it stops pushing.
+                gone.retain(|i| r.contains_key(i));
+                r
+            }
+            Err(e) => {
+                guards.notes.push(format!(
+                    "scale_in_victim of {name} could not be evaluated ({e}): instances chosen by zone alone"
+                ));
+                BTreeMap::new()
+            }
+        };
+        ranked = ranks.len();
         let c = match placement {
-            Some(members) => crate::victim::Candidates::new(&ranks, members, &warming),
-            None => {
-                // Simulated: what this simulation terminated is gone, though its recorded
-                // data goes on (forgotten once it stops pushing).
-                let gone = &mut state.groups.entry(asg.to_string()).or_default().simulated_gone;
-                gone.retain(|i| ranks.contains_key(i));
+            Where::Described(members) => crate::victim::Candidates::new(&ranks, members, &warming),
+            Where::Unknown | Where::Simulated => {
+                // What a simulation terminated is gone, though its recorded data goes on.
                 let mut ranks = ranks.clone();
                 ranks.retain(|i, _| !gone.contains(i));
                 let mut zones = zones_from_data(engine, storage, asg, ts);
@@ -570,10 +587,14 @@ pub fn eval_scaling(
             .is_some_and(|b| policies.iter().any(|p| p.name == b));
     if let Some(c) = candidates.filter(|_| policy_scale_in) {
         d.victims = c.choose(current - d.desired);
-        if placement.is_none() {
-            group
-                .simulated_gone
-                .extend(d.victims.iter().map(|(i, _)| i.clone()));
+        if matches!(placement, Where::Simulated) {
+            let gone = &mut group.simulated_gone;
+            gone.extend(d.victims.iter().map(|(i, _)| i.clone()));
+            // No more gone than the recorded instances beyond the capacity: a simulated
+            // scale-out brings the earliest terminated back.
+            let keep = ranked.saturating_sub(d.desired as usize);
+            let drop = gone.len().saturating_sub(keep);
+            gone.drain(..drop);
         }
     }
     if let Some(note) = aws_chooses.filter(|_| policy_scale_in) {
@@ -720,6 +741,12 @@ pub struct Simulation {
     /// Whether to publish `vigil_instance_warm` (the aggregator and `replay`; `vigil-rules test`
     /// takes it from its input series).
     pub publish_warm: bool,
+    /// Whether to write each decision's capacities and values as series (`crate::capacity`:
+    /// the aggregator and `replay`).
+    pub publish_capacity: bool,
+    capacity_written: crate::capacity::Written,
+    /// A replay of recorded data: a group without placement is simulated (`Where::Simulated`).
+    pub offline: bool,
     /// The last held decision said for each group (a pause or a guard), said again only when
     /// what it says changes.
     last_paused: HashMap<String, String>,
@@ -849,6 +876,9 @@ impl Simulation {
             last_held: HashMap::new(),
             last_paused: HashMap::new(),
             publish_warm: false,
+            publish_capacity: false,
+            capacity_written: Default::default(),
+            offline: false,
         }
     }
 
@@ -923,6 +953,11 @@ impl Simulation {
                 Some(Observed::Live { capacity, .. }) => *capacity,
                 None => self.capacity.get(asg).copied().unwrap_or(0),
             };
+            let placement = match fleet.placement.get(asg) {
+                Some(p) => Where::Described(p),
+                None if self.offline => Where::Simulated,
+                None => Where::Unknown,
+            };
             let d = eval_scaling(
                 &self.engine,
                 asg,
@@ -931,10 +966,17 @@ impl Simulation {
                 &mut self.state,
                 storage,
                 current,
-                fleet.placement.get(asg),
+                placement,
                 ts,
             );
             self.capacity.insert(asg.to_string(), d.desired);
+            if self.publish_capacity {
+                let in_service = fleet
+                    .placement
+                    .get(asg)
+                    .map(|pl| pl.values().filter(|p| p.in_service).count() as u32);
+                crate::capacity::publish(storage, &ps, &d, in_service, &mut self.capacity_written);
+            }
             // A decision held by a pause, a guard or a limit is said when its cause or direction
             // changes (not at every new value of what it would do).
             let paused = d

@@ -9,6 +9,7 @@
 pub use vigil_config::{duration, tomlread};
 
 pub mod alerting;
+pub mod capacity;
 pub mod controls;
 pub mod convert;
 pub mod evaluator;

@@ -198,7 +198,7 @@ pub fn dump_frame(req: &WriteRequest) -> Vec<u8> {
 
 /// What replaying `rules` over `[start, end]` reads from storage (every rule's, policy's and
 /// guard's expression, and what warmup reads), and the metric names the replay writes itself:
-/// recorded series, `ALERTS`, `ALERTS_FOR_STATE` and `vigil_instance_warm`. A backtest on
+/// recorded series, `ALERTS`, `ALERTS_FOR_STATE`, `vigil_instance_warm` and the decisions'. A backtest on
 /// history leaves the engine's copies of those out (they would be read beside the replay's
 /// own), so the rules under test compute them afresh.
 pub fn reads(rules: &RuleSet, start: i64, end: i64) -> (Vec<Read>, BTreeSet<String>) {
@@ -237,12 +237,14 @@ pub fn reads(rules: &RuleSet, start: i64, end: i64) -> (Vec<Read>, BTreeSet<Stri
     (out, written(rules))
 }
 
-/// The metric names evaluating `rules` writes: recorded series, `ALERTS`, `ALERTS_FOR_STATE`
-/// and `vigil_instance_warm`.
+/// The metric names evaluating `rules` writes: recorded series, `ALERTS`, `ALERTS_FOR_STATE`,
+/// `vigil_instance_warm` and the scaling decisions' series (`crate::capacity`).
 pub fn written(rules: &RuleSet) -> BTreeSet<String> {
     let mut names: BTreeSet<String> = ["ALERTS", "ALERTS_FOR_STATE", crate::warmup::METRIC]
+        .into_iter()
+        .chain(crate::capacity::NAMES)
         .map(String::from)
-        .into();
+        .collect();
     for g in rules.groups() {
         for r in &g.rules {
             if let Rule::Record(rec) = r {
@@ -270,6 +272,8 @@ pub fn run(
     let mut sim = Simulation::new(std::sync::Arc::new(rules.clone()), engine);
     // Recorded agents' node_boot_time_seconds (or first samples) give vigil_instance_warm.
     sim.publish_warm = true;
+    sim.publish_capacity = true;
+    sim.offline = true;
     for (asg, n) in capacity {
         sim.start_at(asg, *n);
     }
@@ -379,14 +383,19 @@ pub fn event_text(e: &Event) -> String {
         ),
         Event::Scaling(d) if !d.changes() => match &d.held {
             Some(held) => format!(
-                "{}  scale    {} held at {}: {held}",
+                "{}  scale    {} held at {}: {held}{}",
                 format_timestamp_ms(d.at),
                 d.asg,
                 d.current,
+                // A schedule that ran meanwhile is said too.
+                match (&d.scheduled, d.notes.first()) {
+                    (Some(_), Some(n)) => format!("; {n}"),
+                    _ => String::new(),
+                }
             ),
-            // Said although nothing changed: a schedule ran.
+            // Said although nothing changed: a schedule ran (or, in a test, what was asked).
             None => format!(
-                "{}  scale    {} stays {}: {}",
+                "{}  scale    {} stays at {}: {}",
                 format_timestamp_ms(d.at),
                 d.asg,
                 d.current,

@@ -11,7 +11,7 @@
 //! the change, and a policy without data for `no_data_for` may fall back to a set capacity.
 //! Every hold and limit is said in the decision.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::rulefile::{ScalingMode, ScalingPolicy};
 
@@ -44,6 +44,8 @@ pub struct Guards {
     pub notes: Vec<String>,
     /// Instances of the group still warming (`crate::warmup`), when a policy has a warmup.
     pub warming: u32,
+    /// Instances of the group that push and are warm, when a policy has a warmup.
+    pub warm: u32,
     /// A schedule of the group ran at this evaluation.
     pub schedule_ran: bool,
     /// With `scale_in_victim` on a described group: how many instances may be terminated, and
@@ -96,13 +98,13 @@ pub struct GroupState {
         serde(default, skip_serializing_if = "Option::is_none")
     )]
     pub schedules_checked: Option<i64>,
-    /// Simulated (no placement): the victims this simulation terminated, never chosen again
-    /// while their recorded data goes on.
+    /// `Where::Simulated`: the victims the simulation terminated, oldest first, never chosen
+    /// again while their recorded data goes on.
     #[cfg_attr(
         feature = "serde",
-        serde(default, skip_serializing_if = "BTreeSet::is_empty")
+        serde(default, skip_serializing_if = "Vec::is_empty")
     )]
-    pub simulated_gone: BTreeSet<String>,
+    pub simulated_gone: Vec<String>,
 }
 
 /// One policy's part in a decision.
@@ -202,14 +204,7 @@ pub fn recommend_within(
                 )
             } else {
                 let base = f64::from(current.max(1));
-                // A product a rounding error above a whole number is that number (11 × 3000/11
-                // / 100 is 30.000000000000004 in binary floating point, not a reason for 31).
-                let exact = base * ratio;
-                let want = if (exact - exact.round()).abs() <= 1e-9 * exact.abs().max(1.0) {
-                    exact.round()
-                } else {
-                    exact.ceil()
-                };
+                let want = crate::controls::ceil_whole(base * ratio);
                 let want = if want.is_finite() {
                     want.clamp(0.0, f64::from(u32::MAX)) as i64
                 } else {
@@ -297,24 +292,25 @@ pub fn decide(
     }
     // Capacity still warming is not asked for twice: a policy with a warmup counts from the
     // warm instances, whose metric it reads. Warming is the larger of the instances that push
-    // but are not yet warm and the capacity this group added within the warmup (launched
-    // instances whose agents do not push yet are warming too, as AWS counts them).
+    // but are not yet warm and what this group grew by within the warmup (net of what it
+    // shrank by since), as far as warm instances leave it room: launched instances whose
+    // agents do not push yet are warming too, as AWS counts them.
     let warmup_ms = policies
         .iter()
         .filter_map(|(p, _, _)| p.controls.instance_warmup_ms)
         .max();
-    let launched: i64 = warmup_ms.map_or(0, |w| {
+    let grown: i64 = warmup_ms.map_or(0, |w| {
         group
             .changes
             .iter()
-            .filter(|(t, d)| *t > now.saturating_sub(w) && *d > 0)
+            .filter(|(t, _)| *t > now.saturating_sub(w))
             .map(|(_, d)| *d)
             .sum()
     });
-    let warming = guards
-        .warming
-        .max(u32::try_from(launched).unwrap_or(u32::MAX))
-        .min(current);
+    let launching = u32::try_from(grown.max(0))
+        .unwrap_or(u32::MAX)
+        .min(current.saturating_sub(guards.warm));
+    let warming = guards.warming.max(launching).min(current);
     let warm = current - warming;
     let mut inputs = Vec::with_capacity(policies.len());
     for (p, obs, st) in policies.iter_mut() {

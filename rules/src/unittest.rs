@@ -715,19 +715,12 @@ fn check_group(
             &mut state,
             storage,
             current,
-            None,
+            crate::victim::Where::Simulated,
             ts,
         );
-        said.push(if d.changes() || d.held.is_some() {
-            crate::replay::event_text(&evaluator::Event::Scaling(d.clone()))
-        } else {
-            // Nothing to hold: what each policy said.
-            format!(
-                "{}  scale    {asg} stays at {current}: {}",
-                crate::duration::format_timestamp_ms(ts),
-                d.reasons().join("; ")
-            )
-        });
+        said.push(crate::replay::event_text(&evaluator::Event::Scaling(
+            d.clone(),
+        )));
         current = d.desired;
         ts += interval;
     }

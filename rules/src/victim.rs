@@ -15,6 +15,19 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::promql::{Engine, Query, Storage, Value};
 
+/// Where a group's instances run, as far as a decision knows.
+#[derive(Debug, Clone, Copy)]
+pub enum Where<'a> {
+    /// As AWS's describe says.
+    Described(&'a BTreeMap<String, Placement>),
+    /// Not described (no `[aws]`, a dry run, AWS unreachable): the ranked instances are the
+    /// candidates, in the zones their agents' `az` labels name.
+    Unknown,
+    /// `vigil-rules test` and `replay`: as `Unknown`, and what the simulation terminated is not
+    /// chosen again while the recorded data goes on.
+    Simulated,
+}
+
 /// Where AWS says an instance of the group runs, and whether it may be terminated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
@@ -326,7 +339,7 @@ mod tests {
     #[test]
     fn simulated_groups_balance_by_the_agents_az_labels() {
         // a: 3 instances pushing, b: 2 (one unranked). The lowest overall (i-b1) waits until
-        // the zones are even; an instance without an az label counts in a zone of its own.
+        // the zones are even.
         let zones: BTreeMap<String, String> = [
             ("i-a1", "a"),
             ("i-a2", "a"),

@@ -158,15 +158,16 @@ pub fn publish(
     now.len()
 }
 
-/// The instances of `asg` warming at `ts` (`vigil_instance_warm == 0` with its `asg`); an
-/// error when the store could not answer (nothing is known then: not "none warming").
+/// The instances of `asg` at `ts` by `vigil_instance_warm`: those warming (0), and how many
+/// are warm (1); an error when the store could not answer (nothing is known then: not "none
+/// warming").
 pub fn warming(
     engine: &Engine,
     storage: &dyn Storage,
     asg: &str,
     ts: i64,
-) -> Result<BTreeSet<String>, String> {
-    let q = crate::promql::parse(&format!("{METRIC} == 0")).map_err(|e| e.to_string())?;
+) -> Result<(BTreeSet<String>, u32), String> {
+    let q = crate::promql::parse(METRIC).map_err(|e| e.to_string())?;
     let v = match engine
         .instant(storage, &q, ts)
         .map_err(|e| e.to_string())?
@@ -175,10 +176,17 @@ pub fn warming(
         Value::Vector(v) => v,
         _ => Vec::new(),
     };
-    Ok(v.iter()
-        .filter(|s| s.labels.get("asg") == Some(asg))
-        .filter_map(|s| s.labels.get("instance").map(str::to_string))
-        .collect())
+    let (mut cold, mut warm) = (BTreeSet::new(), 0);
+    for s in v.iter().filter(|s| s.labels.get("asg") == Some(asg)) {
+        match s.labels.get("instance") {
+            Some(i) if s.f == 0.0 => {
+                cold.insert(i.to_string());
+            }
+            Some(_) if s.f == 1.0 => warm += 1,
+            _ => {}
+        }
+    }
+    Ok((cold, warm))
 }
 
 #[cfg(test)]
@@ -244,7 +252,8 @@ mod tests {
                 ("i-2".to_string(), "web".to_string(), 0.0)
             ]
         );
-        assert_eq!(warming(&engine, &s, "web", t0).unwrap().len(), 1);
+        let (cold, warm_count) = warming(&engine, &s, "web", t0).unwrap();
+        assert_eq!((cold.len(), warm_count), (1, 1));
         // Three minutes after its first push, i-2 is warm.
         let t1 = t0 + 180_000;
         s.add(
@@ -253,9 +262,12 @@ mod tests {
         );
         s.add(series("vigil_health_up", "i-2", None), Sample::new(t1, 1.0));
         publish(&engine, &mut s, &rules, &fleet, &mut st, t1 - 10_000);
-        assert_eq!(warming(&engine, &s, "web", t1 - 10_000).unwrap().len(), 1);
+        assert_eq!(warming(&engine, &s, "web", t1 - 10_000).unwrap().0.len(), 1);
         publish(&engine, &mut s, &rules, &fleet, &mut st, t1);
-        assert!(warming(&engine, &s, "web", t1).unwrap().is_empty());
+        assert_eq!(
+            warming(&engine, &s, "web", t1).unwrap(),
+            (Default::default(), 2)
+        );
         // i-2 goes away: its series is marked stale, not left to linger.
         let t2 = t1 + 10_000;
         s.add(

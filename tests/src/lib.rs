@@ -4,6 +4,7 @@
 //! Everything here is test support; it must never be linked into a product binary.
 
 pub mod aws;
+pub mod browser;
 pub mod campaign;
 pub mod compliance;
 pub mod ha;

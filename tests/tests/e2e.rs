@@ -10,6 +10,9 @@ mod aggregator;
 #[path = "e2e/actions.rs"]
 mod actions;
 
+#[path = "e2e/console.rs"]
+mod console;
+
 #[path = "e2e/cluster.rs"]
 mod cluster;
 

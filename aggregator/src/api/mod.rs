@@ -30,6 +30,7 @@ use crate::state;
 use crate::store::Store;
 
 pub mod auth;
+mod console;
 mod forward;
 mod passthrough;
 mod pause;
@@ -45,7 +46,7 @@ pub use pool::{QueryPool, QUERY_NICE};
 pub use serve::{serve, Limits};
 
 use query::{labels, params, query, query_range, series, timeout_err};
-use views::{alerts_json, instances_json, rules_json, scaling_json, status_page, status_v2_json};
+use views::{alerts_json, instances_json, rules_json, scaling_json, status_v2_json};
 
 /// What the API is handed: the components it reads, and the admin actions it may take.
 pub struct Api {
@@ -160,8 +161,20 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(
             "/",
             get(read(|a| {
-                respond(StatusCode::OK, "text/html; charset=utf-8", status_page(a))
+                console::response("text/html; charset=utf-8", console::page(a))
             })),
+        )
+        .route(
+            "/console/console.js",
+            get(|| async { console::response("text/javascript; charset=utf-8", console::JS) }),
+        )
+        .route(
+            "/console/console.css",
+            get(|| async { console::response("text/css; charset=utf-8", console::CSS) }),
+        )
+        .route(
+            "/console/console.svg",
+            get(|| async { console::response("image/svg+xml", console::ICON) }),
         )
         .route_layer(middleware::from_fn_with_state(api.clone(), guard_query));
     Router::new()

@@ -1,5 +1,5 @@
-//! Vigil's own read endpoints (`/api/v1/rules`, `alerts`, `scaling`, `instances`) and the
-//! status page, from the view the engine published and the fleet's state.
+//! Vigil's own read endpoints (`/api/v1/rules`, `alerts`, `scaling`, `instances`), from the view
+//! the engine published and the fleet's state (the console renders from them too).
 
 use std::collections::HashMap;
 
@@ -96,7 +96,7 @@ pub(super) fn rules_json(app: &Api) -> Json {
     json!({"groups": groups})
 }
 
-/// Rules whose last evaluation failed: (group, rule, error), for the status page.
+/// Rules whose last evaluation failed: (group, rule, error), for the console.
 pub(super) fn broken_rules(app: &Api) -> Vec<(String, String, String)> {
     let rules = app.rules.current();
     let view = app.view.load();
@@ -207,185 +207,6 @@ pub(super) fn instances_json(app: &Api) -> Json {
         let health = match h.get(&i) { Some(v) if *v >= 1.0 => "healthy", Some(_) => "unhealthy", None => "unknown" };
         json!({"instance": i, "labels": labels_json(&l), "lastPush": format_timestamp_ms(last), "secondsSinceLastPush": (now - last) as f64 / 1000.0, "health": health})
     }).collect::<Vec<_>>()})
-}
-
-pub(super) fn status_page(app: &Api) -> String {
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
-    let mut html = String::from("<!doctype html><meta charset=utf-8><title>Vigil</title><style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}</style><h1>Vigil aggregator</h1>");
-    html.push_str(&format!(
-        "<p>{} series, {} samples in the window; dry run: {}</p>",
-        app.store.series_count(),
-        app.store.sample_count(),
-        app.cfg.dry_run
-    ));
-    let c = app.cluster.status();
-    if c["role"] != "single" {
-        html.push_str(&format!(
-            "<p>Cluster: this node {} is the <b>{}</b>; leader {} at {}, epoch {}, lease expires {}{}</p>",
-            esc(c["node_id"].as_str().unwrap_or("")),
-            esc(c["role"].as_str().unwrap_or("")),
-            esc(c["leader"].as_str().unwrap_or("none")),
-            esc(c["leader_address"].as_str().unwrap_or("-")),
-            c["epoch"],
-            esc(c["lease_expires"].as_str().unwrap_or("-")),
-            if c["role"] == "follower" {
-                " (decisions below are what this node would do; the leader acts)"
-            } else {
-                ""
-            }
-        ));
-    }
-    if let Some(e) = app.rules.last_error().as_ref() {
-        html.push_str(&format!(
-            "<p style=color:#b00>Last reload failed (previous rules still running):<pre>{}</pre>",
-            esc(e)
-        ));
-    }
-    let broken = broken_rules(app);
-    if !broken.is_empty() {
-        html.push_str(
-            "<h2 style=color:#b00>Broken rules</h2><table><tr><th>group<th>rule<th>last error",
-        );
-        for (g, r, e) in &broken {
-            html.push_str(&format!("<tr><td>{}<td>{}<td>{}", esc(g), esc(r), esc(e)));
-        }
-        html.push_str("</table>");
-    }
-    html.push_str("<h2>Fleet</h2><table><tr><th>instance<th>labels<th>last push<th>health");
-    if let Json::Array(items) = &instances_json(app)["instances"] {
-        for i in items {
-            html.push_str(&format!(
-                "<tr><td>{}<td>{}<td>{}<td>{}",
-                esc(i["instance"].as_str().unwrap_or("")),
-                esc(&i["labels"].to_string()),
-                esc(i["lastPush"].as_str().unwrap_or("")),
-                esc(i["health"].as_str().unwrap_or(""))
-            ));
-        }
-    }
-    html.push_str("</table><h2>Auto Scaling groups</h2><table><tr><th>group<th>policy<th>AWS desired (min–max, in service)<th>pending<th>last call<th>paused");
-    let scaling = scaling_json(app);
-    let paused = |p: &Json| {
-        if p.is_null() {
-            String::new()
-        } else {
-            format!(
-                "paused by {} since {}{}: {}",
-                p["author"].as_str().unwrap_or(""),
-                p["since"].as_str().unwrap_or(""),
-                p["until"]
-                    .as_str()
-                    .map_or(String::new(), |u| format!(" until {u}")),
-                p["reason"].as_str().unwrap_or("")
-            )
-        }
-    };
-    if let Json::Array(items) = &scaling["policies"] {
-        for p in items {
-            let f = &p["fleet"];
-            let aws = if p["simulated"] == true {
-                format!("simulated (dry run): {}", p["current"])
-            } else if f["aws"].is_null() {
-                "not described".to_string()
-            } else {
-                format!(
-                    "{} ({}–{}, {})",
-                    f["aws"]["desired"], f["aws"]["min"], f["aws"]["max"], f["aws"]["in_service"]
-                )
-            };
-            let last = if f["last_applied"].is_null() {
-                String::new()
-            } else {
-                format!(
-                    "{} → {}: {}",
-                    f["last_applied"]["time"].as_str().unwrap_or(""),
-                    f["last_applied"]["desired"],
-                    f["last_applied"]["result"].as_str().unwrap_or("")
-                )
-            };
-            html.push_str(&format!(
-                "<tr><td>{}<td>{}<td>{}<td>{}<td>{}<td>{}",
-                esc(p["group"].as_str().unwrap_or("")),
-                esc(p["policy"].as_str().unwrap_or("")),
-                esc(&aws),
-                esc(&f["pending"].to_string()),
-                esc(&last),
-                esc(&paused(&p["paused"]))
-            ));
-        }
-    }
-    if let Json::Array(items) = &scaling["replace"] {
-        for p in items.iter().filter(|p| !p["paused"].is_null()) {
-            html.push_str(&format!(
-                "<tr><td>{}<td>replacement {}<td><td><td><td>{}",
-                esc(p["group"].as_str().unwrap_or("")),
-                esc(p["policy"].as_str().unwrap_or("")),
-                esc(&paused(&p["paused"]))
-            ));
-        }
-    }
-    html.push_str(&format!(
-        "</table><p>Notifications waiting in the outbox: {}</p>",
-        app.outbox.waiting()
-    ));
-    html.push_str("<h2>Alerts</h2><table><tr><th>labels<th>state<th>since");
-    if let Json::Array(items) = &alerts_json(app)["alerts"] {
-        for a in items {
-            html.push_str(&format!(
-                "<tr><td>{}<td>{}<td>{}",
-                esc(&a["labels"].to_string()),
-                esc(a["state"].as_str().unwrap_or("")),
-                esc(a["activeAt"].as_str().unwrap_or(""))
-            ));
-        }
-    }
-    // Silences in force or to come (amtool sets and expires them: `/api/v2/silences`).
-    let silences: Vec<(String, String, String, String, String)> =
-        app.engine.read_silences(|s, now| {
-            s.list(now)
-                .into_iter()
-                .filter(|x| x.state(now) != "expired")
-                .map(|x| {
-                    (
-                        x.id.clone(),
-                        x.matchers_text(),
-                        format!(
-                            "{} {}–{}",
-                            x.state(now),
-                            format_timestamp_ms(x.starts_at),
-                            format_timestamp_ms(x.ends_at)
-                        ),
-                        x.created_by.clone(),
-                        x.comment.clone(),
-                    )
-                })
-                .collect()
-        });
-    html.push_str(&format!(
-        "</table><h2>Silences</h2><p>{} in force or to come; <code>amtool --alertmanager.url=… silence add|query|expire</code> sets, lists and ends them.</p><table><tr><th>id<th>matchers<th>when<th>by<th>comment",
-        silences.len()
-    ));
-    for (id, m, when, by, comment) in &silences {
-        html.push_str(&format!(
-            "<tr><td>{}<td>{}<td>{}<td>{}<td>{}",
-            esc(id),
-            esc(m),
-            esc(when),
-            esc(by),
-            esc(comment)
-        ));
-    }
-    html.push_str("</table><h2>Last decisions</h2><pre>");
-    for l in app.view.load().log.iter().rev().take(50) {
-        html.push_str(&esc(l));
-        html.push('\n');
-    }
-    html.push_str("</pre>");
-    html
 }
 
 /// `GET /api/v2/status`, Alertmanager's shape (amtool's `config show` and `cluster show` read

@@ -159,6 +159,7 @@ impl Engine {
         });
         let mut sim = Simulation::new(parts.rules.current(), promql.clone());
         sim.publish_warm = true;
+        sim.publish_capacity = true;
         let mut warm_until_ms = 0;
         let db = parts.db.lock();
         if let Some(snap) = db.load()? {
@@ -493,7 +494,12 @@ impl Engine {
                         self.metrics.scaling_decision(d);
                     }
                     if !d.changes() {
-                        tracing::info!(asg = %d.asg, held = d.held.as_deref().unwrap_or(""), notes = ?d.notes, "scaling held");
+                        let what = if d.held.is_some() {
+                            "scaling held"
+                        } else {
+                            "scaling unchanged"
+                        };
+                        tracing::info!(asg = %d.asg, held = d.held.as_deref().unwrap_or(""), notes = ?d.notes, "{what}");
                     } else if acting {
                         tracing::info!(asg = %d.asg, from = d.current, to = d.desired, by = ?d.by, held = ?d.held, notes = ?d.notes, victims = ?d.victims, "scaling decision");
                     } else {
@@ -507,7 +513,8 @@ impl Engine {
                 Event::Replace(r) => {
                     self.metrics.decision("replace");
                     let what = match (r.replace.is_empty(), acting) {
-                        (true, _) => "replacement held",
+                        (true, _) if !r.held.is_empty() => "replacement held",
+                        (true, _) => "replacement",
                         (false, true) => "replacement decision",
                         (false, false) => "follower: would replace (the leader acts)",
                     };

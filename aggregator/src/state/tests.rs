@@ -50,7 +50,7 @@ fn snapshots_round_trip_through_sqlite() {
                 max: None,
             }),
             schedules_checked: Some(5),
-            simulated_gone: ["i-9".to_string()].into(),
+            simulated_gone: vec!["i-9".to_string()],
         },
     );
     s.policies.insert(

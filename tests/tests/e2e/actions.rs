@@ -1366,7 +1366,11 @@ max_fraction = 0.5
         get(&format!("{base}/api/v2/alerts"))
             .ok()
             .and_then(|(_, a)| serde_json::from_str::<serde_json::Value>(&a).ok())
-            .and_then(|a| a.as_array().and_then(|a| a.first().cloned()))
+            .and_then(|a| {
+                a.as_array()
+                    .and_then(|a| a.iter().find(|a| a["labels"]["alertname"] == "DiskFull"))
+                    .cloned()
+            })
             .is_some_and(|a| {
                 a["status"]["state"] == "suppressed"
                     && a["status"]["silencedBy"] == serde_json::json!([id])
