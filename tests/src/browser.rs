@@ -205,8 +205,9 @@ impl Browser {
 
     pub fn goto(&mut self, url: &str) {
         self.call("Page.navigate", json!({"url": url}));
+        let href = serde_json::to_string(url).expect("json");
         self.wait_for(
-            "document.readyState === 'complete'",
+            &format!("location.href === {href} && document.readyState === 'complete'"),
             "the page to load",
             Duration::from_secs(60),
         );
@@ -228,15 +229,24 @@ impl Browser {
         }
     }
 
-    /// Clicks the first element `selector` finds, with the mouse, as a person would.
+    /// Clicks the first element `selector` finds, with the mouse, as a person would: where it
+    /// is on the screen once nothing else is there (a page that moves is waited for).
     pub fn click(&mut self, selector: &str) {
         let sel = serde_json::to_string(selector).expect("json");
-        let r = self.eval(&format!(
-            "(() => {{ const e = document.querySelector({sel}); if (!e) return null; e.scrollIntoView({{block: 'center'}}); const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
-        ));
-        let (x, y) = match (r[0].as_f64(), r[1].as_f64()) {
-            (Some(x), Some(y)) => (x, y),
-            _ => panic!("nothing to click at {selector}"),
+        let end = Instant::now() + Duration::from_secs(30);
+        let (x, y) = loop {
+            let r = self.eval(&format!(
+                "(() => {{ const e = document.querySelector({sel}); if (!e) return null; e.scrollIntoView({{block: 'center'}}); const r = e.getBoundingClientRect(); const x = r.x + r.width / 2, y = r.y + r.height / 2; return e.contains(document.elementFromPoint(x, y)) ? [x, y] : null; }})()"
+            ));
+            if let (Some(x), Some(y)) = (r[0].as_f64(), r[1].as_f64()) {
+                break (x, y);
+            }
+            assert!(
+                Instant::now() < end,
+                "nothing to click at {selector}: {:?}",
+                self.errors
+            );
+            std::thread::sleep(Duration::from_millis(100));
         };
         for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
             self.call(
@@ -263,5 +273,18 @@ impl Browser {
 
     pub fn log_text(&self) -> String {
         self.proc.log_text()
+    }
+}
+
+impl Drop for Browser {
+    /// Closes Chromium as its protocol asks (its renderers go with it), then the process.
+    fn drop(&mut self) {
+        self.next += 1;
+        let mut bytes = serde_json::to_vec(&json!({"id": self.next, "method": "Browser.close"}))
+            .unwrap_or_default();
+        bytes.push(0);
+        let _ = self.input.write_all(&bytes);
+        let _ = self.input.flush();
+        self.proc.wait_exit(Duration::from_secs(10));
     }
 }

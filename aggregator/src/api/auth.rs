@@ -1,7 +1,8 @@
 //! Who may do what. Three tokens, each read from its own file at start:
 //! - `auth_token_file`: writers (`/api/v1/write`);
-//! - `admin_token_file`: admin writes (`/-/reload`, later silences and pauses); without it,
-//!   `auth_token_file` (one token, as before the split);
+//! - `admin_token_file`: admin writes (`/-/reload`, silences and pauses); without it,
+//!   `auth_token_file` (one token, as before the split); never from another site's page
+//!   (`cross_site`), token or not;
 //! - `query_token_file`: the query API, `/metrics` and the console; without it they are open.
 //!
 //! `/-/healthy` and `/-/ready` are always open (probes). Tokens come as `Authorization: Bearer`,
@@ -117,6 +118,23 @@ fn presented(header: Option<&str>, basic: bool) -> Option<Vec<u8>> {
         return Some(pair[colon + 1..].to_vec());
     }
     None
+}
+
+/// Why a request comes from another site's page, when a browser says so: `Sec-Fetch-Site`
+/// `cross-site` or `same-site`, or an `Origin` that is not this server. An admin write from
+/// there is a cross-site request forgery (with no token configured, nothing else would stop
+/// it); curl, amtool and the pair's own forwarding send neither header.
+pub fn cross_site(h: &hyper::HeaderMap) -> Option<&'static str> {
+    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    // A browser that says where the request comes from is believed (behind a reverse proxy the
+    // Host may not be the page's); an older one is judged by its Origin.
+    if let Some(site) = get("sec-fetch-site") {
+        return matches!(site, "cross-site" | "same-site").then_some("Sec-Fetch-Site");
+    }
+    let origin = get("origin")?;
+    let host = get("host").unwrap_or("");
+    let authority = origin.split_once("://").map_or("", |(_, a)| a);
+    (authority.is_empty() || !authority.eq_ignore_ascii_case(host)).then_some("Origin")
 }
 
 impl Tokens {
@@ -246,6 +264,50 @@ mod tests {
         let open = tokens(None, None, None);
         assert_eq!(open.check(Need::Admin, None), Ok(None));
         assert_eq!(open.check(Need::Write, None), Ok(None));
+    }
+
+    #[test]
+    fn a_browser_page_of_another_site_is_told_apart() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = hyper::HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, hyper::header::HeaderValue::from_static(v));
+            }
+            m
+        };
+        // curl, amtool, a follower forwarding: no browser headers.
+        assert_eq!(cross_site(&h(&[("host", "127.0.0.1:9470")])), None);
+        // The console itself, also behind a proxy that rewrites the Host.
+        let own = [
+            ("host", "127.0.0.1:9470"),
+            ("origin", "https://vigil.example"),
+            ("sec-fetch-site", "same-origin"),
+        ];
+        assert_eq!(cross_site(&h(&own)), None);
+        let old_browser = [
+            ("host", "127.0.0.1:9470"),
+            ("origin", "http://127.0.0.1:9470"),
+        ];
+        assert_eq!(cross_site(&h(&old_browser)), None);
+        // Another site's form or fetch.
+        assert_eq!(
+            cross_site(&h(&[
+                ("host", "vigil:9470"),
+                ("sec-fetch-site", "cross-site")
+            ])),
+            Some("Sec-Fetch-Site")
+        );
+        assert_eq!(
+            cross_site(&h(&[
+                ("host", "vigil:9470"),
+                ("origin", "https://evil.example")
+            ])),
+            Some("Origin")
+        );
+        assert_eq!(
+            cross_site(&h(&[("host", "vigil:9470"), ("origin", "null")])),
+            Some("Origin")
+        );
     }
 
     #[test]

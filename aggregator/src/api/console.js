@@ -25,7 +25,7 @@
     const text = await r.text();
     if (!r.ok) {
       let msg = text;
-      try { const j = JSON.parse(text); msg = j.error || j; } catch (_) { /* plain text */ }
+      try { const j = JSON.parse(text); msg = j.error || JSON.stringify(j); } catch (_) { /* plain text */ }
       throw new Error(r.status === 401
         ? 'refused (401): give the admin token above'
         : `${r.status}: ${msg}`);
@@ -70,9 +70,11 @@
     if (first) first.focus();
   }
 
-  $('#act-go').addEventListener('click', async (ev) => {
+  const form = dialog.querySelector('form');
+  $('#act-cancel').addEventListener('click', () => dialog.close());
+  // Apply, or Enter in a field: the form's submit.
+  form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    const form = dialog.querySelector('form');
     if (!form.reportValidity() || !pending) return;
     const status = $('#act-status');
     status.className = '';
@@ -141,7 +143,8 @@
         const matchers = Object.keys(labels).filter((k) => data.get('m:' + k))
           .map((k) => ({ name: k, value: labels[k], isRegex: false, isEqual: true }));
         if (!matchers.length) throw new Error('keep at least one label to match');
-        const now = Date.now();
+        // The aggregator's clock, not this computer's (which may be off).
+        const now = Date.now() + skew;
         const r = await admin('POST', '/api/v2/silences', {
           matchers,
           startsAt: new Date(now).toISOString(),
@@ -193,15 +196,15 @@
     return new Date(ms).toISOString().slice(11, 16) + 'Z';
   }
 
-  // One chart: series [{name, points}], over [start, end].
-  function chart(title, series, start, end) {
+  // One chart: series [{name, points}], over [start, end]; a gap over two steps breaks a line.
+  function chart(title, series, start, end, step) {
     const W = 640, H = 170, L = 44, R = 8, T = 18, B = 22;
     const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: 'img' });
     svg.appendChild(el('title', {}, title));
     svg.appendChild(el('text', { x: L, y: 12 }, title));
     const all = series.flatMap((s) => s.points.map(([, v]) => v));
-    let max = Math.max(1e-9, ...all.map(Math.abs));
-    max = all.length ? max * 1.1 : 1;
+    let max = Math.max(0, ...all);
+    max = max > 1e-6 ? max * 1.1 : 1;
     const min = Math.min(0, ...all);
     const x = (t) => L + ((t - start) / Math.max(1, end - start)) * (W - L - R);
     const y = (v) => T + (1 - (v - min) / (max - min)) * (H - T - B);
@@ -220,8 +223,14 @@
     legend.className = 'legend';
     series.forEach((s, i) => {
       const color = COLORS[i % COLORS.length];
-      if (s.points.length) {
-        const pts = s.points.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(' ');
+      const runs = [];
+      for (const p of s.points) {
+        const last = runs.length ? runs[runs.length - 1] : null;
+        if (last && p[0] - last[last.length - 1][0] <= 2 * step) last.push(p);
+        else runs.push([p]);
+      }
+      for (const run of runs) {
+        const pts = run.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(' ');
         const line = el('polyline', { points: pts, stroke: color, 'data-series': s.name });
         line.appendChild(el('title', {}, s.name));
         svg.appendChild(line);
@@ -238,90 +247,114 @@
     return box;
   }
 
-  function quote(v) {
-    return '"' + String(v).replace(/\\/g, '\\\\').replace(/"/g, '\\"') + '"';
-  }
-
-  async function draw(fig, live) {
-    const asg = fig.dataset.asg;
-    const policies = fig.dataset.policies ? fig.dataset.policies.split(',') : [];
-    const end = Number(live.dataset.now) || Date.now();
+  // Each metric once for every group: one line per group (and policy), whatever else a series
+  // carries (an engine's external labels, say).
+  async function series(live) {
+    const end = Number(live.dataset.now) || Date.now() + skew;
     const start = end - Number(live.dataset.window || 3600000);
     // At most ~300 points a line, never finer than the evaluation interval.
     const step = Math.max(Number(live.dataset.step) || 10000, Math.ceil((end - start) / 300 / 1000) * 1000);
-    const sel = `asg=${quote(asg)}`;
-    const [desired, inService, recommended] = await Promise.all([
-      range(`vigil_scaling_desired_capacity{${sel}}`, start, end, step),
-      range(`vigil_scaling_in_service_instances{${sel}}`, start, end, step),
-      range(`vigil_scaling_recommended_capacity{${sel}}`, start, end, step),
+    const [desired, inService, recommended, value, target] = await Promise.all([
+      range('max by (asg) (vigil_scaling_desired_capacity)', start, end, step),
+      range('max by (asg) (vigil_scaling_in_service_instances)', start, end, step),
+      range('max by (asg, policy) (vigil_scaling_recommended_capacity)', start, end, step),
+      range('max by (asg, policy) (vigil_scaling_policy_value)', start, end, step),
+      range('max by (asg, policy) (vigil_scaling_policy_target)', start, end, step),
     ]);
+    return { start, end, step, desired, inService, recommended, value, target };
+  }
+
+  function draw(fig, d) {
+    const asg = fig.dataset.asg;
+    let policies = [];
+    try { policies = JSON.parse(fig.dataset.policies || '[]'); } catch (_) { /* none */ }
+    const of = (rs, policy) => rs.filter((s) => s.metric.asg === asg
+      && (policy === undefined || s.metric.policy === policy)).flatMap((s) => s.points);
     const capacity = [
-      { name: 'desired', points: desired.flatMap((s) => s.points) },
-      { name: 'in service', points: inService.flatMap((s) => s.points) },
-      ...policies.map((p) => ({
-        name: `recommended by ${p}`,
-        points: recommended.filter((s) => s.metric.policy === p).flatMap((s) => s.points),
-      })),
+      { name: 'desired', points: of(d.desired) },
+      { name: 'in service', points: of(d.inService) },
+      ...policies.map((p) => ({ name: `recommended by ${p}`, points: of(d.recommended, p) })),
     ];
-    const values = [];
-    for (const p of policies) {
-      const ps = `${sel}, policy=${quote(p)}`;
-      const [value, target] = await Promise.all([
-        range(`vigil_scaling_policy_value{${ps}}`, start, end, step),
-        range(`vigil_scaling_policy_target{${ps}}`, start, end, step),
-      ]);
-      values.push([p, [
-        { name: 'value', points: value.flatMap((s) => s.points) },
-        { name: 'target', points: target.flatMap((s) => s.points) },
-      ]]);
-    }
+    const values = policies.map((p) => [p, [
+      { name: 'value', points: of(d.value, p) },
+      { name: 'target', points: of(d.target, p) },
+    ]]);
     // A window the data does not fill yet (a fresh start) is shown from its first point, over
     // five minutes at least.
     const first = Math.min(...[capacity, ...values.map(([, v]) => v)]
       .flatMap((c) => c.flatMap((s) => s.points.map(([t]) => t))));
-    let from = start;
-    if (Number.isFinite(first) && first > start) {
-      from = Math.max(start, Math.min(first - Math.max(60000, (end - first) * 0.05), end - 300000));
+    let from = d.start;
+    if (Number.isFinite(first) && first > d.start) {
+      from = Math.max(d.start, Math.min(first - Math.max(60000, (d.end - first) * 0.05), d.end - 300000));
     }
-    const parts = [chart(`${asg}: capacity`, capacity, from, end)];
-    for (const [p, series] of values) {
-      parts.push(chart(`${p}: value against target`, series, from, end));
+    const parts = [chart(`${asg}: capacity`, capacity, from, d.end, d.step)];
+    for (const [p, s] of values) {
+      parts.push(chart(`${p}: value against target`, s, from, d.end, d.step));
     }
     const caption = fig.querySelector('figcaption');
     fig.replaceChildren(...parts, caption);
-    fig.dataset.drawn = String(end);
+    fig.dataset.drawn = String(d.end);
   }
 
   async function drawAll() {
     const live = $('#live');
-    await Promise.all($$('figure.chart', live).map((f) => draw(f, live).catch((e) => {
-      f.dataset.error = e.message;
-    })));
+    const figs = $$('figure.chart', live);
+    if (!figs.length) return;
+    let d;
+    try {
+      d = await series(live);
+    } catch (e) {
+      for (const f of figs) {
+        const p = f.querySelector('p.bad') || f.insertBefore(document.createElement('p'), f.firstChild);
+        p.className = 'bad';
+        p.textContent = `charts unavailable: ${e.message}`;
+      }
+      return;
+    }
+    for (const f of figs) draw(f, d);
   }
 
   // ---- refresh: the page as the aggregator renders it now ----
+  // The aggregator's clock less this computer's, from the page's render time.
+  let skew = (Number($('#live').dataset.now) || Date.now()) - Date.now();
   let refreshing = false;
+  let again = false;
+  const updated = $('#updated');
+
   async function refresh() {
-    if (refreshing || dialog.open) return;
+    if (refreshing) {
+      again = true;
+      return;
+    }
+    // Not while the operator is in a dialog or selecting text to copy.
+    if (dialog.open || String(window.getSelection() || '')) return;
     refreshing = true;
     try {
       const r = await fetch('/', { credentials: 'same-origin' });
-      if (r.ok) {
-        const doc = new DOMParser().parseFromString(await r.text(), 'text/html');
-        const fresh = doc.querySelector('#live');
-        if (fresh) {
-          // Keep the drawn charts until the new ones are drawn (no flicker).
-          const old = new Map($$('figure.chart', $('#live')).map((f) => [f.dataset.asg, f]));
-          $('#live').replaceWith(fresh);
-          for (const f of $$('figure.chart', fresh)) {
-            const was = old.get(f.dataset.asg);
-            if (was) f.replaceChildren(...was.childNodes);
-          }
-          await drawAll();
-        }
+      if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
+      const doc = new DOMParser().parseFromString(await r.text(), 'text/html');
+      const fresh = doc.querySelector('#live');
+      if (!fresh) throw new Error('no page in the answer');
+      // Keep the drawn charts until the new ones are drawn (no flicker).
+      const old = new Map($$('figure.chart', $('#live')).map((f) => [f.dataset.asg, f]));
+      $('#live').replaceWith(fresh);
+      for (const f of $$('figure.chart', fresh)) {
+        const was = old.get(f.dataset.asg);
+        if (was) f.replaceChildren(...was.childNodes);
       }
+      skew = (Number(fresh.dataset.now) || Date.now()) - Date.now();
+      updated.className = '';
+      updated.textContent = `updated ${new Date(Date.now() + skew).toISOString().slice(11, 19)}Z`;
+      await drawAll();
+    } catch (e) {
+      updated.className = 'bad';
+      updated.textContent = `refresh failed: ${e.message}; the page shows the last state it had`;
     } finally {
       refreshing = false;
+      if (again) {
+        again = false;
+        refresh();
+      }
     }
   }
 

@@ -97,14 +97,14 @@ pub(super) fn page(app: &Api) -> String {
     );
     let now = app.clock.now_ms();
     h.push_str(&format!(
-        "<header><h1>Vigil aggregator</h1><label>Admin token <input id=token type=password autocomplete=off placeholder=\"for silences and pauses\"></label></header><main id=live data-now=\"{now}\" data-window=\"{}\" data-step=\"{}\">",
+        "<header><h1>Vigil aggregator</h1><p id=updated role=status></p><label>Admin token <input id=token type=password autocomplete=off placeholder=\"for silences and pauses\"></label></header><main id=live data-now=\"{now}\" data-window=\"{}\" data-step=\"{}\">",
         app.cfg.retention_ms,
         app.rules.current().tick_ms().max(1000),
     ));
     summary(app, &mut h);
     groups(app, &mut h);
     fleet(app, &mut h);
-    alerts(app, now, &mut h);
+    alerts(app, &mut h);
     silences(app, &mut h);
     rule_health(app, &mut h);
     h.push_str("<h2>Last decisions</h2><pre class=log>");
@@ -113,7 +113,7 @@ pub(super) fn page(app: &Api) -> String {
         h.push('\n');
     }
     h.push_str("</pre></main>");
-    h.push_str("<dialog id=act><form method=dialog><h3 id=act-title></h3><div id=act-fields></div><p id=act-status role=status></p><menu><button value=cancel formnovalidate>Cancel</button> <button id=act-go value=go>Apply</button></menu></form></dialog>");
+    h.push_str("<dialog id=act><form method=dialog><h3 id=act-title></h3><div id=act-fields></div><p id=act-status role=status></p><menu><button id=act-go>Apply</button> <button id=act-cancel type=button>Cancel</button></menu></form></dialog>");
     h
 }
 
@@ -235,7 +235,7 @@ fn groups(app: &Api, h: &mut String) {
         h.push_str(&format!(
             "<figure class=chart data-asg=\"{}\" data-policies=\"{}\"><figcaption>{}: desired, in service and recommended capacity; each policy's value against its target</figcaption></figure>",
             esc(group),
-            esc(&policies.join(",")),
+            esc(&serde_json::to_string(policies).unwrap_or_default()),
             esc(group)
         ));
     }
@@ -389,31 +389,79 @@ fn fleet(app: &Api, h: &mut String) {
     }
 }
 
-/// Alerts with what silences them, and a silence switch for each.
-fn alerts(app: &Api, now: i64, h: &mut String) {
-    h.push_str(
-        "<h2>Alerts</h2><table><tr><th>labels<th>state<th>since<th>value<th>silenced by<th>",
-    );
+/// Alerts: firing ones (Vigil's own fail-open pages too) with what suppresses each, then pending
+/// ones; each with a silence switch, and a pause switch for the group or replacement policy it
+/// names.
+fn alerts(app: &Api, h: &mut String) {
+    let rules = app.rules.current();
+    let groups: BTreeSet<&str> = rules.scaling_by_asg().into_keys().collect();
+    let policies: BTreeSet<&str> = rules.replace().map(|p| p.name.as_str()).collect();
+    let mut rows: Vec<(Json, &str, String, Vec<String>)> = Vec::new();
+    for (a, _) in app.engine.alerts_v2() {
+        let st = &a["status"];
+        let by: Vec<String> = ["silencedBy", "inhibitedBy", "mutedBy"]
+            .iter()
+            .flat_map(|k| st[*k].as_array().cloned().unwrap_or_default())
+            .map(|v| text(&v))
+            .collect();
+        let state = if st["state"] == "suppressed" {
+            "firing, suppressed"
+        } else {
+            "firing"
+        };
+        let since = text(&a["startsAt"]);
+        rows.push((a, state, since, by));
+    }
     for a in alerts_json(app)["alerts"].as_array().into_iter().flatten() {
+        if a["state"] == "pending" {
+            rows.push((a.clone(), "pending", text(&a["activeAt"]), Vec::new()));
+        }
+    }
+    h.push_str(&format!(
+        "<h2>Alerts</h2><p>{} firing, {} pending.</p><table><tr><th>alert<th>state<th>since<th>summary<th>suppressed by<th>",
+        rows.iter().filter(|r| r.1 != "pending").count(),
+        rows.iter().filter(|r| r.1 == "pending").count()
+    ));
+    for (a, state, since, by) in &rows {
         let labels = a["labels"].as_object().cloned().unwrap_or_default();
         let l = vigil_wire::Labels::from_pairs(
             labels
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or(""))),
         );
-        let by = app.engine.read_silences(|s, _| s.muting(&l, now));
+        let summary = [
+            &a["annotations"]["summary"],
+            &a["annotations"]["description"],
+        ]
+        .into_iter()
+        .find(|v| v.is_string())
+        .map_or(String::new(), text);
+        let mut switches = button(
+            "silence",
+            &[("labels", &a["labels"].to_string())],
+            "Silence",
+        );
+        if let Some(g) = l.get("asg").filter(|g| groups.contains(g)) {
+            switches.push_str(&button(
+                "pause",
+                &[("kind", "scaling"), ("name", g)],
+                "Pause its scaling",
+            ));
+        }
+        if let Some(p) = l.get("policy").filter(|p| policies.contains(p)) {
+            switches.push_str(&button(
+                "pause",
+                &[("kind", "replace"), ("name", p)],
+                "Pause its replacement",
+            ));
+        }
         h.push_str(&format!(
-            "<tr><td>{}<td>{}<td>{}<td>{}<td>{}<td>{}",
+            "<tr><td>{}<td>{}<td>{}<td>{}<td>{}<td>{switches}",
             esc(&l.to_string()),
-            esc(&text(&a["state"])),
-            esc(&text(&a["activeAt"])),
-            esc(&text(&a["value"])),
+            esc(state),
+            esc(since),
+            esc(&summary),
             esc(&by.join(", ")),
-            button(
-                "silence",
-                &[("labels", &a["labels"].to_string())],
-                "Silence"
-            )
         ));
     }
     h.push_str("</table>");

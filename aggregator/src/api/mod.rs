@@ -277,6 +277,16 @@ async fn guard_admin(
         .get(forward::FORWARDED_BY)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    if let Some(why) = auth::cross_site(req.headers()) {
+        api.tokens.refuse(auth::Need::Admin, "cross_site");
+        tracing::warn!(target: "vigil::audit", %method, %path, %client, why, "admin request refused: sent from another site");
+        return respond(
+            StatusCode::FORBIDDEN,
+            "text/plain; charset=utf-8",
+            format!("admin writes are not taken from another site's page ({why})\n"),
+        )
+        .into_response();
+    }
     match api.tokens.check(auth::Need::Admin, authorization(&req)) {
         Ok(key) => {
             tracing::info!(target: "vigil::audit", %method, %path, %client, token = key.unwrap_or("none (no token configured)"), forwarded_by = forwarded_by.as_deref().unwrap_or(""), "admin request");

@@ -3,6 +3,8 @@
 //! switches clicked and typed into as an operator would, with and without the admin token.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -19,6 +21,7 @@ name = "app"
 alert = "HighCpu"
 expr = 'avg by (asg) (app_cpu) > 0.8'
 labels = { severity = "page" }
+annotations = { summary = "CPU high on {{ $labels.asg }} <img src=x onerror=\"window.pwned=1\"><script>window.pwned=2</script>" }
 
 [[scaling]]
 name = "web-cpu"
@@ -37,6 +40,38 @@ asg = "web"
 expr = 'vigil_health_up{asg="web"} == 0'
 for = "5s"
 "#;
+
+/// Pushes `series` every half second until dropped (a failing test stops it too).
+struct Pusher {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pusher {
+    fn start(base: String, series: Vec<(Labels, f64)>) -> Pusher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                push_now(&base, &series);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        Pusher {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Pusher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// Clicks `selector` and waits for the action dialog it opens.
 fn open_dialog(b: &mut Browser, selector: &str) {
@@ -160,17 +195,7 @@ dry_run = false
     let target = q(r#"vigil_scaling_policy_target{asg="web", policy="web-cpu"}"#);
     assert_eq!(target.first().map(|(_, v)| *v), Some(0.5), "{target:?}");
     // The agents go on pushing while the operator works in the console.
-    let series = load(&aws);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let pusher = {
-        let (stop, base) = (stop.clone(), base.clone());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                push_now(&base, &series);
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        })
-    };
+    let _pusher = Pusher::start(base.clone(), load(&aws));
 
     let mut b = Browser::start(d);
     b.goto(&format!("{base}/"));
@@ -186,6 +211,13 @@ dry_run = false
         "the group's charts",
         Duration::from_secs(60),
     );
+    // Markup in an annotation is shown as text, never run.
+    b.wait_for(
+        "document.querySelector('#live').innerText.includes('CPU high on web <img src=x')",
+        "the alert's summary",
+        Duration::from_secs(30),
+    );
+    assert_eq!(b.eval("window.pwned === undefined"), Value::Bool(true));
     // The fleet by AZ: every instance moto runs, under its zone.
     for (i, az, _) in aws.placement("web") {
         let row = b.eval(&format!(
@@ -206,6 +238,26 @@ dry_run = false
             Duration::from_secs(30),
         )
     };
+    // Another site's page cannot pause the group, token or not (a form posted from it).
+    let bearer = format!("Bearer {ADMIN}");
+    for from in [
+        ("origin", "https://elsewhere.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let (code, text) = vigil_e2e::http::request(
+            "POST",
+            &format!("{base}/api/v1/scaling/web/pause"),
+            &[
+                from,
+                ("authorization", bearer.as_str()),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            b"reason=forged",
+        )
+        .expect("post");
+        assert_eq!(code, 403, "{from:?}: {text}");
+    }
+    assert!(scaling()["policies"][0]["paused"].is_null());
     // Pausing without the token is refused, and said in the dialog.
     open_dialog(
         &mut b,
@@ -216,7 +268,7 @@ dry_run = false
     b.click("#act-go");
     dialog_says(&mut b, "401");
     assert!(scaling()["policies"][0]["paused"].is_null());
-    b.click("#act button[value=cancel]");
+    b.click("#act-cancel");
     b.wait_for(
         "!document.querySelector('#act').open",
         "the dialog to close",
@@ -280,6 +332,11 @@ dry_run = false
         || agg.log_text(),
     );
     b.wait_for(
+        &format!("!document.querySelector('#live').innerText.includes('{id}')"),
+        "the page without the silence",
+        Duration::from_secs(30),
+    );
+    b.wait_for(
         "!!document.querySelector('button[data-act=resume][data-kind=scaling]')",
         "the resume switch",
         Duration::from_secs(30),
@@ -316,8 +373,6 @@ dry_run = false
     // The one refusal the test asked for (the 401) is the only error the page saw.
     let unexpected: Vec<&String> = b.errors.iter().filter(|e| !e.contains("401")).collect();
     assert!(unexpected.is_empty(), "{:?}\n{}", b.errors, b.log_text());
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    pusher.join().expect("pusher");
     // The audit log names the token's key for each write.
     let log = agg.log_text();
     assert!(
