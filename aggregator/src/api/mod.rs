@@ -140,7 +140,7 @@ pub fn router(api: Arc<Api>) -> Router {
             "/api/v1/instances",
             get(read(|a| json_ok(instances_json(a)))),
         )
-        .route("/api/v1/decisions", get(read(decisions)))
+        .route("/api/v1/decisions", get(read(views::decisions)))
         .route(
             "/api/v1/cluster",
             get(read(|a| json_ok(a.cluster.status()))),
@@ -497,22 +497,6 @@ fn read(
        + Sync
        + 'static {
     move |State(api)| Box::pin(blocking(api, f))
-}
-
-/// Vigil's own: the persisted decision history (alerts, scaling, replacement), newest first;
-/// it survives restarts.
-fn decisions(api: &Api) -> Resp {
-    match api.db.lock().recent(200) {
-        Ok(v) => json_ok(json!(v
-            .into_iter()
-            .map(|(_, _, body)| body)
-            .collect::<Vec<_>>())),
-        Err(e) => json_err(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
-    }
 }
 
 async fn buildinfo() -> Resp {

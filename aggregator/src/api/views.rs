@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use hyper::StatusCode;
 use serde_json::{json, Value as Json};
 use vigil_rules::alerting::AlertState;
 use vigil_rules::duration::format_timestamp_ms;
@@ -13,7 +14,7 @@ use vigil_rules::promql::{self, Value};
 use vigil_rules::rulefile::Rule;
 
 use super::query::labels_json;
-use super::Api;
+use super::{json_err, json_ok, Api, Resp};
 
 /// Prometheus's time for "never evaluated".
 const NEVER: &str = "0001-01-01T00:00:00Z";
@@ -227,4 +228,20 @@ pub fn status_v2_json(api: &Api) -> Json {
             "goVersion": "none (vigil-aggregator is written in Rust)",
         },
     })
+}
+
+/// Vigil's own: the persisted decision history (alerts, scaling, replacement), newest first;
+/// it survives restarts.
+pub(super) fn decisions(api: &Api) -> Resp {
+    match api.db.lock().recent(200) {
+        Ok(v) => json_ok(json!(v
+            .into_iter()
+            .map(|(_, _, body)| body)
+            .collect::<Vec<_>>())),
+        Err(e) => json_err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+    }
 }
